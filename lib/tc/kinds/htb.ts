@@ -1,0 +1,255 @@
+/**
+ * HTB (hierarchical token bucket): the root qdisc and its rate/ceil classes, as iproute2 6.1's q_htb.c
+ * encodes them. Structs and attributes from include/uapi/linux/pkt_sched.h.
+ */
+import { attr, attrBytes, attributeSet, attrU32, attrU64, type MessageWriter } from '../../wire/attributes.js';
+import { ShaperrInputError } from '../../wire/errors.js';
+import { nested, s32, struct, u32 } from '../../wire/struct.js';
+import { type KindContext, type TcKind, writeNestedOptions } from '../kind.js';
+import { formatRate, parseRate, parseSize, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
+import { cellLogOf, type LinkLayer, linkLayerName, parseLinkLayer, rateTable, saturate32, tcRatespec } from './ratespec.js';
+
+const tcHtbGlob = struct({ version: u32, rate2quantum: u32, defcls: u32, debug: u32, directPkts: u32 });
+const tcHtbOpt = struct({
+  rate: nested(tcRatespec),
+  ceil: nested(tcRatespec),
+  buffer: u32,
+  cbuffer: u32,
+  quantum: u32,
+  level: u32,
+  prio: u32,
+});
+const tcHtbXstats = struct({ lends: u32, borrows: u32, giants: u32, tokens: s32, ctokens: s32 });
+
+// Table order is the order tc writes them: RATE64/CEIL64 before PARMS, then RTAB/CTAB; INIT then DIRECT_QLEN.
+const htbClassAttributes = attributeSet({
+  rate64: attr(6, attrU64),
+  ceil64: attr(7, attrU64),
+  parms: attr(1, tcHtbOpt),
+  rtab: attr(4, attrBytes),
+  ctab: attr(3, attrBytes),
+});
+const htbQdiscAttributes = attributeSet({
+  init: attr(2, tcHtbGlob),
+  directQlen: attr(5, attrU32),
+});
+
+const HTB_VERSION = 3;
+const DEFAULT_R2Q = 10;
+/** tc's assumed packet size for rate tables and the default burst ("eth packet len"). */
+export const HTB_DEFAULT_MTU = 1600;
+/** The kernel logs "quantum of class … is small/big" outside this range when it derives the quantum. */
+const QUANTUM_MIN = 1000;
+const QUANTUM_MAX = 200000;
+
+// ---- qdisc -----------------------------------------------------------------------------------------
+
+export interface HtbQdiscOptions {
+  /** Minor number of the class unclassified traffic goes to; 0 (default) = sent unshaped ("direct"). */
+  defaultClass?: number;
+  /** Divisor deriving a class's quantum from its rate (tc default 10). */
+  r2q?: number;
+  /** Length of the queue for direct (unclassified) packets. */
+  directQlen?: number;
+}
+
+export interface HtbQdiscParameters extends HtbQdiscOptions {
+  defaultClass: number;
+  r2q: number;
+  /** Read back only: packets that went through the direct queue. */
+  directPackets?: number;
+}
+
+function checkU32(value: number, what: string): number {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw new ShaperrInputError(`invalid ${what} ${value}: expected an unsigned 32-bit integer`);
+  return value;
+}
+
+export const htbQdisc: TcKind<HtbQdiscOptions, HtbQdiscParameters> = {
+  name: 'htb',
+  resolve(input) {
+    const parameters: HtbQdiscParameters = {
+      defaultClass: checkU32(input.defaultClass ?? 0, 'HTB default class'),
+      r2q: checkU32(input.r2q ?? DEFAULT_R2Q, 'HTB r2q'),
+    };
+    if (input.defaultClass !== undefined && input.defaultClass > 0xffff) throw new ShaperrInputError(`invalid HTB default class ${input.defaultClass}: a class minor number is at most 0xffff`);
+    if (input.directQlen !== undefined) parameters.directQlen = checkU32(input.directQlen, 'HTB direct_qlen');
+    return parameters;
+  },
+  write(writer, parameters) {
+    writeNestedOptions(writer, () =>
+      htbQdiscAttributes.write(writer, {
+        init: { version: HTB_VERSION, rate2quantum: parameters.r2q, defcls: parameters.defaultClass },
+        directQlen: parameters.directQlen,
+      }),
+    );
+  },
+  read(payload) {
+    const { init, directQlen } = htbQdiscAttributes.read(payload ?? new Uint8Array());
+    const parameters: HtbQdiscParameters = { defaultClass: init?.defcls ?? 0, r2q: init?.rate2quantum ?? DEFAULT_R2Q };
+    if (directQlen !== undefined) parameters.directQlen = directQlen;
+    if (init) parameters.directPackets = init.directPkts;
+    return parameters;
+  },
+  tcArguments(input) {
+    const args: string[] = [];
+    if (input.r2q !== undefined) args.push('r2q', String(input.r2q));
+    if (input.defaultClass !== undefined) args.push('default', input.defaultClass.toString(16));
+    if (input.directQlen !== undefined) args.push('direct_qlen', String(input.directQlen));
+    return args;
+  },
+};
+
+// ---- class -----------------------------------------------------------------------------------------
+
+export interface HtbClassOptions {
+  /** Guaranteed rate. */
+  rate: RateInput;
+  /** Maximum rate when borrowing from the parent; defaults to `rate`. */
+  ceil?: RateInput;
+  /** Bytes that may be sent at full speed; default as tc: rate / HZ + mtu. */
+  burst?: SizeInput;
+  cburst?: SizeInput;
+  /** Cell size for the rate table (tc's `burst 1500/8`): a power of two. */
+  burstCell?: number;
+  cburstCell?: number;
+  /**
+   * Bytes served per round when borrowing. Default: left to the kernel (rate / r2q) when that lands in
+   * 1000…200000, else clamped into that range so the kernel never logs "quantum of class … is big/small"
+   * (tc sends 0 there and the kernel warns: a deliberate deviation).
+   */
+  quantum?: number;
+  /** Lower is served first when borrowing (0…7). */
+  prio?: number;
+  /** Largest packet the rate table covers (tc default 1600). */
+  mtu?: number;
+  mpu?: number;
+  overhead?: number;
+  linklayer?: LinkLayer | 'adsl';
+}
+
+export interface HtbClassParameters extends HtbClassOptions {
+  /** bits per second */
+  rate: number;
+  /** bits per second */
+  ceil: number;
+  burst: number;
+  cburst: number;
+  quantum: number;
+  prio: number;
+  mpu: number;
+  overhead: number;
+  linklayer: LinkLayer;
+  /** Read back only: 0 for leaf classes, higher for inner ones. */
+  level?: number;
+}
+
+export interface HtbClassStats {
+  lends: number;
+  borrows: number;
+  giants: number;
+  /** Remaining rate tokens in scheduler ticks (negative: in debt). */
+  tokens: number;
+  ctokens: number;
+}
+
+function defaultQuantum(rateBytes: number): number {
+  const derived = Math.trunc(rateBytes / DEFAULT_R2Q);
+  if (derived < QUANTUM_MIN) return QUANTUM_MIN;
+  if (derived > QUANTUM_MAX) return QUANTUM_MAX;
+  return 0;
+}
+
+export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats> = {
+  name: 'htb',
+  resolve(input, context) {
+    const rateBytes = parseRate(input.rate);
+    const ceilBytes = input.ceil === undefined ? rateBytes : parseRate(input.ceil);
+    if (ceilBytes < rateBytes) throw new ShaperrInputError(`invalid HTB class: ceil ${formatRate(ceilBytes)} is below rate ${formatRate(rateBytes)}`);
+    const mtu = input.mtu === undefined ? HTB_DEFAULT_MTU : checkU32(input.mtu, 'HTB mtu');
+    const u16 = (value: number | undefined, what: string): number => {
+      if (value === undefined) return 0;
+      if (!Number.isInteger(value) || value < 0 || value > 0xffff) throw new ShaperrInputError(`invalid HTB ${what} ${value}: expected 0…65535`);
+      return value;
+    };
+    const prio = input.prio ?? 0;
+    if (!Number.isInteger(prio) || prio < 0 || prio > 7) throw new ShaperrInputError(`invalid HTB prio ${prio}: expected 0…7`);
+    // tc: rate / get_hz() + mtu, in integer arithmetic (HZ is 1e9 with high-resolution timers, so ≈ mtu).
+    const defaultBurst = (bytes: number): number => Math.floor(bytes / context.clock.hz) + mtu;
+    const parameters: HtbClassParameters = {
+      rate: rateBytes * 8,
+      ceil: ceilBytes * 8,
+      burst: input.burst === undefined ? defaultBurst(rateBytes) : parseSize(input.burst),
+      cburst: input.cburst === undefined ? defaultBurst(ceilBytes) : parseSize(input.cburst),
+      quantum: input.quantum === undefined ? defaultQuantum(rateBytes) : checkU32(input.quantum, 'HTB quantum'),
+      prio,
+      mpu: u16(input.mpu, 'mpu'),
+      overhead: u16(input.overhead, 'overhead'),
+      linklayer: input.linklayer === undefined ? 'ethernet' : parseLinkLayer(input.linklayer),
+    };
+    // Shape of the rate tables only: not carried on the wire, so a dump cannot read them back.
+    if (input.mtu !== undefined) parameters.mtu = mtu;
+    if (input.burstCell !== undefined) parameters.burstCell = input.burstCell;
+    if (input.cburstCell !== undefined) parameters.cburstCell = input.cburstCell;
+    return parameters;
+  },
+  write(writer: MessageWriter, parameters, context: KindContext) {
+    const rateBytes = parameters.rate / 8;
+    const ceilBytes = parameters.ceil / 8;
+    const common = { mpu: parameters.mpu, overhead: parameters.overhead, linklayer: parameters.linklayer, mtu: parameters.mtu ?? HTB_DEFAULT_MTU };
+    // Like tc, the tables use the saturated 32-bit rate while the burst times use the full rate.
+    const rate = rateTable({ ...common, rate32: saturate32(rateBytes), cellLog: cellLogOf(parameters.burstCell) }, context.clock);
+    const ceil = rateTable({ ...common, rate32: saturate32(ceilBytes), cellLog: cellLogOf(parameters.cburstCell) }, context.clock);
+    writeNestedOptions(writer, () =>
+      htbClassAttributes.write(writer, {
+        rate64: rateBytes >= 2 ** 32 ? BigInt(rateBytes) : undefined,
+        ceil64: ceilBytes >= 2 ** 32 ? BigInt(ceilBytes) : undefined,
+        parms: {
+          rate: rate.spec,
+          ceil: ceil.spec,
+          buffer: transmitTicks(rateBytes, parameters.burst, context.clock),
+          cbuffer: transmitTicks(ceilBytes, parameters.cburst, context.clock),
+          quantum: parameters.quantum,
+          prio: parameters.prio,
+        },
+        rtab: rate.table,
+        ctab: ceil.table,
+      }),
+    );
+  },
+  read(payload, context) {
+    const { parms, rate64, ceil64 } = htbClassAttributes.read(payload ?? new Uint8Array());
+    if (!parms) throw new Error('HTB class options without TCA_HTB_PARMS');
+    const rateBytes = rate64 !== undefined ? Number(rate64) : parms.rate.rate;
+    const ceilBytes = ceil64 !== undefined ? Number(ceil64) : parms.ceil.rate;
+    return {
+      rate: rateBytes * 8,
+      ceil: ceilBytes * 8,
+      burst: transmitSize(rateBytes, parms.buffer, context.clock),
+      cburst: transmitSize(ceilBytes, parms.cbuffer, context.clock),
+      quantum: parms.quantum,
+      prio: parms.prio,
+      mpu: parms.rate.mpu,
+      overhead: parms.rate.overhead,
+      linklayer: linkLayerName(parms.rate.linklayer),
+      level: parms.level,
+    };
+  },
+  readExtendedStats: (payload) => tcHtbXstats.decode(payload),
+  tcArguments(input) {
+    const args: string[] = [];
+    const rate = (value: RateInput): string => (typeof value === 'number' ? formatRate(Math.trunc(value / 8)) : value);
+    const size = (value: SizeInput, cell: number | undefined): string => `${value}${cell === undefined ? '' : `/${cell}`}`;
+    if (input.prio !== undefined) args.push('prio', String(input.prio));
+    if (input.mtu !== undefined) args.push('mtu', String(input.mtu));
+    if (input.mpu !== undefined) args.push('mpu', String(input.mpu));
+    if (input.overhead !== undefined) args.push('overhead', String(input.overhead));
+    if (input.linklayer !== undefined) args.push('linklayer', input.linklayer);
+    if (input.quantum !== undefined) args.push('quantum', String(input.quantum));
+    args.push('rate', rate(input.rate));
+    if (input.ceil !== undefined) args.push('ceil', rate(input.ceil));
+    if (input.burst !== undefined) args.push('burst', size(input.burst, input.burstCell));
+    if (input.cburst !== undefined) args.push('cburst', size(input.cburst, input.cburstCell));
+    return args;
+  },
+};

@@ -1,0 +1,113 @@
+/**
+ * SFQ (stochastic fairness queueing): the per-client leaf, so one client's flows share its pipe fairly.
+ * tc sends the whole struct tc_sfq_qopt_v1 as a raw (not nested) TCA_OPTIONS, and only when an option is
+ * given; the kernel fills in its defaults otherwise. The RED variant (redflowlimit…) is not offered.
+ */
+import type { MessageWriter } from '../../wire/attributes.js';
+import { ShaperrInputError } from '../../wire/errors.js';
+import { bytes, nested, s32, struct, u32, u8 } from '../../wire/struct.js';
+import { TCA_OPTIONS, type TcKind } from '../kind.js';
+import { parseSize, type SizeInput } from '../units.js';
+
+const tcSfqQopt = struct({ quantum: u32, perturbPeriod: s32, limit: u32, divisor: u32, flows: u32 });
+const tcSfqQoptV1 = struct({
+  v0: nested(tcSfqQopt),
+  depth: u32,
+  headdrop: u32,
+  redLimit: u32,
+  qthMin: u32,
+  qthMax: u32,
+  wlog: u8,
+  plog: u8,
+  scellLog: u8,
+  flags: u8,
+  maxP: u32,
+  redStats: bytes(24),
+});
+const tcSfqXstats = struct({ allot: s32 });
+
+export interface SfqOptions {
+  /** Seconds between hash perturbations (0: never). */
+  perturb?: number;
+  /** Bytes a flow may dequeue per round (default: the device MTU). */
+  quantum?: SizeInput;
+  /** Packets queued in total. */
+  limit?: number;
+  /** Hash table size (power of two). */
+  divisor?: number;
+  /** Maximum number of flows. */
+  flows?: number;
+  /** Packets queued per flow. */
+  depth?: number;
+  /** Drop from the head instead of the tail when full. */
+  headdrop?: boolean;
+}
+
+export interface SfqParameters extends SfqOptions {
+  quantum?: number;
+}
+
+export interface SfqStats {
+  /** Class statistics only: the flow's remaining allotment. */
+  allot: number;
+}
+
+const optionNames = ['perturb', 'quantum', 'limit', 'divisor', 'flows', 'depth'] as const;
+
+function checkCount(value: number | undefined, what: string, minimum = 0): void {
+  if (value === undefined) return;
+  if (!Number.isInteger(value) || value < minimum || value > 0xffffffff) throw new ShaperrInputError(`invalid SFQ ${what} ${value}: expected an integer ≥ ${minimum}`);
+}
+
+export const sfq: TcKind<SfqOptions, SfqParameters, SfqStats> = {
+  name: 'sfq',
+  resolve(input) {
+    checkCount(input.perturb, 'perturb');
+    checkCount(input.limit, 'limit', 2);
+    checkCount(input.divisor, 'divisor');
+    checkCount(input.flows, 'flows');
+    checkCount(input.depth, 'depth');
+    const { quantum, ...counts } = input;
+    const parameters: SfqParameters = counts;
+    if (quantum !== undefined) parameters.quantum = parseSize(quantum);
+    return parameters;
+  },
+  write(writer: MessageWriter, parameters) {
+    if (!optionNames.some((name) => parameters[name] !== undefined) && !parameters.headdrop) return;
+    writer.attributeStruct(TCA_OPTIONS, tcSfqQoptV1, {
+      v0: {
+        quantum: parameters.quantum ?? 0,
+        perturbPeriod: parameters.perturb ?? 0,
+        limit: parameters.limit ?? 0,
+        divisor: parameters.divisor ?? 0,
+        flows: parameters.flows ?? 0,
+      },
+      depth: parameters.depth ?? 0,
+      headdrop: parameters.headdrop ? 1 : 0,
+    });
+  },
+  read(payload) {
+    if (!payload) return {};
+    const options = tcSfqQoptV1.decode(payload);
+    const parameters: SfqParameters = {
+      perturb: options.v0.perturbPeriod,
+      quantum: options.v0.quantum,
+      limit: options.v0.limit,
+      divisor: options.v0.divisor,
+      flows: options.v0.flows,
+    };
+    // Kernels before v1 of the struct send only the first five fields.
+    if (payload.byteLength >= tcSfqQoptV1.size) {
+      parameters.depth = options.depth;
+      parameters.headdrop = options.headdrop !== 0;
+    }
+    return parameters;
+  },
+  readExtendedStats: (payload) => tcSfqXstats.decode(payload),
+  tcArguments(input) {
+    const args: string[] = [];
+    for (const name of optionNames) if (input[name] !== undefined) args.push(name, String(input[name]));
+    if (input.headdrop) args.push('headdrop');
+    return args;
+  },
+};

@@ -1,0 +1,139 @@
+/** TBF (token bucket filter): a single-rate shaper, as iproute2 6.1's q_tbf.c encodes it. */
+import { attr, attrBytes, attributeSet, attrU32, attrU64 } from '../../wire/attributes.js';
+import { ShaperrInputError } from '../../wire/errors.js';
+import { nested, struct, u32 } from '../../wire/struct.js';
+import { type TcKind, writeNestedOptions } from '../kind.js';
+import { formatRate, parseRate, parseSize, parseTime, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
+import { type LinkLayer, linkLayerName, parseLinkLayer, rateTable, saturate32, tcRatespec } from './ratespec.js';
+
+const tcTbfQopt = struct({ rate: nested(tcRatespec), peakrate: nested(tcRatespec), limit: u32, buffer: u32, mtu: u32 });
+
+// In tc's write order.
+const tbfAttributes = attributeSet({
+  parms: attr(1, tcTbfQopt),
+  burst: attr(6, attrU32),
+  rate64: attr(4, attrU64),
+  rtab: attr(2, attrBytes),
+  prate64: attr(5, attrU64),
+  pburst: attr(7, attrU32),
+  ptab: attr(3, attrBytes),
+});
+
+export interface TbfOptions {
+  rate: RateInput;
+  /** Bucket size in bytes. */
+  burst: SizeInput;
+  /** Queue limit in bytes; give this or `latency`. */
+  limit?: SizeInput;
+  /** Longest time a packet may wait; converted to a byte limit as tc does. */
+  latency?: string | number;
+  /** Second bucket: peak rate, with `mtu` as its size. */
+  peakrate?: RateInput;
+  mtu?: SizeInput;
+  mpu?: number;
+  overhead?: number;
+  linklayer?: LinkLayer | 'adsl';
+}
+
+export interface TbfParameters extends TbfOptions {
+  /** bits per second */
+  rate: number;
+  burst: number;
+  limit: number;
+  peakrate?: number;
+  mtu?: number;
+  mpu: number;
+  overhead: number;
+  linklayer: LinkLayer;
+}
+
+export const tbf: TcKind<TbfOptions, TbfParameters> = {
+  name: 'tbf',
+  resolve(input) {
+    if ((input.limit === undefined) === (input.latency === undefined)) {
+      throw new ShaperrInputError('invalid TBF options: give exactly one of limit or latency');
+    }
+    if (input.peakrate !== undefined && input.mtu === undefined) throw new ShaperrInputError('invalid TBF options: peakrate needs mtu');
+    const rateBytes = parseRate(input.rate);
+    const burst = parseSize(input.burst);
+    if (burst === 0) throw new ShaperrInputError('invalid TBF burst 0: must be positive');
+    const peakBytes = input.peakrate === undefined ? undefined : parseRate(input.peakrate);
+    const mtu = input.mtu === undefined ? undefined : parseSize(input.mtu);
+    let limit: number;
+    if (input.limit !== undefined) {
+      limit = parseSize(input.limit);
+    } else {
+      const latency = parseTime(input.latency!);
+      limit = (rateBytes * latency) / 1e6 + burst;
+      if (peakBytes !== undefined) limit = Math.min(limit, (peakBytes * latency) / 1e6 + mtu!);
+      limit = Math.trunc(limit);
+    }
+    const parameters: TbfParameters = {
+      rate: rateBytes * 8,
+      burst,
+      limit,
+      mpu: input.mpu ?? 0,
+      overhead: input.overhead ?? 0,
+      linklayer: input.linklayer === undefined ? 'ethernet' : parseLinkLayer(input.linklayer),
+    };
+    if (peakBytes !== undefined) parameters.peakrate = peakBytes * 8;
+    if (mtu !== undefined) parameters.mtu = mtu;
+    return parameters;
+  },
+  write(writer, parameters, context) {
+    const rateBytes = parameters.rate / 8;
+    const peakBytes = parameters.peakrate === undefined ? 0 : parameters.peakrate / 8;
+    const common = { mpu: parameters.mpu, overhead: parameters.overhead, linklayer: parameters.linklayer, mtu: parameters.mtu ?? 0, cellLog: -1 };
+    const rate = rateTable({ ...common, rate32: saturate32(rateBytes) }, context.clock);
+    const peak = peakBytes ? rateTable({ ...common, rate32: saturate32(peakBytes) }, context.clock) : undefined;
+    writeNestedOptions(writer, () =>
+      tbfAttributes.write(writer, {
+        parms: {
+          rate: rate.spec,
+          peakrate: peak?.spec,
+          limit: parameters.limit,
+          // tc computes both times from the saturated 32-bit rates.
+          buffer: transmitTicks(saturate32(rateBytes), parameters.burst, context.clock),
+          mtu: peak ? transmitTicks(saturate32(peakBytes), parameters.mtu!, context.clock) : 0,
+        },
+        burst: parameters.burst,
+        rate64: rateBytes >= 2 ** 32 ? BigInt(rateBytes) : undefined,
+        rtab: rate.table,
+        prate64: peakBytes >= 2 ** 32 ? BigInt(peakBytes) : undefined,
+        pburst: peak ? parameters.mtu : undefined,
+        ptab: peak?.table,
+      }),
+    );
+  },
+  read(payload, context) {
+    const values = tbfAttributes.read(payload ?? new Uint8Array());
+    if (!values.parms) throw new Error('TBF options without TCA_TBF_PARMS');
+    const rateBytes = values.rate64 !== undefined ? Number(values.rate64) : values.parms.rate.rate;
+    const parameters: TbfParameters = {
+      rate: rateBytes * 8,
+      burst: values.burst ?? transmitSize(rateBytes, values.parms.buffer, context.clock),
+      limit: values.parms.limit,
+      mpu: values.parms.rate.mpu,
+      overhead: values.parms.rate.overhead,
+      linklayer: linkLayerName(values.parms.rate.linklayer),
+    };
+    const peakBytes = values.prate64 !== undefined ? Number(values.prate64) : values.parms.peakrate.rate;
+    if (peakBytes) {
+      parameters.peakrate = peakBytes * 8;
+      parameters.mtu = values.pburst ?? transmitSize(peakBytes, values.parms.mtu, context.clock);
+    }
+    return parameters;
+  },
+  tcArguments(input) {
+    const rate = (value: RateInput): string => (typeof value === 'number' ? formatRate(Math.trunc(value / 8)) : value);
+    const args = ['rate', rate(input.rate), 'burst', String(input.burst)];
+    if (input.limit !== undefined) args.push('limit', String(input.limit));
+    if (input.latency !== undefined) args.push('latency', typeof input.latency === 'number' ? `${input.latency}us` : input.latency);
+    if (input.peakrate !== undefined) args.push('peakrate', rate(input.peakrate));
+    if (input.mtu !== undefined) args.push('mtu', String(input.mtu));
+    if (input.mpu !== undefined) args.push('mpu', String(input.mpu));
+    if (input.overhead !== undefined) args.push('overhead', String(input.overhead));
+    if (input.linklayer !== undefined) args.push('linklayer', input.linklayer);
+    return args;
+  },
+};

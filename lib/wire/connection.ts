@@ -1,0 +1,155 @@
+/**
+ * A request/ACK connection over one netlink socket: sequence numbers, ACK matching, batches sent several
+ * messages to a datagram, multi-part dumps, and kernel errors turned into NetlinkError.
+ */
+import { openNetlinkSocket, type NetlinkSocket, type NetlinkSocketOptions, SyscallError } from '../../native-bindings/netlink-socket.js';
+import { MessageWriter } from './attributes.js';
+import { NetlinkError, type RequestContext } from './errors.js';
+import { beginMessage, decodeAck, Flags, MessageType, type ReceivedMessage, splitMessages } from './message.js';
+
+/** One request: header type and flags, a body writer, and what it is about (for errors). */
+export interface NetlinkRequest {
+  type: number;
+  flags: number;
+  writeBody(writer: MessageWriter): void;
+  context: RequestContext;
+}
+
+export interface RequestOutcome {
+  /** Set when the kernel refused the request. */
+  error?: NetlinkError;
+  /** Set when a successful ACK carried a kernel warning. */
+  warning?: string;
+}
+
+/** Keeps datagrams well under the default socket send buffer; an HTB class message is ~2.2 KiB. */
+const MAX_DATAGRAM_BYTES = 96 * 1024;
+const RECEIVE_BUFFER_BYTES = 256 * 1024;
+
+function writeRequest(writer: MessageWriter, request: NetlinkRequest, seq: number): void {
+  const end = beginMessage(writer, request.type, request.flags | Flags.REQUEST | Flags.ACK, seq);
+  request.writeBody(writer);
+  end();
+}
+
+/** The bytes a request encodes to, with sequence number 0: for golden tests and dry runs. */
+export function encodeRequest(request: NetlinkRequest): Uint8Array {
+  const writer = new MessageWriter();
+  writeRequest(writer, request, 0);
+  return writer.toBytes();
+}
+
+export class NetlinkConnection {
+  private sequence = Math.floor(Math.random() * 0x7fffffff);
+  private readonly receiveBuffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
+
+  private constructor(private readonly socket: NetlinkSocket) {}
+
+  static open(options: NetlinkSocketOptions = {}): NetlinkConnection {
+    return new NetlinkConnection(openNetlinkSocket(options));
+  }
+
+  private nextSequence(): number {
+    this.sequence = (this.sequence + 1) >>> 0 || 1;
+    return this.sequence;
+  }
+
+
+  /** Sends one request and waits for its ACK; throws NetlinkError when the kernel refuses it. */
+  request(request: NetlinkRequest): RequestOutcome {
+    const [outcome] = this.batch([request]);
+    if (outcome!.error) throw outcome!.error;
+    return outcome!;
+  }
+
+  /**
+   * Sends many requests, several per datagram, and collects every ACK. The kernel processes each message
+   * on its own: one failing does not stop the rest, so each request gets its own outcome.
+   */
+  batch(requests: readonly NetlinkRequest[]): RequestOutcome[] {
+    const outcomes: RequestOutcome[] = new Array(requests.length);
+    let index = 0;
+    while (index < requests.length) {
+      const writer = new MessageWriter(Math.min(MAX_DATAGRAM_BYTES, 4096 * (requests.length - index)));
+      const pending = new Map<number, number>();
+      while (index < requests.length && (pending.size === 0 || writer.length < MAX_DATAGRAM_BYTES - 4096)) {
+        const seq = this.nextSequence();
+        writeRequest(writer, requests[index]!, seq);
+        pending.set(seq, index);
+        index++;
+      }
+      this.sendChunk(writer, pending, requests, outcomes);
+    }
+    return outcomes;
+  }
+
+  private sendChunk(
+    writer: MessageWriter,
+    pending: Map<number, number>,
+    requests: readonly NetlinkRequest[],
+    outcomes: RequestOutcome[],
+  ): void {
+    try {
+      this.socket.send(writer.bytesAt(0, writer.length));
+      while (pending.size > 0) {
+        for (const message of this.receiveMessages()) {
+          const at = pending.get(message.seq);
+          if (at === undefined || message.type !== MessageType.ERROR) continue; // stale reply of an earlier timeout
+          pending.delete(message.seq);
+          const ack = decodeAck(message);
+          outcomes[at] = ack.errno
+            ? { error: new NetlinkError(ack.errno, requests[at]!.context, ack.kernelMessage) }
+            : ack.kernelMessage
+              ? { warning: ack.kernelMessage }
+              : {};
+        }
+      }
+    } catch (error) {
+      // The socket failed (timeout, ENOBUFS): whatever did not get an answer gets this error.
+      const errno = error instanceof SyscallError ? error.errno : 0;
+      for (const at of pending.values()) outcomes[at] = { error: new NetlinkError(errno, requests[at]!.context) };
+      if (!(error instanceof SyscallError)) throw error;
+    }
+  }
+
+  private receiveMessages(): ReceivedMessage[] {
+    const length = this.socket.receive(this.receiveBuffer);
+    return splitMessages(this.receiveBuffer.subarray(0, length));
+  }
+
+  /**
+   * Sends a get (`dump: false`: one reply, then the ACK) or a dump (multi-part replies ending in
+   * NLMSG_DONE) and returns the replies; bodies are copies, safe to keep.
+   */
+  query(request: Omit<NetlinkRequest, 'flags'> & { flags?: number }, { dump }: { dump: boolean }): ReceivedMessage[] {
+    const writer = new MessageWriter(256);
+    const seq = this.nextSequence();
+    const flags = (request.flags ?? 0) | (dump ? Flags.DUMP : Flags.ACK);
+    const end = beginMessage(writer, request.type, flags | Flags.REQUEST, seq);
+    request.writeBody(writer);
+    end();
+    const replies: ReceivedMessage[] = [];
+    try {
+      this.socket.send(writer.bytesAt(0, writer.length));
+      for (;;) {
+        for (const message of this.receiveMessages()) {
+          if (message.seq !== seq) continue;
+          if (message.type === MessageType.DONE || message.type === MessageType.ERROR) {
+            // NLMSG_DONE carries the dump's final status the same way an ACK carries an errno.
+            const ack = decodeAck(message);
+            if (ack.errno) throw new NetlinkError(ack.errno, request.context, ack.kernelMessage);
+            return replies;
+          }
+          replies.push({ ...message, body: message.body.slice() });
+        }
+      }
+    } catch (error) {
+      if (error instanceof SyscallError) throw new NetlinkError(error.errno, request.context);
+      throw error;
+    }
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}

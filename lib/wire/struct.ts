@@ -1,0 +1,131 @@
+/**
+ * Declarative C structs: a struct is a list of typed fields, and encode, decode and size all derive from
+ * that one table (the way pyroute2 describes `tcmsg` options). Field order is the C layout; there is no
+ * implicit padding, so padding is declared as a field, exactly as the kernel header has it.
+ */
+
+type ScalarType = 's8' | 'u8' | 'u16' | 'u32' | 's16' | 's32' | 'u64' | 'be16' | 'be32';
+
+interface ScalarSpec {
+  readonly type: ScalarType;
+}
+interface BytesSpec {
+  readonly type: 'bytes';
+  readonly length: number;
+}
+interface NestedSpec<T> {
+  readonly type: 'struct';
+  readonly struct: StructCodec<T>;
+}
+type FieldSpec = ScalarSpec | BytesSpec | NestedSpec<unknown>;
+
+type FieldValue<S> = S extends { type: 'u64' }
+  ? bigint
+  : S extends { type: 'bytes' }
+    ? Uint8Array
+    : S extends NestedSpec<infer T>
+      ? T
+      : number;
+
+/** The decoded shape of a struct described by `Fields`. */
+export type StructValue<Fields extends Record<string, FieldSpec>> = { [K in keyof Fields]: FieldValue<Fields[K]> };
+
+const scalarSize: Record<ScalarType, number> = { s8: 1, u8: 1, u16: 2, u32: 4, s16: 2, s32: 4, u64: 8, be16: 2, be32: 4 };
+
+function fieldSize(spec: FieldSpec): number {
+  if (spec.type === 'bytes') return spec.length;
+  if (spec.type === 'struct') return spec.struct.size;
+  return scalarSize[spec.type];
+}
+
+export const s8 = { type: 's8' } as const;
+export const u8 = { type: 'u8' } as const;
+export const u16 = { type: 'u16' } as const;
+export const u32 = { type: 'u32' } as const;
+export const s16 = { type: 's16' } as const;
+export const s32 = { type: 's32' } as const;
+export const u64 = { type: 'u64' } as const;
+/** Network byte order, as in packet headers and u32 selector keys. */
+export const be16 = { type: 'be16' } as const;
+export const be32 = { type: 'be32' } as const;
+export const bytes = (length: number): BytesSpec => ({ type: 'bytes', length });
+export const nested = <T>(struct: StructCodec<T>): NestedSpec<T> => ({ type: 'struct', struct });
+
+export interface StructCodec<T> {
+  readonly size: number;
+  /** Writes `value` at `offset`; fields left out are zero. */
+  encodeInto(view: DataView, offset: number, value: Partial<T>): void;
+  encode(value: Partial<T>): Uint8Array;
+  /** Reads a struct; a payload shorter than the struct (an older kernel) reads the missing tail as zero. */
+  decode(data: Uint8Array): T;
+}
+
+export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields): StructCodec<StructValue<Fields>> {
+  const layout = Object.entries(fields).map(([name, spec]) => ({ name, spec }));
+  let size = 0;
+  const offsets = layout.map(({ spec }) => {
+    const at = size;
+    size += fieldSize(spec);
+    return at;
+  });
+
+  function encodeInto(view: DataView, base: number, value: Record<string, unknown>): void {
+    layout.forEach(({ name, spec }, index) => {
+      const at = base + offsets[index]!;
+      const field = value[name];
+      if (field === undefined) return; // the buffer is zero-filled
+      switch (spec.type) {
+        case 's8': view.setInt8(at, field as number); break;
+        case 'u8': view.setUint8(at, field as number); break;
+        case 'u16': view.setUint16(at, field as number, true); break;
+        case 's16': view.setInt16(at, field as number, true); break;
+        case 'u32': view.setUint32(at, field as number, true); break;
+        case 's32': view.setInt32(at, field as number, true); break;
+        case 'u64': view.setBigUint64(at, field as bigint, true); break;
+        case 'be16': view.setUint16(at, field as number, false); break;
+        case 'be32': view.setUint32(at, field as number, false); break;
+        case 'bytes': new Uint8Array(view.buffer, view.byteOffset + at, spec.length).set(field as Uint8Array); break;
+        case 'struct': spec.struct.encodeInto(view, at, field as Partial<unknown>); break;
+      }
+    });
+  }
+
+  function decodeFrom(view: DataView): StructValue<Fields> {
+    const result: Record<string, unknown> = {};
+    layout.forEach(({ name, spec }, index) => {
+      const at = offsets[index]!;
+      switch (spec.type) {
+        case 's8': result[name] = view.getInt8(at); break;
+        case 'u8': result[name] = view.getUint8(at); break;
+        case 'u16': result[name] = view.getUint16(at, true); break;
+        case 's16': result[name] = view.getInt16(at, true); break;
+        case 'u32': result[name] = view.getUint32(at, true); break;
+        case 's32': result[name] = view.getInt32(at, true); break;
+        case 'u64': result[name] = view.getBigUint64(at, true); break;
+        case 'be16': result[name] = view.getUint16(at, false); break;
+        case 'be32': result[name] = view.getUint32(at, false); break;
+        case 'bytes': result[name] = new Uint8Array(view.buffer, view.byteOffset + at, spec.length).slice(); break;
+        case 'struct':
+          result[name] = spec.struct.decode(new Uint8Array(view.buffer, view.byteOffset + at, spec.struct.size));
+          break;
+      }
+    });
+    return result as StructValue<Fields>;
+  }
+
+  return {
+    size,
+    encodeInto: (view, offset, value) => encodeInto(view, offset, value as Record<string, unknown>),
+    encode(value) {
+      const out = new Uint8Array(size);
+      encodeInto(new DataView(out.buffer), 0, value as Record<string, unknown>);
+      return out;
+    },
+    decode(data) {
+      if (data.byteLength >= size) return decodeFrom(new DataView(data.buffer, data.byteOffset, size));
+      const padded = new Uint8Array(size);
+      padded.set(data);
+      return decodeFrom(new DataView(padded.buffer));
+    },
+  };
+}
