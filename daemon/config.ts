@@ -1,0 +1,119 @@
+/**
+ * shaperrd's configuration: YAML validated with zod. Every key has a documented default; a bad key or
+ * value is refused at start with one message naming the key and the value.
+ */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { NetworkSet } from '../lib/address.js';
+import { parseRate } from '../lib/tc/units.js';
+import type { PolicyConfig } from './policy.js';
+
+const rate = z.union([z.string(), z.number()]).superRefine((value, context) => {
+  try {
+    parseRate(value);
+  } catch (error) {
+    context.addIssue({ code: 'custom', message: (error as Error).message });
+  }
+});
+
+const rates = z.strictObject({ rate, ceil: rate.optional() });
+
+const cidr = z.string().superRefine((value, context) => {
+  try {
+    new NetworkSet([value]);
+  } catch (error) {
+    context.addIssue({ code: 'custom', message: (error as Error).message });
+  }
+});
+
+const timeOfDay = z.string().regex(/^([01]?\d|2[0-3]):[0-5]\d$|^24:00$/, 'expected HH:MM');
+
+export const configSchema = z.strictObject({
+  /** Network device whose upload is shaped. */
+  device: z.string().min(1).max(15),
+  /** Network namespace of the device (name under /var/run/netns); default: the daemon's own. */
+  netns: z.string().min(1).optional(),
+  /** Server-wide limits shared by all throttled clients. */
+  server: rates,
+  /** Default pipe per playing client. */
+  client: rates,
+  leaf: z.enum(['sfq', 'pfifo', 'none']).default('sfq'),
+  exempt: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
+  remoteOnly: z.boolean().default(false),
+  localNetworks: z.array(cidr).default(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', 'fc00::/7', 'fe80::/10']),
+  overrides: z
+    .array(z.strictObject({ user: z.string().min(1).optional(), network: cidr.optional(), rate, ceil: rate.optional() }).refine((o) => o.user !== undefined || o.network !== undefined, 'an override needs a user or a network'))
+    .default([]),
+  schedules: z
+    .array(z.strictObject({ from: timeOfDay, to: timeOfDay, days: z.array(z.number().int().min(0).max(6)).optional(), server: rates }))
+    .default([]),
+  /** Plex Media Server log file; default: the first that exists of the usual locations. */
+  log: z.string().min(1).optional(),
+  trustedProxies: z.array(cidr).default([]),
+  /** Seconds a client keeps its pipe after its last session stops (rides through seeks). */
+  graceSeconds: z.number().min(0).max(3600).default(5),
+  /** Seconds without log activity and without bytes before a silent session counts as gone. */
+  idleSeconds: z.number().min(5).max(86400).default(120),
+  stateFile: z.string().min(1).default('/var/lib/shaperr/state.json'),
+  keepRulesOnExit: z.boolean().default(false),
+  takeover: z.boolean().default(false),
+  status: z
+    .strictObject({
+      listen: z.string().default('127.0.0.1:9750'),
+      token: z.string().min(8).optional(),
+    })
+    .optional(),
+});
+
+export type ShaperrConfig = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+function describeIssue(issue: z.core.$ZodIssue, input: unknown): string {
+  const path = issue.path.map(String);
+  const key = path.join('.') || '(top level)';
+  let value: unknown = input;
+  for (const part of issue.path) value = (value as Record<PropertyKey, unknown> | undefined)?.[part as PropertyKey];
+  if (issue.code === 'unrecognized_keys') return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${[...path, k].join('.')}'`).join(', ')}`;
+  const shown = value === undefined ? 'missing' : JSON.stringify(value);
+  return `'${key}' = ${shown}: ${issue.message}`;
+}
+
+/** Validates a parsed config object; throws ConfigError naming the first bad key and value. */
+export function validateConfig(input: unknown, source = 'config'): ShaperrConfig {
+  const result = configSchema.safeParse(input ?? {});
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => describeIssue(issue, input));
+  throw new ConfigError(`${source}: ${problems.join('; ')}`);
+}
+
+export function loadConfig(path: string): ShaperrConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`cannot read config file ${path}: ${(error as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = parseYaml(text);
+  } catch (error) {
+    throw new ConfigError(`${path} is not valid YAML: ${(error as Error).message}`);
+  }
+  return validateConfig(parsed, path);
+}
+
+export function policyConfig(config: ShaperrConfig): PolicyConfig {
+  return {
+    client: config.client,
+    server: config.server,
+    exempt: config.exempt,
+    remoteOnly: config.remoteOnly,
+    localNetworks: config.localNetworks,
+    overrides: config.overrides,
+    schedules: config.schedules,
+  };
+}

@@ -1,0 +1,279 @@
+/**
+ * Sessions: playback events → which clients must be throttled, and at what limits.
+ *
+ * Per client address, the set of live sessions. The first live session throttles at once (the first burst
+ * is what hurts); the last one ending schedules a release after a grace period, which any new session
+ * cancels — so the STOP/START pairs of a seek storm never reach the kernel. Sessions that vanish without a
+ * stop (app killed, network gone) end after an idle time with neither log activity nor bytes through
+ * the client's class.
+ *
+ * The tracker only decides; applying is the job of the `ClientShaper` port, called through a per-client
+ * queue so that at most one kernel change per client is in flight and the last decision wins.
+ */
+import type { PlaybackEvent } from './parse.js';
+import type { Limits, Policy } from './policy.js';
+
+/** What the sessions stage needs from the shaper (the real Shaper, or a dry-run printer). */
+export interface ClientShaper {
+  throttle(address: string, limits: Limits): Promise<unknown>;
+  release(address: string): Promise<unknown>;
+  /** Bytes sent through the client's class so far, to tell a paused-but-alive client from a vanished one. */
+  bytesSent?(address: string): number | undefined;
+}
+
+export interface SessionTrackerOptions {
+  /** How long a client with no live session keeps its pipe (seek storms, quick next episode). */
+  graceMs: number;
+  /** A session with no log activity and no bytes for this long has vanished. */
+  idleMs: number;
+  policy: Policy;
+  shaper: ClientShaper;
+  /** Milliseconds clock; injectable for tests. */
+  now?: () => number;
+  /** Every decision, for the structured log. */
+  onDecision?: (decision: Decision) => void;
+  /** A kernel change failed (it is retried on the next event or sweep). */
+  onError?: (error: unknown, address: string) => void;
+}
+
+export interface Decision {
+  action: 'throttle' | 'release' | 'change' | 'exempt' | 'grace' | 'resume' | 'expire';
+  address: string;
+  session?: string;
+  user?: string;
+  limits?: Limits;
+  reason?: string;
+  /** For kernel changes: milliseconds from the event (or timer) to the kernel's ACK. */
+  latencyMs?: number;
+}
+
+interface LiveSession {
+  lastSeen: number;
+  paused: boolean;
+}
+
+interface ClientRecord {
+  address: string;
+  user?: string;
+  network?: string;
+  sessions: Map<string, LiveSession>;
+  /** When the last session ended; release is due at releaseAt. */
+  releaseAt?: number;
+  /** Limits wanted in the kernel now (undefined: no pipe). */
+  wanted?: Limits;
+  /** Limits the kernel has (as far as we know). */
+  applied?: Limits;
+  /** Bytes through the class at the last idle check, and when they last moved. */
+  lastBytes?: number;
+  bytesMovedAt: number;
+  inFlight?: Promise<void>;
+}
+
+const sameLimits = (a: Limits | undefined, b: Limits | undefined): boolean =>
+  a === b || (a !== undefined && b !== undefined && a.rate === b.rate && a.ceil === b.ceil);
+
+export interface ClientSummary {
+  address: string;
+  user?: string;
+  sessions: string[];
+  state: 'playing' | 'paused' | 'grace';
+  limits?: Limits;
+  throttled: boolean;
+}
+
+export class SessionTracker {
+  private readonly clients = new Map<string, ClientRecord>();
+  private readonly now: () => number;
+  /** Kernel changes made, for metrics and the seek-storm guarantee. */
+  kernelChanges = 0;
+
+  constructor(private readonly options: SessionTrackerOptions) {
+    this.now = options.now ?? Date.now;
+  }
+
+  /** Feeds one playback event. */
+  handle(event: PlaybackEvent): void {
+    const { policy } = this.options;
+    const verdict = policy.limitsFor(event);
+    if (verdict.exempt) {
+      if (event.kind === 'start') this.decide({ action: 'exempt', address: event.address, session: event.sessionKey, reason: verdict.exempt, ...(event.user ? { user: event.user } : {}) });
+      return;
+    }
+    const now = this.now();
+    let client = this.clients.get(event.address);
+    if (event.kind === 'stop') {
+      if (!client || !client.sessions.delete(event.sessionKey)) return;
+      this.endedOne(client, now, 'stop');
+      return;
+    }
+    if (!client) {
+      client = { address: event.address, sessions: new Map(), bytesMovedAt: now };
+      this.clients.set(event.address, client);
+    }
+    if (event.user) client.user = event.user;
+    if (event.network) client.network = event.network;
+    client.sessions.set(event.sessionKey, { lastSeen: now, paused: event.kind === 'pause' });
+    if (client.releaseAt !== undefined) {
+      client.releaseAt = undefined;
+      this.decide({ action: 'resume', address: client.address, session: event.sessionKey });
+    }
+    client.wanted = verdict.limits;
+    this.converge(client, now);
+  }
+
+  private endedOne(client: ClientRecord, now: number, reason: string): void {
+    if (client.sessions.size > 0) return;
+    client.releaseAt = now + this.options.graceMs;
+    this.decide({ action: 'grace', address: client.address, reason });
+  }
+
+  /**
+   * Runs the timers: releases clients whose grace ran out, expires vanished sessions. Call it every few
+   * hundred ms; returns the time of the next due timer (or undefined).
+   */
+  sweep(): number | undefined {
+    const now = this.now();
+    let next: number | undefined;
+    const earliest = (at: number): void => {
+      next = next === undefined ? at : Math.min(next, at);
+    };
+    for (const client of this.clients.values()) {
+      this.expireVanished(client, now);
+      if (client.releaseAt !== undefined && client.releaseAt <= now) {
+        client.releaseAt = undefined;
+        client.wanted = undefined;
+        this.converge(client, now);
+      } else if (client.releaseAt !== undefined) {
+        earliest(client.releaseAt);
+      }
+      this.converge(client, now); // retries a change that failed earlier
+      this.forgetIfIdle(client);
+    }
+    return next;
+  }
+
+  private forgetIfIdle(client: ClientRecord): void {
+    if (client.wanted === undefined && client.applied === undefined && client.sessions.size === 0 && !client.inFlight) {
+      this.clients.delete(client.address);
+    }
+  }
+
+  private expireVanished(client: ClientRecord, now: number): void {
+    if (client.sessions.size === 0) return;
+    const bytes = this.options.shaper.bytesSent?.(client.address);
+    if (bytes !== undefined && bytes !== client.lastBytes) {
+      client.lastBytes = bytes;
+      client.bytesMovedAt = now;
+    }
+    const idleSince = (session: LiveSession): number => Math.max(session.lastSeen, client.bytesMovedAt);
+    for (const [key, session] of client.sessions) {
+      if (now - idleSince(session) < this.options.idleMs) continue;
+      client.sessions.delete(key);
+      this.decide({ action: 'expire', address: client.address, session: key, reason: `no activity for ${Math.round((now - idleSince(session)) / 1000)} s` });
+    }
+    // A vanished client has no reason for a grace period: nothing is about to resume.
+    if (client.sessions.size === 0) client.releaseAt = now;
+  }
+
+  /** Brings the kernel to `wanted`, one change at a time per client; the latest wish wins. */
+  private converge(client: ClientRecord, startedAt: number): void {
+    if (client.inFlight || sameLimits(client.wanted, client.applied)) return;
+    const wanted = client.wanted;
+    const action: Decision['action'] = wanted === undefined ? 'release' : client.applied === undefined ? 'throttle' : 'change';
+    const change = wanted === undefined ? this.options.shaper.release(client.address) : this.options.shaper.throttle(client.address, wanted);
+    this.kernelChanges++;
+    let failed = false;
+    client.inFlight = change.then(
+      () => {
+        client.applied = wanted;
+        this.decide({
+          action,
+          address: client.address,
+          latencyMs: this.now() - startedAt,
+          ...(wanted ? { limits: wanted } : {}),
+          ...(client.user ? { user: client.user } : {}),
+        });
+      },
+      (error: unknown) => {
+        failed = true;
+        this.options.onError?.(error, client.address);
+      },
+    ).finally(() => {
+      client.inFlight = undefined;
+      // Events that arrived meanwhile may want something else already; a failure waits for the next
+      // event or sweep instead of retrying in a tight loop.
+      if (!failed && !sameLimits(client.wanted, client.applied)) this.converge(client, this.now());
+      else this.forgetIfIdle(client);
+    });
+  }
+
+  private decide(decision: Decision): void {
+    this.options.onDecision?.(decision);
+  }
+
+  /** Resolves when no kernel change is in flight (tests, shutdown). */
+  async settled(): Promise<void> {
+    for (;;) {
+      const pending = [...this.clients.values()].flatMap((client) => (client.inFlight ? [client.inFlight] : []));
+      if (pending.length === 0) return;
+      await Promise.all(pending);
+    }
+  }
+
+  /** Re-evaluates every client's limits (after a config reload or a schedule boundary). */
+  reapplyPolicy(limitsFor: (client: { address: string; user?: string; network?: string }) => Limits | undefined): void {
+    const now = this.now();
+    for (const client of this.clients.values()) {
+      if (client.sessions.size === 0 && client.wanted === undefined) continue;
+      client.wanted = client.sessions.size === 0 && client.releaseAt === undefined ? undefined : limitsFor(client);
+      this.converge(client, now);
+    }
+  }
+
+  /** Restores state saved by an earlier run: these clients are in the kernel with these limits. */
+  restore(saved: readonly SavedClient[]): void {
+    const now = this.now();
+    for (const entry of saved) {
+      const sessions = new Map(entry.sessions.map((key) => [key, { lastSeen: now, paused: false }] as const));
+      const record: ClientRecord = { address: entry.address, sessions, wanted: entry.limits, applied: entry.limits, bytesMovedAt: now };
+      if (entry.user) record.user = entry.user;
+      if (sessions.size === 0) record.releaseAt = now + this.options.graceMs;
+      this.clients.set(entry.address, record);
+    }
+  }
+
+  /** What to save so a restart can pick up where this run stopped. */
+  snapshot(): SavedClient[] {
+    return [...this.clients.values()]
+      .filter((client) => client.applied !== undefined)
+      .map((client) => ({
+        address: client.address,
+        sessions: [...client.sessions.keys()],
+        limits: client.applied!,
+        ...(client.user ? { user: client.user } : {}),
+      }));
+  }
+
+  summary(): ClientSummary[] {
+    return [...this.clients.values()].map((client) => {
+      const sessions = [...client.sessions.keys()];
+      const paused = sessions.length > 0 && [...client.sessions.values()].every((session) => session.paused);
+      const summary: ClientSummary = {
+        address: client.address,
+        sessions,
+        state: sessions.length === 0 ? 'grace' : paused ? 'paused' : 'playing',
+        throttled: client.applied !== undefined,
+      };
+      if (client.user) summary.user = client.user;
+      if (client.applied) summary.limits = client.applied;
+      return summary;
+    });
+  }
+}
+
+export interface SavedClient {
+  address: string;
+  sessions: string[];
+  limits: Limits;
+  user?: string;
+}

@@ -1,0 +1,54 @@
+/**
+ * The state file: session table, what is applied, and the log position — written atomically (temp file,
+ * fsync, rename) so a crash mid-write leaves the previous state, never a torn one.
+ */
+import { mkdir, open, readFile, rename } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { z } from 'zod';
+
+const stateSchema = z.object({
+  version: z.literal(1),
+  device: z.string(),
+  savedAt: z.string(),
+  clients: z.array(
+    z.object({
+      address: z.string(),
+      sessions: z.array(z.string()),
+      limits: z.object({ rate: z.number(), ceil: z.number() }),
+      user: z.string().optional(),
+    }),
+  ),
+  log: z.object({ path: z.string(), inode: z.union([z.number(), z.string()]), offset: z.number() }).optional(),
+});
+
+export type DaemonState = z.infer<typeof stateSchema>;
+
+/** Reads the state file; a missing file is a fresh start, an unreadable one is reported and ignored. */
+export async function loadState(path: string, warn: (message: string) => void): Promise<DaemonState | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') warn(`state file ${path} cannot be read (${(error as Error).message}); starting fresh`);
+    return undefined;
+  }
+  try {
+    return stateSchema.parse(JSON.parse(text));
+  } catch (error) {
+    warn(`state file ${path} is not valid (${(error as Error).message.split('\n')[0]}); starting fresh — the kernel state is adopted instead`);
+    return undefined;
+  }
+}
+
+export async function saveState(path: string, state: DaemonState): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  const temporary = `${path}.${process.pid}.tmp`;
+  const file = await open(temporary, 'w', 0o600);
+  try {
+    await file.writeFile(`${JSON.stringify(state, null, 2)}\n`);
+    await file.sync();
+  } finally {
+    await file.close();
+  }
+  await rename(temporary, path);
+}
