@@ -9,8 +9,10 @@ import type { SchedulerClock } from './units.js';
 /** What a kind may need besides its options. */
 export interface KindContext {
   clock: SchedulerClock;
-  /** The tcmsg handle of the object being encoded/decoded (u32 filters derive hash-table fields from it). */
+  /** The tcmsg handle of the object being encoded/decoded. */
   handle?: number;
+  /** Filters: the EtherType they match (u32 reads IPv6 header offsets for 0x86dd). */
+  protocol?: number;
 }
 
 /**

@@ -1,0 +1,89 @@
+/**
+ * Where the Shaper puts things in the kernel: handles, priorities and u32 hash tables. One place, so the
+ * Shaper that writes them and the Shaper that adopts them after a restart agree.
+ *
+ * Classification is O(1) in the number of clients: per family, one link filter hashes the destination's
+ * last byte into a 256-bucket table, and each bucket holds only the few clients whose address ends there.
+ */
+import type { ClientAddress } from '../address.js';
+import { parseClientAddress } from '../address.js';
+import { lastByteHashKey, makeU32Handle } from '../tc/kinds/u32.js';
+import type { Filter, FilterRef, FilterSpec } from '../tc/objects.js';
+
+export const SHAPER_LAYOUT = {
+  /** Root qdisc major: unusual on purpose, so a foreign `1:` HTB is never mistaken for ours. */
+  rootMajor: 0x5a,
+  serverMinor: 1,
+} as const;
+
+interface FamilyLayout {
+  protocol: 'ip' | 'ipv6';
+  priority: number;
+  /** u32 table id of the 256-bucket client table. */
+  table: number;
+}
+
+// IPv4 and IPv6 filters need different priorities (one u32 instance per protocol and priority).
+const families: Record<4 | 6, FamilyLayout> = {
+  4: { protocol: 'ip', priority: 1, table: 0x2 },
+  6: { protocol: 'ipv6', priority: 2, table: 0x3 },
+};
+
+/**
+ * The per-family hash table and the link filter that hashes into it (created once, in this order). The
+ * link filter goes into the priority's root table, whose id the kernel picks (800:, 801:…): no `ht`.
+ */
+export function hashTableSpecs(root: number): FilterSpec[] {
+  return ([4, 6] as const).flatMap((family) => {
+    const { protocol, priority, table } = families[family];
+    return [
+      { kind: 'u32' as const, parent: root, priority, protocol, handle: makeU32Handle(table, 0, 0), options: { divisor: 256 } },
+      {
+        kind: 'u32' as const,
+        parent: root,
+        priority,
+        protocol,
+        options: {
+          match: { family, dst: family === 4 ? '0.0.0.0/0' : '::/0' },
+          hashKey: lastByteHashKey(family),
+          link: makeU32Handle(table, 0, 0),
+        },
+      },
+    ];
+  });
+}
+
+function clientHandle(address: ClientAddress, node: number): number {
+  return makeU32Handle(families[address.family].table, address.bytes[address.bytes.length - 1]!, node);
+}
+
+/** The filter steering `address` into class `classid`, as node `node` of its bucket. */
+export function clientFilterSpec(root: number, address: ClientAddress, classid: number, node: number): FilterSpec {
+  const { protocol, priority } = families[address.family];
+  const handle = clientHandle(address, node);
+  return {
+    kind: 'u32',
+    parent: root,
+    priority,
+    protocol,
+    handle,
+    options: { hashTable: handle & 0xfffff000, match: { family: address.family, dst: address.text }, classid },
+  };
+}
+
+export function clientFilterRef(root: number, address: ClientAddress, node: number): FilterRef {
+  const { protocol, priority } = families[address.family];
+  return { kind: 'u32', parent: root, priority, protocol, handle: clientHandle(address, node) };
+}
+
+/** Recognises one of our client filters in a dump: a single-address dst match in a client table. */
+export function readClientFilter(filter: Filter): { address: ClientAddress; classid: number; node: number } | undefined {
+  const match = filter.parameters.match;
+  const family = match?.family;
+  if (!family || !match.dst || filter.parameters.classid === undefined) return undefined;
+  const layout = families[family];
+  if (filter.priority !== layout.priority || filter.handle >>> 20 !== layout.table) return undefined;
+  const [text, length] = match.dst.split('/');
+  if (Number(length) !== (family === 4 ? 32 : 128)) return undefined;
+  return { address: parseClientAddress(text!), classid: filter.parameters.classid, node: filter.handle & 0xfff };
+}

@@ -1,0 +1,450 @@
+/**
+ * Shaper: each throttled client gets its own HTB class (with an SFQ leaf) under one server-wide class, and
+ * a u32 filter steering its address there. Everything else leaves through HTB's direct path, unshaped.
+ *
+ *   root qdisc  5a:  htb default 0        unclassified traffic (browsing, other hosts) is not shaped
+ *   └─ class    5a:1   server rate/ceil   the ceiling all throttled clients share
+ *      ├─ class 5a:10  client rate/ceil   + leaf qdisc 10: sfq (pfifo where the kernel has no sfq)
+ *      └─ …
+ *   filters on 5a:  prio 1 ip   → hash table 2: keyed on the last byte of the destination → per-client filter
+ *                   prio 2 ipv6 → hash table 3: likewise
+ */
+import { type ClientAddress, NetworkSet, parseClientAddress } from '../address.js';
+import { formatHandle, makeHandle } from '../tc/handle.js';
+import { HTB_DEFAULT_MTU, type HtbClassOptions } from '../tc/kinds/htb.js';
+import { type Operation, type QdiscSpec, type TcClass, toTcCommand } from '../tc/objects.js';
+import type { TcStatistics } from '../tc/stats.js';
+import { TrafficControl } from '../tc/traffic-control.js';
+import { parseRate, type RateInput } from '../tc/units.js';
+import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
+import { HandlePool } from './handle-pool.js';
+import { clientFilterRef, clientFilterSpec, hashTableSpecs, readClientFilter, SHAPER_LAYOUT } from './layout.js';
+
+export type LeafKind = 'sfq' | 'pfifo' | 'none';
+
+export interface RateLimits {
+  rate: RateInput;
+  /** Defaults to `rate`. */
+  ceil?: RateInput;
+}
+
+export interface ShaperOptions {
+  /** The network device whose egress (upload) is shaped, e.g. `eth0`. */
+  device: string;
+  /** Work inside this network namespace (name under /var/run/netns, or a path). */
+  netns?: string;
+  /** The server-wide class all throttled clients share. */
+  server: RateLimits;
+  /** The default pipe of each throttled client. */
+  client: RateLimits;
+  /** Queue inside each client pipe: sfq (default) shares it fairly between the client's flows. */
+  leaf?: LeafKind;
+  /** Networks never throttled (e.g. the LAN). */
+  exempt?: readonly string[];
+  /** Replace a root qdisc that shaperr did not create. */
+  takeover?: boolean;
+  /** Where warnings go (kernel warnings, fallbacks); default: process.emitWarning. */
+  onWarning?: (message: string) => void;
+  /** Called for every kernel change, with its tc equivalent (for logs and dry runs). */
+  onChange?: (change: { command: string }) => void;
+  /** Decide and report (onChange) but never touch the kernel; assumes an empty device with MTU 1500. */
+  dryRun?: boolean;
+}
+
+export interface ClientState {
+  address: string;
+  family: 4 | 6;
+  classid: string;
+  /** bits per second */
+  rate: number;
+  /** bits per second */
+  ceil: number;
+  leaf: LeafKind;
+  since: Date;
+  /** Live counters from the kernel (when read with `clients()`). */
+  statistics?: TcStatistics;
+}
+
+export interface ThrottleOutcome {
+  /** `applied`: new pipe; `changed`: rates updated; `unchanged`: already so; `exempt`: never throttled. */
+  result: 'applied' | 'changed' | 'unchanged' | 'exempt';
+  client?: ClientState;
+}
+
+interface AppliedClient {
+  address: ClientAddress;
+  minor: number;
+  filterNode: number;
+  rate: number;
+  ceil: number;
+  leaf: LeafKind;
+  since: Date;
+}
+
+const { rootMajor: ROOT_MAJOR, serverMinor: SERVER_MINOR } = SHAPER_LAYOUT;
+const ROOT_HANDLE = makeHandle(ROOT_MAJOR, 0);
+const SERVER_CLASS = makeHandle(ROOT_MAJOR, SERVER_MINOR);
+/** Client minors double as their leaf qdisc's major, so the root's major and 0/1 are never handed out. */
+const FIRST_CLIENT_MINOR = 0x10;
+const LAST_CLIENT_MINOR = 0xfffe;
+const COUNTER_MAX_AGE_MS = 1000;
+
+function bitsPerSecond(rate: RateInput): number {
+  return parseRate(rate) * 8;
+}
+
+export class Shaper {
+  private readonly clientsByAddress = new Map<string, AppliedClient>();
+  private readonly minors = new HandlePool(FIRST_CLIENT_MINOR, LAST_CLIENT_MINOR, new Set([ROOT_MAJOR]));
+  /** One node pool per u32 hash bucket, keyed `family:bucket`. */
+  private readonly filterNodes = new Map<string, HandlePool>();
+  private readonly exempt: NetworkSet;
+  private readonly defaults: { rate: number; ceil: number };
+  private readonly leaf: LeafKind;
+  private readonly warn: (message: string) => void;
+  private classMtu = HTB_DEFAULT_MTU;
+  private closed = false;
+
+  /** Class counters from one dump, shared by all bytesSent() calls within COUNTER_MAX_AGE_MS. */
+  private counters = { readAt: -Infinity, bytes: new Map<number, number>() };
+  private serverLimits: RateLimits;
+
+  private constructor(
+    private readonly kernel: TrafficControl | undefined,
+    private readonly options: ShaperOptions,
+    leaf: LeafKind,
+  ) {
+    this.serverLimits = options.server;
+    this.exempt = new NetworkSet(options.exempt ?? []);
+    this.defaults = { rate: bitsPerSecond(options.client.rate), ceil: bitsPerSecond(options.client.ceil ?? options.client.rate) };
+    this.leaf = leaf;
+    this.warn = options.onWarning ?? ((message) => process.emitWarning(message, 'ShaperrWarning'));
+  }
+
+  /**
+   * Opens the device and makes sure shaperr's root qdisc and server class exist (creating, adopting or
+   * — with `takeover` — replacing what is there). Clients left by an earlier run are adopted.
+   */
+  static async open(options: ShaperOptions): Promise<Shaper> {
+    const onWarning = options.onWarning ?? ((message: string) => process.emitWarning(message, 'ShaperrWarning'));
+    if (options.dryRun) {
+      const shaper = new Shaper(undefined, options, options.leaf ?? 'sfq');
+      shaper.create();
+      return shaper;
+    }
+    const tc = TrafficControl.open({
+      ...(options.netns ? { netns: options.netns } : {}),
+      onWarning: (warning: KernelWarning) => onWarning(`kernel warning on ${warning.operation} ${warning.object}: ${warning.message}`),
+    });
+    try {
+      const leaf = chooseLeaf(tc, options.leaf ?? 'sfq', onWarning);
+      const shaper = new Shaper(tc, options, leaf);
+      shaper.setUp();
+      return shaper;
+    } catch (error) {
+      tc.close();
+      throw error;
+    }
+  }
+
+  /** The kernel connection; only dry-run shapers have none, and they never call this. */
+  private get tc(): TrafficControl {
+    if (!this.kernel) throw new Error('dry-run shaper has no kernel connection');
+    return this.kernel;
+  }
+
+  private setUp(): void {
+    const { options, tc } = this;
+    const link = tc.link(options.device);
+    // Packets up to the device MTU plus an Ethernet/VLAN header must fit the rate tables (tc assumes 1600).
+    this.classMtu = Math.max(HTB_DEFAULT_MTU, link.mtu + 18);
+    const root = tc.rootQdisc(options.device);
+    const ours = root !== undefined && root.kind === 'htb' && root.handle === ROOT_HANDLE;
+    if (root && !ours) {
+      if (!options.takeover) {
+        throw new ShaperrInputError(
+          `device ${options.device} already has a root qdisc ${root.kind.replace(/^other:/, '')} ${formatHandle(root.handle)} that shaperr did not create; ` +
+            'pass takeover: true (config: takeover) to replace it',
+        );
+      }
+      this.warn(`replacing the root qdisc ${root.kind.replace(/^other:/, '')} ${formatHandle(root.handle)} on ${options.device} (takeover)`);
+    }
+    if (ours) {
+      this.applyAll([{ op: 'replace', class: this.serverClassSpec() }]);
+      this.adopt();
+    } else {
+      this.create();
+    }
+  }
+
+  /** Root qdisc, server class and the u32 hash tables, on a device that has none of them. */
+  private create(): void {
+    const rootSpec: QdiscSpec = { kind: 'htb', handle: ROOT_HANDLE, options: { defaultClass: 0 } };
+    this.applyAll([
+      { op: 'replace', qdisc: rootSpec },
+      { op: 'add', class: this.serverClassSpec() },
+      ...hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'add' as const, filter })),
+    ]);
+  }
+
+  private serverClassSpec() {
+    const { rate, ceil } = this.serverLimits;
+    const options: HtbClassOptions = { rate, ceil: ceil ?? rate, mtu: this.classMtu };
+    return { kind: 'htb' as const, parent: ROOT_HANDLE, classid: SERVER_CLASS, options };
+  }
+
+  /** Changes the server-wide limits live (schedules, reload). */
+  setServerLimits(limits: RateLimits): void {
+    this.ensureOpen();
+    this.serverLimits = limits;
+    this.applyAll([{ op: 'change', class: this.serverClassSpec() }]);
+  }
+
+  /** Whether shaperr's root qdisc is still on the device (someone may delete it, or re-create the link). */
+  isIntact(): boolean {
+    this.ensureOpen();
+    if (!this.kernel) return true;
+    try {
+      const before = this.tc.link(this.options.device).ifindex;
+      const now = this.tc.link(this.options.device, { refresh: true }).ifindex;
+      if (before !== now) return false;
+      const root = this.tc.rootQdisc(this.options.device);
+      return root?.handle === ROOT_HANDLE && root.kind === 'htb';
+    } catch (error) {
+      if (error instanceof NetlinkError && error.code === 'ENODEV') return true; // link gone: nothing to repair until it is back
+      throw error;
+    }
+  }
+
+  /** Puts the root, the server class and every client's pipe back (after isIntact() said no). */
+  repair(): void {
+    this.ensureOpen();
+    this.create();
+    const operations: Operation[] = [];
+    for (const client of this.clientsByAddress.values()) operations.push(...this.clientOperations(client));
+    if (operations.length) this.applyAll(operations);
+  }
+
+  /** Takes back the clients an earlier run left in the kernel; removes half-made leftovers. */
+  private adopt(): void {
+    const device = this.options.device;
+    const classes = new Map<number, TcClass>();
+    for (const tcClass of this.tc.classes(device)) {
+      if (tcClass.parent === SERVER_CLASS) classes.set(tcClass.handle, tcClass);
+    }
+    const filters = this.tc.filters(device, ROOT_HANDLE);
+    const tablesPresent = hashTableSpecs(ROOT_HANDLE).every((spec) => filters.some((filter) => filter.priority === spec.priority));
+    if (!tablesPresent) this.applyAll(hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'replace' as const, filter })));
+    const leftovers: Operation[] = [];
+    for (const filter of filters) {
+      const client = readClientFilter(filter);
+      if (!client) continue;
+      const tcClass = classes.get(client.classid);
+      if (!tcClass || this.clientsByAddress.has(client.address.text)) {
+        leftovers.push({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node), ifPresent: true });
+        continue;
+      }
+      classes.delete(client.classid);
+      const minor = client.classid & 0xffff;
+      this.minors.claim(minor);
+      this.nodePool(client.address).claim(client.node);
+      this.clientsByAddress.set(client.address.text, {
+        address: client.address,
+        minor,
+        filterNode: client.node,
+        rate: tcClass.parameters.rate,
+        ceil: tcClass.parameters.ceil,
+        leaf: this.leaf,
+        since: new Date(),
+      });
+    }
+    // Classes no filter points at belong to no client any more.
+    for (const handle of classes.keys()) leftovers.push({ op: 'delete', class: { classid: handle }, ifPresent: true });
+    if (leftovers.length) this.applyAll(leftovers);
+  }
+
+  private nodePool(address: ClientAddress): HandlePool {
+    const key = `${address.family}:${address.bytes[address.bytes.length - 1]}`;
+    let pool = this.filterNodes.get(key);
+    if (!pool) {
+      pool = new HandlePool(1, 0xfff);
+      this.filterNodes.set(key, pool);
+    }
+    return pool;
+  }
+
+  private applyAll(operations: Operation[]): void {
+    if (!this.kernel) {
+      for (const operation of operations) this.options.onChange?.({ command: toTcCommand(this.options.device, operation) });
+      return;
+    }
+    const results = this.tc.batch(this.options.device, operations);
+    results.forEach((result, index) => {
+      if (this.options.onChange) this.options.onChange({ command: toTcCommand(this.options.device, operations[index]!) });
+      if (result.error) throw result.error;
+    });
+  }
+
+  private ensureOpen(): void {
+    if (this.closed) throw new Error('the shaper is closed');
+  }
+
+  /**
+   * Gives `address` its own pipe (idempotent: a second call with the same limits changes nothing; with
+   * other limits it changes the class in place). Exempt addresses are never throttled.
+   */
+  async throttle(addressText: string, limits?: RateLimits): Promise<ThrottleOutcome> {
+    this.ensureOpen();
+    const address = parseClientAddress(addressText);
+    if (this.exempt.contains(address)) return { result: 'exempt' };
+    const rate = limits ? bitsPerSecond(limits.rate) : this.defaults.rate;
+    const ceil = limits ? bitsPerSecond(limits.ceil ?? limits.rate) : this.defaults.ceil;
+    if (ceil < rate) throw new ShaperrInputError(`invalid limits for ${address.text}: ceil is below rate`);
+    const existing = this.clientsByAddress.get(address.text);
+    if (existing) {
+      if (existing.rate === rate && existing.ceil === ceil) return { result: 'unchanged', client: this.describe(existing) };
+      this.applyAll([{ op: 'change', class: this.classSpec(existing.minor, rate, ceil) }]);
+      existing.rate = rate;
+      existing.ceil = ceil;
+      return { result: 'changed', client: this.describe(existing) };
+    }
+    const minor = this.minors.allocate();
+    const nodes = this.nodePool(address);
+    const filterNode = nodes.allocate();
+    const client: AppliedClient = { address, minor, filterNode, rate, ceil, leaf: this.leaf, since: new Date() };
+    try {
+      this.applyAll(this.clientOperations(client));
+    } catch (error) {
+      // Undo what did go in, so a failed throttle leaves nothing behind.
+      this.kernel?.batch(this.options.device, [
+        { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, address, filterNode), ifPresent: true },
+        { op: 'delete', class: { classid: makeHandle(ROOT_MAJOR, minor) }, ifPresent: true },
+      ]);
+      this.minors.release(minor);
+      nodes.release(filterNode);
+      throw error;
+    }
+    this.clientsByAddress.set(address.text, client);
+    return { result: 'applied', client: this.describe(client) };
+  }
+
+  /** Removes the client's pipe (idempotent). Returns whether there was one. */
+  async release(addressText: string): Promise<boolean> {
+    this.ensureOpen();
+    const address = parseClientAddress(addressText);
+    const client = this.clientsByAddress.get(address.text);
+    if (!client) return false;
+    // The filter must go first: the kernel refuses to delete a class a filter still points at.
+    this.applyAll([
+      { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, address, client.filterNode), ifPresent: true },
+      { op: 'delete', class: { classid: makeHandle(ROOT_MAJOR, client.minor) }, ifPresent: true },
+    ]);
+    this.clientsByAddress.delete(address.text);
+    this.minors.release(client.minor);
+    this.nodePool(address).release(client.filterNode);
+    return true;
+  }
+
+  /** Class, leaf and filter of one client, in the order the kernel needs them. */
+  private clientOperations(client: AppliedClient): Operation[] {
+    const operations: Operation[] = [{ op: 'add', class: this.classSpec(client.minor, client.rate, client.ceil) }];
+    const leafSpec = this.leafSpec(client.minor);
+    if (leafSpec) operations.push({ op: 'add', qdisc: leafSpec });
+    operations.push({ op: 'add', filter: clientFilterSpec(ROOT_HANDLE, client.address, makeHandle(ROOT_MAJOR, client.minor), client.filterNode) });
+    return operations;
+  }
+
+  private classSpec(minor: number, rate: number, ceil: number) {
+    return { kind: 'htb' as const, parent: SERVER_CLASS, classid: makeHandle(ROOT_MAJOR, minor), options: { rate, ceil, mtu: this.classMtu } };
+  }
+
+  private leafSpec(minor: number): QdiscSpec | undefined {
+    const placement = { parent: makeHandle(ROOT_MAJOR, minor), handle: makeHandle(minor, 0) };
+    switch (this.leaf) {
+      case 'sfq':
+        return { kind: 'sfq', ...placement, options: { perturb: 10 } };
+      case 'pfifo':
+        return { kind: 'pfifo', ...placement };
+      case 'none':
+        return undefined;
+    }
+  }
+
+  private describe(client: AppliedClient, statistics?: TcStatistics): ClientState {
+    const state: ClientState = {
+      address: client.address.text,
+      family: client.address.family,
+      classid: formatHandle(makeHandle(ROOT_MAJOR, client.minor)),
+      rate: client.rate,
+      ceil: client.ceil,
+      leaf: client.leaf,
+      since: client.since,
+    };
+    if (statistics) state.statistics = statistics;
+    return state;
+  }
+
+  /** Throttled clients with live counters read from the kernel now. */
+  clients(): ClientState[] {
+    this.ensureOpen();
+    const classes = this.kernel ? this.tc.classes(this.options.device) : [];
+    const statistics = new Map(classes.map((tcClass) => [tcClass.handle, tcClass.statistics]));
+    return [...this.clientsByAddress.values()].map((client) => this.describe(client, statistics.get(makeHandle(ROOT_MAJOR, client.minor))));
+  }
+
+  /** The server-wide class with live counters. */
+  serverClass(): TcClass | undefined {
+    this.ensureOpen();
+    return this.kernel ? this.tc.classes(this.options.device).find((tcClass) => tcClass.handle === SERVER_CLASS) : undefined;
+  }
+
+  /**
+   * Bytes sent through a client's class so far (undefined when not throttled). Reads all class counters
+   * in one dump at most once per COUNTER_MAX_AGE_MS, however many clients ask.
+   */
+  bytesSent(addressText: string): number | undefined {
+    const client = this.clientsByAddress.get(parseClientAddress(addressText).text);
+    if (!client || !this.kernel) return undefined;
+    const now = performance.now();
+    if (now - this.counters.readAt > COUNTER_MAX_AGE_MS) {
+      const bytes = new Map(this.tc.classes(this.options.device).map((tcClass) => [tcClass.handle, tcClass.statistics?.bytes ?? 0]));
+      this.counters = { readAt: now, bytes };
+    }
+    return this.counters.bytes.get(makeHandle(ROOT_MAJOR, client.minor));
+  }
+
+  /** Whether an address is currently throttled. */
+  isThrottled(addressText: string): boolean {
+    return this.clientsByAddress.has(parseClientAddress(addressText).text);
+  }
+
+  /** The underlying tc client, for reading state (e.g. `filters()`, `qdiscs()`); undefined in dry runs. */
+  get trafficControl(): TrafficControl | undefined {
+    return this.kernel;
+  }
+
+  /** The leaf kind in use (after any fallback). */
+  get leafKind(): LeafKind {
+    return this.leaf;
+  }
+
+  /** Closes the netlink socket; with `teardown`, first removes everything shaperr created on the device. */
+  async close({ teardown = false }: { teardown?: boolean } = {}): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (teardown) this.applyAll([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
+    } catch (error) {
+      if (!(error instanceof NetlinkError && error.code === 'EINVAL')) throw error;
+    } finally {
+      this.closed = true;
+      this.kernel?.close();
+    }
+  }
+}
+
+/** Uses the wished leaf kind if the kernel has it, else pfifo, saying so once. */
+function chooseLeaf(tc: TrafficControl, wished: LeafKind, warn: (message: string) => void): LeafKind {
+  if (wished === 'none' || wished === 'pfifo' || tc.hasQdiscKind(wished)) return wished;
+  warn(`the kernel has no '${wished}' qdisc (module sch_${wished} not available): client pipes use pfifo leaves instead`);
+  return 'pfifo';
+}

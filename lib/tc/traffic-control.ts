@@ -1,0 +1,305 @@
+/**
+ * TrafficControl: create, read, change and delete qdiscs, classes and filters over rtnetlink.
+ *
+ * Calls are synchronous: the kernel handles a tc request inside sendmsg(), so a request with its ACK takes
+ * microseconds and a callback or promise would only add overhead. Every kernel refusal is a NetlinkError;
+ * kernel warnings carried by successful ACKs go to `onWarning`.
+ */
+import { attr, attributeSet, attrString, attrU32 } from '../wire/attributes.js';
+import { NetlinkConnection, type NetlinkRequest, type RequestOutcome } from '../wire/connection.js';
+import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
+import { Flags, ifinfomsg, MessageType, tcmsg } from '../wire/message.js';
+import { type HandleInput, parseHandle, TC_H_ROOT } from './handle.js';
+import type { KindContext } from './kind.js';
+import {
+  type ClassRef,
+  classRequest,
+  type ClassSpec,
+  deleteClassRequest,
+  deleteFilterRequest,
+  deleteQdiscRequest,
+  type DeviceTarget,
+  type Filter,
+  type FilterRef,
+  filterRequest,
+  type FilterSpec,
+  type Operation,
+  type Qdisc,
+  type QdiscRef,
+  qdiscRequest,
+  type QdiscSpec,
+  readClass,
+  readFilter,
+  readQdisc,
+  type TcClass,
+  type WriteMode,
+} from './objects.js';
+import { type SchedulerClock, schedulerClock } from './units.js';
+
+const IFLA_IFNAME = 3;
+const IFLA_MTU = 4;
+const linkAttributes = attributeSet({ name: attr(IFLA_IFNAME, attrString), mtu: attr(IFLA_MTU, attrU32) });
+
+export interface TrafficControlOptions {
+  /** Work inside this network namespace (a name under /var/run/netns, or a path). */
+  netns?: string;
+  /** Kernel warnings on successful requests; default: process.emitWarning. */
+  onWarning?: (warning: KernelWarning) => void;
+  /** Override the scheduler clock (tests); default: read from /proc/net/psched. */
+  clock?: SchedulerClock;
+  /** Fail a request that gets no answer within this time (default 5000 ms). */
+  timeoutMs?: number;
+}
+
+export interface Link {
+  ifindex: number;
+  name: string;
+  mtu: number;
+}
+
+/** A device by name or index. */
+export type DeviceInput = string | number;
+
+export interface OperationResult {
+  ok: boolean;
+  error?: NetlinkError;
+  warning?: string;
+}
+
+const LOOPBACK_IFINDEX = 1;
+const TCA_KIND = 1;
+const TCA_STAB = 8;
+/** A priority nothing of ours uses, for the filter probe. */
+const PROBE_PRIORITY = 0xfff0;
+
+const defaultWarning = (warning: KernelWarning): void => {
+  process.emitWarning(`${warning.operation} ${warning.object}: ${warning.message}`, 'ShaperrKernelWarning');
+};
+
+export class TrafficControl {
+  private readonly links = new Map<string, Link>();
+  private readonly kindSupport = new Map<string, boolean>();
+  private readonly onWarning: (warning: KernelWarning) => void;
+  private readonly context: KindContext;
+
+  private constructor(
+    private readonly connection: NetlinkConnection,
+    options: TrafficControlOptions,
+  ) {
+    this.onWarning = options.onWarning ?? defaultWarning;
+    this.context = { clock: options.clock ?? schedulerClock() };
+  }
+
+  static open(options: TrafficControlOptions = {}): TrafficControl {
+    const socketOptions = { ...(options.netns ? { netns: options.netns } : {}), receiveTimeoutMs: options.timeoutMs ?? 5000 };
+    return new TrafficControl(NetlinkConnection.open(socketOptions), options);
+  }
+
+  /** The scheduler clock and handle context the kinds encode with. */
+  get kindContext(): KindContext {
+    return this.context;
+  }
+
+  // ---- devices ------------------------------------------------------------------------------------
+
+  /** Looks a device up by name or index (cached by name; `refresh` to re-read, e.g. after an MTU change). */
+  link(device: DeviceInput, { refresh = false } = {}): Link {
+    const key = String(device);
+    const cached = this.links.get(key);
+    if (cached && !refresh) return cached;
+    const byName = typeof device === 'string';
+    if (byName && (device.length === 0 || device.length > 15)) throw new ShaperrInputError(`invalid device name ${JSON.stringify(device)}: 1…15 characters`);
+    const [reply] = this.connection.query(
+      {
+        type: MessageType.GETLINK,
+        writeBody(writer) {
+          writer.struct(ifinfomsg, { index: byName ? 0 : device });
+          if (byName) writer.attribute(IFLA_IFNAME, attrString.encode(device));
+        },
+        context: { operation: 'look up', object: `device ${key}` },
+      },
+      { dump: false },
+    );
+    if (!reply) throw new NetlinkError(19, { operation: 'look up', object: `device ${key}` });
+    const values = linkAttributes.read(reply.body.subarray(ifinfomsg.size));
+    const link = { ifindex: ifinfomsg.decode(reply.body).index, name: values.name ?? key, mtu: values.mtu ?? 1500 };
+    this.links.set(key, link);
+    return link;
+  }
+
+  private target(device: DeviceInput): DeviceTarget {
+    const { ifindex, name } = this.link(device);
+    return { ifindex, name: `dev ${name}` };
+  }
+
+  // ---- writes -------------------------------------------------------------------------------------
+
+  private build(device: DeviceInput, operation: Operation): NetlinkRequest {
+    const target = this.target(device);
+    if (operation.op === 'delete') {
+      if ('qdisc' in operation) return deleteQdiscRequest(target, operation.qdisc);
+      if ('class' in operation) return deleteClassRequest(target, operation.class);
+      return deleteFilterRequest(target, operation.filter);
+    }
+    if ('qdisc' in operation) return qdiscRequest(operation.op, target, operation.qdisc, this.context);
+    if ('class' in operation) return classRequest(operation.op, target, operation.class, this.context);
+    return filterRequest(operation.op, target, operation.filter, this.context);
+  }
+
+  private settle(request: NetlinkRequest, outcome: RequestOutcome, ifPresent: boolean): OperationResult {
+    if (outcome.warning) this.onWarning({ ...request.context, message: outcome.warning });
+    if (!outcome.error) return outcome.warning ? { ok: true, warning: outcome.warning } : { ok: true };
+    if (ifPresent && outcome.error.code === 'ENOENT') return { ok: true };
+    return { ok: false, error: outcome.error };
+  }
+
+  /** Runs one operation; throws NetlinkError when the kernel refuses it. */
+  apply(device: DeviceInput, operation: Operation): OperationResult {
+    const [result] = this.batch(device, [operation]);
+    if (result!.error) throw result!.error;
+    return result!;
+  }
+
+  /**
+   * Sends many operations together (several per datagram). Each gets its own result: a failure does not
+   * stop the others, and nothing is thrown for kernel refusals.
+   */
+  batch(device: DeviceInput, operations: readonly Operation[]): OperationResult[] {
+    const requests = operations.map((operation) => this.build(device, operation));
+    const outcomes = this.connection.batch(requests);
+    return outcomes.map((outcome, index) => {
+      const operation = operations[index]!;
+      return this.settle(requests[index]!, outcome, operation.op === 'delete' && operation.ifPresent === true);
+    });
+  }
+
+  addQdisc(device: DeviceInput, spec: QdiscSpec): OperationResult {
+    return this.apply(device, { op: 'add', qdisc: spec });
+  }
+  replaceQdisc(device: DeviceInput, spec: QdiscSpec): OperationResult {
+    return this.apply(device, { op: 'replace', qdisc: spec });
+  }
+  changeQdisc(device: DeviceInput, spec: QdiscSpec): OperationResult {
+    return this.apply(device, { op: 'change', qdisc: spec });
+  }
+  deleteQdisc(device: DeviceInput, ref: QdiscRef = {}, { ifPresent = false } = {}): OperationResult {
+    return this.apply(device, { op: 'delete', qdisc: ref, ifPresent });
+  }
+
+  addClass(device: DeviceInput, spec: ClassSpec): OperationResult {
+    return this.apply(device, { op: 'add', class: spec });
+  }
+  replaceClass(device: DeviceInput, spec: ClassSpec): OperationResult {
+    return this.apply(device, { op: 'replace', class: spec });
+  }
+  changeClass(device: DeviceInput, spec: ClassSpec): OperationResult {
+    return this.apply(device, { op: 'change', class: spec });
+  }
+  deleteClass(device: DeviceInput, ref: ClassRef, { ifPresent = false } = {}): OperationResult {
+    return this.apply(device, { op: 'delete', class: ref, ifPresent });
+  }
+
+  addFilter(device: DeviceInput, spec: FilterSpec): OperationResult {
+    return this.apply(device, { op: 'add', filter: spec });
+  }
+  replaceFilter(device: DeviceInput, spec: FilterSpec): OperationResult {
+    return this.apply(device, { op: 'replace', filter: spec });
+  }
+  changeFilter(device: DeviceInput, spec: FilterSpec): OperationResult {
+    return this.apply(device, { op: 'change', filter: spec });
+  }
+  deleteFilter(device: DeviceInput, ref: FilterRef, { ifPresent = false } = {}): OperationResult {
+    return this.apply(device, { op: 'delete', filter: ref, ifPresent });
+  }
+
+  // ---- reads --------------------------------------------------------------------------------------
+
+  private dump(type: number, device: DeviceInput, parent: number, what: string) {
+    const { ifindex, name } = this.link(device);
+    return this.connection
+      .query(
+        { type, writeBody: (writer) => writer.struct(tcmsg, { ifindex, parent }), context: { operation: 'list', object: `${what} on dev ${name}` } },
+        { dump: true },
+      )
+      .filter((message) => tcmsg.decode(message.body).ifindex === ifindex);
+  }
+
+  /** Qdiscs of a device, with statistics. */
+  qdiscs(device: DeviceInput): Qdisc[] {
+    return this.dump(MessageType.GETQDISC, device, 0, 'qdiscs').map((message) => readQdisc(message, this.context));
+  }
+
+  /** The device's configured root qdisc (not the kernel's default, which has handle 0). */
+  rootQdisc(device: DeviceInput): Qdisc | undefined {
+    return this.qdiscs(device).find((qdisc) => qdisc.parent === TC_H_ROOT && qdisc.handle !== 0);
+  }
+
+  /** HTB classes of a device, with statistics. */
+  classes(device: DeviceInput): TcClass[] {
+    return this.dump(MessageType.GETTCLASS, device, 0, 'classes').flatMap((message) => readClass(message, this.context) ?? []);
+  }
+
+  /** u32 filters attached under `parent` (e.g. the root qdisc `1:`). */
+  filters(device: DeviceInput, parent: HandleInput): Filter[] {
+    return this.dump(MessageType.GETTFILTER, device, parseHandle(parent), 'filters').flatMap((message) => readFilter(message, this.context) ?? []);
+  }
+
+  // ---- kernel features ----------------------------------------------------------------------------
+
+  /**
+   * Whether the kernel has a qdisc kind (loading its module if it can). Asks to create one as root of
+   * `lo` with an empty size table (TCA_STAB): the kernel looks the kind up first and answers "kind is
+   * unknown" when it has none; a known kind fails later on the missing size-table base, before anything
+   * is attached. Nothing is ever created. Cached.
+   */
+  hasQdiscKind(kind: string): boolean {
+    const key = `qdisc:${kind}`;
+    const cached = this.kindSupport.get(key);
+    if (cached !== undefined) return cached;
+    const [outcome] = this.connection.batch([
+      {
+        type: MessageType.NEWQDISC,
+        flags: Flags.CREATE | Flags.EXCL,
+        context: { operation: 'probe', object: key },
+        writeBody(writer) {
+          writer.struct(tcmsg, { ifindex: LOOPBACK_IFINDEX, parent: TC_H_ROOT });
+          writer.attribute(TCA_KIND, attrString.encode(kind));
+          writer.endNested(writer.beginNested(TCA_STAB));
+        },
+      },
+    ]);
+    return this.remember(key, outcome!);
+  }
+
+  /**
+   * Whether the kernel has a filter kind. Needs a classful qdisc to try it on (e.g. shaperr's own root):
+   * creates a filter of that kind with a handle but no options, which a known kind refuses after being
+   * looked up ("handle requires options"); should a kind accept it, the filter is deleted at once. Cached.
+   */
+  hasFilterKind(kind: string, device: DeviceInput, parent: HandleInput): boolean {
+    const key = `filter:${kind}`;
+    const cached = this.kindSupport.get(key);
+    if (cached !== undefined) return cached;
+    const probe = { kind: kind as FilterRef['kind'], parent, priority: PROBE_PRIORITY, protocol: 'all' as const, handle: 1 };
+    const [outcome] = this.connection.batch([
+      filterRequest('add', this.target(device), { ...probe, kind: 'u32' }, this.context, kind),
+    ]);
+    if (!outcome!.error) this.deleteFilter(device, probe, { ifPresent: true });
+    return this.remember(key, outcome!);
+  }
+
+  private remember(key: string, outcome: RequestOutcome): boolean {
+    const supported = !outcome.error?.unknownKind;
+    this.kindSupport.set(key, supported);
+    return supported;
+  }
+
+  /** Which of the qdisc kinds shaperr can use this kernel has. */
+  supportedQdiscKinds(kinds: readonly string[] = ['htb', 'sfq', 'fq_codel', 'pfifo', 'bfifo', 'tbf']): Set<string> {
+    return new Set(kinds.filter((kind) => this.hasQdiscKind(kind)));
+  }
+
+  close(): void {
+    this.connection.close();
+  }
+}
