@@ -1,0 +1,119 @@
+/** The Shaper facade against the real kernel, with real TCP traffic through a shaped veth. */
+import t from 'tap';
+import { Shaper } from '../lib/shaper/shaper.js';
+import { TrafficControl } from '../lib/tc/traffic-control.js';
+import { createTopology, inNetns, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { measureGoodput, measureGoodputConcurrently } from './helpers/traffic.js';
+
+const skip = netnsUnavailable();
+const MBIT = 1e6;
+
+async function openShaper(topology: Topology, warnings: string[] = [], extra = {}) {
+  return Shaper.open({
+    device: topology.serverDevice,
+    netns: topology.serverNs,
+    server: { rate: '100mbit' },
+    client: { rate: '2mbit' },
+    exempt: ['10.200.1.3/32'],
+    onWarning: (message) => warnings.push(message),
+    ...extra,
+  });
+}
+
+function kernelCounts(topology: Topology) {
+  const tc = TrafficControl.open({ netns: topology.serverNs });
+  try {
+    const classes = tc.classes(topology.serverDevice);
+    const filters = tc.filters(topology.serverDevice, '5a:').filter((f) => f.parameters.classid !== undefined);
+    const leaves = tc.qdiscs(topology.serverDevice).filter((q) => q.parent !== 0xffffffff);
+    return { classes: classes.length, clientFilters: filters.length, leaves: leaves.length };
+  } finally {
+    tc.close();
+  }
+}
+
+t.test('a throttled client gets its rate; release restores full speed; others are never capped', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 3 });
+  t.teardown(() => topology.destroy());
+  const warnings: string[] = [];
+  const shaper = await openShaper(topology, warnings);
+  t.teardown(() => shaper.close({ teardown: true }));
+  const [first, second, exempt] = topology.clientAddresses as [string, string, string];
+
+  const hasSfq = shaper.trafficControl!.hasQdiscKind('sfq');
+  t.equal(shaper.leafKind, hasSfq ? 'sfq' : 'pfifo', 'sfq, or pfifo where the kernel has none');
+  t.equal(warnings.filter((w) => /no 'sfq' qdisc/.test(w)).length, hasSfq ? 0 : 1, 'the fallback is announced exactly once');
+
+  const applied = await shaper.throttle(first);
+  t.equal(applied.result, 'applied');
+  t.same(kernelCounts(topology), { classes: 2, clientFilters: 1, leaves: hasSfq || shaper.leafKind === 'pfifo' ? 1 : 0 });
+  t.equal((await shaper.throttle(first)).result, 'unchanged', 'a second throttle changes nothing');
+  t.same(kernelCounts(topology), { classes: 2, clientFilters: 1, leaves: 1 }, 'still exactly one class, filter and leaf');
+
+  const [throttled, other] = await measureGoodputConcurrently(topology, [{ to: first }, { to: second }]);
+  t.ok(Math.abs(throttled!.bitsPerSecond - 2 * MBIT) <= 0.1 * 2 * MBIT, `throttled client: ${(throttled!.bitsPerSecond / MBIT).toFixed(3)} Mbit/s (want 2 ±10 %)`);
+  t.ok(other!.bitsPerSecond > 10 * 2 * MBIT, `unthrottled neighbour: ${(other!.bitsPerSecond / MBIT).toFixed(0)} Mbit/s (not capped)`);
+
+  t.same(await shaper.throttle(exempt), { result: 'exempt' }, 'exempt address is never throttled');
+  const exemptRate = await measureGoodput(topology, { to: exempt, seconds: 2 });
+  t.ok(exemptRate.bitsPerSecond > 10 * 2 * MBIT, `exempt client: ${(exemptRate.bitsPerSecond / MBIT).toFixed(0)} Mbit/s`);
+
+  t.equal(await shaper.release(first), true);
+  t.equal(await shaper.release(first), false, 'release is idempotent');
+  t.same(kernelCounts(topology), { classes: 1, clientFilters: 0, leaves: 0 }, 'class, filter and leaf are gone');
+  const released = await measureGoodput(topology, { to: first, seconds: 2 });
+  t.ok(released.bitsPerSecond >= 5 * 2 * MBIT, `after release: ${(released.bitsPerSecond / MBIT).toFixed(0)} Mbit/s (≥ 5× the throttle)`);
+});
+
+t.test('two throttled clients are isolated from each other; IPv6 clients are shaped too', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 2 });
+  t.teardown(() => topology.destroy());
+  const shaper = await openShaper(topology);
+  t.teardown(() => shaper.close({ teardown: true }));
+  await shaper.throttle(topology.clientAddresses[0]!);
+  await shaper.throttle(topology.clientAddresses6[1]!, { rate: '1mbit' });
+  const [v4, v6] = await measureGoodputConcurrently(topology, [{ to: topology.clientAddresses[0]! }, { to: topology.clientAddresses6[1]! }]);
+  t.ok(Math.abs(v4!.bitsPerSecond - 2 * MBIT) <= 0.2 * MBIT, `IPv4 client at 2 Mbit/s: ${(v4!.bitsPerSecond / MBIT).toFixed(3)}`);
+  t.ok(Math.abs(v6!.bitsPerSecond - 1 * MBIT) <= 0.1 * MBIT, `IPv6 client at 1 Mbit/s: ${(v6!.bitsPerSecond / MBIT).toFixed(3)}`);
+  const states = shaper.clients();
+  t.same(states.map((c) => [c.address, c.rate, c.family]).sort(), [['10.200.1.1', 2e6, 4], ['fd00:5a::1:2', 1e6, 6]]);
+  t.ok(states.every((c) => (c.statistics?.bytes ?? 0) > 0), 'live counters come from the kernel');
+  t.equal((await shaper.throttle(topology.clientAddresses6[1]!, { rate: '3mbit' })).result, 'changed', 'new limits change the class in place');
+});
+
+t.test('re-opening after a crash adopts what is there; foreign root qdiscs are refused without takeover', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 2 });
+  t.teardown(() => topology.destroy());
+  const first = await openShaper(topology);
+  await first.throttle('203.0.113.7');
+  await first.throttle('2001:db8::7');
+  await first.throttle('203.0.113.8');
+  await first.close(); // no teardown: as if the process died
+  const second = await openShaper(topology);
+  t.same(second.clients().map((c) => c.address).sort(), ['2001:db8::7', '203.0.113.7', '203.0.113.8'], 'clients adopted');
+  t.equal((await second.throttle('203.0.113.7')).result, 'unchanged', 'adopted client is recognised');
+  await second.throttle('203.0.113.9');
+  t.equal(new Set(second.clients().map((c) => c.classid)).size, 4, 'no class handle handed out twice after adoption');
+  t.equal(await second.release('2001:db8::7'), true);
+  await second.close({ teardown: true });
+  t.same(kernelCounts(topology), { classes: 0, clientFilters: 0, leaves: 0 }, 'teardown removes everything');
+
+  await inNetns(topology.serverNs, 'tc', 'qdisc', 'add', 'dev', 'srv0', 'root', 'handle', '1:', 'htb');
+  await t.rejects(openShaper(topology), /already has a root qdisc htb 1: that shaperr did not create; pass takeover: true/);
+  const taken = await openShaper(topology, [], { takeover: true });
+  t.equal(taken.trafficControl!.rootQdisc('srv0')?.handle, 0x005a0000);
+  await taken.close({ teardown: true });
+});
+
+t.test('bad input gets one clear error and changes nothing', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 1 });
+  t.teardown(() => topology.destroy());
+  const shaper = await openShaper(topology);
+  t.teardown(() => shaper.close({ teardown: true }));
+  await t.rejects(shaper.throttle('not-an-ip'), /invalid client address "not-an-ip"/);
+  await t.rejects(shaper.throttle('10.200.1.1', { rate: '2mbit', ceil: '1mbit' }), /ceil is below rate/);
+  await t.rejects(shaper.throttle('10.200.1.1', { rate: 'fast' }), /invalid rate "fast"/);
+  await t.rejects(Shaper.open({ device: 'nosuchdev', netns: topology.serverNs, server: { rate: '1mbit' }, client: { rate: '1mbit' } }), { code: 'ENODEV' });
+  t.same(kernelCounts(topology), { classes: 1, clientFilters: 0, leaves: 0 });
+  t.equal((await shaper.throttle('::ffff:10.200.1.1')).client?.address, '10.200.1.1', 'IPv4-mapped IPv6 is the IPv4 client');
+});
