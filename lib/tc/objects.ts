@@ -394,6 +394,18 @@ export function filterCommand(mode: WriteMode | 'delete', device: string, spec: 
   return words.join(' ');
 }
 
+/** The netlink request for an operation. */
+export function operationRequest(device: DeviceTarget, operation: Operation, context: KindContext): NetlinkRequest {
+  if (operation.op === 'delete') {
+    if ('qdisc' in operation) return deleteQdiscRequest(device, operation.qdisc);
+    if ('class' in operation) return deleteClassRequest(device, operation.class);
+    return deleteFilterRequest(device, operation.filter);
+  }
+  if ('qdisc' in operation) return qdiscRequest(operation.op, device, operation.qdisc, context);
+  if ('class' in operation) return classRequest(operation.op, device, operation.class, context);
+  return filterRequest(operation.op, device, operation.filter, context);
+}
+
 /** The `tc` command line equivalent to an operation: for dry runs, logs and docs. */
 export function toTcCommand(device: string, operation: Operation): string {
   if ('qdisc' in operation) return qdiscCommand(operation.op, device, operation.qdisc);

@@ -13,20 +13,16 @@ import { type HandleInput, parseHandle, TC_H_ROOT } from './handle.js';
 import type { KindContext } from './kind.js';
 import {
   type ClassRef,
-  classRequest,
   type ClassSpec,
-  deleteClassRequest,
-  deleteFilterRequest,
-  deleteQdiscRequest,
   type DeviceTarget,
   type Filter,
   type FilterRef,
   filterRequest,
   type FilterSpec,
   type Operation,
+  operationRequest,
   type Qdisc,
   type QdiscRef,
-  qdiscRequest,
   type QdiscSpec,
   readClass,
   readFilter,
@@ -135,15 +131,7 @@ export class TrafficControl {
   // ---- writes -------------------------------------------------------------------------------------
 
   private build(device: DeviceInput, operation: Operation): NetlinkRequest {
-    const target = this.target(device);
-    if (operation.op === 'delete') {
-      if ('qdisc' in operation) return deleteQdiscRequest(target, operation.qdisc);
-      if ('class' in operation) return deleteClassRequest(target, operation.class);
-      return deleteFilterRequest(target, operation.filter);
-    }
-    if ('qdisc' in operation) return qdiscRequest(operation.op, target, operation.qdisc, this.context);
-    if ('class' in operation) return classRequest(operation.op, target, operation.class, this.context);
-    return filterRequest(operation.op, target, operation.filter, this.context);
+    return operationRequest(this.target(device), operation, this.context);
   }
 
   private settle(request: NetlinkRequest, outcome: RequestOutcome, ifPresent: boolean): OperationResult {

@@ -201,7 +201,8 @@ function packKey(keys: U32Key[], value: number, mask: number, offset: number): v
 function packPrefix(keys: U32Key[], prefix: Prefix, offset: number): void {
   const words = prefix.family === 4 ? 1 : 4;
   if (prefix.length === 0) {
-    packKey(keys, 0, 0, offset); // tc keeps a match-all key for a /0
+    // tc keeps a match-all key for an IPv4 /0, but writes no key at all for an IPv6 /0.
+    if (prefix.family === 4) packKey(keys, 0, 0, offset);
     return;
   }
   for (let index = 0; index < words && index * 32 < prefix.length; index++) {

@@ -1,0 +1,107 @@
+/**
+ * The golden table: library operations whose encoding must equal tc's bytes for the command
+ * toTcCommand() prints. Regenerate the vectors with `npx tsx test/golden/regenerate.ts`.
+ */
+import type { Operation } from '../../lib/tc/objects.js';
+
+export interface GoldenCase {
+  name: string;
+  operation: Operation;
+  /** Why our bytes deliberately differ from tc's, and where (checked by the test). */
+  deviation?: { reason: string; patch: (tcRequest: Buffer) => void };
+}
+
+const htbClass = (classid: string, options: Extract<Operation, { class: unknown; op: 'add' }>['class']['options'], op: 'add' | 'change' | 'replace' = 'add'): Operation => ({
+  op,
+  class: { kind: 'htb', parent: '1:1', classid, options },
+});
+const u32Filter = (priority: number, protocol: 'ip' | 'ipv6', options: object, handle?: string): Operation => ({
+  op: 'add',
+  filter: { kind: 'u32', parent: '1:', priority, protocol, ...(handle ? { handle } : {}), options },
+});
+
+/** Finds TCA_OPTIONS → TCA_HTB_PARMS in an HTB class request and sets tc_htb_opt.quantum. */
+function setHtbQuantum(request: Buffer, quantum: number): void {
+  const findAttribute = (from: number, end: number, type: number): number => {
+    for (let at = from; at + 4 <= end; at += (request.readUInt16LE(at) + 3) & ~3) {
+      if ((request.readUInt16LE(at + 2) & 0x3fff) === type) return at;
+    }
+    throw new Error(`attribute ${type} not found`);
+  };
+  const options = findAttribute(16 + 20, request.length, 2);
+  const parms = findAttribute(options + 4, options + request.readUInt16LE(options), 1);
+  request.writeUInt32LE(quantum, parms + 4 + 32); // after rate, ceil (12 B each), buffer, cbuffer
+}
+
+const quantumClamp = {
+  reason: 'tc sends quantum 0 and the kernel then logs "quantum of class … is big"; shaperr clamps the derived quantum to 200000',
+  patch: (request: Buffer) => setHtbQuantum(request, 200000),
+};
+
+export const goldenCases: GoldenCase[] = [
+  // HTB root qdisc
+  { name: 'htb qdisc', operation: { op: 'add', qdisc: { kind: 'htb', handle: '1:' } } },
+  { name: 'htb qdisc default class', operation: { op: 'add', qdisc: { kind: 'htb', handle: '1:', options: { defaultClass: 0x10 } } } },
+  { name: 'htb qdisc r2q and default', operation: { op: 'add', qdisc: { kind: 'htb', handle: '1:', options: { r2q: 5, defaultClass: 0x1ff } } } },
+  { name: 'htb qdisc direct_qlen', operation: { op: 'add', qdisc: { kind: 'htb', handle: '1:', options: { directQlen: 100 } } } },
+  { name: 'htb qdisc replace', operation: { op: 'replace', qdisc: { kind: 'htb', handle: '5a:', options: { defaultClass: 0 } } } },
+  { name: 'qdisc delete root', operation: { op: 'delete', qdisc: { handle: '1:' } } },
+  // HTB classes
+  { name: 'htb class rate only', operation: htbClass('1:10', { rate: '2mbit' }) },
+  { name: 'htb class ceil > rate', operation: htbClass('1:10', { rate: '2mbit', ceil: '2500kbit' }) },
+  { name: 'htb class small rate', operation: htbClass('1:11', { rate: '8kbit', quantum: 1514 }) },
+  { name: 'htb class 3000kbit default burst', operation: htbClass('1:12', { rate: '3000kbit' }) },
+  { name: 'htb class 100mbit ceil 1gbit (deviation)', operation: htbClass('1:13', { rate: '100mbit', ceil: '1gbit' }), deviation: quantumClamp },
+  { name: 'htb class > 4 Gbit/s explicit quantum', operation: htbClass('1:14', { rate: '5gbit', ceil: '40gbit', quantum: 200000 }) },
+  { name: 'htb class 2^35 bit/s', operation: htbClass('1:15', { rate: '34359738368bit', quantum: 60000 }) },
+  { name: 'htb class explicit burst and cburst', operation: htbClass('1:16', { rate: '2mbit', ceil: '4mbit', burst: '15k', cburst: '20k' }) },
+  { name: 'htb class burst with cell', operation: htbClass('1:17', { rate: '2mbit', burst: '1500', burstCell: 8 }) },
+  { name: 'htb class prio', operation: htbClass('1:18', { rate: '1mbit', prio: 3 }) },
+  { name: 'htb class overhead mpu', operation: htbClass('1:19', { rate: '1mbit', overhead: 24, mpu: 64 }) },
+  { name: 'htb class linklayer atm', operation: htbClass('1:1a', { rate: '1mbit', linklayer: 'atm' }) },
+  { name: 'htb class mtu 9000', operation: htbClass('1:1b', { rate: '10mbit', mtu: 9000 }) },
+  { name: 'htb class bytes per second', operation: htbClass('1:1c', { rate: '500kbps', ceil: '1mbps' }) },
+  { name: 'htb class change', operation: htbClass('1:10', { rate: '1mbit', ceil: '1mbit' }, 'change') },
+  { name: 'htb class replace', operation: htbClass('1:10', { rate: '1mbit' }, 'replace') },
+  {
+    name: 'htb class with estimator',
+    operation: { op: 'add', class: { kind: 'htb', parent: '1:1', classid: '1:1d', options: { rate: '2mbit' }, estimator: { interval: '1s', timeConstant: '8s' } } },
+  },
+  { name: 'htb class delete', operation: { op: 'delete', class: { classid: '1:10' } } },
+  {
+    name: 'htb class > 4 Gbit/s default quantum (deviation)',
+    operation: htbClass('1:20', { rate: '5gbit', ceil: '40gbit' }),
+    deviation: quantumClamp,
+  },
+  // Leaves
+  { name: 'sfq default', operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:' } } },
+  { name: 'sfq perturb', operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:', options: { perturb: 10 } } } },
+  { name: 'sfq quantum limit divisor', operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:', options: { perturb: 10, quantum: 1514, limit: 127, divisor: 1024 } } } },
+  { name: 'sfq flows depth headdrop', operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:', options: { flows: 128, depth: 64, headdrop: true } } } },
+  { name: 'pfifo default', operation: { op: 'add', qdisc: { kind: 'pfifo', parent: '1:10', handle: '10:' } } },
+  { name: 'pfifo limit', operation: { op: 'add', qdisc: { kind: 'pfifo', parent: '1:10', handle: '10:', options: { limit: 100 } } } },
+  { name: 'bfifo limit', operation: { op: 'add', qdisc: { kind: 'bfifo', parent: '1:10', handle: '10:', options: { limit: '64kb' } } } },
+  { name: 'tbf latency', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', latency: '50ms' } } } },
+  { name: 'tbf limit', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', limit: 30000 } } } },
+  { name: 'tbf peakrate', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', limit: 30000, peakrate: '2mbit', mtu: 1600 } } } },
+  { name: 'tbf > 4 Gbit/s', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '40gbit', burst: '1mb', latency: '10ms' } } } },
+  // u32 filters
+  { name: 'u32 ip dst /32', operation: u32Filter(1, 'ip', { match: { dst: '203.0.113.7/32' }, classid: '1:10' }) },
+  { name: 'u32 ip dst /24', operation: u32Filter(1, 'ip', { match: { dst: '203.0.113.0/24' }, classid: '1:10' }) },
+  { name: 'u32 ip src', operation: u32Filter(1, 'ip', { match: { src: '198.51.100.9' }, classid: '1:11' }) },
+  { name: 'u32 ip protocol dport', operation: u32Filter(1, 'ip', { match: { protocol: 6, dport: 32400 }, classid: '1:12' }) },
+  { name: 'u32 ip sport and dport merge', operation: u32Filter(1, 'ip', { match: { dst: '203.0.113.7', sport: 32400, dport: 443 }, classid: '1:12' }) },
+  { name: 'u32 ip6 dst /128', operation: u32Filter(2, 'ipv6', { match: { dst: '2001:db8::7/128' }, classid: '1:10' }) },
+  { name: 'u32 ip6 dst /64', operation: u32Filter(2, 'ipv6', { match: { dst: '2001:db8:1:2::/64' }, classid: '1:10' }) },
+  { name: 'u32 ip6 dst /60', operation: u32Filter(2, 'ipv6', { match: { dst: '2001:db8:1:20::/60' }, classid: '1:10' }) },
+  { name: 'u32 ip6 src and dport', operation: u32Filter(2, 'ipv6', { match: { src: '2001:db8::1', protocol: 6, dport: 32400 }, classid: '1:11' }) },
+  { name: 'u32 explicit handle', operation: u32Filter(1, 'ip', { match: { dst: '203.0.113.8' }, classid: '1:10' }, '800::800') },
+  { name: 'u32 hash table', operation: u32Filter(5, 'ip', { divisor: 256 }, '2:') },
+  { name: 'u32 hash link ipv4', operation: u32Filter(5, 'ip', { hashTable: '800::', match: { dst: '0.0.0.0/0' }, hashKey: { mask: 0xff, at: 16 }, link: '2:' }) },
+  { name: 'u32 hash link ipv6', operation: u32Filter(6, 'ipv6', { match: { dst: '::/0' }, hashKey: { mask: 0xff, at: 36 }, link: '3:' }) },
+  { name: 'u32 filter in bucket', operation: u32Filter(5, 'ip', { hashTable: '2:7b:', match: { dst: '203.0.113.123/32' }, classid: '1:20' }) },
+  { name: 'u32 filter in bucket with handle', operation: u32Filter(5, 'ip', { hashTable: '2:7b:', match: { dst: '203.0.113.123/32' }, classid: '1:20' }, '2:7b:1') },
+  { name: 'u32 filter replace', operation: { op: 'replace', filter: { kind: 'u32', parent: '1:', priority: 5, protocol: 'ip', handle: '2:7b:1', options: { hashTable: '2:7b:', match: { dst: '203.0.113.123' }, classid: '1:21' } } } },
+  { name: 'u32 filter delete by handle', operation: { op: 'delete', filter: { parent: '1:', priority: 5, protocol: 'ip', handle: '2:7b:1' } } },
+  { name: 'filter delete whole priority', operation: { op: 'delete', filter: { parent: '1:', priority: 1, protocol: 'ip' } } },
+];
