@@ -1,1 +1,40 @@
-export {};
+/**
+ * shaperr — Linux traffic shaping over rtnetlink, for Plex Media Server and any Node tool.
+ *
+ * - `Shaper`: one throttled pipe per client address under a server-wide ceiling.
+ * - `TrafficControl`: qdiscs, classes and filters (htb, sfq, pfifo/bfifo, tbf, u32) — create, read back
+ *   with statistics, change, delete, batch — and `toTcCommand()` for the equivalent tc command line.
+ */
+export { Shaper } from './shaper/shaper.js';
+export type { ClientState, LeafKind, RateLimits, ShaperOptions, ThrottleOutcome } from './shaper/shaper.js';
+export { TrafficControl } from './tc/traffic-control.js';
+export type { DeviceInput, Link, OperationResult, TrafficControlOptions } from './tc/traffic-control.js';
+export { operationRequest, toTcCommand } from './tc/objects.js';
+export type {
+  ClassRef,
+  ClassSpec,
+  Estimator,
+  Filter,
+  FilterProtocol,
+  FilterRef,
+  FilterSpec,
+  Operation,
+  Qdisc,
+  QdiscRef,
+  QdiscSpec,
+  TcClass,
+  WriteMode,
+} from './tc/objects.js';
+export type { TcStatistics } from './tc/stats.js';
+export { formatHandle, parseHandle, TC_H_ROOT } from './tc/handle.js';
+export { describeRate, formatRate, parseRate, parseSize, parseTime } from './tc/units.js';
+export type { RateInput, SizeInput } from './tc/units.js';
+export { formatU32Handle, hashBucketForAddress, parseU32Handle } from './tc/kinds/u32.js';
+export type { U32Match, U32Options, U32Parameters } from './tc/kinds/u32.js';
+export type { HtbClassOptions, HtbClassParameters, HtbClassStats, HtbQdiscOptions } from './tc/kinds/htb.js';
+export type { SfqOptions } from './tc/kinds/sfq.js';
+export type { FifoOptions } from './tc/kinds/fifo.js';
+export type { TbfOptions } from './tc/kinds/tbf.js';
+export { NetworkSet, parseClientAddress } from './address.js';
+export { NetlinkError, ShaperrInputError } from './wire/errors.js';
+export type { KernelWarning } from './wire/errors.js';

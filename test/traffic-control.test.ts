@@ -199,3 +199,21 @@ t.test('kernel warnings on successful requests are surfaced, never dropped', { s
     t.equal(tc.classes('d0').find((c) => c.handle === 0x00010011)?.parameters.quantum, 200000);
   });
 });
+
+t.test('without CAP_NET_ADMIN the kernel says EPERM, and the error says what is needed', { skip }, async (t) => {
+  const { spawnSync } = await import('node:child_process');
+  const netns = await createNetns('eperm');
+  t.teardown(() => deleteNetns(netns));
+  await ip('-n', netns, 'link', 'add', 'd0', 'type', 'veth', 'peer', 'name', 'd1');
+  const library = new URL('../dist/lib/index.js', import.meta.url).href;
+  const script = `import { TrafficControl } from ${JSON.stringify(library)};
+const tc = TrafficControl.open();
+try { tc.addQdisc('d0', { kind: 'htb', handle: '1:' }); console.log('added'); }
+catch (error) { console.log(JSON.stringify({ code: error.code, message: error.message })); }`;
+  // Still uid 0, but with CAP_NET_ADMIN gone from every capability set: exactly the missing privilege.
+  const result = spawnSync('ip', ['netns', 'exec', netns, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8' });
+  t.equal(result.status, 0, result.stderr);
+  const outcome = JSON.parse(result.stdout.trim()) as { code: string; message: string };
+  t.equal(outcome.code, 'EPERM');
+  t.match(outcome.message, /add qdisc qdisc 1: \(htb\) on dev d0 failed with EPERM.*needs root or CAP_NET_ADMIN/);
+});

@@ -224,7 +224,7 @@ function selectorKeys(match: U32Match & { family: 4 | 6 }): U32Key[] {
 }
 
 function resolveMatch(match: U32Match): U32Match & { family: 4 | 6 } {
-  const families = [match.src, match.dst].flatMap((text) => (text === undefined ? [] : [parsePrefix(text, 'address').family]));
+  const families = (['src', 'dst'] as const).flatMap((field) => (match[field] === undefined ? [] : [parsePrefix(match[field], field).family]));
   const family = match.family ?? families[0] ?? 4;
   if (families.some((found) => found !== family)) throw new ShaperrInputError('u32 match mixes IPv4 and IPv6');
   const resolved: U32Match & { family: 4 | 6 } = { family };
