@@ -87,7 +87,7 @@ export class SessionTracker {
   /** Kernel changes made, for metrics and the seek-storm guarantee. */
   kernelChanges = 0;
 
-  constructor(private readonly options: SessionTrackerOptions) {
+  constructor(private options: SessionTrackerOptions) {
     this.now = options.now ?? Date.now;
   }
 
@@ -218,6 +218,11 @@ export class SessionTracker {
       if (pending.length === 0) return;
       await Promise.all(pending);
     }
+  }
+
+  /** Swaps the policy (config reload); call reapplyPolicy to apply it to live clients. */
+  setPolicy(policy: Policy): void {
+    this.options = { ...this.options, policy };
   }
 
   /** Re-evaluates every client's limits (after a config reload or a schedule boundary). */

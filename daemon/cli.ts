@@ -1,0 +1,64 @@
+#!/usr/bin/env node
+/** `shaperrd`: command line, logging and signals around the Shaperrd pipeline. */
+import { Command, InvalidArgumentError } from 'commander';
+import { pino } from 'pino';
+import { ConfigError, loadConfig } from './config.js';
+import { Shaperrd } from './shaperrd.js';
+
+const program = new Command()
+  .name('shaperrd')
+  .description('Throttles each playing Plex client to its own pipe, from the Plex Media Server log.')
+  .option('-c, --config <file>', 'configuration file (YAML)', '/etc/shaperr/shaperr.yaml')
+  .option('--log <file>', 'Plex Media Server log to follow (overrides the config)')
+  .option('--dry-run', 'parse and decide, print the tc commands it would apply, touch nothing')
+  .option('--log-level <level>', 'trace, debug, info, warn or error', (value) => {
+    if (!['trace', 'debug', 'info', 'warn', 'error'].includes(value)) throw new InvalidArgumentError('expected trace, debug, info, warn or error');
+    return value;
+  }, 'info')
+  .addHelpText('after', '\nSignals: SIGTERM/SIGINT stop (removing the rules unless keepRulesOnExit), SIGHUP reloads the config.\nExit codes: 0 stopped cleanly, 1 runtime failure, 2 bad configuration or arguments.');
+
+async function main(): Promise<void> {
+  program.parse();
+  const options = program.opts<{ config: string; log?: string; dryRun?: boolean; logLevel: string }>();
+  const logger = pino({ level: options.logLevel, base: { service: 'shaperrd' } });
+  let config;
+  try {
+    config = loadConfig(options.config);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`shaperrd: ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const daemon = new Shaperrd({ config, logger, dryRun: options.dryRun ?? false, ...(options.log ? { logPath: options.log } : {}) });
+  await daemon.start();
+
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping');
+    daemon.stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: (error as Error).message }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    try {
+      void daemon.reload(loadConfig(options.config)).catch((error: unknown) => logger.error({ err: (error as Error).message }, 'reload failed; keeping the old configuration'));
+    } catch (error) {
+      logger.error({ err: (error as Error).message }, 'reload failed; keeping the old configuration');
+    }
+  });
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`shaperrd: ${(error as Error).message}\n`);
+  process.exit(1);
+});

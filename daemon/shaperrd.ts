@@ -1,0 +1,238 @@
+/**
+ * shaperrd: the one-way pipeline tail → parse → sessions → shaper, plus what keeps it honest over time —
+ * the state file, the timers (grace, idle, schedules), self-repair when someone removes our qdisc, and
+ * reload on SIGHUP.
+ */
+import type { Logger } from 'pino';
+import { Shaper, type ShaperOptions } from '../lib/shaper/shaper.js';
+import { type ShaperrConfig, policyConfig } from './config.js';
+import { PlexLogParser, type PlaybackEvent } from './parse.js';
+import { type Limits, Policy } from './policy.js';
+import { type ClientShaper, SessionTracker } from './sessions.js';
+import { type DaemonState, loadState, saveState } from './state.js';
+import { findPlexLog, LogTailer, type SavedPosition } from './tail.js';
+
+export interface DaemonOptions {
+  config: ShaperrConfig;
+  logger: Logger;
+  /** Decide and print the tc commands, touch nothing. */
+  dryRun?: boolean;
+  /** Override the log file (else config.log, else the usual locations). */
+  logPath?: string;
+}
+
+const SWEEP_INTERVAL_MS = 250;
+const HEALTH_INTERVAL_MS = 1000;
+const SAVE_INTERVAL_MS = 1000;
+
+export class Shaperrd {
+  private shaper?: Shaper;
+  private tailer?: LogTailer;
+  private tracker?: SessionTracker;
+  private parser: PlexLogParser;
+  private policy: Policy;
+  private serverLimits?: Limits;
+  private timers: NodeJS.Timeout[] = [];
+  private logPosition?: SavedPosition;
+  private logPath?: string;
+  private dirty = false;
+  private stopping = false;
+  readonly counters = { events: 0, throttles: 0, releases: 0, repairs: 0, errors: 0 };
+
+  constructor(private options: DaemonOptions) {
+    this.parser = new PlexLogParser({ trustedProxies: options.config.trustedProxies });
+    this.policy = new Policy(policyConfig(options.config));
+  }
+
+  private get config(): ShaperrConfig {
+    return this.options.config;
+  }
+
+  private get log(): Logger {
+    return this.options.logger;
+  }
+
+  async start(): Promise<void> {
+    const { config } = this;
+    const saved = this.options.dryRun ? undefined : await loadState(config.stateFile, (message) => this.log.warn(message));
+    this.serverLimits = this.policy.serverLimitsAt(new Date());
+    this.shaper = await Shaper.open(this.shaperOptions(this.serverLimits));
+    this.tracker = new SessionTracker({
+      graceMs: config.graceSeconds * 1000,
+      idleMs: config.idleSeconds * 1000,
+      policy: this.policy,
+      shaper: this.clientShaper(),
+      onDecision: (decision) => this.log.info({ ...decision, msg: undefined }, `decision ${decision.action} ${decision.address}`),
+      onError: (error, address) => {
+        this.counters.errors++;
+        this.log.error({ address, err: (error as Error).message }, `kernel change for ${address} failed`);
+      },
+    });
+    this.reconcile(saved);
+
+    this.logPath = this.options.logPath ?? config.log ?? (await findPlexLog());
+    if (!this.logPath) throw new Error('no Plex Media Server log found in the usual places; set `log:` in the config or pass --log');
+    const from = saved?.log && saved.log.path === this.logPath ? { inode: saved.log.inode, offset: saved.log.offset } : 'end';
+    this.tailer = new LogTailer({ path: this.logPath, from: from as SavedPosition | 'end' });
+    this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
+    this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
+    this.tailer.start();
+    this.log.info({ log: this.logPath, device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
+
+    this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());
+    this.every(60_000, () => this.applySchedule());
+    if (!this.options.dryRun) {
+      this.every(HEALTH_INTERVAL_MS, () => this.checkHealth());
+      this.every(SAVE_INTERVAL_MS, () => void this.saveIfDirty());
+    }
+  }
+
+  private every(ms: number, run: () => unknown): void {
+    const timer = setInterval(() => {
+      try {
+        run();
+      } catch (error) {
+        this.log.error({ err: (error as Error).message }, 'periodic task failed');
+      }
+    }, ms);
+    timer.unref();
+    this.timers.push(timer);
+  }
+
+  private shaperOptions(server: Limits): ShaperOptions {
+    const { config } = this;
+    const options: ShaperOptions = {
+      device: config.device,
+      server,
+      client: this.policy.defaults,
+      leaf: config.leaf,
+      exempt: config.exempt,
+      takeover: config.takeover,
+      onWarning: (message) => this.log.warn(message),
+    };
+    if (config.netns) options.netns = config.netns;
+    if (this.options.dryRun) {
+      options.dryRun = true;
+      options.onChange = ({ command }) => this.log.info({ command }, 'dry run: would apply');
+    }
+    return options;
+  }
+
+  private clientShaper(): ClientShaper {
+    const shaper = (): Shaper => this.shaper!;
+    return {
+      throttle: async (address, limits) => {
+        this.counters.throttles++;
+        this.dirty = true;
+        return shaper().throttle(address, limits);
+      },
+      release: async (address) => {
+        this.counters.releases++;
+        this.dirty = true;
+        return shaper().release(address);
+      },
+      bytesSent: (address) => shaper().bytesSent(address),
+    };
+  }
+
+  /**
+   * After a restart: the kernel objects were adopted by Shaper.open; make them match the saved sessions.
+   * Clients with saved sessions keep their pipe (and get a grace period to show they are still alive);
+   * pipes no saved session explains are orphans and go.
+   */
+  private reconcile(saved: DaemonState | undefined): void {
+    const shaper = this.shaper!;
+    const savedClients = saved?.clients ?? [];
+    const adopted = new Set(shaper.clients().map((client) => client.address));
+    this.tracker!.restore(savedClients);
+    const explained = new Set(savedClients.map((client) => client.address));
+    for (const address of adopted) {
+      if (!explained.has(address)) {
+        void shaper.release(address);
+        this.log.info({ address }, 'removed an orphaned pipe (no saved session)');
+      }
+    }
+    for (const client of savedClients) {
+      if (!adopted.has(client.address)) void shaper.throttle(client.address, client.limits);
+    }
+    if (savedClients.length || adopted.size) this.log.info({ restored: savedClients.length, adopted: adopted.size }, 'reconciled with the kernel');
+  }
+
+  private onLine(line: string, position: SavedPosition): void {
+    this.logPosition = position;
+    this.dirty = true;
+    const event: PlaybackEvent | undefined = this.parser.parse(line);
+    if (!event) return;
+    this.counters.events++;
+    this.tracker!.handle(event);
+  }
+
+  /** Someone deleted our root qdisc, or the link went away and came back: put everything back. */
+  private checkHealth(): void {
+    const shaper = this.shaper;
+    if (!shaper || this.stopping) return;
+    if (shaper.isIntact()) return;
+    this.counters.repairs++;
+    this.log.warn('shaperr qdisc missing on the device (deleted, or the link was re-created): re-applying');
+    shaper.repair();
+  }
+
+  private applySchedule(): void {
+    const limits = this.policy.serverLimitsAt(new Date());
+    if (this.serverLimits && limits.rate === this.serverLimits.rate && limits.ceil === this.serverLimits.ceil) return;
+    this.serverLimits = limits;
+    this.shaper?.setServerLimits(limits);
+    this.log.info({ server: limits }, 'server limits changed (schedule)');
+  }
+
+  private snapshot(): DaemonState {
+    const state: DaemonState = {
+      version: 1,
+      device: this.config.device,
+      savedAt: new Date().toISOString(),
+      clients: this.tracker?.snapshot() ?? [],
+    };
+    if (this.logPath && this.logPosition) {
+      state.log = { path: this.logPath, inode: String(this.logPosition.inode), offset: this.logPosition.offset };
+    }
+    return state;
+  }
+
+  private async saveIfDirty(): Promise<void> {
+    if (!this.dirty || this.options.dryRun) return;
+    this.dirty = false;
+    try {
+      await saveState(this.config.stateFile, this.snapshot());
+    } catch (error) {
+      this.dirty = true;
+      this.log.error({ err: (error as Error).message, stateFile: this.config.stateFile }, 'cannot save state');
+    }
+  }
+
+  /** SIGHUP: new config, same live sessions. */
+  async reload(config: ShaperrConfig): Promise<void> {
+    if (config.device !== this.config.device || config.netns !== this.config.netns) {
+      throw new Error('device and netns cannot change on reload; restart shaperrd');
+    }
+    this.options = { ...this.options, config };
+    this.parser = new PlexLogParser({ trustedProxies: config.trustedProxies });
+    this.policy = new Policy(policyConfig(config));
+    this.tracker!.setPolicy(this.policy);
+    this.serverLimits = undefined;
+    this.applySchedule();
+    this.tracker!.reapplyPolicy((client) => this.policy.limitsFor(client).limits);
+    this.log.info('configuration reloaded');
+  }
+
+  /** Stops reading, removes the rules unless keepRulesOnExit, saves state. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const timer of this.timers) clearInterval(timer);
+    await this.tailer?.stop();
+    await this.tracker?.settled();
+    if (!this.options.dryRun) await saveState(this.config.stateFile, this.snapshot());
+    await this.shaper?.close({ teardown: !this.config.keepRulesOnExit && !this.options.dryRun });
+    this.log.info({ keptRules: this.config.keepRulesOnExit, ...this.counters }, 'shaperrd stopped');
+  }
+}

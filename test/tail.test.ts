@@ -1,0 +1,161 @@
+/** Tail: every line exactly once, in order, across appends, rotation, truncation, late files and restarts. */
+import { appendFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { LogTailer, rotatedPath, type SavedPosition } from '../daemon/tail.js';
+
+function setup(t: Tap.Test) {
+  const dir = mkdtempSync(join(tmpdir(), 'shaperr-tail-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return { dir, log: join(dir, 'Plex Media Server.log') };
+}
+
+/** Collects lines; `until(n)` resolves once n lines arrived (generous timeout, no sleeping-and-hoping). */
+function collect(tailer: LogTailer) {
+  const lines: string[] = [];
+  let last: SavedPosition | undefined;
+  const waiters: Array<{ count: number; resolve: () => void }> = [];
+  tailer.on('line', (line, position) => {
+    lines.push(line);
+    last = position;
+    for (const waiter of waiters.filter((w) => lines.length >= w.count)) waiter.resolve();
+  });
+  return {
+    lines,
+    position: () => last,
+    until: (count: number, timeoutMs = 5000) =>
+      new Promise<void>((resolve, reject) => {
+        if (lines.length >= count) return resolve();
+        const timer = setTimeout(() => reject(new Error(`only ${lines.length} of ${count} lines arrived: ${JSON.stringify(lines.slice(-3))}`)), timeoutMs);
+        waiters.push({ count, resolve: () => (clearTimeout(timer), resolve()) });
+      }),
+  };
+}
+
+const settle = (ms = 150) => new Promise((resolve) => setTimeout(resolve, ms));
+
+t.test('appends: whole lines only, split writes, UTF-8 and CRLF', async (t) => {
+  const { log } = setup(t);
+  writeFileSync(log, 'old line before start\n');
+  const tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
+  const got = collect(tailer);
+  tailer.start();
+  await settle();
+  appendFileSync(log, 'first\nsec');
+  await settle();
+  appendFileSync(log, 'ond\r\nnaïve café ☕ 日本\n');
+  for (let i = 0; i < 500; i++) appendFileSync(log, `line ${i}\n`);
+  await got.until(503);
+  t.same(got.lines.slice(0, 3), ['first', 'second', 'naïve café ☕ 日本'], 'from the end, split line joined, CRLF stripped, UTF-8 intact');
+  t.same(got.lines.slice(3), Array.from({ length: 500 }, (_, i) => `line ${i}`));
+  await tailer.stop();
+});
+
+t.test('rotation: old file drained (including a late write), new file from its start', async (t) => {
+  const { log } = setup(t);
+  writeFileSync(log, '');
+  const tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
+  const got = collect(tailer);
+  tailer.start();
+  await settle();
+  for (let i = 0; i < 30; i++) appendFileSync(log, `a${i}\n`);
+  renameSync(log, rotatedPath(log));
+  appendFileSync(rotatedPath(log), 'late write to the old file\n');
+  writeFileSync(log, '');
+  for (let i = 0; i < 30; i++) appendFileSync(log, `b${i}\n`);
+  await got.until(61);
+  await settle(300);
+  t.equal(got.lines.length, 61, 'no line duplicated');
+  t.same(got.lines.filter((l) => l.startsWith('a')), Array.from({ length: 30 }, (_, i) => `a${i}`));
+  t.ok(got.lines.includes('late write to the old file'));
+  t.same(got.lines.filter((l) => l.startsWith('b')), Array.from({ length: 30 }, (_, i) => `b${i}`));
+  await tailer.stop();
+});
+
+t.test('truncation starts over at byte 0', async (t) => {
+  const { log } = setup(t);
+  writeFileSync(log, '');
+  const tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
+  const got = collect(tailer);
+  tailer.start();
+  await settle();
+  appendFileSync(log, 'one\ntwo\nthree\n');
+  await got.until(3);
+  truncateSync(log, 0);
+  await settle(300);
+  appendFileSync(log, 'after truncation\n');
+  await got.until(4);
+  t.same(got.lines, ['one', 'two', 'three', 'after truncation']);
+  await tailer.stop();
+});
+
+t.test('a file and a directory that appear later are followed from their start', async (t) => {
+  const { dir } = setup(t);
+  const log = join(dir, 'Logs', 'Plex Media Server.log');
+  const tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
+  const got = collect(tailer);
+  tailer.start();
+  await settle(250);
+  mkdirSync(join(dir, 'Logs'));
+  await settle(250);
+  writeFileSync(log, 'hello\n');
+  appendFileSync(log, 'world\n');
+  await got.until(2);
+  t.same(got.lines, ['hello', 'world']);
+  await tailer.stop();
+});
+
+t.test('restart resumes from the saved position: nothing lost or replayed, even across a rotation', async (t) => {
+  const { log } = setup(t);
+  writeFileSync(log, '');
+  let tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
+  let got = collect(tailer);
+  tailer.start();
+  await settle();
+  appendFileSync(log, 'before 1\nbefore 2 — ünïcödé\n');
+  await got.until(2);
+  const saved = got.position()!;
+  await tailer.stop();
+
+  // While "down": more lines, a rotation, and lines in the new file.
+  appendFileSync(log, 'down 1 ☕\ndown 2\n');
+  renameSync(log, rotatedPath(log));
+  writeFileSync(log, 'new file 1\n');
+  appendFileSync(log, 'new file 2\n');
+
+  tailer = new LogTailer({ path: log, from: saved, pollIntervalMs: 100 });
+  got = collect(tailer);
+  tailer.start();
+  await got.until(4);
+  await settle(300);
+  t.same(got.lines, ['down 1 ☕', 'down 2', 'new file 1', 'new file 2']);
+  await tailer.stop();
+});
+
+t.test('a line over the limit is cut, and the lines after it still arrive', async (t) => {
+  const { log } = setup(t);
+  writeFileSync(log, '');
+  const tailer = new LogTailer({ path: log, pollIntervalMs: 100, maxLineBytes: 1 << 20 });
+  const got = collect(tailer);
+  tailer.start();
+  await settle();
+  appendFileSync(log, `${'x'.repeat(3 << 20)}\nafter\n`);
+  await got.until(2);
+  t.equal(got.lines[0]!.length, 1 << 20, 'cut to 1 MiB');
+  t.equal(got.lines[1], 'after');
+  t.equal(tailer.truncatedLines, 1);
+  t.equal(Number(tailer.position()!.offset), (3 << 20) + 1 + 6, 'offsets still count every byte');
+  await tailer.stop();
+});
+
+t.test('from start reads the whole file', async (t) => {
+  const { log } = setup(t);
+  writeFileSync(log, 'a\nb\n');
+  const tailer = new LogTailer({ path: log, from: 'start', pollIntervalMs: 100 });
+  const got = collect(tailer);
+  tailer.start();
+  await got.until(2);
+  t.same(got.lines, ['a', 'b']);
+  await tailer.stop();
+});
