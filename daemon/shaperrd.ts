@@ -76,7 +76,7 @@ export class Shaperrd {
     this.tailer = new LogTailer({ path: this.logPath, from: from as SavedPosition | 'end' });
     this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
     this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
-    this.tailer.start();
+    await this.tailer.start();
     this.log.info({ log: this.logPath, device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
     this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());

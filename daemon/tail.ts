@@ -67,11 +67,13 @@ export class LogTailer extends EventEmitter {
     this.maxLineBytes = options.maxLineBytes ?? 1 << 20;
   }
 
-  start(): void {
+  /** Resolves once the starting position is fixed: lines written after that are delivered. */
+  async start(): Promise<void> {
     if (this.running) return;
     this.running = true;
     this.poll = setInterval(() => this.wake(), this.options.pollIntervalMs ?? 500);
     this.run(() => this.begin());
+    await this.pumping;
   }
 
   async stop(): Promise<void> {
