@@ -3,6 +3,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
 import { ConfigError, loadConfig } from './config.js';
+import { describeSummary, runDemo } from './demo/demo.js';
 import { Shaperrd } from './shaperrd.js';
 
 const program = new Command()
@@ -11,15 +12,30 @@ const program = new Command()
   .option('-c, --config <file>', 'configuration file (YAML)', '/etc/shaperr/shaperr.yaml')
   .option('--log <file>', 'Plex Media Server log to follow (overrides the config)')
   .option('--dry-run', 'parse and decide, print the tc commands it would apply, touch nothing')
+  .option('--demo', 'run the sandboxed demo: own network namespaces, a bundled Plex log, real traffic (needs root)')
+  .option('--duration <seconds>', 'length of the demo', (value) => {
+    const seconds = Number(value);
+    if (!Number.isInteger(seconds) || seconds < 8 || seconds > 3600) throw new InvalidArgumentError('expected whole seconds from 8 to 3600');
+    return seconds;
+  }, 30)
   .option('--log-level <level>', 'trace, debug, info, warn or error', (value) => {
     if (!['trace', 'debug', 'info', 'warn', 'error'].includes(value)) throw new InvalidArgumentError('expected trace, debug, info, warn or error');
     return value;
   }, 'info')
   .addHelpText('after', '\nSignals: SIGTERM/SIGINT stop (removing the rules unless keepRulesOnExit), SIGHUP reloads the config.\nExit codes: 0 stopped cleanly, 1 runtime failure, 2 bad configuration or arguments.');
 
+async function demo(durationSeconds: number): Promise<void> {
+  const summary = await runDemo({ durationSeconds, tty: process.stdout.isTTY === true, write: (text) => process.stdout.write(text) });
+  process.stdout.write(describeSummary(summary));
+  process.stdout.write(`demo-summary ${JSON.stringify(summary)}\n`);
+  const ok = summary.remote.withinTenPercent && !summary.lan.throttled && summary.seekStorm.kernelChanges <= 2 && summary.leftoverNamespaces.length === 0;
+  process.exit(ok ? 0 : 1);
+}
+
 async function main(): Promise<void> {
   program.parse();
-  const options = program.opts<{ config: string; log?: string; dryRun?: boolean; logLevel: string }>();
+  const options = program.opts<{ config: string; log?: string; dryRun?: boolean; logLevel: string; demo?: boolean; duration: number }>();
+  if (options.demo) return demo(options.duration);
   const logger = pino({ level: options.logLevel, base: { service: 'shaperrd' } });
   let config;
   try {

@@ -57,6 +57,8 @@ interface ClientRecord {
   user?: string;
   network?: string;
   sessions: Map<string, LiveSession>;
+  /** Sessions that were stopped, and when: a late ping or timeline line must not bring them back. */
+  stopped: Map<string, number>;
   /** When the last session ended; release is due at releaseAt. */
   releaseAt?: number;
   /** Limits wanted in the kernel now (undefined: no pipe). */
@@ -102,14 +104,18 @@ export class SessionTracker {
     const now = this.now();
     let client = this.clients.get(event.address);
     if (event.kind === 'stop') {
-      if (!client || !client.sessions.delete(event.sessionKey)) return;
+      if (!client) return;
+      client.stopped.set(event.sessionKey, now);
+      if (!client.sessions.delete(event.sessionKey)) return;
       this.endedOne(client, now, 'stop');
       return;
     }
+    if (event.kind !== 'start' && client?.stopped.has(event.sessionKey)) return; // a straggler of a stopped session
     if (!client) {
-      client = { address: event.address, sessions: new Map(), bytesMovedAt: now };
+      client = { address: event.address, sessions: new Map(), stopped: new Map(), bytesMovedAt: now };
       this.clients.set(event.address, client);
     }
+    client.stopped.delete(event.sessionKey);
     if (event.user) client.user = event.user;
     if (event.network) client.network = event.network;
     client.sessions.set(event.sessionKey, { lastSeen: now, paused: event.kind === 'pause' });
@@ -159,6 +165,7 @@ export class SessionTracker {
   }
 
   private expireVanished(client: ClientRecord, now: number): void {
+    for (const [key, at] of client.stopped) if (now - at > this.options.idleMs) client.stopped.delete(key);
     if (client.sessions.size === 0) return;
     const bytes = this.options.shaper.bytesSent?.(client.address);
     if (bytes !== undefined && bytes !== client.lastBytes) {
@@ -240,7 +247,7 @@ export class SessionTracker {
     const now = this.now();
     for (const entry of saved) {
       const sessions = new Map(entry.sessions.map((key) => [key, { lastSeen: now, paused: false }] as const));
-      const record: ClientRecord = { address: entry.address, sessions, wanted: entry.limits, applied: entry.limits, bytesMovedAt: now };
+      const record: ClientRecord = { address: entry.address, sessions, stopped: new Map(), wanted: entry.limits, applied: entry.limits, bytesMovedAt: now };
       if (entry.user) record.user = entry.user;
       if (sessions.size === 0) record.releaseAt = now + this.options.graceMs;
       this.clients.set(entry.address, record);

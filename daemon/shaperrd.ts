@@ -8,7 +8,7 @@ import { Shaper, type ShaperOptions } from '../lib/shaper/shaper.js';
 import { type ShaperrConfig, policyConfig } from './config.js';
 import { PlexLogParser, type PlaybackEvent } from './parse.js';
 import { type Limits, Policy } from './policy.js';
-import { type ClientShaper, SessionTracker } from './sessions.js';
+import { type ClientShaper, type ClientSummary, type Decision, SessionTracker } from './sessions.js';
 import { type DaemonState, loadState, saveState } from './state.js';
 import { findPlexLog, LogTailer, type SavedPosition } from './tail.js';
 
@@ -19,6 +19,8 @@ export interface DaemonOptions {
   dryRun?: boolean;
   /** Override the log file (else config.log, else the usual locations). */
   logPath?: string;
+  /** Every session decision (besides the log), e.g. for the demo's table. */
+  onDecision?: (decision: Decision) => void;
 }
 
 const SWEEP_INTERVAL_MS = 250;
@@ -62,7 +64,10 @@ export class Shaperrd {
       idleMs: config.idleSeconds * 1000,
       policy: this.policy,
       shaper: this.clientShaper(),
-      onDecision: (decision) => this.log.info({ ...decision, msg: undefined }, `decision ${decision.action} ${decision.address}`),
+      onDecision: (decision) => {
+        this.log.info(decision, `decision ${decision.action} ${decision.address}`);
+        this.options.onDecision?.(decision);
+      },
       onError: (error, address) => {
         this.counters.errors++;
         this.log.error({ address, err: (error as Error).message }, `kernel change for ${address} failed`);
@@ -207,6 +212,11 @@ export class Shaperrd {
       this.dirty = true;
       this.log.error({ err: (error as Error).message, stateFile: this.config.stateFile }, 'cannot save state');
     }
+  }
+
+  /** Clients with live or lingering sessions, as the tracker sees them. */
+  sessions(): ClientSummary[] {
+    return this.tracker?.summary() ?? [];
   }
 
   /** SIGHUP: new config, same live sessions. */

@@ -196,3 +196,16 @@ t.test('time-of-day schedules pick the server ceiling', async (t) => {
   t.equal(policy.serverLimitsAt(new Date(2026, 10, 29, 0, 30)).rate, 5_000_000, 'Sunday 00:30: Saturday has no window');
   t.throws(() => new Policy({ ...basePolicy, schedules: [{ from: '25:00', to: '1:00', server: { rate: '1mbit' } }] }), /invalid time of day "25:00"/);
 });
+
+t.test('a late ping or timeline line of a stopped session does not bring it back; a new start does', async (t) => {
+  const { shaper, tracker, advance } = setup();
+  tracker.handle(event('start', '203.0.113.90', 'a'));
+  tracker.handle(event('stop', '203.0.113.90', 'a'));
+  tracker.handle(event('progress', '203.0.113.90', 'a')); // straggler
+  advance(5001);
+  await tracker.settled();
+  t.notOk(shaper.state.has('203.0.113.90'), 'released despite the straggler');
+  tracker.handle(event('start', '203.0.113.90', 'a'));
+  await tracker.settled();
+  t.ok(shaper.state.has('203.0.113.90'), 'the same session started again is live');
+});

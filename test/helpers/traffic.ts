@@ -3,7 +3,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { Topology } from './netns.js';
 
-const PEER = fileURLToPath(new URL('./traffic-peer.mjs', import.meta.url));
+const PEER = fileURLToPath(new URL('../../daemon/demo/traffic-peer.mjs', import.meta.url));
 
 export interface GoodputSpec {
   /** Client address (IPv4 or IPv6) the traffic goes to. */

@@ -4,6 +4,8 @@
 //     [warmup, warmup + seconds] and exits.
 //   node traffic-peer.mjs send <address> <port> <totalSeconds>
 //     connects and writes as fast as the socket accepts for totalSeconds.
+//   node traffic-peer.mjs sink <address> <port>
+//     listens and prints the running byte count ("bytes N") every 250 ms, until killed.
 import net from 'node:net';
 
 const [mode, address, portText, ...rest] = process.argv.slice(2);
@@ -38,6 +40,14 @@ if (mode === 'receive') {
     process.stderr.write('receiver: no data arrived\n');
     process.exit(2);
   }, (warmup + seconds + 20) * 1000).unref();
+} else if (mode === 'sink') {
+  let total = 0;
+  const server = net.createServer((socket) => {
+    socket.on('data', (chunk) => (total += chunk.length));
+    socket.on('error', () => {});
+  });
+  server.listen(port, address, () => process.stdout.write('listening\n'));
+  setInterval(() => process.stdout.write(`bytes ${total}\n`), 250);
 } else if (mode === 'send') {
   const [totalSeconds] = rest.map(Number);
   const chunk = Buffer.alloc(64 * 1024, 0x5a);

@@ -1,0 +1,259 @@
+/**
+ * `shaperrd --demo`: the whole product, for real, in a sandbox. Two throwaway namespaces joined by a veth;
+ * shaperrd runs on the "server" side against a Plex log this demo writes (real line formats: browsing,
+ * decision, start, timeline, ping, a seek storm, stop); TCP streams run to a LAN client (exempt) and a
+ * remote one the whole time, and a table shows each client's state, configured rate, measured
+ * throughput and kernel changes, second by second. Everything it made is removed at the end, on Ctrl-C
+ * and on a crash.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { appendFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import { describeRate } from '../../lib/tc/units.js';
+import { validateConfig } from '../config.js';
+import type { Decision } from '../sessions.js';
+import { Shaperrd } from '../shaperrd.js';
+import { createPair, liveNamespaces, removeAllNamespaces } from './sandbox.js';
+
+/** Plain JS, run by bare `node` inside a namespace; found next to this file or, from dist/, in the sources. */
+const PEER = [new URL('./traffic-peer.mjs', import.meta.url), new URL('../../../daemon/demo/traffic-peer.mjs', import.meta.url)]
+  .map((url) => fileURLToPath(url))
+  .find((path) => existsSync(path))!;
+const LAN = { name: 'LAN TV', address: '192.168.50.10', session: 'lan-tv-1' };
+const REMOTE = { name: 'remote phone', address: '203.0.113.7', session: 'remote-1' };
+const CLIENT_RATE_BITS = 4e6;
+const GRACE_SECONDS = 2;
+const PORTS = { [LAN.address]: 47001, [REMOTE.address]: 47002 } as Record<string, number>;
+
+export interface DemoOptions {
+  durationSeconds: number;
+  /** Redraw the table in place (a terminal) or print plain lines. */
+  tty: boolean;
+  write: (text: string) => void;
+}
+
+export interface DemoSummary {
+  durationSeconds: number;
+  eventsRead: number;
+  kernelOperations: number;
+  remote: { configuredBitsPerSecond: number; measuredWhilePlayingBitsPerSecond: number; measuredAfterReleaseBitsPerSecond: number; withinTenPercent: boolean };
+  lan: { throttled: boolean; minimumBitsPerSecond: number };
+  seekStorm: { events: number; kernelChanges: number };
+  leftoverNamespaces: string[];
+}
+
+type Phase = 'browsing' | 'playing' | 'grace' | 'released';
+
+/** Real Plex Media Server line formats (2021+ servers). */
+function plexLine(address: string, path: string, user: string, network: string): string {
+  const now = new Date();
+  const month = now.toLocaleString('en-US', { month: 'short' });
+  const stamp = `${month} ${String(now.getDate()).padStart(2, '0')}, ${now.getFullYear()} ${now.toTimeString().slice(0, 8)}.${String(now.getMilliseconds()).padStart(3, '0')}`;
+  return `${stamp} [140562] DEBUG - Request: [${address}:${40000 + Math.floor(Math.random() * 20000)} (${network})] GET ${path} (4 live) #${Math.floor(Math.random() * 0xfffff).toString(16)} TLS GZIP Signed-in Token (${user}) / Accept => application/json\n`;
+}
+
+const lines = {
+  browse: (c: typeof LAN, network: string) => plexLine(c.address, '/library/sections/2/all?type=1&sort=titleSort', 'remi', network) + plexLine(c.address, '/library/metadata/40859/thumb/1690000000?X-Plex-Token=demo-token', 'remi', network),
+  play: (c: typeof LAN, network: string, session = c.session) =>
+    plexLine(c.address, `/video/:/transcode/universal/decision?hasMDE=1&path=%2Flibrary%2Fmetadata%2F40859&directPlay=0&directStream=1&session=${session}&X-Plex-Token=demo-token`, 'remi', network) +
+    plexLine(c.address, `/video/:/transcode/universal/start.m3u8?session=${session}&X-Plex-Token=demo-token`, 'remi', network),
+  playing: (c: typeof LAN, network: string, session = c.session) =>
+    plexLine(c.address, `/:/timeline?ratingKey=40859&state=playing&time=60000&X-Plex-Session-Identifier=${session}`, 'remi', network) +
+    plexLine(c.address, `/video/:/transcode/universal/ping?session=${session}`, 'remi', network),
+  stop: (c: typeof LAN, network: string, session = c.session) =>
+    plexLine(c.address, `/:/timeline?ratingKey=40859&state=stopped&time=61000&X-Plex-Session-Identifier=${session}`, 'remi', network) +
+    plexLine(c.address, `/video/:/transcode/universal/stop?session=${session}`, 'remi', network),
+};
+
+function peer(netns: string, args: string[]): ChildProcess {
+  return spawn('ip', ['netns', 'exec', netns, process.execPath, PEER, ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const mbit = (bits: number) => `${(bits / 1e6).toFixed(2).padStart(8)} Mbit/s`;
+
+export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
+  const { durationSeconds: duration, write } = options;
+  if (process.getuid?.() !== 0) throw new Error('the demo needs root: it creates network namespaces and shapes a veth inside them (try: sudo npm start)');
+  const dir = mkdtempSync(join(tmpdir(), 'shaperr-demo-'));
+  const log = join(dir, 'Plex Media Server.log');
+  writeFileSync(log, '');
+  const children: ChildProcess[] = [];
+  let daemon: Shaperrd | undefined;
+  const interrupted = () => {
+    for (const child of children) child.kill('SIGKILL');
+    removeAllNamespaces();
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
+  try {
+    const pair = await createPair('shaperr-demo', {
+      server: ['192.168.50.1/24', '203.0.113.1/24'],
+      clients: [`${LAN.address}/24`, `${REMOTE.address}/24`],
+    });
+    const config = validateConfig({
+      device: 'srv0',
+      netns: pair.serverNs,
+      server: { rate: '40mbit' },
+      client: { rate: CLIENT_RATE_BITS },
+      exempt: ['127.0.0.0/8', '192.168.50.0/24'],
+      log,
+      stateFile: join(dir, 'state.json'),
+      graceSeconds: GRACE_SECONDS,
+      idleSeconds: 600,
+    });
+    const operations: Record<string, number> = { [LAN.address]: 0, [REMOTE.address]: 0 };
+    const decisions: Array<{ at: number; decision: Decision }> = [];
+    const started = performance.now();
+    const elapsed = () => (performance.now() - started) / 1000;
+    daemon = new Shaperrd({
+      config,
+      logger: pino({ level: 'info' }, pino.destination(join(dir, 'shaperrd.log'))),
+      onDecision: (decision) => {
+        decisions.push({ at: elapsed(), decision });
+        if (['throttle', 'release', 'change'].includes(decision.action)) operations[decision.address] = (operations[decision.address] ?? 0) + 1;
+      },
+    });
+    await daemon.start();
+
+    // A sink per client, a sender per client: traffic runs the whole time.
+    const received: Record<string, number> = {};
+    for (const client of [LAN, REMOTE]) {
+      const sink = peer(pair.clientNs, ['sink', client.address, String(PORTS[client.address])]);
+      children.push(sink);
+      await new Promise<void>((resolve, reject) => {
+        sink.stdout!.on('data', (data: Buffer) => {
+          for (const line of data.toString().split('\n')) {
+            if (line === 'listening') resolve();
+            const bytes = /^bytes (\d+)/.exec(line)?.[1];
+            if (bytes) received[client.address] = Number(bytes);
+          }
+        });
+        sink.once('exit', () => reject(new Error(`traffic sink for ${client.address} exited`)));
+      });
+      children.push(peer(pair.serverNs, ['send', client.address, String(PORTS[client.address]), String(duration + 5)]));
+    }
+
+    // The script, as fractions of the duration.
+    const at = { lanPlay: 0.1, remotePlay: 0.2, stormFrom: 0.45, stormTo: 0.52, remoteStop: 0.7 };
+    const phase: Record<string, Phase> = { [LAN.address]: 'browsing', [REMOTE.address]: 'browsing' };
+    const history: Array<{ second: number; rates: Record<string, number>; phases: Record<string, Phase> }> = [];
+    let stormEvents = 0;
+    let stormSession = 0;
+    let lastBytes = { ...received };
+    let lastTick = performance.now();
+    const steps = Math.round(duration * 4);
+    const header = `${'client'.padEnd(28)}${'state'.padEnd(11)}${'configured'.padEnd(16)}${'measured'.padEnd(18)}kernel ops`;
+    let drawn = 0;
+    for (let step = 1; step <= steps; step++) {
+      await sleep(Math.max(0, started + step * 250 - performance.now()));
+      const t = step / steps;
+      const remoteSession = () => (stormSession ? `${REMOTE.session}-seek-${stormSession}` : REMOTE.session);
+      if (step % 2 === 0) appendFileSync(log, lines.browse(LAN, 'Subnet') + lines.browse(REMOTE, 'WAN'));
+      if (t >= at.lanPlay && phase[LAN.address] === 'browsing') {
+        appendFileSync(log, lines.play(LAN, 'Subnet'));
+        phase[LAN.address] = 'playing';
+      }
+      if (t >= at.remotePlay && phase[REMOTE.address] === 'browsing') {
+        appendFileSync(log, lines.play(REMOTE, 'WAN'));
+        phase[REMOTE.address] = 'playing';
+      }
+      if (t >= at.stormFrom && t < at.stormTo && phase[REMOTE.address] === 'playing') {
+        // Someone drags the timeline: Plex logs stop/start pairs many times a second.
+        let storm = '';
+        for (let i = 0; i < 25; i++) {
+          storm += lines.stop(REMOTE, 'WAN', remoteSession());
+          stormSession++;
+          storm += lines.play(REMOTE, 'WAN', remoteSession());
+          stormEvents += 8;
+        }
+        appendFileSync(log, storm);
+      }
+      if (t >= at.remoteStop && phase[REMOTE.address] === 'playing') {
+        appendFileSync(log, lines.stop(REMOTE, 'WAN', remoteSession()));
+        phase[REMOTE.address] = 'grace';
+      }
+      if (phase[REMOTE.address] === 'grace' && !daemon.sessions().some((s) => s.address === REMOTE.address)) phase[REMOTE.address] = 'released';
+      if (step % 4 === 0 && phase[LAN.address] === 'playing') appendFileSync(log, lines.playing(LAN, 'Subnet'));
+      if (step % 4 === 0 && phase[REMOTE.address] === 'playing') appendFileSync(log, lines.playing(REMOTE, 'WAN', remoteSession()));
+      if (step % 4 !== 0) continue;
+
+      // Once a second: throughput from the sinks' byte counters, and the table.
+      const now = performance.now();
+      const seconds = (now - lastTick) / 1000;
+      const rates = Object.fromEntries([LAN, REMOTE].map((c) => [c.address, (((received[c.address] ?? 0) - (lastBytes[c.address] ?? 0)) * 8) / seconds]));
+      lastBytes = { ...received };
+      lastTick = now;
+      history.push({ second: step / 4, rates, phases: { ...phase } });
+      const rows = [LAN, REMOTE].map((c) => {
+        const throttled = daemon!.sessions().find((s) => s.address === c.address)?.throttled ?? false;
+        const configured = c === LAN ? 'never (LAN)' : throttled ? describeRate(CLIENT_RATE_BITS / 8) : 'full speed';
+        return `${`${c.name} ${c.address}`.padEnd(28)}${phase[c.address]!.padEnd(11)}${configured.padEnd(16)}${mbit(rates[c.address]!).padEnd(18)}${operations[c.address]}`;
+      });
+      const block = [`shaperr demo — ${step / 4}/${duration} s, ${daemon.counters.events} playback events read`, header, ...rows];
+      if (options.tty) {
+        write(`${drawn ? `\x1b[${drawn}A` : ''}${block.map((line) => `\x1b[2K${line}`).join('\n')}\n`);
+        drawn = block.length;
+      } else {
+        write(`${rows.map((row) => `[${String(step / 4).padStart(3)}s] ${row}`).join('\n')}\n`);
+      }
+    }
+
+    // Summary from what was measured.
+    const stormStart = duration * at.stormFrom;
+    const stormEnd = duration * at.stormTo + 1;
+    const playing = history.filter((h) => h.phases[REMOTE.address] === 'playing' && h.second > duration * at.remotePlay + 2 && (h.second < stormStart || h.second > stormEnd + 1));
+    const released = history.filter((h) => h.phases[REMOTE.address] === 'released' && h.second > duration * at.remoteStop + GRACE_SECONDS + 1);
+    const average = (values: number[]) => (values.length ? values.reduce((a, b) => a + b, 0) / values.length : 0);
+    const measuredWhilePlaying = average(playing.map((h) => h.rates[REMOTE.address]!));
+    const stormChanges = decisions.filter(({ at: when, decision }) => decision.address === REMOTE.address && when >= stormStart && when <= stormEnd && ['throttle', 'release', 'change'].includes(decision.action)).length;
+    const eventsRead = daemon.counters.events;
+    await daemon.stop();
+    daemon = undefined;
+    for (const child of children) child.kill('SIGKILL');
+    await pair.destroy();
+    const summary: DemoSummary = {
+      durationSeconds: duration,
+      eventsRead,
+      kernelOperations: Object.values(operations).reduce((a, b) => a + b, 0),
+      remote: {
+        configuredBitsPerSecond: CLIENT_RATE_BITS,
+        measuredWhilePlayingBitsPerSecond: Math.round(measuredWhilePlaying),
+        measuredAfterReleaseBitsPerSecond: Math.round(average(released.map((h) => h.rates[REMOTE.address]!))),
+        withinTenPercent: Math.abs(measuredWhilePlaying - CLIENT_RATE_BITS) <= 0.1 * CLIENT_RATE_BITS,
+      },
+      lan: {
+        throttled: decisions.some(({ decision }) => decision.address === LAN.address && decision.action === 'throttle'),
+        minimumBitsPerSecond: Math.round(Math.min(...history.filter((h) => h.second > 1).map((h) => h.rates[LAN.address]!))),
+      },
+      seekStorm: { events: stormEvents, kernelChanges: stormChanges },
+      leftoverNamespaces: liveNamespaces(),
+    };
+    return summary;
+  } finally {
+    process.removeListener('SIGINT', interrupted);
+    process.removeListener('SIGTERM', interrupted);
+    await daemon?.stop().catch(() => undefined);
+    for (const child of children) child.kill('SIGKILL');
+    removeAllNamespaces();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export function describeSummary(summary: DemoSummary): string {
+  const { remote, lan, seekStorm } = summary;
+  return [
+    '',
+    `Summary (${summary.durationSeconds} s): ${summary.eventsRead} playback events read, ${summary.kernelOperations} kernel operations.`,
+    `  remote client: configured ${mbit(remote.configuredBitsPerSecond).trim()}, measured ${mbit(remote.measuredWhilePlayingBitsPerSecond).trim()} while playing (${remote.withinTenPercent ? 'within' : 'NOT within'} ±10 %), ${mbit(remote.measuredAfterReleaseBitsPerSecond).trim()} after release`,
+    `  seek storm: ${seekStorm.events} log events → ${seekStorm.kernelChanges} kernel changes`,
+    `  LAN client: ${lan.throttled ? 'was throttled (unexpected)' : 'never throttled'}, lowest ${mbit(lan.minimumBitsPerSecond).trim()}`,
+    `  sandbox: ${summary.leftoverNamespaces.length ? `LEFT BEHIND ${summary.leftoverNamespaces.join(', ')}` : 'all namespaces removed'}`,
+    '',
+  ].join('\n');
+}
