@@ -1,19 +1,22 @@
 /**
  * Tail: follows `Plex Media Server.log` the way Plex writes it — appends, rotation (the file is renamed
- * to `Plex Media Server.1.log` and a new one created), truncation, a file or directory that appears late.
+ * to `Plex Media Server.1.log`, older ones shift to .2 … .5, and a new one is created), truncation, a
+ * file or directory that appears late.
  *
  * Positions are inode + byte offset of the end of the last delivered line, so a restart resumes exactly
- * (also inside multi-byte UTF-8, and across a rotation that happened while the daemon was down). A
- * directory watch wakes the reader within milliseconds; a slow poll covers missed or coalesced events.
+ * (also after multi-byte UTF-8, and across rotations that happened while the daemon was down). A watch on
+ * the directory wakes the reader within a millisecond; a slow poll covers missed or coalesced events and
+ * a directory that does not exist yet.
  */
 import { EventEmitter } from 'node:events';
-import { type FSWatcher, watch } from 'node:fs';
+import { type FSWatcher, statSync, watch } from 'node:fs';
 import { type FileHandle, open, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 export interface SavedPosition {
-  /** As a string: inodes can exceed 2^53. */
+  /** Delivered as a string: inodes can exceed 2^53 and positions are meant to be stored as JSON. */
   inode: string | number | bigint;
+  /** Bytes, just after the last delivered line. */
   offset: number;
 }
 
@@ -21,118 +24,154 @@ export interface LogTailerOptions {
   path: string;
   /** 'end' (default): only what is written from now on; 'start': the whole file; or a saved position. */
   from?: 'end' | 'start' | SavedPosition;
-  /** Safety poll besides the directory watch. */
+  /** Safety poll besides the directory watch (default 500 ms). */
   pollIntervalMs?: number;
-  /** Longer lines are cut to this size (and counted), so memory stays bounded. */
+  /** Longer lines are cut to this many bytes and counted in `truncatedLines` (default 1 MiB). */
   maxLineBytes?: number;
+}
+
+interface TailEvents {
+  line: [text: string, position: SavedPosition];
+  error: [error: Error];
 }
 
 interface OpenFile {
   handle: FileHandle;
-  inode: bigint;
-  /** Byte offset just after the last complete line delivered. */
+  inode: string;
+  /** Byte offset just after the last complete line. */
   offset: number;
-  /** Bytes read past `offset` that do not end in a newline yet. */
-  partial: Buffer[];
-  partialBytes: number;
-  /** True while skipping the rest of an over-long line. */
-  skipping: boolean;
+  /** Bytes of the unfinished line after `offset`, all of them (offsets stay exact)… */
+  lineBytes: number;
+  /** …of which only the first maxLineBytes are kept (memory stays bounded). */
+  kept: Buffer[];
+  keptBytes: number;
 }
 
 const CHUNK = 64 * 1024;
 const NEWLINE = 0x0a;
+const CARRIAGE_RETURN = 0x0d;
+/** Plex keeps `Plex Media Server.1.log` … `.5.log`. */
+const ROTATED_GENERATIONS = 5;
 
-/** `Plex Media Server.log` → `Plex Media Server.1.log`, where Plex puts it on rotation. */
-export const rotatedPath = (path: string): string => path.replace(/(\.log)?$/, '.1$1');
+/** `Plex Media Server.log` → `Plex Media Server.1.log` (generation 1), where Plex moves it on rotation. */
+export const rotatedPath = (path: string, generation = 1): string =>
+  generation === 0 ? path : path.replace(/(\.log)?$/, `.${generation}$1`);
 
-export declare interface LogTailer {
-  on(event: 'line', listener: (line: string, position: SavedPosition) => void): this;
-  on(event: 'error', listener: (error: Error) => void): this;
-}
-
-export class LogTailer extends EventEmitter {
+export class LogTailer extends EventEmitter<TailEvents> {
+  /** Lines cut at maxLineBytes. */
+  truncatedLines = 0;
+  private from: 'end' | 'start' | SavedPosition;
   private file?: OpenFile;
+  /** After a resume: files written after the saved one, oldest first, to read whole before following. */
+  private backlog: OpenFile[] = [];
   private watcher?: FSWatcher;
+  private watchedInode?: bigint;
   private poll?: NodeJS.Timeout;
   private running = false;
   private pumping?: Promise<void>;
   private pumpAgain = false;
+  private lastProblem?: string;
   private readonly buffer = Buffer.allocUnsafe(CHUNK);
+  private readonly path: string;
+  /** Directory entries that concern us: the log and its rotated generations (not the other Plex logs). */
+  private readonly namePrefix: string;
   private readonly maxLineBytes: number;
-  /** Lines cut at maxLineBytes. */
-  truncatedLines = 0;
+  private readonly pollIntervalMs: number;
 
-  constructor(private readonly options: LogTailerOptions) {
+  constructor(options: LogTailerOptions) {
     super();
+    this.path = options.path;
+    this.from = options.from ?? 'end';
+    this.namePrefix = `${basename(options.path).replace(/\.log$/, '')}.`;
     this.maxLineBytes = options.maxLineBytes ?? 1 << 20;
+    this.pollIntervalMs = options.pollIntervalMs ?? 500;
   }
 
-  /** Resolves once the starting position is fixed: lines written after that are delivered. */
+  /** Resolves once the starting position is fixed: every line written after that is delivered. */
   async start(): Promise<void> {
     if (this.running) return;
     this.running = true;
-    this.poll = setInterval(() => this.wake(), this.options.pollIntervalMs ?? 500);
-    this.run(() => this.begin());
-    await this.pumping;
+    this.poll = setInterval(() => {
+      void this.watchDirectory();
+      this.wake();
+    }, this.pollIntervalMs);
+    await Promise.all([this.watchDirectory(), this.run(() => this.begin())]);
   }
 
+  /** Stops following; a later start() continues where this one stopped. */
   async stop(): Promise<void> {
     this.running = false;
     clearInterval(this.poll);
-    this.watcher?.close();
-    this.watcher = undefined;
+    this.unwatch();
     await this.pumping;
-    await this.file?.handle.close();
+    this.from = this.position() ?? this.from;
+    for (const file of [this.file, ...this.backlog]) await file?.handle.close();
     this.file = undefined;
+    this.backlog = [];
   }
 
   /** Where the next line starts (undefined before the file was first seen). */
   position(): SavedPosition | undefined {
-    return this.file && { inode: this.file.inode.toString(), offset: this.file.offset };
+    return this.file && { inode: this.file.inode, offset: this.file.offset };
   }
 
+  /** Non-fatal problems go to 'error' listeners, each once until the file can be opened again. */
   private report(error: unknown): void {
-    const message = error instanceof Error ? error.message : String(error);
-    if (this.listenerCount('error') > 0) this.emit('error', new Error(`${this.options.path}: ${message}`));
+    const message = `${this.path}: ${error instanceof Error ? error.message : String(error)}`;
+    if (message === this.lastProblem) return;
+    this.lastProblem = message;
+    if (this.listenerCount('error') > 0) this.emit('error', new Error(message, { cause: error }));
   }
 
   private async begin(): Promise<void> {
-    const from = this.options.from ?? 'end';
+    const from = this.from;
     if (typeof from === 'object') await this.resume(from);
     else {
-      const opened = await this.openCurrent();
-      if (opened && from === 'end') {
-        opened.offset = (await opened.handle.stat()).size;
-        // A partial last line at the end belongs to the past too: skip to its newline.
-        opened.skipping = opened.offset > 0 && !(await this.endsWithNewline(opened));
-      }
+      const file = await this.openCurrent();
+      if (file && from === 'end') file.offset = await this.lastLineStart(file);
     }
-    this.ensureWatch();
     await this.pump();
   }
 
-  private async endsWithNewline(file: OpenFile): Promise<boolean> {
-    const { bytesRead } = await file.handle.read(this.buffer, 0, 1, file.offset - 1);
-    return bytesRead === 1 && this.buffer[0] === NEWLINE;
+  /**
+   * Where the file's unfinished last line starts (its size if it ends with a newline), so a line that is
+   * being written while we start is delivered whole. Looks back at most maxLineBytes.
+   */
+  private async lastLineStart(file: OpenFile): Promise<number> {
+    const { size } = await file.handle.stat();
+    const floor = Math.max(0, size - this.maxLineBytes);
+    for (let end = size; end > floor; ) {
+      const start = Math.max(floor, end - CHUNK);
+      const { bytesRead } = await file.handle.read(this.buffer, 0, end - start, start);
+      const newline = this.buffer.subarray(0, bytesRead).lastIndexOf(NEWLINE);
+      if (newline >= 0) return start + newline + 1;
+      end = start;
+    }
+    return floor;
   }
 
-  /** After a restart: continue the saved inode (possibly rotated away to .1.log), then the current file. */
+  /** After a restart: the rest of the saved file (possibly rotated to .1 … .5), then every newer file. */
   private async resume(saved: SavedPosition): Promise<void> {
-    const inode = BigInt(saved.inode);
-    for (const candidate of [this.options.path, rotatedPath(this.options.path)]) {
-      const opened = await this.openFile(candidate);
-      if (!opened) continue;
-      if (opened.inode !== inode) {
-        await opened.handle.close();
-        continue;
+    const inode = String(saved.inode);
+    const current = await this.openCurrent();
+    if (current?.inode === inode) return this.continueAt(current, saved.offset);
+    const newer = current ? [current] : [];
+    for (let generation = 1; generation <= ROTATED_GENERATIONS; generation++) {
+      const rotated = await this.openFile(rotatedPath(this.path, generation));
+      if (rotated?.inode === inode) {
+        this.backlog = newer.reverse();
+        this.file = rotated;
+        return this.continueAt(rotated, saved.offset);
       }
-      const size = (await opened.handle.stat()).size;
-      opened.offset = saved.offset <= size ? saved.offset : 0; // shorter than before: truncated meanwhile
-      this.file = opened;
-      return;
+      if (rotated) newer.push(rotated);
     }
     // The saved file is gone: everything in the current one was written after it.
-    await this.openCurrent();
+    for (const file of newer) if (file !== current) await file.handle.close();
+  }
+
+  private async continueAt(file: OpenFile, offset: number): Promise<void> {
+    const { size } = await file.handle.stat();
+    file.offset = offset <= size ? offset : 0; // shorter than before: truncated meanwhile
   }
 
   private async openFile(path: string): Promise<OpenFile | undefined> {
@@ -143,41 +182,56 @@ export class LogTailer extends EventEmitter {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') this.report(error);
       return undefined;
     }
-    const { ino } = await handle.stat({ bigint: true });
-    return { handle, inode: ino, offset: 0, partial: [], partialBytes: 0, skipping: false };
+    try {
+      const { ino } = await handle.stat({ bigint: true });
+      this.lastProblem = undefined;
+      return { handle, inode: String(ino), offset: 0, lineBytes: 0, kept: [], keptBytes: 0 };
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
   }
 
   private async openCurrent(): Promise<OpenFile | undefined> {
-    this.file = await this.openFile(this.options.path);
+    this.file = await this.openFile(this.path);
     return this.file;
   }
 
-  /** Watches the log's directory (or, until it exists, relies on the poll). */
-  private ensureWatch(): void {
-    if (this.watcher || !this.running) return;
+  /** (Re)watches the log's directory: once it exists, and again if it was replaced. */
+  private async watchDirectory(): Promise<void> {
+    const directory = dirname(this.path);
+    const inode = await stat(directory, { bigint: true }).then(
+      (stats) => stats.ino,
+      () => undefined,
+    );
+    if (!this.running || (this.watcher && inode === this.watchedInode)) return;
+    this.unwatch();
+    if (inode === undefined) return; // not there yet: the poll looks again
     try {
-      const name = basename(this.options.path);
-      this.watcher = watch(dirname(this.options.path), { persistent: false }, (_event, changed) => {
-        if (!changed || changed === name || changed === basename(rotatedPath(this.options.path))) this.wake();
+      this.watcher = watch(directory, { persistent: false }, (_event, name) => {
+        if (!name || name.startsWith(this.namePrefix)) this.wake();
       });
-      this.watcher.on('error', () => {
-        this.watcher?.close();
-        this.watcher = undefined; // e.g. the directory was removed: the poll takes over and re-watches
-      });
+      this.watchedInode = inode;
+      this.watcher.on('error', () => this.unwatch()); // e.g. the directory was removed: the poll re-watches
     } catch {
-      // Directory missing: retried on every poll.
+      // Removed again between stat and watch: the poll looks again.
     }
+  }
+
+  private unwatch(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+    this.watchedInode = undefined;
   }
 
   private wake(): void {
     if (!this.running) return;
-    this.ensureWatch();
     if (this.pumping) this.pumpAgain = true;
-    else this.run(() => this.pump());
+    else void this.run(() => this.pump());
   }
 
-  /** One read at a time; a wake-up during a read schedules one more read after it. */
-  private run(task: () => Promise<void>): void {
+  /** One task at a time; a wake-up during one schedules one more pump after it. */
+  private run(task: () => Promise<void>): Promise<void> {
     this.pumping = task()
       .catch((error: unknown) => this.report(error))
       .finally(() => {
@@ -187,32 +241,31 @@ export class LogTailer extends EventEmitter {
           this.wake();
         }
       });
+    return this.pumping;
   }
 
-  /** Reads everything available, then follows a rotation or truncation if there was one. */
+  /** Reads everything available, then moves on to the next file or follows a rotation or truncation. */
   private async pump(): Promise<void> {
-    for (;;) {
-      if (!this.running) return;
-      if (!this.file && !(await this.openCurrent())) return;
-      const file = this.file!;
+    while (this.running) {
+      const file = this.file ?? (await this.openCurrent());
+      if (!file) return;
       await this.drain(file);
-      let current;
-      try {
-        current = await stat(this.options.path, { bigint: true });
-      } catch {
-        return; // renamed away and not re-created yet: keep the old file open, it may still grow
+      const next = this.backlog.shift();
+      if (next) {
+        await this.finish(file);
+        this.file = next;
+        continue;
       }
-      if (current.ino !== file.inode) {
+      const current = await stat(this.path, { bigint: true }).catch(() => undefined);
+      if (!current) return; // renamed away and not re-created yet: keep the old file open, it may still grow
+      if (String(current.ino) !== file.inode) {
         await this.drain(file); // a last write to the old file after the rename
-        await file.handle.close();
+        await this.finish(file);
         this.file = undefined;
-        continue; // open the new file from its start
+        continue; // the new file, from its start
       }
-      if (current.size < BigInt(file.offset + file.partialBytes)) {
-        file.offset = 0; // truncated: start over
-        file.partial = [];
-        file.partialBytes = 0;
-        file.skipping = false;
+      if (current.size < BigInt(file.offset + file.lineBytes)) {
+        Object.assign(file, { offset: 0, lineBytes: 0, kept: [], keptBytes: 0 }); // truncated: start over
         continue;
       }
       return;
@@ -220,72 +273,74 @@ export class LogTailer extends EventEmitter {
   }
 
   private async drain(file: OpenFile): Promise<void> {
-    for (;;) {
-      const { bytesRead } = await file.handle.read(this.buffer, 0, CHUNK, file.offset + file.partialBytes);
-      if (bytesRead === 0) return;
+    while (this.running) {
+      const { bytesRead } = await file.handle.read(this.buffer, 0, CHUNK, file.offset + file.lineBytes);
       this.consume(file, this.buffer.subarray(0, bytesRead));
+      if (bytesRead < CHUNK) return; // at the end for now
     }
+  }
+
+  /** A file we move away from will not get more: its unterminated last line is a line too. */
+  private async finish(file: OpenFile): Promise<void> {
+    if (file.lineBytes > 0 && this.running) this.deliver(file, Buffer.alloc(0), 0);
+    await file.handle.close();
   }
 
   private consume(file: OpenFile, chunk: Buffer): void {
     let start = 0;
-    for (;;) {
-      const newline = chunk.indexOf(NEWLINE, start);
-      if (newline < 0) break;
-      const piece = chunk.subarray(start, newline);
-      const lineBytes = file.partialBytes + piece.length;
-      const skipped = file.skipping;
-      const line = skipped ? undefined : this.lineText(file.partial, piece);
-      file.offset += lineBytes + 1;
-      file.partial = [];
-      file.partialBytes = 0;
-      file.skipping = false;
+    for (let newline = chunk.indexOf(NEWLINE); newline >= 0 && this.running; newline = chunk.indexOf(NEWLINE, start)) {
+      this.deliver(file, chunk.subarray(start, newline), 1);
       start = newline + 1;
-      if (line !== undefined) this.emit('line', line, { inode: file.inode.toString(), offset: file.offset });
     }
+    // Stopped by a listener: the rest is read again from `offset` on the next start.
+    if (!this.running) return;
     const rest = chunk.subarray(start);
-    if (rest.length === 0) return;
-    if (!file.skipping && file.partialBytes + rest.length > this.maxLineBytes) {
-      // Keep the first maxLineBytes of an over-long line (delivered when its newline comes).
-      const room = Math.max(0, this.maxLineBytes - file.partialBytes);
-      file.partial.push(Buffer.from(rest.subarray(0, room)));
-      this.truncatedLines++;
-      file.skipping = true;
-      this.emit('line', this.lineText(file.partial, Buffer.alloc(0)), { inode: file.inode.toString(), offset: file.offset });
-      file.partial = [];
+    const room = this.maxLineBytes - file.keptBytes;
+    if (room > 0 && rest.length > 0) {
+      const kept = Buffer.from(rest.subarray(0, room)); // a copy: the read buffer is reused
+      file.kept.push(kept);
+      file.keptBytes += kept.length;
     }
-    // Bytes are counted either way, so offsets stay exact; only kept bytes use memory.
-    if (!file.skipping) file.partial.push(Buffer.from(rest));
-    file.partialBytes += rest.length;
+    file.lineBytes += rest.length;
   }
 
-  private lineText(parts: Buffer[], last: Buffer): string {
-    const bytes = parts.length ? Buffer.concat([...parts, last]) : last;
-    const end = bytes.length && bytes[bytes.length - 1] === 0x0d ? bytes.length - 1 : bytes.length;
-    return bytes.toString('utf8', 0, Math.min(end, this.maxLineBytes));
+  /** Emits the unfinished line completed by `last` (the bytes before its newline). */
+  private deliver(file: OpenFile, last: Buffer, newlineBytes: number): void {
+    const lineBytes = file.lineBytes + last.length;
+    const bytes = file.kept.length === 0 ? last : Buffer.concat([...file.kept, last]);
+    let end = Math.min(lineBytes, this.maxLineBytes);
+    if (lineBytes > this.maxLineBytes) this.truncatedLines++;
+    else if (bytes[end - 1] === CARRIAGE_RETURN) end--;
+    file.offset += lineBytes + newlineBytes;
+    file.lineBytes = 0;
+    file.kept = [];
+    file.keptBytes = 0;
+    // toString replaces invalid UTF-8 with U+FFFD, never throws.
+    this.emit('line', bytes.toString('utf8', 0, end), { inode: file.inode, offset: file.offset });
   }
 }
 
-const PLEX_LOG = join('Library', 'Application Support', 'Plex Media Server', 'Logs', 'Plex Media Server.log');
+const PLEX_LOG = join('Plex Media Server', 'Logs', 'Plex Media Server.log');
+const APPLICATION_SUPPORT = join('Library', 'Application Support');
 
-/** Where Plex Media Server writes its log, per packaging. */
+/** Where Plex Media Server writes its log, per packaging (PLEX_MEDIA_SERVER_APPLICATION_SUPPORT_DIR first). */
 export function defaultPlexLogPaths(): string[] {
+  const configured = process.env.PLEX_MEDIA_SERVER_APPLICATION_SUPPORT_DIR;
   return [
-    join('/var/lib/plexmediaserver', PLEX_LOG), // Debian/Ubuntu and RPM packages
-    join('/config', PLEX_LOG), // Docker: linuxserver/plex, plexinc/pms-docker
-    join('/var/snap/plexmediaserver/common', PLEX_LOG), // snap
-    join('/usr/local/plexdata/Plex Media Server/Logs/Plex Media Server.log'), // FreeBSD/TrueNAS-style installs
+    ...(configured ? [join(configured, PLEX_LOG)] : []),
+    join('/var/lib/plexmediaserver', APPLICATION_SUPPORT, PLEX_LOG), // Debian/Ubuntu and Fedora/RPM packages
+    join('/config', APPLICATION_SUPPORT, PLEX_LOG), // Docker: linuxserver/plex, plexinc/pms-docker
+    join('/var/snap/plexmediaserver/common', APPLICATION_SUPPORT, PLEX_LOG), // snap
   ];
 }
 
-/** The first existing log among the candidates. */
-export async function findPlexLog(candidates = defaultPlexLogPaths()): Promise<string | undefined> {
-  for (const candidate of candidates) {
+/** The first existing log among the candidates (a one-off lookup at startup). */
+export function findPlexLog(candidates = defaultPlexLogPaths()): string | undefined {
+  return candidates.find((candidate) => {
     try {
-      if ((await stat(candidate)).isFile()) return candidate;
+      return statSync(candidate).isFile();
     } catch {
-      // not here
+      return false;
     }
-  }
-  return undefined;
+  });
 }

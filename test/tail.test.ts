@@ -2,10 +2,10 @@
 import { appendFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { LogTailer, rotatedPath, type SavedPosition } from '../daemon/tail.js';
 
-function setup(t: Tap.Test) {
+function setup(t: Test) {
   const dir = mkdtempSync(join(tmpdir(), 'shaperr-tail-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return { dir, log: join(dir, 'Plex Media Server.log') };
@@ -35,13 +35,18 @@ function collect(tailer: LogTailer) {
 
 const settle = (ms = 150) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** A started tailer (its position is fixed when this resolves) and what it delivers. */
+async function follow(path: string, options: Partial<ConstructorParameters<typeof LogTailer>[0]> = {}) {
+  const tailer = new LogTailer({ path, pollIntervalMs: 100, ...options });
+  const got = collect(tailer);
+  await tailer.start();
+  return { tailer, got };
+}
+
 t.test('appends: whole lines only, split writes, UTF-8 and CRLF', async (t) => {
   const { log } = setup(t);
   writeFileSync(log, 'old line before start\n');
-  const tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
-  const got = collect(tailer);
-  tailer.start();
-  await settle();
+  const { tailer, got } = await follow(log);
   appendFileSync(log, 'first\nsec');
   await settle();
   appendFileSync(log, 'ond\r\nnaïve café ☕ 日本\n');
@@ -55,10 +60,7 @@ t.test('appends: whole lines only, split writes, UTF-8 and CRLF', async (t) => {
 t.test('rotation: old file drained (including a late write), new file from its start', async (t) => {
   const { log } = setup(t);
   writeFileSync(log, '');
-  const tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
-  const got = collect(tailer);
-  tailer.start();
-  await settle();
+  const { tailer, got } = await follow(log);
   for (let i = 0; i < 30; i++) appendFileSync(log, `a${i}\n`);
   renameSync(log, rotatedPath(log));
   appendFileSync(rotatedPath(log), 'late write to the old file\n');
@@ -76,10 +78,7 @@ t.test('rotation: old file drained (including a late write), new file from its s
 t.test('truncation starts over at byte 0', async (t) => {
   const { log } = setup(t);
   writeFileSync(log, '');
-  const tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
-  const got = collect(tailer);
-  tailer.start();
-  await settle();
+  const { tailer, got } = await follow(log);
   appendFileSync(log, 'one\ntwo\nthree\n');
   await got.until(3);
   truncateSync(log, 0);
@@ -93,9 +92,7 @@ t.test('truncation starts over at byte 0', async (t) => {
 t.test('a file and a directory that appear later are followed from their start', async (t) => {
   const { dir } = setup(t);
   const log = join(dir, 'Logs', 'Plex Media Server.log');
-  const tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
-  const got = collect(tailer);
-  tailer.start();
+  const { tailer, got } = await follow(log);
   await settle(250);
   mkdirSync(join(dir, 'Logs'));
   await settle(250);
@@ -109,10 +106,7 @@ t.test('a file and a directory that appear later are followed from their start',
 t.test('restart resumes from the saved position: nothing lost or replayed, even across a rotation', async (t) => {
   const { log } = setup(t);
   writeFileSync(log, '');
-  let tailer = new LogTailer({ path: log, pollIntervalMs: 100 });
-  let got = collect(tailer);
-  tailer.start();
-  await settle();
+  let { tailer, got } = await follow(log);
   appendFileSync(log, 'before 1\nbefore 2 — ünïcödé\n');
   await got.until(2);
   const saved = got.position()!;
@@ -124,9 +118,7 @@ t.test('restart resumes from the saved position: nothing lost or replayed, even 
   writeFileSync(log, 'new file 1\n');
   appendFileSync(log, 'new file 2\n');
 
-  tailer = new LogTailer({ path: log, from: saved, pollIntervalMs: 100 });
-  got = collect(tailer);
-  tailer.start();
+  ({ tailer, got } = await follow(log, { from: saved }));
   await got.until(4);
   await settle(300);
   t.same(got.lines, ['down 1 ☕', 'down 2', 'new file 1', 'new file 2']);
@@ -136,10 +128,7 @@ t.test('restart resumes from the saved position: nothing lost or replayed, even 
 t.test('a line over the limit is cut, and the lines after it still arrive', async (t) => {
   const { log } = setup(t);
   writeFileSync(log, '');
-  const tailer = new LogTailer({ path: log, pollIntervalMs: 100, maxLineBytes: 1 << 20 });
-  const got = collect(tailer);
-  tailer.start();
-  await settle();
+  const { tailer, got } = await follow(log, { maxLineBytes: 1 << 20 });
   appendFileSync(log, `${'x'.repeat(3 << 20)}\nafter\n`);
   await got.until(2);
   t.equal(got.lines[0]!.length, 1 << 20, 'cut to 1 MiB');
@@ -152,9 +141,7 @@ t.test('a line over the limit is cut, and the lines after it still arrive', asyn
 t.test('from start reads the whole file', async (t) => {
   const { log } = setup(t);
   writeFileSync(log, 'a\nb\n');
-  const tailer = new LogTailer({ path: log, from: 'start', pollIntervalMs: 100 });
-  const got = collect(tailer);
-  tailer.start();
+  const { tailer, got } = await follow(log, { from: 'start' });
   await got.until(2);
   t.same(got.lines, ['a', 'b']);
   await tailer.stop();

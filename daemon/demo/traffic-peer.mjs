@@ -6,6 +6,10 @@
 //     connects and writes as fast as the socket accepts for totalSeconds.
 //   node traffic-peer.mjs sink <address> <port>
 //     listens and prints the running byte count ("bytes N") every 250 ms, until killed.
+//   node traffic-peer.mjs echo <address> <port>
+//     listens and sends every byte back, until killed.
+//   node traffic-peer.mjs pingpong <address> <port> <seconds>
+//     one byte there and back, again and again (TCP_RR-style); prints {"roundTrips":…,"seconds":…}.
 import net from 'node:net';
 
 const [mode, address, portText, ...rest] = process.argv.slice(2);
@@ -68,7 +72,34 @@ if (mode === 'receive') {
     socket.destroy();
     process.exit(0);
   }, totalSeconds * 1000);
+} else if (mode === 'echo') {
+  const server = net.createServer((socket) => {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk) => socket.write(chunk));
+    socket.on('error', () => {});
+  });
+  server.listen(port, address, () => process.stdout.write('listening\n'));
+} else if (mode === 'pingpong') {
+  const [seconds] = rest.map(Number);
+  const byte = Buffer.from([0x5a]);
+  let roundTrips = 0;
+  const socket = net.connect({ host: address, port, noDelay: true }, () => {
+    const began = process.hrtime.bigint();
+    const until = began + BigInt(Math.round(seconds * 1e9));
+    socket.on('data', () => {
+      roundTrips++;
+      const now = process.hrtime.bigint();
+      if (now < until) return socket.write(byte);
+      process.stdout.write(JSON.stringify({ roundTrips, seconds: Number(now - began) / 1e9 }) + '\n');
+      process.exit(0);
+    });
+    socket.write(byte);
+  });
+  socket.on('error', (error) => {
+    process.stderr.write(`pingpong: ${error.message}\n`);
+    process.exit(1);
+  });
 } else {
-  process.stderr.write('usage: traffic-peer.mjs receive|send …\n');
+  process.stderr.write('usage: traffic-peer.mjs receive|send|sink|echo|pingpong …\n');
   process.exit(64);
 }

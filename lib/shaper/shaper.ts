@@ -20,6 +20,9 @@ import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/err
 import { HandlePool } from './handle-pool.js';
 import { clientFilterRef, clientFilterSpec, hashTableSpecs, readClientFilter, SHAPER_LAYOUT } from './layout.js';
 
+/** sfq's default queue depth in packets, also used for pfifo leaves. */
+const SFQ_DEFAULT_LIMIT = 127;
+
 export type LeafKind = 'sfq' | 'pfifo' | 'none';
 
 export interface RateLimits {
@@ -364,7 +367,9 @@ export class Shaper {
       case 'sfq':
         return { kind: 'sfq', ...placement, options: { perturb: 10 } };
       case 'pfifo':
-        return { kind: 'pfifo', ...placement };
+        // The device's txqueuelen (often 1000 packets: 3 s at 4 Mbit) would bloat the client's RTT so
+        // much that TCP stalls for seconds when the pipe is removed; queue no deeper than sfq would.
+        return { kind: 'pfifo', ...placement, options: { limit: SFQ_DEFAULT_LIMIT } };
       case 'none':
         return undefined;
     }

@@ -9,7 +9,7 @@ import { attr, attributeSet, attrString, attrU32 } from '../wire/attributes.js';
 import { NetlinkConnection, type NetlinkRequest, type RequestOutcome } from '../wire/connection.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
 import { Flags, ifinfomsg, MessageType, tcmsg } from '../wire/message.js';
-import { type HandleInput, parseHandle, TC_H_ROOT } from './handle.js';
+import { formatHandle, type HandleInput, parseHandle, TC_H_ROOT } from './handle.js';
 import type { KindContext } from './kind.js';
 import {
   type ClassRef,
@@ -28,7 +28,6 @@ import {
   readFilter,
   readQdisc,
   type TcClass,
-  type WriteMode,
 } from './objects.js';
 import { type SchedulerClock, schedulerClock } from './units.js';
 
@@ -225,6 +224,23 @@ export class TrafficControl {
   /** HTB classes of a device, with statistics. */
   classes(device: DeviceInput): TcClass[] {
     return this.dump(MessageType.GETTCLASS, device, 0, 'classes').flatMap((message) => readClass(message, this.context) ?? []);
+  }
+
+  /** Whether a class exists: one GET answered by an ACK or ENOENT, no dump (cheap to poll). */
+  hasClass(device: DeviceInput, classid: HandleInput): boolean {
+    const { ifindex, name } = this.link(device);
+    const handle = parseHandle(classid);
+    const [outcome] = this.connection.batch([
+      {
+        type: MessageType.GETTCLASS,
+        flags: 0,
+        context: { operation: 'get', object: `class ${formatHandle(handle)} on dev ${name}` },
+        writeBody: (writer) => writer.struct(tcmsg, { ifindex, handle }),
+      },
+    ]);
+    if (outcome!.error?.code === 'ENOENT') return false;
+    if (outcome!.error) throw outcome!.error;
+    return true;
   }
 
   /** u32 filters attached under `parent` (e.g. the root qdisc `1:`). */

@@ -2,6 +2,7 @@
  * The golden table: library operations whose encoding must equal tc's bytes for the command
  * toTcCommand() prints. Regenerate the vectors with `npx tsx test/golden/regenerate.ts`.
  */
+import type { HtbClassOptions } from '../../lib/tc/kinds/htb.js';
 import type { Operation } from '../../lib/tc/objects.js';
 
 export interface GoldenCase {
@@ -11,7 +12,7 @@ export interface GoldenCase {
   deviation?: { reason: string; patch: (tcRequest: Buffer) => void };
 }
 
-const htbClass = (classid: string, options: Extract<Operation, { class: unknown; op: 'add' }>['class']['options'], op: 'add' | 'change' | 'replace' = 'add'): Operation => ({
+const htbClass = (classid: string, options: HtbClassOptions, op: 'add' | 'change' | 'replace' = 'add'): Operation => ({
   op,
   class: { kind: 'htb', parent: '1:1', classid, options },
 });

@@ -1,17 +1,28 @@
-/** Real TCP goodput through the shaped veth: a sender in the server namespace, a receiver per client. */
+/**
+ * Real TCP goodput through the shaped veth: a receiver (listener on the client address, counting payload
+ * bytes) in the clients namespace and one sender per stream in the server namespace, both the plain-JS
+ * traffic peer run with bare `node` under `ip netns exec`. Counted at the receiver, after a warm-up that
+ * excludes TCP ramp-up and the burst an HTB class lets through above its rate.
+ */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Topology } from './netns.js';
 
 const PEER = fileURLToPath(new URL('../../daemon/demo/traffic-peer.mjs', import.meta.url));
+/** Room for starting node in the namespaces and connecting, on top of warm-up + measurement. */
+const STARTUP_SECONDS = 10;
 
 export interface GoodputSpec {
   /** Client address (IPv4 or IPv6) the traffic goes to. */
   to: string;
   port?: number;
+  /** Length of the measurement window (default 4). */
   seconds?: number;
-  /** Excluded from the measurement: TCP ramp-up and the class's initial burst. */
+  /** Excluded from the measurement: TCP ramp-up and the class's initial burst (default 1). */
   warmupSeconds?: number;
+  /** Parallel TCP connections to the same receiver (default 1). */
+  streams?: number;
 }
 
 export interface Goodput {
@@ -21,60 +32,118 @@ export interface Goodput {
   seconds: number;
 }
 
-function inNamespace(netns: string, args: string[]): ChildProcess {
-  return spawn('ip', ['netns', 'exec', netns, process.execPath, PEER, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-}
+/** All the measurement needs of a topology (the benchmarks build one by hand). */
+export type TrafficEnds = Pick<Topology, 'serverNs' | 'clientNs'>;
 
-function firstLine(child: ChildProcess, what: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    let err = '';
-    child.stdout!.on('data', (data: Buffer) => {
-      out += data.toString();
-      const newline = out.indexOf('\n');
-      if (newline >= 0) resolve(out.slice(0, newline));
+/** One traffic-peer process inside a namespace. */
+class Peer {
+  private readonly child: ChildProcess;
+  private readonly lines: AsyncIterator<string>;
+  private stderr = '';
+  private readonly closed: Promise<string>;
+
+  constructor(
+    private readonly what: string,
+    netns: string,
+    args: string[],
+  ) {
+    this.child = spawn('ip', ['netns', 'exec', netns, process.execPath, PEER, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stderr!.on('data', (data: Buffer) => (this.stderr += data.toString()));
+    this.lines = createInterface({ input: this.child.stdout! })[Symbol.asyncIterator]();
+    this.closed = new Promise((resolve) => {
+      this.child.once('error', (error) => resolve(error.message));
+      this.child.once('close', (code, signal) => resolve(signal ? `was killed by ${signal}` : `exited with ${code}`));
     });
-    child.stderr!.on('data', (data: Buffer) => (err += data.toString()));
-    child.on('exit', (code) => reject(new Error(`${what} exited with ${code} before answering: ${err.trim()}`)));
-  });
+  }
+
+  async nextLine(): Promise<string> {
+    const { value, done } = await this.lines.next();
+    if (!done) return value as string;
+    throw this.failure(await this.closed);
+  }
+
+  /** Rejects when the process ends with an error (a sender's clean exit at its time limit is not one). */
+  async failed(): Promise<never> {
+    const how = await this.closed;
+    if (how === 'exited with 0') return new Promise<never>(() => {});
+    throw this.failure(how);
+  }
+
+  kill(): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+  }
+
+  private failure(how: string): Error {
+    // An uncaught exception prints a stack around the message; the peer's own complaints are one line.
+    const lines = this.stderr.split('\n').filter((line) => line.trim() !== '');
+    const detail = lines.find((line) => /^\w*Error\b/.test(line)) ?? lines.slice(-3).join(' | ');
+    return new Error(`${this.what} ${how}${detail ? `: ${detail}` : ''}`);
+  }
 }
 
 let nextPort = 46000;
 
-/** Measures several flows at the same time (isolation, fair sharing), one result per spec. */
-export async function measureGoodputConcurrently(topology: Topology, specs: GoodputSpec[]): Promise<Goodput[]> {
-  const children: ChildProcess[] = [];
+async function measureOne(ends: TrafficEnds, spec: GoodputSpec, peers: Peer[], aborted: AbortSignal): Promise<Goodput> {
+  const port = spec.port ?? nextPort++;
+  const seconds = spec.seconds ?? 4;
+  const warmup = spec.warmupSeconds ?? 1;
+  const target = `${spec.to.includes(':') ? `[${spec.to}]` : spec.to}:${port}`;
+  const receiver = new Peer(`receiver on ${target}`, ends.clientNs, ['receive', spec.to, String(port), String(warmup), String(seconds)]);
+  peers.push(receiver);
+  const greeting = await receiver.nextLine();
+  if (greeting !== 'listening') throw new Error(`receiver on ${target} said ${JSON.stringify(greeting)} instead of listening`);
+  aborted.throwIfAborted();
+  // Senders outlast the receiver's window (which starts at the first byte) by a second of slack.
+  const senders = Array.from({ length: spec.streams ?? 1 }, (_, i) => {
+    const sender = new Peer(`sender #${i + 1} to ${target}`, ends.serverNs, ['send', spec.to, String(port), String(warmup + seconds + 1)]);
+    peers.push(sender);
+    return sender;
+  });
+  const report = await Promise.race([receiver.nextLine(), ...senders.map((sender) => sender.failed())]);
+  const { bytes, seconds: measured } = JSON.parse(report) as { bytes: number; seconds: number };
+  return { to: spec.to, bytes, seconds: measured, bitsPerSecond: (bytes * 8) / measured };
+}
+
+/** Measures several flows over the same period (isolation, fair sharing), one result per spec, in order. */
+export async function measureGoodputConcurrently(ends: TrafficEnds, specs: GoodputSpec[]): Promise<Goodput[]> {
+  if (specs.length === 0) return [];
+  const peers: Peer[] = [];
+  const abort = new AbortController();
+  const limit = Math.max(...specs.map((spec) => (spec.warmupSeconds ?? 1) + (spec.seconds ?? 4))) + STARTUP_SECONDS;
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`goodput to ${specs.map((s) => s.to).join(', ')} not measured within ${limit} s`)), limit * 1000);
+  });
   try {
-    const runs = await Promise.all(
-      specs.map(async (spec) => {
-        const port = spec.port ?? nextPort++;
-        const seconds = spec.seconds ?? 4;
-        const warmup = spec.warmupSeconds ?? 1;
-        const receiver = inNamespace(topology.clientNs, ['receive', spec.to, String(port), String(warmup), String(seconds)]);
-        children.push(receiver);
-        const ready = firstLine(receiver, 'receiver');
-        const listening = await ready;
-        if (listening !== 'listening') throw new Error(`receiver said ${listening}`);
-        const result = new Promise<string>((resolve, reject) => {
-          let out = '';
-          receiver.stdout!.removeAllListeners('data');
-          receiver.stdout!.on('data', (data: Buffer) => (out += data.toString()));
-          receiver.removeAllListeners('exit');
-          receiver.on('exit', (code) => (code === 0 ? resolve(out.trim().split('\n').pop()!) : reject(new Error(`receiver for ${spec.to} exited with ${code}`))));
-        });
-        const sender = inNamespace(topology.serverNs, ['send', spec.to, String(port), String(warmup + seconds + 1)]);
-        children.push(sender);
-        const { bytes, seconds: measured } = JSON.parse(await result) as { bytes: number; seconds: number };
-        return { to: spec.to, bytes, seconds: measured, bitsPerSecond: (bytes * 8) / measured };
-      }),
-    );
-    return runs;
+    return await Promise.race([Promise.all(specs.map((spec) => measureOne(ends, spec, peers, abort.signal))), timedOut]);
   } finally {
-    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    clearTimeout(timer);
+    // Stops flows still starting up after another one failed, and every process still running.
+    abort.abort();
+    for (const peer of peers) peer.kill();
   }
 }
 
-export async function measureGoodput(topology: Topology, spec: GoodputSpec): Promise<Goodput> {
-  const [result] = await measureGoodputConcurrently(topology, [spec]);
+export async function measureGoodput(ends: TrafficEnds, spec: GoodputSpec): Promise<Goodput> {
+  const [result] = await measureGoodputConcurrently(ends, [spec]);
   return result!;
+}
+
+/** Small-packet round trips server → `to` and back for `seconds` (per-packet cost, not bandwidth). */
+export async function measureRoundTrips(ends: TrafficEnds, to: string, seconds: number): Promise<{ roundTrips: number; microsecondsPerRoundTrip: number }> {
+  const port = nextPort++;
+  const echo = new Peer(`echo on ${to}:${port}`, ends.clientNs, ['echo', to, String(port)]);
+  try {
+    const greeting = await echo.nextLine();
+    if (greeting !== 'listening') throw new Error(`echo on ${to}:${port} said ${JSON.stringify(greeting)} instead of listening`);
+    const client = new Peer(`pingpong to ${to}:${port}`, ends.serverNs, ['pingpong', to, String(port), String(seconds)]);
+    try {
+      const { roundTrips, seconds: measured } = JSON.parse(await client.nextLine()) as { roundTrips: number; seconds: number };
+      return { roundTrips, microsecondsPerRoundTrip: (measured * 1e6) / roundTrips };
+    } finally {
+      client.kill();
+    }
+  } finally {
+    echo.kill();
+  }
 }

@@ -189,8 +189,8 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
     };
     // Shape of the rate tables only: not carried on the wire, so a dump cannot read them back.
     if (input.mtu !== undefined) parameters.mtu = mtu;
-    if (input.burstCell !== undefined) parameters.burstCell = input.burstCell;
-    if (input.cburstCell !== undefined) parameters.cburstCell = input.cburstCell;
+    if (input.burstCell !== undefined) parameters.burstCell = 2 ** cellLogOf(input.burstCell);
+    if (input.cburstCell !== undefined) parameters.cburstCell = 2 ** cellLogOf(input.cburstCell);
     return parameters;
   },
   write(writer: MessageWriter, parameters, context: KindContext) {

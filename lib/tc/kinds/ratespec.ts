@@ -5,6 +5,7 @@
  */
 import { ShaperrInputError } from '../../wire/errors.js';
 import { s16, struct, u16, u32, u8 } from '../../wire/struct.js';
+import { memoize } from '../../memo.js';
 import { type SchedulerClock, transmitTicks } from '../units.js';
 
 export const tcRatespec = struct({ cellLog: u8, linklayer: u8, overhead: u16, cellAlign: s16, mpu: u16, rate: u32 });
@@ -53,8 +54,18 @@ function adjustSize(size: number, mpu: number, linklayer: LinkLayer): number {
   return linklayer === 'atm' ? Math.ceil(atLeastMpu / ATM_CELL_PAYLOAD) * ATM_CELL_SIZE : atLeastMpu;
 }
 
-/** The ratespec struct value and its 1 KiB transmit-time table (tc_calc_rtable). */
+/** The ratespec struct value and its 1 KiB transmit-time table (tc_calc_rtable); memoised, tables repeat. */
 export function rateTable(input: RateTableInput, clock: SchedulerClock): { spec: Ratespec; table: Uint8Array } {
+  return cachedRateTable([input.rate32, input.mpu, input.overhead, input.linklayer, input.cellLog, input.mtu, clock.ticksPerMicrosecond].join(","));
+}
+
+const cachedRateTable = memoize((key: string) => {
+  const [rate32, mpu, overhead, linklayer, cellLog, mtu, ticksPerMicrosecond] = key.split(',');
+  const input = { rate32: Number(rate32), mpu: Number(mpu), overhead: Number(overhead), linklayer: linklayer as LinkLayer, cellLog: Number(cellLog), mtu: Number(mtu) };
+  return computeRateTable(input, { ticksPerMicrosecond: Number(ticksPerMicrosecond), hz: 0 });
+}, 256);
+
+function computeRateTable(input: RateTableInput, clock: SchedulerClock): { spec: Ratespec; table: Uint8Array } {
   const mtu = input.mtu === 0 ? 2047 : input.mtu;
   let cellLog = input.cellLog;
   if (cellLog < 0) {

@@ -5,6 +5,7 @@
  * mask/value at a byte offset into the IP header (IPv4 ports assume no IP options, as tc's `ip dport`).
  */
 import { parseClientAddress } from '../../address.js';
+import { memoize } from '../../memo.js';
 import { attr, attributeSet, attrU32 } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { be16, be32, s16, s32, struct, u16, u8 } from '../../wire/struct.js';
@@ -159,9 +160,19 @@ interface Prefix {
   family: 4 | 6;
 }
 
+/** Filters are built and read for the same few thousand addresses again and again. */
+const parseAddress = memoize((text: string) => {
+  try {
+    return parseClientAddress(text);
+  } catch (error) {
+    return error as Error;
+  }
+});
+
 function parsePrefix(text: string, what: string): Prefix {
   const [addressText, lengthText, ...rest] = text.split('/');
-  const address = parseClientAddress(addressText ?? '');
+  const address = parseAddress(addressText ?? '');
+  if (address instanceof Error) throw address;
   const full = address.family === 4 ? 32 : 128;
   const length = lengthText === undefined ? full : Number(lengthText);
   if (rest.length || !/^\d+$/.test(lengthText ?? String(full)) || length > full) {

@@ -1,0 +1,508 @@
+/**
+ * `npm run bench [-- --quick]`: shaperr against the ways one would otherwise drive tc, in the same run on
+ * the same machine, each scenario in its own throwaway netns. Prints a markdown table of ratios and writes
+ * benchmarks/results/latest.md and latest.json. Absolute times vary by machine; the ratios are the result.
+ */
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import { Shaper } from '../lib/shaper/shaper.js';
+import { makeU32Handle } from '../lib/tc/kinds/u32.js';
+import { type Operation, operationRequest, toTcCommand } from '../lib/tc/objects.js';
+import { TrafficControl } from '../lib/tc/traffic-control.js';
+import { encodeRequest } from '../lib/wire/connection.js';
+import { validateConfig } from '../daemon/config.js';
+import { PlexLogParser } from '../daemon/parse.js';
+import { Policy } from '../daemon/policy.js';
+import { SessionTracker } from '../daemon/sessions.js';
+import { Shaperrd } from '../daemon/shaperrd.js';
+import { createNetns, deleteNetns, ip } from '../daemon/demo/sandbox.js';
+import { measureGoodputConcurrently, measureRoundTrips } from '../test/helpers/traffic.js';
+import { createTopology } from '../test/helpers/netns.js';
+
+const quick = process.argv.includes('--quick');
+/** `--only=churn` runs the scenarios whose name contains the word. */
+const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length);
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const DAEMON = fileURLToPath(new URL('../dist/daemon/cli.js', import.meta.url));
+const PREFIX = 'shaperr-b';
+
+interface Row {
+  scenario: string;
+  variant: string;
+  value: number;
+  unit: string;
+  median?: number;
+  p99?: number;
+  note?: string;
+}
+const rows: Row[] = [];
+const record = (row: Row) => {
+  rows.push(row);
+  process.stderr.write(`  ${row.scenario} · ${row.variant}: ${format(row.value)} ${row.unit}${row.median !== undefined ? ` (median ${format(row.median)} µs, p99 ${format(row.p99!)} µs)` : ''}\n`);
+};
+const format = (n: number) => (n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(2));
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
+}
+
+async function benchDevice(): Promise<{ netns: string; destroy: () => Promise<void> }> {
+  const netns = await createNetns(PREFIX, 'bench');
+  await ip('-n', netns, 'link', 'add', 'b0', 'type', 'veth', 'peer', 'name', 'b1');
+  await ip('-n', netns, 'link', 'set', 'b0', 'up');
+  return { netns, destroy: () => deleteNetns(netns) };
+}
+
+// ---- 1. client churn ----------------------------------------------------------------------------------
+
+/**
+ * The same kernel work for every variant, in the layout Shaper uses: class + pfifo leaf + a u32 filter in
+ * the 256-bucket table keyed on the address's last byte; then filter + class gone.
+ */
+function churnOperations(clients: number): { start: Operation[][]; stop: Operation[][] } {
+  const start: Operation[][] = [];
+  const stop: Operation[][] = [];
+  for (let i = 0; i < clients; i++) {
+    const minor = 0x10 + i;
+    const classid = (1 << 16) | minor;
+    const bucket = i & 0xff;
+    const handle = makeU32Handle(2, bucket, (i >> 8) + 1);
+    const address = `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${bucket}`;
+    start.push([
+      { op: 'add', class: { kind: 'htb', parent: '1:1', classid, options: { rate: '2mbit', ceil: '2500kbit' } } },
+      { op: 'add', qdisc: { kind: 'pfifo', parent: classid, handle: (minor << 16) >>> 0, options: { limit: 100 } } },
+      { op: 'add', filter: { kind: 'u32', parent: '1:', priority: 1, protocol: 'ip', handle, options: { hashTable: makeU32Handle(2, bucket, 0), match: { dst: address }, classid } } },
+    ]);
+    stop.push([
+      { op: 'delete', filter: { kind: 'u32', parent: '1:', priority: 1, protocol: 'ip', handle } },
+      { op: 'delete', class: { classid } },
+    ]);
+  }
+  return { start, stop };
+}
+
+function prepareRoot(netns: string): void {
+  execFileSync('tc', ['-n', netns, 'qdisc', 'replace', 'dev', 'b0', 'root', 'handle', '1:', 'htb']);
+  execFileSync('tc', ['-n', netns, 'class', 'add', 'dev', 'b0', 'parent', '1:', 'classid', '1:1', 'htb', 'rate', '1gbit']);
+  // The hash table and its link filter exist before timing starts, as on a live server.
+  execFileSync('tc', ['-n', netns, 'filter', 'add', 'dev', 'b0', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'handle', '2:', 'u32', 'divisor', '256']);
+  execFileSync('tc', ['-n', netns, 'filter', 'add', 'dev', 'b0', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32', 'match', 'ip', 'dst', '0.0.0.0/0', 'hashkey', 'mask', '0x000000ff', 'at', '16', 'link', '2:']);
+}
+
+function checkClean(netns: string, label: string): void {
+  const classes = execFileSync('tc', ['-n', netns, 'class', 'show', 'dev', 'b0'], { encoding: 'utf8' }).trim().split('\n').length;
+  if (classes !== 1) throw new Error(`${label}: ${classes} classes left after a full churn`);
+}
+
+async function clientChurn(): Promise<void> {
+  const clients = quick ? 100 : 1000;
+  const spawnClients = quick ? 30 : 200; // one process per command is slow: measured on fewer clients
+  const scenario = `1. client churn (${clients} clients)`;
+  const { netns, destroy } = await benchDevice();
+  try {
+    const tcArgs = (operation: Operation) => toTcCommand('b0', operation).split(' ').slice(1);
+    const { start, stop } = churnOperations(clients);
+    const perClient = (ns: number, count: number) => ns / 1e3 / count; // µs
+
+    // a. one tc process per command
+    prepareRoot(netns);
+    const latencies: number[] = [];
+    let began = process.hrtime.bigint();
+    for (let i = 0; i < spawnClients; i++) {
+      const at = process.hrtime.bigint();
+      for (const operation of start[i]!) execFileSync('tc', ['-n', netns, ...tcArgs(operation)]);
+      latencies.push(Number(process.hrtime.bigint() - at) / 1e3);
+    }
+    for (let i = 0; i < spawnClients; i++) for (const operation of stop[i]!) execFileSync('tc', ['-n', netns, ...tcArgs(operation)]);
+    const spawnUs = perClient(Number(process.hrtime.bigint() - began), spawnClients);
+    checkClean(netns, 'tc per command');
+    record({ scenario, variant: 'a. tc process per command', value: 1e6 / spawnUs, unit: 'clients/s', median: percentile(latencies, 50), p99: percentile(latencies, 99), note: `${spawnClients} clients` });
+
+    // b. tc -batch FILE
+    const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
+    const batchFile = join(dir, 'batch');
+    writeFileSync(batchFile, [...start.flat(), ...stop.flat()].map((operation) => tcArgs(operation).join(' ')).join('\n') + '\n');
+    began = process.hrtime.bigint();
+    execFileSync('tc', ['-n', netns, '-batch', batchFile]);
+    const batchUs = perClient(Number(process.hrtime.bigint() - began), clients);
+    checkClean(netns, 'tc -batch');
+    record({ scenario, variant: 'b. tc -batch FILE', value: 1e6 / batchUs, unit: 'clients/s' });
+
+    // c. long-lived `tc -batch -` fed on stdin
+    began = process.hrtime.bigint();
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn('tc', ['-n', netns, '-batch', '-'], { stdio: ['pipe', 'ignore', 'inherit'] });
+      child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`tc -batch - exited ${code}`))));
+      for (let i = 0; i < clients; i++) child.stdin.write(start[i]!.map((op) => tcArgs(op).join(' ')).join('\n') + '\n');
+      for (let i = 0; i < clients; i++) child.stdin.write(stop[i]!.map((op) => tcArgs(op).join(' ')).join('\n') + '\n');
+      child.stdin.end();
+    });
+    const stdinUs = perClient(Number(process.hrtime.bigint() - began), clients);
+    checkClean(netns, 'tc -batch -');
+    record({ scenario, variant: 'c. tc -batch - (stdin)', value: 1e6 / stdinUs, unit: 'clients/s', note: 'no per-command acknowledgement: throughput only' });
+
+    // d. shaperr, one client at a time (each start and stop a batch of its 3 / 2 operations, awaited)
+    const tc = TrafficControl.open({ netns });
+    try {
+      const apply = async (operations: Operation[]) => {
+        const results = tc.batch('b0', operations);
+        const failed = results.find((result) => result.error);
+        if (failed) throw failed.error;
+      };
+      const shaperrLatencies: number[] = [];
+      began = process.hrtime.bigint();
+      for (let i = 0; i < clients; i++) {
+        const at = process.hrtime.bigint();
+        await apply(start[i]!);
+        shaperrLatencies.push(Number(process.hrtime.bigint() - at) / 1e3);
+      }
+      for (let i = 0; i < clients; i++) await apply(stop[i]!);
+      const oneUs = perClient(Number(process.hrtime.bigint() - began), clients);
+      checkClean(netns, 'shaperr one at a time');
+      record({ scenario, variant: 'd. shaperr, one client at a time', value: 1e6 / oneUs, unit: 'clients/s', median: percentile(shaperrLatencies, 50), p99: percentile(shaperrLatencies, 99) });
+
+      // e. shaperr, all batched
+      began = process.hrtime.bigint();
+      await apply(start.flat());
+      await apply(stop.flat());
+      const batchedUs = perClient(Number(process.hrtime.bigint() - began), clients);
+      checkClean(netns, 'shaperr batched');
+      record({ scenario, variant: 'e. shaperr, batched', value: 1e6 / batchedUs, unit: 'clients/s' });
+
+      // f. the floor: the same request bytes from a minimal C loop, one request+ACK at a time
+      const binary = join(dir, 'raw-netlink');
+      const compiled = spawnSync('cc', ['-O2', '-o', binary, join(HERE, 'raw-netlink.c')], { encoding: 'utf8' });
+      if (compiled.status === 0) {
+        const device = { ifindex: tc.link('b0').ifindex, name: 'b0' };
+        const requests = [...start.flat(), ...stop.flat()].map((operation) => Buffer.from(encodeRequest(operationRequest(device, operation, tc.kindContext))));
+        writeFileSync(join(dir, 'requests'), Buffer.concat(requests.map((request) => Buffer.concat([request, Buffer.alloc((4 - (request.length % 4)) % 4)]))));
+        const [count, ns, failures] = execFileSync(binary, [`/var/run/netns/${netns}`, join(dir, 'requests')], { encoding: 'utf8' }).trim().split(' ').map(Number);
+        if (failures) throw new Error(`raw loop: ${failures} of ${count} requests failed`);
+        checkClean(netns, 'raw C loop');
+        record({ scenario, variant: 'f. floor: C loop, plain socket', value: 1e6 / perClient(ns!, clients), unit: 'clients/s', note: `${count} requests` });
+        const floor = rows.at(-1)!.value;
+        const one = rows.find((r) => r.variant.startsWith('d.'))!.value;
+        record({ scenario, variant: 'ratio C floor ÷ shaperr one-at-a-time (target ≤ 2)', value: floor / one, unit: '×' });
+      } else {
+        record({ scenario, variant: 'f. floor: C loop', value: 0, unit: 'n/a', note: `no C compiler: ${compiled.stderr.trim().split('\n')[0]}` });
+      }
+    } finally {
+      tc.close();
+    }
+    const value = (prefix: string) => rows.find((r) => r.scenario === scenario && r.variant.startsWith(prefix))!.value;
+    record({ scenario, variant: 'ratio shaperr (d) ÷ tc per command (a) (target ≥ 100)', value: value('d.') / value('a.'), unit: '×' });
+    record({ scenario, variant: 'ratio shaperr (e) ÷ tc -batch FILE (b) (target ≥ 3)', value: value('e.') / value('b.'), unit: '×' });
+    record({ scenario, variant: 'ratio shaperr (e) ÷ tc -batch - (c) (target ≥ 3)', value: value('e.') / value('c.'), unit: '×' });
+    rmSync(dir, { recursive: true, force: true });
+  } finally {
+    await destroy();
+  }
+}
+
+// ---- 2. event-to-kernel latency -----------------------------------------------------------------------
+
+const plexLine = (address: string, path: string) => `Sep 26, 2026 22:48:26.451 [140562] DEBUG - Request: [${address}:51000 (WAN)] GET ${path} (3 live) #1 TLS Signed-in Token (bench)\n`;
+
+async function eventLatency(): Promise<void> {
+  const events = quick ? 100 : 1000;
+  const scenario = `2. event-to-kernel latency (${events} events)`;
+  const { netns, destroy } = await benchDevice();
+  const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
+  const log = join(dir, 'Plex Media Server.log');
+  writeFileSync(log, '');
+  const daemon = new Shaperrd({
+    config: validateConfig({ device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, log, stateFile: join(dir, 'state.json'), graceSeconds: 0, idleSeconds: 600 }),
+    logger: pino({ level: 'silent' }),
+  });
+  const tc = TrafficControl.open({ netns });
+  try {
+    await daemon.start();
+    const latencies: number[] = [];
+    for (let i = 0; i < events; i++) {
+      // Each event is a new client; Shaper hands out class minors from 0x10 up, skipping 0x5a (its root
+      // handle, which the leaf qdisc 5a: would collide with), so we know which class to poll for.
+      const minor = 0x10 + i + (0x10 + i >= 0x5a ? 1 : 0);
+      const classid = (0x5a << 16) | minor;
+      const written = process.hrtime.bigint();
+      appendFileSync(log, plexLine(`198.18.${(i >> 8) & 255}.${i & 255}`, `/video/:/transcode/universal/start.m3u8?session=b${i}`));
+      while (!tc.hasClass('b0', classid)) {
+        if (Number(process.hrtime.bigint() - written) > 5e9) throw new Error(`event ${i}: class ${classid.toString(16)} not in the kernel after 5 s`);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      latencies.push(Number(process.hrtime.bigint() - written) / 1e6);
+    }
+    record({ scenario, variant: 'shaperrd: line appended → class in the kernel, p50', value: percentile(latencies, 50), unit: 'ms' });
+    record({ scenario, variant: 'shaperrd: line appended → class in the kernel, p99 (target < 5)', value: percentile(latencies, 99), unit: 'ms' });
+  } finally {
+    tc.close();
+    await daemon.stop();
+    rmSync(dir, { recursive: true, force: true });
+    await destroy();
+  }
+}
+
+// ---- 3. seek storm -------------------------------------------------------------------------------------
+
+async function seekStorm(): Promise<void> {
+  const clients = 20;
+  const seconds = quick ? 2 : 10;
+  const scenario = `3. seek storm (${clients} clients, 1,000 events/s, ${seconds} s)`;
+  const { netns, destroy } = await benchDevice();
+  const shaper = await Shaper.open({ device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, onWarning: () => {} });
+  let changes = 0;
+  const tracker = new SessionTracker({
+    graceMs: 3000,
+    idleMs: 600_000,
+    policy: new Policy({ client: { rate: '2mbit' }, server: { rate: '1gbit' }, exempt: [], remoteOnly: false, localNetworks: [], overrides: [], schedules: [] }),
+    shaper: {
+      throttle: async (address, limits) => (changes++, shaper.throttle(address, limits)),
+      release: async (address) => (changes++, shaper.release(address)),
+    },
+  });
+  const parser = new PlexLogParser();
+  try {
+    const cpuBefore = process.cpuUsage();
+    let sent = 0;
+    const began = performance.now();
+    for (let tick = 0; tick < seconds * 100; tick++) {
+      // 10 events every 10 ms: a STOP/START pair for 5 of the 20 clients, rotating.
+      for (let k = 0; k < 5; k++) {
+        const client = (tick * 5 + k) % clients;
+        const address = `203.0.113.${client + 1}`;
+        const stopLine = plexLine(address, `/:/timeline?state=stopped&X-Plex-Session-Identifier=c${client}-${tick}`).trimEnd();
+        const startLine = plexLine(address, `/video/:/transcode/universal/start.m3u8?session=c${client}-${tick + 1}`).trimEnd();
+        for (const line of [stopLine, startLine]) {
+          const event = parser.parse(line);
+          if (event) tracker.handle(event);
+          sent++;
+        }
+      }
+      tracker.sweep();
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, began + (tick + 1) * 10 - performance.now())));
+    }
+    await tracker.settled();
+    const cpu = process.cpuUsage(cpuBefore);
+    const kernelClients = shaper.trafficControl!.classes('b0').filter((c) => c.parent === 0x005a0001).length;
+    record({ scenario, variant: 'events fed', value: sent, unit: 'events' });
+    record({ scenario, variant: 'kernel changes per client (target ≤ 2)', value: changes / clients, unit: 'changes' });
+    record({ scenario, variant: `final state exact (${clients} playing clients in the kernel)`, value: kernelClients === clients ? 1 : 0, unit: kernelClients === clients ? 'yes' : `NO: ${kernelClients}` });
+    record({ scenario, variant: 'daemon CPU time (parse + sessions + kernel)', value: (cpu.user + cpu.system) / 1000, unit: 'ms' });
+  } finally {
+    await shaper.close({ teardown: true });
+    await destroy();
+  }
+}
+
+// ---- 4. scale ------------------------------------------------------------------------------------------
+
+/**
+ * The shipped daemon (`node dist/daemon/cli.js`, as systemd runs it) in its own process: N clients start
+ * playing in its log; time until all N classes are in the kernel, and its RSS then.
+ */
+async function scale(): Promise<void> {
+  const sizes = quick ? [100, 1000] : [100, 1000, 5000];
+  for (const size of sizes) {
+    const scenario = `4. scale (${size.toLocaleString('en-US')} concurrent clients)`;
+    const { netns, destroy } = await benchDevice();
+    const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
+    const log = join(dir, 'Plex Media Server.log');
+    writeFileSync(log, '');
+    const config = { device: 'b0', netns, server: { rate: '10gbit' }, client: { rate: '2mbit' }, leaf: 'pfifo', log, stateFile: join(dir, 'state.json'), idleSeconds: 3600 };
+    writeFileSync(join(dir, 'shaperr.yaml'), JSON.stringify(config)); // JSON is YAML
+    const daemon = spawn(process.execPath, [...shebangFlags(DAEMON), DAEMON, '--config', join(dir, 'shaperr.yaml'), '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let output = '';
+    daemon.stdout!.on('data', (data: Buffer) => (output += data.toString()));
+    const exited = new Promise<number | null>((resolve) => daemon.once('exit', resolve));
+    const tc = TrafficControl.open({ netns });
+    try {
+      await waitFor(() => output.includes('"shaperrd started"'), 10_000, 'shaperrd did not start');
+      const baseline = rssMiB(daemon.pid!);
+      const lines = Array.from({ length: size }, (_, i) => {
+        const address = i % 2 ? `2001:db8::${i.toString(16)}` : `100.${64 + ((i >> 16) & 63)}.${(i >> 8) & 255}.${i & 255}`;
+        return plexLine(address, `/video/:/transcode/universal/start.m3u8?session=s${i}`);
+      });
+      const began = performance.now();
+      appendFileSync(log, lines.join(''));
+      await waitFor(() => tc.classes('b0').length === size + 1, 60_000, `not all ${size} classes appeared`);
+      record({ scenario, variant: 'shaperrd: log lines appended → all classes in the kernel (IPv4 and IPv6, hash-table filters)', value: performance.now() - began, unit: 'ms' });
+      record({ scenario, variant: 'shaperrd RSS (target < 80 MB at 5,000)', value: rssMiB(daemon.pid!), unit: 'MiB', note: `${baseline.toFixed(0)} MiB with no client` });
+    } finally {
+      tc.close();
+      daemon.kill('SIGTERM');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+      await destroy();
+    }
+  }
+}
+
+/**
+ * Per-packet cost of classification: small-packet round trips to a client whose filter sits behind N
+ * others, in one linear u32 chain (what a script calling `tc filter add` per client builds) and in
+ * Shaper's 256-bucket hash tables.
+ */
+async function classification(): Promise<void> {
+  const sizes = quick ? [1000] : [100, 1000, 5000];
+  const seconds = quick ? 1 : 3;
+  const scenario = `4b. classification cost (small-packet round trips, ${seconds} s each)`;
+  const topology = await createTopology({ clients: 1, ipv6: false, prefix: PREFIX });
+  const [client] = topology.clientAddresses as [string];
+  const device = topology.serverDevice;
+  const filler = (i: number) => `100.${64 + ((i >> 16) & 63)}.${(i >> 8) & 255}.${i & 255}`;
+  const roundTrip = async () => (await measureRoundTrips(topology, client, seconds)).microsecondsPerRoundTrip;
+  const tc = TrafficControl.open({ netns: topology.serverNs });
+  try {
+    tc.addQdisc(device, { kind: 'htb', handle: '5a:' });
+    tc.addClass(device, { kind: 'htb', parent: '5a:', classid: '5a:1', options: { rate: '10gbit' } });
+    tc.addFilter(device, { kind: 'u32', parent: '5a:', priority: 1, protocol: 'ip', options: { match: { dst: client }, classid: '5a:1' } });
+    record({ scenario, variant: 'one filter (baseline)', value: await roundTrip(), unit: 'µs per round trip' });
+    for (const size of sizes) {
+      tc.batch(device, [
+        { op: 'delete', filter: { parent: '5a:', priority: 1, protocol: 'ip', kind: 'u32' } },
+        ...Array.from({ length: size }, (_, i): Operation => ({ op: 'add', filter: { kind: 'u32', parent: '5a:', priority: 1, protocol: 'ip', options: { match: { dst: filler(i) }, classid: '5a:1' } } })),
+        { op: 'add', filter: { kind: 'u32', parent: '5a:', priority: 1, protocol: 'ip', options: { match: { dst: client }, classid: '5a:1' } } },
+      ]).forEach((result, i) => {
+        if (result.error) throw new Error(`linear chain, operation ${i}: ${result.error.message}`);
+      });
+      record({ scenario, variant: `${size.toLocaleString('en-US')} other clients, one linear u32 chain`, value: await roundTrip(), unit: 'µs per round trip' });
+    }
+    tc.deleteQdisc(device, { handle: '5a:' });
+    for (const size of sizes) {
+      const shaper = await Shaper.open({ device, netns: topology.serverNs, server: { rate: '10gbit' }, client: { rate: '10gbit' }, leaf: 'none', onWarning: () => {} });
+      for (let i = 0; i < size; i++) await shaper.throttle(filler(i));
+      await shaper.throttle(client);
+      record({ scenario, variant: `${size.toLocaleString('en-US')} other clients, Shaper's u32 hash tables`, value: await roundTrip(), unit: 'µs per round trip' });
+      await shaper.close({ teardown: true });
+    }
+  } finally {
+    tc.close();
+    await topology.destroy();
+  }
+}
+
+/** The node flags the shipped bin's `#!/usr/bin/env -S node …` line passes, so the daemon runs as installed. */
+const shebangFlags = (script: string): string[] => readFileSync(script, 'utf8').split('\n', 1)[0]!.split(' ').slice(3);
+
+const rssMiB = (pid: number): number => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
+
+async function waitFor(ready: () => boolean, timeoutMs: number, failure: string): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!ready()) {
+    if (performance.now() > deadline) throw new Error(`${failure} within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+// ---- 5. parser -----------------------------------------------------------------------------------------
+
+function parser(): void {
+  const lines = quick ? 200_000 : 1_000_000;
+  const scenario = `5. parser (${lines.toLocaleString('en-US')} lines)`;
+  const browsing = [
+    plexLine('192.168.1.111', '/library/sections/3/all?type=1').trimEnd(),
+    plexLine('192.168.1.111', '/library/metadata/40859/thumb/1690000000').trimEnd(),
+    'Sep 26, 2026 22:48:26.451 [140562] DEBUG - Completed: [192.168.1.111:55824] 200 GET /library/sections/3/all (3 live) 5ms 1234 bytes',
+    'Sep 26, 2026 22:48:26.451 [140562] DEBUG - [Transcoder] [libx264 @ 0x7f] frame I:3 Avg QP:20.00 size: 12345',
+  ];
+  const playback = [
+    plexLine('203.0.113.7', '/video/:/transcode/universal/start.m3u8?session=abc&X-Plex-Token=t').trimEnd(),
+    plexLine('203.0.113.7', '/:/timeline?state=playing&X-Plex-Session-Identifier=abc').trimEnd(),
+  ];
+  const mixed = Array.from({ length: lines }, (_, i) => (i % 20 === 0 ? playback[(i / 20) % 2]! : browsing[i % browsing.length]!));
+  for (const [variant, input] of [
+    ['mixed log (5 % playback)', mixed],
+    ['non-playback lines only (target ≥ 500,000/s)', mixed.filter((_, i) => i % 20 !== 0)],
+  ] as const) {
+    const plex = new PlexLogParser();
+    const began = performance.now();
+    for (const line of input) plex.parse(line);
+    record({ scenario, variant, value: input.length / ((performance.now() - began) / 1000), unit: 'lines/s' });
+  }
+}
+
+// ---- 6. shaping accuracy -------------------------------------------------------------------------------
+
+async function accuracy(): Promise<void> {
+  const scenario = '6. shaping accuracy (TCP goodput vs configured)';
+  const topology = await createTopology({ clients: 2, ipv6: false, prefix: PREFIX });
+  const [first, second] = topology.clientAddresses as [string, string];
+  try {
+    const seconds = quick ? 2 : 4;
+    for (const mbit of quick ? [2, 10] : [1, 2, 10, 100]) {
+      const shaper = await Shaper.open({ device: topology.serverDevice, netns: topology.serverNs, server: { rate: '1gbit' }, client: { rate: `${mbit}mbit` }, onWarning: () => {} });
+      await shaper.throttle(first);
+      const [goodput] = await measureGoodputConcurrently(topology, [{ to: first, seconds }]);
+      record({ scenario, variant: `one client at ${mbit} Mbit/s: measured ÷ configured (target 1 ± 0.05; TCP payload is ~4.4 % below L2)`, value: goodput!.bitsPerSecond / (mbit * 1e6), unit: '×' });
+      await shaper.close({ teardown: true });
+    }
+    const shaper = await Shaper.open({ device: topology.serverDevice, netns: topology.serverNs, server: { rate: '4mbit' }, client: { rate: '2mbit', ceil: '4mbit' }, onWarning: () => {} });
+    await shaper.throttle(first);
+    await shaper.throttle(second);
+    const both = await measureGoodputConcurrently(topology, [{ to: first, seconds }, { to: second, seconds }]);
+    record({ scenario, variant: 'two clients under a 4 Mbit/s server ceiling: sum ÷ ceiling', value: (both[0]!.bitsPerSecond + both[1]!.bitsPerSecond) / 4e6, unit: '×' });
+    record({ scenario, variant: 'two clients: share of the first (ideal 0.5)', value: both[0]!.bitsPerSecond / (both[0]!.bitsPerSecond + both[1]!.bitsPerSecond), unit: '' });
+    await shaper.close({ teardown: true });
+  } finally {
+    await topology.destroy();
+  }
+}
+
+// ---- report --------------------------------------------------------------------------------------------
+
+function machine(): Record<string, string> {
+  const cpu = cpus()[0]?.model ?? 'unknown CPU';
+  return {
+    date: new Date().toISOString(),
+    cpu,
+    cores: String(cpus().length),
+    kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(),
+    node: process.version,
+    iproute2: execFileSync('tc', ['-V'], { encoding: 'utf8' }).trim(),
+    mode: quick ? 'quick' : 'full',
+  };
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('benchmarks need root (network namespaces)');
+  const about = machine();
+  for (const [name, run] of [
+    ['client churn', clientChurn],
+    ['event latency', eventLatency],
+    ['seek storm', seekStorm],
+    ['scale', scale],
+    ['classification', classification],
+    ['parser', parser],
+    ['accuracy', accuracy],
+  ] as const) {
+    if (only && !name.includes(only)) continue;
+    process.stderr.write(`${name}…\n`);
+    await run();
+  }
+  const table = [
+    `# shaperr benchmarks (${about.mode})`,
+    '',
+    Object.entries(about).map(([key, value]) => `- ${key}: ${value}`).join('\n'),
+    '',
+    '| scenario | variant | result | median / p99 (µs) | note |',
+    '| --- | --- | ---: | --- | --- |',
+    ...rows.map((row) => `| ${row.scenario} | ${row.variant} | ${format(row.value)} ${row.unit} | ${row.median === undefined ? '' : `${format(row.median)} / ${format(row.p99!)}`} | ${row.note ?? ''} |`),
+    '',
+  ].join('\n');
+  process.stdout.write(`${table}\n`);
+  const out = join(HERE, 'results');
+  mkdirSync(out, { recursive: true });
+  if (only) return; // a partial run does not replace the published results
+  const suffix = quick ? '-quick' : '';
+  writeFileSync(join(out, `latest${suffix}.md`), table);
+  writeFileSync(join(out, `latest${suffix}.json`), `${JSON.stringify({ machine: about, rows }, null, 2)}\n`);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`benchmark failed: ${(error as Error).stack ?? error}\n`);
+  process.exit(1);
+});

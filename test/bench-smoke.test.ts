@@ -1,0 +1,29 @@
+/** `npm run bench -- --quick` works and produces every row (a smoke check: timing targets are never asserted). */
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import t from 'tap';
+import { netnsUnavailable } from './helpers/netns.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+t.test('quick benchmark run produces every scenario row', { skip: netnsUnavailable() }, async (t) => {
+  const result = spawnSync(process.execPath, ['--import', 'tsx', 'benchmarks/run.ts', '--quick'], { cwd: root, encoding: 'utf8', timeout: 170_000 });
+  t.equal(result.status, 0, result.stderr.split('\n').slice(-5).join('\n'));
+  const { machine, rows } = JSON.parse(readFileSync(`${root}/benchmarks/results/latest-quick.json`, 'utf8')) as {
+    machine: Record<string, string>;
+    rows: Array<{ scenario: string; variant: string; value: number }>;
+  };
+  t.match(machine, { cpu: String, cores: String, kernel: String, node: String });
+  const expected = [
+    /^a\. tc process per command/, /^b\. tc -batch FILE/, /^c\. tc -batch -/, /^d\. shaperr, one client at a time/, /^e\. shaperr, batched/, /^f\. floor/,
+    /line appended → class in the kernel, p50/, /line appended → class in the kernel, p99/,
+    /kernel changes per client/, /final state exact/, /daemon CPU time/,
+    /log lines appended → all classes in the kernel/, /shaperrd RSS/,
+    /one filter \(baseline\)/, /one linear u32 chain/, /Shaper's u32 hash tables/,
+    /mixed log/, /non-playback lines only/,
+    /one client at 2 Mbit\/s/, /two clients under a 4 Mbit\/s server ceiling/,
+  ];
+  for (const pattern of expected) t.ok(rows.some((row) => pattern.test(row.variant) && Number.isFinite(row.value)), `row ${pattern}`);
+  t.match(result.stdout, /\| scenario \| variant \| result \|/, 'markdown table printed');
+});
