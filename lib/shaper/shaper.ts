@@ -10,7 +10,7 @@
  *                   prio 2 ipv6 → hash table 3: likewise
  */
 import { type ClientAddress, NetworkSet, parseClientAddress } from '../address.js';
-import { formatHandle, makeHandle } from '../tc/handle.js';
+import { formatHandle, makeHandle, TC_H_ROOT } from '../tc/handle.js';
 import { HTB_DEFAULT_MTU, type HtbClassOptions } from '../tc/kinds/htb.js';
 import { type Operation, type QdiscSpec, type TcClass, toTcCommand } from '../tc/objects.js';
 import type { TcStatistics } from '../tc/stats.js';
@@ -107,6 +107,8 @@ export class Shaper {
   private readonly warn: (message: string) => void;
   private classMtu = HTB_DEFAULT_MTU;
   private closed = false;
+  /** A view made by inspect(): reads the kernel, never changes it. */
+  private readOnly = false;
 
   /** Class counters from one dump, shared by all bytesSent() calls within COUNTER_MAX_AGE_MS. */
   private counters = { readAt: -Infinity, bytes: new Map<number, number>() };
@@ -150,6 +152,62 @@ export class Shaper {
     }
   }
 
+  /**
+   * A read-only view of what shaperr has on a device (for `shaperr status` and `shaperr tc`, next to a
+   * running daemon): undefined when the device has no shaperr root qdisc. Changes nothing in the kernel.
+   */
+  static inspect(options: { device: string; netns?: string }): Shaper | undefined {
+    const tc = TrafficControl.open(options.netns ? { netns: options.netns } : {});
+    try {
+      const root = tc.rootQdisc(options.device);
+      const server = tc.classes(options.device).find((tcClass) => tcClass.handle === SERVER_CLASS);
+      if (root?.kind !== 'htb' || root.handle !== ROOT_HANDLE || !server) {
+        tc.close();
+        return undefined;
+      }
+      const leaves = tc.qdiscs(options.device).filter((qdisc) => qdisc.parent !== TC_H_ROOT && (qdisc.parent >>> 16) === ROOT_MAJOR);
+      const leaf: LeafKind = leaves[0]?.kind === 'sfq' ? 'sfq' : leaves.length ? 'pfifo' : 'none';
+      const limits = { rate: server.parameters.rate, ceil: server.parameters.ceil };
+      const shaper = new Shaper(tc, { device: options.device, server: limits, client: limits, onWarning: () => {} }, leaf);
+      shaper.readOnly = true;
+      shaper.classMtu = Math.max(HTB_DEFAULT_MTU, tc.link(options.device).mtu + 18);
+      shaper.adopt();
+      return shaper;
+    } catch (error) {
+      tc.close();
+      throw error;
+    }
+  }
+
+  /**
+   * Removes everything shaperr made on a device (one root qdisc delete takes every class, leaf and filter
+   * with it). Returns how many client pipes went; 0 when shaperr had nothing there. A root qdisc shaperr
+   * did not create is left alone with an error.
+   */
+  static clear(options: { device: string; netns?: string }): number {
+    const tc = TrafficControl.open(options.netns ? { netns: options.netns } : {});
+    try {
+      const root = tc.rootQdisc(options.device);
+      if (!root) return 0;
+      if (root.kind !== 'htb' || root.handle !== ROOT_HANDLE) {
+        throw new ShaperrInputError(`the root qdisc on ${options.device} is ${root.kind.replace(/^other:/, '')} ${formatHandle(root.handle)}, not shaperr's; not touching it`);
+      }
+      const pipes = tc.classes(options.device).filter((tcClass) => tcClass.parent === SERVER_CLASS).length;
+      tc.deleteQdisc(options.device, { handle: ROOT_HANDLE });
+      return pipes;
+    } finally {
+      tc.close();
+    }
+  }
+
+  /** The tc commands that would build the current state from an empty device (`shaperr tc`). */
+  tcCommands(): string[] {
+    this.ensureOpen();
+    const operations = [...this.createOperations()];
+    for (const client of this.clientsByAddress.values()) operations.push(...this.clientOperations(client));
+    return operations.map((operation) => toTcCommand(this.options.device, operation));
+  }
+
   /** The kernel connection; only dry-run shapers have none, and they never call this. */
   private get tc(): TrafficControl {
     if (!this.kernel) throw new Error('dry-run shaper has no kernel connection');
@@ -182,12 +240,16 @@ export class Shaper {
 
   /** Root qdisc, server class and the u32 hash tables, on a device that has none of them. */
   private create(): void {
+    this.applyAll(this.createOperations());
+  }
+
+  private createOperations(): Operation[] {
     const rootSpec: QdiscSpec = { kind: 'htb', handle: ROOT_HANDLE, options: { defaultClass: 0 } };
-    this.applyAll([
+    return [
       { op: 'replace', qdisc: rootSpec },
       { op: 'add', class: this.serverClassSpec() },
       ...hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'add' as const, filter })),
-    ]);
+    ];
   }
 
   private serverClassSpec() {
@@ -198,7 +260,7 @@ export class Shaper {
 
   /** Changes the server-wide limits live (schedules, reload). */
   setServerLimits(limits: RateLimits): void {
-    this.ensureOpen();
+    this.ensureWritable();
     this.serverLimits = limits;
     this.applyAll([{ op: 'change', class: this.serverClassSpec() }]);
   }
@@ -221,7 +283,7 @@ export class Shaper {
 
   /** Puts the root, the server class and every client's pipe back (after isIntact() said no). */
   repair(): void {
-    this.ensureOpen();
+    this.ensureWritable();
     this.create();
     const operations: Operation[] = [];
     for (const client of this.clientsByAddress.values()) operations.push(...this.clientOperations(client));
@@ -237,7 +299,7 @@ export class Shaper {
     }
     const filters = this.tc.filters(device, ROOT_HANDLE);
     const tablesPresent = hashTableSpecs(ROOT_HANDLE).every((spec) => filters.some((filter) => filter.priority === spec.priority));
-    if (!tablesPresent) this.applyAll(hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'replace' as const, filter })));
+    if (!tablesPresent && !this.readOnly) this.applyAll(hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'replace' as const, filter })));
     const leftovers: Operation[] = [];
     for (const filter of filters) {
       const client = readClientFilter(filter);
@@ -263,7 +325,7 @@ export class Shaper {
     }
     // Classes no filter points at belong to no client any more.
     for (const handle of classes.keys()) leftovers.push({ op: 'delete', class: { classid: handle }, ifPresent: true });
-    if (leftovers.length) this.applyAll(leftovers);
+    if (leftovers.length && !this.readOnly) this.applyAll(leftovers);
   }
 
   private nodePool(address: ClientAddress): HandlePool {
@@ -277,6 +339,7 @@ export class Shaper {
   }
 
   private applyAll(operations: Operation[]): void {
+    if (this.readOnly) throw new Error('this shaper is a read-only view (Shaper.inspect)');
     if (!this.kernel) {
       for (const operation of operations) this.options.onChange?.({ command: toTcCommand(this.options.device, operation) });
       return;
@@ -292,12 +355,17 @@ export class Shaper {
     if (this.closed) throw new Error('the shaper is closed');
   }
 
+  private ensureWritable(): void {
+    this.ensureOpen();
+    if (this.readOnly) throw new Error('this shaper is a read-only view (Shaper.inspect)');
+  }
+
   /**
    * Gives `address` its own pipe (idempotent: a second call with the same limits changes nothing; with
    * other limits it changes the class in place). Exempt addresses are never throttled.
    */
   async throttle(addressText: string, limits?: RateLimits): Promise<ThrottleOutcome> {
-    this.ensureOpen();
+    this.ensureWritable();
     const address = parseClientAddress(addressText);
     if (this.exempt.contains(address)) return { result: 'exempt' };
     const rate = limits ? bitsPerSecond(limits.rate) : this.defaults.rate;
@@ -333,7 +401,7 @@ export class Shaper {
 
   /** Removes the client's pipe (idempotent). Returns whether there was one. */
   async release(addressText: string): Promise<boolean> {
-    this.ensureOpen();
+    this.ensureWritable();
     const address = parseClientAddress(addressText);
     const client = this.clientsByAddress.get(address.text);
     if (!client) return false;
@@ -437,7 +505,7 @@ export class Shaper {
   async close({ teardown = false }: { teardown?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     try {
-      if (teardown) this.applyAll([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
+      if (teardown && !this.readOnly) this.applyAll([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
     } catch (error) {
       if (!(error instanceof NetlinkError && error.code === 'EINVAL')) throw error;
     } finally {
