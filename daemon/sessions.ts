@@ -65,6 +65,8 @@ interface ClientRecord {
   wanted?: Limits;
   /** Limits the kernel has (as far as we know). */
   applied?: Limits;
+  /** Wall-clock ms since when the client has had a pipe. */
+  throttledSince?: number;
   /** Bytes through the class at the last idle check, and when they last moved. */
   lastBytes?: number;
   bytesMovedAt: number;
@@ -81,6 +83,8 @@ export interface ClientSummary {
   state: 'playing' | 'paused' | 'grace';
   limits?: Limits;
   throttled: boolean;
+  /** ISO time since when the client has had a pipe. */
+  since?: string;
 }
 
 export class SessionTracker {
@@ -192,6 +196,8 @@ export class SessionTracker {
     let failed = false;
     client.inFlight = change.then(
       () => {
+        if (client.applied === undefined) client.throttledSince = Date.now();
+        if (wanted === undefined) delete client.throttledSince;
         client.applied = wanted;
         this.decide({
           action,
@@ -249,6 +255,7 @@ export class SessionTracker {
       const sessions = new Map(entry.sessions.map((key) => [key, { lastSeen: now, paused: false }] as const));
       const record: ClientRecord = { address: entry.address, sessions, stopped: new Map(), wanted: entry.limits, applied: entry.limits, bytesMovedAt: now };
       if (entry.user) record.user = entry.user;
+      record.throttledSince = entry.since ? Date.parse(entry.since) : Date.now();
       if (sessions.size === 0) record.releaseAt = now + this.options.graceMs;
       this.clients.set(entry.address, record);
     }
@@ -263,6 +270,7 @@ export class SessionTracker {
         sessions: [...client.sessions.keys()],
         limits: client.applied!,
         ...(client.user ? { user: client.user } : {}),
+        ...(client.throttledSince ? { since: new Date(client.throttledSince).toISOString() } : {}),
       }));
   }
 
@@ -278,6 +286,7 @@ export class SessionTracker {
       };
       if (client.user) summary.user = client.user;
       if (client.applied) summary.limits = client.applied;
+      if (client.throttledSince) summary.since = new Date(client.throttledSince).toISOString();
       return summary;
     });
   }
@@ -288,4 +297,6 @@ export interface SavedClient {
   sessions: string[];
   limits: Limits;
   user?: string;
+  /** ISO time since when the client has had a pipe. */
+  since?: string;
 }

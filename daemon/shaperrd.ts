@@ -3,13 +3,17 @@
  * the state file, the timers (grace, idle, schedules), self-repair when someone removes our qdisc, and
  * reload on SIGHUP.
  */
+import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { Shaper, type ShaperOptions } from '../lib/shaper/shaper.js';
 import { type ShaperrConfig, policyConfig } from './config.js';
 import { PlexLogParser, type PlaybackEvent } from './parse.js';
 import { type Limits, Policy } from './policy.js';
 import { type ClientShaper, type ClientSummary, type Decision, SessionTracker } from './sessions.js';
+import { startStatusServer } from './http.js';
+import { DaemonMetrics } from './metrics.js';
 import { type DaemonState, loadState, saveState } from './state.js';
+import { buildStatus, type RecentDecision, type StatusReport, ThroughputMeter } from './status.js';
 import { findPlexLog, LogTailer, type SavedPosition } from './tail.js';
 
 export interface DaemonOptions {
@@ -26,6 +30,7 @@ export interface DaemonOptions {
 const SWEEP_INTERVAL_MS = 250;
 const HEALTH_INTERVAL_MS = 1000;
 const SAVE_INTERVAL_MS = 1000;
+const RECENT_DECISIONS = 30;
 
 export class Shaperrd {
   private shaper?: Shaper;
@@ -39,11 +44,16 @@ export class Shaperrd {
   private logPath?: string;
   private dirty = false;
   private stopping = false;
+  private statusServer?: Server;
+  private readonly recentDecisions: RecentDecision[] = [];
+  private readonly meter = new ThroughputMeter();
   readonly counters = { events: 0, throttles: 0, releases: 0, repairs: 0, errors: 0 };
+  readonly metrics: DaemonMetrics;
 
   constructor(private options: DaemonOptions) {
     this.parser = new PlexLogParser({ trustedProxies: options.config.trustedProxies });
     this.policy = new Policy(policyConfig(options.config));
+    this.metrics = new DaemonMetrics({ status: () => this.status(), parser: () => this.parser.stats });
   }
 
   private get config(): ShaperrConfig {
@@ -64,12 +74,10 @@ export class Shaperrd {
       idleMs: config.idleSeconds * 1000,
       policy: this.policy,
       shaper: this.clientShaper(),
-      onDecision: (decision) => {
-        this.log.info(decision, `decision ${decision.action} ${decision.address}`);
-        this.options.onDecision?.(decision);
-      },
+      onDecision: (decision) => this.onDecision(decision),
       onError: (error, address) => {
         this.counters.errors++;
+        this.metrics.kernelErrors.inc();
         this.log.error({ address, err: (error as Error).message }, `kernel change for ${address} failed`);
       },
     });
@@ -82,6 +90,15 @@ export class Shaperrd {
     this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
     this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
     await this.tailer.start();
+    if (config.status) {
+      this.statusServer = await startStatusServer({
+        listen: config.status.listen,
+        ...(config.status.token ? { token: config.status.token } : {}),
+        status: () => this.status(),
+        metrics: this.metrics.registry,
+      });
+      this.log.info({ url: this.statusUrl, token: config.status.token ? 'required' : 'none' }, 'status page and /metrics listening');
+    }
     this.log.info({ log: this.logPath, device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
     this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());
@@ -160,6 +177,7 @@ export class Shaperrd {
     for (const client of savedClients) {
       if (!adopted.has(client.address)) void shaper.throttle(client.address, client.limits);
     }
+    if (savedClients.length || adopted.size) this.metrics.reconciliations.inc({ reason: 'restart' });
     if (savedClients.length || adopted.size) this.log.info({ restored: savedClients.length, adopted: adopted.size }, 'reconciled with the kernel');
   }
 
@@ -169,6 +187,7 @@ export class Shaperrd {
     const event: PlaybackEvent | undefined = this.parser.parse(line);
     if (!event) return;
     this.counters.events++;
+    this.metrics.events.inc({ kind: event.kind });
     this.tracker!.handle(event);
   }
 
@@ -178,6 +197,7 @@ export class Shaperrd {
     if (!shaper || this.stopping) return;
     if (shaper.isIntact()) return;
     this.counters.repairs++;
+    this.metrics.reconciliations.inc({ reason: 'repair' });
     this.log.warn('shaperr qdisc missing on the device (deleted, or the link was re-created): re-applying');
     shaper.repair();
   }
@@ -214,6 +234,40 @@ export class Shaperrd {
     }
   }
 
+  private onDecision(decision: Decision): void {
+    this.log.info(decision, `decision ${decision.action} ${decision.address}`);
+    if (decision.latencyMs !== undefined) this.metrics.kernelOperationSeconds.observe({ operation: decision.action }, decision.latencyMs / 1000);
+    const recent: RecentDecision = { at: new Date().toISOString(), action: decision.action, address: decision.address };
+    if (decision.user) recent.user = decision.user;
+    if (decision.reason) recent.reason = decision.reason;
+    this.recentDecisions.push(recent);
+    if (this.recentDecisions.length > RECENT_DECISIONS) this.recentDecisions.shift();
+    this.options.onDecision?.(decision);
+  }
+
+  /** Where the status page listens (the real port when configured with port 0). */
+  get statusUrl(): string | undefined {
+    const address = this.statusServer?.address();
+    if (!address || typeof address === 'string') return undefined;
+    return `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}/`;
+  }
+
+  /** Kernel counters joined with the sessions: what the status page, /api/status and /metrics show. */
+  status(): StatusReport {
+    const shaper = this.shaper;
+    const server = shaper?.serverClass();
+    return buildStatus({
+      device: this.config.device,
+      leaf: shaper?.leafKind ?? this.config.leaf,
+      clients: shaper ? shaper.clients() : [],
+      ...(server ? { server } : {}),
+      sessions: this.sessions(),
+      meter: this.meter,
+      decisions: this.recentDecisions,
+      counters: { ...this.counters },
+    });
+  }
+
   /** Clients with live or lingering sessions, as the tracker sees them. */
   sessions(): ClientSummary[] {
     return this.tracker?.summary() ?? [];
@@ -239,6 +293,7 @@ export class Shaperrd {
     if (this.stopping) return;
     this.stopping = true;
     for (const timer of this.timers) clearInterval(timer);
+    if (this.statusServer) await new Promise((resolve) => this.statusServer!.close(resolve).closeAllConnections());
     await this.tailer?.stop();
     await this.tracker?.settled();
     if (!this.options.dryRun) await saveState(this.config.stateFile, this.snapshot());

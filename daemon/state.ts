@@ -16,6 +16,7 @@ const stateSchema = z.object({
       sessions: z.array(z.string()),
       limits: z.object({ rate: z.number(), ceil: z.number() }),
       user: z.string().optional(),
+      since: z.string().optional(),
     }),
   ),
   log: z.object({ path: z.string(), inode: z.union([z.number(), z.string()]), offset: z.number() }).optional(),

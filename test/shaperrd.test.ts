@@ -3,83 +3,16 @@
  * with real traffic. Playing → throttled to its rate; stopped → full speed; exempt → never throttled;
  * kill -9 in the middle of a seek storm, restart → the kernel holds exactly what live sessions need.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { kernelState, play, plexLine, startDaemon, stop, until } from './helpers/daemon.js';
+import { createTopology, netnsUnavailable } from './helpers/netns.js';
 import { measureGoodput, measureGoodputConcurrently } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();
-const CLI = fileURLToPath(new URL('../dist/daemon/cli.js', import.meta.url));
 const MBIT = 1e6;
-
-let stamp = Date.UTC(2026, 8, 26, 20, 0, 0);
-function plexLine(address: string, path: string): string {
-  const at = new Date((stamp += 7));
-  const month = at.toLocaleString('en-US', { month: 'short' });
-  const time = at.toTimeString().slice(0, 8);
-  const day = String(at.getDate()).padStart(2, '0');
-  return `${month} ${day}, ${at.getFullYear()} ${time}.${String(at.getMilliseconds()).padStart(3, '0')} [140562] DEBUG - Request: [${address}:51000 (WAN)] GET ${path} (3 live) #1 TLS GZIP Signed-in Token (remi)\n`;
-}
-const play = (address: string, session: string) => plexLine(address, `/video/:/transcode/universal/start.m3u8?session=${session}&X-Plex-Token=tok`);
-const stop = (address: string, session: string) => plexLine(address, `/:/timeline?state=stopped&X-Plex-Session-Identifier=${session}`);
-
-interface Daemon {
-  child: ChildProcess;
-  output: string[];
-  waitFor(pattern: RegExp, timeoutMs?: number): Promise<string>;
-}
-
-function startDaemon(config: string): Daemon {
-  const child = spawn(process.execPath, [CLI, '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const output: string[] = [];
-  const waiters: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
-  const onData = (data: Buffer) => {
-    for (const line of data.toString().split('\n').filter(Boolean)) {
-      output.push(line);
-      for (const waiter of waiters.filter((w) => w.pattern.test(line))) {
-        waiters.splice(waiters.indexOf(waiter), 1);
-        waiter.resolve(line);
-      }
-    }
-  };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', onData);
-  return {
-    child,
-    output,
-    waitFor: (pattern, timeoutMs = 10_000) =>
-      new Promise((resolve, reject) => {
-        const seen = output.find((line) => pattern.test(line));
-        if (seen) return resolve(seen);
-        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern}; output:\n${output.slice(-10).join('\n')}`)), timeoutMs);
-        waiters.push({ pattern, resolve: (line) => (clearTimeout(timer), resolve(line)) });
-      }),
-  };
-}
-
-function kernelState(topology: Topology) {
-  const tc = TrafficControl.open({ netns: topology.serverNs });
-  try {
-    const classes = tc.classes('srv0').filter((c) => c.parent === 0x005a0001);
-    const filters = tc.filters('srv0', '5a:').filter((f) => f.parameters.classid !== undefined);
-    return { classes: classes.length, destinations: filters.map((f) => f.parameters.match?.dst).sort() };
-  } finally {
-    tc.close();
-  }
-}
-
-const until = async (check: () => boolean, timeoutMs = 5000) => {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error('condition not reached in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-};
 
 t.test('shaperrd end to end with real traffic, kill -9 and restart', { skip }, async (t) => {
   const topology = await createTopology({ clients: 3 });

@@ -181,14 +181,14 @@ export class Shaper {
 
   /**
    * Removes everything shaperr made on a device (one root qdisc delete takes every class, leaf and filter
-   * with it). Returns how many client pipes went; 0 when shaperr had nothing there. A root qdisc shaperr
-   * did not create is left alone with an error.
+   * with it). Returns how many client pipes went, undefined when shaperr had nothing there. A root qdisc
+   * shaperr did not create is left alone with an error.
    */
-  static clear(options: { device: string; netns?: string }): number {
+  static clear(options: { device: string; netns?: string }): number | undefined {
     const tc = TrafficControl.open(options.netns ? { netns: options.netns } : {});
     try {
       const root = tc.rootQdisc(options.device);
-      if (!root) return 0;
+      if (!root) return undefined;
       if (root.kind !== 'htb' || root.handle !== ROOT_HANDLE) {
         throw new ShaperrInputError(`the root qdisc on ${options.device} is ${root.kind.replace(/^other:/, '')} ${formatHandle(root.handle)}, not shaperr's; not touching it`);
       }

@@ -1,0 +1,100 @@
+/**
+ * shaperrd's Prometheus metrics (`/metrics`). Gauges are read when scraped, from the same status report
+ * the page shows; per-client series are capped at MAX_CLIENT_SERIES (the busiest clients, the rest summed
+ * under client="other") so a busy server cannot blow up the label cardinality.
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { ParserStats } from './parse.js';
+import type { StatusReport } from './status.js';
+
+export const MAX_CLIENT_SERIES = 50;
+
+export interface MetricsSources {
+  status: () => StatusReport;
+  parser: () => ParserStats;
+}
+
+export class DaemonMetrics {
+  readonly registry = new Registry();
+  readonly events: Counter<'kind'>;
+  readonly kernelOperationSeconds: Histogram<'operation'>;
+  readonly reconciliations: Counter<'reason'>;
+  readonly kernelErrors: Counter;
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    this.events = new Counter({ name: 'shaperr_playback_events_total', help: 'Playback events read from the Plex log, by kind', labelNames: ['kind'], registers });
+    this.kernelOperationSeconds = new Histogram({
+      name: 'shaperr_kernel_operation_seconds',
+      help: 'Time from a decision to the kernel acknowledging it',
+      labelNames: ['operation'],
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25],
+      registers,
+    });
+    this.reconciliations = new Counter({ name: 'shaperr_reconciliations_total', help: 'Times the kernel state was reconciled (restart adoption, repair after removal)', labelNames: ['reason'], registers });
+    this.kernelErrors = new Counter({ name: 'shaperr_kernel_errors_total', help: 'Kernel changes that failed', registers });
+    // Every series exists from the start (at 0), so rate() and alerts work before the first event.
+    for (const kind of ['start', 'progress', 'pause', 'stop']) this.events.inc({ kind }, 0);
+    for (const reason of ['restart', 'repair']) this.reconciliations.inc({ reason }, 0);
+
+    // One status report (one kernel dump) per scrape, shared by the gauges below.
+    let scraped: { report: StatusReport; at: number } | undefined;
+    const report = (): StatusReport => {
+      if (!scraped || performance.now() - scraped.at > 250) scraped = { report: sources.status(), at: performance.now() };
+      return scraped.report;
+    };
+    /** A per-client gauge: the busiest MAX_CLIENT_SERIES clients by bytes, the rest summed as "other". */
+    const clientGauge = (name: string, what: string, value: (client: StatusReport['clients'][number]) => number) =>
+      new Gauge({
+        name,
+        help: `${what} (the ${MAX_CLIENT_SERIES} busiest clients; the rest as client="other")`,
+        labelNames: ['client'],
+        registers,
+        collect() {
+          this.reset();
+          const clients = [...report().clients].sort((a, b) => b.bytes - a.bytes);
+          for (const client of clients.slice(0, MAX_CLIENT_SERIES)) this.set({ client: client.address }, value(client));
+          const rest = clients.slice(MAX_CLIENT_SERIES);
+          if (rest.length) this.set({ client: 'other' }, rest.reduce((sum, client) => sum + value(client), 0));
+        },
+      });
+    new Gauge({
+      name: 'shaperr_throttled_clients',
+      help: 'Clients with their own pipe now',
+      registers,
+      collect() {
+        this.set(report().clients.length);
+      },
+    });
+    new Gauge({
+      name: 'shaperr_sessions',
+      help: 'Playback sessions of throttled clients',
+      registers,
+      collect() {
+        this.set(report().clients.reduce((sum, client) => sum + client.sessions.length, 0));
+      },
+    });
+    clientGauge('shaperr_client_sent_bytes', "Bytes sent through each client's pipe", (client) => client.bytes);
+    clientGauge('shaperr_client_dropped_packets', "Packets dropped in each client's pipe", (client) => client.drops);
+    new Gauge({
+      name: 'shaperr_server_sent_bytes',
+      help: 'Bytes sent through the server-wide class',
+      registers,
+      collect() {
+        this.set(report().server?.bytes ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'shaperr_log_lines',
+      help: 'Plex log lines read, by result',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        const stats = sources.parser();
+        this.set({ result: 'playback' }, stats.playback);
+        this.set({ result: 'ignored' }, stats.ignored);
+        this.set({ result: 'malformed' }, stats.malformed);
+      },
+    });
+  }
+}

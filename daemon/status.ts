@@ -1,0 +1,125 @@
+/**
+ * What `shaperr status`, the status page and `/api/status` show: the kernel's class counters joined with
+ * the session table. One builder for all three, so they never disagree.
+ */
+import type { ClientState } from '../lib/shaper/shaper.js';
+import type { TcClass } from '../lib/tc/objects.js';
+import type { Decision } from './sessions.js';
+
+export interface SessionInfo {
+  address: string;
+  user?: string;
+  sessions: string[];
+  state?: 'playing' | 'paused' | 'grace';
+  since?: string;
+}
+
+export interface ClientStatus {
+  address: string;
+  user?: string;
+  sessions: string[];
+  state: 'playing' | 'paused' | 'grace' | 'unknown';
+  /** bits per second */
+  rate: number;
+  ceil: number;
+  bytes: number;
+  drops: number;
+  /** Measured from the byte counter since the previous report; undefined on the first one. */
+  bitsPerSecond?: number;
+  since?: string;
+}
+
+export interface ServerStatus {
+  rate: number;
+  ceil: number;
+  bytes: number;
+  drops: number;
+  bitsPerSecond?: number;
+  /** bitsPerSecond ÷ ceil */
+  utilisation?: number;
+}
+
+export interface RecentDecision {
+  at: string;
+  action: Decision['action'];
+  address: string;
+  user?: string;
+  reason?: string;
+}
+
+export interface StatusReport {
+  at: string;
+  device: string;
+  leaf: string;
+  server?: ServerStatus;
+  clients: ClientStatus[];
+  decisions: RecentDecision[];
+  counters?: Record<string, number>;
+}
+
+/** Rates from byte counters: each key's bytes against its previous reading. */
+export class ThroughputMeter {
+  private readonly last = new Map<string, { bytes: number; at: number }>();
+
+  bitsPerSecond(key: string, bytes: number, at = performance.now()): number | undefined {
+    const previous = this.last.get(key);
+    this.last.set(key, { bytes, at });
+    if (!previous || at <= previous.at || bytes < previous.bytes) return undefined;
+    return ((bytes - previous.bytes) * 8 * 1000) / (at - previous.at);
+  }
+
+  /** Forgets keys not seen in the latest report (released clients). */
+  keepOnly(keys: Iterable<string>): void {
+    const keep = new Set(keys);
+    for (const key of this.last.keys()) if (!keep.has(key)) this.last.delete(key);
+  }
+}
+
+export interface StatusInput {
+  device: string;
+  leaf: string;
+  clients: readonly ClientState[];
+  server?: TcClass;
+  sessions: readonly SessionInfo[];
+  meter: ThroughputMeter;
+  decisions?: readonly RecentDecision[];
+  counters?: Record<string, number>;
+}
+
+export function buildStatus(input: StatusInput): StatusReport {
+  const at = performance.now();
+  const sessions = new Map(input.sessions.map((info) => [info.address, info]));
+  const clients = input.clients.map((client): ClientStatus => {
+    const info = sessions.get(client.address);
+    const bytes = client.statistics?.bytes ?? 0;
+    const status: ClientStatus = {
+      address: client.address,
+      sessions: info?.sessions ?? [],
+      state: info ? (info.state ?? (info.sessions.length ? 'playing' : 'grace')) : 'unknown',
+      rate: client.rate,
+      ceil: client.ceil,
+      bytes,
+      drops: client.statistics?.drops ?? 0,
+      since: info?.since ?? client.since.toISOString(),
+    };
+    const measured = input.meter.bitsPerSecond(client.address, bytes, at);
+    if (measured !== undefined) status.bitsPerSecond = measured;
+    if (info?.user) status.user = info.user;
+    return status;
+  });
+  const report: StatusReport = { at: new Date().toISOString(), device: input.device, leaf: input.leaf, clients, decisions: [...(input.decisions ?? [])] };
+  if (input.server) {
+    const { rate, ceil } = input.server.parameters;
+    const bytes = input.server.statistics?.bytes ?? 0;
+    const server: ServerStatus = { rate, ceil, bytes, drops: input.server.statistics?.drops ?? 0 };
+    const measured = input.meter.bitsPerSecond('server', bytes, at);
+    if (measured !== undefined) {
+      server.bitsPerSecond = measured;
+      server.utilisation = measured / ceil;
+    }
+    report.server = server;
+  }
+  input.meter.keepOnly(['server', ...clients.map((client) => client.address)]);
+  if (input.counters) report.counters = input.counters;
+  return report;
+}

@@ -1,0 +1,101 @@
+/** shaperrd as a child process, realistic Plex log lines, and polling: shared by the daemon tests. */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TrafficControl } from '../../lib/tc/traffic-control.js';
+import { pino } from 'pino';
+import { validateConfig } from '../../daemon/config.js';
+import { Shaperrd } from '../../daemon/shaperrd.js';
+import { createTopology, type Topology } from './netns.js';
+
+export const CLI = fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
+
+let stamp = Date.UTC(2026, 8, 26, 20, 0, 0);
+export function plexLine(address: string, path: string): string {
+  const at = new Date((stamp += 7));
+  const month = at.toLocaleString('en-US', { month: 'short' });
+  const time = at.toTimeString().slice(0, 8);
+  const day = String(at.getDate()).padStart(2, '0');
+  return `${month} ${day}, ${at.getFullYear()} ${time}.${String(at.getMilliseconds()).padStart(3, '0')} [140562] DEBUG - Request: [${address}:51000 (WAN)] GET ${path} (3 live) #1 TLS GZIP Signed-in Token (remi)\n`;
+}
+export const play = (address: string, session: string) => plexLine(address, `/video/:/transcode/universal/start.m3u8?session=${session}&X-Plex-Token=tok`);
+export const stop = (address: string, session: string) => plexLine(address, `/:/timeline?state=stopped&X-Plex-Session-Identifier=${session}`);
+
+export interface Daemon {
+  child: ChildProcess;
+  output: string[];
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<string>;
+}
+
+/** `via` runs the daemon through a wrapper, e.g. `ip netns exec … setpriv …`. */
+export function startDaemon(config: string, via: string[] = []): Daemon {
+  const command = [...via, process.execPath, CLI, '--config', config];
+  const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const output: string[] = [];
+  const waiters: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
+  const onData = (data: Buffer) => {
+    for (const line of data.toString().split('\n').filter(Boolean)) {
+      output.push(line);
+      for (const waiter of waiters.filter((w) => w.pattern.test(line))) {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        waiter.resolve(line);
+      }
+    }
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
+  return {
+    child,
+    output,
+    waitFor: (pattern, timeoutMs = 10_000) =>
+      new Promise((resolve, reject) => {
+        const seen = output.find((line) => pattern.test(line));
+        if (seen) return resolve(seen);
+        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern}; output:\n${output.slice(-10).join('\n')}`)), timeoutMs);
+        waiters.push({ pattern, resolve: (line) => (clearTimeout(timer), resolve(line)) });
+      }),
+  };
+}
+
+export function kernelState(topology: Topology) {
+  const tc = TrafficControl.open({ netns: topology.serverNs });
+  try {
+    const classes = tc.classes('srv0').filter((c) => c.parent === 0x005a0001);
+    const filters = tc.filters('srv0', '5a:').filter((f) => f.parameters.classid !== undefined);
+    return { classes: classes.length, destinations: filters.map((f) => f.parameters.match?.dst).sort() };
+  } finally {
+    tc.close();
+  }
+}
+
+export const until = async (check: () => boolean, timeoutMs = 5000) => {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+};
+
+
+/** A temporary directory with an empty Plex log in it, removed at the end of the test. */
+export function logDir(t: { teardown(fn: () => unknown): void }, prefix: string): { dir: string; log: string } {
+  const dir = mkdtempSync(join(tmpdir(), `${prefix}-`));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const log = join(dir, 'Plex Media Server.log');
+  writeFileSync(log, '');
+  return { dir, log };
+}
+
+/** One client topology and an in-process shaperrd with its status server on a free 127.0.0.1 port. */
+export async function daemonWithStatusPage(t: { teardown(fn: () => unknown): void }, limits: { server: string; client: string; token: string }) {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const { dir, log } = logDir(t, 'shaperr-status');
+  const config = { device: 'srv0', netns: topology.serverNs, server: { rate: limits.server }, client: { rate: limits.client }, leaf: 'pfifo', log, stateFile: join(dir, 'state.json'), status: { listen: '127.0.0.1:0', token: limits.token } };
+  const daemon = new Shaperrd({ config: validateConfig(config), logger: pino({ level: 'silent' }) });
+  await daemon.start();
+  t.teardown(() => daemon.stop());
+  return { topology, log, daemon };
+}
