@@ -2,8 +2,8 @@
 //   node traffic-peer.mjs receive <address> <port> <warmupSeconds> <seconds>
 //     listens, counts payload bytes from the first byte on, prints {"bytes":…,"seconds":…} for the window
 //     [warmup, warmup + seconds] and exits.
-//   node traffic-peer.mjs send <address> <port> <totalSeconds>
-//     connects and writes as fast as the socket accepts for totalSeconds.
+//   node traffic-peer.mjs send <address> <port> <totalSeconds> [bitsPerSecond]
+//     connects and writes as fast as the socket accepts (or paced at bitsPerSecond) for totalSeconds.
 //   node traffic-peer.mjs sink <address> <port>
 //     listens and prints the running byte count ("bytes N") every 250 ms, until killed.
 //   node traffic-peer.mjs echo <address> <port>
@@ -53,9 +53,23 @@ if (mode === 'receive') {
   server.listen(port, address, () => process.stdout.write('listening\n'));
   setInterval(() => process.stdout.write(`bytes ${total}\n`), 250);
 } else if (mode === 'send') {
-  const [totalSeconds] = rest.map(Number);
+  const [totalSeconds, bitsPerSecond] = rest.map(Number);
   const chunk = Buffer.alloc(64 * 1024, 0x5a);
   const socket = net.connect({ host: address, port }, () => {
+    if (bitsPerSecond > 0) {
+      // Paced: a 64 KiB chunk whenever the average would otherwise fall behind the rate.
+      const began = process.hrtime.bigint();
+      let sent = 0;
+      setInterval(() => {
+        const due = (Number(process.hrtime.bigint() - began) / 1e9) * (bitsPerSecond / 8);
+        // Never queue more than a few MiB in user space if the network falls behind.
+        while (sent < due && socket.writableLength < 4 << 20) {
+          socket.write(chunk);
+          sent += chunk.length;
+        }
+      }, 10);
+      return;
+    }
     const pump = () => {
       while (socket.write(chunk)) {
         /* keep the socket buffer full */
