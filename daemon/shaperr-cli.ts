@@ -7,7 +7,9 @@ import { accessSync, closeSync, constants, existsSync, fstatSync, openSync, read
 import { Command, InvalidArgumentError } from 'commander';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { describeRate, formatHandle } from '../lib/index.js';
+import { describeQdisc, isShaperRoot, SHAPER_LAYOUT } from '../lib/shaper/layout.js';
+import { makeHandle } from '../lib/tc/handle.js';
+import { describeRate } from '../lib/tc/units.js';
 import { NetlinkError } from '../lib/wire/errors.js';
 import { ConfigError, loadConfig, type ShaperrConfig } from './config.js';
 import { loadState } from './state.js';
@@ -71,8 +73,7 @@ async function report(where: ReturnType<typeof target>, meter: ThroughputMeter):
   const shaper = Shaper.inspect(where);
   if (!shaper) return undefined;
   try {
-    const server = shaper.serverClass();
-    return buildStatus({ device: where.device, leaf: shaper.leafKind, clients: shaper.clients(), ...(server ? { server } : {}), sessions: await sessionsFrom(where.config), meter });
+    return buildStatus({ device: where.device, leaf: shaper.leafKind, ...shaper.state(), sessions: await sessionsFrom(where.config), meter });
   } finally {
     await shaper.close();
   }
@@ -167,9 +168,10 @@ function hasNetAdmin(): boolean {
 function debugLinesSeen(path: string): boolean {
   const fd = openSync(path, 'r');
   try {
-    const length = Math.min(fstatSync(fd).size, 4 << 20);
+    const { size } = fstatSync(fd);
+    const length = Math.min(size, 4 << 20);
     const buffer = Buffer.alloc(length);
-    readSync(fd, buffer, 0, length, fstatSync(fd).size - length);
+    readSync(fd, buffer, 0, length, size - length);
     return /\] (?:DEBUG -|Debug —) Request: \[/.test(buffer.toString('latin1'));
   } finally {
     closeSync(fd);
@@ -199,10 +201,10 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
       const link = tc.link(device);
       lines.push({ verdict: 'ok', what: `device ${device} exists${netns ? ` in netns ${netns}` : ''} (mtu ${link.mtu})` });
       const root = tc.rootQdisc(device);
-      const ours = root?.kind === 'htb' && formatHandle(root.handle) === '5a:';
+      const ours = isShaperRoot(root);
       if (!root) lines.push({ verdict: 'ok', what: `no root qdisc on ${device} yet: shaperrd will add its own` });
       else if (ours) lines.push({ verdict: 'ok', what: `shaperr's root qdisc is on ${device}` });
-      else lines.push({ verdict: config?.takeover ? 'warn' : 'fail', what: `${device} already has a root qdisc ${root.kind.replace(/^other:/, '')} ${formatHandle(root.handle)} that shaperr did not create`, fix: config?.takeover ? 'takeover: true will replace it' : 'remove it, or set takeover: true to let shaperrd replace it' });
+      else lines.push({ verdict: config?.takeover ? 'warn' : 'fail', what: `${device} already has a root qdisc ${describeQdisc(root)} that shaperr did not create`, fix: config?.takeover ? 'takeover: true will replace it' : 'remove it, or set takeover: true to let shaperrd replace it' });
       if (privileged) {
         for (const kind of ['htb', 'sfq'] as const) {
           const present = tc.hasQdiscKind(kind);
@@ -212,7 +214,7 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
         }
         // A filter kind can only be tried on a classful qdisc: shaperr's own, when it is there.
         if (ours) {
-          lines.push(tc.hasFilterKind('u32', device, '5a:') ? { verdict: 'ok', what: 'kernel has the u32 filter' } : { verdict: 'fail', what: 'kernel has no u32 filter (module cls_u32)', fix: '`modprobe cls_u32`, or a kernel with CONFIG_NET_CLS_U32' });
+          lines.push(tc.hasFilterKind('u32', device, makeHandle(SHAPER_LAYOUT.rootMajor, 0)) ? { verdict: 'ok', what: 'kernel has the u32 filter' } : { verdict: 'fail', what: 'kernel has no u32 filter (module cls_u32)', fix: '`modprobe cls_u32`, or a kernel with CONFIG_NET_CLS_U32' });
         } else {
           lines.push({ verdict: 'ok', what: 'u32 filter: probed by shaperrd when it starts (needs its qdisc on the device)' });
         }

@@ -255,12 +255,10 @@ export class Shaperrd {
   /** Kernel counters joined with the sessions: what the status page, /api/status and /metrics show. */
   status(): StatusReport {
     const shaper = this.shaper;
-    const server = shaper?.serverClass();
     return buildStatus({
       device: this.config.device,
       leaf: shaper?.leafKind ?? this.config.leaf,
-      clients: shaper ? shaper.clients() : [],
-      ...(server ? { server } : {}),
+      ...(shaper ? shaper.state() : { clients: [] }),
       sessions: this.sessions(),
       meter: this.meter,
       decisions: this.recentDecisions,

@@ -8,13 +8,24 @@
 import type { ClientAddress } from '../address.js';
 import { parseClientAddress } from '../address.js';
 import { lastByteHashKey, makeU32Handle } from '../tc/kinds/u32.js';
-import type { Filter, FilterRef, FilterSpec } from '../tc/objects.js';
+import { formatHandle, makeHandle } from '../tc/handle.js';
+import type { Filter, FilterRef, FilterSpec, Qdisc } from '../tc/objects.js';
 
 export const SHAPER_LAYOUT = {
   /** Root qdisc major: unusual on purpose, so a foreign `1:` HTB is never mistaken for ours. */
   rootMajor: 0x5a,
   serverMinor: 1,
 } as const;
+
+/** Whether a root qdisc is the one shaperr creates (an HTB with our unusual major). */
+export function isShaperRoot(qdisc: Qdisc | undefined): boolean {
+  return qdisc?.kind === 'htb' && qdisc.handle === makeHandle(SHAPER_LAYOUT.rootMajor, 0);
+}
+
+/** A qdisc as people write it: `tbf 1:`, `fq_codel 8001:` (for messages about foreign qdiscs). */
+export function describeQdisc(qdisc: Qdisc): string {
+  return `${qdisc.kind.replace(/^other:/, '')} ${formatHandle(qdisc.handle)}`;
+}
 
 interface FamilyLayout {
   protocol: 'ip' | 'ipv6';

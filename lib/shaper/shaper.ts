@@ -18,7 +18,7 @@ import { TrafficControl } from '../tc/traffic-control.js';
 import { parseRate, type RateInput } from '../tc/units.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
 import { HandlePool } from './handle-pool.js';
-import { clientFilterRef, clientFilterSpec, hashTableSpecs, readClientFilter, SHAPER_LAYOUT } from './layout.js';
+import { clientFilterRef, clientFilterSpec, describeQdisc, hashTableSpecs, isShaperRoot, readClientFilter, SHAPER_LAYOUT } from './layout.js';
 
 /** sfq's default queue depth in packets, also used for pfifo leaves. */
 const SFQ_DEFAULT_LIMIT = 127;
@@ -92,6 +92,9 @@ const FIRST_CLIENT_MINOR = 0x10;
 const LAST_CLIENT_MINOR = 0xfffe;
 const COUNTER_MAX_AGE_MS = 1000;
 
+/** Packets up to the device MTU plus an Ethernet/VLAN header must fit the rate tables (tc assumes 1600). */
+const classMtuFor = (deviceMtu: number): number => Math.max(HTB_DEFAULT_MTU, deviceMtu + 18);
+
 function bitsPerSecond(rate: RateInput): number {
   return parseRate(rate) * 8;
 }
@@ -161,7 +164,7 @@ export class Shaper {
     try {
       const root = tc.rootQdisc(options.device);
       const server = tc.classes(options.device).find((tcClass) => tcClass.handle === SERVER_CLASS);
-      if (root?.kind !== 'htb' || root.handle !== ROOT_HANDLE || !server) {
+      if (!isShaperRoot(root) || !server) {
         tc.close();
         return undefined;
       }
@@ -170,7 +173,7 @@ export class Shaper {
       const limits = { rate: server.parameters.rate, ceil: server.parameters.ceil };
       const shaper = new Shaper(tc, { device: options.device, server: limits, client: limits, onWarning: () => {} }, leaf);
       shaper.readOnly = true;
-      shaper.classMtu = Math.max(HTB_DEFAULT_MTU, tc.link(options.device).mtu + 18);
+      shaper.classMtu = classMtuFor(tc.link(options.device).mtu);
       shaper.adopt();
       return shaper;
     } catch (error) {
@@ -189,8 +192,8 @@ export class Shaper {
     try {
       const root = tc.rootQdisc(options.device);
       if (!root) return undefined;
-      if (root.kind !== 'htb' || root.handle !== ROOT_HANDLE) {
-        throw new ShaperrInputError(`the root qdisc on ${options.device} is ${root.kind.replace(/^other:/, '')} ${formatHandle(root.handle)}, not shaperr's; not touching it`);
+      if (!isShaperRoot(root)) {
+        throw new ShaperrInputError(`the root qdisc on ${options.device} is ${describeQdisc(root)}, not shaperr's; not touching it`);
       }
       const pipes = tc.classes(options.device).filter((tcClass) => tcClass.parent === SERVER_CLASS).length;
       tc.deleteQdisc(options.device, { handle: ROOT_HANDLE });
@@ -217,18 +220,17 @@ export class Shaper {
   private setUp(): void {
     const { options, tc } = this;
     const link = tc.link(options.device);
-    // Packets up to the device MTU plus an Ethernet/VLAN header must fit the rate tables (tc assumes 1600).
-    this.classMtu = Math.max(HTB_DEFAULT_MTU, link.mtu + 18);
+    this.classMtu = classMtuFor(link.mtu);
     const root = tc.rootQdisc(options.device);
-    const ours = root !== undefined && root.kind === 'htb' && root.handle === ROOT_HANDLE;
+    const ours = isShaperRoot(root);
     if (root && !ours) {
       if (!options.takeover) {
         throw new ShaperrInputError(
-          `device ${options.device} already has a root qdisc ${root.kind.replace(/^other:/, '')} ${formatHandle(root.handle)} that shaperr did not create; ` +
+          `device ${options.device} already has a root qdisc ${describeQdisc(root)} that shaperr did not create; ` +
             'pass takeover: true (config: takeover) to replace it',
         );
       }
-      this.warn(`replacing the root qdisc ${root.kind.replace(/^other:/, '')} ${formatHandle(root.handle)} on ${options.device} (takeover)`);
+      this.warn(`replacing the root qdisc ${describeQdisc(root)} on ${options.device} (takeover)`);
     }
     if (ours) {
       this.applyAll([{ op: 'replace', class: this.serverClassSpec() }]);
@@ -274,7 +276,7 @@ export class Shaper {
       const now = this.tc.link(this.options.device, { refresh: true }).ifindex;
       if (before !== now) return false;
       const root = this.tc.rootQdisc(this.options.device);
-      return root?.handle === ROOT_HANDLE && root.kind === 'htb';
+      return isShaperRoot(root);
     } catch (error) {
       if (error instanceof NetlinkError && error.code === 'ENODEV') return true; // link gone: nothing to repair until it is back
       throw error;
@@ -459,16 +461,22 @@ export class Shaper {
 
   /** Throttled clients with live counters read from the kernel now. */
   clients(): ClientState[] {
-    this.ensureOpen();
-    const classes = this.kernel ? this.tc.classes(this.options.device) : [];
-    const statistics = new Map(classes.map((tcClass) => [tcClass.handle, tcClass.statistics]));
-    return [...this.clientsByAddress.values()].map((client) => this.describe(client, statistics.get(makeHandle(ROOT_MAJOR, client.minor))));
+    return this.state().clients;
   }
 
   /** The server-wide class with live counters. */
   serverClass(): TcClass | undefined {
+    return this.state().server;
+  }
+
+  /** Clients and the server class with live counters, from one dump of the device's classes. */
+  state(): { clients: ClientState[]; server?: TcClass } {
     this.ensureOpen();
-    return this.kernel ? this.tc.classes(this.options.device).find((tcClass) => tcClass.handle === SERVER_CLASS) : undefined;
+    const classes = this.kernel ? this.tc.classes(this.options.device) : [];
+    const byHandle = new Map(classes.map((tcClass) => [tcClass.handle, tcClass]));
+    const clients = [...this.clientsByAddress.values()].map((client) => this.describe(client, byHandle.get(makeHandle(ROOT_MAJOR, client.minor))?.statistics));
+    const server = byHandle.get(SERVER_CLASS);
+    return server ? { clients, server } : { clients };
   }
 
   /**
