@@ -61,7 +61,7 @@ async function benchDevice(): Promise<{ netns: string; destroy: () => Promise<vo
 // ---- 1. client churn ----------------------------------------------------------------------------------
 
 /**
- * The same kernel work for every variant, in the layout Shaper uses: class + pfifo leaf + a u32 filter in
+ * The same kernel work for every variant, in the layout Shaper uses: class + bfifo leaf + a u32 filter in
  * the 256-bucket table keyed on the address's last byte; then filter + class gone.
  */
 function churnOperations(clients: number): { start: Operation[][]; stop: Operation[][] } {
@@ -75,7 +75,7 @@ function churnOperations(clients: number): { start: Operation[][]; stop: Operati
     const address = `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${bucket}`;
     start.push([
       { op: 'add', class: { kind: 'htb', parent: '1:1', classid, options: { rate: '2mbit', ceil: '2500kbit' } } },
-      { op: 'add', qdisc: { kind: 'pfifo', parent: classid, handle: (minor << 16) >>> 0, options: { limit: 100 } } },
+      { op: 'add', qdisc: { kind: 'bfifo', parent: classid, handle: (minor << 16) >>> 0, options: { limit: 127 * 1600 } } },
       { op: 'add', filter: { kind: 'u32', parent: '1:', priority: 1, protocol: 'ip', handle, options: { hashTable: makeU32Handle(2, bucket, 0), match: { dst: address }, classid } } },
     ]);
     stop.push([
@@ -312,7 +312,7 @@ async function scale(): Promise<void> {
     const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
     const log = join(dir, 'Plex Media Server.log');
     writeFileSync(log, '');
-    const config = { device: 'b0', netns, server: { rate: '10gbit' }, client: { rate: '2mbit' }, leaf: 'pfifo', log, stateFile: join(dir, 'state.json'), idleSeconds: 3600 };
+    const config = { device: 'b0', netns, server: { rate: '10gbit' }, client: { rate: '2mbit' }, leaf: 'bfifo', log, stateFile: join(dir, 'state.json'), idleSeconds: 3600 };
     writeFileSync(join(dir, 'shaperr.yaml'), JSON.stringify(config)); // JSON is YAML
     const daemon = spawn(process.execPath, [...shebangFlags(DAEMON), DAEMON, '--config', join(dir, 'shaperr.yaml'), '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
     let output = '';

@@ -38,7 +38,7 @@ export const configSchema = z.strictObject({
   server: rates,
   /** Default pipe per playing client. */
   client: rates,
-  leaf: z.enum(['sfq', 'pfifo', 'none']).default('sfq'),
+  leaf: z.enum(['sfq', 'bfifo', 'none']).default('sfq'),
   exempt: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
   remoteOnly: z.boolean().default(false),
   localNetworks: z.array(cidr).default(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', 'fc00::/7', 'fe80::/10']),

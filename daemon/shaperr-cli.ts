@@ -209,7 +209,7 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
         for (const kind of ['htb', 'sfq'] as const) {
           const present = tc.hasQdiscKind(kind);
           if (present) lines.push({ verdict: 'ok', what: `kernel has the ${kind} qdisc` });
-          else if (kind === 'sfq') lines.push({ verdict: 'warn', what: 'kernel has no sfq qdisc (module sch_sfq)', fix: 'client pipes will use pfifo leaves (one queue per client, no per-flow fairness); `modprobe sch_sfq` if your kernel ships it' });
+          else if (kind === 'sfq') lines.push({ verdict: 'warn', what: 'kernel has no sfq qdisc (module sch_sfq)', fix: 'client pipes will use bfifo leaves (one byte-limited queue per client, no per-flow fairness); `modprobe sch_sfq` if your kernel ships it' });
           else lines.push({ verdict: 'fail', what: 'kernel has no htb qdisc (module sch_htb)', fix: '`modprobe sch_htb`, or a kernel with CONFIG_NET_SCH_HTB' });
         }
         // A filter kind can only be tried on a classful qdisc: shaperr's own, when it is there.

@@ -89,7 +89,7 @@ t.test('shaperr check: one line per check, with what to do', { skip }, async (t)
   t.match(quiet.stdout, /^ok {4}running with CAP_NET_ADMIN$/m);
   t.match(quiet.stdout, /^ok {4}device srv0 exists in netns .* \(mtu 1500\)$/m);
   t.match(quiet.stdout, /^ok {4}kernel has the htb qdisc$/m);
-  t.match(quiet.stdout, /^(ok {4}kernel has the sfq qdisc|warn {2}kernel has no sfq qdisc \(module sch_sfq\)\n {6}→ client pipes will use pfifo leaves)/m, 'sfq, or the fallback named');
+  t.match(quiet.stdout, /^(ok {4}kernel has the sfq qdisc|warn {2}kernel has no sfq qdisc \(module sch_sfq\)\n {6}→ client pipes will use bfifo leaves)/m, 'sfq, or the fallback named');
   t.match(quiet.stdout, /^warn {2}no request lines in the log: Plex debug logging looks off\n {6}→ Plex Web → Settings → General → Enable Plex Media Server debug logging$/m);
 
   appendFileSync(log, plexLine('10.200.1.1', '/library/sections/1/all'));
@@ -137,7 +137,7 @@ t.test('shaperrd works with only CAP_NET_ADMIN (not root), as the systemd unit r
   chmodSync(log, 0o644);
   const config = join(dir, 'shaperr.yaml');
   // No netns key: joining a namespace needs CAP_SYS_ADMIN; like a service, the daemon starts inside it.
-  writeFileSync(config, `device: srv0\nserver: { rate: 50mbit }\nclient: { rate: 2mbit }\nleaf: pfifo\nlog: ${JSON.stringify(log)}\nstateFile: ${JSON.stringify(join(dir, 'state', 'state.json'))}\n`);
+  writeFileSync(config, `device: srv0\nserver: { rate: 50mbit }\nclient: { rate: 2mbit }\nleaf: bfifo\nlog: ${JSON.stringify(log)}\nstateFile: ${JSON.stringify(join(dir, 'state', 'state.json'))}\n`);
   const daemon = startDaemon(config, ['ip', 'netns', 'exec', topology.serverNs, 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all,+net_admin', '--ambient-caps=-all,+net_admin', '--bounding-set=-all,+net_admin']);
   t.teardown(() => daemon.child.kill('SIGKILL'));
   await daemon.waitFor(/shaperrd started/);

@@ -5,7 +5,8 @@
 //   node traffic-peer.mjs send <address> <port> <totalSeconds> [bitsPerSecond]
 //     connects and writes as fast as the socket accepts (or paced at bitsPerSecond) for totalSeconds.
 //   node traffic-peer.mjs sink <address> <port>
-//     listens and prints the running byte count ("bytes N") every 250 ms, until killed.
+//     listens and prints the running byte count and when it was taken, in ms on its own monotonic clock
+//     ("bytes N at T"), every 250 ms until killed: rates from these do not depend on when they are read.
 //   node traffic-peer.mjs echo <address> <port>
 //     listens and sends every byte back, until killed.
 //   node traffic-peer.mjs pingpong <address> <port> <seconds>
@@ -51,7 +52,8 @@ if (mode === 'receive') {
     socket.on('error', () => {});
   });
   server.listen(port, address, () => process.stdout.write('listening\n'));
-  setInterval(() => process.stdout.write(`bytes ${total}\n`), 250);
+  const began = process.hrtime.bigint();
+  setInterval(() => process.stdout.write(`bytes ${total} at ${Number(process.hrtime.bigint() - began) / 1e6}\n`), 250);
 } else if (mode === 'send') {
   const [totalSeconds, bitsPerSecond] = rest.map(Number);
   const chunk = Buffer.alloc(64 * 1024, 0x5a);

@@ -4,7 +4,7 @@
  *
  *   root qdisc  5a:  htb default 0        unclassified traffic (browsing, other hosts) is not shaped
  *   └─ class    5a:1   server rate/ceil   the ceiling all throttled clients share
- *      ├─ class 5a:10  client rate/ceil   + leaf qdisc 10: sfq (pfifo where the kernel has no sfq)
+ *      ├─ class 5a:10  client rate/ceil   + leaf qdisc 10: sfq (bfifo where the kernel has no sfq)
  *      └─ …
  *   filters on 5a:  prio 1 ip   → hash table 2: keyed on the last byte of the destination → per-client filter
  *                   prio 2 ipv6 → hash table 3: likewise
@@ -20,10 +20,10 @@ import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/err
 import { HandlePool } from './handle-pool.js';
 import { clientFilterRef, clientFilterSpec, describeQdisc, hashTableSpecs, isShaperRoot, readClientFilter, SHAPER_LAYOUT } from './layout.js';
 
-/** sfq's default queue depth in packets, also used for pfifo leaves. */
+/** sfq's default queue depth in packets; bfifo leaves hold as many full-size packets' worth of bytes. */
 const SFQ_DEFAULT_LIMIT = 127;
 
-export type LeafKind = 'sfq' | 'pfifo' | 'none';
+export type LeafKind = 'sfq' | 'bfifo' | 'none';
 
 export interface RateLimits {
   rate: RateInput;
@@ -169,7 +169,7 @@ export class Shaper {
         return undefined;
       }
       const leaves = tc.qdiscs(options.device).filter((qdisc) => qdisc.parent !== TC_H_ROOT && (qdisc.parent >>> 16) === ROOT_MAJOR);
-      const leaf: LeafKind = leaves[0]?.kind === 'sfq' ? 'sfq' : leaves.length ? 'pfifo' : 'none';
+      const leaf: LeafKind = leaves[0]?.kind === 'sfq' ? 'sfq' : leaves.length ? 'bfifo' : 'none';
       const limits = { rate: server.parameters.rate, ceil: server.parameters.ceil };
       const shaper = new Shaper(tc, { device: options.device, server: limits, client: limits, onWarning: () => {} }, leaf);
       shaper.readOnly = true;
@@ -436,10 +436,11 @@ export class Shaper {
     switch (this.leaf) {
       case 'sfq':
         return { kind: 'sfq', ...placement, options: { perturb: 10 } };
-      case 'pfifo':
-        // The device's txqueuelen (often 1000 packets: 3 s at 4 Mbit) would bloat the client's RTT so
-        // much that TCP stalls for seconds when the pipe is removed; queue no deeper than sfq would.
-        return { kind: 'pfifo', ...placement, options: { limit: SFQ_DEFAULT_LIMIT } };
+      case 'bfifo':
+        // Bounded in bytes, not packets: a qdisc sees GSO super-packets of up to 64 KB, so 127 of them
+        // (or the device's txqueuelen) would queue seconds at 4 Mbit, and TCP would stall on RTO for as
+        // long when the pipe is removed and its queue dropped.
+        return { kind: 'bfifo', ...placement, options: { limit: SFQ_DEFAULT_LIMIT * this.classMtu } };
       case 'none':
         return undefined;
     }
@@ -523,9 +524,9 @@ export class Shaper {
   }
 }
 
-/** Uses the wished leaf kind if the kernel has it, else pfifo, saying so once. */
+/** Uses the wished leaf kind if the kernel has it, else bfifo, saying so once. */
 function chooseLeaf(tc: TrafficControl, wished: LeafKind, warn: (message: string) => void): LeafKind {
-  if (wished === 'none' || wished === 'pfifo' || tc.hasQdiscKind(wished)) return wished;
-  warn(`the kernel has no '${wished}' qdisc (module sch_${wished} not available): client pipes use pfifo leaves instead`);
-  return 'pfifo';
+  if (wished === 'none' || wished === 'bfifo' || tc.hasQdiscKind(wished)) return wished;
+  warn(`the kernel has no '${wished}' qdisc (module sch_${wished} not available): client pipes use bfifo leaves instead`);
+  return 'bfifo';
 }

@@ -147,3 +147,39 @@ export async function measureRoundTrips(ends: TrafficEnds, to: string, seconds: 
     echo.kill();
   }
 }
+
+/** One long-running TCP stream server → `to`, whose goodput can be read over any stretch while it runs. */
+export interface Stream {
+  /** Goodput over the next `seconds`, from the sink's own timestamped byte counts. */
+  bitsPerSecondOver(seconds: number): Promise<number>;
+  stop(): void;
+}
+
+export async function startStream(ends: TrafficEnds, to: string, totalSeconds: number): Promise<Stream> {
+  const port = nextPort++;
+  const sink = new Peer(`sink on ${to}:${port}`, ends.clientNs, ['sink', to, String(port)]);
+  const greeting = await sink.nextLine();
+  if (greeting !== 'listening') throw new Error(`sink on ${to}:${port} said ${JSON.stringify(greeting)} instead of listening`);
+  const sender = new Peer(`sender to ${to}:${port}`, ends.serverNs, ['send', to, String(port), String(totalSeconds)]);
+  let latest = { bytes: 0, at: 0 };
+  let failure: Error | undefined;
+  void (async () => {
+    for (;;) {
+      const count = /^bytes (\d+) at ([\d.]+)/.exec(await sink.nextLine());
+      if (count) latest = { bytes: Number(count[1]), at: Number(count[2]) };
+    }
+  })().catch((error: Error) => (failure = error));
+  sender.failed().catch((error: Error) => (failure = error));
+  return {
+    async bitsPerSecondOver(seconds) {
+      const from = latest;
+      await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+      if (failure) throw failure;
+      return ((latest.bytes - from.bytes) * 8 * 1000) / (latest.at - from.at);
+    },
+    stop() {
+      sender.kill();
+      sink.kill();
+    },
+  };
+}
