@@ -125,10 +125,17 @@ program
   .description("remove every object shaperr owns on the device (its root qdisc, and with it all classes, leaves and filters); stop shaperrd first, or it puts them back")
   .action(() => {
     const where = target(program.opts<GlobalOptions>());
-    const removed = Shaper.clear(where);
-    process.stdout.write(removed !== undefined
-      ? `removed shaperr's root qdisc 5a: and ${removed} client pipe${removed === 1 ? '' : 's'} from ${where.device}\n`
-      : `nothing of shaperr's on ${where.device}\n`);
+    // Thousands of pipes take the kernel a moment: say what is under way, then overwrite it.
+    const tty = process.stdout.isTTY;
+    const removed = Shaper.clear({
+      ...where,
+      onProgress: ({ done, total }) => {
+        if (tty && done === 0 && total > 0) process.stdout.write(`removing ${total} client pipe${total === 1 ? '' : 's'} from ${where.device}…`);
+      },
+    });
+    process.stdout.write(`${tty && removed ? '\r\x1b[2K' : ''}${removed !== undefined
+      ? `removed shaperr's root qdisc 5a: and ${removed} client pipe${removed === 1 ? '' : 's'} from ${where.device}`
+      : `nothing of shaperr's on ${where.device}`}\n`);
   });
 
 program

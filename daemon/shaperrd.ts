@@ -5,6 +5,7 @@
  */
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
+import { inChunks, type ProgressListener } from '../lib/progress.js';
 import { Shaper, type ShaperOptions } from '../lib/shaper/shaper.js';
 import { type ShaperrConfig, policyConfig } from './config.js';
 import { PlexLogParser, type PlaybackEvent } from './parse.js';
@@ -13,7 +14,7 @@ import { type ClientShaper, type ClientSummary, type Decision, SessionTracker } 
 import { startStatusServer } from './http.js';
 import { DaemonMetrics } from './metrics.js';
 import { type DaemonState, loadState, saveState } from './state.js';
-import { buildStatus, type RecentDecision, type StatusReport, ThroughputMeter } from './status.js';
+import { buildStatus, type OperationProgress, type RecentDecision, type StatusReport, ThroughputMeter } from './status.js';
 import { findPlexLog, LogTailer, type SavedPosition } from './tail.js';
 
 export interface DaemonOptions {
@@ -31,6 +32,9 @@ const SWEEP_INTERVAL_MS = 250;
 const HEALTH_INTERVAL_MS = 1000;
 const SAVE_INTERVAL_MS = 1000;
 const RECENT_DECISIONS = 30;
+const PROGRESS_LOG_INTERVAL_MS = 1000;
+/** Fewer pipes than this are restored or repaired in a blink: no progress lines for them. */
+const PROGRESS_MIN_PIPES = 500;
 
 export class Shaperrd {
   private shaper?: Shaper;
@@ -47,6 +51,8 @@ export class Shaperrd {
   private statusServer?: Server;
   private readonly recentDecisions: RecentDecision[] = [];
   private readonly meter = new ThroughputMeter();
+  private operation?: OperationProgress;
+  private repairing?: Promise<void>;
   readonly counters = { events: 0, throttles: 0, releases: 0, repairs: 0, errors: 0 };
   readonly metrics: DaemonMetrics;
 
@@ -75,21 +81,11 @@ export class Shaperrd {
       policy: this.policy,
       shaper: this.clientShaper(),
       onDecision: (decision) => this.onDecision(decision),
-      onError: (error, address) => {
-        this.counters.errors++;
-        this.metrics.kernelErrors.inc();
-        this.log.error({ address, err: (error as Error).message }, `kernel change for ${address} failed`);
-      },
+      onError: (error, address) => this.kernelError(error, address),
     });
-    this.reconcile(saved);
-
     this.logPath = this.options.logPath ?? config.log ?? (await findPlexLog());
     if (!this.logPath) throw new Error('no Plex Media Server log found in the usual places; set `log:` in the config or pass --log');
-    const from = saved?.log && saved.log.path === this.logPath ? { inode: saved.log.inode, offset: saved.log.offset } : 'end';
-    this.tailer = new LogTailer({ path: this.logPath, from: from as SavedPosition | 'end' });
-    this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
-    this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
-    await this.tailer.start();
+    // The status page first: it shows the progress of restoring thousands of pipes.
     if (config.status) {
       this.statusServer = await startStatusServer({
         listen: config.status.listen,
@@ -99,6 +95,13 @@ export class Shaperrd {
       });
       this.log.info({ url: this.statusUrl, token: config.status.token ? 'required' : 'none' }, 'status page and /metrics listening');
     }
+    await this.reconcile(saved);
+
+    const from = saved?.log && saved.log.path === this.logPath ? { inode: saved.log.inode, offset: saved.log.offset } : 'end';
+    this.tailer = new LogTailer({ path: this.logPath, from: from as SavedPosition | 'end' });
+    this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
+    this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
+    await this.tailer.start();
     this.log.info({ log: this.logPath, device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
     this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());
@@ -157,28 +160,56 @@ export class Shaperrd {
     };
   }
 
+  private kernelError(error: unknown, address?: string): void {
+    this.counters.errors++;
+    this.metrics.kernelErrors.inc();
+    if (address) this.log.error({ address, err: (error as Error).message }, `kernel change for ${address} failed`);
+    else this.log.error({ err: (error as Error).message }, 'repair failed; retrying at the next health check');
+  }
+
   /**
    * After a restart: the kernel objects were adopted by Shaper.open; make them match the saved sessions.
    * Clients with saved sessions keep their pipe (and get a grace period to show they are still alive);
-   * pipes no saved session explains are orphans and go.
+   * pipes no saved session explains are orphans and go. Thousands of them (a reboot emptied the kernel)
+   * take seconds: done in chunks, with progress.
    */
-  private reconcile(saved: DaemonState | undefined): void {
+  private async reconcile(saved: DaemonState | undefined): Promise<void> {
     const shaper = this.shaper!;
     const savedClients = saved?.clients ?? [];
     const adopted = new Set(shaper.clients().map((client) => client.address));
     this.tracker!.restore(savedClients);
     const explained = new Set(savedClients.map((client) => client.address));
-    for (const address of adopted) {
-      if (!explained.has(address)) {
-        void shaper.release(address);
-        this.log.info({ address }, 'removed an orphaned pipe (no saved session)');
+    const orphans = [...adopted].filter((address) => !explained.has(address));
+    const fixes = [
+      ...orphans.map((address) => ({ address, apply: () => shaper.release(address) })),
+      ...savedClients.filter((client) => !adopted.has(client.address)).map((client) => ({ address: client.address, apply: () => shaper.throttle(client.address, client.limits) })),
+    ];
+    await inChunks(fixes, async (chunk) => {
+      for (const fix of chunk) await fix.apply().catch((error: unknown) => this.kernelError(error, fix.address));
+    }, this.progressReporter('restoring pipes'));
+    if (!savedClients.length && !adopted.size) return;
+    this.metrics.reconciliations.inc({ reason: 'restart' });
+    this.log.info({ saved: savedClients.length, adopted: adopted.size, orphansRemoved: orphans.length }, 'reconciled with the kernel');
+  }
+
+  /** Progress of a long operation: in the status report, and in the log at most once a second. */
+  private progressReporter(what: string): ProgressListener {
+    const started = performance.now();
+    let logged = started;
+    return ({ done, total }) => {
+      const now = performance.now();
+      const worthLogging = total >= PROGRESS_MIN_PIPES;
+      if (done === total) {
+        this.operation = undefined;
+        if (worthLogging) this.log.info({ pipes: total, ms: Math.round(now - started) }, `${what}: done`);
+        return;
       }
-    }
-    for (const client of savedClients) {
-      if (!adopted.has(client.address)) void shaper.throttle(client.address, client.limits);
-    }
-    if (savedClients.length || adopted.size) this.metrics.reconciliations.inc({ reason: 'restart' });
-    if (savedClients.length || adopted.size) this.log.info({ restored: savedClients.length, adopted: adopted.size }, 'reconciled with the kernel');
+      this.operation = { what, done, total };
+      if (worthLogging && (done === 0 || now - logged >= PROGRESS_LOG_INTERVAL_MS)) {
+        logged = now;
+        this.log.info({ done, total }, `${what}: ${done}/${total}`);
+      }
+    };
   }
 
   private onLine(line: string, position: SavedPosition): void {
@@ -194,12 +225,15 @@ export class Shaperrd {
   /** Someone deleted our root qdisc, or the link went away and came back: put everything back. */
   private checkHealth(): void {
     const shaper = this.shaper;
-    if (!shaper || this.stopping) return;
+    if (!shaper || this.stopping || this.repairing) return;
     if (shaper.isIntact()) return;
     this.counters.repairs++;
     this.metrics.reconciliations.inc({ reason: 'repair' });
     this.log.warn('shaperr qdisc missing on the device (deleted, or the link was re-created): re-applying');
-    shaper.repair();
+    this.repairing = shaper
+      .repair(this.progressReporter('repairing pipes'))
+      .catch((error: unknown) => this.kernelError(error))
+      .finally(() => (this.repairing = undefined));
   }
 
   private applySchedule(): void {
@@ -263,6 +297,7 @@ export class Shaperrd {
       meter: this.meter,
       decisions: this.recentDecisions,
       counters: { ...this.counters },
+      ...(this.operation ? { operation: this.operation } : {}),
     });
   }
 
@@ -293,6 +328,7 @@ export class Shaperrd {
     for (const timer of this.timers) clearInterval(timer);
     if (this.statusServer) await new Promise((resolve) => this.statusServer!.close(resolve).closeAllConnections());
     await this.tailer?.stop();
+    await this.repairing;
     await this.tracker?.settled();
     if (!this.options.dryRun) await saveState(this.config.stateFile, this.snapshot());
     await this.shaper?.close({ teardown: !this.config.keepRulesOnExit && !this.options.dryRun });

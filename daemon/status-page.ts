@@ -72,7 +72,8 @@ function render(report) {
   const server = report.server;
   document.getElementById('summary').textContent =
     report.device + ' · leaf ' + report.leaf + ' · ' + report.clients.length + ' throttled · server ' +
-    (server ? rate(server.bitsPerSecond) + ' of ' + rate(server.ceil) : 'not set up') + ' · ' + new Date(report.at).toLocaleTimeString();
+    (server ? rate(server.bitsPerSecond) + ' of ' + rate(server.ceil) : 'not set up') + ' · ' + new Date(report.at).toLocaleTimeString() +
+    (report.operation ? ' · ' + report.operation.what + ' ' + report.operation.done + '/' + report.operation.total : '');
   document.getElementById('utilisation').style.width = Math.min(100, 100 * (server?.utilisation ?? 0)).toFixed(1) + '%';
   const body = document.getElementById('clients');
   body.replaceChildren();

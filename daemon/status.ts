@@ -2,6 +2,7 @@
  * What `shaperr status`, the status page and `/api/status` show: the kernel's class counters joined with
  * the session table. One builder for all three, so they never disagree.
  */
+import type { Progress } from '../lib/progress.js';
 import type { ClientState } from '../lib/shaper/shaper.js';
 import type { TcClass } from '../lib/tc/objects.js';
 import type { Decision } from './sessions.js';
@@ -55,6 +56,12 @@ export interface StatusReport {
   clients: ClientStatus[];
   decisions: RecentDecision[];
   counters?: Record<string, number>;
+  /** A long operation under way (e.g. restoring thousands of pipes after a restart). */
+  operation?: OperationProgress;
+}
+
+export interface OperationProgress extends Progress {
+  what: string;
 }
 
 /** Rates from byte counters: each key's bytes against its previous reading. */
@@ -84,6 +91,7 @@ export interface StatusInput {
   meter: ThroughputMeter;
   decisions?: readonly RecentDecision[];
   counters?: Record<string, number>;
+  operation?: OperationProgress;
 }
 
 export function buildStatus(input: StatusInput): StatusReport {
@@ -121,5 +129,6 @@ export function buildStatus(input: StatusInput): StatusReport {
   }
   input.meter.keepOnly(['server', ...clients.map((client) => client.address)]);
   if (input.counters) report.counters = input.counters;
+  if (input.operation) report.operation = { ...input.operation };
   return report;
 }

@@ -7,6 +7,7 @@
  */
 export { Shaper } from './shaper/shaper.js';
 export type { ClientState, LeafKind, RateLimits, ShaperOptions, ThrottleOutcome } from './shaper/shaper.js';
+export type { Progress, ProgressListener } from './progress.js';
 export { TrafficControl } from './tc/traffic-control.js';
 export type { DeviceInput, Link, OperationResult, TrafficControlOptions } from './tc/traffic-control.js';
 export { operationRequest, toTcCommand } from './tc/objects.js';

@@ -52,6 +52,14 @@ t.test('the status page shows a playing client and its live chart', { skip }, as
   t.ok(existsSync(join(ARTIFACTS, 'status-page.png')), 'screenshot saved to test/artifacts/status-page.png');
   await traffic;
 
+  // A long operation under way (a restart restoring thousands of pipes) shows in the summary line.
+  await page.route('**/api/status*', async (route) => {
+    const report = await (await route.fetch()).json();
+    await route.fulfill({ json: { ...report, operation: { what: 'restoring pipes', done: 1250, total: 5000 } } });
+  });
+  await page.waitForFunction(() => document.getElementById('summary')?.textContent?.includes('restoring pipes 1250/5000'), undefined, { timeout: 10_000 });
+  t.pass('the operation under way and its progress are shown');
+
   const denied = await browser.newPage();
   const response = await denied.goto(daemon.statusUrl!);
   t.equal(response?.status(), 401, 'without the token the page is refused');

@@ -10,6 +10,7 @@
  *                   prio 2 ipv6 → hash table 3: likewise
  */
 import { type ClientAddress, NetworkSet, parseClientAddress } from '../address.js';
+import { inChunks, type ProgressListener } from '../progress.js';
 import { formatHandle, makeHandle, TC_H_ROOT } from '../tc/handle.js';
 import { HTB_DEFAULT_MTU, type HtbClassOptions } from '../tc/kinds/htb.js';
 import { type Operation, type QdiscSpec, type TcClass, toTcCommand } from '../tc/objects.js';
@@ -110,6 +111,7 @@ export class Shaper {
   private readonly warn: (message: string) => void;
   private classMtu = HTB_DEFAULT_MTU;
   private closed = false;
+  private longOperation?: Promise<void>;
   /** A view made by inspect(): reads the kernel, never changes it. */
   private readOnly = false;
 
@@ -187,7 +189,7 @@ export class Shaper {
    * with it). Returns how many client pipes went, undefined when shaperr had nothing there. A root qdisc
    * shaperr did not create is left alone with an error.
    */
-  static clear(options: { device: string; netns?: string }): number | undefined {
+  static clear(options: { device: string; netns?: string; onProgress?: ProgressListener }): number | undefined {
     const tc = TrafficControl.open(options.netns ? { netns: options.netns } : {});
     try {
       const root = tc.rootQdisc(options.device);
@@ -196,7 +198,10 @@ export class Shaper {
         throw new ShaperrInputError(`the root qdisc on ${options.device} is ${describeQdisc(root)}, not shaperr's; not touching it`);
       }
       const pipes = tc.classes(options.device).filter((tcClass) => tcClass.parent === SERVER_CLASS).length;
+      // One kernel call however many pipes: progress is "about to" and "done".
+      options.onProgress?.({ done: 0, total: pipes });
       tc.deleteQdisc(options.device, { handle: ROOT_HANDLE });
+      options.onProgress?.({ done: pipes, total: pipes });
       return pipes;
     } finally {
       tc.close();
@@ -283,13 +288,29 @@ export class Shaper {
     }
   }
 
-  /** Puts the root, the server class and every client's pipe back (after isIntact() said no). */
-  repair(): void {
+  /**
+   * Puts the root, the server class and every client's pipe back (after isIntact() said no), a chunk of
+   * clients at a time with progress; throttle and release calls made meanwhile wait until it is done.
+   */
+  async repair(onProgress?: ProgressListener): Promise<void> {
     this.ensureWritable();
-    this.create();
-    const operations: Operation[] = [];
-    for (const client of this.clientsByAddress.values()) operations.push(...this.clientOperations(client));
-    if (operations.length) this.applyAll(operations);
+    await this.exclusively(async () => {
+      this.create();
+      const clients = [...this.clientsByAddress.values()];
+      await inChunks(clients, (chunk) => this.applyAll(chunk.flatMap((client) => this.clientOperations(client))), onProgress);
+    });
+  }
+
+  /** Runs a long operation that yields to the event loop while no other change may interleave. */
+  private async exclusively(run: () => Promise<void>): Promise<void> {
+    const running = run().finally(() => (this.longOperation = undefined));
+    this.longOperation = running;
+    await running;
+  }
+
+  /** Lets a long operation (repair) finish before a change; its own failure is its caller's to report. */
+  private async waitForLongOperation(): Promise<void> {
+    if (this.longOperation) await this.longOperation.catch(() => undefined);
   }
 
   /** Takes back the clients an earlier run left in the kernel; removes half-made leftovers. */
@@ -368,6 +389,7 @@ export class Shaper {
    */
   async throttle(addressText: string, limits?: RateLimits): Promise<ThrottleOutcome> {
     this.ensureWritable();
+    await this.waitForLongOperation();
     const address = parseClientAddress(addressText);
     if (this.exempt.contains(address)) return { result: 'exempt' };
     const rate = limits ? bitsPerSecond(limits.rate) : this.defaults.rate;
@@ -404,6 +426,7 @@ export class Shaper {
   /** Removes the client's pipe (idempotent). Returns whether there was one. */
   async release(addressText: string): Promise<boolean> {
     this.ensureWritable();
+    await this.waitForLongOperation();
     const address = parseClientAddress(addressText);
     const client = this.clientsByAddress.get(address.text);
     if (!client) return false;

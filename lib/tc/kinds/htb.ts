@@ -116,7 +116,7 @@ export interface HtbClassOptions {
   /**
    * Bytes served per round when borrowing. Default: left to the kernel (rate / r2q) when that lands in
    * 1000…200000, else clamped into that range so the kernel never logs "quantum of class … is big/small"
-   * (tc sends 0 there and the kernel warns: a deliberate deviation).
+   * (the tc command printed for it carries the clamped value).
    */
   quantum?: number;
   /** Lower is served first when borrowing (0…7). */
@@ -245,7 +245,9 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
     if (input.mpu !== undefined) args.push('mpu', String(input.mpu));
     if (input.overhead !== undefined) args.push('overhead', String(input.overhead));
     if (input.linklayer !== undefined) args.push('linklayer', input.linklayer);
-    if (input.quantum !== undefined) args.push('quantum', String(input.quantum));
+    // A clamped default quantum is printed too, so the command replays without the kernel's warning.
+    const quantum = input.quantum ?? (defaultQuantum(parseRate(input.rate)) || undefined);
+    if (quantum !== undefined) args.push('quantum', String(quantum));
     args.push('rate', rate(input.rate));
     if (input.ceil !== undefined) args.push('ceil', rate(input.ceil));
     if (input.burst !== undefined) args.push('burst', size(input.burst, input.burstCell));
