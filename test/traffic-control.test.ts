@@ -1,4 +1,5 @@
 /** Integration: every kind this kernel has, created → read back → changed → deleted, in a throwaway netns. */
+import { release } from 'node:os';
 import t from 'tap';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { makeU32Handle } from '../lib/tc/kinds/u32.js';
@@ -191,8 +192,14 @@ t.test('kernel warnings on successful requests are surfaced, never dropped', { s
     tc.addQdisc('d0', { kind: 'htb', handle: '1:' });
     // Explicit quantum 0 lets the kernel derive rate/r2q = 12.5 MB: it warns "quantum … is big".
     const result = tc.addClass('d0', { kind: 'htb', parent: '1:', classid: '1:10', options: { rate: '1gbit', quantum: 0 } });
-    t.match(result.warning, /quantum of class 10010 is big/i);
-    t.match(warnings, [/quantum of class 10010 is big/i]);
+    // Kernels before 6.3 print that warning to dmesg only (HTB's extack messages came with 6.3).
+    const [major = 0, minor = 0] = release().split('.').map(Number);
+    if (major > 6 || (major === 6 && minor >= 3)) {
+      t.match(result.warning, /quantum of class 10010 is big/i);
+      t.match(warnings, [/quantum of class 10010 is big/i]);
+    } else {
+      t.equal(result.warning, undefined, `kernel ${release()} sends no warning over netlink`);
+    }
     // Without an explicit quantum, shaperr clamps it and the kernel has nothing to warn about.
     const clean = tc.addClass('d0', { kind: 'htb', parent: '1:', classid: '1:11', options: { rate: '1gbit' } });
     t.equal(clean.warning, undefined);

@@ -22,10 +22,16 @@ function isUnknownKind(code: string, kernelMessage: string | undefined): boolean
   return code === 'ENOENT' && kernelMessage !== undefined && UNKNOWN_KIND.test(kernelMessage);
 }
 
+/** qdisc_change's words for a kind without a change operation (sfq on many kernels, 6.1 among them). */
+const NO_CHANGE = /change operation not supported/i;
+
 function explain(code: string, kernelMessage: string | undefined, context: RequestContext): string | undefined {
   if (isUnknownKind(code, kernelMessage) && context.kind) {
     const what = context.family === 'filter' ? 'filter' : 'qdisc';
     return `the kernel has no '${context.kind}' ${what} (module ${modulePrefix[context.family ?? 'qdisc']}${context.kind} not available)`;
+  }
+  if (code === 'EINVAL' && kernelMessage && NO_CHANGE.test(kernelMessage)) {
+    return `this kernel cannot change ${context.kind ? `a '${context.kind}' qdisc` : 'this qdisc'} in place: delete it and add it again`;
   }
   switch (code) {
     case 'EPERM':

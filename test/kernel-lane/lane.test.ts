@@ -1,0 +1,29 @@
+/**
+ * The stock-kernel lane, from `npm test`: the kernel-touching tests that matter most where sfq exists run
+ * inside Debian's own kernel under qemu (see lane.ts), and each must pass there with nothing skipped.
+ * Skipped, and counted as skipped, when the lane cannot be had (not root, no qemu, no Debian archive).
+ */
+import t from 'tap';
+import { type LaneReady, prepareLane, runInLane } from './lane.js';
+
+/** sfq itself (incl. the Shaper's probe, an sfq leaf under real traffic, fair sharing) and the tc layer with sfq present. */
+const INSIDE = ['test/sfq.test.ts', 'test/traffic-control.test.ts'];
+
+t.setTimeout(600_000);
+const comments: string[] = [];
+const lane: LaneReady = process.getuid?.() === 0 ? await prepareLane({ log: (line) => comments.push(line) }) : { ok: false, reason: 'needs root (qemu here, and the tests inside make network namespaces)' };
+
+t.test("kernel tests pass inside Debian's stock kernel, with real sfq", { skip: lane.ok ? false : `stock-kernel lane unavailable: ${lane.reason}` }, async (t) => {
+  if (!lane.ok) return;
+  for (const comment of comments) t.comment(comment);
+  const run = await runInLane(lane, ['node_modules/.bin/tap', '--disable-coverage', '--reporter=tap', '--jobs=1', '--timeout=300', ...INSIDE], { timeoutMs: 540_000 });
+  t.comment(`lane: kernel ${lane.kernelVersion}, ${run.seconds.toFixed(0)} s, inner summary ${/^# \{.*\}$/m.exec(run.output)?.[0] ?? '(none)'}`);
+  for (const file of INSIDE) {
+    const result = new RegExp(`^(not )?ok \\d+ - ${file.replace(/\./g, '\\.')}`, 'm').exec(run.output);
+    t.ok(result && !result[1], `${file} passes inside ${lane.kernelVersion}`);
+  }
+  const failures = run.output.split('\n').filter((line) => /^\s*not ok /.test(line));
+  t.same(failures, [], 'no failing assertion inside');
+  t.same(run.output.split('\n').filter((line) => /# SKIP/.test(line)), [], 'nothing skipped inside: the stock kernel has what these tests need');
+  t.equal(run.status, 0, 'the inner run exits 0');
+});
