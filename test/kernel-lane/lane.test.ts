@@ -26,4 +26,5 @@ t.test("kernel tests pass inside Debian's stock kernel, with real sfq", { skip: 
   t.same(failures, [], 'no failing assertion inside');
   t.same(run.output.split('\n').filter((line) => /# SKIP/.test(line)), [], 'nothing skipped inside: the stock kernel has what these tests need');
   t.equal(run.status, 0, 'the inner run exits 0');
+  if (run.status !== 0) t.comment(`last lines inside:\n${run.output.split('\n').slice(-15).join('\n')}`);
 });
