@@ -49,7 +49,7 @@ export function startDaemon(config: string, via: string[] = []): Daemon {
   return {
     child,
     output,
-    waitFor: (pattern, timeoutMs = 10_000) =>
+    waitFor: (pattern, timeoutMs = 30_000) =>
       new Promise((resolve, reject) => {
         const seen = output.find((line) => pattern.test(line));
         if (seen) return resolve(seen);
@@ -70,7 +70,8 @@ export function kernelState(topology: Topology) {
   }
 }
 
-export const until = async (check: () => boolean, timeoutMs = 5000) => {
+// Deadlines (as in waitFor), not timings: generous, so the emulated stock-kernel lane passes too.
+export const until = async (check: () => boolean, timeoutMs = 20_000) => {
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
     if (Date.now() > deadline) throw new Error('condition not reached in time');

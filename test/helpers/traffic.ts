@@ -10,8 +10,8 @@ import { fileURLToPath } from 'node:url';
 import type { Topology } from './netns.js';
 
 const PEER = fileURLToPath(new URL('../../daemon/demo/traffic-peer.mjs', import.meta.url));
-/** Room for starting node in the namespaces and connecting, on top of warm-up + measurement. */
-const STARTUP_SECONDS = 10;
+/** Room for starting node in the namespaces and connecting, on top of warm-up + measurement: a deadline, generous for the emulated stock-kernel lane. */
+const STARTUP_SECONDS = 30;
 
 export interface GoodputSpec {
   /** Client address (IPv4 or IPv6) the traffic goes to. */
@@ -163,13 +163,29 @@ export async function startStream(ends: TrafficEnds, to: string, totalSeconds: n
   const sender = new Peer(`sender to ${to}:${port}`, ends.serverNs, ['send', to, String(port), String(totalSeconds)]);
   let latest = { bytes: 0, at: 0 };
   let failure: Error | undefined;
+  let settle = (): void => {};
+  const started = new Promise<void>((resolve) => (settle = resolve));
+  const fail = (error: Error) => {
+    failure = error;
+    settle();
+  };
   void (async () => {
     for (;;) {
       const count = /^bytes (\d+) at ([\d.]+)/.exec(await sink.nextLine());
       if (count) latest = { bytes: Number(count[1]), at: Number(count[2]) };
+      if (latest.bytes > 0) settle();
     }
-  })().catch((error: Error) => (failure = error));
-  sender.failed().catch((error: Error) => (failure = error));
+  })().catch(fail);
+  sender.failed().catch(fail);
+  // Rates are taken from a stream that already flows: starting node can take seconds on a slow (emulated) machine.
+  const timer = setTimeout(settle, STARTUP_SECONDS * 1000);
+  await started;
+  clearTimeout(timer);
+  if (failure || latest.bytes === 0) {
+    sender.kill();
+    sink.kill();
+    throw failure ?? new Error(`no data reached ${to}:${port} within ${STARTUP_SECONDS} s`);
+  }
   return {
     async bitsPerSecondOver(seconds) {
       const from = latest;

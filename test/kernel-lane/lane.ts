@@ -123,8 +123,8 @@ export async function runInLane(
   let status: number | undefined;
   let failure: string | undefined;
   let pending = '';
-  const onData = (data: Buffer) => {
-    pending += data.toString();
+  const onData = (data: string) => {
+    pending += data;
     const complete = pending.split('\n');
     pending = complete.pop()!;
     for (const raw of complete) {
@@ -139,8 +139,9 @@ export async function runInLane(
       }
     }
   };
-  qemu.stdout!.on('data', onData);
-  qemu.stderr!.on('data', onData);
+  // Decoded per stream, so a character split between two reads stays whole.
+  qemu.stdout!.setEncoding('utf8').on('data', onData);
+  qemu.stderr!.setEncoding('utf8').on('data', onData);
   const timer = setTimeout(() => qemu.kill('SIGKILL'), timeoutMs);
   const exitCode = await new Promise<number | null>((resolve) => qemu.once('close', resolve));
   clearTimeout(timer);
