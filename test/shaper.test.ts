@@ -117,6 +117,8 @@ t.test('two throttled clients are isolated from each other; IPv6 clients are sha
   const states = shaper.clients();
   t.same(states.map((c) => [c.address, c.rate, c.family]).sort(), [['10.200.1.1', 2e6, 4], ['fd00:5a::1:2', 1e6, 6]]);
   t.ok(states.every((c) => (c.statistics?.bytes ?? 0) > 0), 'live counters come from the kernel');
+  // bytesSent reads the counters alone (what shaperrd polls to notice a vanished client); the traffic has stopped.
+  t.same(states.map((c) => shaper.bytesSent(c.address)), states.map((c) => c.statistics?.bytes), 'bytesSent agrees with the full read');
   t.equal((await shaper.throttle(topology.clientAddresses6[1]!, { rate: '3mbit' })).result, 'changed', 'new limits change the class in place');
 });
 

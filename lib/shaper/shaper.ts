@@ -508,19 +508,23 @@ export class Shaper {
    * in one dump at most once per COUNTER_MAX_AGE_MS, however many clients ask.
    */
   bytesSent(addressText: string): number | undefined {
-    const client = this.clientsByAddress.get(parseClientAddress(addressText).text);
+    const client = this.clientAt(addressText);
     if (!client || !this.kernel) return undefined;
     const now = performance.now();
     if (now - this.counters.readAt > COUNTER_MAX_AGE_MS) {
-      const bytes = new Map(this.tc.classes(this.options.device).map((tcClass) => [tcClass.handle, tcClass.statistics?.bytes ?? 0]));
-      this.counters = { readAt: now, bytes };
+      this.counters = { readAt: now, bytes: this.tc.classBytes(this.options.device) };
     }
     return this.counters.bytes.get(makeHandle(ROOT_MAJOR, client.minor));
   }
 
+  /** A throttled client's pipe; canonical text (what shaperrd passes, per client several times a second) is found without parsing. */
+  private clientAt(addressText: string): AppliedClient | undefined {
+    return this.clientsByAddress.get(addressText) ?? this.clientsByAddress.get(parseClientAddress(addressText).text);
+  }
+
   /** Whether an address is currently throttled. */
   isThrottled(addressText: string): boolean {
-    return this.clientsByAddress.has(parseClientAddress(addressText).text);
+    return this.clientAt(addressText) !== undefined;
   }
 
   /** The underlying tc client, for reading state (e.g. `filters()`, `qdiscs()`); undefined in dry runs. */

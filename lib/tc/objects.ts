@@ -323,6 +323,13 @@ export function readQdisc(message: ReceivedMessage, context: KindContext): Qdisc
   return withStatistics(qdisc as Qdisc, decoded, kind);
 }
 
+/** Only a class's handle and byte counter: what polling for activity needs, without decoding its options. */
+export function readClassBytes(message: ReceivedMessage): { handle: number; bytes: number } {
+  const { handle } = tcmsg.decode(message.body);
+  const { stats2 } = tcaAttributes.read(message.body.subarray(tcmsg.size));
+  return { handle, bytes: stats2 ? readStatistics(stats2).statistics.bytes : 0 };
+}
+
 export function readClass(message: ReceivedMessage, context: KindContext): TcClass | undefined {
   const decoded = decodeTcMessage(message);
   if (decoded.kind !== 'htb') return undefined;

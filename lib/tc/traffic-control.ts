@@ -25,6 +25,7 @@ import {
   type QdiscRef,
   type QdiscSpec,
   readClass,
+  readClassBytes,
   readFilter,
   readQdisc,
   type TcClass,
@@ -216,14 +217,32 @@ export class TrafficControl {
     return this.dump(MessageType.GETQDISC, device, 0, 'qdiscs').map((message) => readQdisc(message, this.context));
   }
 
-  /** The device's configured root qdisc (not the kernel's default, which has handle 0). */
+  /**
+   * The device's configured root qdisc (not the kernel's default, which has handle 0). A dump, decoded
+   * only for the root: cheap to poll however many leaves hang below it. (A GET would be cheaper still, but
+   * the kernel answers it by notifying every `tc monitor` too.)
+   */
   rootQdisc(device: DeviceInput): Qdisc | undefined {
-    return this.qdiscs(device).find((qdisc) => qdisc.parent === TC_H_ROOT && qdisc.handle !== 0);
+    const root = this.dump(MessageType.GETQDISC, device, 0, 'qdiscs').find((message) => {
+      const { parent, handle } = tcmsg.decode(message.body);
+      return parent === TC_H_ROOT && handle !== 0;
+    });
+    return root && readQdisc(root, this.context);
   }
 
   /** HTB classes of a device, with statistics. */
   classes(device: DeviceInput): TcClass[] {
     return this.dump(MessageType.GETTCLASS, device, 0, 'classes').flatMap((message) => readClass(message, this.context) ?? []);
+  }
+
+  /** Bytes sent through each class of a device, by class handle: one dump, counters only (cheap to poll). */
+  classBytes(device: DeviceInput): Map<number, number> {
+    return new Map(
+      this.dump(MessageType.GETTCLASS, device, 0, 'classes').map((message) => {
+        const { handle, bytes } = readClassBytes(message);
+        return [handle, bytes];
+      }),
+    );
   }
 
   /** Whether a class exists: one GET answered by an ACK or ENOENT, no dump (cheap to poll). */
