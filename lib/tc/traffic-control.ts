@@ -245,7 +245,10 @@ export class TrafficControl {
     );
   }
 
-  /** Whether a class exists: one GET answered by an ACK or ENOENT, no dump (cheap to poll). */
+  /**
+   * Whether a class exists: one GET answered by an ACK or ENOENT, no dump (cheap to poll). The kernel
+   * reports every such GET to `tc monitor` listeners as if the class were new: not for a daemon's loop.
+   */
   hasClass(device: DeviceInput, classid: HandleInput): boolean {
     const { ifindex, name } = this.link(device);
     const handle = parseHandle(classid);
