@@ -156,7 +156,9 @@ export class Shaperrd {
         this.dirty = true;
         return shaper().release(address);
       },
-      bytesSent: (address) => shaper().bytesSent(address),
+      // Counters a twelfth of the idle timeout old (1–10 s) notice a vanished client in time; fresher ones
+      // would cost a dump of every class each second (12 % of a core at 5,000 clients).
+      bytesSent: (address) => shaper().bytesSent(address, { maxAgeMs: Math.min(10_000, Math.max(1000, (this.config.idleSeconds * 1000) / 12)) }),
     };
   }
 

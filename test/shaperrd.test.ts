@@ -2,6 +2,8 @@
  * End to end: the real shaperrd process follows a log file the test appends to, in a throwaway netns,
  * with real traffic. Playing → throttled to its rate; stopped → full speed; exempt → never throttled;
  * kill -9 in the middle of a seek storm, restart → the kernel holds exactly what live sessions need.
+ * A client whose log lines stop but whose bytes keep flowing stays throttled; once the bytes stop too, it
+ * is released after the idle timeout (the kernel's class counters, read as the daemon reads them).
  */
 import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,7 +11,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { kernelState, play, plexLine, startDaemon, stop, until } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable } from './helpers/netns.js';
-import { measureGoodput, measureGoodputConcurrently } from './helpers/traffic.js';
+import { measureGoodput, measureGoodputConcurrently, startStream } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();
 const MBIT = 1e6;
@@ -78,4 +80,35 @@ t.test('shaperrd end to end with real traffic, kill -9 and restart', { skip }, a
   const code = await new Promise((resolve) => daemon.child.once('exit', resolve));
   t.equal(code, 0, 'SIGTERM exits 0');
   t.same(kernelState(topology), { classes: 0, destinations: [] }, 'rules removed on exit');
+});
+
+t.test('a client with no new log lines stays throttled while its bytes flow, and is released once they stop', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const dir = mkdtempSync(join(tmpdir(), 'shaperrd-idle-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const log = join(dir, 'Plex Media Server.log');
+  writeFileSync(log, '');
+  const config = join(dir, 'shaperr.yaml');
+  const idleSeconds = 5;
+  writeFileSync(config, [`device: srv0`, `netns: ${topology.serverNs}`, 'server: { rate: 100mbit }', 'client: { rate: 2mbit }', `log: ${JSON.stringify(log)}`, `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`, 'graceSeconds: 1', `idleSeconds: ${idleSeconds}`].join('\n'));
+  const [client] = topology.clientAddresses as [string];
+  const daemon = startDaemon(config);
+  t.teardown(() => daemon.child.kill('SIGKILL'));
+  await daemon.waitFor(/shaperrd started/);
+  // Flowing before playback starts: on a slow (emulated) machine starting the stream can take longer than the idle timeout.
+  const stream = await startStream(topology, client, 90);
+  t.teardown(() => stream.stop());
+  appendFileSync(log, play(client, 'long-1'));
+  await daemon.waitFor(/decision throttle 10\.200\.1\.1/);
+  await stream.bitsPerSecondOver(2 * idleSeconds);
+  t.notOk(daemon.output.some((line) => /decision (expire|release) 10\.200\.1\.1/.test(line)), `still throttled after ${2 * idleSeconds} s without a log line: its bytes keep moving`);
+  t.match(kernelState(topology), { classes: 1 });
+
+  stream.stop();
+  const stopped = Date.now();
+  await daemon.waitFor(/decision release 10\.200\.1\.1/);
+  t.ok(daemon.output.some((line) => /decision expire 10\.200\.1\.1/.test(line)), `expired ${((Date.now() - stopped) / 1000).toFixed(1)} s after its bytes stopped (idle timeout ${idleSeconds} s)`);
+  await until(() => kernelState(topology).classes === 0);
+  t.match(kernelState(topology), { classes: 0, destinations: [] }, 'its pipe is gone');
 });

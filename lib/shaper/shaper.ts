@@ -115,7 +115,7 @@ export class Shaper {
   /** A view made by inspect(): reads the kernel, never changes it. */
   private readOnly = false;
 
-  /** Class counters from one dump, shared by all bytesSent() calls within COUNTER_MAX_AGE_MS. */
+  /** Class counters from one dump, shared by the bytesSent() calls that accept counters this old. */
   private counters = { readAt: -Infinity, bytes: new Map<number, number>() };
   private serverLimits: RateLimits;
 
@@ -505,13 +505,13 @@ export class Shaper {
 
   /**
    * Bytes sent through a client's class so far (undefined when not throttled). Reads all class counters
-   * in one dump at most once per COUNTER_MAX_AGE_MS, however many clients ask.
+   * in one dump at most once per `maxAgeMs` (default 1 s), however many clients ask.
    */
-  bytesSent(addressText: string): number | undefined {
+  bytesSent(addressText: string, { maxAgeMs = COUNTER_MAX_AGE_MS } = {}): number | undefined {
     const client = this.clientAt(addressText);
     if (!client || !this.kernel) return undefined;
     const now = performance.now();
-    if (now - this.counters.readAt > COUNTER_MAX_AGE_MS) {
+    if (now - this.counters.readAt > maxAgeMs) {
       this.counters = { readAt: now, bytes: this.tc.classBytes(this.options.device) };
     }
     return this.counters.bytes.get(makeHandle(ROOT_MAJOR, client.minor));
