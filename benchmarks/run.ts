@@ -444,7 +444,6 @@ async function classification(): Promise<void> {
   }
 }
 
-/** The node flags the shipped bin's `#!/usr/bin/env -S node …` line passes, so the daemon runs as installed. */
 /** The shipped daemon (`dist/daemon/cli.js` with its shebang's V8 flags, as systemd runs it), once it has started. */
 interface ShippedDaemon {
   pid: number;
@@ -468,6 +467,7 @@ async function startShippedDaemon(config: object, dir: string): Promise<ShippedD
   return { pid: daemon.pid!, stop };
 }
 
+/** The node flags the shipped bin's `#!/usr/bin/env -S node …` line passes, so the daemon runs as installed. */
 const shebangFlags = (script: string): string[] => readFileSync(script, 'utf8').split('\n', 1)[0]!.split(' ').slice(3);
 
 /** User + system CPU time of a process so far (fields 14 and 15 of /proc/pid/stat, in clock ticks of 10 ms). */
