@@ -13,6 +13,15 @@ const PEER = fileURLToPath(new URL('../../daemon/demo/traffic-peer.mjs', import.
 /** Room for starting node in the namespaces and connecting, on top of warm-up + measurement: a deadline, generous for the emulated stock-kernel lane. */
 const STARTUP_SECONDS = 30;
 
+/**
+ * The goodput a receiver can count through a class of `rate`: HTB charges each full-size segment's
+ * Ethernet, IP and TCP headers (1514 bytes on the wire) against the rate, while the receiver counts only
+ * the payload (1448 bytes over IPv4, 1428 over IPv6, with TCP timestamps).
+ */
+export function goodputAt(rateBitsPerSecond: number, family: 4 | 6 = 4): number {
+  return (rateBitsPerSecond * (family === 4 ? 1448 : 1428)) / 1514;
+}
+
 export interface GoodputSpec {
   /** Client address (IPv4 or IPv6) the traffic goes to. */
   to: string;

@@ -28,6 +28,7 @@ t.test("kernel tests pass inside Debian's stock kernel, with real sfq", { skip: 
     t.ok(result && !result[1], `${file} passes inside ${lane.kernelVersion}`);
   }
   const failures = run.output.split('\n').filter((line) => /^\s*not ok /.test(line));
+  for (const failure of failures) t.comment(`inside: ${failure.trim()}`);
   t.same(failures, [], 'no failing assertion inside');
   t.same(run.output.split('\n').filter((line) => /# SKIP/.test(line)), [], 'nothing skipped inside: the stock kernel has what these tests need');
   t.equal(run.status, 0, 'the inner run exits 0');
