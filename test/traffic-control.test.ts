@@ -42,6 +42,9 @@ t.test('HTB root qdisc and classes: create, read back equal, change, delete', { 
     t.equal(read!.parent, 0x00010001);
     t.match(read!.extendedStatistics, { lends: Number, borrows: Number, giants: Number, tokens: Number, ctokens: Number });
     t.match(read!.statistics, { bytes: 0, packets: 0, drops: 0 });
+    t.same({ ...tc.getClass('d0', '1:10'), extendedStatistics: undefined }, { ...read, extendedStatistics: undefined }, 'a GET of one class reads it like the dump');
+    t.equal(tc.getClass('d0', '1:11'), undefined, 'a class that is not there: undefined');
+    t.same([tc.hasClass('d0', '1:10'), tc.hasClass('d0', '1:11')], [true, false]);
 
     tc.changeClass('d0', { kind: 'htb', parent: '1:1', classid: '1:10', options: { rate: '1mbit', ceil: '1mbit' } });
     const changed = tc.classes('d0').find((c) => c.handle === 0x00010010)!;

@@ -9,6 +9,7 @@
  *   filters on 5a:  prio 1 ip   → hash table 2: keyed on the last byte of the destination → per-client filter
  *                   prio 2 ipv6 → hash table 3: likewise
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type ClientAddress, NetworkSet, parseClientAddress } from '../address.js';
 import { inChunks, type ProgressListener } from '../progress.js';
 import { formatHandle, makeHandle, TC_H_ROOT } from '../tc/handle.js';
@@ -92,6 +93,9 @@ const SERVER_CLASS = makeHandle(ROOT_MAJOR, SERVER_MINOR);
 const FIRST_CLIENT_MINOR = 0x10;
 const LAST_CLIENT_MINOR = 0xfffe;
 const COUNTER_MAX_AGE_MS = 1000;
+/** A released pipe's queue drains at the server's limits; it is removed after this long even if not empty. */
+const DRAIN_LIMIT_MS = 2000;
+const DRAIN_POLL_MS = 5;
 
 /** Packets up to the device MTU plus an Ethernet/VLAN header must fit the rate tables (tc assumes 1600). */
 const classMtuFor = (deviceMtu: number): number => Math.max(HTB_DEFAULT_MTU, deviceMtu + 18);
@@ -112,6 +116,8 @@ export class Shaper {
   private classMtu = HTB_DEFAULT_MTU;
   private closed = false;
   private longOperation?: Promise<void>;
+  /** Released pipes still draining their queue (close waits for them). */
+  private readonly draining = new Set<Promise<void>>();
   /** A view made by inspect(): reads the kernel, never changes it. */
   private readOnly = false;
 
@@ -423,22 +429,57 @@ export class Shaper {
     return { result: 'applied', client: this.describe(client) };
   }
 
-  /** Removes the client's pipe (idempotent). Returns whether there was one. */
+  /**
+   * Removes the client's pipe (idempotent; resolves once it is gone). Returns whether there was one.
+   * Nothing queued in the pipe is dropped: the client's TCP would stall on retransmission timeouts for a
+   * second or more if up to a few hundred KB of its flow vanished. The client counts as released at once:
+   * a throttle meanwhile gives it a new pipe.
+   */
   async release(addressText: string): Promise<boolean> {
     this.ensureWritable();
     await this.waitForLongOperation();
     const address = parseClientAddress(addressText);
     const client = this.clientsByAddress.get(address.text);
     if (!client) return false;
-    // The filter must go first: the kernel refuses to delete a class a filter still points at.
-    this.applyAll([
-      { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, address, client.filterNode), ifPresent: true },
-      { op: 'delete', class: { classid: makeHandle(ROOT_MAJOR, client.minor) }, ifPresent: true },
-    ]);
     this.clientsByAddress.delete(address.text);
-    this.minors.release(client.minor);
-    this.nodePool(address).release(client.filterNode);
+    const removal = this.removePipe(client);
+    this.draining.add(removal);
+    try {
+      await removal;
+    } catch (error) {
+      // Still the client's pipe (unless a throttle made a new one meanwhile), for a retry or repair.
+      if (!this.clientsByAddress.has(address.text)) this.clientsByAddress.set(address.text, client);
+      throw error;
+    } finally {
+      this.draining.delete(removal);
+    }
     return true;
+  }
+
+  /**
+   * An empty pipe is deleted at once. A pipe with a queue loses its filter first (the client's new
+   * packets bypass it), is opened to the server's limits so the queue drains in a moment, and is deleted
+   * once empty. The filter must go before the class in any case: the kernel refuses to delete a class a
+   * filter still points at.
+   */
+  private async removePipe(client: AppliedClient): Promise<void> {
+    const classid = makeHandle(ROOT_MAJOR, client.minor);
+    const deleteFilter: Operation = { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true };
+    const deleteClass: Operation = { op: 'delete', class: { classid }, ifPresent: true };
+    if (this.queuedBytes(classid) > 0) {
+      this.applyAll([deleteFilter, { op: 'change', class: { ...this.serverClassSpec(), parent: SERVER_CLASS, classid } }]);
+      const deadline = performance.now() + DRAIN_LIMIT_MS;
+      while (this.queuedBytes(classid) > 0 && performance.now() < deadline) await sleep(DRAIN_POLL_MS);
+      this.applyAll([deleteClass]);
+    } else {
+      this.applyAll([deleteFilter, deleteClass]);
+    }
+    this.minors.release(client.minor);
+    this.nodePool(client.address).release(client.filterNode);
+  }
+
+  private queuedBytes(classid: number): number {
+    return this.kernel?.getClass(this.options.device, classid)?.statistics?.backlog ?? 0;
   }
 
   /** Class, leaf and filter of one client, in the order the kernel needs them. */
@@ -540,6 +581,7 @@ export class Shaper {
   /** Closes the netlink socket; with `teardown`, first removes everything shaperr created on the device. */
   async close({ teardown = false }: { teardown?: boolean } = {}): Promise<void> {
     if (this.closed) return;
+    await Promise.allSettled(this.draining);
     try {
       if (teardown && !this.readOnly) this.applyAll([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
     } catch (error) {

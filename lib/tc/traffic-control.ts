@@ -246,23 +246,29 @@ export class TrafficControl {
   }
 
   /**
-   * Whether a class exists: one GET answered by an ACK or ENOENT, no dump (cheap to poll). The kernel
-   * reports every such GET to `tc monitor` listeners as if the class were new: not for a daemon's loop.
+   * One class with its statistics, or undefined when there is none: a GET, not a dump, so it costs the
+   * same however many classes the device has. The kernel reports every such GET to `tc monitor`
+   * listeners as if the class were new: fine now and then, not for a daemon's steady loop.
    */
-  hasClass(device: DeviceInput, classid: HandleInput): boolean {
+  getClass(device: DeviceInput, classid: HandleInput): TcClass | undefined {
     const { ifindex, name } = this.link(device);
     const handle = parseHandle(classid);
-    const [outcome] = this.connection.batch([
-      {
-        type: MessageType.GETTCLASS,
-        flags: 0,
-        context: { operation: 'get', object: `class ${formatHandle(handle)} on dev ${name}` },
-        writeBody: (writer) => writer.struct(tcmsg, { ifindex, handle }),
-      },
-    ]);
-    if (outcome!.error?.code === 'ENOENT') return false;
-    if (outcome!.error) throw outcome!.error;
-    return true;
+    try {
+      const [reply] = this.connection.query(
+        // ECHO: kernels before 6.7 send a GET's answer only to `tc monitor` listeners unless asked to echo it.
+        { type: MessageType.GETTCLASS, flags: Flags.ECHO, writeBody: (writer) => writer.struct(tcmsg, { ifindex, handle }), context: { operation: 'get', object: `class ${formatHandle(handle)} on dev ${name}` } },
+        { dump: false },
+      );
+      return reply && readClass(reply, this.context);
+    } catch (error) {
+      if (error instanceof NetlinkError && error.code === 'ENOENT') return undefined;
+      throw error;
+    }
+  }
+
+  /** Whether a class exists (see getClass). */
+  hasClass(device: DeviceInput, classid: HandleInput): boolean {
+    return this.getClass(device, classid) !== undefined;
   }
 
   /** u32 filters attached under `parent` (e.g. the root qdisc `1:`). */
