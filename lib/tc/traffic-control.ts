@@ -255,7 +255,7 @@ export class TrafficControl {
     const handle = parseHandle(classid);
     try {
       const [reply] = this.connection.query(
-        // ECHO: kernels before 6.7 send a GET's answer only to `tc monitor` listeners unless asked to echo it.
+        // ECHO: without it the kernel sends a class GET's answer only to `tc monitor` listeners (6.1 and 6.18 alike).
         { type: MessageType.GETTCLASS, flags: Flags.ECHO, writeBody: (writer) => writer.struct(tcmsg, { ifindex, handle }), context: { operation: 'get', object: `class ${formatHandle(handle)} on dev ${name}` } },
         { dump: false },
       );
