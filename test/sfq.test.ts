@@ -8,7 +8,7 @@ import t from 'tap';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from './helpers/netns.js';
-import { goodputAt, measureGoodputConcurrently } from './helpers/traffic.js';
+import { measureGoodputConcurrently, shapedTo } from './helpers/traffic.js';
 
 const MBIT = 1e6;
 
@@ -75,8 +75,8 @@ t.test('the Shaper picks sfq leaves without a warning; one client is shaped to i
   const flows = await measureGoodputConcurrently(topology, [{ to: client, seconds: 6 }, { to: client, seconds: 6 }]);
   const [one, two] = flows.map((flow) => flow.bitsPerSecond) as [number, number];
   const total = one + two;
-  const want = goodputAt(4 * MBIT);
-  t.ok(Math.abs(total - want) <= 0.1 * want, `the client's two flows together: ${(total / MBIT).toFixed(3)} Mbit/s (want ${(want / MBIT).toFixed(2)} ±10 %: 4 Mbit/s less headers)`);
+  const together = shapedTo(total, 4 * MBIT);
+  t.ok(together.within, `the client's two flows together: ${together.reading}`);
   t.ok(Math.min(one, two) >= 0.35 * total, `neither flow starves: ${(one / MBIT).toFixed(2)} and ${(two / MBIT).toFixed(2)} Mbit/s`);
   const leaf = tc.qdiscs('srv0').find((q) => q.kind === 'sfq');
   t.ok((leaf?.statistics?.packets ?? 0) > 100, `sfq counted ${leaf?.statistics?.packets} packets`);

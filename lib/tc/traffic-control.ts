@@ -251,14 +251,9 @@ export class TrafficControl {
    * listeners as if the class were new: fine now and then, not for a daemon's steady loop.
    */
   getClass(device: DeviceInput, classid: HandleInput): TcClass | undefined {
-    const { ifindex, name } = this.link(device);
-    const handle = parseHandle(classid);
     try {
-      const [reply] = this.connection.query(
-        // ECHO: without it the kernel sends a class GET's answer only to `tc monitor` listeners (6.1 and 6.18 alike).
-        { type: MessageType.GETTCLASS, flags: Flags.ECHO, writeBody: (writer) => writer.struct(tcmsg, { ifindex, handle }), context: { operation: 'get', object: `class ${formatHandle(handle)} on dev ${name}` } },
-        { dump: false },
-      );
+      // ECHO: without it the kernel sends a class GET's answer only to `tc monitor` listeners (6.1 and 6.18 alike).
+      const [reply] = this.connection.query({ ...this.classGet(device, classid), flags: Flags.ECHO }, { dump: false });
       return reply && readClass(reply, this.context);
     } catch (error) {
       if (error instanceof NetlinkError && error.code === 'ENOENT') return undefined;
@@ -266,9 +261,22 @@ export class TrafficControl {
     }
   }
 
-  /** Whether a class exists (see getClass). */
+  /** Whether a class exists: the same GET as getClass, answered by an ACK or ENOENT alone (nothing to decode). */
   hasClass(device: DeviceInput, classid: HandleInput): boolean {
-    return this.getClass(device, classid) !== undefined;
+    const [outcome] = this.connection.batch([{ ...this.classGet(device, classid), flags: 0 }]);
+    if (outcome!.error?.code === 'ENOENT') return false;
+    if (outcome!.error) throw outcome!.error;
+    return true;
+  }
+
+  private classGet(device: DeviceInput, classid: HandleInput): Omit<NetlinkRequest, 'flags'> {
+    const { ifindex, name } = this.link(device);
+    const handle = parseHandle(classid);
+    return {
+      type: MessageType.GETTCLASS,
+      writeBody: (writer) => writer.struct(tcmsg, { ifindex, handle }),
+      context: { operation: 'get', object: `class ${formatHandle(handle)} on dev ${name}` },
+    };
   }
 
   /** u32 filters attached under `parent` (e.g. the root qdisc `1:`). */

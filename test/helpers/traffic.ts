@@ -18,8 +18,18 @@ const STARTUP_SECONDS = 30;
  * Ethernet, IP and TCP headers (1514 bytes on the wire) against the rate, while the receiver counts only
  * the payload (1448 bytes over IPv4, 1428 over IPv6, with TCP timestamps).
  */
-export function goodputAt(rateBitsPerSecond: number, family: 4 | 6 = 4): number {
+function goodputAt(rateBitsPerSecond: number, family: 4 | 6 = 4): number {
   return (rateBitsPerSecond * (family === 4 ? 1448 : 1428)) / 1514;
+}
+
+/** Whether a measured goodput is within ±10 % of what a class of `rate` allows, and the reading in words. */
+export function shapedTo(measured: number, rateBitsPerSecond: number, family: 4 | 6 = 4): { within: boolean; reading: string } {
+  const want = goodputAt(rateBitsPerSecond, family);
+  const mbit = (bits: number) => (bits / 1e6).toFixed(2);
+  return {
+    within: Math.abs(measured - want) <= 0.1 * want,
+    reading: `${(measured / 1e6).toFixed(3)} Mbit/s (want ${mbit(want)} ±10 %: ${rateBitsPerSecond / 1e6} Mbit/s less headers)`,
+  };
 }
 
 export interface GoodputSpec {
