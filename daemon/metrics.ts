@@ -4,6 +4,7 @@
  * under client="other") so a busy server cannot blow up the label cardinality.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { ShaperStats } from '../lib/shaper/shaper.js';
 import type { ParserStats } from './parse.js';
 import type { StatusReport } from './status.js';
 
@@ -12,6 +13,8 @@ export const MAX_CLIENT_SERIES = 50;
 export interface MetricsSources {
   status: () => StatusReport;
   parser: () => ParserStats;
+  /** What the shaper has sent the kernel (undefined before it is open). */
+  shaper: () => ShaperStats | undefined;
 }
 
 export class DaemonMetrics {
@@ -84,6 +87,24 @@ export class DaemonMetrics {
         this.set(report().server?.bytes ?? 0);
       },
     });
+    /** A counter kept by the shaper, read at each scrape. */
+    const shaperCounter = (name: string, help: string, value: (stats: ShaperStats) => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          const stats = sources.shaper();
+          this.reset();
+          if (stats) this.inc(value(stats));
+        },
+      });
+    shaperCounter('shaperr_kernel_requests_total', 'Requests sent to the kernel that change shaping state (adds, changes, deletes)', (stats) => stats.kernelRequests);
+    shaperCounter(
+      'shaperr_rebalance_changes_total',
+      "Class changes made to other clients' pipes so that the guaranteed rates keep fitting the server rate",
+      (stats) => stats.rebalanceChanges,
+    );
     new Gauge({
       name: 'shaperr_log_lines',
       help: 'Plex log lines read, by result',

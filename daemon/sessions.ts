@@ -16,6 +16,8 @@ import type { Limits, Policy } from './policy.js';
 /** What the sessions stage needs from the shaper (the real Shaper, or a dry-run printer). */
 export interface ClientShaper {
   throttle(address: string, limits: Limits): Promise<unknown>;
+  /** Several changes with one rebalance of the server rate (config reload); an entry refused has an `error`. */
+  throttleAll?(entries: readonly { address: string; limits: Limits }[]): Promise<readonly { error?: Error }[]>;
   release(address: string): Promise<unknown>;
   /** Bytes sent through the client's class so far, to tell a paused-but-alive client from a vanished one. */
   bytesSent?(address: string): number | undefined;
@@ -186,12 +188,15 @@ export class SessionTracker {
     if (client.sessions.size === 0) client.releaseAt = now;
   }
 
-  /** Brings the kernel to `wanted`, one change at a time per client; the latest wish wins. */
-  private converge(client: ClientRecord, startedAt: number): void {
+  /**
+   * Brings the kernel to `wanted`, one change at a time per client; the latest wish wins. `batched` is
+   * this client's part of a change made together with others.
+   */
+  private converge(client: ClientRecord, startedAt: number, batched?: Promise<unknown>): void {
     if (client.inFlight || sameLimits(client.wanted, client.applied)) return;
     const wanted = client.wanted;
     const action: Decision['action'] = wanted === undefined ? 'release' : client.applied === undefined ? 'throttle' : 'change';
-    const change = wanted === undefined ? this.options.shaper.release(client.address) : this.options.shaper.throttle(client.address, wanted);
+    const change = batched ?? (wanted === undefined ? this.options.shaper.release(client.address) : this.options.shaper.throttle(client.address, wanted));
     this.kernelChanges++;
     let failed = false;
     client.inFlight = change.then(
@@ -241,11 +246,26 @@ export class SessionTracker {
   /** Re-evaluates every client's limits (after a config reload or a schedule boundary). */
   reapplyPolicy(limitsFor: (client: { address: string; user?: string; network?: string }) => Limits | undefined): void {
     const now = this.now();
+    const together: ClientRecord[] = [];
     for (const client of this.clients.values()) {
       if (client.sessions.size === 0 && client.wanted === undefined) continue;
       client.wanted = client.sessions.size === 0 && client.releaseAt === undefined ? undefined : limitsFor(client);
-      this.converge(client, now);
+      const changesPipe = client.wanted !== undefined && client.applied !== undefined && !client.inFlight && !sameLimits(client.wanted, client.applied);
+      if (changesPipe && this.options.shaper.throttleAll) together.push(client);
+      else this.converge(client, now);
     }
+    if (together.length === 0) return;
+    // Pipes whose limits change go to the kernel in one batch: one rebalance of the server rate for all.
+    const outcomes = this.options.shaper.throttleAll!(together.map((client) => ({ address: client.address, limits: client.wanted! })));
+    together.forEach((client, index) =>
+      this.converge(
+        client,
+        now,
+        outcomes.then((all) => {
+          if (all[index]?.error) throw all[index].error;
+        }),
+      ),
+    );
   }
 
   /** Restores state saved by an earlier run: these clients are in the kernel with these limits. */

@@ -65,6 +65,7 @@ async function sessionsFrom(config: ShaperrConfig | undefined): Promise<SessionI
     sessions: client.sessions,
     ...(client.user ? { user: client.user } : {}),
     ...(client.since ? { since: client.since } : {}),
+    wanted: client.limits,
   }));
 }
 
@@ -80,20 +81,34 @@ async function report(where: ReturnType<typeof target>, meter: ThroughputMeter):
 }
 
 function table(report: StatusReport): string {
-  const rows = report.clients.map((c) => [c.address, c.user ?? '', c.state, String(c.sessions.length), `${mbit(c.rate)} / ${mbit(c.ceil)}`, mbit(c.bitsPerSecond), size(c.bytes), String(c.drops), c.since ? new Date(c.since).toLocaleTimeString() : '']);
-  const header = ['CLIENT', 'USER', 'STATE', 'SESSIONS', 'RATE / CEIL', 'NOW', 'SENT', 'DROPS', 'SINCE'];
+  const rows = report.clients.map((c) => [
+    c.address,
+    c.user ?? '',
+    c.state,
+    String(c.sessions.length),
+    `${mbit(c.rate)} / ${mbit(c.ceil)}${c.rate < c.wanted ? ' !' : ''}`,
+    mbit(c.wanted),
+    mbit(c.bitsPerSecond),
+    size(c.bytes),
+    String(c.drops),
+    c.since ? new Date(c.since).toLocaleTimeString() : '',
+  ]);
+  const header = ['CLIENT', 'USER', 'STATE', 'SESSIONS', 'GUARANTEED / CEIL', 'WANTS', 'NOW', 'SENT', 'DROPS', 'SINCE'];
   const widths = header.map((title, i) => Math.max(title.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[]) => cells.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd();
   const server = report.server;
   const serverLine = server
-    ? `server ${report.device}: ${mbit(server.bitsPerSecond)} of ${mbit(server.ceil)} (${((server.utilisation ?? 0) * 100).toFixed(0)} %), rate ${mbit(server.rate)}, ${size(server.bytes)} sent, ${server.drops} drops; leaf ${report.leaf}`
+    ? `server ${report.device}: ${mbit(server.bitsPerSecond)} of ${mbit(server.rate)} (${((server.utilisation ?? 0) * 100).toFixed(0)} %), ${size(server.bytes)} sent, ${server.drops} drops; leaf ${report.leaf}` +
+      (server.note ? `\n  ${server.note}` : '')
     : `server ${report.device}: no server class`;
-  return [serverLine, `${report.clients.length} throttled client${report.clients.length === 1 ? '' : 's'}`, ...(rows.length ? [line(header), ...rows.map(line)] : [])].join('\n') + '\n';
+  const short = report.clients.filter((c) => c.rate < c.wanted).length;
+  const shortLine = short ? [`${short} guaranteed less than they want (!): the server rate is shared by more viewers than it holds`] : [];
+  return [serverLine, `${report.clients.length} throttled client${report.clients.length === 1 ? '' : 's'}`, ...shortLine, ...(rows.length ? [line(header), ...rows.map(line)] : [])].join('\n') + '\n';
 }
 
 program
   .command('status')
-  .description('throttled clients (address, user, sessions, rate/ceil, throughput now, bytes, drops, since) and the server class')
+  .description('throttled clients (address, user, sessions, guaranteed rate/ceil, wanted rate, throughput now, bytes, drops, since) and the server class')
   .option('--json', 'print the report as JSON (one object; one per line with --watch)')
   .option('-w, --watch', 'refresh until interrupted')
   .option('-i, --interval <seconds>', 'measuring interval for throughput', (value) => {

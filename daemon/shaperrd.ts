@@ -5,7 +5,7 @@
  */
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
-import { inChunks, type ProgressListener } from '../lib/progress.js';
+import type { ProgressListener } from '../lib/progress.js';
 import { Shaper, type ShaperOptions } from '../lib/shaper/shaper.js';
 import { type ShaperrConfig, policyConfig } from './config.js';
 import { PlexLogParser, type PlaybackEvent } from './parse.js';
@@ -59,7 +59,7 @@ export class Shaperrd {
   constructor(private options: DaemonOptions) {
     this.parser = new PlexLogParser({ trustedProxies: options.config.trustedProxies });
     this.policy = new Policy(policyConfig(options.config));
-    this.metrics = new DaemonMetrics({ status: () => this.status(), parser: () => this.parser.stats });
+    this.metrics = new DaemonMetrics({ status: () => this.status(), parser: () => this.parser.stats, shaper: () => this.shaper?.stats });
   }
 
   private get config(): ShaperrConfig {
@@ -105,23 +105,32 @@ export class Shaperrd {
     this.log.info({ log: this.logPath, device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
     this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());
-    this.every(60_000, () => this.applySchedule());
+    // Schedules change at whole minutes: checked just after each one starts.
+    this.every(60_000, () => this.applySchedule(), 60_000 - (Date.now() % 60_000) + 50);
     if (!this.options.dryRun) {
       this.every(HEALTH_INTERVAL_MS, () => this.checkHealth());
       this.every(SAVE_INTERVAL_MS, () => void this.saveIfDirty());
     }
   }
 
-  private every(ms: number, run: () => unknown): void {
-    const timer = setInterval(() => {
+  /** Runs `run` every `ms` (first after `firstAfterMs`, default `ms`); a failure is logged, never thrown. */
+  private every(ms: number, run: () => unknown, firstAfterMs = ms): void {
+    const guarded = () => {
       try {
         run();
       } catch (error) {
         this.log.error({ err: (error as Error).message }, 'periodic task failed');
       }
-    }, ms);
-    timer.unref();
-    this.timers.push(timer);
+    };
+    const first = setTimeout(() => {
+      guarded();
+      if (this.stopping) return;
+      const timer = setInterval(guarded, ms);
+      timer.unref();
+      this.timers.push(timer);
+    }, firstAfterMs);
+    first.unref();
+    this.timers.push(first);
   }
 
   private shaperOptions(server: Limits): ShaperOptions {
@@ -159,15 +168,20 @@ export class Shaperrd {
         this.dirty = true;
         return shaper().release(address);
       },
+      throttleAll: async (entries) => {
+        this.counters.throttles += entries.length;
+        this.dirty = true;
+        return shaper().throttleAll(entries);
+      },
       bytesSent: (address) => shaper().bytesSent(address, counterAge),
     };
   }
 
-  private kernelError(error: unknown, address?: string): void {
+  private kernelError(error: unknown, address?: string, what = 'repair failed; retrying at the next health check'): void {
     this.counters.errors++;
     this.metrics.kernelErrors.inc();
     if (address) this.log.error({ address, err: (error as Error).message }, `kernel change for ${address} failed`);
-    else this.log.error({ err: (error as Error).message }, 'repair failed; retrying at the next health check');
+    else this.log.error({ err: (error as Error).message }, what);
   }
 
   /**
@@ -183,13 +197,18 @@ export class Shaperrd {
     this.tracker!.restore(savedClients);
     const explained = new Set(savedClients.map((client) => client.address));
     const orphans = [...adopted].filter((address) => !explained.has(address));
-    const fixes = [
-      ...orphans.map((address) => ({ address, apply: () => shaper.release(address) })),
-      ...savedClients.filter((client) => !adopted.has(client.address)).map((client) => ({ address: client.address, apply: () => shaper.throttle(client.address, client.limits) })),
-    ];
-    await inChunks(fixes, async (chunk) => {
-      for (const fix of chunk) await fix.apply().catch((error: unknown) => this.kernelError(error, fix.address));
-    }, this.progressReporter('restoring pipes'));
+    for (const address of orphans) await shaper.release(address).catch((error: unknown) => this.kernelError(error, address));
+    // Every saved client, adopted or not: the kernel holds its share, the state file what it wants. One
+    // rebalance for all of them.
+    const outcomes = await shaper
+      .throttleAll(savedClients.map((client) => ({ address: client.address, limits: client.limits })), this.progressReporter('restoring pipes'))
+      .catch((error: unknown) => {
+        this.kernelError(error, undefined, 'restoring the saved pipes failed');
+        return [];
+      });
+    outcomes.forEach((outcome, index) => {
+      if (outcome.error) this.kernelError(outcome.error, savedClients[index]!.address);
+    });
     if (!savedClients.length && !adopted.size) return;
     this.metrics.reconciliations.inc({ reason: 'restart' });
     this.log.info({ saved: savedClients.length, adopted: adopted.size, orphansRemoved: orphans.length }, 'reconciled with the kernel');
@@ -299,7 +318,7 @@ export class Shaperrd {
       sessions: this.sessions(),
       meter: this.meter,
       decisions: this.recentDecisions,
-      counters: { ...this.counters },
+      counters: { ...this.counters, ...shaper?.stats },
       ...(this.operation ? { operation: this.operation } : {}),
     });
   }

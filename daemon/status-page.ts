@@ -20,7 +20,7 @@ export const STATUS_PAGE = `<!doctype html>
   th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid #8884; }
   td.num, th.num { text-align: right; }
   .swatch { display: inline-block; width: .7rem; height: .7rem; border-radius: 50%; margin-right: .4rem; }
-  #error { color: #d33; }
+  #error, .short { color: #d33; }
   ul { padding-left: 1.2rem; } li { margin: .15rem 0; }
 </style>
 </head>
@@ -28,12 +28,13 @@ export const STATUS_PAGE = `<!doctype html>
 <h1><span>shaperr</span> — per-client shaping for Plex</h1>
 <div class="muted" id="summary">connecting…</div>
 <div id="error"></div>
+<div id="shortfall" class="short"></div>
 <h2 class="muted">Server ceiling</h2>
 <div class="bar"><div id="utilisation"></div></div>
 <canvas id="chart" width="1100" height="220" data-points="0" aria-label="throughput per client"></canvas>
 <table>
-  <thead><tr><th>client</th><th>user</th><th>state</th><th>sessions</th><th class="num">rate / ceil</th><th class="num">now</th><th class="num">sent</th><th class="num">drops</th><th>since</th></tr></thead>
-  <tbody id="clients"><tr><td colspan="9" class="muted">no client is throttled</td></tr></tbody>
+  <thead><tr><th>client</th><th>user</th><th>state</th><th>sessions</th><th class="num">guaranteed / ceil</th><th class="num">wants</th><th class="num">now</th><th class="num">sent</th><th class="num">drops</th><th>since</th></tr></thead>
+  <tbody id="clients"><tr><td colspan="10" class="muted">no client is throttled</td></tr></tbody>
 </table>
 <h2 class="muted">Recent decisions</h2>
 <ul id="decisions"></ul>
@@ -72,12 +73,15 @@ function render(report) {
   const server = report.server;
   document.getElementById('summary').textContent =
     report.device + ' · leaf ' + report.leaf + ' · ' + report.clients.length + ' throttled · server ' +
-    (server ? rate(server.bitsPerSecond) + ' of ' + rate(server.ceil) : 'not set up') + ' · ' + new Date(report.at).toLocaleTimeString() +
+    (server ? rate(server.bitsPerSecond) + ' of ' + rate(server.rate) + (server.note ? ' (' + server.note + ')' : '') : 'not set up') + ' · ' + new Date(report.at).toLocaleTimeString() +
     (report.operation ? ' · ' + report.operation.what + ' ' + report.operation.done + '/' + report.operation.total : '');
+  const short = report.clients.filter((c) => c.rate < c.wanted).length;
+  document.getElementById('shortfall').textContent = short ? short + ' of ' + report.clients.length +
+    ' clients are guaranteed less than they want: the server rate is shared by more viewers than it holds (raise server.rate, or lower the client rates)' : '';
   document.getElementById('utilisation').style.width = Math.min(100, 100 * (server?.utilisation ?? 0)).toFixed(1) + '%';
   const body = document.getElementById('clients');
   body.replaceChildren();
-  if (!report.clients.length) body.append(Object.assign(document.createElement('tr'), { innerHTML: '<td colspan="9" class="muted">no client is throttled</td>' }));
+  if (!report.clients.length) body.append(Object.assign(document.createElement('tr'), { innerHTML: '<td colspan="10" class="muted">no client is throttled</td>' }));
   const seen = new Set();
   for (const client of report.clients) {
     seen.add(client.address);
@@ -86,10 +90,11 @@ function render(report) {
     history.set(client.address, series.slice(-HISTORY));
     const row = document.createElement('tr');
     row.dataset.address = client.address;
+    if (client.shortfall) row.title = client.shortfall;
     const name = text('td', client.address);
     name.prepend(Object.assign(document.createElement('span'), { className: 'swatch', style: 'background:' + colourOf(client.address) }));
     row.append(name, text('td', client.user ?? ''), text('td', client.state), text('td', String(client.sessions.length)),
-      text('td', rate(client.rate) + ' / ' + rate(client.ceil), 'num'), text('td', rate(client.bitsPerSecond), 'num'),
+      text('td', rate(client.rate) + ' / ' + rate(client.ceil), client.shortfall ? 'num short' : 'num'), text('td', rate(client.wanted), 'num'), text('td', rate(client.bitsPerSecond), 'num'),
       text('td', bytes(client.bytes), 'num'), text('td', String(client.drops), 'num'), text('td', client.since ? new Date(client.since).toLocaleTimeString() : ''));
     body.append(row);
   }

@@ -13,6 +13,8 @@ export interface SessionInfo {
   sessions: string[];
   state?: 'playing' | 'paused' | 'grace';
   since?: string;
+  /** What the client wants (bits per second), when the session table knows better than the kernel. */
+  wanted?: { rate: number; ceil: number };
 }
 
 export interface ClientStatus {
@@ -20,9 +22,14 @@ export interface ClientStatus {
   user?: string;
   sessions: string[];
   state: 'playing' | 'paused' | 'grace' | 'unknown';
-  /** bits per second */
+  /** Guaranteed now (bits per second): the wanted rate, or its share when the server rate is contended. */
   rate: number;
+  /** The most it may take when others leave room (bits per second). */
   ceil: number;
+  /** The rate the client wants (bits per second). */
+  wanted: number;
+  /** Why the guarantee falls short of what it wants, or below 1 Mbit/s. */
+  shortfall?: string;
   bytes: number;
   drops: number;
   /** Measured from the byte counter since the previous report; undefined on the first one. */
@@ -31,12 +38,15 @@ export interface ClientStatus {
 }
 
 export interface ServerStatus {
+  /** The server's limit (bits per second). */
   rate: number;
   ceil: number;
+  /** Set when the configured ceil is above the rate: it has no effect (the class sits at the root). */
+  note?: string;
   bytes: number;
   drops: number;
   bitsPerSecond?: number;
-  /** bitsPerSecond ÷ ceil */
+  /** bitsPerSecond ÷ rate */
   utilisation?: number;
 }
 
@@ -106,6 +116,7 @@ export function buildStatus(input: StatusInput): StatusReport {
       state: info ? (info.state ?? (info.sessions.length ? 'playing' : 'grace')) : 'unknown',
       rate: client.rate,
       ceil: client.ceil,
+      wanted: info?.wanted?.rate ?? client.wanted.rate,
       bytes,
       drops: client.statistics?.drops ?? 0,
       since: info?.since ?? client.since.toISOString(),
@@ -113,6 +124,7 @@ export function buildStatus(input: StatusInput): StatusReport {
     const measured = input.meter.bitsPerSecond(client.address, bytes, at);
     if (measured !== undefined) status.bitsPerSecond = measured;
     if (info?.user) status.user = info.user;
+    if (client.shortfall) status.shortfall = client.shortfall;
     return status;
   });
   const report: StatusReport = { at: new Date().toISOString(), device: input.device, leaf: input.leaf, clients, decisions: [...(input.decisions ?? [])] };
@@ -120,10 +132,11 @@ export function buildStatus(input: StatusInput): StatusReport {
     const { rate, ceil } = input.server.parameters;
     const bytes = input.server.statistics?.bytes ?? 0;
     const server: ServerStatus = { rate, ceil, bytes, drops: input.server.statistics?.drops ?? 0 };
+    if (ceil > rate) server.note = 'ceil above rate has no effect: the server class has nothing to borrow from, so its rate is the limit';
     const measured = input.meter.bitsPerSecond('server', bytes, at);
     if (measured !== undefined) {
       server.bitsPerSecond = measured;
-      server.utilisation = measured / ceil;
+      server.utilisation = measured / rate;
     }
     report.server = server;
   }

@@ -21,6 +21,7 @@ import { parseRate, type RateInput } from '../tc/units.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
 import { HandlePool } from './handle-pool.js';
 import { clientFilterRef, clientFilterSpec, describeQdisc, hashTableSpecs, isShaperRoot, readClientFilter, SHAPER_LAYOUT } from './layout.js';
+import { allocateShares, type PipeParameters, type WantedLimits, wantedRateOf } from './shares.js';
 
 /** sfq's default queue depth in packets; bfifo leaves hold as many full-size packets' worth of bytes. */
 const SFQ_DEFAULT_LIMIT = 127;
@@ -60,10 +61,14 @@ export interface ClientState {
   address: string;
   family: 4 | 6;
   classid: string;
-  /** bits per second */
+  /** Guaranteed now, in bits per second: the wanted rate, or less when the server rate is contended. */
   rate: number;
-  /** bits per second */
+  /** bits per second: the most the pipe may take when others leave room. */
   ceil: number;
+  /** The limits asked for this client (bits per second). */
+  wanted: WantedLimits;
+  /** Why the guarantee is below what the client wants, or below 1 Mbit/s (the server rate is too low for the viewers). */
+  shortfall?: string;
   leaf: LeafKind;
   since: Date;
   /** Live counters from the kernel (when read with `clients()`). */
@@ -71,19 +76,47 @@ export interface ClientState {
 }
 
 export interface ThrottleOutcome {
-  /** `applied`: new pipe; `changed`: rates updated; `unchanged`: already so; `exempt`: never throttled. */
-  result: 'applied' | 'changed' | 'unchanged' | 'exempt';
+  /**
+   * `applied`: new pipe; `changed`: rates updated; `unchanged`: already so; `exempt`: never throttled;
+   * `refused` (throttleAll only; throttle throws instead): the address or limits are invalid, see `error`.
+   */
+  result: 'applied' | 'changed' | 'unchanged' | 'exempt' | 'refused';
   client?: ClientState;
+  error?: ShaperrInputError;
 }
 
 interface AppliedClient {
   address: ClientAddress;
   minor: number;
   filterNode: number;
-  rate: number;
-  ceil: number;
+  wanted: WantedLimits;
+  /** What the kernel has (undefined: not made yet, or unknown after a failed change). */
+  pipe?: PipeParameters;
   leaf: LeafKind;
   since: Date;
+  /** Whether the pipe is in the kernel (its parameters may still be unknown after a failed change). */
+  made: boolean;
+  /** Parameters worked out by the rebalance under way, not yet in the kernel. */
+  next?: PipeParameters;
+  /** Why the guarantee falls short now, if it does. */
+  shortfall?: string;
+  /** Set once the owner has been told that this client's guarantee falls short. */
+  toldShort?: boolean;
+}
+
+/** Guarantees that go down, then new pipes (one operation list each), then guarantees that go up. */
+interface ChangePlan {
+  lower: Operation[];
+  pipes: Operation[][];
+  raise: Operation[];
+}
+
+/** What a Shaper has sent the kernel so far. */
+export interface ShaperStats {
+  /** Requests that change kernel state (adds, changes, deletes). */
+  kernelRequests: number;
+  /** Class changes made to other clients' pipes so that the guarantees keep fitting the server rate. */
+  rebalanceChanges: number;
 }
 
 const { rootMajor: ROOT_MAJOR, serverMinor: SERVER_MINOR } = SHAPER_LAYOUT;
@@ -93,6 +126,8 @@ const SERVER_CLASS = makeHandle(ROOT_MAJOR, SERVER_MINOR);
 const FIRST_CLIENT_MINOR = 0x10;
 const LAST_CLIENT_MINOR = 0xfffe;
 const COUNTER_MAX_AGE_MS = 1000;
+/** Guarantees below this are reported: too little for most video. */
+const SHORTFALL_FLOOR = 1_000_000;
 /** A released pipe's queue drains at the server's limits; it is removed after this long even if not empty. */
 const DRAIN_LIMIT_MS = 2000;
 const DRAIN_POLL_MS = 5;
@@ -104,13 +139,18 @@ function bitsPerSecond(rate: RateInput): number {
   return parseRate(rate) * 8;
 }
 
+function limitsInBits(limits: RateLimits): WantedLimits {
+  const rate = bitsPerSecond(limits.rate);
+  return { rate, ceil: limits.ceil === undefined ? rate : bitsPerSecond(limits.ceil) };
+}
+
 export class Shaper {
   private readonly clientsByAddress = new Map<string, AppliedClient>();
   private readonly minors = new HandlePool(FIRST_CLIENT_MINOR, LAST_CLIENT_MINOR, new Set([ROOT_MAJOR]));
   /** One node pool per u32 hash bucket, keyed `family:bucket`. */
   private readonly filterNodes = new Map<string, HandlePool>();
   private readonly exempt: NetworkSet;
-  private readonly defaults: { rate: number; ceil: number };
+  private readonly defaults: WantedLimits;
   private readonly leaf: LeafKind;
   private readonly warn: (message: string) => void;
   private classMtu = HTB_DEFAULT_MTU;
@@ -118,23 +158,37 @@ export class Shaper {
   private longOperation?: Promise<void>;
   /** Released pipes still draining their queue (close waits for them). */
   private readonly draining = new Set<Promise<void>>();
+  /** Guaranteed rates of released pipes still draining, by minor: they count against the server rate until deleted. */
+  private readonly drainingGuarantees = new Map<number, number>();
+  readonly stats: ShaperStats = { kernelRequests: 0, rebalanceChanges: 0 };
   /** A view made by inspect(): reads the kernel, never changes it. */
   private readOnly = false;
 
   /** Class counters from one dump, shared by the bytesSent() calls that accept counters this old. */
   private counters = { readAt: -Infinity, bytes: new Map<number, number>() };
-  private serverLimits: RateLimits;
+  /** The server class's limits in bits per second. */
+  private server: WantedLimits;
 
   private constructor(
     private readonly kernel: TrafficControl | undefined,
     private readonly options: ShaperOptions,
     leaf: LeafKind,
   ) {
-    this.serverLimits = options.server;
+    this.server = limitsInBits(options.server);
     this.exempt = new NetworkSet(options.exempt ?? []);
-    this.defaults = { rate: bitsPerSecond(options.client.rate), ceil: bitsPerSecond(options.client.ceil ?? options.client.rate) };
+    this.defaults = limitsInBits(options.client);
     this.leaf = leaf;
     this.warn = options.onWarning ?? ((message) => process.emitWarning(message, 'ShaperrWarning'));
+  }
+
+  /** Says once, at open and on each change, that a server ceil above its rate changes nothing (measured: see README). */
+  private noteServerCeil(): void {
+    if (this.server.ceil > this.server.rate) {
+      this.warn(
+        `server ceil ${this.server.ceil / 1e6} Mbit/s is above its rate ${this.server.rate / 1e6} Mbit/s: the server class sits at the root with ` +
+          'nothing to borrow from, so the server rate is the limit',
+      );
+    }
   }
 
   /**
@@ -145,6 +199,7 @@ export class Shaper {
     const onWarning = options.onWarning ?? ((message: string) => process.emitWarning(message, 'ShaperrWarning'));
     if (options.dryRun) {
       const shaper = new Shaper(undefined, options, options.leaf ?? 'sfq');
+      shaper.noteServerCeil();
       shaper.create();
       return shaper;
     }
@@ -155,6 +210,7 @@ export class Shaper {
     try {
       const leaf = chooseLeaf(tc, options.leaf ?? 'sfq', onWarning);
       const shaper = new Shaper(tc, options, leaf);
+      shaper.noteServerCeil();
       shaper.setUp();
       return shaper;
     } catch (error) {
@@ -218,7 +274,7 @@ export class Shaper {
   tcCommands(): string[] {
     this.ensureOpen();
     const operations = [...this.createOperations()];
-    for (const client of this.clientsByAddress.values()) operations.push(...this.clientOperations(client));
+    for (const client of this.clientsByAddress.values()) if (client.pipe) operations.push(...this.clientOperations(client, client.pipe));
     return operations.map((operation) => toTcCommand(this.options.device, operation));
   }
 
@@ -246,6 +302,10 @@ export class Shaper {
     if (ours) {
       this.applyAll([{ op: 'replace', class: this.serverClassSpec() }]);
       this.adopt();
+      // The server rate may have changed since the earlier run: the adopted guarantees must fit it.
+      const { all, commit } = this.rebalanceOperations();
+      this.applyAll(all);
+      commit();
     } else {
       this.create();
     }
@@ -266,16 +326,21 @@ export class Shaper {
   }
 
   private serverClassSpec() {
-    const { rate, ceil } = this.serverLimits;
-    const options: HtbClassOptions = { rate, ceil: ceil ?? rate, mtu: this.classMtu };
+    const options: HtbClassOptions = { rate: this.server.rate, ceil: this.server.ceil, mtu: this.classMtu };
     return { kind: 'htb' as const, parent: ROOT_HANDLE, classid: SERVER_CLASS, options };
   }
 
-  /** Changes the server-wide limits live (schedules, reload). */
+  /**
+   * Changes the server-wide limits live (schedules, reload), and every pipe's share with them in the same
+   * batch: guarantees that go down before the server class, those that go up after it.
+   */
   setServerLimits(limits: RateLimits): void {
     this.ensureWritable();
-    this.serverLimits = limits;
-    this.applyAll([{ op: 'change', class: this.serverClassSpec() }]);
+    this.server = limitsInBits(limits);
+    this.noteServerCeil();
+    const { lower, raise, commit } = this.rebalanceOperations();
+    this.applyAll([...lower, { op: 'change', class: this.serverClassSpec() }, ...raise]);
+    commit();
   }
 
   /** Whether shaperr's root qdisc is still on the device (someone may delete it, or re-create the link). */
@@ -303,7 +368,10 @@ export class Shaper {
     await this.exclusively(async () => {
       this.create();
       const clients = [...this.clientsByAddress.values()];
-      await inChunks(clients, (chunk) => this.applyAll(chunk.flatMap((client) => this.clientOperations(client))), onProgress);
+      for (const client of clients) client.made = false;
+      const { commit } = this.rebalanceOperations();
+      await inChunks(clients, (chunk) => this.applyAll(chunk.flatMap((client) => this.clientOperations(client, client.next!))), onProgress);
+      commit();
     });
   }
 
@@ -342,12 +410,18 @@ export class Shaper {
       const minor = client.classid & 0xffff;
       this.minors.claim(minor);
       this.nodePool(client.address).claim(client.node);
+      const { rate, ceil, quantum } = tcClass.parameters;
+      // The rate may be a contended share; the quantum is the weight the pipe was made with. What the
+      // kernel cannot hold (a ceil above the server rate) a caller that knows, such as shaperrd with its
+      // state file, passes again with throttleAll.
+      const wantedRate = Math.max(rate, wantedRateOf(quantum) ?? rate);
       this.clientsByAddress.set(client.address.text, {
         address: client.address,
         minor,
         filterNode: client.node,
-        rate: tcClass.parameters.rate,
-        ceil: tcClass.parameters.ceil,
+        wanted: { rate: wantedRate, ceil: Math.max(ceil, wantedRate) },
+        pipe: { rate, ceil, quantum },
+        made: true,
         leaf: this.leaf,
         since: new Date(),
       });
@@ -367,8 +441,10 @@ export class Shaper {
     return pool;
   }
 
-  private applyAll(operations: Operation[]): void {
+  private applyAll(operations: readonly Operation[]): void {
     if (this.readOnly) throw new Error('this shaper is a read-only view (Shaper.inspect)');
+    if (operations.length === 0) return;
+    this.stats.kernelRequests += operations.length;
     if (!this.kernel) {
       for (const operation of operations) this.options.onChange?.({ command: toTcCommand(this.options.device, operation) });
       return;
@@ -391,49 +467,182 @@ export class Shaper {
 
   /**
    * Gives `address` its own pipe (idempotent: a second call with the same limits changes nothing; with
-   * other limits it changes the class in place). Exempt addresses are never throttled.
+   * other limits it changes the class in place). Exempt addresses are never throttled. The pipe is
+   * guaranteed its wanted rate while the server rate holds every pipe's; beyond that every pipe's
+   * guarantee is its share, and the other pipes' classes are changed in the same batch.
    */
   async throttle(addressText: string, limits?: RateLimits): Promise<ThrottleOutcome> {
     this.ensureWritable();
     await this.waitForLongOperation();
-    const address = parseClientAddress(addressText);
-    if (this.exempt.contains(address)) return { result: 'exempt' };
-    const rate = limits ? bitsPerSecond(limits.rate) : this.defaults.rate;
-    const ceil = limits ? bitsPerSecond(limits.ceil ?? limits.rate) : this.defaults.ceil;
-    if (ceil < rate) throw new ShaperrInputError(`invalid limits for ${address.text}: ceil is below rate`);
-    const existing = this.clientsByAddress.get(address.text);
-    if (existing) {
-      if (existing.rate === rate && existing.ceil === ceil) return { result: 'unchanged', client: this.describe(existing) };
-      this.applyAll([{ op: 'change', class: this.classSpec(existing.minor, rate, ceil) }]);
-      existing.rate = rate;
-      existing.ceil = ceil;
-      return { result: 'changed', client: this.describe(existing) };
+    const [outcome] = this.setWanted([{ address: addressText, ...(limits ? { limits } : {}) }]);
+    return outcome!;
+  }
+
+  /**
+   * Throttles many clients with one rebalance (restoring saved pipes after a restart): shares are worked
+   * out once for the whole set, then the pipes are made a chunk at a time with progress.
+   */
+  async throttleAll(entries: readonly { address: string; limits?: RateLimits }[], onProgress?: ProgressListener): Promise<ThrottleOutcome[]> {
+    this.ensureWritable();
+    await this.waitForLongOperation();
+    let outcomes: ThrottleOutcome[] = [];
+    await this.exclusively(async () => {
+      outcomes = await this.setWanted(entries, async ({ lower, pipes, raise }) => {
+        this.applyAll(lower);
+        await inChunks(pipes, (chunk) => this.applyAll(chunk.flat()), onProgress);
+        this.applyAll(raise);
+      });
+    });
+    return outcomes;
+  }
+
+  /**
+   * Records what each client wants and brings the kernel there in one batch (or through `apply`). New
+   * pipes that fail are undone, so a failed throttle leaves nothing behind.
+   */
+  private setWanted(entries: readonly { address: string; limits?: RateLimits }[]): ThrottleOutcome[];
+  private setWanted(entries: readonly { address: string; limits?: RateLimits }[], apply: (plan: ChangePlan) => Promise<void>): Promise<ThrottleOutcome[]>;
+  private setWanted(entries: readonly { address: string; limits?: RateLimits }[], apply?: (plan: ChangePlan) => Promise<void>): ThrottleOutcome[] | Promise<ThrottleOutcome[]> {
+    const results: { result: ThrottleOutcome['result']; client?: AppliedClient; error?: ShaperrInputError }[] = [];
+    const made: AppliedClient[] = [];
+    const previous = new Map<AppliedClient, WantedLimits>();
+    for (const entry of entries) {
+      let address: ClientAddress;
+      let wanted: WantedLimits;
+      try {
+        address = parseClientAddress(entry.address);
+        wanted = entry.limits ? limitsInBits(entry.limits) : this.defaults;
+        if (wanted.ceil < wanted.rate) throw new ShaperrInputError(`invalid limits for ${address.text}: ceil is below rate`);
+      } catch (error) {
+        // One bad entry of many is reported with its outcome; a single throttle throws it.
+        if (!apply || !(error instanceof ShaperrInputError)) throw error;
+        results.push({ result: 'refused', error });
+        continue;
+      }
+      if (this.exempt.contains(address)) {
+        results.push({ result: 'exempt' });
+        continue;
+      }
+      const existing = this.clientsByAddress.get(address.text);
+      if (existing) {
+        const same = existing.wanted.rate === wanted.rate && existing.wanted.ceil === wanted.ceil;
+        if (!previous.has(existing)) previous.set(existing, existing.wanted);
+        existing.wanted = wanted;
+        results.push({ result: same ? 'unchanged' : 'changed', client: existing });
+        continue;
+      }
+      const nodes = this.nodePool(address);
+      const client: AppliedClient = { address, minor: this.minors.allocate(), filterNode: nodes.allocate(), wanted, made: false, leaf: this.leaf, since: new Date() };
+      this.clientsByAddress.set(address.text, client);
+      made.push(client);
+      results.push({ result: 'applied', client });
     }
-    const minor = this.minors.allocate();
-    const nodes = this.nodePool(address);
-    const filterNode = nodes.allocate();
-    const client: AppliedClient = { address, minor, filterNode, rate, ceil, leaf: this.leaf, since: new Date() };
-    try {
-      this.applyAll(this.clientOperations(client));
-    } catch (error) {
-      // Undo what did go in, so a failed throttle leaves nothing behind.
-      this.kernel?.batch(this.options.device, [
-        { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, address, filterNode), ifPresent: true },
-        { op: 'delete', class: { classid: makeHandle(ROOT_MAJOR, minor) }, ifPresent: true },
-      ]);
-      this.minors.release(minor);
-      nodes.release(filterNode);
+    const { lower, raise, changed, commit } = this.rebalanceOperations(new Set(previous.keys()));
+    const plan: ChangePlan = { lower, pipes: made.map((client) => this.clientOperations(client, client.next!)), raise };
+    const outcomes = () => {
+      commit();
+      return results.map(({ result, client, error }) => ({ result, ...(client ? { client: this.describe(client) } : {}), ...(error ? { error } : {}) }));
+    };
+    const undo = (error: unknown): never => {
+      for (const [client, wanted] of previous) client.wanted = wanted;
+      this.forgetPipes(made);
+      // Pipes the batch was changing may or may not have changed: unknown now, so the next rebalance sets them again.
+      for (const client of changed) delete client.pipe;
+      for (const client of this.clientsByAddress.values()) delete client.next;
       throw error;
+    };
+    if (apply) return apply(plan).then(outcomes, undo);
+    try {
+      this.applyAll([...plan.lower, ...plan.pipes.flat(), ...plan.raise]);
+    } catch (error) {
+      undo(error);
     }
-    this.clientsByAddress.set(address.text, client);
-    return { result: 'applied', client: this.describe(client) };
+    return outcomes();
+  }
+
+  /** Removes new pipes that could not be made, from the kernel (what did go in) and from the books. */
+  private forgetPipes(clients: readonly AppliedClient[]): void {
+    if (clients.length === 0) return;
+    this.kernel?.batch(
+      this.options.device,
+      clients.flatMap((client) => [
+        { op: 'delete' as const, filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true },
+        { op: 'delete' as const, class: { classid: makeHandle(ROOT_MAJOR, client.minor) }, ifPresent: true },
+      ]),
+    );
+    for (const client of clients) {
+      this.clientsByAddress.delete(client.address.text);
+      this.minors.release(client.minor);
+      this.nodePool(client.address).release(client.filterNode);
+    }
+  }
+
+  /**
+   * Works out every pipe's parameters and the class changes that get the kernel there: guarantees that go
+   * down first, so the guarantees never add up to more than the server rate even halfway through a batch.
+   * Pipes not made yet get theirs from clientOperations. `commit` records the result once the kernel has
+   * it. Changes to `subjects` (the clients an event is about) do not count as rebalancing.
+   */
+  private rebalanceOperations(subjects: ReadonlySet<AppliedClient> = new Set()): {
+    lower: Operation[];
+    raise: Operation[];
+    all: Operation[];
+    changed: AppliedClient[];
+    commit: () => void;
+  } {
+    const clients = [...this.clientsByAddress.values()];
+    const reserved = [...this.drainingGuarantees.values()].reduce((sum, rate) => sum + rate, 0);
+    const shares = allocateShares(this.server.rate, this.server.rate - reserved, clients.map((client) => ({ wanted: client.wanted, ...(client.pipe ? { current: client.pipe } : {}) })));
+    const lower: Operation[] = [];
+    const raise: Operation[] = [];
+    const changed: AppliedClient[] = [];
+    let others = 0;
+    clients.forEach((client, index) => {
+      const share = shares[index]!;
+      client.next = share;
+      const current = client.pipe;
+      if (!client.made || (current && current.rate === share.rate && current.ceil === share.ceil && current.quantum === share.quantum)) return;
+      (current && share.rate < current.rate ? lower : raise).push({ op: 'change', class: this.classSpec(client.minor, share) });
+      changed.push(client);
+      if (!subjects.has(client)) others++;
+    });
+    const commit = () => {
+      for (const client of clients) {
+        client.pipe = client.next;
+        client.made = true;
+        delete client.next;
+        this.noteShortfall(client);
+      }
+      this.stats.rebalanceChanges += others;
+    };
+    return { lower, raise, all: [...lower, ...raise], changed, commit };
+  }
+
+  /** Tells the owner once per client when its guarantee falls below what it wants, or below 1 Mbit/s. */
+  private noteShortfall(client: AppliedClient): void {
+    const pipe = client.pipe;
+    const short = pipe !== undefined && (pipe.rate < client.wanted.rate || pipe.rate < SHORTFALL_FLOOR);
+    if (!short) {
+      delete client.shortfall;
+      return;
+    }
+    const mbit = (bits: number) => `${+(bits / 1e6).toFixed(2)} Mbit/s`;
+    const pipes = this.clientsByAddress.size;
+    client.shortfall =
+      pipe.rate < client.wanted.rate
+        ? `guaranteed ${mbit(pipe.rate)} of the ${mbit(client.wanted.rate)} it wants: the server rate ${mbit(this.server.rate)} is shared by ${pipes} pipes`
+        : `guaranteed only ${mbit(pipe.rate)} (below 1 Mbit/s)`;
+    if (client.toldShort) return;
+    client.toldShort = true;
+    this.warn(`client ${client.address.text}: ${client.shortfall}; raise the server rate or lower the client rates`);
   }
 
   /**
    * Removes the client's pipe (idempotent; resolves once it is gone). Returns whether there was one.
    * Nothing queued in the pipe is dropped: the client's TCP would stall on retransmission timeouts for a
    * second or more if up to a few hundred KB of its flow vanished. The client counts as released at once:
-   * a throttle meanwhile gives it a new pipe.
+   * a throttle meanwhile gives it a new pipe. The other pipes get the released share back once the class
+   * is gone.
    */
   async release(addressText: string): Promise<boolean> {
     this.ensureWritable();
@@ -458,24 +667,35 @@ export class Shaper {
 
   /**
    * An empty pipe is deleted at once. A pipe with a queue loses its filter first (the client's new
-   * packets bypass it), is opened to the server's limits so the queue drains in a moment, and is deleted
-   * once empty. The filter must go before the class in any case: the kernel refuses to delete a class a
-   * filter still points at.
+   * packets bypass it), may borrow up to the server rate so the queue drains in a moment (its guarantee
+   * still counts against the server rate), and is deleted once empty. The filter must go before the class
+   * in any case: the kernel refuses to delete a class a filter still points at.
    */
   private async removePipe(client: AppliedClient): Promise<void> {
     const classid = makeHandle(ROOT_MAJOR, client.minor);
     const deleteFilter: Operation = { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true };
     const deleteClass: Operation = { op: 'delete', class: { classid }, ifPresent: true };
+    const pipe = client.pipe ?? { rate: client.wanted.rate, ceil: client.wanted.ceil, quantum: 0 };
     if (this.queuedBytes(classid) > 0) {
-      this.applyAll([deleteFilter, { op: 'change', class: { ...this.serverClassSpec(), parent: SERVER_CLASS, classid } }]);
-      const deadline = performance.now() + DRAIN_LIMIT_MS;
-      while (this.queuedBytes(classid) > 0 && performance.now() < deadline) await sleep(DRAIN_POLL_MS);
+      this.drainingGuarantees.set(client.minor, pipe.rate);
+      try {
+        this.applyAll([deleteFilter, { op: 'change', class: this.classSpec(client.minor, { ...pipe, ceil: Math.max(pipe.rate, this.server.rate) }) }]);
+        const deadline = performance.now() + DRAIN_LIMIT_MS;
+        while (this.queuedBytes(classid) > 0 && performance.now() < deadline) await sleep(DRAIN_POLL_MS);
+      } finally {
+        this.drainingGuarantees.delete(client.minor);
+      }
       this.applyAll([deleteClass]);
     } else {
       this.applyAll([deleteFilter, deleteClass]);
     }
     this.minors.release(client.minor);
     this.nodePool(client.address).release(client.filterNode);
+    // The released guarantee goes back to the pipes still contended (not in the middle of a repair or restore).
+    await this.waitForLongOperation();
+    const { all, commit } = this.rebalanceOperations();
+    this.applyAll(all);
+    commit();
   }
 
   private queuedBytes(classid: number): number {
@@ -483,16 +703,17 @@ export class Shaper {
   }
 
   /** Class, leaf and filter of one client, in the order the kernel needs them. */
-  private clientOperations(client: AppliedClient): Operation[] {
-    const operations: Operation[] = [{ op: 'add', class: this.classSpec(client.minor, client.rate, client.ceil) }];
+  private clientOperations(client: AppliedClient, pipe: PipeParameters): Operation[] {
+    const operations: Operation[] = [{ op: 'add', class: this.classSpec(client.minor, pipe) }];
     const leafSpec = this.leafSpec(client.minor);
     if (leafSpec) operations.push({ op: 'add', qdisc: leafSpec });
     operations.push({ op: 'add', filter: clientFilterSpec(ROOT_HANDLE, client.address, makeHandle(ROOT_MAJOR, client.minor), client.filterNode) });
     return operations;
   }
 
-  private classSpec(minor: number, rate: number, ceil: number) {
-    return { kind: 'htb' as const, parent: SERVER_CLASS, classid: makeHandle(ROOT_MAJOR, minor), options: { rate, ceil, mtu: this.classMtu } };
+  private classSpec(minor: number, { rate, ceil, quantum }: PipeParameters) {
+    const options: HtbClassOptions = { rate, ceil, quantum, mtu: this.classMtu };
+    return { kind: 'htb' as const, parent: SERVER_CLASS, classid: makeHandle(ROOT_MAJOR, minor), options };
   }
 
   private leafSpec(minor: number): QdiscSpec | undefined {
@@ -511,15 +732,18 @@ export class Shaper {
   }
 
   private describe(client: AppliedClient, statistics?: TcStatistics): ClientState {
+    const pipe = client.pipe ?? { rate: client.wanted.rate, ceil: client.wanted.ceil };
     const state: ClientState = {
       address: client.address.text,
       family: client.address.family,
       classid: formatHandle(makeHandle(ROOT_MAJOR, client.minor)),
-      rate: client.rate,
-      ceil: client.ceil,
+      rate: pipe.rate,
+      ceil: pipe.ceil,
+      wanted: { ...client.wanted },
       leaf: client.leaf,
       since: client.since,
     };
+    if (client.shortfall) state.shortfall = client.shortfall;
     if (statistics) state.statistics = statistics;
     return state;
   }
