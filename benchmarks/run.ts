@@ -19,6 +19,7 @@ import { SessionTracker } from '../daemon/sessions.js';
 import { createNetns, deleteNetns, ip } from '../daemon/demo/sandbox.js';
 import { measureGoodputConcurrently, measureRoundTrips } from '../test/helpers/traffic.js';
 import { createTopology } from '../test/helpers/netns.js';
+import { serverCeiling } from './server-ceiling.js';
 
 const quick = process.argv.includes('--quick');
 /** `--only=churn` runs the scenarios whose name contains the word. */
@@ -566,6 +567,7 @@ async function main(): Promise<void> {
     ['classification', classification],
     ['parser', parser],
     ['accuracy', accuracy],
+    ['server ceiling', () => serverCeiling(record, quick, PREFIX)],
   ] as const) {
     if (only && !name.includes(only)) continue;
     process.stderr.write(`${name}…\n`);

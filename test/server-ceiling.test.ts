@@ -20,7 +20,6 @@ async function openShaper(topology: Topology, server: string, warnings: string[]
     netns: topology.serverNs,
     server: { rate: server },
     client: { rate: '4mbit' },
-    leaf: 'bfifo',
     onWarning: (message) => warnings.push(message),
   });
 }

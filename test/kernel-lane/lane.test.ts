@@ -11,7 +11,15 @@ import { type LaneReady, prepareLane, runInLane } from './lane.js';
  * sfq present, and the Shaper and shaperrd integration suites with sfq leaves where the host has bfifo.
  * Two files at a time: the guest has two CPUs, and tap's own start-up dominates under emulation.
  */
-const INSIDE = ['test/sfq.test.ts', 'test/traffic-control.test.ts', 'test/shaper.test.ts', 'test/shaperrd.test.ts', 'test/long-operations.test.ts'];
+const INSIDE = [
+  'test/sfq.test.ts',
+  'test/traffic-control.test.ts',
+  'test/shaper.test.ts',
+  'test/server-ceiling.test.ts',
+  'test/shaperrd.test.ts',
+  'test/shaperrd-ceiling.test.ts',
+  'test/long-operations.test.ts',
+];
 
 t.setTimeout(600_000);
 const comments: string[] = [];
