@@ -36,12 +36,12 @@ t.test('the status page shows a playing client and its live chart', { skip }, as
   appendFileSync(log, play('10.200.1.1', 'page-1'));
   const row = page.locator('tr[data-address="10.200.1.1"]');
   await row.waitFor({ timeout: 10_000 });
-  t.match(await row.textContent(), /10\.200\.1\.1.*playing.*3\.00 Mbit\/s \/ 3\.00 Mbit\/s/, 'the playing client is in the table with its rate');
+  t.match(await row.textContent(), /10\.200\.1\.1.*playing.*3\.00 Mbit\/s \/ 3\.00 Mbit\/s3\.00 Mbit\/s/, 'the playing client is in the table with its guarantee, ceil and wanted rate');
 
   const traffic = measureGoodput(topology, { to: '10.200.1.1', seconds: 4, warmupSeconds: 0 });
   const pointsBefore = Number(await page.getAttribute('#chart', 'data-points'));
   await page.waitForFunction((before) => Number(document.getElementById('chart')!.dataset.points) >= before + 3, pointsBefore, { timeout: 10_000 });
-  await page.waitForFunction(() => /[23]\.\d\d Mbit\/s/.test(document.querySelector('tr[data-address="10.200.1.1"] td:nth-child(6)')?.textContent ?? ''), undefined, { timeout: 10_000 });
+  await page.waitForFunction(() => /[23]\.\d\d Mbit\/s/.test(document.querySelector('tr[data-address="10.200.1.1"] td:nth-child(7)')?.textContent ?? ''), undefined, { timeout: 10_000 });
   t.pass('the chart gained points and the row shows the shaped rate');
   t.match(await page.textContent('#decisions'), /throttle 10\.200\.1\.1/, 'the decision is listed');
   const width = await page.evaluate(() => parseFloat(document.getElementById('utilisation')!.style.width));
@@ -52,6 +52,13 @@ t.test('the status page shows a playing client and its live chart', { skip }, as
   t.ok(existsSync(join(ARTIFACTS, 'status-page.png')), 'screenshot saved to test/artifacts/status-page.png');
   await traffic;
 
+  // Seven viewers wanting 3 Mbit/s each under a 20 Mbit/s server: each is guaranteed its share, and the
+  // page says the server rate is too low for them.
+  appendFileSync(log, ['1', '2', '3', '4', '5', '6'].map((n) => play(`198.51.100.${n}`, `more-${n}`)).join(''));
+  await page.waitForFunction(() => /7 clients are guaranteed less than they want/.test(document.getElementById('shortfall')?.textContent ?? ''), undefined, { timeout: 10_000 });
+  t.match(await row.getAttribute('title'), /guaranteed 2\.8 Mbit\/s of the 3 Mbit\/s it wants/, "each row says why its guarantee is short");
+  t.match(await row.textContent(), /2\.80 Mbit\/s \/ 3\.00 Mbit\/s3\.00 Mbit\/s/, 'share, ceil and wanted rate side by side');
+
   // A long operation under way (a restart restoring thousands of pipes) shows in the summary line.
   await page.route('**/api/status*', async (route) => {
     const report = await (await route.fetch()).json();
@@ -59,6 +66,7 @@ t.test('the status page shows a playing client and its live chart', { skip }, as
   });
   await page.waitForFunction(() => document.getElementById('summary')?.textContent?.includes('restoring pipes 1250/5000'), undefined, { timeout: 10_000 });
   t.pass('the operation under way and its progress are shown');
+  await page.unrouteAll({ behavior: 'ignoreErrors' }); // a poll still in flight must not outlive the page
 
   const denied = await browser.newPage();
   const response = await denied.goto(daemon.statusUrl!);
