@@ -138,11 +138,11 @@ program
 program
   .command('clear')
   .description("remove every object shaperr owns on the device (its root qdisc, and with it all classes, leaves and filters); stop shaperrd first, or it puts them back")
-  .action(() => {
+  .action(async () => {
     const where = target(program.opts<GlobalOptions>());
     // Thousands of pipes take the kernel a moment: say what is under way, then overwrite it.
     const tty = process.stdout.isTTY;
-    const removed = Shaper.clear({
+    const removed = await Shaper.clear({
       ...where,
       onProgress: ({ done, total }) => {
         if (tty && done === 0 && total > 0) process.stdout.write(`removing ${total} client pipe${total === 1 ? '' : 's'} from ${where.device}…`);

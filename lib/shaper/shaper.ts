@@ -251,7 +251,7 @@ export class Shaper {
    * with it). Returns how many client pipes went, undefined when shaperr had nothing there. A root qdisc
    * shaperr did not create is left alone with an error.
    */
-  static clear(options: { device: string; netns?: string; onProgress?: ProgressListener }): number | undefined {
+  static async clear(options: { device: string; netns?: string; onProgress?: ProgressListener }): Promise<number | undefined> {
     const tc = TrafficControl.open(options.netns ? { netns: options.netns } : {});
     try {
       const root = tc.rootQdisc(options.device);
@@ -260,9 +260,28 @@ export class Shaper {
         throw new ShaperrInputError(`the root qdisc on ${options.device} is ${describeQdisc(root)}, not shaperr's; not touching it`);
       }
       const pipes = tc.classes(options.device).filter((tcClass) => tcClass.parent === SERVER_CLASS).length;
-      // One kernel call however many pipes: progress is "about to" and "done".
+      // A handful of kernel calls however many pipes: progress is "about to" and "done".
       options.onProgress?.({ done: 0, total: pipes });
-      tc.deleteQdisc(options.device, { handle: ROOT_HANDLE });
+      const apply = (operations: Operation[]) => {
+        const failed = tc.batch(options.device, operations).find((result) => result.error);
+        if (failed) throw failed.error;
+      };
+      const server = tc.classes(options.device).find((tcClass) => tcClass.handle === SERVER_CLASS);
+      await removeRootDraining(tc, options.device, apply, {
+        open: (busy) =>
+          tc
+            .classes(options.device)
+            .filter((tcClass) => busy.has(tcClass.handle) && server)
+            .map((tcClass): Operation => {
+              const { rate, quantum } = tcClass.parameters;
+              return { op: 'change', class: { kind: 'htb', parent: SERVER_CLASS, classid: tcClass.handle, options: { rate, ceil: Math.max(rate, server!.parameters.rate), quantum } } };
+            }),
+        unsteer: () =>
+          tc.filters(options.device, ROOT_HANDLE).flatMap((filter): Operation[] => {
+            const client = readClientFilter(filter);
+            return client ? [{ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node), ifPresent: true }] : [];
+          }),
+      });
       options.onProgress?.({ done: pipes, total: pipes });
       return pipes;
     } finally {
@@ -802,12 +821,25 @@ export class Shaper {
     return this.leaf;
   }
 
-  /** Closes the netlink socket; with `teardown`, first removes everything shaperr created on the device. */
+  /** Removes everything shaperr made, dropping nothing queued; busy pipes may borrow up to the server rate meanwhile, guarantees unchanged. */
+  private async teardown(): Promise<void> {
+    if (!this.kernel) return this.applyAll([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
+    const clients = [...this.clientsByAddress.values()];
+    await removeRootDraining(this.tc, this.options.device, (operations) => this.applyAll(operations), {
+      open: (busy) =>
+        clients
+          .filter((client) => client.pipe && busy.has(makeHandle(ROOT_MAJOR, client.minor)))
+          .map((client): Operation => ({ op: 'change', class: this.classSpec(client.minor, { ...client.pipe!, ceil: Math.max(client.pipe!.rate, this.server.rate) }) })),
+      unsteer: () => clients.map((client): Operation => ({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true })),
+    });
+  }
+
+  /** Closes the netlink socket; with `teardown`, first removes everything shaperr created on the device (dropping nothing queued). */
   async close({ teardown = false }: { teardown?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     await Promise.allSettled(this.draining);
     try {
-      if (teardown && !this.readOnly) this.applyAll([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
+      if (teardown && !this.readOnly) await this.teardown();
     } catch (error) {
       if (!(error instanceof NetlinkError && error.code === 'EINVAL')) throw error;
     } finally {
@@ -815,6 +847,31 @@ export class Shaper {
       this.kernel?.close();
     }
   }
+}
+
+/**
+ * Deletes shaperr's root qdisc without dropping what is queued (streams in flight would stall on
+ * retransmission timeouts), as release does for one pipe: the client filters go first (`unsteer`: new
+ * packets leave unshaped), busy pipes may borrow up to the server rate (`open`, guarantees unchanged), and
+ * the root goes once nothing is queued, or after DRAIN_LIMIT_MS. Nothing queued: the root goes at once.
+ */
+async function removeRootDraining(
+  tc: TrafficControl,
+  device: string,
+  apply: (operations: Operation[]) => void,
+  { open, unsteer }: { open: (busy: ReadonlySet<number>) => Operation[]; unsteer: () => Operation[] },
+): Promise<void> {
+  const queued = (): number => {
+    const root = tc.rootQdisc(device);
+    return isShaperRoot(root) ? (root!.statistics?.backlog ?? 0) : 0;
+  };
+  if (queued() > 0) {
+    const busy = new Set(tc.classes(device).filter((tcClass) => tcClass.parent === SERVER_CLASS && (tcClass.statistics?.backlog ?? 0) > 0).map((tcClass) => tcClass.handle));
+    apply([...unsteer(), ...open(busy)]);
+    const deadline = performance.now() + DRAIN_LIMIT_MS;
+    while (queued() > 0 && performance.now() < deadline) await sleep(DRAIN_POLL_MS);
+  }
+  apply([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
 }
 
 /** Uses the wished leaf kind if the kernel has it, else bfifo, saying so once. */
