@@ -91,15 +91,13 @@ interface AppliedClient {
   filterNode: number;
   wanted: WantedLimits;
   /** What the kernel has (undefined: not made yet, or unknown after a failed change). */
-  pipe?: PipeParameters;
+  pipe?: PipeParameters | undefined;
   leaf: LeafKind;
   since: Date;
   /** Whether the pipe is in the kernel (its parameters may still be unknown after a failed change). */
   made: boolean;
   /** Parameters worked out by the rebalance under way, not yet in the kernel. */
-  next?: PipeParameters;
-  /** Why the guarantee falls short now, if it does. */
-  shortfall?: string;
+  next?: PipeParameters | undefined;
   /** Set once the owner has been told that this client's guarantee falls short. */
   toldShort?: boolean;
 }
@@ -566,8 +564,8 @@ export class Shaper {
       for (const [client, wanted] of previous) client.wanted = wanted;
       this.forgetPipes(made);
       // Pipes the batch was changing may or may not have changed: unknown now, so the next rebalance sets them again.
-      for (const client of changed) delete client.pipe;
-      for (const client of this.clientsByAddress.values()) delete client.next;
+      for (const client of changed) client.pipe = undefined;
+      for (const client of this.clientsByAddress.values()) client.next = undefined;
       throw error;
     };
     if (apply) return apply(plan).then(outcomes, undo);
@@ -611,7 +609,7 @@ export class Shaper {
   } {
     const clients = [...this.clientsByAddress.values()];
     const reserved = [...this.drainingGuarantees.values()].reduce((sum, rate) => sum + rate, 0);
-    const shares = allocateShares(this.server.rate, this.server.rate - reserved, clients.map((client) => ({ wanted: client.wanted, ...(client.pipe ? { current: client.pipe } : {}) })));
+    const shares = allocateShares(this.server.rate, this.server.rate - reserved, clients);
     const lower: Operation[] = [];
     const raise: Operation[] = [];
     const changed: AppliedClient[] = [];
@@ -620,7 +618,7 @@ export class Shaper {
       const share = shares[index]!;
       client.next = share;
       const current = client.pipe;
-      if (!client.made || (current && current.rate === share.rate && current.ceil === share.ceil && current.quantum === share.quantum)) return;
+      if (!client.made || share === current) return;
       (current && share.rate < current.rate ? lower : raise).push({ op: 'change', class: this.classSpec(client.minor, share) });
       changed.push(client);
       if (!subjects.has(client)) others++;
@@ -629,7 +627,7 @@ export class Shaper {
       for (const client of clients) {
         client.pipe = client.next;
         client.made = true;
-        delete client.next;
+        client.next = undefined;
         this.noteShortfall(client);
       }
       this.stats.rebalanceChanges += others;
@@ -639,21 +637,21 @@ export class Shaper {
 
   /** Tells the owner once per client when its guarantee falls below what it wants, or below 1 Mbit/s. */
   private noteShortfall(client: AppliedClient): void {
-    const pipe = client.pipe;
-    const short = pipe !== undefined && (pipe.rate < client.wanted.rate || pipe.rate < SHORTFALL_FLOOR);
-    if (!short) {
-      delete client.shortfall;
-      return;
-    }
-    const mbit = (bits: number) => `${+(bits / 1e6).toFixed(2)} Mbit/s`;
-    const pipes = this.clientsByAddress.size;
-    client.shortfall =
-      pipe.rate < client.wanted.rate
-        ? `guaranteed ${mbit(pipe.rate)} of the ${mbit(client.wanted.rate)} it wants: the server rate ${mbit(this.server.rate)} is shared by ${pipes} pipes`
-        : `guaranteed only ${mbit(pipe.rate)} (below 1 Mbit/s)`;
     if (client.toldShort) return;
+    const shortfall = this.shortfallOf(client);
+    if (!shortfall) return;
     client.toldShort = true;
-    this.warn(`client ${client.address.text}: ${client.shortfall}; raise the server rate or lower the client rates`);
+    this.warn(`client ${client.address.text}: ${shortfall}; raise the server rate or lower the client rates`);
+  }
+
+  /** Why a client's guarantee falls short now, if it does (worked out when asked: thousands of pipes can be short at once). */
+  private shortfallOf(client: AppliedClient): string | undefined {
+    const pipe = client.pipe;
+    if (!pipe || (pipe.rate >= client.wanted.rate && pipe.rate >= SHORTFALL_FLOOR)) return undefined;
+    const mbit = (bits: number) => `${+(bits / 1e6).toFixed(2)} Mbit/s`;
+    return pipe.rate < client.wanted.rate
+      ? `guaranteed ${mbit(pipe.rate)} of the ${mbit(client.wanted.rate)} it wants: the server rate ${mbit(this.server.rate)} is shared by ${this.clientsByAddress.size} pipes`
+      : `guaranteed only ${mbit(pipe.rate)} (below 1 Mbit/s)`;
   }
 
   /**
@@ -762,7 +760,8 @@ export class Shaper {
       leaf: client.leaf,
       since: client.since,
     };
-    if (client.shortfall) state.shortfall = client.shortfall;
+    const shortfall = this.shortfallOf(client);
+    if (shortfall) state.shortfall = shortfall;
     if (statistics) state.statistics = statistics;
     return state;
   }

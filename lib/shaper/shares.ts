@@ -62,7 +62,7 @@ export function wantedRateOf(quantum: number): number | undefined {
 export interface ShareRequest {
   wanted: WantedLimits;
   /** What the kernel has now; undefined for a pipe not made yet. */
-  current?: PipeParameters;
+  pipe?: PipeParameters | undefined;
 }
 
 /**
@@ -70,11 +70,15 @@ export interface ShareRequest {
  * that are only draining. Guaranteed rates never add up to more than `available`.
  */
 export function allocateShares(serverRate: number, available: number, requests: readonly ShareRequest[]): PipeParameters[] {
-  const wantedTotal = requests.reduce((sum, request) => sum + request.wanted.rate, 0);
+  let wantedTotal = 0;
+  for (const request of requests) wantedTotal += request.wanted.rate;
   const contended = wantedTotal > available;
-  return requests.map(({ wanted, current }) => {
-    const rate = contended ? contendedRate((Math.max(0, available) * wanted.rate) / wantedTotal, current?.rate) : wanted.rate;
-    return { rate, ceil: Math.max(rate, Math.min(wanted.ceil, serverRate)), quantum: quantumFor(wanted.rate) };
+  // Called on every join and leave with thousands of pipes: a pipe that keeps its parameters keeps its object.
+  return requests.map(({ wanted, pipe }) => {
+    const rate = contended ? contendedRate((Math.max(0, available) * wanted.rate) / wantedTotal, pipe?.rate) : wanted.rate;
+    const ceil = Math.max(rate, Math.min(wanted.ceil, serverRate));
+    const quantum = quantumFor(wanted.rate);
+    return pipe && pipe.rate === rate && pipe.ceil === ceil && pipe.quantum === quantum ? pipe : { rate, ceil, quantum };
   });
 }
 
