@@ -4,7 +4,8 @@
  */
 import { struct, u32 } from '../../wire/struct.js';
 import { TCA_OPTIONS, type TcKind } from '../kind.js';
-import { parseSize, type SizeInput } from '../units.js';
+import { sizeOption } from '../options.js';
+import type { SizeInput } from '../units.js';
 
 const tcFifoQopt = struct({ limit: u32 });
 
@@ -19,7 +20,7 @@ export interface FifoParameters extends FifoOptions {
 function fifoKind(name: 'pfifo' | 'bfifo'): TcKind<FifoOptions, FifoParameters> {
   return {
     name,
-    resolve: (input) => (input.limit === undefined ? {} : { limit: parseSize(input.limit) }),
+    resolve: (input) => (input.limit === undefined ? {} : { limit: sizeOption(`${name} limit`, input.limit, tcFifoQopt.fieldRange('limit')) }),
     write(writer, parameters) {
       if (parameters.limit !== undefined) writer.attributeStruct(TCA_OPTIONS, tcFifoQopt, { limit: parameters.limit });
     },
