@@ -26,6 +26,7 @@ export type {
   TcClass,
   WriteMode,
 } from './tc/objects.js';
+export type { ClassKindName, FilterKindName, QdiscKindName } from './tc/registry.js';
 export type { TcStatistics } from './tc/stats.js';
 export { formatHandle, parseHandle, TC_H_ROOT } from './tc/handle.js';
 export { describeRate, formatRate, parseRate, parseSize, parseTime } from './tc/units.js';

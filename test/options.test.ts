@@ -27,6 +27,7 @@ const integerOptions: Array<[string, Operation, RegExp, Operation]> = [
   ['TBF overhead', tbf({ overhead: 65536 }), /invalid TBF overhead 65536/, tbf({ overhead: 65535 })],
   ['TBF mtu', tbf({ mtu: 2 ** 32, peakrate: '2mbit' }), /invalid TBF mtu: invalid size 4294967296/, tbf({ mtu: 65535, peakrate: '2mbit' })],
   ['TBF limit', tbf({ limit: 2 ** 32 }), /invalid TBF limit: invalid size 4294967296/, tbf({ limit: 2 ** 32 - 1 })],
+  ['TBF latency', tbf({ limit: undefined, latency: '5000s' }), /invalid TBF latency "5000s": expected 0 to 4294967295 µs/, tbf({ limit: undefined, latency: '4294s' })],
   ['TBF burst', tbf({ burst: -1 }), /invalid TBF burst: invalid size -1/, tbf({ burst: 1 })],
   ['HTB mpu', htbClass({ mpu: 70000 }), /invalid HTB mpu 70000: expected an integer from 0 to 65535/, htbClass({ mpu: 65535 })],
   ['HTB overhead', htbClass({ overhead: -1 }), /invalid HTB overhead -1/, htbClass({ overhead: 0 })],

@@ -5,7 +5,7 @@
  */
 import { ShaperrInputError } from '../wire/errors.js';
 import { integerRange, type IntegerRange } from '../wire/struct.js';
-import { parseSize, type SizeInput } from './units.js';
+import { parseSize, parseTime, type SizeInput } from './units.js';
 
 export const U32_RANGE = integerRange('u32');
 
@@ -15,6 +15,18 @@ export function integerOption(option: string, value: number, range: IntegerRange
     throw new ShaperrInputError(`invalid ${option} ${JSON.stringify(value)}: expected an integer from ${range.min} to ${range.max}`);
   }
   return value;
+}
+
+/** A time in microseconds (`5ms`, `1s`, or a number of µs) that must fit `range` (default: 32 bits), refused naming `option`. */
+export function timeOption(option: string, value: string | number, range: IntegerRange = U32_RANGE): number {
+  let microseconds: number;
+  try {
+    microseconds = parseTime(value);
+  } catch (error) {
+    throw error instanceof ShaperrInputError ? new ShaperrInputError(`invalid ${option}: ${error.message}`) : error;
+  }
+  if (microseconds < range.min || microseconds > range.max) throw new ShaperrInputError(`invalid ${option} ${JSON.stringify(value)}: expected ${range.min} to ${range.max} µs`);
+  return microseconds;
 }
 
 /** A size in bytes (`1500`, `64kb`) that must fit `range` (default: 32 bits), refused naming `option`. */

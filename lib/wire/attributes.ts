@@ -95,7 +95,7 @@ export function parseAttributes(data: Uint8Array): Map<number, Uint8Array> {
 
 // ---- declarative attribute sets -------------------------------------------------------------------
 
-interface ScalarCodec<T> {
+export interface ScalarCodec<T> {
   encode(value: T): Uint8Array;
   decode(payload: Uint8Array): T;
 }

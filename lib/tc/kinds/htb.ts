@@ -5,7 +5,7 @@
 import { attr, attrBytes, attributeSet, attrU32, attrU64, type MessageWriter } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { nested, s32, struct, u32 } from '../../wire/struct.js';
-import { type KindContext, type TcKind, writeNestedOptions } from '../kind.js';
+import { defineKind, type KindContext, type TcKind, writeNestedOptions } from '../kind.js';
 import { integerOption, sizeOption, U32_RANGE } from '../options.js';
 import { formatRate, parseRate, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
 import {
@@ -244,3 +244,5 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
     return args;
   },
 };
+
+export const htb = defineKind({ qdisc: htbQdisc, class: htbClass });

@@ -6,8 +6,9 @@
 import type { MessageWriter } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { bytes, nested, s32, struct, u32, u8 } from '../../wire/struct.js';
-import { TCA_OPTIONS, type TcKind } from '../kind.js';
+import { defineKind, type TcKind } from '../kind.js';
 import { integerOption, sizeOption } from '../options.js';
+import { TCA } from '../tca.js';
 import type { SizeInput } from '../units.js';
 
 const tcSfqQopt = struct({ quantum: u32, perturbPeriod: s32, limit: u32, divisor: u32, flows: u32 });
@@ -58,7 +59,7 @@ const optionNames = ['perturb', 'quantum', 'limit', 'divisor', 'flows', 'depth']
 /** Where each counting option is written, so it is checked against that field's width. */
 const optionFields = { perturb: 'perturbPeriod', limit: 'limit', divisor: 'divisor', flows: 'flows' } as const;
 
-export const sfq: TcKind<SfqOptions, SfqParameters, SfqStats> = {
+export const sfqQdisc: TcKind<SfqOptions, SfqParameters, SfqStats> = {
   name: 'sfq',
   resolve(input) {
     const { quantum, ...counts } = input;
@@ -74,7 +75,7 @@ export const sfq: TcKind<SfqOptions, SfqParameters, SfqStats> = {
   },
   write(writer: MessageWriter, parameters) {
     if (!optionNames.some((name) => parameters[name] !== undefined) && !parameters.headdrop) return;
-    writer.attributeStruct(TCA_OPTIONS, tcSfqQoptV1, {
+    writer.attributeStruct(TCA.OPTIONS, tcSfqQoptV1, {
       v0: {
         quantum: parameters.quantum ?? 0,
         perturbPeriod: parameters.perturb ?? 0,
@@ -111,3 +112,5 @@ export const sfq: TcKind<SfqOptions, SfqParameters, SfqStats> = {
     return args;
   },
 };
+
+export const sfq = defineKind({ qdisc: sfqQdisc });

@@ -2,9 +2,9 @@
 import { attr, attrBytes, attributeSet, attrU32, attrU64 } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { nested, struct, u32 } from '../../wire/struct.js';
-import { type TcKind, writeNestedOptions } from '../kind.js';
-import { sizeOption, U32_RANGE } from '../options.js';
-import { formatRate, parseRate, parseTime, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
+import { defineKind, type TcKind, writeNestedOptions } from '../kind.js';
+import { sizeOption, timeOption, U32_RANGE } from '../options.js';
+import { formatRate, parseRate, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
 import {
   burstTicks,
   type RateSpecOptions,
@@ -50,7 +50,7 @@ export interface TbfParameters extends Omit<TbfOptions, keyof RateSpecOptions>, 
   peakrate?: number;
 }
 
-export const tbf: TcKind<TbfOptions, TbfParameters> = {
+export const tbfQdisc: TcKind<TbfOptions, TbfParameters> = {
   name: 'tbf',
   resolve(input, context) {
     if ((input.limit === undefined) === (input.latency === undefined)) {
@@ -70,7 +70,7 @@ export const tbf: TcKind<TbfOptions, TbfParameters> = {
     if (input.limit !== undefined) {
       limit = sizeOption('TBF limit', input.limit);
     } else {
-      const latency = parseTime(input.latency!);
+      const latency = timeOption('TBF latency', input.latency!);
       limit = (rateBytes * latency) / 1e6 + burst;
       if (peakBytes !== undefined) limit = Math.min(limit, (peakBytes * latency) / 1e6 + mtu!);
       limit = Math.trunc(limit);
@@ -131,3 +131,5 @@ export const tbf: TcKind<TbfOptions, TbfParameters> = {
     return args;
   },
 };
+
+export const tbf = defineKind({ qdisc: tbfQdisc });
