@@ -79,6 +79,13 @@ export const goldenCases: GoldenCase[] = [
   { name: 'tbf peakrate > 4 Gbit/s', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '40gbit', burst: '1mb', limit: '4mb', peakrate: '80gbit', mtu: '64kb' } } } },
   { name: 'tbf mpu and overhead at 16-bit maximum', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', limit: 30000, mpu: 65535, overhead: 65535 } } } },
   { name: 'tbf burst past the 32-bit tick limit', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '8bit', burst: '100mb', limit: 1000 } } }, refused: /invalid TBF burst 104857600 bytes/ },
+  { name: 'fq_codel default', operation: { op: 'add', qdisc: { kind: 'fq_codel', handle: '1:' } } },
+  {
+    name: 'fq_codel every option',
+    operation: { op: 'add', qdisc: { kind: 'fq_codel', handle: '1:', options: { limit: 1000, flows: 512, quantum: 1514, target: '5ms', interval: '100ms', ecn: true, ceThreshold: '2ms', memoryLimit: '4mb', dropBatch: 32 } } },
+  },
+  { name: 'fq_codel noecn, times in µs', operation: { op: 'add', qdisc: { kind: 'fq_codel', parent: '1:10', handle: '10:', options: { ecn: false, target: 2500, interval: 50000 } } } },
+  { name: 'fq_codel leaf change', operation: { op: 'change', qdisc: { kind: 'fq_codel', parent: '1:10', handle: '10:', options: { limit: 500, ceThreshold: 0 } } } },
   // u32 filters
   { name: 'u32 ip dst /32', operation: u32Filter(1, 'ip', { match: { dst: '203.0.113.7/32' }, classid: '1:10' }) },
   { name: 'u32 ip dst /24', operation: u32Filter(1, 'ip', { match: { dst: '203.0.113.0/24' }, classid: '1:10' }) },

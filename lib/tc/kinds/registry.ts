@@ -8,3 +8,4 @@ export { sfq } from './sfq.js';
 export { bfifo, pfifo } from './fifo.js';
 export { tbf } from './tbf.js';
 export { u32 } from './u32.js';
+export { fq_codel } from './fq_codel.js';
