@@ -104,5 +104,10 @@ export const goldenCases: GoldenCase[] = [
   { name: 'u32 filter in bucket with handle', operation: u32Filter(5, 'ip', { hashTable: '2:7b:', match: { dst: '203.0.113.123/32' }, classid: '1:20' }, '2:7b:1') },
   { name: 'u32 filter replace', operation: { op: 'replace', filter: { kind: 'u32', parent: '1:', priority: 5, protocol: 'ip', handle: '2:7b:1', options: { hashTable: '2:7b:', match: { dst: '203.0.113.123' }, classid: '1:21' } } } },
   { name: 'u32 filter delete by handle', operation: { op: 'delete', filter: { parent: '1:', priority: 5, protocol: 'ip', handle: '2:7b:1' } } },
+  // matchall filters
+  { name: 'matchall to a class', operation: { op: 'add', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', options: { classid: '1:10' } } } },
+  { name: 'matchall skip_hw with handle', operation: { op: 'add', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', handle: 5, options: { classid: 0x10010, skipHw: true } } } },
+  { name: 'matchall without options', operation: { op: 'add', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'ip' } } },
+  { name: 'matchall delete by handle', operation: { op: 'delete', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', handle: '0x5' } } },
   { name: 'filter delete whole priority', operation: { op: 'delete', filter: { parent: '1:', priority: 1, protocol: 'ip' } } },
 ];

@@ -9,3 +9,4 @@ export { bfifo, pfifo } from './fifo.js';
 export { tbf } from './tbf.js';
 export { u32 } from './u32.js';
 export { fq_codel } from './fq_codel.js';
+export { matchall } from './matchall.js';
