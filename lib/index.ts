@@ -2,8 +2,9 @@
  * shaperr — Linux traffic shaping over rtnetlink, for Plex Media Server and any Node tool.
  *
  * - `Shaper`: one throttled pipe per client address under a server-wide ceiling.
- * - `TrafficControl`: qdiscs, classes and filters (htb, sfq, pfifo/bfifo, tbf, u32) — create, read back
- *   with statistics, change, delete, batch — and `toTcCommand()` for the equivalent tc command line.
+ * - `TrafficControl`: qdiscs, classes and filters (htb, sfq, fq_codel, pfifo/bfifo, tbf; u32, matchall) —
+ *   create, read back with statistics, change, delete, batch — and `toTcCommand()` for the equivalent tc
+ *   command line.
  */
 export { Shaper } from './shaper/shaper.js';
 export type { ClientState, LeafKind, RateLimits, ShaperOptions, ThrottleOutcome } from './shaper/shaper.js';
@@ -26,6 +27,7 @@ export type {
   TcClass,
   WriteMode,
 } from './tc/objects.js';
+export type { ClassKindName, FilterKindName, QdiscKindName } from './tc/registry.js';
 export type { TcStatistics } from './tc/stats.js';
 export { formatHandle, parseHandle, TC_H_ROOT } from './tc/handle.js';
 export { describeRate, formatRate, parseRate, parseSize, parseTime } from './tc/units.js';
@@ -36,6 +38,8 @@ export type { HtbClassOptions, HtbClassParameters, HtbClassStats, HtbQdiscOption
 export type { SfqOptions } from './tc/kinds/sfq.js';
 export type { FifoOptions } from './tc/kinds/fifo.js';
 export type { TbfOptions } from './tc/kinds/tbf.js';
+export type { FqCodelOptions, FqCodelParameters, FqCodelStats } from './tc/kinds/fq_codel.js';
+export type { MatchallOptions, MatchallParameters } from './tc/kinds/matchall.js';
 export { NetworkSet, parseClientAddress } from './address.js';
 export { NetlinkError, ShaperrInputError } from './wire/errors.js';
 export type { KernelWarning } from './wire/errors.js';

@@ -2,10 +2,10 @@
 import t from 'tap';
 import { HandlePool } from '../lib/shaper/handle-pool.js';
 import type { TcKind } from '../lib/tc/kind.js';
-import { bfifo, pfifo } from '../lib/tc/kinds/fifo.js';
+import { bfifoQdisc as bfifo, pfifoQdisc as pfifo } from '../lib/tc/kinds/fifo.js';
 import { htbClass, htbQdisc } from '../lib/tc/kinds/htb.js';
-import { sfq } from '../lib/tc/kinds/sfq.js';
-import { tbf } from '../lib/tc/kinds/tbf.js';
+import { sfqQdisc as sfq } from '../lib/tc/kinds/sfq.js';
+import { tbfQdisc as tbf } from '../lib/tc/kinds/tbf.js';
 import { parsePsched } from '../lib/tc/units.js';
 import { MessageWriter, parseAttributes } from '../lib/wire/attributes.js';
 import { ShaperrInputError } from '../lib/wire/errors.js';

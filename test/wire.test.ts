@@ -1,5 +1,6 @@
 import t from 'tap';
 import { attr, attrString, attributeSet, attrU32, attrU64, MessageWriter, parseAttributes } from '../lib/wire/attributes.js';
+import { explainTcRefusal } from '../lib/tc/errors.js';
 import { NetlinkError } from '../lib/wire/errors.js';
 import { beginMessage, decodeAck, Flags, MessageType, splitMessages } from '../lib/wire/message.js';
 import { be32, bytes, nested, s16, struct, u16, u32, u64, u8 } from '../lib/wire/struct.js';
@@ -47,7 +48,7 @@ t.test('extended ACKs: kernel text on errors and warnings on success', async (t)
   const ack = decodeAck(message!);
   t.equal(ack.errno, 2);
   t.equal(ack.kernelMessage, 'Specified qdisc kind is unknown');
-  const error = new NetlinkError(ack.errno, { operation: 'add qdisc', object: 'qdisc 10: (sfq) on dev eth0', kind: 'sfq', family: 'qdisc' }, ack.kernelMessage);
+  const error = new NetlinkError(ack.errno, { operation: 'add qdisc', object: 'qdisc 10: (sfq) on dev eth0', explain: explainTcRefusal('qdisc', 'sfq') }, ack.kernelMessage);
   t.equal(error.code, 'ENOENT');
   t.ok(error.unknownKind);
   t.match(error.message, /add qdisc qdisc 10: \(sfq\) on dev eth0 failed with ENOENT: kernel says "Specified qdisc kind is unknown" — the kernel has no 'sfq' qdisc \(module sch_sfq not available\)/);

@@ -11,25 +11,10 @@ import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/err
 import { Flags, ifinfomsg, MessageType, tcmsg } from '../wire/message.js';
 import { formatHandle, type HandleInput, parseHandle, TC_H_ROOT } from './handle.js';
 import type { KindContext } from './kind.js';
-import {
-  type ClassRef,
-  type ClassSpec,
-  type DeviceTarget,
-  type Filter,
-  type FilterRef,
-  filterRequest,
-  type FilterSpec,
-  type Operation,
-  operationRequest,
-  type Qdisc,
-  type QdiscRef,
-  type QdiscSpec,
-  readClass,
-  readClassBytes,
-  readFilter,
-  readQdisc,
-  type TcClass,
-} from './objects.js';
+import { readClass, readClassBytes, readFilter, readQdisc } from './decode.js';
+import { filterKindProbe, operationRequest, qdiscKindProbe } from './encode.js';
+import { DEFAULT_FILTER_KIND, type FilterKindName } from './registry.js';
+import type { ClassRef, ClassSpec, DeviceTarget, Filter, FilterRef, FilterSpec, Operation, Qdisc, QdiscRef, QdiscSpec, TcClass } from './types.js';
 import { type SchedulerClock, schedulerClock } from './units.js';
 
 const IFLA_IFNAME = 3;
@@ -62,9 +47,7 @@ export interface OperationResult {
   warning?: string;
 }
 
-const LOOPBACK_IFINDEX = 1;
-const TCA_KIND = 1;
-const TCA_STAB = 8;
+const LOOPBACK = { ifindex: 1, name: 'dev lo' };
 /** A priority nothing of ours uses, for the filter probe. */
 const PROBE_PRIORITY = 0xfff0;
 
@@ -135,7 +118,7 @@ export class TrafficControl {
   }
 
   private settle(request: NetlinkRequest, outcome: RequestOutcome, ifPresent: boolean): OperationResult {
-    if (outcome.warning) this.onWarning({ ...request.context, message: outcome.warning });
+    if (outcome.warning) this.onWarning({ operation: request.context.operation, object: request.context.object, message: outcome.warning });
     if (!outcome.error) return outcome.warning ? { ok: true, warning: outcome.warning } : { ok: true };
     if (ifPresent && outcome.error.code === 'ENOENT') return { ok: true };
     return { ok: false, error: outcome.error };
@@ -279,9 +262,9 @@ export class TrafficControl {
     };
   }
 
-  /** u32 filters attached under `parent` (e.g. the root qdisc `1:`). */
-  filters(device: DeviceInput, parent: HandleInput): Filter[] {
-    return this.dump(MessageType.GETTFILTER, device, parseHandle(parent), 'filters').flatMap((message) => readFilter(message, this.context) ?? []);
+  /** Filters of one kind (default u32) attached under `parent` (e.g. the root qdisc `1:`). */
+  filters<K extends FilterKindName = typeof DEFAULT_FILTER_KIND>(device: DeviceInput, parent: HandleInput, kind: K = DEFAULT_FILTER_KIND as K): Filter<K>[] {
+    return this.dump(MessageType.GETTFILTER, device, parseHandle(parent), 'filters').flatMap((message) => readFilter(message, this.context, kind) ?? []);
   }
 
   // ---- kernel features ----------------------------------------------------------------------------
@@ -296,18 +279,7 @@ export class TrafficControl {
     const key = `qdisc:${kind}`;
     const cached = this.kindSupport.get(key);
     if (cached !== undefined) return cached;
-    const [outcome] = this.connection.batch([
-      {
-        type: MessageType.NEWQDISC,
-        flags: Flags.CREATE | Flags.EXCL,
-        context: { operation: 'probe', object: key },
-        writeBody(writer) {
-          writer.struct(tcmsg, { ifindex: LOOPBACK_IFINDEX, parent: TC_H_ROOT });
-          writer.attribute(TCA_KIND, attrString.encode(kind));
-          writer.endNested(writer.beginNested(TCA_STAB));
-        },
-      },
-    ]);
+    const [outcome] = this.connection.batch([qdiscKindProbe(LOOPBACK, kind)]);
     return this.remember(key, outcome!);
   }
 
@@ -320,10 +292,8 @@ export class TrafficControl {
     const key = `filter:${kind}`;
     const cached = this.kindSupport.get(key);
     if (cached !== undefined) return cached;
-    const probe = { kind: kind as FilterRef['kind'], parent, priority: PROBE_PRIORITY, protocol: 'all' as const, handle: 1 };
-    const [outcome] = this.connection.batch([
-      filterRequest('add', this.target(device), { ...probe, kind: 'u32' }, this.context, kind),
-    ]);
+    const probe = { kind, parent, priority: PROBE_PRIORITY, protocol: 'all' as const, handle: 1 };
+    const [outcome] = this.connection.batch([filterKindProbe(this.target(device), kind, parseHandle(parent), PROBE_PRIORITY)]);
     if (!outcome!.error) this.deleteFilter(device, probe, { ifPresent: true });
     return this.remember(key, outcome!);
   }

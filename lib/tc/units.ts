@@ -139,12 +139,26 @@ export function schedulerClock(): SchedulerClock {
   return cachedClock;
 }
 
-const truncU32 = (value: number): number => (value >= 2 ** 32 ? U32_MAX : Math.trunc(value));
+/**
+ * A double stored in an `unsigned int` as tc's rate-table loop does it (iproute2 6.1 on x86-64): truncated,
+ * and 0 when it does not fit in 32 bits (the golden vectors show it).
+ */
+const tableU32 = (value: number): number => (value >= 2 ** 32 ? 0 : Math.trunc(value));
 
-/** Time in scheduler ticks to send `size` bytes at `rate` bytes/s (tc_calc_xmittime, iproute2 6.1 rounding). */
+/**
+ * Time in scheduler ticks to send `size` bytes at `rate` bytes/s (tc_calc_xmittime, iproute2 6.1 rounding).
+ * Past 32 bits it becomes 0 as in tc's rate tables, which kernels ignore; a burst is checked first
+ * (ratespec.ts burstTicks) and refused, since tc would send the kernel a wrapped one.
+ */
 export function transmitTicks(rate: number, size: number, clock: SchedulerClock): number {
-  const microseconds = truncU32(1e6 * (size / rate));
-  return truncU32(microseconds * clock.ticksPerMicrosecond);
+  const microseconds = tableU32(1e6 * (size / rate));
+  return tableU32(microseconds * clock.ticksPerMicrosecond);
+}
+
+/** Whether `transmitTicks(rate, size)` stays within 32 bits, where tc neither wraps nor loses time. */
+export function transmitTicksFit(rate: number, size: number, clock: SchedulerClock): boolean {
+  const microseconds = 1e6 * (size / rate);
+  return microseconds < 2 ** 32 && Math.trunc(microseconds) * clock.ticksPerMicrosecond < 2 ** 32;
 }
 
 /** Bytes sent at `rate` during `ticks` (tc_calc_xmitsize): the inverse, for reading bursts back. */

@@ -3,7 +3,7 @@
  * for whole messages, and declarative attribute sets: a table of `name → (type id, codec)` from which
  * both encoding (in table order, which is the order iproute2 writes them) and decoding derive.
  */
-import type { StructCodec } from './struct.js';
+import { FieldRangeError, fitsScalar, type ScalarType, type StructCodec } from './struct.js';
 
 const NLA_HEADER = 4;
 const NLA_TYPE_MASK = 0x3fff; // strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
@@ -95,16 +95,17 @@ export function parseAttributes(data: Uint8Array): Map<number, Uint8Array> {
 
 // ---- declarative attribute sets -------------------------------------------------------------------
 
-interface ScalarCodec<T> {
+export interface ScalarCodec<T> {
   encode(value: T): Uint8Array;
   decode(payload: Uint8Array): T;
 }
 
 const view = (payload: Uint8Array): DataView => new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
 
-function scalar<T>(size: number, write: (v: DataView, value: T) => void, read: (v: DataView) => T): ScalarCodec<T> {
+function scalar<T>(type: ScalarType, size: number, write: (v: DataView, value: T) => void, read: (v: DataView) => T): ScalarCodec<T> {
   return {
     encode(value) {
+      if (!fitsScalar(type, value)) throw new FieldRangeError('attribute', type, value);
       const out = new Uint8Array(size);
       write(new DataView(out.buffer), value);
       return out;
@@ -116,11 +117,11 @@ function scalar<T>(size: number, write: (v: DataView, value: T) => void, read: (
   };
 }
 
-export const attrU8 = scalar<number>(1, (v, x) => v.setUint8(0, x), (v) => v.getUint8(0));
-export const attrU16 = scalar<number>(2, (v, x) => v.setUint16(0, x, true), (v) => v.getUint16(0, true));
-export const attrU32 = scalar<number>(4, (v, x) => v.setUint32(0, x, true), (v) => v.getUint32(0, true));
-export const attrU64 = scalar<bigint>(8, (v, x) => v.setBigUint64(0, x, true), (v) => v.getBigUint64(0, true));
-export const attrBe32 = scalar<number>(4, (v, x) => v.setUint32(0, x, false), (v) => v.getUint32(0, false));
+export const attrU8 = scalar<number>('u8', 1, (v, x) => v.setUint8(0, x), (v) => v.getUint8(0));
+export const attrU16 = scalar<number>('u16', 2, (v, x) => v.setUint16(0, x, true), (v) => v.getUint16(0, true));
+export const attrU32 = scalar<number>('u32', 4, (v, x) => v.setUint32(0, x, true), (v) => v.getUint32(0, true));
+export const attrU64 = scalar<bigint>('u64', 8, (v, x) => v.setBigUint64(0, x, true), (v) => v.getBigUint64(0, true));
+export const attrBe32 = scalar<number>('be32', 4, (v, x) => v.setUint32(0, x, false), (v) => v.getUint32(0, false));
 /** NUL-terminated string, as the kernel expects for TCA_KIND. */
 export const attrString: ScalarCodec<string> = {
   encode: (value) => new TextEncoder().encode(`${value}\0`),

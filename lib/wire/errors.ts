@@ -7,32 +7,14 @@ export interface RequestContext {
   operation: string;
   /** e.g. `class 1:10 (htb) on dev eth0`. */
   object: string;
-  /** The tc kind involved, so "unknown kind" errors can name the missing module. */
-  kind?: string;
-  /** `qdisc`, `class` or `filter`: which kernel module prefix a missing kind maps to. */
-  family?: 'qdisc' | 'class' | 'filter';
+  /**
+   * The protocol layer's reading of a refusal (tc: which module a missing kind needs); undefined, or no
+   * hint, falls back to the errno's generic meaning.
+   */
+  explain?: (refusal: { code: string; kernelMessage: string | undefined }) => { hint?: string | undefined; unknownKind?: boolean } | undefined;
 }
 
-const modulePrefix = { qdisc: 'sch_', class: 'sch_', filter: 'cls_' } as const;
-
-/** The kernel's words for a kind it does not have (qdisc_create, tcf_proto_lookup_ops). */
-const UNKNOWN_KIND = /kind is unknown|classifier not found|unknown filter/i;
-
-function isUnknownKind(code: string, kernelMessage: string | undefined): boolean {
-  return code === 'ENOENT' && kernelMessage !== undefined && UNKNOWN_KIND.test(kernelMessage);
-}
-
-/** qdisc_change's words for a kind without a change operation (sfq on many kernels, 6.1 among them). */
-const NO_CHANGE = /change operation not supported/i;
-
-function explain(code: string, kernelMessage: string | undefined, context: RequestContext): string | undefined {
-  if (isUnknownKind(code, kernelMessage) && context.kind) {
-    const what = context.family === 'filter' ? 'filter' : 'qdisc';
-    return `the kernel has no '${context.kind}' ${what} (module ${modulePrefix[context.family ?? 'qdisc']}${context.kind} not available)`;
-  }
-  if (code === 'EINVAL' && kernelMessage && NO_CHANGE.test(kernelMessage)) {
-    return `this kernel cannot change ${context.kind ? `a '${context.kind}' qdisc` : 'this qdisc'} in place: delete it and add it again`;
-  }
+function errnoHint(code: string): string | undefined {
   switch (code) {
     case 'EPERM':
     case 'EACCES':
@@ -64,6 +46,8 @@ export class NetlinkError extends Error {
   readonly operation: string;
   readonly object: string;
   readonly hint: string | undefined;
+  /** True when the kernel refused because it has no such kind (module missing), as the context explained it. */
+  readonly unknownKind: boolean;
 
   constructor(
     readonly errno: number,
@@ -72,18 +56,15 @@ export class NetlinkError extends Error {
     readonly kernelMessage?: string,
   ) {
     const code = errnoName(errno);
-    const hint = explain(code, kernelMessage, context);
+    const explained = context.explain?.({ code, kernelMessage });
+    const hint = explained?.hint ?? errnoHint(code);
     const said = kernelMessage ? `: kernel says "${kernelMessage}"` : '';
     super(`${context.operation} ${context.object} failed with ${code}${said}${hint ? ` — ${hint}` : ''}`);
     this.code = code;
     this.operation = context.operation;
     this.object = context.object;
     this.hint = hint;
-  }
-
-  /** True when the kernel refused because it has no such qdisc/filter kind (module missing). */
-  get unknownKind(): boolean {
-    return isUnknownKind(this.code, this.kernelMessage);
+    this.unknownKind = explained?.unknownKind ?? false;
   }
 }
 

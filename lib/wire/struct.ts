@@ -4,7 +4,7 @@
  * implicit padding, so padding is declared as a field, exactly as the kernel header has it.
  */
 
-type ScalarType = 's8' | 'u8' | 'u16' | 'u32' | 's16' | 's32' | 'u64' | 'be16' | 'be32';
+export type ScalarType = 's8' | 'u8' | 'u16' | 'u32' | 's16' | 's32' | 'u64' | 'be16' | 'be32';
 
 interface ScalarSpec {
   readonly type: ScalarType;
@@ -32,6 +32,49 @@ export type StructValue<Fields extends Record<string, FieldSpec>> = { [K in keyo
 
 const scalarSize: Record<ScalarType, number> = { s8: 1, u8: 1, u16: 2, u32: 4, s16: 2, s32: 4, u64: 8, be16: 2, be32: 4 };
 
+/** The integers a field can hold. */
+export interface IntegerRange {
+  readonly min: number;
+  readonly max: number;
+}
+
+const integerRanges: Record<Exclude<ScalarType, 'u64'>, IntegerRange> = {
+  s8: { min: -0x80, max: 0x7f },
+  u8: { min: 0, max: 0xff },
+  s16: { min: -0x8000, max: 0x7fff },
+  u16: { min: 0, max: 0xffff },
+  be16: { min: 0, max: 0xffff },
+  s32: { min: -0x80000000, max: 0x7fffffff },
+  u32: { min: 0, max: 0xffffffff },
+  be32: { min: 0, max: 0xffffffff },
+};
+const U64_MAX = 2n ** 64n - 1n;
+
+/** Whether `value` fits a field of `type`; DataView would silently wrap it instead. */
+export function fitsScalar(type: ScalarType, value: unknown): boolean {
+  if (type === 'u64') return typeof value === 'bigint' && value >= 0n && value <= U64_MAX;
+  const { min, max } = integerRanges[type];
+  return typeof value === 'number' && Number.isInteger(value) && value >= min && value <= max;
+}
+
+/** The range of an integer scalar type (not u64, whose values are bigints). */
+export const integerRange = (type: Exclude<ScalarType, 'u64'>): IntegerRange => integerRanges[type];
+
+/**
+ * A value that does not fit its field. Values a user gives are checked (and refused with a message in
+ * the user's terms) before they reach a struct, so this means a derived value was not clamped: a bug.
+ */
+export class FieldRangeError extends RangeError {
+  override readonly name = 'FieldRangeError';
+  constructor(
+    readonly field: string,
+    readonly expected: string,
+    readonly value: unknown,
+  ) {
+    super(`${field}: ${String(value)} does not fit ${expected}`);
+  }
+}
+
 function fieldSize(spec: FieldSpec): number {
   if (spec.type === 'bytes') return spec.length;
   if (spec.type === 'struct') return spec.struct.size;
@@ -58,6 +101,8 @@ export interface StructCodec<T> {
   encode(value: Partial<T>): Uint8Array;
   /** Reads a struct; a payload shorter than the struct (an older kernel) reads the missing tail as zero. */
   decode(data: Uint8Array): T;
+  /** What an integer field holds, so an option written to it can be checked against its declared width. */
+  fieldRange(field: keyof T & string): IntegerRange;
 }
 
 export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields): StructCodec<StructValue<Fields>> {
@@ -74,6 +119,7 @@ export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields)
       const at = base + offsets[index]!;
       const field = value[name];
       if (field === undefined) return; // the buffer is zero-filled
+      if (spec.type !== 'bytes' && spec.type !== 'struct' && !fitsScalar(spec.type, field)) throw new FieldRangeError(`struct field ${name}`, spec.type, field);
       switch (spec.type) {
         case 's8': view.setInt8(at, field as number); break;
         case 'u8': view.setUint8(at, field as number); break;
@@ -84,7 +130,10 @@ export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields)
         case 'u64': view.setBigUint64(at, field as bigint, true); break;
         case 'be16': view.setUint16(at, field as number, false); break;
         case 'be32': view.setUint32(at, field as number, false); break;
-        case 'bytes': new Uint8Array(view.buffer, view.byteOffset + at, spec.length).set(field as Uint8Array); break;
+        case 'bytes':
+          if ((field as Uint8Array).byteLength > spec.length) throw new FieldRangeError(`struct field ${name}`, `${spec.length} bytes`, `${(field as Uint8Array).byteLength} bytes`);
+          new Uint8Array(view.buffer, view.byteOffset + at, spec.length).set(field as Uint8Array);
+          break;
         case 'struct': spec.struct.encodeInto(view, at, field as Partial<unknown>); break;
       }
     });
@@ -120,6 +169,11 @@ export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields)
       const out = new Uint8Array(size);
       encodeInto(new DataView(out.buffer), 0, value as Record<string, unknown>);
       return out;
+    },
+    fieldRange(field) {
+      const spec = fields[field];
+      if (!spec || spec.type === 'bytes' || spec.type === 'struct' || spec.type === 'u64') throw new TypeError(`struct field ${field} is not a 32-bit-or-narrower integer`);
+      return integerRanges[spec.type];
     },
     decode(data) {
       if (data.byteLength >= size) return decodeFrom(new DataView(data.buffer, data.byteOffset, size));

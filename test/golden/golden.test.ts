@@ -29,6 +29,11 @@ t.test('library requests equal tc 6.1 requests', async (t) => {
     }
     t.equal(toTcCommand(GOLDEN_DEVICE, golden.operation), vector.command, `${golden.name}: same tc command`);
     t.equal(vector.requests.length, 1, `${golden.name}: tc sent one request`);
+    if (golden.refused) {
+      const attempt = () => operationRequest({ ifindex: vector.ifindex, name: GOLDEN_DEVICE }, golden.operation, { clock });
+      t.throws(attempt, { name: 'ShaperrInputError', message: golden.refused }, `${golden.name}: refused, where tc sends a wrapped value`);
+      continue;
+    }
     const ours = Buffer.from(encodeRequest(operationRequest({ ifindex: vector.ifindex, name: GOLDEN_DEVICE }, golden.operation, { clock })));
     const theirs = zeroSeqAndPid(Buffer.from(vector.requests[0]!, 'hex'));
     if (!ours.equals(theirs)) {

@@ -7,12 +7,15 @@ import t from 'tap';
 import { type LaneReady, prepareLane, runInLane } from './lane.js';
 
 /**
- * sfq itself (incl. the Shaper's probe, an sfq leaf under real traffic, fair sharing), the tc layer with
- * sfq present, and the Shaper and shaperrd integration suites with sfq leaves where the host has bfifo.
+ * sfq itself (incl. the Shaper's probe, an sfq leaf under real traffic, fair sharing), the other kinds
+ * this host lacks (fq_codel, the matchall filter), the tc layer with sfq present, and the Shaper and
+ * shaperrd integration suites with sfq leaves where the host has bfifo.
  * Two files at a time: the guest has two CPUs, and tap's own start-up dominates under emulation.
  */
 const INSIDE = [
   'test/sfq.test.ts',
+  'test/fq-codel.test.ts',
+  'test/matchall.test.ts',
   'test/traffic-control.test.ts',
   'test/shaper.test.ts',
   'test/server-ceiling.test.ts',

@@ -1,6 +1,6 @@
 /**
- * The stock-kernel lane: boots Debian's own kernel (which has sfq, fq_codel, prio, fw, flower — this
- * machine's kernel does not) under qemu with software emulation, on the host's root filesystem shared
+ * The stock-kernel lane: boots Debian's own kernel (which has sfq, fq_codel, prio, fw, flower, matchall —
+ * this machine's kernel does not) under qemu with software emulation, on the host's root filesystem shared
  * read-only over virtio-9p and made writable in the guest by an overlay, and runs one command there.
  *
  *   prepareLane()  resolves the current Debian kernel package, downloads and unpacks it once, and builds
@@ -21,7 +21,7 @@ const HERE = fileURLToPath(new URL('.', import.meta.url));
 const CACHE = join(HERE, 'cache');
 const INIT = join(HERE, 'init.sh');
 /** What the tests touch, and what mounting the host's root needs; dependencies are resolved by modprobe. */
-const MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'overlay', 'sch_htb', 'sch_sfq', 'sch_fq_codel', 'sch_tbf', 'sch_prio', 'cls_u32', 'cls_fw', 'cls_flower', 'veth', 'sch_ingress'];
+const MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'overlay', 'sch_htb', 'sch_sfq', 'sch_fq_codel', 'sch_tbf', 'sch_prio', 'cls_u32', 'cls_fw', 'cls_flower', 'cls_matchall', 'veth', 'sch_ingress'];
 const TOOLS = { 'qemu-system-x86_64': 'qemu-system-x86', cpio: 'cpio', modprobe: 'kmod', depmod: 'kmod', 'apt-get': 'apt' } as const;
 
 export type LaneReady = { ok: true; kernelVersion: string; kernel: string; initrd: string } | { ok: false; reason: string };

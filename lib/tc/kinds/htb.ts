@@ -5,9 +5,21 @@
 import { attr, attrBytes, attributeSet, attrU32, attrU64, type MessageWriter } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { nested, s32, struct, u32 } from '../../wire/struct.js';
-import { type KindContext, type TcKind, writeNestedOptions } from '../kind.js';
-import { formatRate, parseRate, parseSize, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
-import { cellLogOf, type LinkLayer, linkLayerName, parseLinkLayer, rateTable, saturate32, tcRatespec } from './ratespec.js';
+import { defineKind, type KindContext, type TcKind, writeNestedOptions } from '../kind.js';
+import { integerOption, sizeOption, U32_RANGE } from '../options.js';
+import { formatRate, parseRate, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
+import {
+  burstTicks,
+  cellLogOf,
+  type RateSpecOptions,
+  rateSpecArguments,
+  type RateSpecParameters,
+  rateTable,
+  readRateSpec,
+  resolveRateSpec,
+  saturate32,
+  tcRatespec,
+} from './ratespec.js';
 
 const tcHtbGlob = struct({ version: u32, rate2quantum: u32, defcls: u32, debug: u32, directPkts: u32 });
 const tcHtbOpt = struct({
@@ -60,20 +72,15 @@ export interface HtbQdiscParameters extends HtbQdiscOptions {
   directPackets?: number;
 }
 
-function checkU32(value: number, what: string): number {
-  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw new ShaperrInputError(`invalid ${what} ${value}: expected an unsigned 32-bit integer`);
-  return value;
-}
-
 export const htbQdisc: TcKind<HtbQdiscOptions, HtbQdiscParameters> = {
   name: 'htb',
   resolve(input) {
     const parameters: HtbQdiscParameters = {
-      defaultClass: checkU32(input.defaultClass ?? 0, 'HTB default class'),
-      r2q: checkU32(input.r2q ?? DEFAULT_R2Q, 'HTB r2q'),
+      // defcls is 32 bits wide, but holds a class minor number.
+      defaultClass: integerOption('HTB default class', input.defaultClass ?? 0, { min: 0, max: 0xffff }),
+      r2q: integerOption('HTB r2q', input.r2q ?? DEFAULT_R2Q, tcHtbGlob.fieldRange('rate2quantum')),
     };
-    if (input.defaultClass !== undefined && input.defaultClass > 0xffff) throw new ShaperrInputError(`invalid HTB default class ${input.defaultClass}: a class minor number is at most 0xffff`);
-    if (input.directQlen !== undefined) parameters.directQlen = checkU32(input.directQlen, 'HTB direct_qlen');
+    if (input.directQlen !== undefined) parameters.directQlen = integerOption('HTB direct_qlen', input.directQlen, U32_RANGE);
     return parameters;
   },
   write(writer, parameters) {
@@ -102,7 +109,7 @@ export const htbQdisc: TcKind<HtbQdiscOptions, HtbQdiscParameters> = {
 
 // ---- class -----------------------------------------------------------------------------------------
 
-export interface HtbClassOptions {
+export interface HtbClassOptions extends RateSpecOptions {
   /** Guaranteed rate. */
   rate: RateInput;
   /** Maximum rate when borrowing from the parent; defaults to `rate`. */
@@ -121,14 +128,9 @@ export interface HtbClassOptions {
   quantum?: number;
   /** Lower is served first when borrowing (0…7). */
   prio?: number;
-  /** Largest packet the rate table covers (tc default 1600). */
-  mtu?: number;
-  mpu?: number;
-  overhead?: number;
-  linklayer?: LinkLayer | 'adsl';
 }
 
-export interface HtbClassParameters extends HtbClassOptions {
+export interface HtbClassParameters extends Omit<HtbClassOptions, keyof RateSpecOptions>, RateSpecParameters {
   /** bits per second */
   rate: number;
   /** bits per second */
@@ -137,9 +139,6 @@ export interface HtbClassParameters extends HtbClassOptions {
   cburst: number;
   quantum: number;
   prio: number;
-  mpu: number;
-  overhead: number;
-  linklayer: LinkLayer;
   /** Read back only: 0 for leaf classes, higher for inner ones. */
   level?: number;
 }
@@ -166,29 +165,24 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
     const rateBytes = parseRate(input.rate);
     const ceilBytes = input.ceil === undefined ? rateBytes : parseRate(input.ceil);
     if (ceilBytes < rateBytes) throw new ShaperrInputError(`invalid HTB class: ceil ${formatRate(ceilBytes)} is below rate ${formatRate(rateBytes)}`);
-    const mtu = input.mtu === undefined ? HTB_DEFAULT_MTU : checkU32(input.mtu, 'HTB mtu');
-    const u16 = (value: number | undefined, what: string): number => {
-      if (value === undefined) return 0;
-      if (!Number.isInteger(value) || value < 0 || value > 0xffff) throw new ShaperrInputError(`invalid HTB ${what} ${value}: expected 0…65535`);
-      return value;
-    };
-    const prio = input.prio ?? 0;
-    if (!Number.isInteger(prio) || prio < 0 || prio > 7) throw new ShaperrInputError(`invalid HTB prio ${prio}: expected 0…7`);
+    const rateSpec = resolveRateSpec('HTB', input);
+    const mtu = rateSpec.mtu ?? HTB_DEFAULT_MTU;
     // tc: rate / get_hz() + mtu, in integer arithmetic (HZ is 1e9 with high-resolution timers, so ≈ mtu).
     const defaultBurst = (bytes: number): number => Math.floor(bytes / context.clock.hz) + mtu;
+    const burst = input.burst === undefined ? defaultBurst(rateBytes) : sizeOption('HTB burst', input.burst);
+    const cburst = input.cburst === undefined ? defaultBurst(ceilBytes) : sizeOption('HTB cburst', input.cburst);
+    burstTicks('HTB burst', rateBytes, burst, context.clock);
+    burstTicks('HTB cburst', ceilBytes, cburst, context.clock);
     const parameters: HtbClassParameters = {
       rate: rateBytes * 8,
       ceil: ceilBytes * 8,
-      burst: input.burst === undefined ? defaultBurst(rateBytes) : parseSize(input.burst),
-      cburst: input.cburst === undefined ? defaultBurst(ceilBytes) : parseSize(input.cburst),
-      quantum: input.quantum === undefined ? defaultQuantum(rateBytes) : checkU32(input.quantum, 'HTB quantum'),
-      prio,
-      mpu: u16(input.mpu, 'mpu'),
-      overhead: u16(input.overhead, 'overhead'),
-      linklayer: input.linklayer === undefined ? 'ethernet' : parseLinkLayer(input.linklayer),
+      burst,
+      cburst,
+      quantum: input.quantum === undefined ? defaultQuantum(rateBytes) : integerOption('HTB quantum', input.quantum, tcHtbOpt.fieldRange('quantum')),
+      // prio is 32 bits wide, but the kernel has eight priorities.
+      prio: integerOption('HTB prio', input.prio ?? 0, { min: 0, max: 7 }),
+      ...rateSpec,
     };
-    // Shape of the rate tables only: not carried on the wire, so a dump cannot read them back.
-    if (input.mtu !== undefined) parameters.mtu = mtu;
     if (input.burstCell !== undefined) parameters.burstCell = 2 ** cellLogOf(input.burstCell);
     if (input.cburstCell !== undefined) parameters.cburstCell = 2 ** cellLogOf(input.cburstCell);
     return parameters;
@@ -229,9 +223,7 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
       cburst: transmitSize(ceilBytes, parms.cbuffer, context.clock),
       quantum: parms.quantum,
       prio: parms.prio,
-      mpu: parms.rate.mpu,
-      overhead: parms.rate.overhead,
-      linklayer: linkLayerName(parms.rate.linklayer),
+      ...readRateSpec(parms.rate),
       level: parms.level,
     };
   },
@@ -241,10 +233,7 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
     const rate = (value: RateInput): string => (typeof value === 'number' ? formatRate(Math.trunc(value / 8)) : value);
     const size = (value: SizeInput, cell: number | undefined): string => `${value}${cell === undefined ? '' : `/${cell}`}`;
     if (input.prio !== undefined) args.push('prio', String(input.prio));
-    if (input.mtu !== undefined) args.push('mtu', String(input.mtu));
-    if (input.mpu !== undefined) args.push('mpu', String(input.mpu));
-    if (input.overhead !== undefined) args.push('overhead', String(input.overhead));
-    if (input.linklayer !== undefined) args.push('linklayer', input.linklayer);
+    args.push(...rateSpecArguments(input));
     // A clamped default quantum is printed too, so the command replays without the kernel's warning.
     const quantum = input.quantum ?? (defaultQuantum(parseRate(input.rate)) || undefined);
     if (quantum !== undefined) args.push('quantum', String(quantum));
@@ -255,3 +244,5 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
     return args;
   },
 };
+
+export const htb = defineKind({ qdisc: htbQdisc, class: htbClass });

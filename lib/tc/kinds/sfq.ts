@@ -6,8 +6,10 @@
 import type { MessageWriter } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { bytes, nested, s32, struct, u32, u8 } from '../../wire/struct.js';
-import { TCA_OPTIONS, type TcKind } from '../kind.js';
-import { parseSize, type SizeInput } from '../units.js';
+import { defineKind, type TcKind } from '../kind.js';
+import { integerOption, sizeOption } from '../options.js';
+import { TCA } from '../tca.js';
+import type { SizeInput } from '../units.js';
 
 const tcSfqQopt = struct({ quantum: u32, perturbPeriod: s32, limit: u32, divisor: u32, flows: u32 });
 const tcSfqQoptV1 = struct({
@@ -54,27 +56,26 @@ export interface SfqStats {
 
 const optionNames = ['perturb', 'quantum', 'limit', 'divisor', 'flows', 'depth'] as const;
 
-function checkCount(value: number | undefined, what: string, minimum = 0): void {
-  if (value === undefined) return;
-  if (!Number.isInteger(value) || value < minimum || value > 0xffffffff) throw new ShaperrInputError(`invalid SFQ ${what} ${value}: expected an integer ≥ ${minimum}`);
-}
+/** Where each counting option is written, so it is checked against that field's width. */
+const optionFields = { perturb: 'perturbPeriod', limit: 'limit', divisor: 'divisor', flows: 'flows' } as const;
 
-export const sfq: TcKind<SfqOptions, SfqParameters, SfqStats> = {
+export const sfqQdisc: TcKind<SfqOptions, SfqParameters, SfqStats> = {
   name: 'sfq',
   resolve(input) {
-    checkCount(input.perturb, 'perturb');
-    checkCount(input.limit, 'limit', 2);
-    checkCount(input.divisor, 'divisor');
-    checkCount(input.flows, 'flows');
-    checkCount(input.depth, 'depth');
     const { quantum, ...counts } = input;
     const parameters: SfqParameters = counts;
-    if (quantum !== undefined) parameters.quantum = parseSize(quantum);
+    for (const option of ['perturb', 'limit', 'divisor', 'flows'] as const) {
+      const value = input[option];
+      if (value !== undefined) integerOption(`SFQ ${option}`, value, tcSfqQopt.fieldRange(optionFields[option]));
+    }
+    if (input.limit !== undefined && input.limit < 2) throw new ShaperrInputError(`invalid SFQ limit ${input.limit}: at least 2 packets`);
+    if (input.depth !== undefined) integerOption('SFQ depth', input.depth, tcSfqQoptV1.fieldRange('depth'));
+    if (quantum !== undefined) parameters.quantum = sizeOption('SFQ quantum', quantum, tcSfqQopt.fieldRange('quantum'));
     return parameters;
   },
   write(writer: MessageWriter, parameters) {
     if (!optionNames.some((name) => parameters[name] !== undefined) && !parameters.headdrop) return;
-    writer.attributeStruct(TCA_OPTIONS, tcSfqQoptV1, {
+    writer.attributeStruct(TCA.OPTIONS, tcSfqQoptV1, {
       v0: {
         quantum: parameters.quantum ?? 0,
         perturbPeriod: parameters.perturb ?? 0,
@@ -111,3 +112,5 @@ export const sfq: TcKind<SfqOptions, SfqParameters, SfqStats> = {
     return args;
   },
 };
+
+export const sfq = defineKind({ qdisc: sfqQdisc });

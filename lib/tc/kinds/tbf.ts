@@ -2,9 +2,20 @@
 import { attr, attrBytes, attributeSet, attrU32, attrU64 } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { nested, struct, u32 } from '../../wire/struct.js';
-import { type TcKind, writeNestedOptions } from '../kind.js';
-import { formatRate, parseRate, parseSize, parseTime, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
-import { type LinkLayer, linkLayerName, parseLinkLayer, rateTable, saturate32, tcRatespec } from './ratespec.js';
+import { defineKind, type TcKind, writeNestedOptions } from '../kind.js';
+import { sizeOption, timeOption, U32_RANGE } from '../options.js';
+import { formatRate, parseRate, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
+import {
+  burstTicks,
+  type RateSpecOptions,
+  rateSpecArguments,
+  type RateSpecParameters,
+  rateTable,
+  readRateSpec,
+  resolveRateSpec,
+  saturate32,
+  tcRatespec,
+} from './ratespec.js';
 
 const tcTbfQopt = struct({ rate: nested(tcRatespec), peakrate: nested(tcRatespec), limit: u32, buffer: u32, mtu: u32 });
 
@@ -19,7 +30,7 @@ const tbfAttributes = attributeSet({
   ptab: attr(3, attrBytes),
 });
 
-export interface TbfOptions {
+export interface TbfOptions extends RateSpecOptions {
   rate: RateInput;
   /** Bucket size in bytes. */
   burst: SizeInput;
@@ -29,55 +40,44 @@ export interface TbfOptions {
   latency?: string | number;
   /** Second bucket: peak rate, with `mtu` as its size. */
   peakrate?: RateInput;
-  mtu?: SizeInput;
-  mpu?: number;
-  overhead?: number;
-  linklayer?: LinkLayer | 'adsl';
 }
 
-export interface TbfParameters extends TbfOptions {
+export interface TbfParameters extends Omit<TbfOptions, keyof RateSpecOptions>, RateSpecParameters {
   /** bits per second */
   rate: number;
   burst: number;
   limit: number;
   peakrate?: number;
-  mtu?: number;
-  mpu: number;
-  overhead: number;
-  linklayer: LinkLayer;
 }
 
-export const tbf: TcKind<TbfOptions, TbfParameters> = {
+export const tbfQdisc: TcKind<TbfOptions, TbfParameters> = {
   name: 'tbf',
-  resolve(input) {
+  resolve(input, context) {
     if ((input.limit === undefined) === (input.latency === undefined)) {
       throw new ShaperrInputError('invalid TBF options: give exactly one of limit or latency');
     }
     if (input.peakrate !== undefined && input.mtu === undefined) throw new ShaperrInputError('invalid TBF options: peakrate needs mtu');
     const rateBytes = parseRate(input.rate);
-    const burst = parseSize(input.burst);
+    const burst = sizeOption('TBF burst', input.burst);
     if (burst === 0) throw new ShaperrInputError('invalid TBF burst 0: must be positive');
     const peakBytes = input.peakrate === undefined ? undefined : parseRate(input.peakrate);
-    const mtu = input.mtu === undefined ? undefined : parseSize(input.mtu);
+    const rateSpec = resolveRateSpec('TBF', input);
+    const mtu = rateSpec.mtu;
+    // tc computes both times from the saturated 32-bit rates.
+    burstTicks('TBF burst', saturate32(rateBytes), burst, context.clock);
+    if (peakBytes !== undefined) burstTicks('TBF mtu', saturate32(peakBytes), mtu!, context.clock);
     let limit: number;
     if (input.limit !== undefined) {
-      limit = parseSize(input.limit);
+      limit = sizeOption('TBF limit', input.limit);
     } else {
-      const latency = parseTime(input.latency!);
+      const latency = timeOption('TBF latency', input.latency!);
       limit = (rateBytes * latency) / 1e6 + burst;
       if (peakBytes !== undefined) limit = Math.min(limit, (peakBytes * latency) / 1e6 + mtu!);
       limit = Math.trunc(limit);
+      if (limit > U32_RANGE.max) throw new ShaperrInputError(`invalid TBF latency ${JSON.stringify(input.latency)}: at this rate its byte limit ${limit} exceeds 32 bits`);
     }
-    const parameters: TbfParameters = {
-      rate: rateBytes * 8,
-      burst,
-      limit,
-      mpu: input.mpu ?? 0,
-      overhead: input.overhead ?? 0,
-      linklayer: input.linklayer === undefined ? 'ethernet' : parseLinkLayer(input.linklayer),
-    };
+    const parameters: TbfParameters = { rate: rateBytes * 8, burst, limit, ...rateSpec };
     if (peakBytes !== undefined) parameters.peakrate = peakBytes * 8;
-    if (mtu !== undefined) parameters.mtu = mtu;
     return parameters;
   },
   write(writer, parameters, context) {
@@ -92,7 +92,6 @@ export const tbf: TcKind<TbfOptions, TbfParameters> = {
           rate: rate.spec,
           peakrate: peak?.spec,
           limit: parameters.limit,
-          // tc computes both times from the saturated 32-bit rates.
           buffer: transmitTicks(saturate32(rateBytes), parameters.burst, context.clock),
           mtu: peak ? transmitTicks(saturate32(peakBytes), parameters.mtu!, context.clock) : 0,
         },
@@ -113,9 +112,7 @@ export const tbf: TcKind<TbfOptions, TbfParameters> = {
       rate: rateBytes * 8,
       burst: values.burst ?? transmitSize(rateBytes, values.parms.buffer, context.clock),
       limit: values.parms.limit,
-      mpu: values.parms.rate.mpu,
-      overhead: values.parms.rate.overhead,
-      linklayer: linkLayerName(values.parms.rate.linklayer),
+      ...readRateSpec(values.parms.rate),
     };
     const peakBytes = values.prate64 !== undefined ? Number(values.prate64) : values.parms.peakrate.rate;
     if (peakBytes) {
@@ -130,10 +127,9 @@ export const tbf: TcKind<TbfOptions, TbfParameters> = {
     if (input.limit !== undefined) args.push('limit', String(input.limit));
     if (input.latency !== undefined) args.push('latency', typeof input.latency === 'number' ? `${input.latency}us` : input.latency);
     if (input.peakrate !== undefined) args.push('peakrate', rate(input.peakrate));
-    if (input.mtu !== undefined) args.push('mtu', String(input.mtu));
-    if (input.mpu !== undefined) args.push('mpu', String(input.mpu));
-    if (input.overhead !== undefined) args.push('overhead', String(input.overhead));
-    if (input.linklayer !== undefined) args.push('linklayer', input.linklayer);
+    args.push(...rateSpecArguments(input));
     return args;
   },
 };
+
+export const tbf = defineKind({ qdisc: tbfQdisc });

@@ -10,7 +10,7 @@ import { attr, attributeSet, attrU32 } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { be16, be32, s16, s32, struct, u16, u8 } from '../../wire/struct.js';
 import { formatHandle, type HandleInput, parseHandle } from '../handle.js';
-import { type TcKind, writeNestedOptions } from '../kind.js';
+import { defineKind, type FilterKind, writeNestedOptions } from '../kind.js';
 
 const tcU32Sel = struct({ flags: u8, offshift: u8, nkeys: u8, pad: u8, offmask: be16, off: u16, offoff: s16, hoff: s16, hmask: be32 });
 const tcU32Key = struct({ mask: be32, value: be32, offset: s32, offmask: s32 });
@@ -297,8 +297,10 @@ function readMatch(keys: U32Key[], family: 4 | 6): { match?: U32Match & { family
 
 const IPV6_ETHERTYPE = 0x86dd;
 
-export const u32: TcKind<U32Options, U32Parameters> = {
+export const u32Filter: FilterKind<U32Options, U32Parameters> = {
   name: 'u32',
+  parseHandle: parseU32Handle,
+  formatHandle: formatU32Handle,
   resolve(input) {
     const parameters: U32Parameters = {};
     if (input.match !== undefined) parameters.match = resolveMatch(input.match);
@@ -379,3 +381,5 @@ export const u32: TcKind<U32Options, U32Parameters> = {
     return args;
   },
 };
+
+export const u32 = defineKind({ filter: u32Filter });
