@@ -19,12 +19,15 @@ import { SessionTracker } from '../daemon/sessions.js';
 import { createNetns, deleteNetns, ip } from '../daemon/demo/sandbox.js';
 import { measureGoodputConcurrently, measureRoundTrips } from '../test/helpers/traffic.js';
 import { createTopology } from '../test/helpers/netns.js';
+import { type ShippedDaemon, startShippedDaemon, waitFor } from './shipped-daemon.js';
+import { homeUplinkScenario } from './home-uplink.js';
 
 const quick = process.argv.includes('--quick');
 /** `--only=churn` runs the scenarios whose name contains the word. */
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length);
+/** With --only: put this run's scenarios into the published results, in place of their earlier rows. */
+const merge = process.argv.includes('--merge');
 const HERE = fileURLToPath(new URL('.', import.meta.url));
-const DAEMON = fileURLToPath(new URL('../dist/daemon/cli.js', import.meta.url));
 const PREFIX = 'shaperr-b';
 
 interface Row {
@@ -444,32 +447,6 @@ async function classification(): Promise<void> {
   }
 }
 
-/** The shipped daemon (`dist/daemon/cli.js` with its shebang's V8 flags, as systemd runs it), once it has started. */
-interface ShippedDaemon {
-  pid: number;
-  stop(): Promise<void>;
-}
-
-async function startShippedDaemon(config: object, dir: string): Promise<ShippedDaemon> {
-  writeFileSync(join(dir, 'shaperr.yaml'), JSON.stringify(config)); // JSON is YAML
-  const daemon = spawn(process.execPath, [...shebangFlags(DAEMON), DAEMON, '--config', join(dir, 'shaperr.yaml'), '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let output = '';
-  daemon.stdout!.on('data', (data: Buffer) => (output += data.toString()));
-  const exited = new Promise<number | null>((resolve) => daemon.once('exit', resolve));
-  const stop = async () => {
-    daemon.kill('SIGTERM');
-    await exited;
-  };
-  await waitFor(() => output.includes('"shaperrd started"'), 10_000, 'shaperrd did not start').catch(async (error: unknown) => {
-    await stop();
-    throw error;
-  });
-  return { pid: daemon.pid!, stop };
-}
-
-/** The node flags the shipped bin's `#!/usr/bin/env -S node …` line passes, so the daemon runs as installed. */
-const shebangFlags = (script: string): string[] => readFileSync(script, 'utf8').split('\n', 1)[0]!.split(' ').slice(3);
-
 /** User + system CPU time of a process so far (fields 14 and 15 of /proc/pid/stat, in clock ticks of 10 ms). */
 const cpuSeconds = (pid: number): number => {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
@@ -477,14 +454,6 @@ const cpuSeconds = (pid: number): number => {
 };
 
 const rssMiB = (pid: number): number => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
-
-async function waitFor(ready: () => boolean, timeoutMs: number, failure: string): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!ready()) {
-    if (performance.now() > deadline) throw new Error(`${failure} within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 // ---- 5. parser -----------------------------------------------------------------------------------------
 
@@ -566,12 +535,34 @@ async function main(): Promise<void> {
     ['classification', classification],
     ['parser', parser],
     ['accuracy', accuracy],
+    ['home uplink', () => homeUplinkScenario(record, { quick })],
   ] as const) {
     if (only && !name.includes(only)) continue;
     process.stderr.write(`${name}…\n`);
     await run();
   }
-  const table = [
+  const out = join(HERE, 'results');
+  mkdirSync(out, { recursive: true });
+  const suffix = quick ? '-quick' : '';
+  let published = { machine: about, rows };
+  if (only && merge) {
+    // Scenarios are told apart by their number ("7. home uplink (…)"): their names carry sizes that may change.
+    const number = (scenario: string) => scenario.split(' ', 1)[0];
+    const fresh = new Set(rows.map((row) => number(row.scenario)));
+    const earlier = JSON.parse(readFileSync(join(out, `latest${suffix}.json`), 'utf8')) as { machine: Record<string, string>; rows: Row[] };
+    const kept = earlier.rows.filter((row) => !fresh.has(number(row.scenario)));
+    const merged = [...kept, ...rows].sort((a, b) => parseFloat(number(a.scenario)!) - parseFloat(number(b.scenario)!));
+    published = { machine: { ...earlier.machine, [`scenarios ${[...fresh].join(' ')}`]: `re-run ${about.date}` }, rows: merged };
+  }
+  const table = markdown(published.machine, published.rows);
+  process.stdout.write(`${markdown(about, rows)}\n`);
+  if (only && !merge) return; // a partial run does not replace the published results
+  writeFileSync(join(out, `latest${suffix}.md`), table);
+  writeFileSync(join(out, `latest${suffix}.json`), `${JSON.stringify(published, null, 2)}\n`);
+}
+
+function markdown(about: Record<string, string>, rows: Row[]): string {
+  return [
     `# shaperr benchmarks (${about.mode})`,
     '',
     Object.entries(about).map(([key, value]) => `- ${key}: ${value}`).join('\n'),
@@ -581,13 +572,6 @@ async function main(): Promise<void> {
     ...rows.map((row) => `| ${cell(row.scenario)} | ${cell(row.variant)} | ${format(row.value)} ${row.unit} | ${row.median === undefined ? '' : `${format(row.median)} / ${format(row.p99!)}`} | ${cell(row.note ?? '')} |`),
     '',
   ].join('\n');
-  process.stdout.write(`${table}\n`);
-  const out = join(HERE, 'results');
-  mkdirSync(out, { recursive: true });
-  if (only) return; // a partial run does not replace the published results
-  const suffix = quick ? '-quick' : '';
-  writeFileSync(join(out, `latest${suffix}.md`), table);
-  writeFileSync(join(out, `latest${suffix}.json`), `${JSON.stringify({ machine: about, rows }, null, 2)}\n`);
 }
 
 main().catch((error: unknown) => {

@@ -24,6 +24,9 @@ t.test('quick benchmark run produces every scenario row', { skip: netnsUnavailab
     /one filter \(baseline\)/, /one linear u32 chain/, /Shaper's u32 hash tables/,
     /mixed log/, /non-playback lines only/,
     /one client at 2 Mbit\/s/, /two clients under a 4 Mbit\/s server ceiling/,
+    /^idle uplink: gamer RTT p99$/, /^Plex unshaped: gamer RTT p99$/, /^shaperr \(library\): gamer RTT p99$/, /^shaperrd from a Plex log: gamer RTT p99$/,
+    /modem peak backlog/, /modem drops/, /stalls/, /start-up/, /mean goodput/, /uplink utilisation while every stream fetches/,
+    /^gamer p99 ratio: unshaped ÷ shaperr/, /^gamer p99: shaperr − idle/,
   ];
   for (const pattern of expected) t.ok(rows.some((row) => pattern.test(row.variant) && Number.isFinite(row.value)), `row ${pattern}`);
   t.match(result.stdout, /\| scenario \| variant \| result \|/, 'markdown table printed');
