@@ -47,6 +47,8 @@ export interface HomeUplinkOptions {
   seconds: number;
   /** Remote players (ignored for `idle`). */
   streams: number;
+  /** Depth of the modem's buffer in seconds of uplink (default 1, a cable modem's). */
+  modemBufferSeconds?: number;
 }
 
 export interface HomeUplinkResult {
@@ -68,9 +70,9 @@ export interface HomeUplinkResult {
   tsoRttLogSet: boolean;
 }
 
-export async function runHomeUplink({ variant, seconds, streams: count }: HomeUplinkOptions): Promise<HomeUplinkResult> {
+export async function runHomeUplink({ variant, seconds, streams: count, modemBufferSeconds = 1 }: HomeUplinkOptions): Promise<HomeUplinkResult> {
   const specs = variant === 'idle' ? [] : streamSpecs(count);
-  const home = await createHomeUplink({ prefix: PREFIX, uplinkBitsPerSecond: UPLINK_BITS, players: specs.length });
+  const home = await createHomeUplink({ prefix: PREFIX, uplinkBitsPerSecond: UPLINK_BITS, modemBufferSeconds, players: specs.length });
   const cleanups: Array<() => unknown> = [() => home.destroy()];
   try {
     const servers = await startServers(home);
