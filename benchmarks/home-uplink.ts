@@ -15,15 +15,21 @@ import { TrafficControl } from '../lib/tc/traffic-control.js';
 import {
   createHomeUplink,
   type HomeUplink,
+  homeShaping,
   PLEX,
+  percentile,
   pingFigures,
   type PingFigures,
-  playerAddress,
+  pipeRate,
+  plexStartLine,
+  SERVER_CEILING_BITS,
   startGamer,
   startPlayers,
   startServers,
   type StreamResult,
   type StreamSpec,
+  streamSpecs,
+  UPLINK_BITS,
   utilisationWhileAllFetch,
   watchModem,
 } from '../daemon/demo/home-uplink.js';
@@ -31,16 +37,7 @@ import { type ShippedDaemon, startShippedDaemon, waitFor } from './shipped-daemo
 
 export type HomeUplinkVariant = 'idle' | 'unshaped' | 'shaperr' | 'shaperrd';
 
-const UPLINK_BITS = 20e6;
-/** The server ceiling: 90 % of the uplink, so the modem's buffer never fills from Plex alone. */
-const SERVER_SHARE = 0.9;
-/** Each client pipe: its stream's bitrate plus room to refill the buffer. */
-const PIPE_HEADROOM = 1.25;
-const BITRATES = [3e6, 4e6, 6e6];
 const PREFIX = 'shaperr-b';
-
-/** `count` streams cycling through 3, 4 and 6 Mbit/s, one remote player address each. */
-export const streamSpecs = (count: number): StreamSpec[] => Array.from({ length: count }, (_, i) => ({ address: playerAddress(i), bitsPerSecond: BITRATES[i % BITRATES.length]! }));
 
 export interface HomeUplinkOptions {
   variant: HomeUplinkVariant;
@@ -61,6 +58,12 @@ export interface HomeUplinkResult {
     /** The modem's buffer, for scale. */
     bufferBytes: number;
     drops: number;
+    /**
+     * What the modem's queue adds to every packet's trip (backlog ÷ uplink rate, per poll): the gamer's
+     * lag as the kernel counts it, unaffected by when the gamer's processes get a core.
+     */
+    queueDelayP99Ms: number;
+    queueDelayMaxMs: number;
     /** Bytes carried ÷ what the uplink could carry over the run. */
     utilisation: number;
     /** The same over the stretches where every stream was fetching (0: never all at once). */
@@ -84,6 +87,7 @@ export async function runHomeUplink({ variant, seconds, streams: count, modemBuf
     const players = specs.length ? startPlayers(home, specs, seconds) : undefined;
     const [ping, streams] = await Promise.all([gamer.done, players?.done ?? []]);
     const report = modem.stop();
+    const queueDelays = report.samples.map((sample) => (sample.backlog * 8 * 1000) / UPLINK_BITS);
     return {
       variant,
       seconds,
@@ -93,6 +97,8 @@ export async function runHomeUplink({ variant, seconds, streams: count, modemBuf
         peakBacklogBytes: report.peakBacklog,
         bufferBytes: home.modemBufferBytes,
         drops: report.drops,
+        queueDelayP99Ms: percentile(queueDelays, 99),
+        queueDelayMaxMs: Math.max(...queueDelays),
         utilisation: (report.bytes * 8) / ((report.samples.at(-1)!.at - report.samples[0]!.at) / 1000) / UPLINK_BITS,
         utilisationWhileAllFetch: players ? utilisationWhileAllFetch(home, report, players.fetches) : 0,
       },
@@ -103,18 +109,13 @@ export async function runHomeUplink({ variant, seconds, streams: count, modemBuf
   }
 }
 
-const pipeRate = (spec: StreamSpec) => Math.round(spec.bitsPerSecond * PIPE_HEADROOM);
-
 /** The library: server ceiling 90 % of the uplink, one pipe per player at bitrate × 1.25, bfifo leaves. */
 async function shapeWithLibrary(home: HomeUplink, specs: StreamSpec[]): Promise<() => Promise<void>> {
-  const ceiling = UPLINK_BITS * SERVER_SHARE;
-  const shaper = await Shaper.open({ device: PLEX.device, netns: home.plexNs, server: { rate: ceiling, ceil: ceiling }, client: { rate: ceiling }, leaf: 'bfifo', onWarning: () => {} });
+  const { device, netns, server, client, leaf, exempt } = homeShaping(home, specs);
+  const shaper = await Shaper.open({ device, netns, server, client, leaf, exempt, onWarning: () => {} });
   for (const spec of specs) await shaper.throttle(spec.address, { rate: pipeRate(spec) });
   return () => shaper.close({ teardown: true });
 }
-
-const plexStartLine = (address: string, session: string) =>
-  `Nov 29, 2026 01:40:00.000 [140562] DEBUG - Request: [${address}:51000 (WAN)] GET /video/:/transcode/universal/start.m3u8?session=${session}&X-Plex-Token=bench (3 live) #1 TLS GZIP Signed-in Token (viewer)\n`;
 
 /**
  * The whole product: the shipped shaperrd with the same limits (per-player rates as network overrides),
@@ -128,15 +129,9 @@ async function shapeWithDaemon(home: HomeUplink, specs: StreamSpec[]): Promise<(
   let daemon: ShippedDaemon | undefined;
   const tc = TrafficControl.open({ netns: home.plexNs });
   try {
-    const ceiling = UPLINK_BITS * SERVER_SHARE;
     daemon = await startShippedDaemon(
       {
-        device: PLEX.device,
-        netns: home.plexNs,
-        server: { rate: ceiling, ceil: ceiling },
-        client: { rate: ceiling },
-        leaf: 'bfifo',
-        overrides: specs.map((spec) => ({ network: `${spec.address}/32`, rate: pipeRate(spec) })),
+        ...homeShaping(home, specs),
         log,
         stateFile: join(dir, 'state.json'),
         // The run has no timeline lines: sessions must outlive it.
@@ -204,11 +199,13 @@ function recordVariant(record: (row: Row) => void, scenario: string, result: Hom
   record({ scenario, variant: `${label}: gamer jitter (mean change between pings)`, value: ping.jitter, unit: 'ms' });
   record({ scenario, variant: `${label}: modem peak backlog`, value: modem.peakBacklogBytes / 1024, unit: 'KiB', note: `buffer ${Math.round(modem.bufferBytes / 1024)} KiB, polled every 20 ms` });
   record({ scenario, variant: `${label}: modem drops`, value: modem.drops, unit: 'packets' });
+  record({ scenario, variant: `${label}: modem queueing delay p99 (backlog ÷ uplink rate)`, value: modem.queueDelayP99Ms, unit: 'ms', note: 'what the queue adds to each packet, from the kernel counters' });
+  record({ scenario, variant: `${label}: modem queueing delay max`, value: modem.queueDelayMaxMs, unit: 'ms' });
   record({ scenario, variant: `${label}: uplink utilisation`, value: modem.utilisation * 100, unit: '%' });
   if (result.variant === 'idle') return;
   record({ scenario, variant: `${label}: uplink utilisation while every stream fetches (target ≥ 80)`, value: modem.utilisationWhileAllFetch * 100, unit: '%' });
   // Stalls are a failure only where every pipe fits under the server ceiling.
-  const fits = result.streams.reduce((sum, stream) => sum + pipeRate(stream), 0) <= UPLINK_BITS * SERVER_SHARE;
+  const fits = result.streams.reduce((sum, stream) => sum + pipeRate(stream), 0) <= SERVER_CEILING_BITS;
   for (const stream of result.streams) {
     const name = `${label}: stream ${stream.bitsPerSecond / 1e6} Mbit/s (${stream.address})`;
     record({ scenario, variant: `${name} stalls${fits ? ' (target 0)' : ''}`, value: stream.stalls, unit: 'stalls', note: `${stream.lateSegments} of ${stream.segments} segments late, ${stream.stalledSeconds.toFixed(1)} s stalled` });

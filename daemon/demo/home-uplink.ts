@@ -29,6 +29,39 @@ const MODEM = { device: 'wan0', classid: '1:10', leaf: '10:' } as const;
 /** Remote player N is at 203.0.113.(10 + N). */
 export const playerAddress = (index: number): string => `203.0.113.${10 + index}`;
 
+export const UPLINK_BITS = 20e6;
+/** shaperr's server ceiling: 90 % of the uplink, so Plex alone never builds a queue in the modem. */
+export const SERVER_CEILING_BITS = 0.9 * UPLINK_BITS;
+/** Each client pipe: its stream's bitrate plus room to refill the player's buffer. */
+export const PIPE_HEADROOM = 1.25;
+const BITRATES = [3e6, 4e6, 6e6];
+
+/** `count` streams cycling through 3, 4 and 6 Mbit/s, one remote player address each. */
+export const streamSpecs = (count: number): StreamSpec[] => Array.from({ length: count }, (_, i) => ({ address: playerAddress(i), bitsPerSecond: BITRATES[i % BITRATES.length]! }));
+
+export const pipeRate = (spec: StreamSpec): number => Math.round(spec.bitsPerSecond * PIPE_HEADROOM);
+
+/**
+ * The shaperrd settings of the home: the server ceiling, each player's pipe as a network override, LAN
+ * exempt; the caller adds log, stateFile and the rest.
+ */
+export const homeShaping = (home: HomeUplink, specs: StreamSpec[]) => ({
+  device: PLEX.device,
+  netns: home.plexNs,
+  server: { rate: SERVER_CEILING_BITS, ceil: SERVER_CEILING_BITS },
+  client: { rate: SERVER_CEILING_BITS },
+  leaf: 'bfifo' as const,
+  exempt: ['127.0.0.0/8', '10.77.0.0/16'],
+  overrides: specs.map((spec) => ({ network: `${spec.address}/32`, rate: pipeRate(spec) })),
+});
+
+/** The Plex log line of a remote player starting a transcoded stream. */
+export function plexStartLine(address: string, session: string): string {
+  const now = new Date();
+  const stamp = `${now.toLocaleString('en-US', { month: 'short' })} ${String(now.getDate()).padStart(2, '0')}, ${now.getFullYear()} ${now.toTimeString().slice(0, 8)}.${String(now.getMilliseconds()).padStart(3, '0')}`;
+  return `${stamp} [140562] DEBUG - Request: [${address}:51000 (WAN)] GET /video/:/transcode/universal/start.m3u8?session=${session}&X-Plex-Token=home (3 live) #1 TLS GZIP Signed-in Token (viewer)\n`;
+}
+
 export interface HomeUplinkOptions {
   /** Namespace name prefix (names also carry the pid, as every sandbox's do). */
   prefix: string;
@@ -79,15 +112,15 @@ export async function createHomeUplink({ prefix, uplinkBitsPerSecond = 20e6, mod
     await ip('-n', internetNs, 'route', 'add', '10.77.0.0/16', 'via', '203.0.113.254');
     await inNetns(routerNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1');
     // Veth round trips are microseconds, so TCP would add its LAN bonus (up to 64 KB) to every TSO
-    // packet; remote clients are tens of ms away and get none. Off, the Plex host sends as to real clients.
+    // packet, which remote clients tens of ms away never get: off.
     const tsoRttLogSet = await inNetns(plexNs, 'sysctl', '-qw', 'net.ipv4.tcp_tso_rtt_log=0').then(
       () => true,
       () => false,
     );
-    // The kernel sizes TSO packets from the pacing rate (cwnd ÷ srtt): with a veth's µs srtt a new flow
-    // sends 64 KB lumps, 26 ms of the uplink each, that no remote client (tens of ms away) would get.
-    // With one segment per GSO packet on up0 the Plex host sends full-size frames, as its pacing does
-    // for real clients.
+    // Not enough on its own: TSO packets are also sized from the pacing rate (cwnd ÷ srtt), and with a
+    // µs srtt a new flow's packets were still 64 KB lumps at the modem (26 ms of the uplink each). One
+    // segment per GSO packet on up0: the Plex host sends full-size frames, as its pacing does toward
+    // real remote clients.
     await ip('-n', plexNs, 'link', 'set', PLEX.device, 'gso_max_segs', '1');
     const modemBufferBytes = Math.round((uplinkBitsPerSecond / 8) * modemBufferSeconds);
     const tc = TrafficControl.open({ netns: routerNs });
@@ -126,7 +159,8 @@ export interface ModemReport {
 
 /**
  * Polls the modem's counters over netlink (its class's bytes, its buffer's backlog and drops) every
- * `intervalMs` until stopped: the peak backlog is the largest queue the uplink built.
+ * `intervalMs` until stopped: the peak backlog is the largest queue the uplink built. A failed read
+ * stops the polling and is thrown by stop(); a second stop() returns the same report.
  */
 export function watchModem(home: HomeUplink, intervalMs = 20): { stop(): ModemReport } {
   const tc = TrafficControl.open({ netns: home.routerNs });
@@ -139,18 +173,31 @@ export function watchModem(home: HomeUplink, intervalMs = 20): { stop(): ModemRe
   const first = { at: monotonicMs(), ...read() };
   const samples = [first];
   let peakBacklog = first.backlog;
+  let failure: unknown;
   const timer = setInterval(() => {
-    const sample = { at: monotonicMs(), ...read() };
-    samples.push(sample);
-    peakBacklog = Math.max(peakBacklog, sample.backlog);
+    try {
+      const sample = { at: monotonicMs(), ...read() };
+      samples.push(sample);
+      peakBacklog = Math.max(peakBacklog, sample.backlog);
+    } catch (error) {
+      failure = error;
+      clearInterval(timer);
+    }
   }, intervalMs);
+  let report: ModemReport | undefined;
   return {
     stop() {
+      if (report) return report;
       clearInterval(timer);
-      const last = { at: monotonicMs(), ...read() };
-      samples.push(last);
-      tc.close();
-      return { peakBacklog: Math.max(peakBacklog, last.backlog), drops: last.drops - first.drops, bytes: last.bytes - first.bytes, samples };
+      try {
+        if (failure) throw failure;
+        const last = { at: monotonicMs(), ...read() };
+        samples.push(last);
+        report = { peakBacklog: Math.max(peakBacklog, last.backlog), drops: last.drops - first.drops, bytes: last.bytes - first.bytes, samples };
+        return report;
+      } finally {
+        tc.close();
+      }
     },
   };
 }
@@ -281,28 +328,29 @@ export function startPlayers(home: HomeUplink, streams: StreamSpec[], seconds: n
 }
 
 export interface Gamer {
-  /** Round trips in ms, in the order the answers came. */
-  rtts: number[];
+  /** Round trips in ms with when each ping was sent (monotonic ms), in the order the answers came. */
+  samples: Array<{ sentAt: number; rtt: number }>;
   done: Promise<{ sent: number; answered: number; rtts: number[] }>;
+  stop(): void;
 }
 
 /** The LAN gamer: `perSecond` small datagrams to the game server for `seconds`, each round trip timed. */
 export function startGamer(home: HomeUplink, seconds: number, perSecond = 50): Gamer {
-  const rtts: number[] = [];
+  const samples: Gamer['samples'] = [];
   let counts: { sent: number; answered: number } | undefined;
   const peer = new Peer('gamer', home.lanNs, ['gamer', LAN_GAMER, GAME_SERVER.address, String(GAME_SERVER.port), String(seconds), String(perSecond)], (line) => {
-    const [kind, a, b] = line.split(' ');
-    if (kind === 'rtt') rtts.push(Number(b));
+    const [kind, a, b, c] = line.split(' ');
+    if (kind === 'rtt') samples.push({ rtt: Number(b), sentAt: Number(c) });
     else if (kind === 'done') counts = { sent: Number(a), answered: Number(b) };
   }, { latencySensitive: true });
   const done = Promise.race([
     peer.exited.then((how) => {
       if (!counts) throw new Error(`gamer ${how} before it finished`);
-      return { ...counts, rtts };
+      return { ...counts, rtts: samples.map((sample) => sample.rtt) };
     }),
     peer.failure(),
   ]);
-  return { rtts, done };
+  return { samples, done, stop: () => peer.kill() };
 }
 
 // ---- figures -------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@
 //   node uplink-peer.mjs udp-echo <address> <port>
 //     a game server: every datagram goes straight back.
 //   node uplink-peer.mjs gamer <address> <server> <port> <seconds> <packetsPerSecond>
-//     a player's game client: small datagrams at a steady rate; prints "rtt <seq> <ms>" per answer and
+//     a player's game client: small datagrams at a steady rate; prints "rtt <seq> <ms> <sent>" per answer and
 //     "done <sent> <answered>" at the end.
 import dgram from 'node:dgram';
 import net from 'node:net';
@@ -72,7 +72,7 @@ if (mode === 'segments') {
     if (at === undefined) return;
     sentAt.delete(seq);
     answered++;
-    say(`rtt ${seq} ${(now() - at).toFixed(3)}`);
+    say(`rtt ${seq} ${(now() - at).toFixed(3)} ${at.toFixed(3)}`);
   });
   socket.bind(0, address, () => {
     // A game's input/state packet: ~100 bytes.
