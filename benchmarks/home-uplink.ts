@@ -83,6 +83,13 @@ export async function runHomeUplink({ variant, seconds, streams: count, modemBuf
     if (variant === 'shaperr') cleanups.unshift(await shapeWithLibrary(home, specs));
     if (variant === 'shaperrd') cleanups.unshift(await shapeWithDaemon(home, specs));
     const modem = watchModem(home);
+    cleanups.unshift(() => {
+      try {
+        modem.stop(); // already stopped unless the run failed
+      } catch {
+        // the run's own error is the one to report
+      }
+    });
     const gamer = startGamer(home, seconds);
     const players = specs.length ? startPlayers(home, specs, seconds) : undefined;
     const [ping, streams] = await Promise.all([gamer.done, players?.done ?? []]);
