@@ -1,7 +1,10 @@
 /*
- * Reference floor for the benchmarks: sends netlink requests read from a file, one at a time, each
- * waiting for its ACK, over a plain NETLINK_ROUTE socket. The same bytes shaperr sends, without Node.
- * usage: raw-netlink <netns path> <requests file>   (prints: <count> <total ns>)
+ * Reference floor for the benchmarks: sends netlink requests read from a file over a plain NETLINK_ROUTE
+ * socket and waits for every ACK. The same bytes shaperr sends, without Node.
+ * usage: raw-netlink <netns path> <requests file> [batch bytes]   (prints: <count> <total ns> <failures>)
+ * Without batch bytes: one request per send, each waiting for its ACK. With it: requests are packed into
+ * one send while the datagram is shorter than batch bytes (at least one each), then all their ACKs are
+ * read — the rule shaperr's batches follow, so both send the same messages per sendmsg.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -15,7 +18,8 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-  if (argc != 3) return 64;
+  if (argc != 3 && argc != 4) return 64;
+  long batch_bytes = argc == 4 ? atol(argv[3]) : 0;
   int ns = open(argv[1], O_RDONLY);
   if (ns < 0 || setns(ns, CLONE_NEWNET) < 0) { perror("setns"); return 1; }
   FILE *in = fopen(argv[2], "rb");
@@ -36,20 +40,25 @@ int main(int argc, char **argv) {
   long count = 0, failures = 0;
   clock_gettime(CLOCK_MONOTONIC, &start);
   for (long at = 0; at < size;) {
-    struct nlmsghdr *message = (struct nlmsghdr *)(data + at);
-    message->nlmsg_seq = (unsigned)count + 1;
-    if (send(fd, message, message->nlmsg_len, 0) < 0) { perror("send"); return 1; }
-    for (;;) {
+    /* One datagram: this request and, when batching, the following ones while it stays short enough. */
+    long from = at;
+    unsigned first = (unsigned)count + 1;
+    do {
+      struct nlmsghdr *message = (struct nlmsghdr *)(data + at);
+      message->nlmsg_seq = (unsigned)++count;
+      at += NLMSG_ALIGN(message->nlmsg_len);
+    } while (at < size && at - from < batch_bytes);
+    if (send(fd, data + from, at - from, 0) < 0) { perror("send"); return 1; }
+    for (unsigned acked = 0; acked < (unsigned)count + 1 - first;) {
       ssize_t got = recv(fd, reply, sizeof reply, 0);
       if (got < 0) { perror("recv"); return 1; }
-      struct nlmsghdr *answer = (struct nlmsghdr *)reply;
-      if (answer->nlmsg_type == NLMSG_ERROR && answer->nlmsg_seq == message->nlmsg_seq) {
+      int left = (int)got;
+      for (struct nlmsghdr *answer = (struct nlmsghdr *)reply; NLMSG_OK(answer, left); answer = NLMSG_NEXT(answer, left)) {
+        if (answer->nlmsg_type != NLMSG_ERROR || answer->nlmsg_seq < first || answer->nlmsg_seq > (unsigned)count) continue;
         if (((struct nlmsgerr *)NLMSG_DATA(answer))->error) failures++;
-        break;
+        acked++;
       }
     }
-    count++;
-    at += NLMSG_ALIGN(message->nlmsg_len);
   }
   clock_gettime(CLOCK_MONOTONIC, &end);
   printf("%ld %lld %ld\n", count, (long long)(end.tv_sec - start.tv_sec) * 1000000000LL + (end.tv_nsec - start.tv_nsec), failures);

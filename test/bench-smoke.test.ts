@@ -16,7 +16,7 @@ t.test('quick benchmark run produces every scenario row', { skip: netnsUnavailab
   };
   t.match(machine, { cpu: String, cores: String, kernel: String, node: String });
   const expected = [
-    /^a\. tc process per command/, /^b\. tc -batch FILE/, /^c\. tc -batch -/, /^d\. shaperr, one client at a time/, /^e\. shaperr, batched/, /^f\. floor/,
+    /^a\. tc process per command/, /^b\. tc -batch FILE/, /^c\. tc -batch -/, /^d\. shaperr, one client at a time/, /^e\. shaperr, batched/, /^f\. floor/, /^g\. floor: C loop, batched/, /^one at a time: shaperr's time ÷ the C floor's/, /^batched: shaperr throughput ÷ the batched C floor/,
     /^shaperrd: line appended → filter live .*p50/, /^shaperrd: line appended → filter live, p99/,
     /^the seed's tail -F \| awk \| sh → tc ×3: line appended → filter live, p50/, /^the seed's .* p99/,
     /kernel changes per client/, /final state exact/, /daemon CPU time/,
@@ -24,6 +24,9 @@ t.test('quick benchmark run produces every scenario row', { skip: netnsUnavailab
     /one filter \(baseline\)/, /one linear u32 chain/, /Shaper's u32 hash tables/,
     /mixed log/, /non-playback lines only/,
     /one client at 2 Mbit\/s/, /two clients under a 4 Mbit\/s server ceiling/,
+    /^idle uplink: gamer RTT p99$/, /^Plex unshaped: gamer RTT p99$/, /^shaperr \(library\): gamer RTT p99$/, /^shaperrd from a Plex log: gamer RTT p99$/,
+    /modem peak backlog/, /modem drops/, /stalls/, /start-up/, /mean goodput/, /uplink utilisation while every stream fetches/,
+    /^gamer p99 ratio: unshaped ÷ shaperr/, /^gamer p99: shaperr − idle/,
   ];
   for (const pattern of expected) t.ok(rows.some((row) => pattern.test(row.variant) && Number.isFinite(row.value)), `row ${pattern}`);
   t.match(result.stdout, /\| scenario \| variant \| result \|/, 'markdown table printed');

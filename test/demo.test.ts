@@ -6,7 +6,7 @@ import { netnsUnavailable } from './helpers/netns.js';
 
 const CLI = fileURLToPath(new URL('../dist/daemon/cli.js', import.meta.url));
 
-t.test('the demo throttles the remote client to its rate, rides a seek storm, spares the LAN, cleans up', { skip: netnsUnavailable() }, async (t) => {
+t.test('the demo throttles the remote client to its rate, rides a seek storm, spares the LAN, calms the home uplink, cleans up', { skip: netnsUnavailable() }, async (t) => {
   const result = spawnSync(process.execPath, [CLI, '--demo', '--duration', '20'], { encoding: 'utf8', timeout: 90_000 });
   const summaryLine = result.stdout.split('\n').find((line) => line.startsWith('demo-summary '));
   t.ok(summaryLine, `summary printed (stderr: ${result.stderr.trim()})`);
@@ -18,6 +18,12 @@ t.test('the demo throttles the remote client to its rate, rides a seek storm, sp
   t.ok(summary.seekStorm.events >= 500, `${summary.seekStorm.events} seek-storm events`);
   t.ok(summary.seekStorm.kernelChanges <= 2, `${summary.seekStorm.kernelChanges} kernel changes during the storm`);
   t.ok(summary.eventsRead > 0);
+  // The home uplink: the modem's queue, read from its kernel counters, is shorter once shaperr is on.
+  const home = summary.homeUplink;
+  t.ok(home.unshaped.modemPeakBacklogBytes > 0, `unshaped, Plex queues in the modem (${home.unshaped.modemPeakBacklogBytes} bytes)`);
+  t.ok(home.shaperr.modemPeakBacklogBytes < home.unshaped.modemPeakBacklogBytes, `with shaperr the modem queue peaks at ${home.shaperr.modemPeakBacklogBytes} bytes`);
+  t.equal(home.streams.length, 3, 'three remote viewers streamed');
+  t.match(result.stdout, /gamer p99: [\d.]+ ms → [\d.]+ ms/, 'the summary prints both p99s');
   t.equal(result.status, 0);
   t.notMatch(result.stdout, /\x1b\[/, 'plain lines when not a TTY');
   t.same(summary.leftoverNamespaces, []);

@@ -3,8 +3,9 @@
  * shaperrd runs on the "server" side against a Plex log this demo writes (real line formats: browsing,
  * decision, start, timeline, ping, a seek storm, stop); TCP streams run to a LAN client (exempt) and a
  * remote one the whole time, and a table shows each client's state, configured rate, measured
- * throughput and kernel changes, second by second. Everything it made is removed at the end, on Ctrl-C
- * and on a crash.
+ * throughput and kernel changes, second by second. Next to it, a home uplink (home-uplink-demo.ts):
+ * three remote viewers and a LAN gamer behind a 20 Mbit/s modem, unshaped first, then with shaperr, the
+ * gamer's ping in the table. Everything it made is removed at the end, on Ctrl-C and on a crash.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { appendFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -16,6 +17,7 @@ import { describeRate } from '../../lib/tc/units.js';
 import { validateConfig } from '../config.js';
 import type { Decision } from '../sessions.js';
 import { Shaperrd } from '../shaperrd.js';
+import { describeHomeUplink, type HomeUplinkDemo, type HomeUplinkDemoSummary, startHomeUplinkDemo } from './home-uplink-demo.js';
 import { createPair, liveNamespaces, removeAllNamespaces } from './sandbox.js';
 
 /** Plain JS, run by bare `node` inside a namespace; found next to this file or, from dist/, in the sources. */
@@ -26,6 +28,7 @@ const LAN = { name: 'LAN TV', address: '192.168.50.10', session: 'lan-tv-1' };
 const REMOTE = { name: 'remote phone', address: '203.0.113.7', session: 'remote-1' };
 const CLIENT_RATE_BITS = 4e6;
 const LAN_STREAM_BITS = 200e6;
+const REMOTE_STREAM_BITS = 100e6;
 const GRACE_SECONDS = 2;
 const PORTS = { [LAN.address]: 47001, [REMOTE.address]: 47002 } as Record<string, number>;
 
@@ -43,6 +46,7 @@ export interface DemoSummary {
   remote: { configuredBitsPerSecond: number; measuredWhilePlayingBitsPerSecond: number; measuredAfterReleaseBitsPerSecond: number; withinTenPercent: boolean };
   lan: { throttled: boolean; minimumBitsPerSecond: number };
   seekStorm: { events: number; kernelChanges: number };
+  homeUplink: HomeUplinkDemoSummary;
   leftoverNamespaces: string[];
 }
 
@@ -93,8 +97,10 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
   writeFileSync(log, '');
   const children: ChildProcess[] = [];
   let daemon: Shaperrd | undefined;
+  let home: HomeUplinkDemo | undefined;
   const interrupted = () => {
     for (const child of children) child.kill('SIGKILL');
+    home?.kill();
     removeAllNamespaces();
     rmSync(dir, { recursive: true, force: true });
     process.exit(130);
@@ -106,6 +112,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       server: ['192.168.50.1/24', '203.0.113.1/24'],
       clients: [`${LAN.address}/24`, `${REMOTE.address}/24`],
     });
+    // The home next to it: its own namespaces, modem, viewers, gamer and (from 40 % of the run) shaperrd.
+    home = await startHomeUplinkDemo({ durationSeconds: duration, dir });
     const config = validateConfig({
       device: 'srv0',
       netns: pair.serverNs,
@@ -147,9 +155,10 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
         });
         sink.once('exit', () => reject(new Error(`traffic sink for ${client.address} exited`)));
       });
-      // The LAN TV streams at a paced 200 Mbit/s: flat out it would take both cores of a small machine and
-      // starve the remote stream's sender, skewing what the demo measures.
-      const pace = client === LAN ? [String(LAN_STREAM_BITS)] : [];
+      // Both streams are paced (LAN TV 200 Mbit/s, the remote phone 100 Mbit/s when not throttled): flat out
+      // over a veth they would take both cores of a small machine, starving the remote stream's sender and
+      // the home uplink's gamer, and skewing what the demo measures.
+      const pace = [String(client === LAN ? LAN_STREAM_BITS : REMOTE_STREAM_BITS)];
       children.push(peer(pair.serverNs, ['send', client.address, String(PORTS[client.address]), String(duration + 5), ...pace]));
     }
 
@@ -205,6 +214,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
         const configured = c === LAN ? 'never (LAN)' : throttled ? describeRate(CLIENT_RATE_BITS / 8) : 'full speed';
         return `${`${c.name} ${c.address}`.padEnd(28)}${phase[c.address]!.padEnd(11)}${configured.padEnd(16)}${mbit(rates[c.address]!).padEnd(18)}${operations[c.address]}`;
       });
+      rows.push(home.line());
       const block = [`shaperr demo — ${step / 4}/${duration} s, ${daemon.counters.events} playback events read`, header, ...rows];
       if (options.tty) {
         write(`${drawn ? `\x1b[${drawn}A` : ''}${block.map((line) => `\x1b[2K${line}`).join('\n')}\n`);
@@ -226,6 +236,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
     const eventsRead = daemon.counters.events;
     await daemon.stop();
     daemon = undefined;
+    const homeUplink = await home.finish();
+    home = undefined;
     for (const child of children) child.kill('SIGKILL');
     await pair.destroy();
     const summary: DemoSummary = {
@@ -243,6 +255,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
         minimumBitsPerSecond: Math.round(Math.min(...history.filter((h) => h.second > 1).map((h) => h.rates[LAN.address]!))),
       },
       seekStorm: { events: stormEvents, kernelChanges: stormChanges },
+      homeUplink,
       leftoverNamespaces: liveNamespaces(),
     };
     return summary;
@@ -250,6 +263,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
     process.removeListener('SIGINT', interrupted);
     process.removeListener('SIGTERM', interrupted);
     await daemon?.stop().catch(() => undefined);
+    home?.kill();
     for (const child of children) child.kill('SIGKILL');
     removeAllNamespaces();
     rmSync(dir, { recursive: true, force: true });
@@ -264,6 +278,7 @@ export function describeSummary(summary: DemoSummary): string {
     `  remote client: configured ${mbit(remote.configuredBitsPerSecond).trim()}, measured ${mbit(remote.measuredWhilePlayingBitsPerSecond).trim()} while playing (${remote.withinTenPercent ? 'within' : 'NOT within'} ±10 %), ${mbit(remote.measuredAfterReleaseBitsPerSecond).trim()} after release`,
     `  seek storm: ${seekStorm.events} log events → ${seekStorm.kernelChanges} kernel changes`,
     `  LAN client: ${lan.throttled ? 'was throttled (unexpected)' : 'never throttled'}, lowest ${mbit(lan.minimumBitsPerSecond).trim()}`,
+    ...describeHomeUplink(summary.homeUplink),
     `  sandbox: ${summary.leftoverNamespaces.length ? `LEFT BEHIND ${summary.leftoverNamespaces.join(', ')}` : 'all namespaces removed'}`,
     '',
   ].join('\n');

@@ -24,6 +24,8 @@ export interface RequestOutcome {
 
 /** Keeps datagrams well under the default socket send buffer; an HTB class message is ~2.2 KiB. */
 const MAX_DATAGRAM_BYTES = 96 * 1024;
+/** A batch adds requests to a datagram while it is shorter than this (room for one more large one). */
+export const BATCH_FILL_BYTES = MAX_DATAGRAM_BYTES - 4096;
 const RECEIVE_BUFFER_BYTES = 256 * 1024;
 
 function writeRequest(writer: MessageWriter, request: NetlinkRequest, seq: number): void {
@@ -72,7 +74,7 @@ export class NetlinkConnection {
     while (index < requests.length) {
       const writer = new MessageWriter(Math.min(MAX_DATAGRAM_BYTES, 4096 * (requests.length - index)));
       const pending = new Map<number, number>();
-      while (index < requests.length && (pending.size === 0 || writer.length < MAX_DATAGRAM_BYTES - 4096)) {
+      while (index < requests.length && (pending.size === 0 || writer.length < BATCH_FILL_BYTES)) {
         const seq = this.nextSequence();
         writeRequest(writer, requests[index]!, seq);
         pending.set(seq, index);
