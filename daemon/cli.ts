@@ -5,6 +5,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
 import { ConfigError, loadConfig } from './config.js';
+import { DeviceLockedError } from './device-lock.js';
 import { Shaperrd } from './shaperrd.js';
 
 const program = new Command()
@@ -50,7 +51,13 @@ async function main(): Promise<void> {
     throw error;
   }
   const daemon = new Shaperrd({ config, logger, dryRun: options.dryRun ?? false, ...(options.log ? { logPath: options.log } : {}) });
-  await daemon.start();
+  try {
+    await daemon.start();
+  } catch (error) {
+    if (!(error instanceof DeviceLockedError)) throw error;
+    process.stderr.write(`shaperrd: ${error.message}\n`);
+    process.exit(2);
+  }
 
   let stopping = false;
   const stop = (signal: string): void => {
