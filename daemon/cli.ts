@@ -4,7 +4,7 @@
 /** `shaperrd`: command line, logging and signals around the Shaperrd pipeline. */
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, exposedSecretsWarning, loadConfig } from './config.js';
 import { DeviceLockedError } from './device-lock.js';
 import { Shaperrd } from './shaperrd.js';
 
@@ -50,6 +50,8 @@ async function main(): Promise<void> {
     }
     throw error;
   }
+  const exposed = exposedSecretsWarning(options.config, config);
+  if (exposed) logger.warn(exposed);
   const daemon = new Shaperrd({ config, logger, dryRun: options.dryRun ?? false, ...(options.log ? { logPath: options.log } : {}) });
   try {
     await daemon.start();
