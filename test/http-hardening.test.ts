@@ -92,7 +92,8 @@ t.test('shaperrd refuses a status page beyond loopback without a token (exit 2, 
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const config = join(dir, 'shaperr.yaml');
   for (const listen of ['0.0.0.0:9750', '"[::]:9750"', '192.0.2.1:9750']) {
-    writeFileSync(config, `device: eth0\nserver: { rate: 10mbit }\nclient: { rate: 2mbit }\nstatus: { listen: ${listen} }\n`);
+    // A namespace that does not exist: even a shaperrd that let this config through could touch no device.
+    writeFileSync(config, `device: absent0\nnetns: shaperr-absent-${process.pid}\nlog: ${JSON.stringify(join(dir, 'Plex Media Server.log'))}\nserver: { rate: 10mbit }\nclient: { rate: 2mbit }\nstatus: { listen: ${listen} }\n`);
     const result = spawnSync(process.execPath, [CLI, '--config', config], { encoding: 'utf8', timeout: 30_000 });
     t.equal(result.status, 2, `listen ${listen} without a token: exit 2`);
     t.match(result.stderr, /'status\.token' = missing: status\.listen .* is reachable from other machines .*: set status\.token, or listen on 127\.0\.0\.1/, result.stderr.trim());
