@@ -174,7 +174,9 @@ export class LogTailer extends EventEmitter<TailEvents> {
         await this.continueAt(rotated, saved.offset);
         return true;
       }
-      if (rotated) newer.push(rotated);
+      // Rotated again while we look: the same file shows up one generation further on.
+      if (rotated && newer.some((file) => file.inode === rotated.inode)) await rotated.handle.close();
+      else if (rotated) newer.push(rotated);
     }
     // The saved file is gone: everything in the current one was written after it.
     for (const file of newer) if (file !== current) await file.handle.close();
