@@ -4,7 +4,8 @@
 /** `shaperrd`: command line, logging and signals around the Shaperrd pipeline. */
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, exposedSecretsWarning, loadConfig } from './config.js';
+import { DeviceLockedError } from './device-lock.js';
 import { Shaperrd } from './shaperrd.js';
 
 const program = new Command()
@@ -49,8 +50,16 @@ async function main(): Promise<void> {
     }
     throw error;
   }
+  const exposed = exposedSecretsWarning(options.config, config);
+  if (exposed) logger.warn(exposed);
   const daemon = new Shaperrd({ config, logger, dryRun: options.dryRun ?? false, ...(options.log ? { logPath: options.log } : {}) });
-  await daemon.start();
+  try {
+    await daemon.start();
+  } catch (error) {
+    if (!(error instanceof DeviceLockedError)) throw error;
+    process.stderr.write(`shaperrd: ${error.message}\n`);
+    process.exit(2);
+  }
 
   let stopping = false;
   const stop = (signal: string): void => {

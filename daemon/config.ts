@@ -2,12 +2,13 @@
  * shaperrd's configuration: YAML validated with zod. Every key has a documented default; a bad key or
  * value is refused at start with one message naming the key and the value.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { NetworkSet } from '../lib/address.js';
 import { parseRate } from '../lib/tc/units.js';
 import type { PolicyConfig } from './policy.js';
+import { isLoopbackListen } from './http.js';
 
 const rate = z.union([z.string(), z.number()]).superRefine((value, context) => {
   try {
@@ -63,8 +64,27 @@ export const configSchema = z.strictObject({
       listen: z.string().default('127.0.0.1:9750'),
       token: z.string().min(8).optional(),
     })
+    .superRefine((status, context) => {
+      try {
+        if (status.token === undefined && !isLoopbackListen(status.listen)) {
+          context.addIssue({ code: 'custom', path: ['token'], message: `status.listen ${status.listen} is reachable from other machines and would show every client's address and Plex user to them: set status.token, or listen on 127.0.0.1` });
+        }
+      } catch (error) {
+        context.addIssue({ code: 'custom', path: ['listen'], message: (error as Error).message });
+      }
+    })
     .optional(),
 });
+
+/** Keys whose values are secrets: a config file other users can read gives them away. */
+const SECRET_KEYS: ReadonlyArray<readonly string[]> = [['status', 'token']];
+
+/** A warning when the file is readable by every user and holds a secret; undefined otherwise. */
+export function exposedSecretsWarning(path: string, config: ShaperrConfig): string | undefined {
+  const present = SECRET_KEYS.filter((key) => key.reduce<unknown>((value, part) => (value as Record<string, unknown> | undefined)?.[part], config) !== undefined).map((key) => key.join('.'));
+  if (present.length === 0 || (statSync(path).mode & 0o004) === 0) return undefined;
+  return `${path} is readable by every user and holds ${present.join(', ')}: chmod o-r ${JSON.stringify(path)} (e.g. mode 0640, group of the shaperr user)`;
+}
 
 export type ShaperrConfig = z.infer<typeof configSchema>;
 

@@ -65,6 +65,24 @@ const USER = /Signed-in(?: Token)? \(([^)]*)\)/;
 const HEADER = / \/ ([A-Za-z][\w-]*) => (.*?)(?= \/ [A-Za-z][\w-]* => |$)/g;
 const MAX_LINE = 64 * 1024;
 
+/**
+ * A line's timestamp as Plex writes it (local time, no zone), as milliseconds of a clock without time
+ * zone (Date.UTC of the fields): differences of these are what the wall clock showed, DST jumps included.
+ */
+export function plexWallClock(line: string): number | undefined {
+  const match = TIMESTAMP.exec(line);
+  const month = match ? months[match[1]!] : undefined;
+  if (!match || month === undefined) return undefined;
+  const [, , day, year, hours, minutes, seconds, millis] = match;
+  return Date.UTC(Number(year), month, Number(day), Number(hours), Number(minutes), Number(seconds), Number((millis ?? '0').padEnd(3, '0')));
+}
+
+/** The instant a wall-clock reading names in this process's time zone (the earlier one when a DST change repeats it). */
+export function localTime(wallClock: number): Date {
+  const at = new Date(wallClock);
+  return new Date(at.getUTCFullYear(), at.getUTCMonth(), at.getUTCDate(), at.getUTCHours(), at.getUTCMinutes(), at.getUTCSeconds(), at.getUTCMilliseconds());
+}
+
 function splitAddress(text: string): { host: string; port: number } | undefined {
   // [v6]:port, v4:port, or an IPv6 address printed without brackets with the port after the last colon.
   const bracketed = /^\[([^\]]+)\]:(\d+)$/.exec(text);
@@ -132,7 +150,8 @@ export class PlexLogParser {
 
     const where = splitAddress(request[1]!);
     const peer = where && normalise(where.host);
-    const timestamp = this.timestamp(line);
+    const wallClock = plexWallClock(line);
+    const timestamp = wallClock === undefined ? undefined : localTime(wallClock);
     if (!where || !peer || !timestamp) return undefined;
     const rest = line.slice(request.index + request[0].length);
     const headers = this.headers(rest);
@@ -145,14 +164,6 @@ export class PlexLogParser {
     const user = USER.exec(rest)?.[1];
     if (user) event.user = user;
     return event;
-  }
-
-  private timestamp(line: string): Date | undefined {
-    const match = TIMESTAMP.exec(line);
-    const month = match ? months[match[1]!] : undefined;
-    if (!match || month === undefined) return undefined;
-    const [, , day, year, hours, minutes, seconds, millis] = match;
-    return new Date(Number(year), month, Number(day), Number(hours), Number(minutes), Number(seconds), Number((millis ?? '0').padEnd(3, '0')));
   }
 
   /** Inline headers (2021+ servers): ` / Name => value`, names lower-cased. */

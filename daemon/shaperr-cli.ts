@@ -13,6 +13,7 @@ import { describeRate } from '../lib/tc/units.js';
 import { NetlinkError } from '../lib/wire/errors.js';
 import { ConfigError, loadConfig, type ShaperrConfig } from './config.js';
 import { loadState } from './state.js';
+import { lockDevice } from './device-lock.js';
 import { buildStatus, type SessionInfo, type StatusReport, ThroughputMeter } from './status.js';
 import { findPlexLog } from './tail.js';
 
@@ -137,17 +138,24 @@ program
 
 program
   .command('clear')
-  .description("remove every object shaperr owns on the device (its root qdisc, and with it all classes, leaves and filters); stop shaperrd first, or it puts them back")
+  .description("remove every object shaperr owns on the device (its root qdisc, and with it all classes, leaves and filters); refuses while shaperrd runs there")
   .action(async () => {
     const where = target(program.opts<GlobalOptions>());
+    // Held while clearing, so no shaperrd starts meanwhile; a running one would only put everything back.
+    const lock = lockDevice(where, 'not clearing what it would put back; stop it first (e.g. systemctl stop shaperrd), which removes its rules');
     // Thousands of pipes take the kernel a moment: say what is under way, then overwrite it.
     const tty = process.stdout.isTTY;
-    const removed = await Shaper.clear({
-      ...where,
-      onProgress: ({ done, total }) => {
-        if (tty && done === 0 && total > 0) process.stdout.write(`removing ${total} client pipe${total === 1 ? '' : 's'} from ${where.device}…`);
-      },
-    });
+    let removed: number | undefined;
+    try {
+      removed = await Shaper.clear({
+        ...where,
+        onProgress: ({ done, total }) => {
+          if (tty && done === 0 && total > 0) process.stdout.write(`removing ${total} client pipe${total === 1 ? '' : 's'} from ${where.device}…`);
+        },
+      });
+    } finally {
+      lock.release();
+    }
     process.stdout.write(`${tty && removed ? '\r\x1b[2K' : ''}${removed !== undefined
       ? `removed shaperr's root qdisc 5a: and ${removed} client pipe${removed === 1 ? '' : 's'} from ${where.device}`
       : `nothing of shaperr's on ${where.device}`}\n`);

@@ -10,12 +10,15 @@ import { Shaper, type ShaperOptions } from '../lib/shaper/shaper.js';
 import { type ShaperrConfig, policyConfig } from './config.js';
 import { PlexLogParser, type PlaybackEvent } from './parse.js';
 import { type Limits, Policy } from './policy.js';
-import { type ClientShaper, type ClientSummary, type Decision, SessionTracker } from './sessions.js';
+import { type ClientShaper, type ClientSummary, type Decision, type SavedClient, SessionTracker } from './sessions.js';
 import { startStatusServer } from './http.js';
 import { DaemonMetrics } from './metrics.js';
 import { type DaemonState, loadState, saveState } from './state.js';
 import { buildStatus, type OperationProgress, type RecentDecision, type StatusReport, ThroughputMeter } from './status.js';
 import { findPlexLog, LogTailer, type SavedPosition } from './tail.js';
+import { readRecentLog, rebuildSessions } from './warm-start.js';
+import { lockDevice } from './device-lock.js';
+import type { AbstractLock } from '../native-bindings/abstract-lock.js';
 
 export interface DaemonOptions {
   config: ShaperrConfig;
@@ -31,6 +34,8 @@ export interface DaemonOptions {
 const SWEEP_INTERVAL_MS = 250;
 const HEALTH_INTERVAL_MS = 1000;
 const SAVE_INTERVAL_MS = 1000;
+/** A state file that cannot be written is reported this often, not on every attempt. */
+const SAVE_ERROR_INTERVAL_MS = 60_000;
 const RECENT_DECISIONS = 30;
 const PROGRESS_LOG_INTERVAL_MS = 1000;
 /** Fewer pipes than this are restored or repaired in a blink: no progress lines for them. */
@@ -53,6 +58,9 @@ export class Shaperrd {
   private readonly meter = new ThroughputMeter();
   private operation?: OperationProgress;
   private repairing?: Promise<void>;
+  private deviceLock?: AbstractLock;
+  /** When a failed save was last reported (undefined: the last save worked). */
+  private saveFailureReportedAt?: number;
   readonly counters = { events: 0, throttles: 0, releases: 0, repairs: 0, errors: 0 };
   readonly metrics: DaemonMetrics;
 
@@ -72,6 +80,8 @@ export class Shaperrd {
 
   async start(): Promise<void> {
     const { config } = this;
+    // Before anything touches the device or the state file: a second shaperrd must leave the first alone.
+    if (!this.options.dryRun) this.deviceLock = lockDevice(config, 'not starting a second one (stop it first, or shape another device)');
     const saved = this.options.dryRun ? undefined : await loadState(config.stateFile, (message) => this.log.warn(message));
     this.serverLimits = this.policy.serverLimitsAt(new Date());
     this.shaper = await Shaper.open(this.shaperOptions(this.serverLimits));
@@ -95,13 +105,17 @@ export class Shaperrd {
       });
       this.log.info({ url: this.statusUrl, token: config.status.token ? 'required' : 'none' }, 'status page and /metrics listening');
     }
-    await this.reconcile(saved);
+    const resumeAt = saved?.log && saved.log.path === this.logPath ? { inode: saved.log.inode, offset: saved.log.offset } : undefined;
+    const warm = resumeAt ? undefined : await this.warmStart(this.logPath);
+    await this.reconcile(saved, warm?.clients ?? []);
 
-    const from = saved?.log && saved.log.path === this.logPath ? { inode: saved.log.inode, offset: saved.log.offset } : 'end';
-    this.tailer = new LogTailer({ path: this.logPath, from: from as SavedPosition | 'end' });
+    this.tailer = new LogTailer({ path: this.logPath, from: resumeAt ?? warm?.position ?? 'end' });
     this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
     this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
     await this.tailer.start();
+    // The starting position is saved at once: a crash before the first line must not skip what comes next.
+    this.logPosition = this.tailer.position() ?? this.logPosition;
+    await this.save();
     this.log.info({ log: this.logPath, device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
     this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());
@@ -190,9 +204,10 @@ export class Shaperrd {
    * pipes no saved session explains are orphans and go. Thousands of them (a reboot emptied the kernel)
    * take seconds: done in chunks, with progress.
    */
-  private async reconcile(saved: DaemonState | undefined): Promise<void> {
+  private async reconcile(saved: DaemonState | undefined, recent: readonly SavedClient[]): Promise<void> {
     const shaper = this.shaper!;
-    const savedClients = saved?.clients ?? [];
+    const rebuilt = new Set(recent.map((client) => client.address));
+    const savedClients = [...(saved?.clients ?? []).filter((client) => !rebuilt.has(client.address)), ...recent];
     const adopted = new Set(shaper.clients().map((client) => client.address));
     this.tracker!.restore(savedClients);
     const explained = new Set(savedClients.map((client) => client.address));
@@ -211,7 +226,20 @@ export class Shaperrd {
     });
     if (!savedClients.length && !adopted.size) return;
     this.metrics.reconciliations.inc({ reason: 'restart' });
-    this.log.info({ saved: savedClients.length, adopted: adopted.size, orphansRemoved: orphans.length }, 'reconciled with the kernel');
+    this.log.info({ saved: savedClients.length - recent.length, fromRecentLog: recent.length, adopted: adopted.size, orphansRemoved: orphans.length }, 'reconciled with the kernel');
+  }
+
+  /**
+   * No saved position: the clients playing in the last idleSeconds of the log (see warm-start.ts), and
+   * the position after them, where following the log continues.
+   */
+  private async warmStart(path: string): Promise<{ clients: SavedClient[]; position?: SavedPosition }> {
+    const started = performance.now();
+    const { config } = this;
+    const recent = await readRecentLog(path, config.idleSeconds * 1000);
+    const clients = await rebuildSessions(recent.lines, { policy: this.policy, trustedProxies: config.trustedProxies, graceMs: config.graceSeconds * 1000, idleMs: config.idleSeconds * 1000 });
+    this.log.info({ lines: recent.lines.length, bytes: recent.bytesRead, rotatedFileRead: recent.rotatedFileRead, playing: clients.length, ms: Math.round(performance.now() - started) }, 'warm start: read back the recent log');
+    return { clients, ...(recent.position ? { position: recent.position } : {}) };
   }
 
   /** Progress of a long operation: in the status report, and in the log at most once a second. */
@@ -281,12 +309,23 @@ export class Shaperrd {
 
   private async saveIfDirty(): Promise<void> {
     if (!this.dirty || this.options.dryRun) return;
+    await this.save();
+  }
+
+  /** Writes the state file; a failure is one error line a minute (shaping goes on) until a save works. */
+  private async save(): Promise<void> {
+    if (this.options.dryRun) return;
     this.dirty = false;
     try {
       await saveState(this.config.stateFile, this.snapshot());
+      if (this.saveFailureReportedAt !== undefined) this.log.info({ stateFile: this.config.stateFile }, 'state file written again');
+      this.saveFailureReportedAt = undefined;
     } catch (error) {
       this.dirty = true;
-      this.log.error({ err: (error as Error).message, stateFile: this.config.stateFile }, 'cannot save state');
+      const now = Date.now();
+      if (this.saveFailureReportedAt !== undefined && now - this.saveFailureReportedAt < SAVE_ERROR_INTERVAL_MS) return;
+      this.saveFailureReportedAt = now;
+      this.log.error({ err: (error as Error).message, stateFile: this.config.stateFile }, 'cannot save state (shaping goes on; reported once a minute until it works)');
     }
   }
 
@@ -352,8 +391,9 @@ export class Shaperrd {
     await this.tailer?.stop();
     await this.repairing;
     await this.tracker?.settled();
-    if (!this.options.dryRun) await saveState(this.config.stateFile, this.snapshot());
+    await this.save();
     await this.shaper?.close({ teardown: !this.config.keepRulesOnExit && !this.options.dryRun });
+    this.deviceLock?.release();
     this.log.info({ keptRules: this.config.keepRulesOnExit, ...this.counters }, 'shaperrd stopped');
   }
 }

@@ -46,6 +46,7 @@ export async function saveState(path: string, state: DaemonState): Promise<void>
   const temporary = `${path}.${process.pid}.tmp`;
   const file = await open(temporary, 'w', 0o600);
   try {
+    await file.chmod(0o600); // the mode above applies only to a new file, not to a leftover temp file
     await file.writeFile(`${JSON.stringify(state, null, 2)}\n`);
     await file.sync();
   } finally {

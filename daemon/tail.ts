@@ -45,11 +45,15 @@ interface OpenFile {
   /** …of which only the first maxLineBytes are kept (memory stays bounded). */
   kept: Buffer[];
   keptBytes: number;
+  /** The last bytes read (up to FINGERPRINT_BYTES), to notice a file truncated and refilled past our offset. */
+  fingerprint?: Buffer;
 }
 
 const CHUNK = 64 * 1024;
 const NEWLINE = 0x0a;
 const CARRIAGE_RETURN = 0x0d;
+/** Enough to span a Plex line and its millisecond timestamp, so a refilled file cannot look the same. */
+const FINGERPRINT_BYTES = 1024;
 /** Plex keeps `Plex Media Server.1.log` … `.5.log`. */
 const ROTATED_GENERATIONS = 5;
 
@@ -150,23 +154,33 @@ export class LogTailer extends EventEmitter<TailEvents> {
     return floor;
   }
 
-  /** After a restart: the rest of the saved file (possibly rotated to .1 … .5), then every newer file. */
-  private async resume(saved: SavedPosition): Promise<void> {
+  /**
+   * After a restart or several rotations: the rest of the saved file (possibly rotated to .1 … .5), then
+   * every newer file. False when the saved file is gone (then the current file is read from its start).
+   */
+  private async resume(saved: SavedPosition): Promise<boolean> {
     const inode = String(saved.inode);
     const current = await this.openCurrent();
-    if (current?.inode === inode) return this.continueAt(current, saved.offset);
+    if (current?.inode === inode) {
+      await this.continueAt(current, saved.offset);
+      return true;
+    }
     const newer = current ? [current] : [];
     for (let generation = 1; generation <= ROTATED_GENERATIONS; generation++) {
       const rotated = await this.openFile(rotatedPath(this.path, generation));
       if (rotated?.inode === inode) {
         this.backlog = newer.reverse();
         this.file = rotated;
-        return this.continueAt(rotated, saved.offset);
+        await this.continueAt(rotated, saved.offset);
+        return true;
       }
-      if (rotated) newer.push(rotated);
+      // Rotated again while we look: the same file shows up one generation further on.
+      if (rotated && newer.some((file) => file.inode === rotated.inode)) await rotated.handle.close();
+      else if (rotated) newer.push(rotated);
     }
     // The saved file is gone: everything in the current one was written after it.
     for (const file of newer) if (file !== current) await file.handle.close();
+    return false;
   }
 
   private async continueAt(file: OpenFile, offset: number): Promise<void> {
@@ -260,21 +274,45 @@ export class LogTailer extends EventEmitter<TailEvents> {
       if (!current) return; // renamed away and not re-created yet: keep the old file open, it may still grow
       if (String(current.ino) !== file.inode) {
         await this.drain(file); // a last write to the old file after the rename
-        await this.finish(file);
+        // Rotated more than once since we looked: the files in between wait in .1, .2 … Looked up while
+        // ours is still open, so its inode number cannot have been reused by a newer file.
         this.file = undefined;
-        continue; // the new file, from its start
+        if (await this.resume({ inode: file.inode, offset: file.offset })) await file.handle.close();
+        else await this.finish(file); // gone (rotated past the last generation): its unfinished line is a line too
+        continue;
       }
       if (current.size < BigInt(file.offset + file.lineBytes)) {
-        Object.assign(file, { offset: 0, lineBytes: 0, kept: [], keptBytes: 0 }); // truncated: start over
+        this.startOver(file); // truncated
         continue;
       }
       return;
     }
   }
 
+  private startOver(file: OpenFile): void {
+    Object.assign(file, { offset: 0, lineBytes: 0, kept: [], keptBytes: 0, fingerprint: undefined });
+  }
+
+  /**
+   * Whether the bytes before our read position are still the ones we read: a file truncated and written
+   * past our offset again before we looked is not shorter, only different.
+   */
+  private async unchanged(file: OpenFile): Promise<boolean> {
+    const expected = file.fingerprint;
+    if (!expected) return true;
+    const { bytesRead } = await file.handle.read(this.buffer, 0, expected.length, file.offset + file.lineBytes - expected.length);
+    return bytesRead === expected.length && this.buffer.subarray(0, bytesRead).equals(expected);
+  }
+
   private async drain(file: OpenFile): Promise<void> {
+    if (!(await this.unchanged(file))) this.startOver(file);
     while (this.running) {
       const { bytesRead } = await file.handle.read(this.buffer, 0, CHUNK, file.offset + file.lineBytes);
+      if (bytesRead >= FINGERPRINT_BYTES || (bytesRead > 0 && !file.fingerprint)) {
+        file.fingerprint = Buffer.from(this.buffer.subarray(bytesRead - Math.min(bytesRead, FINGERPRINT_BYTES), bytesRead));
+      } else if (bytesRead > 0) {
+        file.fingerprint = Buffer.concat([file.fingerprint!, this.buffer.subarray(0, bytesRead)]).subarray(-FINGERPRINT_BYTES);
+      }
       this.consume(file, this.buffer.subarray(0, bytesRead));
       if (bytesRead < CHUNK) return; // at the end for now
     }

@@ -61,7 +61,7 @@ export class SyscallError extends Error {
   }
 }
 
-function check(result: number | bigint, syscall: string, detail?: string): number {
+export function check(result: number | bigint, syscall: string, detail?: string): number {
   const value = Number(result);
   if (value < 0) throw new SyscallError(syscall, koffi.errno(), detail);
   return value;
@@ -116,7 +116,7 @@ function netnsPath(netns: string): string {
 }
 
 /** Runs `create` with the calling thread switched into `netns`, then switches back. */
-function insideNetns<T>(netns: string, create: () => T): T {
+export function insideNetns<T>(netns: string, create: () => T): T {
   let target: number;
   try {
     target = openSync(netnsPath(netns), 'r');

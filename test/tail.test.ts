@@ -146,3 +146,34 @@ t.test('from start reads the whole file', async (t) => {
   t.same(got.lines, ['a', 'b']);
   await tailer.stop();
 });
+
+t.test('two rotations before the tailer looks: the file in between is read too', async (t) => {
+  const { log } = setup(t);
+  writeFileSync(log, 'a1\n');
+  const { tailer, got } = await follow(log, { from: 'start' });
+  t.teardown(() => tailer.stop());
+  await got.until(1);
+  // All in one tick: the tailer cannot wake in between.
+  appendFileSync(log, 'a2\n');
+  renameSync(log, rotatedPath(log, 1));
+  writeFileSync(log, 'b1\nb2\n');
+  renameSync(rotatedPath(log, 1), rotatedPath(log, 2));
+  renameSync(log, rotatedPath(log, 1));
+  writeFileSync(log, 'c1\n');
+  await got.until(5);
+  await settle();
+  t.same(got.lines, ['a1', 'a2', 'b1', 'b2', 'c1'], 'a2, then the whole middle file (now .1), then the new one');
+});
+
+t.test('a file truncated and refilled past the offset before the tailer looks is read from its start', async (t) => {
+  const { log } = setup(t);
+  writeFileSync(log, 'old 1\nold 2\n');
+  const { tailer, got } = await follow(log, { from: 'start' });
+  t.teardown(() => tailer.stop());
+  await got.until(2);
+  truncateSync(log, 0); // copytruncate, then more than before is written at once
+  appendFileSync(log, 'new line one\nnew line two\n');
+  await got.until(4);
+  await settle();
+  t.same(got.lines, ['old 1', 'old 2', 'new line one', 'new line two'], 'the new content whole, not from the old offset');
+});

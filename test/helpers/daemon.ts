@@ -13,8 +13,10 @@ import { createTopology, type Topology } from './netns.js';
 export const CLI = fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
 
 let stamp = Date.UTC(2026, 8, 26, 20, 0, 0);
-export function plexLine(address: string, path: string): string {
-  const at = new Date((stamp += 7));
+export const plexLine = (address: string, path: string): string => plexLineAt(new Date((stamp += 7)), address, path);
+
+/** A request line stamped with `at` in this process's local time, as Plex writes it. */
+export function plexLineAt(at: Date, address: string, path: string): string {
   const month = at.toLocaleString('en-US', { month: 'short' });
   const time = at.toTimeString().slice(0, 8);
   const day = String(at.getDate()).padStart(2, '0');
@@ -29,9 +31,9 @@ export interface Daemon {
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<string>;
 }
 
-/** `via` runs the daemon through a wrapper, e.g. `ip netns exec … setpriv …`. */
-export function startDaemon(config: string, via: string[] = []): Daemon {
-  const command = [...via, process.execPath, CLI, '--config', config];
+/** `via` runs the daemon through a wrapper, e.g. `ip netns exec … setpriv …`; `args` go after the config. */
+export function startDaemon(config: string, via: string[] = [], args: string[] = []): Daemon {
+  const command = [...via, process.execPath, CLI, '--config', config, ...args];
   const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const output: string[] = [];
   const waiters: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
