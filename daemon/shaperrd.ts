@@ -16,6 +16,8 @@ import { DaemonMetrics } from './metrics.js';
 import { type DaemonState, loadState, saveState } from './state.js';
 import { buildStatus, type OperationProgress, type RecentDecision, type StatusReport, ThroughputMeter } from './status.js';
 import { findPlexLog, LogTailer, type SavedPosition } from './tail.js';
+import { planSources } from './sources/plan.js';
+import { PlexSource, type PlexTimings } from './sources/plex.js';
 
 export interface DaemonOptions {
   config: ShaperrConfig;
@@ -26,6 +28,8 @@ export interface DaemonOptions {
   logPath?: string;
   /** Every session decision (besides the log), e.g. for the demo's table. */
   onDecision?: (decision: Decision) => void;
+  /** Retry, timeout and ping periods of the Plex API source (tests shorten them). */
+  plexTimings?: Partial<PlexTimings>;
 }
 
 const SWEEP_INTERVAL_MS = 250;
@@ -39,6 +43,7 @@ const PROGRESS_MIN_PIPES = 500;
 export class Shaperrd {
   private shaper?: Shaper;
   private tailer?: LogTailer;
+  private plexSources: PlexSource[] = [];
   private tracker?: SessionTracker;
   private parser: PlexLogParser;
   private policy: Policy;
@@ -83,8 +88,13 @@ export class Shaperrd {
       onDecision: (decision) => this.onDecision(decision),
       onError: (error, address) => this.kernelError(error, address),
     });
-    this.logPath = this.options.logPath ?? config.log ?? (await findPlexLog());
-    if (!this.logPath) throw new Error('no Plex Media Server log found in the usual places; set `log:` in the config or pass --log');
+    const logPath = this.options.logPath ?? config.log ?? findPlexLog();
+    const sources = planSources(config, logPath);
+    this.log.info(sources.reason);
+    if (sources.log) {
+      if (!logPath) throw new Error('no Plex Media Server log found in the usual places; set `log:` in the config or pass --log');
+      this.logPath = logPath;
+    }
     // The status page first: it shows the progress of restoring thousands of pipes.
     if (config.status) {
       this.statusServer = await startStatusServer({
@@ -97,12 +107,27 @@ export class Shaperrd {
     }
     await this.reconcile(saved);
 
-    const from = saved?.log && saved.log.path === this.logPath ? { inode: saved.log.inode, offset: saved.log.offset } : 'end';
-    this.tailer = new LogTailer({ path: this.logPath, from: from as SavedPosition | 'end' });
-    this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
-    this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
-    await this.tailer.start();
-    this.log.info({ log: this.logPath, device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
+    if (this.logPath) {
+      const from = saved?.log && saved.log.path === this.logPath ? { inode: saved.log.inode, offset: saved.log.offset } : 'end';
+      this.tailer = new LogTailer({ path: this.logPath, from: from as SavedPosition | 'end' });
+      this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
+      this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
+      await this.tailer.start();
+    }
+    this.plexSources = sources.plex.map(
+      (server) =>
+        new PlexSource({
+          url: server.url,
+          token: server.token.token,
+          verifyTls: server.verifyTls,
+          logger: this.log,
+          timings: { ...this.options.plexTimings, pollMs: server.pollSeconds * 1000, idleMs: config.idleSeconds * 1000 },
+          onEvent: (event) => this.onEvent(event),
+          onRequest: (endpoint, result) => this.metrics.plexRequests.inc({ endpoint, result }),
+        }),
+    );
+    for (const source of this.plexSources) source.start();
+    this.log.info({ log: this.logPath, plex: sources.plex.map((server) => server.url), device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
     this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());
     this.every(60_000, () => this.applySchedule());
@@ -219,7 +244,10 @@ export class Shaperrd {
     this.logPosition = position;
     this.dirty = true;
     const event: PlaybackEvent | undefined = this.parser.parse(line);
-    if (!event) return;
+    if (event) this.onEvent(event);
+  }
+
+  private onEvent(event: PlaybackEvent): void {
     this.counters.events++;
     this.metrics.events.inc({ kind: event.kind });
     this.tracker!.handle(event);
@@ -292,7 +320,7 @@ export class Shaperrd {
   /** Kernel counters joined with the sessions: what the status page, /api/status and /metrics show. */
   status(): StatusReport {
     const shaper = this.shaper;
-    return buildStatus({
+    const report = buildStatus({
       device: this.config.device,
       leaf: shaper?.leafKind ?? this.config.leaf,
       ...(shaper ? shaper.state() : { clients: [] }),
@@ -302,6 +330,8 @@ export class Shaperrd {
       counters: { ...this.counters },
       ...(this.operation ? { operation: this.operation } : {}),
     });
+    if (this.plexSources.length) report.plex = this.plexSources.map((source) => source.status());
+    return report;
   }
 
   /** Clients with live or lingering sessions, as the tracker sees them. */
@@ -331,6 +361,7 @@ export class Shaperrd {
     for (const timer of this.timers) clearInterval(timer);
     if (this.statusServer) await new Promise((resolve) => this.statusServer!.close(resolve).closeAllConnections());
     await this.tailer?.stop();
+    await Promise.all(this.plexSources.map((source) => source.stop()));
     await this.repairing;
     await this.tracker?.settled();
     if (!this.options.dryRun) await saveState(this.config.stateFile, this.snapshot());

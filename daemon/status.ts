@@ -6,6 +6,7 @@ import type { Progress } from '../lib/progress.js';
 import type { ClientState } from '../lib/shaper/shaper.js';
 import type { TcClass } from '../lib/tc/objects.js';
 import type { Decision } from './sessions.js';
+import type { PlexSourceStatus } from './sources/plex.js';
 
 export interface SessionInfo {
   address: string;
@@ -58,6 +59,8 @@ export interface StatusReport {
   counters?: Record<string, number>;
   /** A long operation under way (e.g. restoring thousands of pipes after a restart). */
   operation?: OperationProgress;
+  /** Each Plex server the API source listens to: connection state, sessions, streams it cannot shape. */
+  plex?: PlexSourceStatus[];
 }
 
 export interface OperationProgress extends Progress {
