@@ -8,7 +8,7 @@
  * `shaperr tc` and `--dry-run` output: zero hits. With `source: both` and a rejected token, the log keeps
  * shaping.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -159,4 +159,37 @@ t.test('shaperrd --dry-run with the Plex API prints the tc commands and never th
   await new Promise((resolve) => daemon.child.once('exit', resolve));
   t.ok(daemon.output.some((line) => line.includes('source: plex → Plex API at') && line.includes('token from plex.token')), 'says where the token came from');
   t.notOk(daemon.output.join('\n').includes(SECRET_TOKEN), `no token in ${daemon.output.length} lines of --dry-run output`);
+});
+
+t.test('shaperr check: the source and where its token comes from, the server, the token accepted, sessions visible', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const server = await startPlexServer(t, { friendlyName: 'Basement' });
+  server.addSession({ user: { title: 'alice' } });
+  server.addSession({ user: { title: 'bob' } });
+  const { dir } = logDir(t, 'shaperr-plex-check');
+  const config = join(dir, 'shaperr.yaml');
+  writeFileSync(config, [`device: srv0`, `netns: ${topology.serverNs}`, 'server: { rate: 100mbit }', 'client: { rate: 2mbit }', 'source: plex', `plex: { url: ${JSON.stringify(server.url)}, token: ${JSON.stringify(SECRET_TOKEN)} }`].join('\n'));
+  // Asynchronous: the test server answers from this very process.
+  const check = () =>
+    new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const child = spawn(process.execPath, [SHAPERR_CLI, '--config', config, 'check'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let stdout = '';
+      child.stdout.on('data', (data: Buffer) => (stdout += data.toString()));
+      child.once('close', (code) => resolve({ code, stdout }));
+    });
+  const good = await check();
+  t.equal(good.code, 0, good.stdout);
+  t.match(good.stdout, new RegExp(`^ok {4}event source: plex → Plex API at ${server.url.replace(/[.]/g, '\\.')} \\(token from plex\\.token\\)$`, 'm'));
+  t.match(good.stdout, /^ok {4}Plex server "Basement" 1\.41\.\S+ at .* accepts the token \(from plex\.token\)$/m);
+  t.match(good.stdout, /^ok {4}the token may list the server's sessions: 2 now \(users: alice, bob\)$/m);
+  t.match(good.stdout, /^ok {4}the Plex log and its debug logging are not needed/m);
+  server.token = 'the-owner-token';
+  const rejected = await check();
+  t.equal(rejected.code, 1);
+  t.match(rejected.stdout, /^fail  Plex rejected the token \(from plex\.token\) at .*\n {6}→ use the server owner's token/m);
+  await server.down();
+  const down = await check();
+  t.match(down.stdout, /^fail  Plex at .* is not reachable: GET \/: connect ECONNREFUSED/m);
+  for (const output of [good, rejected, down]) t.notOk(output.stdout.includes(SECRET_TOKEN), 'no token in the check output');
 });

@@ -79,7 +79,7 @@ export interface SkippedStream {
 export interface PlexSourceStatus {
   url: string;
   state: PlexSourceState;
-  server?: { name?: string; version?: string; machineIdentifier: string };
+  server?: PlexIdentity;
   sessions: number;
   /** Streams that get no pipe, and why. */
   skipped: SkippedStream[];
@@ -115,13 +115,69 @@ interface TrackedSession extends ListedSession {
   confirmedAt: number;
 }
 
-class PlexHttpError extends Error {
+export class PlexHttpError extends Error {
   constructor(
     message: string,
     readonly result: PlexRequestResult,
   ) {
     super(message);
   }
+}
+
+export interface PlexRequestOptions {
+  /** The server's base URL. */
+  url: string;
+  token: string;
+  verifyTls: boolean;
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+/** GET with the token header and a timeout; the body of a 2xx answer, else a PlexHttpError (token redacted). */
+export function plexGet(options: PlexRequestOptions, path: string): Promise<string> {
+  const url = new URL(path, options.url);
+  const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
+  return new Promise<string>((resolve, reject) => {
+    const headers = { 'X-Plex-Token': options.token, Accept: 'application/json' };
+    const outgoing = request(url, { headers, rejectUnauthorized: options.verifyTls, timeout: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) }, (response) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      response.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > MAX_BODY) outgoing.destroy(new PlexHttpError(`GET ${path}: answer larger than ${MAX_BODY >> 20} MiB`, 'malformed'));
+        else chunks.push(chunk);
+      });
+      response.on('error', () => undefined); // the request's own error handler reports it
+      response.on('end', () => {
+        const status = response.statusCode ?? 0;
+        if (status === 401) return reject(new PlexHttpError('Plex rejected the token (401)', 'unauthorized'));
+        if (status < 200 || status >= 300) return reject(new PlexHttpError(`GET ${path} answered HTTP ${status}`, 'http-error'));
+        resolve(Buffer.concat(chunks).toString('utf8'));
+      });
+    });
+    outgoing.on('timeout', () => outgoing.destroy(new PlexHttpError(`GET ${path}: no answer within ${options.timeoutMs / 1000} s`, 'timeout')));
+    outgoing.on('error', (error) => reject(error instanceof PlexHttpError ? error : new PlexHttpError(`GET ${path}: ${redactToken(error.message, options.token)}`, 'unreachable')));
+    outgoing.end();
+  });
+}
+
+export interface PlexIdentity {
+  machineIdentifier: string;
+  name?: string;
+  version?: string;
+}
+
+/** The answer to GET / : the server's name, version and machineIdentifier. */
+export function parseIdentity(body: string): PlexIdentity {
+  const root = record(record(JSON.parse(body)).MediaContainer);
+  const machineIdentifier = asString(root.machineIdentifier);
+  if (!machineIdentifier) throw new Error('no machineIdentifier: is this a Plex Media Server?');
+  const identity: PlexIdentity = { machineIdentifier };
+  const name = asString(root.friendlyName);
+  const version = asString(root.version);
+  if (name) identity.name = name;
+  if (version) identity.version = version;
+  return identity;
 }
 
 const PATH_NOTIFICATIONS = '/:/websockets/notifications';
@@ -223,12 +279,13 @@ export class PlexSource {
   private pingTimer?: NodeJS.Timeout;
   private retryDelay: number;
   private state: PlexSourceState = 'connecting';
-  private server?: PlexSourceStatus['server'];
+  private server?: PlexIdentity;
   private lastError?: string;
   private listing?: Promise<void>;
   private listAgain = false;
   private lastAlive = 0;
-  private readonly requests = new Set<{ destroy(error: Error): void }>();
+  /** Cancels requests in flight at stop. */
+  private readonly aborter = new AbortController();
   private readonly counters = { notifications: 0, listings: 0, listingFailures: 0, reconnects: 0 };
 
   constructor(private readonly options: PlexSourceOptions) {
@@ -249,7 +306,7 @@ export class PlexSource {
     this.timers.clear();
     clearInterval(this.pingTimer);
     this.socket?.terminate();
-    for (const pending of this.requests) pending.destroy(new Error('shaperrd is stopping'));
+    this.aborter.abort();
     await this.listing?.catch(() => undefined);
   }
 
@@ -296,14 +353,8 @@ export class PlexSource {
   private async connect(): Promise<void> {
     if (this.stopped) return;
     try {
-      const root = record(record(JSON.parse(await this.get('/'))).MediaContainer);
-      const machineIdentifier = asString(root.machineIdentifier);
-      if (!machineIdentifier) throw new PlexHttpError('GET / has no machineIdentifier: is this a Plex Media Server?', 'malformed');
-      const server: NonNullable<PlexSourceStatus['server']> = { machineIdentifier };
-      const name = asString(root.friendlyName);
-      const version = asString(root.version);
-      if (name) server.name = name;
-      if (version) server.version = version;
+      const server = await this.get('/', parseIdentity);
+      const { name, version, machineIdentifier } = server;
       if (this.server?.machineIdentifier !== machineIdentifier) this.options.logger.info({ plex: this.options.url, ...server }, `Plex server "${name ?? machineIdentifier}" ${version ?? ''}`.trim());
       this.server = server;
     } catch (error) {
@@ -388,41 +439,27 @@ export class PlexSource {
 
   // ── HTTP ──────────────────────────────────────────────────────────────────
 
-  /** GET with the token header and the 5 s timeout; resolves to the body of a 2xx answer. */
-  private get(path: string): Promise<string> {
-    const url = new URL(path, this.options.url);
-    const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
-    return new Promise<string>((resolve, reject) => {
-      const fail = (error: PlexHttpError) => {
-        this.options.onRequest?.(path, error.result);
-        reject(error);
-      };
-      const outgoing = request(url, { headers: { 'X-Plex-Token': this.options.token, Accept: 'application/json' }, rejectUnauthorized: this.options.verifyTls, timeout: this.timings.requestTimeoutMs }, (response) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        response.on('data', (chunk: Buffer) => {
-          size += chunk.length;
-          if (size > MAX_BODY) outgoing.destroy(new PlexHttpError(`GET ${path}: answer larger than ${MAX_BODY >> 20} MiB`, 'malformed'));
-          else chunks.push(chunk);
-        });
-        response.on('error', () => undefined); // the request's own error handler reports it
-        response.on('end', () => {
-          this.requests.delete(outgoing);
-          const status = response.statusCode ?? 0;
-          if (status === 401) return fail(new PlexHttpError('Plex rejected the token (401)', 'unauthorized'));
-          if (status < 200 || status >= 300) return fail(new PlexHttpError(`GET ${path} answered HTTP ${status}`, 'http-error'));
-          this.options.onRequest?.(path, 'ok');
-          resolve(Buffer.concat(chunks).toString('utf8'));
-        });
-      });
-      this.requests.add(outgoing);
-      outgoing.on('timeout', () => outgoing.destroy(new PlexHttpError(`GET ${path}: no answer within ${this.timings.requestTimeoutMs / 1000} s`, 'timeout')));
-      outgoing.on('error', (error) => {
-        this.requests.delete(outgoing);
-        fail(error instanceof PlexHttpError ? error : new PlexHttpError(`GET ${path}: ${this.redact(error.message)}`, 'unreachable'));
-      });
-      outgoing.end();
-    });
+  private get requestOptions(): PlexRequestOptions {
+    return { url: this.options.url, token: this.options.token, verifyTls: this.options.verifyTls, timeoutMs: this.timings.requestTimeoutMs, signal: this.aborter.signal };
+  }
+
+  /** One request, counted once: ok only when `read` understands the answer. */
+  private async get<T>(path: string, read: (body: string) => T): Promise<T> {
+    let body: string;
+    try {
+      body = await plexGet(this.requestOptions, path);
+    } catch (error) {
+      this.options.onRequest?.(path, error instanceof PlexHttpError ? error.result : 'unreachable');
+      throw error;
+    }
+    try {
+      const result = read(body);
+      this.options.onRequest?.(path, 'ok');
+      return result;
+    } catch (error) {
+      this.options.onRequest?.(path, 'malformed');
+      throw new PlexHttpError(`GET ${path}: unreadable answer (${(error as Error).message})`, 'malformed');
+    }
   }
 
   // ── sessions ──────────────────────────────────────────────────────────────
@@ -456,13 +493,7 @@ export class PlexSource {
   private async listAndReconcile(): Promise<void> {
     let listed: ListedSession[];
     try {
-      const body = await this.get('/status/sessions');
-      try {
-        listed = parseSessionListing(body);
-      } catch (error) {
-        this.options.onRequest?.('/status/sessions', 'malformed');
-        throw new PlexHttpError(`GET /status/sessions: unreadable answer (${(error as Error).message})`, 'malformed');
-      }
+      listed = await this.get('/status/sessions', parseSessionListing);
     } catch (error) {
       if (this.stopped) return;
       this.counters.listingFailures++;
