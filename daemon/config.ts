@@ -19,6 +19,25 @@ const rate = z.union([z.string(), z.number()]).superRefine((value, context) => {
 
 const rates = z.strictObject({ rate, ceil: rate.optional() });
 
+/**
+ * A client's pipe: a fixed rate, or `auto` — what the stream needs (Plex's Session.bandwidth, else the
+ * media bitrate) × headroom, clamped to min/max; ceil defaults to max (`auto`: the same as the rate).
+ */
+const clientRates = z
+  .strictObject({
+    rate: z.union([z.literal('auto'), rate]),
+    ceil: z.union([z.literal('auto'), rate]).optional(),
+    headroom: z.number().min(1).max(10).default(1.25),
+    /** Direct play sends the file as it is: its peaks sit well above the average bitrate Plex reports. */
+    directPlayHeadroom: z.number().min(1).max(10).default(1.5),
+    min: rate.default('1mbit'),
+    max: rate.default('20mbit'),
+  })
+  .superRefine((client, context) => {
+    if (client.rate !== 'auto' && client.ceil === 'auto') context.addIssue({ code: 'custom', path: ['ceil'], message: "ceil: auto needs rate: auto (a fixed rate's ceil is a rate)" });
+    if (parseRate(client.min) > parseRate(client.max)) context.addIssue({ code: 'custom', path: ['min'], message: `min is above max (${String(client.max)})` });
+  });
+
 const cidr = z.string().superRefine((value, context) => {
   try {
     new NetworkSet([value]);
@@ -63,7 +82,7 @@ export const configSchema = z.strictObject({
   /** Server-wide limits shared by all throttled clients. */
   server: rates,
   /** Default pipe per playing client. */
-  client: rates,
+  client: clientRates,
   leaf: z.enum(['sfq', 'bfifo', 'none']).default('sfq'),
   exempt: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
   remoteOnly: z.boolean().default(false),

@@ -32,6 +32,8 @@ export interface PlaybackEvent {
   /** Bits per second Plex reserved for the stream (Session.bandwidth), and the media's average bitrate. */
   bandwidth?: number;
   mediaBitrate?: number;
+  /** The stream is the file as it is (no transcoder running). */
+  directPlay?: boolean;
 }
 
 export interface ParserOptions {

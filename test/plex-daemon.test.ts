@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
 import { validateConfig } from '../daemon/config.js';
+import { TrafficControl } from '../lib/tc/traffic-control.js';
 import type { Decision } from '../daemon/sessions.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import type { PlexTimings } from '../daemon/sources/plex.js';
@@ -193,3 +194,34 @@ t.test('shaperr check: the source and where its token comes from, the server, th
   t.match(down.stdout, /^fail  Plex at .* is not reachable: GET \/: connect ECONNREFUSED/m);
   for (const output of [good, rejected, down]) t.notOk(output.stdout.includes(SECRET_TOKEN), 'no token in the check output');
 });
+
+t.test('rate: auto follows the stream’s bandwidth with one change to its class, and the goodput follows', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const [remote] = topology.clientAddresses as [string];
+  const server = await startPlexServer(t);
+  const { decisions, kernelChanges } = await plexDaemon(t, topology, server, { client: { rate: 'auto', ceil: 'auto', headroom: 1.25 } });
+  const classRate = () => {
+    const tc = TrafficControl.open({ netns: topology.serverNs });
+    try {
+      return tc.classes('srv0').filter((c) => c.parent === 0x005a0001).map((c) => c.parameters.rate);
+    } finally {
+      tc.close();
+    }
+  };
+  await until(() => server.openSockets > 0);
+  const movie = server.play({ player: { address: remote }, session: { bandwidth: 1600, location: 'wan' }, transcode: { key: '/transcode/sessions/abc', videoDecision: 'transcode' } });
+  await until(() => classRate().length === 1);
+  t.same(classRate(), [2 * MBIT], '1.6 Mbit/s reserved × 1.25 = a 2 Mbit/s class');
+  const before = shapedTo((await measureGoodput(topology, { to: remote, seconds: 4 })).bitsPerSecond, 2 * MBIT);
+  t.ok(before.within, `at 1.6 Mbit/s reserved: ${before.reading}`);
+
+  server.updateSession(movie.sessionKey, (s) => (s.session.bandwidth = 3200)); // Plex switched quality
+  await until(() => decisions.some((d) => d.address === remote && d.action === 'change'));
+  t.same(classRate(), [4 * MBIT], 'the class changed in place to 3.2 × 1.25 = 4 Mbit/s');
+  const after = shapedTo((await measureGoodput(topology, { to: remote, seconds: 4 })).bitsPerSecond, 4 * MBIT);
+  t.ok(after.within, `at 3.2 Mbit/s reserved: ${after.reading}`);
+  t.equal(kernelChanges(remote), 2, 'one throttle, then exactly one change (polls that repeat the same bandwidth change nothing)');
+  t.match(decisions.find((d) => d.action === 'change'), { reason: 'auto: 3.20 Mbit/s Plex bandwidth × 1.25 = 4.00 Mbit/s', limits: { rate: 4 * MBIT } }, 'the decision says which rate and why');
+});
+

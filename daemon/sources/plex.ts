@@ -102,8 +102,10 @@ export interface ListedSession {
   location?: string;
   /** kbit/s */
   bandwidth?: number;
-  /** kbit/s, summed over the Media entries' first (the one playing). */
+  /** kbit/s, of the first Media entry (the one playing). */
   bitrate?: number;
+  /** A transcoder runs for it (TranscodeSession listed); else it is direct play. */
+  transcoding?: boolean;
 }
 
 interface TrackedSession extends ListedSession {
@@ -226,6 +228,7 @@ export function listedSession(item: Record<string, unknown>): ListedSession | un
   set('location', asString(session.location));
   set('bandwidth', asNumber(session.bandwidth));
   set('bitrate', asNumber(media[0]?.bitrate));
+  listed.transcoding = item.TranscodeSession !== undefined && item.TranscodeSession !== null;
   return listed;
 }
 
@@ -249,7 +252,7 @@ export function parseSessionListing(body: string): ListedSession[] {
       if (!Array.isArray(value)) continue;
       for (const element of value.map(record)) {
         const first = (name: string) => record((element[name] as unknown[] | undefined)?.[0]);
-        const item = listedSession({ ...element, Player: first('Player'), Session: first('Session'), User: first('User'), Media: element.Media });
+        const item = listedSession({ ...element, Player: first('Player'), Session: first('Session'), User: first('User'), Media: element.Media, TranscodeSession: element.TranscodeSession ? first('TranscodeSession') : undefined });
         if (item) items.push(item);
       }
     }
@@ -577,6 +580,7 @@ export class PlexSource {
     if (session.product) event.player = session.product;
     if (session.bandwidth !== undefined) event.bandwidth = session.bandwidth * 1000;
     if (session.bitrate !== undefined) event.mediaBitrate = session.bitrate * 1000;
+    if (session.transcoding !== undefined) event.directPlay = !session.transcoding;
     this.options.onEvent(event);
   }
 
