@@ -52,12 +52,15 @@ interface LiveSession {
   paused: boolean;
   /** What the stream needs, when its source knows (the Plex API does; `rate: auto` uses it). */
   need?: StreamNeed;
+  source?: PlaybackEvent['source'];
 }
 
 interface ClientRecord {
   address: string;
   user?: string;
   network?: string;
+  /** The player's product name (Plex API). */
+  player?: string;
   sessions: Map<string, LiveSession>;
   /** Sessions that were stopped, and when: a late ping or timeline line must not bring them back. */
   stopped: Map<string, number>;
@@ -82,6 +85,11 @@ const sameLimits = (a: Limits | undefined, b: Limits | undefined): boolean =>
 export interface ClientSummary {
   address: string;
   user?: string;
+  /** Which sources see it playing: log, plex, or both. */
+  source?: 'log' | 'plex' | 'both';
+  player?: string;
+  /** bits/s its streams need, as the Plex API reports them (Session.bandwidth, else media bitrate). */
+  streamBandwidth?: number;
   sessions: string[];
   state: 'playing' | 'paused' | 'grace';
   limits?: Limits;
@@ -126,7 +134,8 @@ export class SessionTracker {
     client.stopped.delete(event.sessionKey);
     if (event.user) client.user = event.user;
     if (event.network) client.network = event.network;
-    const session: LiveSession = { lastSeen: now, paused: event.kind === 'pause' };
+    if (event.player) client.player = event.player;
+    const session: LiveSession = { lastSeen: now, paused: event.kind === 'pause', source: event.source ?? 'log' };
     const need = streamNeed(event) ?? client.sessions.get(event.sessionKey)?.need;
     if (need) session.need = need;
     client.sessions.set(event.sessionKey, session);
@@ -308,6 +317,12 @@ export class SessionTracker {
         throttled: client.applied !== undefined,
       };
       if (client.user) summary.user = client.user;
+      if (client.player) summary.player = client.player;
+      const live = [...client.sessions.values()];
+      const sources = new Set(live.map((session) => session.source ?? 'log'));
+      if (sources.size) summary.source = sources.size > 1 ? 'both' : [...sources][0]!;
+      const needs = live.flatMap((session) => (session.need ? [session.need.bandwidth ?? session.need.mediaBitrate ?? 0] : []));
+      if (needs.length) summary.streamBandwidth = needs.reduce((a, b) => a + b, 0);
       if (client.applied) summary.limits = client.applied;
       if (client.throttledSince) summary.since = new Date(client.throttledSince).toISOString();
       return summary;

@@ -11,6 +11,9 @@ import type { PlexSourceStatus } from './sources/plex.js';
 export interface SessionInfo {
   address: string;
   user?: string;
+  source?: 'log' | 'plex' | 'both';
+  player?: string;
+  streamBandwidth?: number;
   sessions: string[];
   state?: 'playing' | 'paused' | 'grace';
   since?: string;
@@ -19,6 +22,10 @@ export interface SessionInfo {
 export interface ClientStatus {
   address: string;
   user?: string;
+  /** Which event sources see it playing; the player; bits/s its streams need (Plex API). */
+  source?: 'log' | 'plex' | 'both';
+  player?: string;
+  streamBandwidth?: number;
   sessions: string[];
   state: 'playing' | 'paused' | 'grace' | 'unknown';
   /** bits per second */
@@ -116,6 +123,9 @@ export function buildStatus(input: StatusInput): StatusReport {
     const measured = input.meter.bitsPerSecond(client.address, bytes, at);
     if (measured !== undefined) status.bitsPerSecond = measured;
     if (info?.user) status.user = info.user;
+    if (info?.source) status.source = info.source;
+    if (info?.player) status.player = info.player;
+    if (info?.streamBandwidth !== undefined) status.streamBandwidth = info.streamBandwidth;
     return status;
   });
   const report: StatusReport = { at: new Date().toISOString(), device: input.device, leaf: input.leaf, clients, decisions: [...(input.decisions ?? [])] };

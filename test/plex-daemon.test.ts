@@ -79,6 +79,7 @@ t.test('the Plex API drives the pipes end to end, and the token appears nowhere'
   const movie = server.play({ player: { address: remote, product: 'Plex for Android (TV)' }, user: { title: 'alice' }, session: { location: 'wan', bandwidth: 6000 } });
   await until(() => kernelState(topology).destinations.includes(`${remote}/32`));
   t.pass('play → the client has a filter and a class');
+  t.match((await apiStatus()).clients, [{ address: remote, user: 'alice', player: 'Plex for Android (TV)', source: 'plex', streamBandwidth: 6_000_000, rate: 2 * MBIT }], 'the status shows source, user, player and the stream bandwidth beside the rate');
   const playing = shapedTo((await measureGoodput(topology, { to: remote, seconds: 4 })).bitsPerSecond, 2 * MBIT);
   t.ok(playing.within, `playing: ${playing.reading}`);
 
