@@ -9,11 +9,12 @@
  * shaping.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
+import { chromium } from 'playwright-core';
 import t, { type Test } from 'tap';
 import { validateConfig } from '../daemon/config.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
@@ -28,6 +29,7 @@ import { measureGoodput, shapedTo } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();
 const MBIT = 1e6;
+const CHROMIUM = '/usr/bin/chromium';
 const SHAPERR_CLI = fileURLToPath(new URL('../dist/daemon/shaperr-cli.js', import.meta.url));
 const TIMINGS: Partial<PlexTimings> = { retryMinMs: 100, retryMaxMs: 1000, unauthorizedRetryMs: 1000, requestTimeoutMs: 2000, pingMs: 500, pongTimeoutMs: 3000 };
 
@@ -80,6 +82,18 @@ t.test('the Plex API drives the pipes end to end, and the token appears nowhere'
   await until(() => kernelState(topology).destinations.includes(`${remote}/32`));
   t.pass('play → the client has a filter and a class');
   t.match((await apiStatus()).clients, [{ address: remote, user: 'alice', player: 'Plex for Android (TV)', source: 'plex', streamBandwidth: 6_000_000, rate: 2 * MBIT }], 'the status shows source, user, player and the stream bandwidth beside the rate');
+  if (existsSync(CHROMIUM)) {
+    // The status page in headless Chromium: the Plex section with the stream's bandwidth beside its pipe.
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(error.message));
+    await page.goto(daemon.statusUrl!);
+    await page.waitForFunction(() => /stream 6\.00 Mbit\/s · pipe 2\.00 Mbit\/s \(plex\)/.test(document.getElementById('plex-streams')?.textContent ?? ''), undefined, { timeout: 10_000 });
+    t.match(await page.textContent('#plex-servers'), /shaperr test server: connected · 1 sessions/, 'the page shows the Plex server and the stream beside its pipe');
+    t.same(errors, [], 'no script errors on the page');
+    await browser.close();
+  }
   const playing = shapedTo((await measureGoodput(topology, { to: remote, seconds: 4 })).bitsPerSecond, 2 * MBIT);
   t.ok(playing.within, `playing: ${playing.reading}`);
 
