@@ -16,7 +16,7 @@ import { DaemonMetrics } from './metrics.js';
 import { type DaemonState, loadState, saveState } from './state.js';
 import { buildStatus, type OperationProgress, type RecentDecision, type StatusReport, ThroughputMeter } from './status.js';
 import { findPlexLog, LogTailer, type SavedPosition } from './tail.js';
-import { planSources } from './sources/plan.js';
+import { planSources, type SourcePlan } from './sources/plan.js';
 import { PlexSource, type PlexTimings } from './sources/plex.js';
 
 export interface DaemonOptions {
@@ -114,19 +114,7 @@ export class Shaperrd {
       this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
       await this.tailer.start();
     }
-    this.plexSources = sources.plex.map(
-      (server) =>
-        new PlexSource({
-          url: server.url,
-          token: server.token.token,
-          verifyTls: server.verifyTls,
-          logger: this.log,
-          timings: { ...this.options.plexTimings, pollMs: server.pollSeconds * 1000, idleMs: config.idleSeconds * 1000 },
-          onEvent: (event) => this.onEvent(event),
-          onRequest: (endpoint, result) => this.metrics.plexRequests.inc({ endpoint, result }),
-        }),
-    );
-    for (const source of this.plexSources) source.start();
+    this.startPlexSources(sources);
     this.log.info({ log: this.logPath, plex: sources.plex.map((server) => server.url), device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
     this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());
@@ -135,6 +123,30 @@ export class Shaperrd {
       this.every(HEALTH_INTERVAL_MS, () => this.checkHealth());
       this.every(SAVE_INTERVAL_MS, () => void this.saveIfDirty());
     }
+  }
+
+  private startPlexSources(plan: SourcePlan): void {
+    this.plexSources = plan.plex.map(
+      (server) =>
+        new PlexSource({
+          url: server.url,
+          token: server.token.token,
+          verifyTls: server.verifyTls,
+          logger: this.log,
+          timings: { ...this.options.plexTimings, pollMs: server.pollSeconds * 1000, idleMs: this.config.idleSeconds * 1000 },
+          onEvent: (event) => this.onEvent(event),
+          onRequest: (endpoint, result) => this.metrics.plexRequests.inc({ endpoint, result }),
+        }),
+    );
+    for (const source of this.plexSources) source.start();
+  }
+
+  /** SIGHUP with new Plex settings: the API sources start over (the log tail is kept as it is). */
+  private async restartPlexSources(plan: SourcePlan): Promise<void> {
+    if (plan.log !== (this.tailer !== undefined)) this.log.warn('turning the log source on or off needs a restart of shaperrd; the log tail stays as it was');
+    await Promise.all(this.plexSources.map((source) => source.stop()));
+    this.log.info(plan.reason);
+    this.startPlexSources(plan);
   }
 
   private every(ms: number, run: () => unknown): void {
@@ -344,7 +356,11 @@ export class Shaperrd {
     if (config.device !== this.config.device || config.netns !== this.config.netns) {
       throw new Error('device and netns cannot change on reload; restart shaperrd');
     }
+    // Planned before anything changes: a config without a usable token is refused whole.
+    const sourcesChanged = JSON.stringify([config.source, config.plex]) !== JSON.stringify([this.config.source, this.config.plex]);
+    const sources = sourcesChanged ? planSources(config, this.logPath) : undefined;
     this.options = { ...this.options, config };
+    if (sources) await this.restartPlexSources(sources);
     this.parser = new PlexLogParser({ trustedProxies: config.trustedProxies });
     this.policy = new Policy(policyConfig(config));
     this.tracker!.setPolicy(this.policy);

@@ -240,3 +240,20 @@ t.test('rate: auto follows the stream’s bandwidth with one change to its class
   t.match(decisions.find((d) => d.action === 'change'), { reason: 'auto: 3.20 Mbit/s Plex bandwidth × 1.25 = 4.00 Mbit/s', limits: { rate: 4 * MBIT } }, 'the decision says which rate and why');
 });
 
+
+t.test('SIGHUP-style reload with a corrected token: the Plex source starts over and shapes; a reload without a token is refused whole', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const [remote] = topology.clientAddresses as [string];
+  const server = await startPlexServer(t);
+  server.token = 'the-right-token';
+  const { daemon, config, logs } = await plexDaemon(t, topology, server);
+  await until(() => daemon.status().plex?.[0]?.state === 'token rejected');
+  await t.rejects(daemon.reload(validateConfig({ ...config, plex: { url: server.url } })), /no Plex token for/);
+  t.equal(daemon.status().plex?.[0]?.state, 'token rejected', 'the refused reload changed nothing');
+  await daemon.reload(validateConfig({ ...config, plex: { url: server.url, token: 'the-right-token' } }));
+  server.play({ player: { address: remote } });
+  await until(() => kernelState(topology).destinations.includes(`${remote}/32`));
+  t.equal(daemon.status().plex?.[0]?.state, 'connected');
+  t.notOk(logs.join('\n').includes('the-right-token'), 'the new token is not logged either');
+});
