@@ -111,6 +111,25 @@ t.test('play, pause, resume, stop: events keyed by machineIdentifier + sessionKe
   t.equal(events[5]!.kind, 'start', 'a key that comes back after stop is a new session');
 });
 
+t.test('a stopped session Plex still lists for a moment is not started again', async (t) => {
+  const server = await startPlexServer(t);
+  const { kinds, connected, source } = listen(t, server, { timings: { pollMs: 100 } });
+  await connected();
+  const session = server.play({ player: { address: '10.200.1.3' } });
+  await until(() => kinds().includes('start'));
+  server.updateSession(session.sessionKey, (s) => (s.state = 'stopped'));
+  server.notify(session.sessionKey); // announced stopped, still listed
+  const listings = source.status().counters.listings;
+  await until(() => source.status().counters.listings >= listings + 3);
+  t.same(kinds().filter((kind) => kind !== 'progress'), ['start', 'stop'], 'listings while it lingers do not bring it back');
+  server.removeSession(session.sessionKey);
+  await until(() => source.status().counters.listings >= listings + 5);
+  server.addSession({ sessionKey: session.sessionKey, ratingKey: session.ratingKey, player: { address: '10.200.1.3' } });
+  server.notify(session.sessionKey);
+  await until(() => kinds().filter((kind) => kind === 'start').length === 2);
+  t.pass('once it has left the listing, the key is free for a new playback');
+});
+
 t.test('the old `_children` notification form and a server that only answers XML', async (t) => {
   const server = await startPlexServer(t);
   server.behaviour.legacyNotifications = true;

@@ -276,6 +276,8 @@ const stripMapped = (address: string): string => address.replace(/^::ffff:/i, ''
 export class PlexSource {
   private readonly timings: PlexTimings;
   private readonly tracked = new Map<string, TrackedSession>();
+  /** Session keys announced stopped (with their ratingKey) that Plex may still list for a moment. */
+  private readonly stoppedKeys = new Map<string, string | undefined>();
   private readonly bridges: ReadonlySet<string>;
   private socket?: WebSocket;
   private timers = new Set<NodeJS.Timeout>();
@@ -514,8 +516,10 @@ export class PlexSource {
   private reconcile(listed: readonly ListedSession[]): void {
     const now = Date.now();
     const present = new Set<string>();
+    for (const key of this.stoppedKeys.keys()) if (!listed.some((item) => item.sessionKey === key)) this.stoppedKeys.delete(key);
     for (const item of listed) {
       present.add(item.sessionKey);
+      if (this.stoppedKeys.has(item.sessionKey) && this.stoppedKeys.get(item.sessionKey) === item.ratingKey) continue; // lingering after its stop
       const known = this.tracked.get(item.sessionKey);
       const sameSession = known && (item.ratingKey === undefined || item.ratingKey === known.ratingKey) && (item.sessionId === undefined || known.sessionId === undefined || item.sessionId === known.sessionId);
       if (known && sameSession) {
@@ -603,13 +607,17 @@ export class PlexSource {
     if (!sessionKey || !state) return;
     this.counters.notifications++;
     const known = this.tracked.get(sessionKey);
+    if (state !== 'stopped') this.stoppedKeys.delete(sessionKey);
     if (!known) {
       if (state !== 'stopped') this.requestListing(); // a new session: who and where come from the listing
       return;
     }
     known.confirmedAt = Date.now();
     const ratingKey = asString(entry.ratingKey);
-    if (state === 'stopped') return this.end(known, 'notification');
+    if (state === 'stopped') {
+      this.stoppedKeys.set(sessionKey, known.ratingKey);
+      return this.end(known, 'notification');
+    }
     if (ratingKey !== undefined && known.ratingKey !== undefined && ratingKey !== known.ratingKey) {
       // Clients that never send stop: the next item under the same key is a stop and a start.
       this.end(known, 'notification');
