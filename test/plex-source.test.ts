@@ -213,6 +213,7 @@ t.test('streams whose address is not where the bytes go get no events and one wa
   t.equal(warnings.length, 3, 'one warning per session, however many notifications');
   t.match(warnings.map((line) => line.msg).sort(), [/^not shaping bob on Plex for Roku: Plex Relay/, /^not shaping carol on Plex Web: Plex Relay/, /^not shaping dave on Plex for LG: the address 172\.17\.0\.1 is this host's container bridge/]);
   t.match(source.status().skipped.map((s) => s.user).sort(), ['bob', 'carol', 'dave'], 'and in the status');
+  t.equal(source.status().skipped.find((s) => s.user === 'bob')?.bandwidth, 6_000_000, 'with the bandwidth it still takes from the uplink');
   const before = events.length;
   server.setState(relayed.sessionKey, 'stopped');
   await until(() => source.status().skipped.length === 2);

@@ -73,6 +73,8 @@ export interface SkippedStream {
   user?: string;
   player?: string;
   address?: string;
+  /** bits/s Plex reserved for it: relayed streams still use the uplink. */
+  bandwidth?: number;
   reason: string;
 }
 
@@ -321,6 +323,7 @@ export class PlexSource {
       if (session.user) entry.user = session.user;
       if (session.product) entry.player = session.product;
       if (session.address) entry.address = session.address;
+      if (session.bandwidth !== undefined) entry.bandwidth = session.bandwidth * 1000;
       return entry;
     });
     const status: PlexSourceStatus = { url: this.options.url, state: this.state, sessions: this.tracked.size, skipped, counters: { ...this.counters } };
