@@ -17,6 +17,7 @@ import { PlexLogParser } from '../daemon/parse.js';
 import { Policy } from '../daemon/policy.js';
 import { SessionTracker } from '../daemon/sessions.js';
 import { createNetns, deleteNetns, ip } from '../daemon/demo/sandbox.js';
+import { PlexTestServer } from '../daemon/demo/plex-test-server.js';
 import { measureGoodputConcurrently, measureRoundTrips } from '../test/helpers/traffic.js';
 import { createTopology } from '../test/helpers/netns.js';
 import { type ShippedDaemon, startShippedDaemon, waitFor } from './shipped-daemon.js';
@@ -263,6 +264,46 @@ async function eventLatency(): Promise<void> {
   const seed = await seedPipelineLatency(scenario, quick ? 20 : 200);
   record({ scenario, variant: "ratio the seed's pipeline ÷ shaperrd, p50", value: seed.p50 / shaperrd.p50, unit: '×' });
   record({ scenario, variant: "ratio the seed's pipeline ÷ shaperrd, p99", value: seed.p99 / shaperrd.p99, unit: '×' });
+}
+
+/**
+ * The Plex API source: the shipped daemon listens to the Plex test server on loopback. Each event is a new
+ * session announced on the websocket; the daemon looks it up in /status/sessions (every session so far is
+ * still playing, so the listing grows), then applies. Timed from the notification sent to the class in the kernel.
+ */
+async function plexNotificationLatency(): Promise<void> {
+  const events = quick ? 50 : 300;
+  const scenario = `2b. Plex API notification-to-kernel latency (${events} sessions, the shipped daemon)`;
+  const { netns, destroy } = await benchDevice();
+  const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
+  const token = 'bench-token-0123456789';
+  const plex = await PlexTestServer.start({ token });
+  const tc = TrafficControl.open({ netns });
+  let daemon: ShippedDaemon | undefined;
+  try {
+    daemon = await startShippedDaemon({ device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, source: 'plex', plex: { url: plex.url, token, pollSeconds: 0 }, stateFile: join(dir, 'state.json'), graceSeconds: 0, idleSeconds: 600 }, dir);
+    await waitFor(() => plex.openSockets > 0, 10_000, 'shaperrd did not open the Plex websocket');
+    const latencies: number[] = [];
+    for (let i = 0; i < events; i++) {
+      const minor = 0x10 + i + (0x10 + i >= 0x5a ? 1 : 0);
+      const classid = (0x5a << 16) | minor;
+      const sent = process.hrtime.bigint();
+      plex.play({ player: { address: `198.18.${(i >> 8) & 255}.${i & 255}` } });
+      while (!tc.hasClass('b0', classid)) {
+        if (Number(process.hrtime.bigint() - sent) > 5e9) throw new Error(`session ${i}: class ${classid.toString(16)} not in the kernel after 5 s`);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      latencies.push(Number(process.hrtime.bigint() - sent) / 1e6);
+    }
+    record({ scenario, variant: 'shaperrd: notification → listing → filter live, p50', value: percentile(latencies, 50), unit: 'ms' });
+    record({ scenario, variant: 'shaperrd: notification → listing → filter live, p99', value: percentile(latencies, 99), unit: 'ms', note: `the last listing holds ${events} sessions` });
+  } finally {
+    tc.close();
+    await daemon?.stop();
+    await plex.close();
+    rmSync(dir, { recursive: true, force: true });
+    await destroy();
+  }
 }
 
 /** Each playback start becomes the seed's three tc commands: class (minor from the address), bfifo leaf, linear u32 filter. */
@@ -544,6 +585,7 @@ async function main(): Promise<void> {
   for (const [name, run] of [
     ['client churn', clientChurn],
     ['event latency', eventLatency],
+    ['plex latency', plexNotificationLatency],
     ['seek storm', seekStorm],
     ['scale', scale],
     ['classification', classification],

@@ -14,7 +14,7 @@ const program = new Command()
   .option('-c, --config <file>', 'configuration file (YAML)', '/etc/shaperr/shaperr.yaml')
   .option('--log <file>', 'Plex Media Server log to follow (overrides the config)')
   .option('--dry-run', 'parse and decide, print the tc commands it would apply, touch nothing')
-  .option('--demo', 'run the sandboxed demo: own network namespaces, a bundled Plex log, real traffic (needs root)')
+  .option('--demo', 'run the sandboxed demo: own network namespaces, a bundled Plex log and a Plex test server, real traffic (needs root)')
   .option('--duration <seconds>', 'length of the demo', (value) => {
     const seconds = Number(value);
     if (!Number.isInteger(seconds) || seconds < 8 || seconds > 3600) throw new InvalidArgumentError('expected whole seconds from 8 to 3600');
@@ -31,7 +31,7 @@ async function demo(durationSeconds: number): Promise<void> {
   const summary = await runDemo({ durationSeconds, tty: process.stdout.isTTY === true, write: (text) => process.stdout.write(text) });
   process.stdout.write(describeSummary(summary));
   process.stdout.write(`demo-summary ${JSON.stringify(summary)}\n`);
-  const ok = summary.remote.withinTenPercent && !summary.lan.throttled && summary.seekStorm.kernelChanges <= 2 && summary.leftoverNamespaces.length === 0;
+  const ok = summary.remote.withinTenPercent && summary.plexApp.withinTenPercent && !summary.lan.throttled && summary.seekStorm.kernelChanges <= 2 && summary.leftoverNamespaces.length === 0;
   process.exit(ok ? 0 : 1);
 }
 

@@ -20,6 +20,25 @@ const rate = z.union([z.string(), z.number()]).superRefine((value, context) => {
 
 const rates = z.strictObject({ rate, ceil: rate.optional() });
 
+/**
+ * A client's pipe: a fixed rate, or `auto` — what the stream needs (Plex's Session.bandwidth, else the
+ * media bitrate) × headroom, clamped to min/max; ceil defaults to max (`auto`: the same as the rate).
+ */
+const clientRates = z
+  .strictObject({
+    rate: z.union([z.literal('auto'), rate]),
+    ceil: z.union([z.literal('auto'), rate]).optional(),
+    headroom: z.number().min(1).max(10).default(1.25),
+    /** Direct play sends the file as it is: its peaks sit well above the average bitrate Plex reports. */
+    directPlayHeadroom: z.number().min(1).max(10).default(1.5),
+    min: rate.default('1mbit'),
+    max: rate.default('20mbit'),
+  })
+  .superRefine((client, context) => {
+    if (client.rate !== 'auto' && client.ceil === 'auto') context.addIssue({ code: 'custom', path: ['ceil'], message: "ceil: auto needs rate: auto (a fixed rate's ceil is a rate)" });
+    if (parseRate(client.min) > parseRate(client.max)) context.addIssue({ code: 'custom', path: ['min'], message: `min is above max (${String(client.max)})` });
+  });
+
 const cidr = z.string().superRefine((value, context) => {
   try {
     new NetworkSet([value]);
@@ -27,6 +46,32 @@ const cidr = z.string().superRefine((value, context) => {
     context.addIssue({ code: 'custom', message: (error as Error).message });
   }
 });
+
+const plexUrl = z.string().superRefine((value, context) => {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return context.addIssue({ code: 'custom', message: 'expected a URL such as http://127.0.0.1:32400' });
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') context.addIssue({ code: 'custom', message: 'expected an http:// or https:// URL' });
+  if (url.search || url.username || url.password) context.addIssue({ code: 'custom', message: 'the URL must carry no query or credentials: put the token in plex.token or plex.tokenFile' });
+});
+
+/** One Plex Media Server to listen to (its websocket notifications and /status/sessions). */
+const plexServer = z
+  .strictObject({
+    url: plexUrl.default('http://127.0.0.1:32400'),
+    token: z.string().min(1).optional(),
+    tokenFile: z.string().min(1).optional(),
+    /** false for a self-signed certificate. */
+    verifyTls: z.boolean().default(true),
+    /** Full /status/sessions reconcile period; 0: only on (re)connect. */
+    pollSeconds: z.number().min(0).max(86400).default(30),
+  })
+  .refine((server) => !(server.token && server.tokenFile), 'set plex.token or plex.tokenFile, not both');
+
+export type PlexServerConfig = z.infer<typeof plexServer>;
 
 const timeOfDay = z.string().regex(/^([01]?\d|2[0-3]):[0-5]\d$|^24:00$/, 'expected HH:MM');
 
@@ -38,7 +83,7 @@ export const configSchema = z.strictObject({
   /** Server-wide limits shared by all throttled clients. */
   server: rates,
   /** Default pipe per playing client. */
-  client: rates,
+  client: clientRates,
   leaf: z.enum(['sfq', 'bfifo', 'none']).default('sfq'),
   exempt: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
   remoteOnly: z.boolean().default(false),
@@ -49,6 +94,10 @@ export const configSchema = z.strictObject({
   schedules: z
     .array(z.strictObject({ from: timeOfDay, to: timeOfDay, days: z.array(z.number().int().min(0).max(6)).optional(), server: rates }))
     .default([]),
+  /** Where playback events come from: the Plex API (needs a token), the log (needs DEBUG logging), or both; auto: the API when a token is found. */
+  source: z.enum(['auto', 'log', 'plex', 'both']).default('auto'),
+  /** One Plex server, or a list of them. */
+  plex: z.union([plexServer, z.array(plexServer).min(1)]).optional(),
   /** Plex Media Server log file; default: the first that exists of the usual locations. */
   log: z.string().min(1).optional(),
   trustedProxies: z.array(cidr).default([]),
@@ -97,8 +146,15 @@ function describeIssue(issue: z.core.$ZodIssue, input: unknown): string {
   const key = path.join('.') || '(top level)';
   let value: unknown = input;
   for (const part of issue.path) value = (value as Record<PropertyKey, unknown> | undefined)?.[part as PropertyKey];
+  // A union (`plex:` one server or a list): report the branch that matches the input's shape.
+  if (issue.code === 'invalid_union' && issue.errors.length) {
+    const branch = (Array.isArray(value) ? issue.errors.at(-1) : issue.errors[0])!;
+    return branch.map((inner) => describeIssue({ ...inner, path: [...issue.path, ...inner.path] } as z.core.$ZodIssue, input)).join('; ');
+  }
   if (issue.code === 'unrecognized_keys') return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${[...path, k].join('.')}'`).join(', ')}`;
-  const shown = value === undefined ? 'missing' : JSON.stringify(value);
+  // Tokens are secrets: never echoed, not even in a complaint about them.
+  const secret = path.at(-1) === 'token';
+  const shown = value === undefined ? 'missing' : secret ? '<token>' : JSON.stringify(value, (name, inner: unknown) => (name === 'token' ? '<token>' : inner));
   return `'${key}' = ${shown}: ${issue.message}`;
 }
 
@@ -124,6 +180,12 @@ export function loadConfig(path: string): ShaperrConfig {
     throw new ConfigError(`${path} is not valid YAML: ${(error as Error).message}`);
   }
   return validateConfig(parsed, path);
+}
+
+/** The configured Plex servers as a list (none configured: the local default server). */
+export function plexServers(config: ShaperrConfig): PlexServerConfig[] {
+  if (config.plex === undefined) return [plexServer.parse({})];
+  return Array.isArray(config.plex) ? config.plex : [config.plex];
 }
 
 export function policyConfig(config: ShaperrConfig): PolicyConfig {

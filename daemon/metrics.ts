@@ -23,6 +23,7 @@ export class DaemonMetrics {
   readonly kernelOperationSeconds: Histogram<'operation'>;
   readonly reconciliations: Counter<'reason'>;
   readonly kernelErrors: Counter;
+  readonly plexRequests: Counter<'endpoint' | 'result'>;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
@@ -36,6 +37,7 @@ export class DaemonMetrics {
     });
     this.reconciliations = new Counter({ name: 'shaperr_reconciliations_total', help: 'Times the kernel state was reconciled (restart adoption, repair after removal)', labelNames: ['reason'], registers });
     this.kernelErrors = new Counter({ name: 'shaperr_kernel_errors_total', help: 'Kernel changes that failed', registers });
+    this.plexRequests = new Counter({ name: 'shaperr_plex_requests_total', help: 'HTTP requests to the Plex API, by endpoint and result (ok, timeout, http-error, malformed, unreachable, unauthorized)', labelNames: ['endpoint', 'result'], registers });
     // Every series exists from the start (at 0), so rate() and alerts work before the first event.
     for (const kind of ['start', 'progress', 'pause', 'stop']) this.events.inc({ kind }, 0);
     for (const reason of ['restart', 'repair']) this.reconciliations.inc({ reason }, 0);

@@ -24,6 +24,16 @@ export interface PlaybackEvent {
   timestamp: Date;
   /** Request path without the query string. */
   path: string;
+  /** Which source saw it; the log parser leaves it out. */
+  source?: 'log' | 'plex';
+  /** What the Plex API adds: Plex's own lan/wan/cellular label, the player's product name. */
+  location?: string;
+  player?: string;
+  /** Bits per second Plex reserved for the stream (Session.bandwidth), and the media's average bitrate. */
+  bandwidth?: number;
+  mediaBitrate?: number;
+  /** The stream is the file as it is (no transcoder running). */
+  directPlay?: boolean;
 }
 
 export interface ParserOptions {

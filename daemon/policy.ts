@@ -33,8 +33,28 @@ export interface ScheduleConfig {
   server: RateConfig;
 }
 
+/** The client pipe: a fixed rate, or `auto` (stream-aware: see StreamNeed). */
+export interface ClientRateConfig {
+  rate: string | number;
+  ceil?: string | number;
+  headroom?: number;
+  directPlayHeadroom?: number;
+  min?: string | number;
+  max?: string | number;
+}
+
+/** What one playing stream needs, as far as a source knows it (bits per second). */
+export interface StreamNeed {
+  /** Plex's reservation for the stream (Session.bandwidth). */
+  bandwidth?: number;
+  /** The media's average bitrate. */
+  mediaBitrate?: number;
+  /** Direct play sends the file as it is (no transcoder): a bigger headroom over its average. */
+  directPlay?: boolean;
+}
+
 export interface PolicyConfig {
-  client: RateConfig;
+  client: ClientRateConfig;
   server: RateConfig;
   exempt: string[];
   /** Throttle only streams that leave the local network. */
@@ -54,7 +74,22 @@ export interface Verdict {
   /** Why the client is never throttled, when it is not. */
   exempt?: string;
   limits?: Limits;
+  /** Which rate was chosen and why. */
+  why?: string;
 }
+
+interface AutoRate {
+  headroom: number;
+  directPlayHeadroom: number;
+  min: number;
+  max: number;
+  /** Ceil follows the rate (`ceil: auto`), else this fixed ceil (at least the rate). */
+  ceil: number | 'auto';
+}
+
+const mbit = (bits: number): string => `${(bits / 1e6).toFixed(2)} Mbit/s`;
+/** Rounded up to 10 kbit/s: small wobbles of a reported bandwidth change nothing in the kernel. */
+const roundUp = (bits: number): number => Math.ceil(bits / 1e4) * 1e4;
 
 interface CompiledOverride {
   user?: string;
@@ -91,12 +126,28 @@ export class Policy {
   private readonly overrides: CompiledOverride[];
   private readonly schedules: CompiledSchedule[];
   readonly defaults: Limits;
+  /** Set with `client.rate: auto`. */
+  private readonly auto?: AutoRate;
   readonly server: Limits;
 
   constructor(private readonly config: PolicyConfig) {
     this.exempt = new NetworkSet(config.exempt);
     this.local = new NetworkSet(config.localNetworks);
-    this.defaults = toLimits(config.client);
+    if (config.client.rate === 'auto') {
+      const bits = (value: string | number | undefined, fallback: string): number => parseRate(value ?? fallback) * 8;
+      const max = bits(config.client.max, '20mbit');
+      this.auto = {
+        headroom: config.client.headroom ?? 1.25,
+        directPlayHeadroom: config.client.directPlayHeadroom ?? 1.5,
+        min: bits(config.client.min, '1mbit'),
+        max,
+        ceil: config.client.ceil === 'auto' ? 'auto' : config.client.ceil === undefined ? max : bits(config.client.ceil, '0'),
+      };
+      // A stream whose need is not known yet gets the most a stream may have (never starved at start).
+      this.defaults = { rate: max, ceil: this.auto.ceil === 'auto' ? max : Math.max(this.auto.ceil, max) };
+    } else {
+      this.defaults = toLimits(config.client);
+    }
     this.server = toLimits(config.server);
     this.overrides = config.overrides.map((override) => {
       const compiled: CompiledOverride = { limits: toLimits(override) };
@@ -111,8 +162,8 @@ export class Policy {
     });
   }
 
-  /** Whether and how a client should be throttled, given what its log line says. */
-  limitsFor(client: Pick<PlaybackEvent, 'address'> & { user?: string; network?: string }): Verdict {
+  /** Whether and how a client should be throttled, given what its log line says and what its streams need. */
+  limitsFor(client: Pick<PlaybackEvent, 'address'> & { user?: string; network?: string; streams?: readonly StreamNeed[] }): Verdict {
     if (this.exempt.contains(client.address)) return { exempt: 'exempt network' };
     if (this.config.remoteOnly) {
       const local = plexSaysLocal(client.network) ?? this.local.contains(client.address);
@@ -122,7 +173,28 @@ export class Policy {
     const override =
       this.overrides.find((candidate) => candidate.user !== undefined && candidate.user === user && (!candidate.network || candidate.network.contains(client.address))) ??
       this.overrides.find((candidate) => candidate.user === undefined && candidate.network?.contains(client.address));
-    return { limits: override?.limits ?? this.defaults };
+    if (override) return { limits: override.limits, why: `override (${override.user ? `user ${override.user}` : 'network'})` };
+    if (!this.auto) return { limits: this.defaults, why: 'fixed client rate' };
+    return this.autoLimits(client.streams ?? []);
+  }
+
+  /** `rate: auto`: the streams' needs × headroom, added up, clamped to min/max. */
+  private autoLimits(streams: readonly StreamNeed[]): Verdict {
+    const auto = this.auto!;
+    const parts: string[] = [];
+    let wanted = 0;
+    for (const stream of streams) {
+      const need = stream.bandwidth ?? stream.mediaBitrate;
+      if (need === undefined) continue;
+      const headroom = stream.directPlay ? auto.directPlayHeadroom : auto.headroom;
+      wanted += need * headroom;
+      parts.push(`${mbit(need)} ${stream.bandwidth !== undefined ? 'Plex bandwidth' : 'media bitrate'} × ${headroom}${stream.directPlay ? ' (direct play)' : ''}`);
+    }
+    if (parts.length === 0) return { limits: this.defaults, why: 'auto: stream need unknown, max rate' };
+    const rate = roundUp(Math.min(auto.max, Math.max(auto.min, wanted)));
+    const ceil = auto.ceil === 'auto' ? rate : Math.max(auto.ceil, rate);
+    const clamped = wanted > auto.max ? ', clamped to max' : wanted < auto.min ? ', raised to min' : '';
+    return { limits: { rate, ceil }, why: `auto: ${parts.join(' + ')} = ${mbit(wanted)}${clamped}` };
   }
 
   /** The server-wide limits in force at `date` (the first schedule that covers it, else the default). */

@@ -11,7 +11,7 @@
  * queue so that at most one kernel change per client is in flight and the last decision wins.
  */
 import type { PlaybackEvent } from './parse.js';
-import type { Limits, Policy } from './policy.js';
+import type { Limits, Policy, StreamNeed } from './policy.js';
 
 /** What the sessions stage needs from the shaper (the real Shaper, or a dry-run printer). */
 export interface ClientShaper {
@@ -52,19 +52,25 @@ export interface Decision {
 interface LiveSession {
   lastSeen: number;
   paused: boolean;
+  /** What the stream needs, when its source knows (the Plex API does; `rate: auto` uses it). */
+  need?: StreamNeed;
+  source?: PlaybackEvent['source'];
 }
 
 interface ClientRecord {
   address: string;
   user?: string;
   network?: string;
+  /** The player's product name (Plex API). */
+  player?: string;
   sessions: Map<string, LiveSession>;
   /** Sessions that were stopped, and when: a late ping or timeline line must not bring them back. */
   stopped: Map<string, number>;
   /** When the last session ended; release is due at releaseAt. */
   releaseAt?: number;
-  /** Limits wanted in the kernel now (undefined: no pipe). */
+  /** Limits wanted in the kernel now (undefined: no pipe), and why these. */
   wanted?: Limits;
+  why?: string;
   /** Limits the kernel has (as far as we know). */
   applied?: Limits;
   /** Wall-clock ms since when the client has had a pipe. */
@@ -81,6 +87,11 @@ const sameLimits = (a: Limits | undefined, b: Limits | undefined): boolean =>
 export interface ClientSummary {
   address: string;
   user?: string;
+  /** Which sources see it playing: log, plex, or both. */
+  source?: 'log' | 'plex' | 'both';
+  player?: string;
+  /** bits/s its streams need, as the Plex API reports them (Session.bandwidth, else media bitrate). */
+  streamBandwidth?: number;
   sessions: string[];
   state: 'playing' | 'paused' | 'grace';
   limits?: Limits;
@@ -114,6 +125,7 @@ export class SessionTracker {
       client.stopped.set(event.sessionKey, now);
       if (!client.sessions.delete(event.sessionKey)) return;
       this.endedOne(client, now, 'stop');
+      if (client.sessions.size > 0) this.rewant(client, now);
       return;
     }
     if (event.kind !== 'start' && client?.stopped.has(event.sessionKey)) return; // a straggler of a stopped session
@@ -124,13 +136,29 @@ export class SessionTracker {
     client.stopped.delete(event.sessionKey);
     if (event.user) client.user = event.user;
     if (event.network) client.network = event.network;
-    client.sessions.set(event.sessionKey, { lastSeen: now, paused: event.kind === 'pause' });
+    if (event.player) client.player = event.player;
+    const session: LiveSession = { lastSeen: now, paused: event.kind === 'pause', source: event.source ?? 'log' };
+    const need = streamNeed(event) ?? client.sessions.get(event.sessionKey)?.need;
+    if (need) session.need = need;
+    client.sessions.set(event.sessionKey, session);
     if (client.releaseAt !== undefined) {
       client.releaseAt = undefined;
       this.decide({ action: 'resume', address: client.address, session: event.sessionKey });
     }
+    this.rewant(client, now);
+  }
+
+  /** Limits for the client's live sessions together (with `rate: auto` their needs add up). */
+  private rewant(client: ClientRecord, now: number): void {
+    const verdict = this.options.policy.limitsFor(this.policyInput(client));
     client.wanted = verdict.limits;
+    client.why = verdict.why;
     this.converge(client, now);
+  }
+
+  private policyInput(client: ClientRecord): { address: string; user?: string; network?: string; streams: StreamNeed[] } {
+    const streams = [...client.sessions.values()].flatMap((session) => (session.need ? [session.need] : []));
+    return { address: client.address, streams, ...(client.user ? { user: client.user } : {}), ...(client.network ? { network: client.network } : {}) };
   }
 
   private endedOne(client: ClientRecord, now: number, reason: string): void {
@@ -150,7 +178,7 @@ export class SessionTracker {
       next = next === undefined ? at : Math.min(next, at);
     };
     for (const client of this.clients.values()) {
-      this.expireVanished(client, now);
+      if (this.expireVanished(client, now) && client.sessions.size > 0) this.rewant(client, now);
       if (client.releaseAt !== undefined && client.releaseAt <= now) {
         client.releaseAt = undefined;
         client.wanted = undefined;
@@ -170,9 +198,11 @@ export class SessionTracker {
     }
   }
 
-  private expireVanished(client: ClientRecord, now: number): void {
+  /** Whether a session expired. */
+  private expireVanished(client: ClientRecord, now: number): boolean {
     for (const [key, at] of client.stopped) if (now - at > this.options.idleMs) client.stopped.delete(key);
-    if (client.sessions.size === 0) return;
+    if (client.sessions.size === 0) return false;
+    const before = client.sessions.size;
     const bytes = this.options.shaper.bytesSent?.(client.address);
     if (bytes !== undefined && bytes !== client.lastBytes) {
       client.lastBytes = bytes;
@@ -186,6 +216,7 @@ export class SessionTracker {
     }
     // A vanished client has no reason for a grace period: nothing is about to resume.
     if (client.sessions.size === 0) client.releaseAt = now;
+    return client.sessions.size < before;
   }
 
   /**
@@ -209,6 +240,7 @@ export class SessionTracker {
           address: client.address,
           latencyMs: this.now() - startedAt,
           ...(wanted ? { limits: wanted } : {}),
+          ...(wanted && client.why ? { reason: client.why } : {}),
           ...(client.user ? { user: client.user } : {}),
         });
       },
@@ -244,12 +276,12 @@ export class SessionTracker {
   }
 
   /** Re-evaluates every client's limits (after a config reload or a schedule boundary). */
-  reapplyPolicy(limitsFor: (client: { address: string; user?: string; network?: string }) => Limits | undefined): void {
+  reapplyPolicy(limitsFor: (client: { address: string; user?: string; network?: string; streams: StreamNeed[] }) => Limits | undefined): void {
     const now = this.now();
     const together: ClientRecord[] = [];
     for (const client of this.clients.values()) {
       if (client.sessions.size === 0 && client.wanted === undefined) continue;
-      client.wanted = client.sessions.size === 0 && client.releaseAt === undefined ? undefined : limitsFor(client);
+      client.wanted = client.sessions.size === 0 && client.releaseAt === undefined ? undefined : limitsFor(this.policyInput(client));
       const changesPipe = client.wanted !== undefined && client.applied !== undefined && !client.inFlight && !sameLimits(client.wanted, client.applied);
       if (changesPipe && this.options.shaper.throttleAll) together.push(client);
       else this.converge(client, now);
@@ -305,6 +337,12 @@ export class SessionTracker {
         throttled: client.applied !== undefined,
       };
       if (client.user) summary.user = client.user;
+      if (client.player) summary.player = client.player;
+      const live = [...client.sessions.values()];
+      const sources = new Set(live.map((session) => session.source ?? 'log'));
+      if (sources.size) summary.source = sources.size > 1 ? 'both' : [...sources][0]!;
+      const needs = live.flatMap((session) => (session.need ? [session.need.bandwidth ?? session.need.mediaBitrate ?? 0] : []));
+      if (needs.length) summary.streamBandwidth = needs.reduce((a, b) => a + b, 0);
       if (client.applied) summary.limits = client.applied;
       if (client.throttledSince) summary.since = new Date(client.throttledSince).toISOString();
       return summary;
@@ -319,4 +357,14 @@ export interface SavedClient {
   user?: string;
   /** ISO time since when the client has had a pipe. */
   since?: string;
+}
+
+/** What a playback event says about its stream's needs (nothing, from the log). */
+function streamNeed(event: PlaybackEvent): StreamNeed | undefined {
+  if (event.bandwidth === undefined && event.mediaBitrate === undefined) return undefined;
+  const need: StreamNeed = {};
+  if (event.bandwidth !== undefined) need.bandwidth = event.bandwidth;
+  if (event.mediaBitrate !== undefined) need.mediaBitrate = event.mediaBitrate;
+  if (event.directPlay !== undefined) need.directPlay = event.directPlay;
+  return need;
 }

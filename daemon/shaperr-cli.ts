@@ -12,6 +12,7 @@ import { makeHandle } from '../lib/tc/handle.js';
 import { describeRate } from '../lib/tc/units.js';
 import { NetlinkError } from '../lib/wire/errors.js';
 import { ConfigError, loadConfig, type ShaperrConfig } from './config.js';
+import { checkPlexSource } from './sources/plex-check.js';
 import { loadState } from './state.js';
 import { lockDevice } from './device-lock.js';
 import { buildStatus, type SessionInfo, type StatusReport, ThroughputMeter } from './status.js';
@@ -260,7 +261,11 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
   }
 
   const log = config?.log ?? (await findPlexLog());
-  if (!log) {
+  const plex = config ? await checkPlexSource(config, log) : undefined;
+  lines.push(...(plex?.lines ?? []));
+  if (plex && !plex.usesLog) {
+    lines.push({ verdict: 'ok', what: 'the Plex log and its debug logging are not needed (Plex API source)' });
+  } else if (!log) {
     lines.push({ verdict: 'fail', what: 'no Plex Media Server log found in the usual places', fix: 'set `log:` in the config to "…/Plex Media Server/Logs/Plex Media Server.log"' });
   } else {
     try {
@@ -278,7 +283,7 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
 
 program
   .command('check')
-  .description('verify the environment: privileges, device, kernel qdiscs and filters (and the fallback), log file, Plex debug logging')
+  .description('verify the environment: privileges, device, kernel qdiscs and filters (and the fallback), event source and Plex token, Plex server, log file, Plex debug logging')
   .action(async () => {
     const lines = await runChecks(program.opts<GlobalOptions>());
     for (const line of lines) process.stdout.write(`${line.verdict.padEnd(5)} ${line.what}${line.fix ? `\n      → ${line.fix}` : ''}\n`);

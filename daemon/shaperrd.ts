@@ -19,6 +19,8 @@ import { findPlexLog, LogTailer, type SavedPosition } from './tail.js';
 import { readRecentLog, rebuildSessions } from './warm-start.js';
 import { lockDevice } from './device-lock.js';
 import type { AbstractLock } from '../native-bindings/abstract-lock.js';
+import { planSources, type SourcePlan } from './sources/plan.js';
+import { PlexSource, type PlexTimings } from './sources/plex.js';
 
 export interface DaemonOptions {
   config: ShaperrConfig;
@@ -29,6 +31,8 @@ export interface DaemonOptions {
   logPath?: string;
   /** Every session decision (besides the log), e.g. for the demo's table. */
   onDecision?: (decision: Decision) => void;
+  /** Retry, timeout and ping periods of the Plex API source (tests shorten them). */
+  plexTimings?: Partial<PlexTimings>;
 }
 
 const SWEEP_INTERVAL_MS = 250;
@@ -44,6 +48,7 @@ const PROGRESS_MIN_PIPES = 500;
 export class Shaperrd {
   private shaper?: Shaper;
   private tailer?: LogTailer;
+  private plexSources: PlexSource[] = [];
   private tracker?: SessionTracker;
   private parser: PlexLogParser;
   private policy: Policy;
@@ -93,8 +98,13 @@ export class Shaperrd {
       onDecision: (decision) => this.onDecision(decision),
       onError: (error, address) => this.kernelError(error, address),
     });
-    this.logPath = this.options.logPath ?? config.log ?? (await findPlexLog());
-    if (!this.logPath) throw new Error('no Plex Media Server log found in the usual places; set `log:` in the config or pass --log');
+    const logPath = this.options.logPath ?? config.log ?? findPlexLog();
+    const sources = planSources(config, logPath);
+    this.log.info(sources.reason);
+    if (sources.log) {
+      if (!logPath) throw new Error('no Plex Media Server log found in the usual places; set `log:` in the config or pass --log');
+      this.logPath = logPath;
+    }
     // The status page first: it shows the progress of restoring thousands of pipes.
     if (config.status) {
       this.statusServer = await startStatusServer({
@@ -105,18 +115,21 @@ export class Shaperrd {
       });
       this.log.info({ url: this.statusUrl, token: config.status.token ? 'required' : 'none' }, 'status page and /metrics listening');
     }
-    const resumeAt = saved?.log && saved.log.path === this.logPath ? { inode: saved.log.inode, offset: saved.log.offset } : undefined;
-    const warm = resumeAt ? undefined : await this.warmStart(this.logPath);
+    const resumeAt = this.logPath && saved?.log && saved.log.path === this.logPath ? { inode: saved.log.inode, offset: saved.log.offset } : undefined;
+    const warm = resumeAt || !this.logPath ? undefined : await this.warmStart(this.logPath);
     await this.reconcile(saved, warm?.clients ?? []);
 
-    this.tailer = new LogTailer({ path: this.logPath, from: resumeAt ?? warm?.position ?? 'end' });
-    this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
-    this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
-    await this.tailer.start();
-    // The starting position is saved at once: a crash before the first line must not skip what comes next.
-    this.logPosition = this.tailer.position() ?? this.logPosition;
-    await this.save();
-    this.log.info({ log: this.logPath, device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
+    if (this.logPath) {
+      this.tailer = new LogTailer({ path: this.logPath, from: resumeAt ?? warm?.position ?? 'end' });
+      this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
+      this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
+      await this.tailer.start();
+      // The starting position is saved at once: a crash before the first line must not skip what comes next.
+      this.logPosition = this.tailer.position() ?? this.logPosition;
+      await this.save();
+    }
+    this.startPlexSources(sources);
+    this.log.info({ log: this.logPath, plex: sources.plex.map((server) => server.url), device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
     this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());
     // Schedules change at whole minutes: checked just after each one starts.
@@ -125,6 +138,30 @@ export class Shaperrd {
       this.every(HEALTH_INTERVAL_MS, () => this.checkHealth());
       this.every(SAVE_INTERVAL_MS, () => void this.saveIfDirty());
     }
+  }
+
+  private startPlexSources(plan: SourcePlan): void {
+    this.plexSources = plan.plex.map(
+      (server) =>
+        new PlexSource({
+          url: server.url,
+          token: server.token.token,
+          verifyTls: server.verifyTls,
+          logger: this.log,
+          timings: { ...this.options.plexTimings, pollMs: server.pollSeconds * 1000, idleMs: this.config.idleSeconds * 1000 },
+          onEvent: (event) => this.onEvent(event),
+          onRequest: (endpoint, result) => this.metrics.plexRequests.inc({ endpoint, result }),
+        }),
+    );
+    for (const source of this.plexSources) source.start();
+  }
+
+  /** SIGHUP with new Plex settings: the API sources start over (the log tail is kept as it is). */
+  private async restartPlexSources(plan: SourcePlan): Promise<void> {
+    if (plan.log !== (this.tailer !== undefined)) this.log.warn('turning the log source on or off needs a restart of shaperrd; the log tail stays as it was');
+    await Promise.all(this.plexSources.map((source) => source.stop()));
+    this.log.info(plan.reason);
+    this.startPlexSources(plan);
   }
 
   /** Runs `run` every `ms` (first after `firstAfterMs`, default `ms`); a failure is logged, never thrown. */
@@ -266,7 +303,10 @@ export class Shaperrd {
     this.logPosition = position;
     this.dirty = true;
     const event: PlaybackEvent | undefined = this.parser.parse(line);
-    if (!event) return;
+    if (event) this.onEvent(event);
+  }
+
+  private onEvent(event: PlaybackEvent): void {
     this.counters.events++;
     this.metrics.events.inc({ kind: event.kind });
     this.tracker!.handle(event);
@@ -350,7 +390,7 @@ export class Shaperrd {
   /** Kernel counters joined with the sessions: what the status page, /api/status and /metrics show. */
   status(): StatusReport {
     const shaper = this.shaper;
-    return buildStatus({
+    const report = buildStatus({
       device: this.config.device,
       leaf: shaper?.leafKind ?? this.config.leaf,
       ...(shaper ? shaper.state() : { clients: [] }),
@@ -360,6 +400,8 @@ export class Shaperrd {
       counters: { ...this.counters, ...shaper?.stats },
       ...(this.operation ? { operation: this.operation } : {}),
     });
+    if (this.plexSources.length) report.plex = this.plexSources.map((source) => source.status());
+    return report;
   }
 
   /** Clients with live or lingering sessions, as the tracker sees them. */
@@ -372,7 +414,11 @@ export class Shaperrd {
     if (config.device !== this.config.device || config.netns !== this.config.netns) {
       throw new Error('device and netns cannot change on reload; restart shaperrd');
     }
+    // Planned before anything changes: a config without a usable token is refused whole.
+    const sourcesChanged = JSON.stringify([config.source, config.plex]) !== JSON.stringify([this.config.source, this.config.plex]);
+    const sources = sourcesChanged ? planSources(config, this.logPath) : undefined;
     this.options = { ...this.options, config };
+    if (sources) await this.restartPlexSources(sources);
     this.parser = new PlexLogParser({ trustedProxies: config.trustedProxies });
     this.policy = new Policy(policyConfig(config));
     this.tracker!.setPolicy(this.policy);
@@ -389,6 +435,7 @@ export class Shaperrd {
     for (const timer of this.timers) clearInterval(timer);
     if (this.statusServer) await new Promise((resolve) => this.statusServer!.close(resolve).closeAllConnections());
     await this.tailer?.stop();
+    await Promise.all(this.plexSources.map((source) => source.stop()));
     await this.repairing;
     await this.tracker?.settled();
     await this.save();

@@ -13,6 +13,7 @@ export const STATUS_PAGE = `<!doctype html>
   body { margin: 1.5rem auto; max-width: 72rem; padding: 0 1rem; }
   h1 { font-size: 1.3rem; margin: 0 0 .25rem; } h1 span { color: var(--accent); }
   .muted { opacity: .7; font-size: .9rem; }
+  .warn { color: #e5a00d; }
   .bar { height: .9rem; border-radius: .45rem; background: #8884; overflow: hidden; margin: .35rem 0 1rem; }
   .bar > div { height: 100%; width: 0; background: var(--accent); transition: width .4s; }
   canvas { width: 100%; height: 220px; border: 1px solid #8886; border-radius: .4rem; }
@@ -38,6 +39,11 @@ export const STATUS_PAGE = `<!doctype html>
 </table>
 <h2 class="muted">Recent decisions</h2>
 <ul id="decisions"></ul>
+<section id="plex" hidden>
+  <h2 class="muted">Plex API</h2>
+  <ul id="plex-servers"></ul>
+  <ul id="plex-streams"></ul>
+</section>
 <script>
 const token = new URLSearchParams(location.search).get('token');
 const HISTORY = 120;
@@ -102,7 +108,20 @@ function render(report) {
   const list = document.getElementById('decisions');
   list.replaceChildren(...report.decisions.slice().reverse().map((d) =>
     text('li', new Date(d.at).toLocaleTimeString() + ' ' + d.action + ' ' + d.address + (d.user ? ' (' + d.user + ')' : '') + (d.reason ? ' — ' + d.reason : ''))));
+  renderPlex(report);
   draw();
+}
+
+/** Each Plex server's connection, the streams it cannot shape (and why), and each stream's bandwidth beside its pipe. */
+function renderPlex(report) {
+  document.getElementById('plex').hidden = !report.plex;
+  if (!report.plex) return;
+  document.getElementById('plex-servers').replaceChildren(...report.plex.flatMap((source) => [
+    text('li', (source.server?.name ?? source.url) + ': ' + source.state + (source.lastError ? ' — ' + source.lastError : '') + ' · ' + source.sessions + ' sessions'),
+    ...source.skipped.map((skipped) => text('li', 'not shaped: ' + (skipped.user ?? '?') + ' on ' + (skipped.player ?? '?') + ' — ' + skipped.reason, 'warn')),
+  ]));
+  document.getElementById('plex-streams').replaceChildren(...report.clients.filter((client) => client.source).map((client) =>
+    text('li', client.address + ' · ' + (client.user ?? '?') + ' · ' + (client.player ?? '?') + ' · stream ' + rate(client.streamBandwidth) + ' · pipe ' + rate(client.rate) + ' (' + client.source + ')')));
 }
 
 async function poll() {

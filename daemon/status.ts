@@ -6,10 +6,14 @@ import type { Progress } from '../lib/progress.js';
 import type { ClientState } from '../lib/shaper/shaper.js';
 import type { TcClass } from '../lib/tc/objects.js';
 import type { Decision } from './sessions.js';
+import type { PlexSourceStatus } from './sources/plex.js';
 
 export interface SessionInfo {
   address: string;
   user?: string;
+  source?: 'log' | 'plex' | 'both';
+  player?: string;
+  streamBandwidth?: number;
   sessions: string[];
   state?: 'playing' | 'paused' | 'grace';
   since?: string;
@@ -20,6 +24,10 @@ export interface SessionInfo {
 export interface ClientStatus {
   address: string;
   user?: string;
+  /** Which event sources see it playing; the player; bits/s its streams need (Plex API). */
+  source?: 'log' | 'plex' | 'both';
+  player?: string;
+  streamBandwidth?: number;
   sessions: string[];
   state: 'playing' | 'paused' | 'grace' | 'unknown';
   /** Guaranteed now (bits per second): the wanted rate, or its share when the server rate is contended. */
@@ -68,6 +76,8 @@ export interface StatusReport {
   counters?: Record<string, number>;
   /** A long operation under way (e.g. restoring thousands of pipes after a restart). */
   operation?: OperationProgress;
+  /** Each Plex server the API source listens to: connection state, sessions, streams it cannot shape. */
+  plex?: PlexSourceStatus[];
 }
 
 export interface OperationProgress extends Progress {
@@ -125,6 +135,9 @@ export function buildStatus(input: StatusInput): StatusReport {
     if (measured !== undefined) status.bitsPerSecond = measured;
     if (info?.user) status.user = info.user;
     if (client.shortfall) status.shortfall = client.shortfall;
+    if (info?.source) status.source = info.source;
+    if (info?.player) status.player = info.player;
+    if (info?.streamBandwidth !== undefined) status.streamBandwidth = info.streamBandwidth;
     return status;
   });
   const report: StatusReport = { at: new Date().toISOString(), device: input.device, leaf: input.leaf, clients, decisions: [...(input.decisions ?? [])] };

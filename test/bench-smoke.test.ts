@@ -19,6 +19,7 @@ t.test('quick benchmark run produces every scenario row', { skip: netnsUnavailab
     /^a\. tc process per command/, /^b\. tc -batch FILE/, /^c\. tc -batch -/, /^d\. shaperr, one client at a time/, /^e\. shaperr, batched/, /^f\. floor/, /^g\. floor: C loop, batched/, /^one at a time: shaperr's time ÷ the C floor's/, /^batched: shaperr throughput ÷ the batched C floor/,
     /^shaperrd: line appended → filter live .*p50/, /^shaperrd: line appended → filter live, p99/,
     /^the seed's tail -F \| awk \| sh → tc ×3: line appended → filter live, p50/, /^the seed's .* p99/,
+    /^shaperrd: notification → listing → filter live, p50/, /^shaperrd: notification → listing → filter live, p99/,
     /kernel changes per client/, /final state exact/, /daemon CPU time/,
     /log lines appended → all classes in the kernel/, /shaperrd RSS right after applying/, /shaperrd RSS .* later, holding them/, /shaperrd CPU while holding them/,
     /one filter \(baseline\)/, /one linear u32 chain/, /Shaper's u32 hash tables/,

@@ -14,6 +14,9 @@ t.test('the demo throttles the remote client to its rate, rides a seek storm, sp
   const { configuredBitsPerSecond: configured, measuredWhilePlayingBitsPerSecond: measured } = summary.remote;
   t.ok(Math.abs(measured - configured) <= 0.1 * configured, `remote measured ${(measured / 1e6).toFixed(2)} Mbit/s for ${configured / 1e6} configured`);
   t.ok(summary.remote.measuredAfterReleaseBitsPerSecond > 5 * configured, 'full speed after release');
+  const app = summary.plexApp;
+  t.ok(app.withinTenPercent, `the client heard through the Plex API: measured ${(app.measuredWhilePlayingBitsPerSecond / 1e6).toFixed(2)} Mbit/s for ${app.configuredBitsPerSecond / 1e6} configured (its user's override)`);
+  t.ok(app.measuredAfterReleaseBitsPerSecond > 5 * app.configuredBitsPerSecond, 'and full speed after its stop');
   t.equal(summary.lan.throttled, false, 'LAN client never throttled');
   t.ok(summary.seekStorm.events >= 500, `${summary.seekStorm.events} seek-storm events`);
   t.ok(summary.seekStorm.kernelChanges <= 2, `${summary.seekStorm.kernelChanges} kernel changes during the storm`);

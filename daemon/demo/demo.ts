@@ -1,13 +1,15 @@
 /**
  * `shaperrd --demo`: the whole product, for real, in a sandbox. Two throwaway namespaces joined by a veth;
  * shaperrd runs on the "server" side against a Plex log this demo writes (real line formats: browsing,
- * decision, start, timeline, ping, a seek storm, stop); TCP streams run to a LAN client (exempt) and a
- * remote one the whole time, and a table shows each client's state, configured rate, measured
+ * decision, start, timeline, ping, a seek storm, stop) for one remote client, and the Plex test server's
+ * API (websocket notifications, /status/sessions) for another; TCP streams run to a LAN client (exempt)
+ * and both remote ones the whole time, and a table shows each client's state, configured rate, measured
  * throughput and kernel changes, second by second. Next to it, a home uplink (home-uplink-demo.ts):
  * three remote viewers and a LAN gamer behind a 20 Mbit/s modem, unshaped first, then with shaperr, the
  * gamer's ping in the table. Everything it made is removed at the end, on Ctrl-C and on a crash.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +20,10 @@ import { validateConfig } from '../config.js';
 import type { Decision } from '../sessions.js';
 import { Shaperrd } from '../shaperrd.js';
 import { describeHomeUplink, type HomeUplinkDemo, type HomeUplinkDemoSummary, startHomeUplinkDemo } from './home-uplink-demo.js';
+import { PlexTestServer } from './plex-test-server.js';
 import { createPair, liveNamespaces, removeAllNamespaces } from './sandbox.js';
+
+const configuredRate = (client: { address: string }): number => (client.address === APP.address ? APP_USER.rateBits : CLIENT_RATE_BITS);
 
 /** Plain JS, run by bare `node` inside a namespace; found next to this file or, from dist/, in the sources. */
 const PEER = [new URL('./traffic-peer.mjs', import.meta.url), new URL('../../../daemon/demo/traffic-peer.mjs', import.meta.url)]
@@ -26,11 +31,15 @@ const PEER = [new URL('./traffic-peer.mjs', import.meta.url), new URL('../../../
   .find((path) => existsSync(path))!;
 const LAN = { name: 'LAN TV', address: '192.168.50.10', session: 'lan-tv-1' };
 const REMOTE = { name: 'remote phone', address: '203.0.113.7', session: 'remote-1' };
+/** Heard through the Plex API, not the log; its user has an override, so its pipe differs. */
+const APP = { name: 'remote app', address: '203.0.113.8', session: '' };
+const CLIENTS = [LAN, REMOTE, APP];
 const CLIENT_RATE_BITS = 4e6;
+const APP_USER = { name: 'sam', rateBits: 3e6 };
 const LAN_STREAM_BITS = 200e6;
 const REMOTE_STREAM_BITS = 100e6;
 const GRACE_SECONDS = 2;
-const PORTS = { [LAN.address]: 47001, [REMOTE.address]: 47002 } as Record<string, number>;
+const PORTS = { [LAN.address]: 47001, [REMOTE.address]: 47002, [APP.address]: 47003 } as Record<string, number>;
 
 export interface DemoOptions {
   durationSeconds: number;
@@ -43,11 +52,20 @@ export interface DemoSummary {
   durationSeconds: number;
   eventsRead: number;
   kernelOperations: number;
-  remote: { configuredBitsPerSecond: number; measuredWhilePlayingBitsPerSecond: number; measuredAfterReleaseBitsPerSecond: number; withinTenPercent: boolean };
+  remote: RemoteSummary;
+  /** The client shaperrd heard of through the Plex API. */
+  plexApp: RemoteSummary;
   lan: { throttled: boolean; minimumBitsPerSecond: number };
   seekStorm: { events: number; kernelChanges: number };
   homeUplink: HomeUplinkDemoSummary;
   leftoverNamespaces: string[];
+}
+
+interface RemoteSummary {
+  configuredBitsPerSecond: number;
+  measuredWhilePlayingBitsPerSecond: number;
+  measuredAfterReleaseBitsPerSecond: number;
+  withinTenPercent: boolean;
 }
 
 type Phase = 'browsing' | 'playing' | 'grace' | 'released';
@@ -98,6 +116,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
   const children: ChildProcess[] = [];
   let daemon: Shaperrd | undefined;
   let home: HomeUplinkDemo | undefined;
+  let plex: PlexTestServer | undefined;
   const interrupted = () => {
     for (const child of children) child.kill('SIGKILL');
     home?.kill();
@@ -110,22 +129,27 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
   try {
     const pair = await createPair('shaperr-demo', {
       server: ['192.168.50.1/24', '203.0.113.1/24'],
-      clients: [`${LAN.address}/24`, `${REMOTE.address}/24`],
+      clients: CLIENTS.map((client) => `${client.address}/24`),
     });
     // The home next to it: its own namespaces, modem, viewers, gamer and (from 40 % of the run) shaperrd.
     home = await startHomeUplinkDemo({ durationSeconds: duration, dir });
+    const token = randomBytes(16).toString('hex');
+    plex = await PlexTestServer.start({ token, friendlyName: 'demo Plex' });
     const config = validateConfig({
       device: 'srv0',
       netns: pair.serverNs,
       server: { rate: '40mbit' },
       client: { rate: CLIENT_RATE_BITS },
+      overrides: [{ user: APP_USER.name, rate: APP_USER.rateBits }],
       exempt: ['127.0.0.0/8', '192.168.50.0/24'],
+      source: 'both',
+      plex: { url: plex.url, token, pollSeconds: 5 },
       log,
       stateFile: join(dir, 'state.json'),
       graceSeconds: GRACE_SECONDS,
       idleSeconds: 600,
     });
-    const operations: Record<string, number> = { [LAN.address]: 0, [REMOTE.address]: 0 };
+    const operations: Record<string, number> = Object.fromEntries(CLIENTS.map((client) => [client.address, 0]));
     const decisions: Array<{ at: number; decision: Decision }> = [];
     const started = performance.now();
     const elapsed = () => (performance.now() - started) / 1000;
@@ -142,7 +166,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
     // A sink per client, a sender per client: traffic runs the whole time. Each sink reports its byte
     // count with its own timestamp, so a late read (this process also runs the daemon) skews no rate.
     const received: Record<string, ByteCount> = {};
-    for (const client of [LAN, REMOTE]) {
+    for (const client of CLIENTS) {
       const sink = peer(pair.clientNs, ['sink', client.address, String(PORTS[client.address])]);
       children.push(sink);
       await new Promise<void>((resolve, reject) => {
@@ -163,8 +187,9 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
     }
 
     // The script, as fractions of the duration.
-    const at = { lanPlay: 0.1, remotePlay: 0.2, stormFrom: 0.45, stormTo: 0.52, remoteStop: 0.7 };
-    const phase: Record<string, Phase> = { [LAN.address]: 'browsing', [REMOTE.address]: 'browsing' };
+    const at = { lanPlay: 0.1, remotePlay: 0.2, appPlay: 0.25, stormFrom: 0.45, stormTo: 0.52, remoteStop: 0.7, appStop: 0.75 };
+    const phase: Record<string, Phase> = Object.fromEntries(CLIENTS.map((client) => [client.address, 'browsing' as Phase]));
+    let appSession: string | undefined;
     const history: Array<{ second: number; rates: Record<string, number>; phases: Record<string, Phase> }> = [];
     let stormEvents = 0;
     let stormSession = 0;
@@ -200,18 +225,29 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
         appendFileSync(log, lines.stop(REMOTE, 'WAN', remoteSession()));
         phase[REMOTE.address] = 'grace';
       }
-      if (phase[REMOTE.address] === 'grace' && !daemon.sessions().some((s) => s.address === REMOTE.address)) phase[REMOTE.address] = 'released';
+      if (t >= at.appPlay && phase[APP.address] === 'browsing') {
+        appSession = plex.play({ user: { title: APP_USER.name }, player: { address: APP.address, product: 'Plex for Android' }, session: { location: 'wan', bandwidth: 2400 } }).sessionKey;
+        phase[APP.address] = 'playing';
+      }
+      if (t >= at.appStop && phase[APP.address] === 'playing') {
+        plex.setState(appSession!, 'stopped');
+        phase[APP.address] = 'grace';
+      }
+      if (step % 40 === 0 && phase[APP.address] === 'playing') plex.notify(appSession!); // PMS: about every 10 s
+      for (const client of [REMOTE, APP]) {
+        if (phase[client.address] === 'grace' && !daemon.sessions().some((s) => s.address === client.address)) phase[client.address] = 'released';
+      }
       if (step % 4 === 0 && phase[LAN.address] === 'playing') appendFileSync(log, lines.playing(LAN, 'Subnet'));
       if (step % 4 === 0 && phase[REMOTE.address] === 'playing') appendFileSync(log, lines.playing(REMOTE, 'WAN', remoteSession()));
       if (step % 4 !== 0) continue;
 
       // Once a second: throughput from the sinks' byte counters, and the table.
-      const rates = Object.fromEntries([LAN, REMOTE].map((c) => [c.address, bitsPerSecondBetween(lastCounts[c.address], received[c.address])]));
+      const rates = Object.fromEntries(CLIENTS.map((c) => [c.address, bitsPerSecondBetween(lastCounts[c.address], received[c.address])]));
       lastCounts = { ...received };
       history.push({ second: step / 4, rates, phases: { ...phase } });
-      const rows = [LAN, REMOTE].map((c) => {
+      const rows = CLIENTS.map((c) => {
         const throttled = daemon!.sessions().find((s) => s.address === c.address)?.throttled ?? false;
-        const configured = c === LAN ? 'never (LAN)' : throttled ? describeRate(CLIENT_RATE_BITS / 8) : 'full speed';
+        const configured = c === LAN ? 'never (LAN)' : throttled ? describeRate(configuredRate(c) / 8) : 'full speed';
         return `${`${c.name} ${c.address}`.padEnd(28)}${phase[c.address]!.padEnd(11)}${configured.padEnd(16)}${mbit(rates[c.address]!).padEnd(18)}${operations[c.address]}`;
       });
       rows.push(home.line());
@@ -228,28 +264,35 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
     const stormStart = duration * at.stormFrom;
     const stormEnd = duration * at.stormTo + 1;
     // Through the seek storm too: riding it without a kernel change means the rate never wavers.
-    const playing = history.filter((h) => h.phases[REMOTE.address] === 'playing' && h.second > duration * at.remotePlay + 2);
-    const released = history.filter((h) => h.phases[REMOTE.address] === 'released' && h.second > duration * at.remoteStop + GRACE_SECONDS + 1);
     const average = (values: number[]) => (values.length ? values.reduce((a, b) => a + b, 0) / values.length : 0);
-    const measuredWhilePlaying = average(playing.map((h) => h.rates[REMOTE.address]!));
+    const remoteSummary = (client: typeof REMOTE, playFrom: number, stopAt: number): RemoteSummary => {
+      const playing = history.filter((h) => h.phases[client.address] === 'playing' && h.second > duration * playFrom + 2);
+      const released = history.filter((h) => h.phases[client.address] === 'released' && h.second > duration * stopAt + GRACE_SECONDS + 1);
+      const measured = average(playing.map((h) => h.rates[client.address]!));
+      const configured = configuredRate(client);
+      return {
+        configuredBitsPerSecond: configured,
+        measuredWhilePlayingBitsPerSecond: Math.round(measured),
+        measuredAfterReleaseBitsPerSecond: Math.round(average(released.map((h) => h.rates[client.address]!))),
+        withinTenPercent: Math.abs(measured - configured) <= 0.1 * configured,
+      };
+    };
     const stormChanges = decisions.filter(({ at: when, decision }) => decision.address === REMOTE.address && when >= stormStart && when <= stormEnd && ['throttle', 'release', 'change'].includes(decision.action)).length;
     const eventsRead = daemon.counters.events;
     await daemon.stop();
     daemon = undefined;
     const homeUplink = await home.finish();
     home = undefined;
+    await plex.close();
+    plex = undefined;
     for (const child of children) child.kill('SIGKILL');
     await pair.destroy();
     const summary: DemoSummary = {
       durationSeconds: duration,
       eventsRead,
       kernelOperations: Object.values(operations).reduce((a, b) => a + b, 0),
-      remote: {
-        configuredBitsPerSecond: CLIENT_RATE_BITS,
-        measuredWhilePlayingBitsPerSecond: Math.round(measuredWhilePlaying),
-        measuredAfterReleaseBitsPerSecond: Math.round(average(released.map((h) => h.rates[REMOTE.address]!))),
-        withinTenPercent: Math.abs(measuredWhilePlaying - CLIENT_RATE_BITS) <= 0.1 * CLIENT_RATE_BITS,
-      },
+      remote: remoteSummary(REMOTE, at.remotePlay, at.remoteStop),
+      plexApp: remoteSummary(APP, at.appPlay, at.appStop),
       lan: {
         throttled: decisions.some(({ decision }) => decision.address === LAN.address && decision.action === 'throttle'),
         minimumBitsPerSecond: Math.round(Math.min(...history.filter((h) => h.second > 1).map((h) => h.rates[LAN.address]!))),
@@ -264,6 +307,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
     process.removeListener('SIGTERM', interrupted);
     await daemon?.stop().catch(() => undefined);
     home?.kill();
+    await plex?.close();
     for (const child of children) child.kill('SIGKILL');
     removeAllNamespaces();
     rmSync(dir, { recursive: true, force: true });
@@ -271,11 +315,12 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
 }
 
 export function describeSummary(summary: DemoSummary): string {
-  const { remote, lan, seekStorm } = summary;
+  const { remote, plexApp, lan, seekStorm } = summary;
   return [
     '',
     `Summary (${summary.durationSeconds} s): ${summary.eventsRead} playback events read, ${summary.kernelOperations} kernel operations.`,
     `  remote client: configured ${mbit(remote.configuredBitsPerSecond).trim()}, measured ${mbit(remote.measuredWhilePlayingBitsPerSecond).trim()} while playing (${remote.withinTenPercent ? 'within' : 'NOT within'} ±10 %), ${mbit(remote.measuredAfterReleaseBitsPerSecond).trim()} after release`,
+    `  remote app (Plex API, user ${APP_USER.name}'s override): configured ${mbit(plexApp.configuredBitsPerSecond).trim()}, measured ${mbit(plexApp.measuredWhilePlayingBitsPerSecond).trim()} while playing (${plexApp.withinTenPercent ? 'within' : 'NOT within'} ±10 %), ${mbit(plexApp.measuredAfterReleaseBitsPerSecond).trim()} after release`,
     `  seek storm: ${seekStorm.events} log events → ${seekStorm.kernelChanges} kernel changes`,
     `  LAN client: ${lan.throttled ? 'was throttled (unexpected)' : 'never throttled'}, lowest ${mbit(lan.minimumBitsPerSecond).trim()}`,
     ...describeHomeUplink(summary.homeUplink),

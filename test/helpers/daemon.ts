@@ -31,7 +31,7 @@ export interface Daemon {
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<string>;
 }
 
-/** `via` runs the daemon through a wrapper, e.g. `ip netns exec … setpriv …`; `args` go after the config. */
+/** `via` runs the daemon through a wrapper, e.g. `ip netns exec … setpriv …`; `args` follow the config (e.g. --dry-run). */
 export function startDaemon(config: string, via: string[] = [], args: string[] = []): Daemon {
   const command = [...via, process.execPath, CLI, '--config', config, ...args];
   const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });

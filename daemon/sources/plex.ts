@@ -1,0 +1,637 @@
+/**
+ * The Plex API as an event source: Plex's websocket says when a session starts, pauses or stops;
+ * `/status/sessions` says who and where (notifications carry neither address nor user). Produces the
+ * same PlaybackEvents as the log parser, keyed by the server's machineIdentifier + sessionKey so several
+ * servers never collide, plus what only the API knows: the stream's bandwidth, the media bitrate, the
+ * player and Plex's own lan/wan label.
+ *
+ * A session's address is looked up when its key is new and cached: by the time "stopped" arrives the
+ * session has often left /status/sessions. A session stops on state=stopped, on a new ratingKey under the
+ * same key (clients that never send stop), or when a full listing no longer has it — on every (re)connect,
+ * every poll, and when a session has been silent for half the idle time. Streams whose address is not
+ * where the bytes go (Plex Relay, Docker's bridge gateway) get no events, and one warning each.
+ *
+ * The token travels only in the X-Plex-Token header and is redacted from every message this emits.
+ */
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { networkInterfaces } from 'node:os';
+import { XMLParser } from 'fast-xml-parser';
+import type { Logger } from 'pino';
+import WebSocket from 'ws';
+import { parseClientAddress } from '../../lib/address.js';
+import type { PlaybackEvent } from '../parse.js';
+import { redactToken } from './plex-token.js';
+
+export interface PlexTimings {
+  /** First reconnect delay; doubles up to retryMaxMs. */
+  retryMinMs: number;
+  retryMaxMs: number;
+  /** After a 401: the token will not fix itself quickly. */
+  unauthorizedRetryMs: number;
+  /** Any HTTP request (and the websocket handshake). */
+  requestTimeoutMs: number;
+  pingMs: number;
+  /** No pong (nor any frame) for this long: the connection is dead though TCP never said so. */
+  pongTimeoutMs: number;
+  /** Full reconcile period; 0: only on (re)connect. */
+  pollMs: number;
+  /** The tracker's idle time: a session silent for half of it is looked up. */
+  idleMs: number;
+}
+
+export const defaultPlexTimings: PlexTimings = {
+  retryMinMs: 1000,
+  retryMaxMs: 30_000,
+  unauthorizedRetryMs: 5 * 60_000,
+  requestTimeoutMs: 5000,
+  pingMs: 15_000,
+  pongTimeoutMs: 30_000,
+  pollMs: 30_000,
+  idleMs: 120_000,
+};
+
+export type PlexRequestResult = 'ok' | 'timeout' | 'http-error' | 'malformed' | 'unreachable' | 'unauthorized';
+
+export interface PlexSourceOptions {
+  url: string;
+  token: string;
+  verifyTls: boolean;
+  onEvent: (event: PlaybackEvent) => void;
+  logger: Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>;
+  timings?: Partial<PlexTimings>;
+  /** Addresses that mean "behind this host's container bridge"; default: the host's own bridge gateways. */
+  bridgeAddresses?: ReadonlySet<string>;
+  /** Every HTTP request's outcome, for metrics. */
+  onRequest?: (endpoint: string, result: PlexRequestResult) => void;
+}
+
+export type PlexSourceState = 'connecting' | 'waiting for Plex' | 'connected' | 'token rejected' | 'stopped';
+
+export interface SkippedStream {
+  session: string;
+  user?: string;
+  player?: string;
+  address?: string;
+  /** bits/s Plex reserved for it: relayed streams still use the uplink. */
+  bandwidth?: number;
+  reason: string;
+}
+
+export interface PlexSourceStatus {
+  url: string;
+  state: PlexSourceState;
+  server?: PlexIdentity;
+  sessions: number;
+  /** Streams that get no pipe, and why. */
+  skipped: SkippedStream[];
+  lastError?: string;
+  counters: { notifications: number; listings: number; listingFailures: number; reconnects: number };
+}
+
+/** What /status/sessions says about one session, from JSON or XML alike. */
+export interface ListedSession {
+  sessionKey: string;
+  ratingKey?: string;
+  sessionId?: string;
+  state?: string;
+  user?: string;
+  address?: string;
+  remotePublicAddress?: string;
+  relayed?: boolean;
+  product?: string;
+  playerTitle?: string;
+  location?: string;
+  /** kbit/s */
+  bandwidth?: number;
+  /** kbit/s, of the first Media entry (the one playing). */
+  bitrate?: number;
+  /** A transcoder runs for it (TranscodeSession listed); else it is direct play. */
+  transcoding?: boolean;
+}
+
+interface TrackedSession extends ListedSession {
+  /** The key the SessionTracker sees. */
+  key: string;
+  /** Set when the stream gets no pipe. */
+  skipped?: string;
+  /** Last notification or listing that showed the session alive. */
+  confirmedAt: number;
+}
+
+export class PlexHttpError extends Error {
+  constructor(
+    message: string,
+    readonly result: PlexRequestResult,
+  ) {
+    super(message);
+  }
+}
+
+export interface PlexRequestOptions {
+  /** The server's base URL. */
+  url: string;
+  token: string;
+  verifyTls: boolean;
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+/** GET with the token header and a timeout; the body of a 2xx answer, else a PlexHttpError (token redacted). */
+export function plexGet(options: PlexRequestOptions, path: string): Promise<string> {
+  const url = new URL(path, options.url);
+  const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
+  return new Promise<string>((resolve, reject) => {
+    const headers = { 'X-Plex-Token': options.token, Accept: 'application/json' };
+    const outgoing = request(url, { headers, rejectUnauthorized: options.verifyTls, timeout: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) }, (response) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      response.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > MAX_BODY) outgoing.destroy(new PlexHttpError(`GET ${path}: answer larger than ${MAX_BODY >> 20} MiB`, 'malformed'));
+        else chunks.push(chunk);
+      });
+      response.on('error', () => undefined); // the request's own error handler reports it
+      response.on('end', () => {
+        const status = response.statusCode ?? 0;
+        if (status === 401) return reject(new PlexHttpError('Plex rejected the token (401)', 'unauthorized'));
+        if (status < 200 || status >= 300) return reject(new PlexHttpError(`GET ${path} answered HTTP ${status}`, 'http-error'));
+        resolve(Buffer.concat(chunks).toString('utf8'));
+      });
+    });
+    outgoing.on('timeout', () => outgoing.destroy(new PlexHttpError(`GET ${path}: no answer within ${options.timeoutMs / 1000} s`, 'timeout')));
+    outgoing.on('error', (error) => reject(error instanceof PlexHttpError ? error : new PlexHttpError(`GET ${path}: ${redactToken(error.message, options.token)}`, 'unreachable')));
+    outgoing.end();
+  });
+}
+
+export interface PlexIdentity {
+  machineIdentifier: string;
+  name?: string;
+  version?: string;
+}
+
+/** The answer to GET / : the server's name, version and machineIdentifier. */
+export function parseIdentity(body: string): PlexIdentity {
+  const root = record(record(JSON.parse(body)).MediaContainer);
+  const machineIdentifier = asString(root.machineIdentifier);
+  if (!machineIdentifier) throw new Error('no machineIdentifier: is this a Plex Media Server?');
+  const identity: PlexIdentity = { machineIdentifier };
+  const name = asString(root.friendlyName);
+  const version = asString(root.version);
+  if (name) identity.name = name;
+  if (version) identity.version = version;
+  return identity;
+}
+
+const PATH_NOTIFICATIONS = '/:/websockets/notifications';
+const MAX_BODY = 64 << 20;
+const xmlParser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '', isArray: (_name, _path, _leaf, isAttribute) => !isAttribute });
+
+const asString = (value: unknown): string | undefined => (typeof value === 'string' ? value : typeof value === 'number' ? String(value) : undefined);
+const asNumber = (value: unknown): number | undefined => {
+  const number = typeof value === 'number' ? value : typeof value === 'string' && value.trim() !== '' ? Number(value) : NaN;
+  return Number.isFinite(number) ? number : undefined;
+};
+const asBoolean = (value: unknown): boolean | undefined => (value === true || value === '1' || value === 1 ? true : value === false || value === '0' || value === 0 ? false : undefined);
+const record = (value: unknown): Record<string, unknown> => (value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {});
+
+/** The IPv4 addresses of this host's container bridges (docker0, br-…, podman, cni): Docker's proxy speaks from them. */
+export function hostBridgeAddresses(): Set<string> {
+  const found = new Set<string>();
+  for (const [name, addresses] of Object.entries(networkInterfaces())) {
+    if (!/^(docker\d*|br-|podman|cni|virbr)/.test(name)) continue;
+    for (const address of addresses ?? []) found.add(address.address);
+  }
+  return found;
+}
+
+/** One Metadata entry (JSON types or XML strings alike) → a ListedSession; undefined without a sessionKey. */
+export function listedSession(item: Record<string, unknown>): ListedSession | undefined {
+  const sessionKey = asString(item.sessionKey);
+  if (!sessionKey) return undefined;
+  const player = record(item.Player);
+  const session = record(item.Session);
+  const user = record(item.User);
+  const media = Array.isArray(item.Media) ? item.Media.map(record) : [];
+  const listed: ListedSession = { sessionKey };
+  const set = <K extends keyof ListedSession>(key: K, value: ListedSession[K] | undefined) => {
+    if (value !== undefined) listed[key] = value;
+  };
+  set('ratingKey', asString(item.ratingKey));
+  set('sessionId', asString(session.id));
+  set('state', asString(player.state));
+  set('user', asString(user.title));
+  set('address', asString(player.address));
+  set('remotePublicAddress', asString(player.remotePublicAddress));
+  set('relayed', asBoolean(player.relayed));
+  set('product', asString(player.product));
+  set('playerTitle', asString(player.title));
+  set('location', asString(session.location));
+  set('bandwidth', asNumber(session.bandwidth));
+  set('bitrate', asNumber(media[0]?.bitrate));
+  listed.transcoding = item.TranscodeSession !== undefined && item.TranscodeSession !== null;
+  return listed;
+}
+
+/** /status/sessions as JSON or (from servers that refuse JSON) XML. */
+export function parseSessionListing(body: string): ListedSession[] {
+  const text = body.trimStart();
+  if (text.startsWith('{')) {
+    const container = record(record(JSON.parse(text)).MediaContainer);
+    const metadata = container.Metadata ?? [];
+    if (!Array.isArray(metadata)) throw new Error('MediaContainer.Metadata is not a list');
+    return metadata.map(record).map(listedSession).filter((item) => item !== undefined);
+  }
+  if (text.startsWith('<')) {
+    const parsed = xmlParser.parse(text) as Record<string, unknown>;
+    const containers = parsed.MediaContainer;
+    if (!Array.isArray(containers)) throw new Error('no MediaContainer element');
+    const container = record(containers[0]);
+    const items: ListedSession[] = [];
+    // Video, Track, Photo…: every child element with a sessionKey is a session.
+    for (const value of Object.values(container)) {
+      if (!Array.isArray(value)) continue;
+      for (const element of value.map(record)) {
+        const first = (name: string) => record((element[name] as unknown[] | undefined)?.[0]);
+        const item = listedSession({ ...element, Player: first('Player'), Session: first('Session'), User: first('User'), Media: element.Media, TranscodeSession: element.TranscodeSession ? first('TranscodeSession') : undefined });
+        if (item) items.push(item);
+      }
+    }
+    return items;
+  }
+  throw new Error('neither JSON nor XML');
+}
+
+/** The play-state entries of a notification frame, in the current or the old `_children` form; others: none. */
+export function playNotifications(frame: unknown): Array<Record<string, unknown>> {
+  const outer = record(frame);
+  const container = outer.NotificationContainer ? record(outer.NotificationContainer) : outer;
+  if (container.type !== 'playing') return [];
+  const list = container.PlaySessionStateNotification ?? container._children ?? [];
+  if (!Array.isArray(list)) return [];
+  return list.map(record).filter((entry) => entry._elementType === undefined || entry._elementType === 'PlaySessionStateNotification');
+}
+
+const stripMapped = (address: string): string => address.replace(/^::ffff:/i, '');
+
+export class PlexSource {
+  private readonly timings: PlexTimings;
+  private readonly tracked = new Map<string, TrackedSession>();
+  /** Session keys announced stopped (with their ratingKey) that Plex may still list for a moment. */
+  private readonly stoppedKeys = new Map<string, string | undefined>();
+  private readonly bridges: ReadonlySet<string>;
+  private socket?: WebSocket;
+  private timers = new Set<NodeJS.Timeout>();
+  private pingTimer?: NodeJS.Timeout;
+  private retryDelay: number;
+  private state: PlexSourceState = 'connecting';
+  private server?: PlexIdentity;
+  private lastError?: string;
+  private listing?: Promise<void>;
+  private listAgain = false;
+  private lastAlive = 0;
+  /** Cancels requests in flight at stop. */
+  private readonly aborter = new AbortController();
+  private readonly counters = { notifications: 0, listings: 0, listingFailures: 0, reconnects: 0 };
+
+  constructor(private readonly options: PlexSourceOptions) {
+    this.timings = { ...defaultPlexTimings, ...options.timings };
+    this.retryDelay = this.timings.retryMinMs;
+    this.bridges = options.bridgeAddresses ?? hostBridgeAddresses();
+  }
+
+  start(): void {
+    void this.connect();
+    this.every(this.timings.pollMs, () => this.poll());
+    this.every(Math.max(250, this.timings.idleMs / 4), () => this.lookUpSilent());
+  }
+
+  async stop(): Promise<void> {
+    this.state = 'stopped';
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+    clearInterval(this.pingTimer);
+    this.socket?.terminate();
+    this.aborter.abort();
+    await this.listing?.catch(() => undefined);
+  }
+
+  status(): PlexSourceStatus {
+    const skipped = [...this.tracked.values()].filter((session) => session.skipped).map((session): SkippedStream => {
+      const entry: SkippedStream = { session: session.key, reason: session.skipped! };
+      if (session.user) entry.user = session.user;
+      if (session.product) entry.player = session.product;
+      if (session.address) entry.address = session.address;
+      if (session.bandwidth !== undefined) entry.bandwidth = session.bandwidth * 1000;
+      return entry;
+    });
+    const status: PlexSourceStatus = { url: this.options.url, state: this.state, sessions: this.tracked.size, skipped, counters: { ...this.counters } };
+    if (this.server) status.server = { ...this.server };
+    if (this.lastError) status.lastError = this.lastError;
+    return status;
+  }
+
+  private get stopped(): boolean {
+    return this.state === 'stopped';
+  }
+
+  private every(ms: number, run: () => void): void {
+    if (ms <= 0) return;
+    const timer = setInterval(run, ms);
+    timer.unref();
+    this.timers.add(timer);
+  }
+
+  private after(ms: number, run: () => void): void {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      run();
+    }, ms);
+    timer.unref();
+    this.timers.add(timer);
+  }
+
+  private redact(text: string): string {
+    return redactToken(text, this.options.token);
+  }
+
+  // ── connection ────────────────────────────────────────────────────────────
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      const server = await this.get('/', parseIdentity);
+      const { name, version, machineIdentifier } = server;
+      if (this.server?.machineIdentifier !== machineIdentifier) this.options.logger.info({ plex: this.options.url, ...server }, `Plex server "${name ?? machineIdentifier}" ${version ?? ''}`.trim());
+      this.server = server;
+    } catch (error) {
+      return this.failed(error);
+    }
+    if (!this.stopped) this.openSocket();
+  }
+
+  private openSocket(): void {
+    const url = new URL(PATH_NOTIFICATIONS, this.options.url.replace(/^http/, 'ws'));
+    const socket = new WebSocket(url, {
+      headers: { 'X-Plex-Token': this.options.token, Accept: 'application/json' },
+      rejectUnauthorized: this.options.verifyTls,
+      handshakeTimeout: this.timings.requestTimeoutMs,
+    });
+    this.socket = socket;
+    let failure: unknown;
+    socket.on('unexpected-response', (_request, response: IncomingMessage) => {
+      failure = response.statusCode === 401 ? new PlexHttpError('Plex rejected the token (401)', 'unauthorized') : new PlexHttpError(`websocket refused with HTTP ${response.statusCode}`, 'http-error');
+      response.resume();
+      socket.terminate();
+    });
+    socket.on('error', (error) => (failure ??= error));
+    socket.on('open', () => {
+      if (this.stopped) return socket.terminate();
+      const wasDown = this.state !== 'connecting';
+      this.state = 'connected';
+      this.retryDelay = this.timings.retryMinMs;
+      this.lastError = undefined;
+      this.lastAlive = Date.now();
+      this.options.logger.info({ plex: this.options.url }, wasDown ? 'Plex notifications reconnected' : 'listening to Plex notifications');
+      this.startPings(socket);
+      this.requestListing();
+    });
+    socket.on('pong', () => (this.lastAlive = Date.now()));
+    socket.on('message', (data) => {
+      this.lastAlive = Date.now();
+      this.onFrame(data.toString());
+    });
+    socket.on('close', (code) => {
+      clearInterval(this.pingTimer);
+      if (this.socket !== socket || this.stopped) return;
+      this.socket = undefined;
+      this.counters.reconnects++;
+      this.failed(failure ?? new Error(`websocket closed (code ${code})`));
+    });
+  }
+
+  private startPings(socket: WebSocket): void {
+    clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(() => {
+      if (Date.now() - this.lastAlive > this.timings.pongTimeoutMs) {
+        this.options.logger.warn({ plex: this.options.url }, `no answer from Plex for ${Math.round((Date.now() - this.lastAlive) / 1000)} s: reconnecting`);
+        socket.terminate();
+        return;
+      }
+      socket.ping();
+    }, this.timings.pingMs);
+    this.pingTimer.unref();
+  }
+
+  /** Any failure to reach Plex: one clear line per change of state, then retry (backoff, or 5 min after a 401). */
+  private failed(error: unknown): void {
+    if (this.stopped) return;
+    const message = this.redact((error as Error).message ?? String(error));
+    const unauthorized = error instanceof PlexHttpError && error.result === 'unauthorized';
+    if (unauthorized) {
+      if (this.state !== 'token rejected') this.options.logger.error({ plex: this.options.url }, `Plex rejected the token (401) at ${this.options.url}; retrying every ${Math.round(this.timings.unauthorizedRetryMs / 1000)} s`);
+      this.state = 'token rejected';
+      this.lastError = 'Plex rejected the token';
+      this.after(this.timings.unauthorizedRetryMs, () => void this.connect());
+      return;
+    }
+    const delay = this.retryDelay;
+    this.retryDelay = Math.min(this.retryDelay * 2, this.timings.retryMaxMs);
+    if (this.state !== 'waiting for Plex') this.options.logger.warn({ plex: this.options.url, err: message, retryMs: delay }, `waiting for Plex at ${this.options.url}: ${message}`);
+    else this.options.logger.debug({ plex: this.options.url, err: message, retryMs: delay }, 'Plex still unreachable');
+    this.state = 'waiting for Plex';
+    this.lastError = message;
+    this.after(delay, () => void this.connect());
+  }
+
+  // ── HTTP ──────────────────────────────────────────────────────────────────
+
+  private get requestOptions(): PlexRequestOptions {
+    return { url: this.options.url, token: this.options.token, verifyTls: this.options.verifyTls, timeoutMs: this.timings.requestTimeoutMs, signal: this.aborter.signal };
+  }
+
+  /** One request, counted once: ok only when `read` understands the answer. */
+  private async get<T>(path: string, read: (body: string) => T): Promise<T> {
+    let body: string;
+    try {
+      body = await plexGet(this.requestOptions, path);
+    } catch (error) {
+      this.options.onRequest?.(path, error instanceof PlexHttpError ? error.result : 'unreachable');
+      throw error;
+    }
+    try {
+      const result = read(body);
+      this.options.onRequest?.(path, 'ok');
+      return result;
+    } catch (error) {
+      this.options.onRequest?.(path, 'malformed');
+      throw new PlexHttpError(`GET ${path}: unreadable answer (${(error as Error).message})`, 'malformed');
+    }
+  }
+
+  // ── sessions ──────────────────────────────────────────────────────────────
+
+  private poll(): void {
+    if (this.state === 'connected') this.requestListing();
+  }
+
+  /** Sessions silent for half the idle time are looked up: a paused one Plex still lists never idles out. */
+  private lookUpSilent(): void {
+    if (this.state !== 'connected') return;
+    const silentSince = Date.now() - this.timings.idleMs / 2;
+    if ([...this.tracked.values()].some((session) => session.confirmedAt < silentSince)) this.requestListing();
+  }
+
+  /** One full listing at a time; a request during one runs one more right after it. */
+  private requestListing(): void {
+    if (this.listing) {
+      this.listAgain = true;
+      return;
+    }
+    this.listing = this.listAndReconcile().finally(() => {
+      this.listing = undefined;
+      if (this.listAgain && !this.stopped) {
+        this.listAgain = false;
+        this.requestListing();
+      }
+    });
+  }
+
+  private async listAndReconcile(): Promise<void> {
+    let listed: ListedSession[];
+    try {
+      listed = await this.get('/status/sessions', parseSessionListing);
+    } catch (error) {
+      if (this.stopped) return;
+      this.counters.listingFailures++;
+      const message = this.redact((error as Error).message);
+      this.lastError = message;
+      this.options.logger.warn({ plex: this.options.url, err: message }, `Plex session listing failed: ${message}; the next poll retries`);
+      if (error instanceof PlexHttpError && error.result === 'unauthorized') this.socket?.terminate();
+      return;
+    }
+    if (this.stopped || !this.server) return;
+    this.counters.listings++;
+    this.reconcile(listed);
+  }
+
+  private reconcile(listed: readonly ListedSession[]): void {
+    const now = Date.now();
+    const present = new Set<string>();
+    for (const key of this.stoppedKeys.keys()) if (!listed.some((item) => item.sessionKey === key)) this.stoppedKeys.delete(key);
+    for (const item of listed) {
+      present.add(item.sessionKey);
+      if (this.stoppedKeys.has(item.sessionKey) && this.stoppedKeys.get(item.sessionKey) === item.ratingKey) continue; // lingering after its stop
+      const known = this.tracked.get(item.sessionKey);
+      const sameSession = known && (item.ratingKey === undefined || item.ratingKey === known.ratingKey) && (item.sessionId === undefined || known.sessionId === undefined || item.sessionId === known.sessionId);
+      if (known && sameSession) {
+        Object.assign(known, item, { key: known.key, address: known.address, confirmedAt: now });
+        if (!known.skipped) this.emit(known.state === 'paused' ? 'pause' : 'progress', known, 'listing');
+        continue;
+      }
+      if (known) this.end(known, 'listing'); // a new playback under the same session key (Plex restarted)
+      this.begin(item, now);
+    }
+    for (const known of [...this.tracked.values()]) if (!present.has(known.sessionKey)) this.end(known, 'listing');
+  }
+
+  private begin(item: ListedSession, now: number): void {
+    const tracked: TrackedSession = { ...item, key: `${this.server!.machineIdentifier}:${item.sessionKey}`, confirmedAt: now };
+    const reason = this.unshapeable(tracked);
+    this.tracked.set(item.sessionKey, tracked);
+    if (reason) {
+      tracked.skipped = reason;
+      const who = `${tracked.user ?? 'unknown user'} on ${tracked.product ?? tracked.playerTitle ?? 'unknown player'}`;
+      this.options.logger.warn({ plex: this.options.url, session: tracked.key, user: tracked.user, player: tracked.product, address: tracked.address }, `not shaping ${who}: ${reason}`);
+      return;
+    }
+    this.emit('start', tracked, 'listing');
+    if (tracked.state === 'paused') this.emit('pause', tracked, 'listing');
+  }
+
+  /** Why this stream's address is not where its bytes go, if it is not. */
+  private unshapeable(session: TrackedSession): string | undefined {
+    const relayedByDefault = session.relayed === undefined && session.location !== 'lan' && session.remotePublicAddress === '127.0.0.1';
+    if (session.relayed === true || relayedByDefault) return 'Plex Relay carries this stream (its bytes go to the relay, not to the player)';
+    if (!session.address) return 'Plex lists no address for the player';
+    try {
+      session.address = parseClientAddress(stripMapped(session.address)).text;
+    } catch {
+      return `Plex lists an address shaperr cannot read (${JSON.stringify(session.address)})`;
+    }
+    if (this.bridges.has(session.address)) return `the address ${session.address} is this host's container bridge: Plex runs behind Docker's proxy and the real client is hidden (use host networking)`;
+    return undefined;
+  }
+
+  private end(session: TrackedSession, via: 'notification' | 'listing'): void {
+    this.tracked.delete(session.sessionKey);
+    if (!session.skipped) this.emit('stop', session, via);
+  }
+
+  private emit(kind: PlaybackEvent['kind'], session: TrackedSession, via: 'notification' | 'listing'): void {
+    const event: PlaybackEvent = {
+      kind,
+      address: session.address!,
+      port: 0,
+      sessionKey: session.key,
+      timestamp: new Date(),
+      path: via === 'notification' ? PATH_NOTIFICATIONS : '/status/sessions',
+      source: 'plex',
+    };
+    if (session.user) event.user = session.user;
+    if (session.location) {
+      event.location = session.location;
+      event.network = session.location === 'lan' ? 'LAN' : `WAN (${session.location})`;
+    }
+    if (session.product) event.player = session.product;
+    if (session.bandwidth !== undefined) event.bandwidth = session.bandwidth * 1000;
+    if (session.bitrate !== undefined) event.mediaBitrate = session.bitrate * 1000;
+    if (session.transcoding !== undefined) event.directPlay = !session.transcoding;
+    this.options.onEvent(event);
+  }
+
+  // ── notifications ─────────────────────────────────────────────────────────
+
+  private onFrame(text: string): void {
+    let frame: unknown;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      this.options.logger.debug({ plex: this.options.url, bytes: text.length }, 'ignored a notification that is not JSON');
+      return;
+    }
+    for (const entry of playNotifications(frame)) this.onPlayNotification(entry);
+  }
+
+  private onPlayNotification(entry: Record<string, unknown>): void {
+    const sessionKey = asString(entry.sessionKey);
+    const state = asString(entry.state);
+    if (!sessionKey || !state) return;
+    this.counters.notifications++;
+    const known = this.tracked.get(sessionKey);
+    if (state !== 'stopped') this.stoppedKeys.delete(sessionKey);
+    if (!known) {
+      if (state !== 'stopped') this.requestListing(); // a new session: who and where come from the listing
+      return;
+    }
+    known.confirmedAt = Date.now();
+    const ratingKey = asString(entry.ratingKey);
+    if (state === 'stopped') {
+      this.stoppedKeys.set(sessionKey, known.ratingKey);
+      return this.end(known, 'notification');
+    }
+    if (ratingKey !== undefined && known.ratingKey !== undefined && ratingKey !== known.ratingKey) {
+      // Clients that never send stop: the next item under the same key is a stop and a start.
+      this.end(known, 'notification');
+      const next: TrackedSession = { ...known, ratingKey, state, confirmedAt: Date.now() };
+      delete next.sessionId;
+      this.tracked.set(sessionKey, next);
+      if (!next.skipped) this.emit('start', next, 'notification');
+      this.requestListing(); // the new item's bandwidth and bitrate
+      return;
+    }
+    known.state = state;
+    if (!known.skipped) this.emit(state === 'paused' ? 'pause' : 'progress', known, 'notification');
+  }
+}

@@ -1,0 +1,76 @@
+/**
+ * `client.rate: auto`: a pipe as wide as its streams need (Plex's Session.bandwidth, else the media
+ * bitrate) × headroom, clamped to min/max, several streams on one address added up; every decision says
+ * why. The SessionTracker changes the class in place when a stream's need moves, and only then.
+ */
+import t from 'tap';
+import { policyConfig, validateConfig } from '../daemon/config.js';
+import type { PlaybackEvent } from '../daemon/parse.js';
+import { type Limits, Policy } from '../daemon/policy.js';
+import { type Decision, SessionTracker } from '../daemon/sessions.js';
+
+const MBIT = 1e6;
+const base = { device: 'eth0', server: { rate: '50mbit' } };
+const policyOf = (client: object, extra: object = {}) => new Policy(policyConfig(validateConfig({ ...base, client, ...extra })));
+
+t.test('the rate is the need × headroom, clamped; ceil is max unless `auto`; overrides win', async (t) => {
+  const policy = policyOf({ rate: 'auto', min: '1mbit', max: '20mbit' });
+  const at = { address: '203.0.113.7' };
+  t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 6 * MBIT }] }), { limits: { rate: 7.5 * MBIT, ceil: 20 * MBIT }, why: 'auto: 6.00 Mbit/s Plex bandwidth × 1.25 = 7.50 Mbit/s' });
+  t.match(policy.limitsFor({ ...at, streams: [{ mediaBitrate: 4 * MBIT, directPlay: true }] }).limits, { rate: 6 * MBIT }, 'the media bitrate when Plex reserved nothing; direct play gets 1.5');
+  t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 4 * MBIT }, { bandwidth: 2 * MBIT }] }).limits, { rate: 7.5 * MBIT }, 'two streams behind one address add up');
+  t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 40 * MBIT }] }), { limits: { rate: 20 * MBIT }, why: /clamped to max/ });
+  t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 0.2 * MBIT }] }), { limits: { rate: 1 * MBIT }, why: /raised to min/ });
+  t.match(policy.limitsFor({ ...at, streams: [] }), { limits: { rate: 20 * MBIT, ceil: 20 * MBIT }, why: 'auto: stream need unknown, max rate' });
+  t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 3_333_333 }] }).limits, { rate: 4_170_000 }, 'rounded up to 10 kbit/s');
+  t.same(policyOf({ rate: 'auto', ceil: 'auto' }).limitsFor({ ...at, streams: [{ bandwidth: 4 * MBIT }] }).limits, { rate: 5 * MBIT, ceil: 5 * MBIT }, 'ceil: auto follows the rate');
+  const withOverride = policyOf({ rate: 'auto' }, { overrides: [{ user: 'remi', rate: '8mbit' }] });
+  t.match(withOverride.limitsFor({ ...at, user: 'Remi', streams: [{ bandwidth: 2 * MBIT }] }), { limits: { rate: 8 * MBIT }, why: 'override (user remi)' });
+  t.match(policyOf({ rate: '4mbit' }).limitsFor({ ...at, streams: [{ bandwidth: 9 * MBIT }] }), { limits: { rate: 4 * MBIT }, why: 'fixed client rate' }, 'a fixed rate ignores the need');
+});
+
+t.test('config: auto and its knobs validated with clear errors', async (t) => {
+  t.throws(() => validateConfig({ ...base, client: { rate: '4mbit', ceil: 'auto' } }), /'client.ceil' = "auto": ceil: auto needs rate: auto/);
+  t.throws(() => validateConfig({ ...base, client: { rate: 'auto', min: '30mbit', max: '20mbit' } }), /'client.min' = "30mbit": min is above max/);
+  t.throws(() => validateConfig({ ...base, client: { rate: 'auto', headroom: 0.5 } }), /'client.headroom' = 0.5/);
+  t.throws(() => validateConfig({ ...base, client: { rate: 'fast' } }), /'client.rate' = "fast"/);
+  t.equal(validateConfig({ ...base, client: { rate: '4mbit' } }).client.rate, '4mbit', 'a fixed rate keeps working unchanged');
+});
+
+t.test('the tracker changes the class in place when a stream’s need moves, and only then', async (t) => {
+  const calls: Array<[string, string, Limits?]> = [];
+  const decisions: Decision[] = [];
+  const tracker = new SessionTracker({
+    graceMs: 1000,
+    idleMs: 60_000,
+    policy: policyOf({ rate: 'auto', ceil: 'auto' }),
+    shaper: {
+      throttle: async (address, limits) => void calls.push(['throttle', address, limits]),
+      release: async (address) => void calls.push(['release', address]),
+    },
+    onDecision: (decision) => decisions.push(decision),
+  });
+  const event = (kind: PlaybackEvent['kind'], session: string, bandwidth?: number): PlaybackEvent => ({ kind, address: '203.0.113.7', port: 0, sessionKey: session, timestamp: new Date(), path: '/status/sessions', source: 'plex', ...(bandwidth ? { bandwidth } : {}) });
+  tracker.handle(event('start', 'm:1', 4 * MBIT));
+  await tracker.settled();
+  tracker.handle(event('progress', 'm:1', 4 * MBIT));
+  tracker.handle(event('progress', 'm:1')); // a notification: no figures, the known need stays
+  await tracker.settled();
+  t.same(calls, [['throttle', '203.0.113.7', { rate: 5 * MBIT, ceil: 5 * MBIT }]], 'the same need again changes nothing');
+  tracker.handle(event('progress', 'm:1', 8 * MBIT));
+  await tracker.settled();
+  t.same(calls.at(-1), ['throttle', '203.0.113.7', { rate: 10 * MBIT, ceil: 10 * MBIT }], 'quality switch: one change to the new rate');
+  tracker.handle(event('start', 'm:2', 2 * MBIT));
+  await tracker.settled();
+  t.same(calls.at(-1)?.[2], { rate: 12.5 * MBIT, ceil: 12.5 * MBIT }, 'a second stream from the same address adds up');
+  tracker.handle(event('stop', 'm:1'));
+  await tracker.settled();
+  t.same(calls.at(-1)?.[2], { rate: 2.5 * MBIT, ceil: 2.5 * MBIT }, 'when one ends the pipe narrows to the other');
+  t.equal(calls.length, 4, 'one kernel call per change of need');
+  t.same(decisions.filter((d) => d.action === 'throttle' || d.action === 'change').map((d) => [d.action, d.reason]), [
+    ['throttle', 'auto: 4.00 Mbit/s Plex bandwidth × 1.25 = 5.00 Mbit/s'],
+    ['change', 'auto: 8.00 Mbit/s Plex bandwidth × 1.25 = 10.00 Mbit/s'],
+    ['change', 'auto: 8.00 Mbit/s Plex bandwidth × 1.25 + 2.00 Mbit/s Plex bandwidth × 1.25 = 12.50 Mbit/s'],
+    ['change', 'auto: 2.00 Mbit/s Plex bandwidth × 1.25 = 2.50 Mbit/s'],
+  ], 'every decision says which rate and why');
+});
