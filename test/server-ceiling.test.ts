@@ -194,6 +194,25 @@ t.test('many viewers: the guarantees always fit; joins among many rewrite few cl
   t.equal(shaper.stats.rebalanceChanges - changesBefore, 205, 'every pipe was changed, in one batch');
 });
 
+t.test('a reserve for streams without a pipe (Plex Relay) comes out of the shares', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 2, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const shaper = await openShaper(topology, '6mbit');
+  t.teardown(() => shaper.close({ teardown: true }));
+  const [first, second] = topology.clientAddresses as [string, string];
+  await shaper.throttle(first);
+  await shaper.throttle(second);
+  const before = { ...shaper.stats };
+  shaper.setReservedRate(2 * MBIT);
+  let pipes = kernelPipes(topology, shaper);
+  t.ok(guaranteedTotal(pipes) <= 4 * MBIT && guaranteedTotal(pipes) >= 0.95 * 4 * MBIT, `2 of 6 Mbit/s reserved: the pipes share ${guaranteedTotal(pipes) / MBIT} Mbit/s`);
+  t.equal(shaper.stats.kernelRequests - before.kernelRequests, 2, 'both classes changed, in one batch');
+  shaper.setReservedRate(0);
+  pipes = kernelPipes(topology, shaper);
+  t.ok(guaranteedTotal(pipes) >= 0.95 * 6 * MBIT, `given back: ${guaranteedTotal(pipes) / MBIT} Mbit/s`);
+  t.throws(() => shaper.setReservedRate(-1), /invalid reserved rate -1/, 'a negative reserve is refused with its value');
+});
+
 t.test('a draining pipe keeps counting against the server rate until it is gone', { skip }, async (t) => {
   const topology = await createTopology({ clients: 2, ipv6: false, disableOffloads: false });
   t.teardown(() => topology.destroy());

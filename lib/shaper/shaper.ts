@@ -156,6 +156,8 @@ export class Shaper {
   private longOperation?: Promise<void>;
   /** Released pipes still draining their queue (close waits for them). */
   private readonly draining = new Set<Promise<void>>();
+  /** Bits per second of the server rate kept for traffic no pipe carries (e.g. Plex Relay streams). */
+  private reservedRate = 0;
   /** Guaranteed rates of released pipes still draining, by minor: they count against the server rate until deleted. */
   private readonly drainingGuarantees = new Map<number, number>();
   readonly stats: ShaperStats = { kernelRequests: 0, rebalanceChanges: 0 };
@@ -357,6 +359,21 @@ export class Shaper {
     this.noteServerCeil();
     const { lower, raise, commit } = this.rebalanceOperations();
     this.applyAll([...lower, { op: 'change', class: this.serverClassSpec() }, ...raise]);
+    commit();
+  }
+
+  /**
+   * Keeps `rate` (bits per second) of the server rate out of the pipes' guarantees, for streams that use
+   * the uplink without a pipe (Plex Relay, or a client behind Docker's proxy): the pipes are rebalanced in
+   * one batch. 0 gives it back.
+   */
+  setReservedRate(rate: number): void {
+    this.ensureWritable();
+    if (!Number.isFinite(rate) || rate < 0) throw new ShaperrInputError(`invalid reserved rate ${rate}: expected bits per second ≥ 0`);
+    if (rate === this.reservedRate) return;
+    this.reservedRate = rate;
+    const { all, commit } = this.rebalanceOperations();
+    this.applyAll(all);
     commit();
   }
 
@@ -608,7 +625,7 @@ export class Shaper {
     commit: () => void;
   } {
     const clients = [...this.clientsByAddress.values()];
-    const reserved = [...this.drainingGuarantees.values()].reduce((sum, rate) => sum + rate, 0);
+    const reserved = [...this.drainingGuarantees.values()].reduce((sum, rate) => sum + rate, this.reservedRate);
     const shares = allocateShares(this.server.rate, this.server.rate - reserved, clients);
     const lower: Operation[] = [];
     const raise: Operation[] = [];
