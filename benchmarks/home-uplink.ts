@@ -11,6 +11,7 @@ import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Shaper } from '../lib/index.js';
+import { quantumFor } from '../lib/shaper/shares.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import {
   createHomeUplink,
@@ -35,7 +36,8 @@ import {
 } from '../daemon/demo/home-uplink.js';
 import { type ShippedDaemon, startShippedDaemon, waitFor } from './shipped-daemon.js';
 
-export type HomeUplinkVariant = 'idle' | 'unshaped' | 'shaperr' | 'shaperrd';
+/** `quanta`: the layout weighed against shaperr's shares (issue: server ceiling): tiny guarantees, quanta as weights. */
+export type HomeUplinkVariant = 'idle' | 'unshaped' | 'shaperr' | 'shaperrd' | 'quanta';
 
 const PREFIX = 'shaperr-b';
 
@@ -80,7 +82,7 @@ export async function runHomeUplink({ variant, seconds, streams: count, modemBuf
   try {
     const servers = await startServers(home);
     cleanups.unshift(() => servers.stop());
-    if (variant === 'shaperr') cleanups.unshift(await shapeWithLibrary(home, specs));
+    if (variant === 'shaperr' || variant === 'quanta') cleanups.unshift(await shapeWithLibrary(home, specs, variant === 'quanta'));
     if (variant === 'shaperrd') cleanups.unshift(await shapeWithDaemon(home, specs));
     const modem = watchModem(home);
     cleanups.unshift(() => {
@@ -116,11 +118,27 @@ export async function runHomeUplink({ variant, seconds, streams: count, modemBuf
   }
 }
 
-/** The library: server ceiling 90 % of the uplink, one pipe per player at bitrate × 1.25, bfifo leaves. */
-async function shapeWithLibrary(home: HomeUplink, specs: StreamSpec[]): Promise<() => Promise<void>> {
+/**
+ * The library: server ceiling 90 % of the uplink, one pipe per player at bitrate × 1.25, bfifo leaves.
+ * With `quanta`, every pipe is then rewritten to the other layout: guaranteed 8 kbit/s, ceil its rate,
+ * quantum its weight, so HTB's round robin alone shares the server rate.
+ */
+async function shapeWithLibrary(home: HomeUplink, specs: StreamSpec[], quanta = false): Promise<() => Promise<void>> {
   const { device, netns, server, client, leaf, exempt } = homeShaping(home, specs);
   const shaper = await Shaper.open({ device, netns, server, client, leaf, exempt, onWarning: () => {} });
   for (const spec of specs) await shaper.throttle(spec.address, { rate: pipeRate(spec) });
+  if (quanta) {
+    const tc = TrafficControl.open({ netns });
+    try {
+      for (const pipe of shaper.clients()) {
+        const options = { rate: 8000, ceil: Math.min(pipe.wanted.rate, server.rate), quantum: quantumFor(pipe.wanted.rate), mtu: 1600 };
+        const { error } = tc.changeClass(device, { kind: 'htb', parent: '5a:1', classid: pipe.classid, options });
+        if (error) throw error;
+      }
+    } finally {
+      tc.close();
+    }
+  }
   return () => shaper.close({ teardown: true });
 }
 
@@ -176,6 +194,7 @@ const LABELS: Record<HomeUplinkVariant, string> = {
   unshaped: 'Plex unshaped',
   shaperr: 'shaperr (library)',
   shaperrd: 'shaperrd from a Plex log',
+  quanta: 'other layout: tiny guarantees, quanta as weights',
 };
 
 /** Every variant side by side, for 3 streams (they fit the ceiling) and 6 (more than it holds). */
@@ -185,12 +204,13 @@ export async function homeUplinkScenario(record: (row: Row) => void, { quick }: 
   for (const count of quick ? [3] : [3, 6]) {
     const scenario = `7. home uplink (20 Mbit/s, 1 s modem buffer; ${count} streams of ${streamSpecs(count).map((s) => s.bitsPerSecond / 1e6).join('+')} Mbit/s; ${seconds} s each)`;
     const results: HomeUplinkResult[] = [idle];
-    for (const variant of ['unshaped', 'shaperr', 'shaperrd'] as const) results.push(await runHomeUplink({ variant, seconds, streams: count }));
+    for (const variant of ['unshaped', 'shaperr', 'shaperrd', ...(quick ? [] : (['quanta'] as const))] as const) results.push(await runHomeUplink({ variant, seconds, streams: count }));
     for (const result of results) recordVariant(record, scenario, result);
     const p99 = (variant: HomeUplinkVariant) => results.find((r) => r.variant === variant)!.ping.p99;
     record({ scenario, variant: 'gamer p99 ratio: unshaped ÷ shaperr', value: p99('unshaped') / p99('shaperr'), unit: '×' });
     record({ scenario, variant: 'gamer p99: shaperr − idle (target ≤ 5)', value: p99('shaperr') - p99('idle'), unit: 'ms' });
     record({ scenario, variant: 'gamer p99: shaperrd − idle (target ≤ 5)', value: p99('shaperrd') - p99('idle'), unit: 'ms' });
+    if (!quick) record({ scenario, variant: 'gamer p99: other layout (quanta) − idle', value: p99('quanta') - p99('idle'), unit: 'ms' });
     if (!idle.tsoRttLogSet) record({ scenario, variant: 'net.ipv4.tcp_tso_rtt_log', value: 0, unit: 'absent', note: 'this kernel has no tcp_tso_rtt_log: the Plex host sends TSO lumps sized for µs round trips' });
   }
 }
