@@ -58,8 +58,8 @@ export interface FqCodelOptions {
   dropBatch?: number;
 }
 
+/** Times in µs; the kernel keeps them in 1.024 µs units, so they read back truncated to those (4 ms → 3999). */
 export interface FqCodelParameters extends FqCodelOptions {
-  quantum?: number;
   /** µs */
   target?: number;
   /** µs */
