@@ -213,6 +213,7 @@ export class Shaperrd {
       onWarning: (message) => this.log.warn(message),
     };
     if (config.netns) options.netns = config.netns;
+    if (config.gateway) options.sourcePort = config.gateway.plexPort;
     if (this.options.dryRun) {
       options.dryRun = true;
       options.onChange = ({ command }) => this.log.info({ command }, 'dry run: would apply');
@@ -428,8 +429,8 @@ export class Shaperrd {
 
   /** SIGHUP: new config, same live sessions. */
   async reload(config: ShaperrConfig): Promise<void> {
-    if (config.device !== this.config.device || config.netns !== this.config.netns) {
-      throw new Error('device and netns cannot change on reload; restart shaperrd');
+    if (config.device !== this.config.device || config.netns !== this.config.netns || config.gateway?.plexPort !== this.config.gateway?.plexPort) {
+      throw new Error('device, netns and gateway cannot change on reload; restart shaperrd');
     }
     // Planned before anything changes: a config without a usable token is refused whole.
     const sourcesChanged = JSON.stringify([config.source, config.plex]) !== JSON.stringify([this.config.source, this.config.plex]);
