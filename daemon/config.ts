@@ -96,6 +96,12 @@ export const configSchema = z.strictObject({
     .default([]),
   /** Where playback events come from: the Plex API (needs a token), the log (needs DEBUG logging), or both; auto: the API when a token is found. */
   source: z.enum(['auto', 'log', 'plex', 'both']).default('auto'),
+  /**
+   * shaperrd runs on the router: `device` is its WAN interface and client filters also match the TCP
+   * source port Plex's streams leave it from (the server's public port), so other LAN hosts talking to
+   * the same address stay unshaped.
+   */
+  gateway: z.strictObject({ plexPort: z.number().int().min(1).max(65535).default(32400) }).optional(),
   /** One Plex server, or a list of them. */
   plex: z.union([plexServer, z.array(plexServer).min(1)]).optional(),
   /** Plex Media Server log file; default: the first that exists of the usual locations. */

@@ -53,6 +53,8 @@ export class Shaperrd {
   private parser: PlexLogParser;
   private policy: Policy;
   private serverLimits?: Limits;
+  /** bits/s of the server rate kept for streams without a pipe (see updateReserve). */
+  private reservedRate = 0;
   private timers: NodeJS.Timeout[] = [];
   private logPosition?: SavedPosition;
   private logPath?: string;
@@ -131,7 +133,10 @@ export class Shaperrd {
     this.startPlexSources(sources);
     this.log.info({ log: this.logPath, plex: sources.plex.map((server) => server.url), device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
-    this.every(SWEEP_INTERVAL_MS, () => this.tracker?.sweep());
+    this.every(SWEEP_INTERVAL_MS, () => {
+      this.tracker?.sweep();
+      this.updateReserve();
+    });
     // Schedules change at whole minutes: checked just after each one starts.
     this.every(60_000, () => this.applySchedule(), 60_000 - (Date.now() % 60_000) + 50);
     if (!this.options.dryRun) {
@@ -162,6 +167,18 @@ export class Shaperrd {
     await Promise.all(this.plexSources.map((source) => source.stop()));
     this.log.info(plan.reason);
     this.startPlexSources(plan);
+  }
+
+  /**
+   * Streams Plex sends without a pipe (relayed, behind Docker's proxy) still use the uplink: the bandwidth
+   * Plex reserved for them is kept out of the pipes' guarantees.
+   */
+  private updateReserve(): void {
+    const reserve = this.plexSources.reduce((sum, source) => sum + source.skippedBandwidth(), 0);
+    if (!this.shaper || reserve === this.reservedRate) return;
+    this.shaper.setReservedRate(reserve);
+    this.reservedRate = reserve;
+    this.log.info({ reservedRate: reserve }, `${reserve / 1e6} Mbit/s of the server rate kept for streams without a pipe`);
   }
 
   /** Runs `run` every `ms` (first after `firstAfterMs`, default `ms`); a failure is logged, never thrown. */
@@ -196,6 +213,7 @@ export class Shaperrd {
       onWarning: (message) => this.log.warn(message),
     };
     if (config.netns) options.netns = config.netns;
+    if (config.gateway) options.sourcePort = config.gateway.plexPort;
     if (this.options.dryRun) {
       options.dryRun = true;
       options.onChange = ({ command }) => this.log.info({ command }, 'dry run: would apply');
@@ -411,8 +429,8 @@ export class Shaperrd {
 
   /** SIGHUP: new config, same live sessions. */
   async reload(config: ShaperrConfig): Promise<void> {
-    if (config.device !== this.config.device || config.netns !== this.config.netns) {
-      throw new Error('device and netns cannot change on reload; restart shaperrd');
+    if (config.device !== this.config.device || config.netns !== this.config.netns || config.gateway?.plexPort !== this.config.gateway?.plexPort) {
+      throw new Error('device, netns and gateway cannot change on reload; restart shaperrd');
     }
     // Planned before anything changes: a config without a usable token is refused whole.
     const sourcesChanged = JSON.stringify([config.source, config.plex]) !== JSON.stringify([this.config.source, this.config.plex]);

@@ -2,8 +2,9 @@
 //   node traffic-peer.mjs receive <address> <port> <warmupSeconds> <seconds>
 //     listens, counts payload bytes from the first byte on, prints {"bytes":…,"seconds":…} for the window
 //     [warmup, warmup + seconds] and exits.
-//   node traffic-peer.mjs send <address> <port> <totalSeconds> [bitsPerSecond]
-//     connects and writes as fast as the socket accepts (or paced at bitsPerSecond) for totalSeconds.
+//   node traffic-peer.mjs send <address> <port> <totalSeconds> [bitsPerSecond] [localPort]
+//     connects (from localPort if given) and writes as fast as the socket accepts (or paced at
+//     bitsPerSecond; 0: unpaced) for totalSeconds.
 //   node traffic-peer.mjs sink <address> <port>
 //     listens and prints the running byte count and when it was taken, in ms on its own monotonic clock
 //     ("bytes N at T"), every 250 ms until killed: rates from these do not depend on when they are read.
@@ -55,9 +56,9 @@ if (mode === 'receive') {
   const began = process.hrtime.bigint();
   setInterval(() => process.stdout.write(`bytes ${total} at ${Number(process.hrtime.bigint() - began) / 1e6}\n`), 250);
 } else if (mode === 'send') {
-  const [totalSeconds, bitsPerSecond] = rest.map(Number);
+  const [totalSeconds, bitsPerSecond, localPort] = rest.map(Number);
   const chunk = Buffer.alloc(64 * 1024, 0x5a);
-  const socket = net.connect({ host: address, port }, () => {
+  const socket = net.connect({ host: address, port, ...(localPort > 0 ? { localPort } : {}) }, () => {
     if (bitsPerSecond > 0) {
       // Paced: a 64 KiB chunk whenever the average would otherwise fall behind the rate.
       const began = process.hrtime.bigint();

@@ -332,6 +332,13 @@ export class PlexSource {
     return status;
   }
 
+  /** bits/s Plex reserved for the streams that get no pipe (they still use the uplink). */
+  skippedBandwidth(): number {
+    let total = 0;
+    for (const session of this.tracked.values()) if (session.skipped && session.bandwidth !== undefined) total += session.bandwidth * 1000;
+    return total;
+  }
+
   private get stopped(): boolean {
     return this.state === 'stopped';
   }

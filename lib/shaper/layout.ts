@@ -68,17 +68,25 @@ function clientHandle(address: ClientAddress, node: number): number {
   return makeU32Handle(families[address.family].table, address.bytes[address.bytes.length - 1]!, node);
 }
 
-/** The filter steering `address` into class `classid`, as node `node` of its bucket. */
-export function clientFilterSpec(root: number, address: ClientAddress, classid: number, node: number): FilterSpec {
+/** IP protocol number of TCP, which Plex streams over. */
+const TCP = 6;
+
+/**
+ * The filter steering `address` into class `classid`, as node `node` of its bucket. With `sourcePort`
+ * (gateway mode) only TCP from that port matches: the Plex server's public port, so other hosts behind
+ * the same router talking to the same address stay unshaped.
+ */
+export function clientFilterSpec(root: number, address: ClientAddress, classid: number, node: number, sourcePort?: number): FilterSpec {
   const { protocol, priority } = families[address.family];
   const handle = clientHandle(address, node);
+  const match = { family: address.family, dst: address.text, ...(sourcePort === undefined ? {} : { protocol: TCP, sport: sourcePort }) };
   return {
     kind: 'u32',
     parent: root,
     priority,
     protocol,
     handle,
-    options: { hashTable: handle & 0xfffff000, match: { family: address.family, dst: address.text }, classid },
+    options: { hashTable: handle & 0xfffff000, match, classid },
   };
 }
 
@@ -87,8 +95,11 @@ export function clientFilterRef(root: number, address: ClientAddress, node: numb
   return { kind: 'u32', parent: root, priority, protocol, handle: clientHandle(address, node) };
 }
 
-/** Recognises one of our client filters in a dump: a single-address dst match in a client table. */
-export function readClientFilter(filter: Filter): { address: ClientAddress; classid: number; node: number } | undefined {
+/**
+ * Recognises one of our client filters in a dump: a single-address dst match in a client table, with the
+ * source port it also matches (gateway mode), if any.
+ */
+export function readClientFilter(filter: Filter): { address: ClientAddress; classid: number; node: number; sourcePort?: number } | undefined {
   const match = filter.parameters.match;
   const family = match?.family;
   if (!family || !match.dst || filter.parameters.classid === undefined) return undefined;
@@ -96,5 +107,6 @@ export function readClientFilter(filter: Filter): { address: ClientAddress; clas
   if (filter.priority !== layout.priority || filter.handle >>> 20 !== layout.table) return undefined;
   const [text, length] = match.dst.split('/');
   if (Number(length) !== (family === 4 ? 32 : 128)) return undefined;
-  return { address: parseClientAddress(text!), classid: filter.parameters.classid, node: filter.handle & 0xfff };
+  const client = { address: parseClientAddress(text!), classid: filter.parameters.classid, node: filter.handle & 0xfff };
+  return match.sport === undefined ? client : { ...client, sourcePort: match.sport };
 }

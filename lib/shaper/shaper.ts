@@ -45,6 +45,11 @@ export interface ShaperOptions {
   client: RateLimits;
   /** Queue inside each client pipe: sfq (default) shares it fairly between the client's flows. */
   leaf?: LeafKind;
+  /**
+   * Gateway mode: client filters also match this TCP source port (the Plex server's public port, as it
+   * leaves a router's WAN interface after NAT), so other traffic to a client's address stays unshaped.
+   */
+  sourcePort?: number;
   /** Networks never throttled (e.g. the LAN). */
   exempt?: readonly string[];
   /** Replace a root qdisc that shaperr did not create. */
@@ -235,7 +240,9 @@ export class Shaper {
       const leaves = tc.qdiscs(options.device).filter((qdisc) => qdisc.parent !== TC_H_ROOT && (qdisc.parent >>> 16) === ROOT_MAJOR);
       const leaf: LeafKind = leaves[0]?.kind === 'sfq' ? 'sfq' : leaves.length ? 'bfifo' : 'none';
       const limits = { rate: server.parameters.rate, ceil: server.parameters.ceil };
-      const shaper = new Shaper(tc, { device: options.device, server: limits, client: limits, onWarning: () => {} }, leaf);
+      // Gateway mode shows in the filters themselves: `shaperr tc` prints them as they are.
+      const sourcePort = tc.filters(options.device, ROOT_HANDLE).map(readClientFilter).find((client) => client)?.sourcePort;
+      const shaper = new Shaper(tc, { device: options.device, server: limits, client: limits, ...(sourcePort === undefined ? {} : { sourcePort }), onWarning: () => {} }, leaf);
       shaper.readOnly = true;
       shaper.classMtu = classMtuFor(tc.link(options.device).mtu);
       shaper.adopt();
@@ -421,7 +428,7 @@ export class Shaper {
     if (this.longOperation) await this.longOperation.catch(() => undefined);
   }
 
-  /** Takes back the clients an earlier run left in the kernel; removes half-made leftovers. */
+  /** Takes back the clients an earlier run left in the kernel; removes half-made leftovers and rewrites filters made for another gateway setting. */
   private adopt(): void {
     const device = this.options.device;
     const classes = new Map<number, TcClass>();
@@ -431,17 +438,22 @@ export class Shaper {
     const filters = this.tc.filters(device, ROOT_HANDLE);
     const tablesPresent = hashTableSpecs(ROOT_HANDLE).every((spec) => filters.some((filter) => filter.priority === spec.priority));
     if (!tablesPresent && !this.readOnly) this.applyAll(hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'replace' as const, filter })));
-    const leftovers: Operation[] = [];
+    const fixes: Operation[] = [];
     for (const filter of filters) {
       const client = readClientFilter(filter);
       if (!client) continue;
       const tcClass = classes.get(client.classid);
       if (!tcClass || this.clientsByAddress.has(client.address.text)) {
-        leftovers.push({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node), ifPresent: true });
+        fixes.push({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node), ifPresent: true });
         continue;
       }
       classes.delete(client.classid);
       const minor = client.classid & 0xffff;
+      // Gateway mode turned on or off (or its port changed) since the earlier run: the pipe stays, its
+      // filter is made again (the kernel keeps a u32 filter's matches on replace).
+      if (client.sourcePort !== this.options.sourcePort) {
+        fixes.push({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node) }, { op: 'add', filter: this.clientFilter({ address: client.address, minor, filterNode: client.node }) });
+      }
       this.minors.claim(minor);
       this.nodePool(client.address).claim(client.node);
       const { rate, ceil, quantum } = tcClass.parameters;
@@ -461,8 +473,8 @@ export class Shaper {
       });
     }
     // Classes no filter points at belong to no client any more.
-    for (const handle of classes.keys()) leftovers.push({ op: 'delete', class: { classid: handle }, ifPresent: true });
-    if (leftovers.length && !this.readOnly) this.applyAll(leftovers);
+    for (const handle of classes.keys()) fixes.push({ op: 'delete', class: { classid: handle }, ifPresent: true });
+    if (fixes.length && !this.readOnly) this.applyAll(fixes);
   }
 
   private nodePool(address: ClientAddress): HandlePool {
@@ -741,8 +753,12 @@ export class Shaper {
     const operations: Operation[] = [{ op: 'add', class: this.classSpec(client.minor, pipe) }];
     const leafSpec = this.leafSpec(client.minor);
     if (leafSpec) operations.push({ op: 'add', qdisc: leafSpec });
-    operations.push({ op: 'add', filter: clientFilterSpec(ROOT_HANDLE, client.address, makeHandle(ROOT_MAJOR, client.minor), client.filterNode) });
+    operations.push({ op: 'add', filter: this.clientFilter(client) });
     return operations;
+  }
+
+  private clientFilter(client: Pick<AppliedClient, 'address' | 'minor' | 'filterNode'>) {
+    return clientFilterSpec(ROOT_HANDLE, client.address, makeHandle(ROOT_MAJOR, client.minor), client.filterNode, this.options.sourcePort);
   }
 
   private classSpec(minor: number, { rate, ceil, quantum }: PipeParameters) {

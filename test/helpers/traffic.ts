@@ -42,6 +42,10 @@ export interface GoodputSpec {
   warmupSeconds?: number;
   /** Parallel TCP connections to the same receiver (default 1). */
   streams?: number;
+  /** Namespace of the senders (default: the topology's server namespace). */
+  from?: string;
+  /** The senders' local port (one stream only): e.g. Plex's 32400. */
+  localPort?: number;
 }
 
 export interface Goodput {
@@ -114,7 +118,8 @@ async function measureOne(ends: TrafficEnds, spec: GoodputSpec, peers: Peer[], a
   aborted.throwIfAborted();
   // Senders outlast the receiver's window (which starts at the first byte) by a second of slack.
   const senders = Array.from({ length: spec.streams ?? 1 }, (_, i) => {
-    const sender = new Peer(`sender #${i + 1} to ${target}`, ends.serverNs, ['send', spec.to, String(port), String(warmup + seconds + 1)]);
+    const args = ['send', spec.to, String(port), String(warmup + seconds + 1), ...(spec.localPort ? ['0', String(spec.localPort)] : [])];
+    const sender = new Peer(`sender #${i + 1} to ${target}`, spec.from ?? ends.serverNs, args);
     peers.push(sender);
     return sender;
   });

@@ -1,0 +1,159 @@
+/**
+ * Gateway mode: shaperrd on the router, shaping its WAN interface. Four throwaway namespaces:
+ *
+ *   plex (10.88.1.2) ──┐
+ *                      ├─ router ── wan0 198.51.100.1 ═══ internet (198.51.100.20: the remote player)
+ *   lan  (10.88.2.2) ──┘   forwards, nftables masquerade on wan0
+ *
+ * The Plex test server lists a session for the player; the stream is real TCP from port 32400 in the plex
+ * namespace, leaving wan0 with the router's address and port 32400. A second LAN host sends to the same
+ * player at the same time: after NAT its packets have the same destination and source address, and only
+ * the source port tells them apart, so the pipe must match it. Both goodputs are measured at the player.
+ */
+import { join } from 'node:path';
+import { pino } from 'pino';
+import t from 'tap';
+import { validateConfig } from '../daemon/config.js';
+import { hasCommand } from '../daemon/demo/sandbox.js';
+import { Shaperrd } from '../daemon/shaperrd.js';
+import { parseClientAddress } from '../lib/address.js';
+import { clientFilterSpec, readClientFilter } from '../lib/shaper/layout.js';
+import { Shaper } from '../lib/shaper/shaper.js';
+import { TrafficControl } from '../lib/tc/traffic-control.js';
+import { logDir, until } from './helpers/daemon.js';
+import { createNetns, createTopology, deleteNetns, inNetns, ip, netnsUnavailable } from './helpers/netns.js';
+import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
+import { measureGoodputConcurrently, shapedTo } from './helpers/traffic.js';
+
+const MBIT = 1e6;
+const PLEX_PORT = 32400;
+const PLAYER = '198.51.100.20';
+const skip = netnsUnavailable() || (hasCommand('nft') ? false : 'needs nft (nftables) for the router’s NAT');
+
+interface Home {
+  plexNs: string;
+  lanNs: string;
+  routerNs: string;
+  internetNs: string;
+}
+
+async function createHome(t: { teardown(fn: () => unknown): void }): Promise<Home> {
+  const names: string[] = [];
+  t.teardown(async () => {
+    for (const name of names) await deleteNetns(name);
+  });
+  const namespace = async (role: string) => {
+    const name = await createNetns(role);
+    names.push(name);
+    return name;
+  };
+  const home = { plexNs: await namespace('plex'), lanNs: await namespace('lan'), routerNs: await namespace('router'), internetNs: await namespace('internet') };
+  const offloads = hasCommand('ethtool');
+  const link = async (a: string, aDevice: string, aCidr: string, b: string, bDevice: string, bCidr: string) => {
+    await ip('-n', a, 'link', 'add', aDevice, 'type', 'veth', 'peer', 'name', bDevice, 'netns', b);
+    for (const [netns, device, cidr] of [[a, aDevice, aCidr], [b, bDevice, bCidr]] as const) {
+      await ip('-n', netns, 'addr', 'add', cidr, 'dev', device);
+      await ip('-n', netns, 'link', 'set', device, 'up');
+      // HTB measures what it sends: no 64 KB super-packets.
+      if (offloads) await inNetns(netns, 'ethtool', '-K', device, 'tso', 'off', 'gso', 'off', 'gro', 'off');
+    }
+  };
+  await link(home.plexNs, 'lan0', '10.88.1.2/24', home.routerNs, 'pl0', '10.88.1.1/24');
+  await link(home.lanNs, 'lan0', '10.88.2.2/24', home.routerNs, 'ln0', '10.88.2.1/24');
+  await link(home.routerNs, 'wan0', '198.51.100.1/24', home.internetNs, 'wan1', `${PLAYER}/24`);
+  await ip('-n', home.plexNs, 'route', 'add', 'default', 'via', '10.88.1.1');
+  await ip('-n', home.lanNs, 'route', 'add', 'default', 'via', '10.88.2.1');
+  await inNetns(home.routerNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1');
+  await inNetns(home.routerNs, 'nft', 'add table ip nat; add chain ip nat postrouting { type nat hook postrouting priority srcnat; }; add rule ip nat postrouting oifname "wan0" masquerade');
+  return home;
+}
+
+/** The client filters on wan0, as the kernel has them. */
+function clientFilters(routerNs: string) {
+  const tc = TrafficControl.open({ netns: routerNs });
+  try {
+    return tc.filters('wan0', '5a:').flatMap((filter) => {
+      const client = readClientFilter(filter);
+      return client ? [{ ...client, address: client.address.text, match: filter.parameters.match }] : [];
+    });
+  } finally {
+    tc.close();
+  }
+}
+
+t.test('gateway mode: the Plex stream through the router’s NAT is shaped, another LAN host’s traffic to the same player is not', { skip }, async (t) => {
+  const home = await createHome(t);
+  const server = await startPlexServer(t);
+  const { dir, log } = logDir(t, 'shaperr-gateway');
+  const config = validateConfig({
+    device: 'wan0',
+    netns: home.routerNs,
+    gateway: {},
+    server: { rate: '100mbit' },
+    client: { rate: '4mbit' },
+    leaf: 'bfifo',
+    source: 'plex',
+    plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 },
+    stateFile: join(dir, 'state.json'),
+  });
+  t.equal(config.gateway?.plexPort, PLEX_PORT, 'plexPort defaults to 32400');
+  const daemon = new Shaperrd({ config, logger: pino({ level: 'silent' }), logPath: log, plexTimings: { retryMinMs: 100, retryMaxMs: 1000 } });
+  await daemon.start();
+  t.teardown(() => daemon.stop());
+
+  server.play({ player: { address: PLAYER, local: false }, session: { location: 'wan' } });
+  await until(() => clientFilters(home.routerNs).length === 1);
+  t.match(clientFilters(home.routerNs), [{ address: PLAYER, sourcePort: PLEX_PORT, match: { dst: `${PLAYER}/32`, protocol: 6, sport: PLEX_PORT } }], 'the filter matches the player’s address and TCP from port 32400');
+
+  const [plex, other] = await measureGoodputConcurrently({ serverNs: home.plexNs, clientNs: home.internetNs }, [
+    { to: PLAYER, from: home.plexNs, localPort: PLEX_PORT, seconds: 4 },
+    { to: PLAYER, from: home.lanNs, seconds: 4 },
+  ]);
+  const shaped = shapedTo(plex!.bitsPerSecond, 4 * MBIT);
+  t.ok(shaped.within, `Plex's stream from port ${PLEX_PORT} through NAT: ${shaped.reading}`);
+  t.ok(other!.bitsPerSecond > 5 * 4 * MBIT, `the other LAN host to the same player at the same time: ${(other!.bitsPerSecond / MBIT).toFixed(1)} Mbit/s (unshaped: over 5× the pipe)`);
+});
+
+t.test('a gateway filter is adopted after a restart, and rewritten when gateway mode is turned off', { skip: netnsUnavailable() }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const [address] = topology.clientAddresses as [string];
+  const open = (sourcePort?: number) => Shaper.open({ device: 'srv0', netns: topology.serverNs, server: { rate: '100mbit' }, client: { rate: '4mbit' }, leaf: 'bfifo', ...(sourcePort ? { sourcePort } : {}) });
+  const filters = () => {
+    const tc = TrafficControl.open({ netns: topology.serverNs });
+    try {
+      return tc.filters('srv0', '5a:').flatMap((filter) => (readClientFilter(filter) ? [filter.parameters.match] : []));
+    } finally {
+      tc.close();
+    }
+  };
+
+  const first = await open(PLEX_PORT);
+  await first.throttle(address);
+  t.same(first.tcCommands().filter((command) => command.includes('filter add') && command.includes(address)).length, 1);
+  t.match(first.tcCommands().join('\n'), /match ip sport 32400 0xffff/, '`shaperr tc` shows the port match');
+  await first.close();
+
+  const inspected = Shaper.inspect({ device: 'srv0', netns: topology.serverNs })!;
+  t.match(inspected.tcCommands().join('\n'), /match ip dst 10\.200\.1\.1 match ip protocol 6 0xff match ip sport 32400 0xffff classid 5a:10/, 'a read-only view prints the filter as it is');
+  await inspected.close();
+
+  const again = await open(PLEX_PORT);
+  t.same(again.clients().map((client) => client.address), [address], 'the gateway filter is recognised as the client’s');
+  t.same(filters(), [{ family: 4, dst: `${address}/32`, protocol: 6, sport: PLEX_PORT }], 'and left as it was');
+  await again.close();
+
+  const plain = await open();
+  t.same(plain.clients().map((client) => client.address), [address], 'gateway mode off: the pipe stays');
+  t.same(filters(), [{ family: 4, dst: `${address}/32` }], 'its filter now matches the address alone, as without gateway mode');
+  t.same(clientFilterSpec(0x5a0000, parseClientAddress(address), 0x5a0010, 1).options, { hashTable: 0x201000, match: { family: 4, dst: address }, classid: 0x5a0010 }, 'no port in a filter made without gateway mode');
+  await plain.close({ teardown: true });
+});
+
+t.test('gateway config: one clear error for a bad port or an unknown key', async (t) => {
+  const base = { device: 'wan0', server: { rate: '100mbit' }, client: { rate: '4mbit' } };
+  t.equal(validateConfig({ ...base, gateway: { plexPort: 443 } }).gateway?.plexPort, 443);
+  t.equal(validateConfig(base).gateway, undefined, 'no gateway key: filters match the address alone');
+  t.throws(() => validateConfig({ ...base, gateway: { plexPort: 70000 } }), /'gateway\.plexPort' = 70000: Too big/);
+  t.throws(() => validateConfig({ ...base, gateway: { port: 32400 } }), /unknown key 'gateway\.port'/);
+});

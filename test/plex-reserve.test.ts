@@ -1,0 +1,74 @@
+/**
+ * Streams Plex sends without a pipe (here: Plex Relay) still use the uplink: shaperrd keeps the bandwidth
+ * Plex reserved for them out of the pipes' guarantees. The Plex test server drives a real shaperrd on srv0
+ * in a throwaway netns; the shaped client's class is read back over netlink as a relayed session starts,
+ * changes its bandwidth and stops.
+ */
+import { join } from 'node:path';
+import { pino } from 'pino';
+import t from 'tap';
+import { validateConfig } from '../daemon/config.js';
+import { Shaperrd } from '../daemon/shaperrd.js';
+import { TrafficControl } from '../lib/tc/traffic-control.js';
+import { logDir, until } from './helpers/daemon.js';
+import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
+
+const skip = netnsUnavailable();
+const MBIT = 1e6;
+
+/** Guaranteed rate (bits/s) of every client class under the server class, as the kernel has it. */
+function classRates(topology: Topology): number[] {
+  const tc = TrafficControl.open({ netns: topology.serverNs });
+  try {
+    return tc
+      .classes('srv0')
+      .filter((c) => c.parent === 0x005a0001)
+      .map((c) => c.parameters.rate);
+  } finally {
+    tc.close();
+  }
+}
+
+t.test('a relayed stream’s bandwidth is kept out of the shaped clients’ shares while it plays', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const [remote] = topology.clientAddresses as [string];
+  const server = await startPlexServer(t);
+  const { dir, log } = logDir(t, 'shaperr-reserve');
+  const config = validateConfig({
+    device: 'srv0',
+    netns: topology.serverNs,
+    server: { rate: '10mbit' },
+    client: { rate: '8mbit' },
+    leaf: 'bfifo',
+    source: 'plex',
+    plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 },
+    stateFile: join(dir, 'state.json'),
+    graceSeconds: 1,
+    idleSeconds: 600,
+  });
+  const daemon = new Shaperrd({ config, logger: pino({ level: 'silent' }), logPath: log, plexTimings: { retryMinMs: 100, retryMaxMs: 1000 } });
+  await daemon.start();
+  t.teardown(() => daemon.stop());
+
+  server.play({ player: { address: remote } });
+  await until(() => classRates(topology).length === 1);
+  t.same(classRates(topology), [8 * MBIT], 'alone under a 10 Mbit/s server the client gets its 8 Mbit/s');
+
+  const relayed = server.play({ player: { address: '203.0.113.9', relayed: true }, user: { title: 'bob' }, session: { bandwidth: 4000 } });
+  await until(() => classRates(topology)[0]! < 8 * MBIT);
+  const [shrunk] = classRates(topology) as [number];
+  // 10 − 4 = 6 Mbit/s left; a contended share is set up to 2 % below its exact value.
+  t.ok(shrunk <= 6 * MBIT && shrunk >= 0.97 * 6 * MBIT, `a 4 Mbit/s relayed stream: the client's share is ${shrunk / MBIT} Mbit/s (want 6 less at most 3 %)`);
+
+  server.updateSession(relayed.sessionKey, (session) => (session.session.bandwidth = 7000));
+  await until(() => classRates(topology)[0]! < 0.97 * 6 * MBIT);
+  const [smaller] = classRates(topology) as [number];
+  t.ok(smaller <= 3 * MBIT && smaller >= 0.97 * 3 * MBIT, `its bandwidth rises to 7 Mbit/s: the share follows, ${smaller / MBIT} Mbit/s`);
+
+  server.setState(relayed.sessionKey, 'stopped');
+  await until(() => classRates(topology)[0] === 8 * MBIT);
+  t.pass('the relayed stream stops: the client gets its 8 Mbit/s back');
+  t.equal(classRates(topology).length, 1, 'the relayed stream never had a pipe of its own');
+});
