@@ -240,13 +240,12 @@ async function eventLatency(): Promise<void> {
   ];
   for (let round = 0; round < rounds; round++) for (const variant of variants) variant.runs.push(await daemonEventLatencies(events, variant.flags));
   const medianOfRounds = (runs: number[][], p: number) => percentile(runs.map((latencies) => percentile(latencies, p)), 50);
-  const note = (runs: number[][]) => `median of ${rounds} rounds (p99 per round: ${runs.map((latencies) => format(percentile(latencies, 99))).join(', ')} ms)`;
   for (const { name, flags, runs } of variants) {
-    const label = `${name} (${flags.join(' ')})`;
-    record({ scenario, variant: `${label}: line appended → filter live (class, leaf, filter in one batch), p50`, value: medianOfRounds(runs, 50), unit: 'ms', note: note(runs) });
-    record({ scenario, variant: `${label}: line appended → filter live, p99 (target < 2)`, value: medianOfRounds(runs, 99), unit: 'ms', note: note(runs) });
+    const note = `${flags.join(' ')}; median of ${rounds} rounds (p99 per round: ${runs.map((latencies) => format(percentile(latencies, 99))).join(', ')} ms)`;
+    record({ scenario, variant: `${name}: line appended → filter live (class, leaf, filter in one batch), p50`, value: medianOfRounds(runs, 50), unit: 'ms', note });
+    record({ scenario, variant: `${name}: line appended → filter live, p99 (target < 2)`, value: medianOfRounds(runs, 99), unit: 'ms', note });
     // 1,000 events per round put a p99.9 on the maximum: taken over all rounds' events together.
-    record({ scenario, variant: `${label}: line appended → filter live, p99.9`, value: percentile(runs.flat(), 99.9), unit: 'ms', note: `${runs.flat().length} events of all rounds` });
+    record({ scenario, variant: `${name}: line appended → filter live, p99.9`, value: percentile(runs.flat(), 99.9), unit: 'ms', note: `${flags.join(' ')}; ${runs.flat().length} events of all rounds` });
   }
   const shaperrd = { p50: medianOfRounds(variants[0]!.runs, 50), p99: medianOfRounds(variants[0]!.runs, 99) };
   const seed = await seedPipelineLatency(scenario, quick ? 20 : 200);
