@@ -11,10 +11,13 @@ export interface ShippedDaemon {
   stop(): Promise<void>;
 }
 
-/** Writes `config` to `dir`/shaperr.yaml and starts the daemon on it; resolves once it has started. */
-export async function startShippedDaemon(config: object, dir: string): Promise<ShippedDaemon> {
+/**
+ * Writes `config` to `dir`/shaperr.yaml and starts the daemon on it; resolves once it has started.
+ * `nodeFlags` replaces the shebang's flags (to compare V8 settings).
+ */
+export async function startShippedDaemon(config: object, dir: string, nodeFlags = shippedNodeFlags()): Promise<ShippedDaemon> {
   writeFileSync(join(dir, 'shaperr.yaml'), JSON.stringify(config)); // JSON is YAML
-  const daemon = spawn(process.execPath, [...shebangFlags(DAEMON), DAEMON, '--config', join(dir, 'shaperr.yaml'), '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const daemon = spawn(process.execPath, [...nodeFlags, DAEMON, '--config', join(dir, 'shaperr.yaml'), '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
   let output = '';
   daemon.stdout!.on('data', (data: Buffer) => (output += data.toString()));
   const exited = new Promise<number | null>((resolve) => daemon.once('exit', resolve));
@@ -30,7 +33,7 @@ export async function startShippedDaemon(config: object, dir: string): Promise<S
 }
 
 /** The node flags the shipped bin's `#!/usr/bin/env -S node …` line passes, so the daemon runs as installed. */
-const shebangFlags = (script: string): string[] => readFileSync(script, 'utf8').split('\n', 1)[0]!.split(' ').slice(3);
+export const shippedNodeFlags = (): string[] => readFileSync(DAEMON, 'utf8').split('\n', 1)[0]!.split(' ').slice(3);
 
 export async function waitFor(ready: () => boolean, timeoutMs: number, failure: string): Promise<void> {
   const deadline = performance.now() + timeoutMs;

@@ -9,9 +9,10 @@
  * a directory that does not exist yet.
  */
 import { EventEmitter } from 'node:events';
-import { type FSWatcher, statSync, watch } from 'node:fs';
+import { type FSWatcher, readSync, statSync, watch } from 'node:fs';
 import { type FileHandle, open, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { setImmediate } from 'node:timers/promises';
 
 export interface SavedPosition {
   /** Delivered as a string: inodes can exceed 2^53 and positions are meant to be stored as JSON. */
@@ -270,7 +271,7 @@ export class LogTailer extends EventEmitter<TailEvents> {
         this.file = next;
         continue;
       }
-      const current = await stat(this.path, { bigint: true }).catch(() => undefined);
+      const current = statSync(this.path, { bigint: true, throwIfNoEntry: false });
       if (!current) return; // renamed away and not re-created yet: keep the old file open, it may still grow
       if (String(current.ino) !== file.inode) {
         await this.drain(file); // a last write to the old file after the rename
@@ -297,17 +298,22 @@ export class LogTailer extends EventEmitter<TailEvents> {
    * Whether the bytes before our read position are still the ones we read: a file truncated and written
    * past our offset again before we looked is not shorter, only different.
    */
-  private async unchanged(file: OpenFile): Promise<boolean> {
+  private unchanged(file: OpenFile): boolean {
     const expected = file.fingerprint;
     if (!expected) return true;
-    const { bytesRead } = await file.handle.read(this.buffer, 0, expected.length, file.offset + file.lineBytes - expected.length);
+    const bytesRead = readSync(file.handle.fd, this.buffer, 0, expected.length, file.offset + file.lineBytes - expected.length);
     return bytesRead === expected.length && this.buffer.subarray(0, bytesRead).equals(expected);
   }
 
+  /**
+   * Reads are synchronous: the bytes were just written and sit in the page cache (microseconds), while
+   * each read through the libuv thread pool costs two thread wake-ups, which a busy machine delays by
+   * milliseconds (the daemon's event-to-kernel tail).
+   */
   private async drain(file: OpenFile): Promise<void> {
-    if (!(await this.unchanged(file))) this.startOver(file);
+    if (!this.unchanged(file)) this.startOver(file);
     while (this.running) {
-      const { bytesRead } = await file.handle.read(this.buffer, 0, CHUNK, file.offset + file.lineBytes);
+      const bytesRead = readSync(file.handle.fd, this.buffer, 0, CHUNK, file.offset + file.lineBytes);
       if (bytesRead >= FINGERPRINT_BYTES || (bytesRead > 0 && !file.fingerprint)) {
         file.fingerprint = Buffer.from(this.buffer.subarray(bytesRead - Math.min(bytesRead, FINGERPRINT_BYTES), bytesRead));
       } else if (bytesRead > 0) {
@@ -315,6 +321,7 @@ export class LogTailer extends EventEmitter<TailEvents> {
       }
       this.consume(file, this.buffer.subarray(0, bytesRead));
       if (bytesRead < CHUNK) return; // at the end for now
+      await setImmediate(); // a long backlog: the event loop (status page, stop) gets a turn between chunks
     }
   }
 

@@ -17,7 +17,8 @@ t.test('quick benchmark run produces every scenario row', { skip: netnsUnavailab
   t.match(machine, { cpu: String, cores: String, kernel: String, node: String });
   const expected = [
     /^a\. tc process per command/, /^b\. tc -batch FILE/, /^c\. tc -batch -/, /^d\. shaperr, one client at a time/, /^e\. shaperr, batched/, /^f\. floor/, /^g\. floor: C loop, batched/, /^one at a time: shaperr's time ÷ the C floor's/, /^batched: shaperr throughput ÷ the batched C floor/,
-    /^shaperrd: line appended → filter live .*p50/, /^shaperrd: line appended → filter live, p99/,
+    /^shaperrd: line appended → filter live .*p50/, /^shaperrd: line appended → filter live, p99/, /^shaperrd: line appended → filter live, p99\.9/,
+    /^shaperrd with(out)? --no-opt: line appended → filter live, p99/,
     /^the seed's tail -F \| awk \| sh → tc ×3: line appended → filter live, p50/, /^the seed's .* p99/,
     /^shaperrd: notification → listing → filter live, p50/, /^shaperrd: notification → listing → filter live, p99/,
     /kernel changes per client/, /final state exact/, /daemon CPU time/,

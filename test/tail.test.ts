@@ -177,3 +177,27 @@ t.test('a file truncated and refilled past the offset before the tailer looks is
   await settle();
   t.same(got.lines, ['old 1', 'old 2', 'new line one', 'new line two'], 'the new content whole, not from the old offset');
 });
+
+t.test('a long backlog yields to the event loop between reads: a stop() meanwhile takes effect, start() resumes exactly', async (t) => {
+  const { log } = setup(t);
+  const total = 100_000; // ~2 MB: some 30 reads
+  const expected = Array.from({ length: total }, (_, i) => `backlog line ${i}`);
+  writeFileSync(log, expected.map((line) => `${line}\n`).join(''));
+  const tailer = new LogTailer({ path: log, from: 'start', pollIntervalMs: 100 });
+  const got = collect(tailer);
+  let stoppedAfter = 0;
+  const turn = () => {
+    if (got.lines.length === 0) return void setImmediate(turn); // not opened yet
+    stoppedAfter = got.lines.length;
+    void tailer.stop();
+  };
+  setImmediate(turn);
+  await tailer.start();
+  await tailer.stop();
+  t.ok(stoppedAfter > 0 && stoppedAfter < total, `the event loop had a turn after ${stoppedAfter} of ${total} lines`);
+  t.equal(got.lines.length, stoppedAfter, 'no line delivered after stop()');
+  await tailer.start();
+  await got.until(total);
+  t.same(got.lines, expected, 'every line exactly once, in order');
+  await tailer.stop();
+});
