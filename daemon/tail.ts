@@ -174,9 +174,15 @@ export class LogTailer extends EventEmitter<TailEvents> {
         await this.continueAt(rotated, saved.offset);
         return true;
       }
-      // Rotated again while we look: the same file shows up one generation further on.
-      if (rotated && newer.some((file) => file.inode === rotated.inode)) await rotated.handle.close();
-      else if (rotated) newer.push(rotated);
+      if (!rotated) continue;
+      // Rotated again while we look: a file seen before shows up a generation further on, behind files
+      // newer than it that we met in between. Its latest place is its place.
+      const seenAt = newer.findIndex((file) => file.inode === rotated.inode);
+      if (seenAt < 0) newer.push(rotated);
+      else {
+        newer.push(...newer.splice(seenAt, 1));
+        await rotated.handle.close();
+      }
     }
     // The saved file is gone: everything in the current one was written after it.
     for (const file of newer) if (file !== current) await file.handle.close();
