@@ -76,6 +76,7 @@ export class LogTailer extends EventEmitter<TailEvents> {
   private pumpAgain = false;
   private lastProblem?: string;
   private readonly buffer = Buffer.allocUnsafe(CHUNK);
+  private readonly fingerprintBuffer = Buffer.allocUnsafe(FINGERPRINT_BYTES);
   private readonly path: string;
   /** Directory entries that concern us: the log and its rotated generations (not the other Plex logs). */
   private readonly namePrefix: string;
@@ -306,14 +307,19 @@ export class LogTailer extends EventEmitter<TailEvents> {
   private async unchanged(file: OpenFile): Promise<boolean> {
     const expected = file.fingerprint;
     if (!expected) return true;
-    const { bytesRead } = await file.handle.read(this.buffer, 0, expected.length, file.offset + file.lineBytes - expected.length);
-    return bytesRead === expected.length && this.buffer.subarray(0, bytesRead).equals(expected);
+    const { bytesRead } = await file.handle.read(this.fingerprintBuffer, 0, expected.length, file.offset + file.lineBytes - expected.length);
+    return bytesRead === expected.length && this.fingerprintBuffer.subarray(0, bytesRead).equals(expected);
   }
 
   private async drain(file: OpenFile): Promise<void> {
     if (!(await this.unchanged(file))) this.startOver(file);
     while (this.running) {
       const { bytesRead } = await file.handle.read(this.buffer, 0, CHUNK, file.offset + file.lineBytes);
+      // Truncated and refilled while we read: these may be new bytes at an old offset. Read again from 0.
+      if (bytesRead > 0 && !(await this.unchanged(file))) {
+        this.startOver(file);
+        continue;
+      }
       if (bytesRead >= FINGERPRINT_BYTES || (bytesRead > 0 && !file.fingerprint)) {
         file.fingerprint = Buffer.from(this.buffer.subarray(bytesRead - Math.min(bytesRead, FINGERPRINT_BYTES), bytesRead));
       } else if (bytesRead > 0) {
