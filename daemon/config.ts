@@ -137,6 +137,8 @@ const SECRET_KEYS: ReadonlyArray<readonly string[]> = [['status', 'token']];
 /** A warning when the file is readable by every user and holds a secret; undefined otherwise. */
 export function exposedSecretsWarning(path: string, config: ShaperrConfig): string | undefined {
   const present = SECRET_KEYS.filter((key) => key.reduce<unknown>((value, part) => (value as Record<string, unknown> | undefined)?.[part], config) !== undefined).map((key) => key.join('.'));
+  // One Plex server or a list of them: each may carry its token.
+  if ([config.plex ?? []].flat().some((server) => (server as { token?: string }).token !== undefined)) present.push('plex.token');
   if (present.length === 0 || (statSync(path).mode & 0o004) === 0) return undefined;
   return `${path} is readable by every user and holds ${present.join(', ')}: chmod o-r ${JSON.stringify(path)} (e.g. mode 0640, group of the shaperr user)`;
 }

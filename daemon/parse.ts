@@ -73,7 +73,8 @@ const TIMESTAMP = /^([A-Z][a-z]{2}) (\d{1,2}), (\d{4}) (\d{2}):(\d{2}):(\d{2})(?
 const REQUEST = /Request: \[(\[[^\]]+\]:\d+|[^\]\s(]+)(?: \(((?:[^()\]]|\([^()]*\))*)\))?\] [A-Z]+ (\/\S*)/;
 const USER = /Signed-in(?: Token)? \(([^)]*)\)/;
 const HEADER = / \/ ([A-Za-z][\w-]*) => (.*?)(?= \/ [A-Za-z][\w-]* => |$)/g;
-const MAX_LINE = 64 * 1024;
+/** Longer lines are not Plex request lines: ignored unread (the tailer keeps no more than this of one). */
+export const MAX_LINE = 64 * 1024;
 
 /**
  * A line's timestamp as Plex writes it (local time, no zone), as milliseconds of a clock without time

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { ProgressListener } from '../lib/progress.js';
 import { Shaper, type ShaperOptions } from '../lib/shaper/shaper.js';
 import { type ShaperrConfig, policyConfig } from './config.js';
-import { PlexLogParser, type PlaybackEvent } from './parse.js';
+import { MAX_LINE, PlexLogParser, type PlaybackEvent } from './parse.js';
 import { type Limits, Policy } from './policy.js';
 import { type ClientShaper, type ClientSummary, type Decision, type SavedClient, SessionTracker } from './sessions.js';
 import { startStatusServer } from './http.js';
@@ -122,7 +122,9 @@ export class Shaperrd {
     await this.reconcile(saved, warm?.clients ?? []);
 
     if (this.logPath) {
-      this.tailer = new LogTailer({ path: this.logPath, from: resumeAt ?? warm?.position ?? 'end' });
+      // Cut at 4 bytes per character of the parser's limit, a line is still too long for it (UTF-8 has at most
+      // 4 bytes per UTF-16 unit): a 1 MB garbage line then costs 256 KB, not 3 MB.
+      this.tailer = new LogTailer({ path: this.logPath, from: resumeAt ?? warm?.position ?? 'end', maxLineBytes: 4 * (MAX_LINE + 1) });
       this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
       this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
       await this.tailer.start();

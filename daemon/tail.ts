@@ -77,6 +77,7 @@ export class LogTailer extends EventEmitter<TailEvents> {
   private pumpAgain = false;
   private lastProblem?: string;
   private readonly buffer = Buffer.allocUnsafe(CHUNK);
+  private readonly fingerprintBuffer = Buffer.allocUnsafe(FINGERPRINT_BYTES);
   private readonly path: string;
   /** Directory entries that concern us: the log and its rotated generations (not the other Plex logs). */
   private readonly namePrefix: string;
@@ -175,9 +176,15 @@ export class LogTailer extends EventEmitter<TailEvents> {
         await this.continueAt(rotated, saved.offset);
         return true;
       }
-      // Rotated again while we look: the same file shows up one generation further on.
-      if (rotated && newer.some((file) => file.inode === rotated.inode)) await rotated.handle.close();
-      else if (rotated) newer.push(rotated);
+      if (!rotated) continue;
+      // Rotated again while we look: a file seen before shows up a generation further on, behind files
+      // newer than it that we met in between. Its latest place is its place.
+      const seenAt = newer.findIndex((file) => file.inode === rotated.inode);
+      if (seenAt < 0) newer.push(rotated);
+      else {
+        newer.push(...newer.splice(seenAt, 1));
+        await rotated.handle.close();
+      }
     }
     // The saved file is gone: everything in the current one was written after it.
     for (const file of newer) if (file !== current) await file.handle.close();
@@ -301,8 +308,8 @@ export class LogTailer extends EventEmitter<TailEvents> {
   private unchanged(file: OpenFile): boolean {
     const expected = file.fingerprint;
     if (!expected) return true;
-    const bytesRead = readSync(file.handle.fd, this.buffer, 0, expected.length, file.offset + file.lineBytes - expected.length);
-    return bytesRead === expected.length && this.buffer.subarray(0, bytesRead).equals(expected);
+    const bytesRead = readSync(file.handle.fd, this.fingerprintBuffer, 0, expected.length, file.offset + file.lineBytes - expected.length);
+    return bytesRead === expected.length && this.fingerprintBuffer.subarray(0, bytesRead).equals(expected);
   }
 
   /**
@@ -314,6 +321,11 @@ export class LogTailer extends EventEmitter<TailEvents> {
     if (!this.unchanged(file)) this.startOver(file);
     while (this.running) {
       const bytesRead = readSync(file.handle.fd, this.buffer, 0, CHUNK, file.offset + file.lineBytes);
+      // Truncated and refilled while we read: these may be new bytes at an old offset. Read again from 0.
+      if (bytesRead > 0 && !this.unchanged(file)) {
+        this.startOver(file);
+        continue;
+      }
       if (bytesRead >= FINGERPRINT_BYTES || (bytesRead > 0 && !file.fingerprint)) {
         file.fingerprint = Buffer.from(this.buffer.subarray(bytesRead - Math.min(bytesRead, FINGERPRINT_BYTES), bytesRead));
       } else if (bytesRead > 0) {
