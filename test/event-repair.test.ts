@@ -156,7 +156,7 @@ t.test('shaperrd: repairs on notification, leaves another tool\'s root alone wit
   writeFileSync(log, play('10.200.1.1', 'one'));
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));
-  await daemon.waitFor(/shaperrd started/);
+  await daemon.waitFor(/shaperrd started/, 120_000); // a node start under the lane's emulation takes long
   await until(() => kernelState(topology).classes === 1);
   const tc = TrafficControl.open({ netns: topology.serverNs });
   t.teardown(() => tc.close());
