@@ -7,6 +7,7 @@ import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import type { ProgressListener } from '../lib/progress.js';
 import { Shaper, type ShaperOptions } from '../lib/shaper/shaper.js';
+import { ShaperWatch } from '../lib/shaper/watch.js';
 import { type ShaperrConfig, policyConfig } from './config.js';
 import { MAX_LINE, PlexLogParser, type PlaybackEvent } from './parse.js';
 import { type Limits, Policy } from './policy.js';
@@ -36,7 +37,8 @@ export interface DaemonOptions {
 }
 
 const SWEEP_INTERVAL_MS = 250;
-const HEALTH_INTERVAL_MS = 1000;
+/** Repairs follow the kernel's notifications; this slow full check only backs them up. */
+const SAFETY_CHECK_INTERVAL_MS = 30_000;
 const SAVE_INTERVAL_MS = 1000;
 /** A state file that cannot be written is reported this often, not on every attempt. */
 const SAVE_ERROR_INTERVAL_MS = 60_000;
@@ -64,7 +66,7 @@ export class Shaperrd {
   private readonly recentDecisions: RecentDecision[] = [];
   private readonly meter = new ThroughputMeter();
   private operation?: OperationProgress;
-  private repairing?: Promise<void>;
+  private watch?: ShaperWatch;
   private deviceLock?: AbstractLock;
   /** When a failed save was last reported (undefined: the last save worked). */
   private saveFailureReportedAt?: number;
@@ -133,6 +135,7 @@ export class Shaperrd {
       await this.save();
     }
     this.startPlexSources(sources);
+    if (!this.options.dryRun) this.watch = this.watchShaper(this.shaper);
     this.log.info({ log: this.logPath, plex: sources.plex.map((server) => server.url), device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
 
     this.every(SWEEP_INTERVAL_MS, () => {
@@ -142,7 +145,7 @@ export class Shaperrd {
     // Schedules change at whole minutes: checked just after each one starts.
     this.every(60_000, () => this.applySchedule(), 60_000 - (Date.now() % 60_000) + 50);
     if (!this.options.dryRun) {
-      this.every(HEALTH_INTERVAL_MS, () => this.checkHealth());
+      this.every(SAFETY_CHECK_INTERVAL_MS, () => void this.watch?.check('safety check'));
       this.every(SAVE_INTERVAL_MS, () => void this.saveIfDirty());
     }
   }
@@ -248,7 +251,7 @@ export class Shaperrd {
     };
   }
 
-  private kernelError(error: unknown, address?: string, what = 'repair failed; retrying at the next health check'): void {
+  private kernelError(error: unknown, address?: string, what = 'repair failed; retrying at the next notification or safety check'): void {
     this.counters.errors++;
     this.metrics.kernelErrors.inc();
     if (address) this.log.error({ address, err: (error as Error).message }, `kernel change for ${address} failed`);
@@ -332,18 +335,25 @@ export class Shaperrd {
     this.tracker!.handle(event);
   }
 
-  /** Someone deleted our root qdisc, or the link went away and came back: put everything back. */
-  private checkHealth(): void {
-    const shaper = this.shaper;
-    if (!shaper || this.stopping || this.repairing) return;
-    if (shaper.isIntact()) return;
-    this.counters.repairs++;
-    this.metrics.reconciliations.inc({ reason: 'repair' });
-    this.log.warn('shaperr qdisc missing on the device (deleted, or the link was re-created): re-applying');
-    this.repairing = shaper
-      .repair(this.progressReporter('repairing pipes'))
-      .catch((error: unknown) => this.kernelError(error))
-      .finally(() => (this.repairing = undefined));
+  /** Puts the root or single pipes back as soon as the kernel reports them removed (root deleted, device re-created). */
+  private watchShaper(shaper: Shaper): ShaperWatch {
+    const { config } = this;
+    return ShaperWatch.open(shaper, {
+      device: config.device,
+      ...(config.netns ? { netns: config.netns } : {}),
+      takeover: config.takeover,
+      onRepairStart: (reason, scope) => {
+        this.counters.repairs++;
+        this.metrics.reconciliations.inc({ reason: 'repair' });
+        this.log.warn({ reason }, scope === 'tree' ? 'shaperr qdisc missing on the device (deleted, or the link was re-created): re-applying' : 'client pipes damaged: re-applying them');
+        return scope === 'tree' ? this.progressReporter('repairing pipes') : undefined;
+      },
+      onRepaired: (report) => this.log.info({ ...report, ms: Math.round(report.ms * 10) / 10 }, 'repaired'),
+      onForeignRoot: (description) =>
+        this.kernelError(new Error(`another root qdisc (${description}) replaced shaperr's on ${config.device}; leaving it alone (set takeover to replace it)`), undefined, 'not repairing'),
+      onOverflow: () => this.log.warn('kernel notifications were lost (receive buffer full): checking everything'),
+      onError: (error) => this.kernelError(error),
+    });
   }
 
   private applySchedule(): void {
@@ -456,7 +466,7 @@ export class Shaperrd {
     if (this.statusServer) await new Promise((resolve) => this.statusServer!.close(resolve).closeAllConnections());
     await this.tailer?.stop();
     await Promise.all(this.plexSources.map((source) => source.stop()));
-    await this.repairing;
+    await this.watch?.close();
     await this.tracker?.settled();
     await this.save();
     await this.shaper?.close({ teardown: !this.config.keepRulesOnExit && !this.options.dryRun });

@@ -1,7 +1,9 @@
 /**
  * shaperr — Linux traffic shaping over rtnetlink, for Plex Media Server and any Node tool.
  *
- * - `Shaper`: one throttled pipe per client address under a server-wide ceiling.
+ * - `Shaper`: one throttled pipe per client address under a server-wide ceiling; `ShaperWatch` puts its
+ *   pipes back as soon as the kernel reports them removed.
+ * - `TcMonitor`: the kernel's tc and link notifications (what `tc monitor` shows), decoded.
  * - `TrafficControl`: qdiscs, classes and filters (htb, sfq, fq_codel, pfifo/bfifo, tbf; u32, matchall) —
  *   create, read back with statistics, change, delete, batch — and `toTcCommand()` for the equivalent tc
  *   command line.
@@ -9,6 +11,10 @@
 export { Shaper } from './shaper/shaper.js';
 export type { ClientState, LeafKind, RateLimits, ShaperOptions, ThrottleOutcome } from './shaper/shaper.js';
 export type { Progress, ProgressListener } from './progress.js';
+export { ShaperWatch } from './shaper/watch.js';
+export type { RepairReport, ShaperWatchOptions } from './shaper/watch.js';
+export { TcMonitor } from './tc/monitor.js';
+export type { TcMonitorOptions, TcMonitorStats, TcNotification, TcNotificationAction } from './tc/monitor.js';
 export { TrafficControl } from './tc/traffic-control.js';
 export type { DeviceInput, Link, OperationResult, TrafficControlOptions } from './tc/traffic-control.js';
 export { operationRequest, toTcCommand } from './tc/objects.js';

@@ -1,6 +1,6 @@
 /**
  * `npm run soak -- --quick` works and reports every row; the counts that must be zero are zero (kill -9
- * in a seek storm, rotations and truncations, fuzzed lines). No time is asserted.
+ * in a seek storm, rotations and truncations, fuzzed lines, removals repaired). No time is asserted.
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -21,5 +21,7 @@ t.test('quick soak: every row, and nothing lost, duplicated, orphaned or crashed
   for (const pattern of [/^log events written/, /written just before a truncation/, /deleted by rotation/, /^RSS growth over all the lines/, /^RSS growth during the second half/]) {
     t.ok(Number.isFinite(value(pattern)), `row ${pattern.source.replace('^', '')}: ${value(pattern)}`);
   }
+  const missed = rows.filter((row) => /^not repaired within 5 s/.test(row.figure)).map((row) => row.value);
+  t.same(missed, [0, 0, 0], 'event-driven repair: every root deletion, filter deletion and link re-creation repaired');
   t.match(result.stdout, /\| scenario \| figure \| result \| target \| note \|/, 'markdown table printed');
 });

@@ -416,6 +416,18 @@ export class Shaper {
     });
   }
 
+  /**
+   * Puts back the class, leaf and filter of the pipes with these class handles when someone deleted part
+   * of them (replace: what is still there is left as it is). Returns how many pipes were re-applied.
+   */
+  async repairPipes(classids: ReadonlySet<number>): Promise<number> {
+    this.ensureWritable();
+    await this.waitForLongOperation();
+    const damaged = [...this.clientsByAddress.values()].filter((client) => client.made && client.pipe && classids.has(makeHandle(ROOT_MAJOR, client.minor)));
+    this.applyAll(damaged.flatMap((client) => this.clientOperations(client, client.pipe!).map((operation) => ({ ...operation, op: 'replace' }) as Operation)));
+    return damaged.length;
+  }
+
   /** Runs a long operation that yields to the event loop while no other change may interleave. */
   private async exclusively(run: () => Promise<void>): Promise<void> {
     const running = run().finally(() => (this.longOperation = undefined));

@@ -74,6 +74,11 @@ export class TrafficControl {
     return new TrafficControl(NetlinkConnection.open(socketOptions), options);
   }
 
+  /** The netlink port id of this connection: kernel notifications of its own changes carry it (see TcMonitor). */
+  get portId(): number {
+    return this.connection.portId;
+  }
+
   /** The scheduler clock and handle context the kinds encode with. */
   get kindContext(): KindContext {
     return this.context;

@@ -51,6 +51,11 @@ export class NetlinkConnection {
     return new NetlinkConnection(openNetlinkSocket(options));
   }
 
+  /** The port id of the socket: notifications of this connection's own changes carry it. */
+  get portId(): number {
+    return this.socket.portId;
+  }
+
   private nextSequence(): number {
     this.sequence = (this.sequence + 1) >>> 0 || 1;
     return this.sequence;

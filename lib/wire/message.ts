@@ -13,6 +13,7 @@ export const MessageType = {
   DONE: 3,
   OVERRUN: 4,
   NEWLINK: 16,
+  DELLINK: 17,
   GETLINK: 18,
   NEWQDISC: 36,
   DELQDISC: 37,
@@ -75,6 +76,8 @@ export interface ReceivedMessage {
   type: number;
   flags: number;
   seq: number;
+  /** The sender's port id: 0 from the kernel; on a notification, the port of the socket whose request caused it. */
+  pid: number;
   /** The payload after nlmsghdr. */
   body: Uint8Array;
 }
@@ -91,6 +94,7 @@ export function splitMessages(datagram: Uint8Array): ReceivedMessage[] {
       type: view.getUint16(at + 4, true),
       flags: view.getUint16(at + 6, true),
       seq: view.getUint32(at + 8, true),
+      pid: view.getUint32(at + 12, true),
       body: datagram.subarray(at + NLMSG_HEADER_SIZE, at + length),
     });
     at += align4(length);

@@ -1,0 +1,223 @@
+/**
+ * ShaperWatch: repairs a Shaper's kernel objects as soon as the kernel says someone removed them, instead
+ * of polling. It listens to the tc and link notifications (TcMonitor), leaving out the Shaper's own
+ * changes (its netlink port id), and
+ *   - shaperr's root qdisc deleted, or the device re-created (a new ifindex) → the whole tree is put back;
+ *   - one client's class, leaf or filter deleted → that pipe alone is put back;
+ *   - another tool's root qdisc in place of shaperr's → reported once, left alone (unless `takeover`);
+ *   - notifications lost (receive buffer overflow) → a full check: root, then every pipe against a dump.
+ * check() runs the same full check (a slow safety poll). Repairs run one at a time; what arrives
+ * meanwhile is merged into the next one.
+ */
+import type { ProgressListener } from '../progress.js';
+import { makeHandle, parseHandle, TC_H_ROOT } from '../tc/handle.js';
+import { TcMonitor, type TcNotification } from '../tc/monitor.js';
+import { NetlinkError } from '../wire/errors.js';
+import { describeQdisc, isShaperRoot, readClientFilter, SHAPER_LAYOUT } from './layout.js';
+import type { Shaper } from './shaper.js';
+
+const ROOT_HANDLE = makeHandle(SHAPER_LAYOUT.rootMajor, 0);
+const SERVER_CLASS = makeHandle(SHAPER_LAYOUT.rootMajor, SHAPER_LAYOUT.serverMinor);
+
+export interface RepairReport {
+  /** What was noticed: `root deleted`, `device re-created`, `pipe damaged`, `notifications lost`, `check`… */
+  reason: string;
+  /** `tree`: root, server class and every pipe; `pipes`: the damaged pipes only. */
+  scope: 'tree' | 'pipes';
+  pipes: number;
+  /** From reading the notification (or starting the check) to the kernel having everything back. */
+  ms: number;
+}
+
+export interface ShaperWatchOptions {
+  device: string;
+  netns?: string;
+  /** Replace another tool's root qdisc (as Shaper's `takeover`); without it, such a root is left alone. */
+  takeover?: boolean;
+  /** A repair is starting (e.g. to log it); the tree repair reports progress through `onProgress`. */
+  onRepairStart?: (reason: string, scope: RepairReport['scope']) => ProgressListener | void;
+  onRepaired?: (report: RepairReport) => void;
+  /** Another tool's root qdisc sits where shaperr's was: told once until shaperr's root is back. */
+  onForeignRoot?: (description: string) => void;
+  /** Notifications were lost; a full check follows. */
+  onOverflow?: () => void;
+  /** A repair or the listener failed; the next notification or check tries again. */
+  onError?: (error: Error) => void;
+  /** Kernel receive buffer of the listening socket (tests make it tiny to force an overflow). */
+  receiveBufferBytes?: number;
+}
+
+interface Pending {
+  /** Why a full check is due, if it is. */
+  full?: string;
+  startedAt: number;
+  pipes: Set<number>;
+}
+
+export class ShaperWatch {
+  private readonly monitor: TcMonitor;
+  private pending?: Pending;
+  private running?: Promise<void>;
+  private toldForeign = false;
+  private closed = false;
+
+  private constructor(
+    private readonly shaper: Shaper,
+    private readonly options: ShaperWatchOptions,
+  ) {
+    const tc = this.tc;
+    this.monitor = TcMonitor.open({
+      ...(options.netns ? { netns: options.netns } : {}),
+      ignorePortIds: [tc.portId],
+      onNotifications: (notifications) => this.onNotifications(notifications),
+      onOverflow: () => {
+        options.onOverflow?.();
+        this.schedule({ full: 'notifications lost (receive buffer overflow)' });
+      },
+      onError: (error) => this.report(error),
+      ...(options.receiveBufferBytes ? { receiveBufferBytes: options.receiveBufferBytes } : {}),
+    });
+  }
+
+  /** Starts listening for the shaper's device (a dry-run shaper has nothing to watch). */
+  static open(shaper: Shaper, options: ShaperWatchOptions): ShaperWatch {
+    return new ShaperWatch(shaper, options);
+  }
+
+  private get tc() {
+    const tc = this.shaper.trafficControl;
+    if (!tc) throw new Error('a dry-run shaper has no kernel objects to watch');
+    return tc;
+  }
+
+  /** The listener's counters (notifications read, overflows). */
+  get stats() {
+    return this.monitor.stats;
+  }
+
+  /** A full check now (the safety poll); resolves once it and any repair it started are done. */
+  async check(reason = 'check'): Promise<void> {
+    this.schedule({ full: reason });
+    await this.settled();
+  }
+
+  /** Resolves once no repair is running or due. */
+  async settled(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  private onNotifications(notifications: readonly TcNotification[]): void {
+    const device = this.options.device;
+    const ifindex = this.tc.link(device).ifindex;
+    const pipes = new Set<number>();
+    let full: string | undefined;
+    for (const notification of notifications) {
+      if (notification.object === 'link') {
+        if (notification.action === 'new' && notification.name === device && notification.ifindex !== ifindex) full = 'device re-created';
+        continue;
+      }
+      if (notification.ifindex !== ifindex) continue;
+      switch (notification.object) {
+        case 'qdisc': {
+          const { qdisc } = notification;
+          if (qdisc.parent === TC_H_ROOT) full = notification.action === 'del' && qdisc.handle === ROOT_HANDLE ? 'root deleted' : 'root replaced';
+          else if (notification.action === 'del' && qdisc.parent >>> 16 === SHAPER_LAYOUT.rootMajor) pipes.add(qdisc.parent);
+          break;
+        }
+        case 'class':
+          if (notification.action === 'del' && notification.parent === SERVER_CLASS) pipes.add(notification.handle);
+          break;
+        case 'filter': {
+          if (notification.action !== 'del' || notification.parent !== ROOT_HANDLE) break;
+          const client = notification.filter && readClientFilter(notification.filter);
+          if (client) pipes.add(client.classid);
+          else full ??= 'filters deleted';
+          break;
+        }
+      }
+    }
+    if (full || pipes.size) this.schedule(full ? { full, pipes } : { pipes });
+  }
+
+  private schedule({ full, pipes }: { full?: string; pipes?: ReadonlySet<number> }): void {
+    if (this.closed) return;
+    const pending = (this.pending ??= { startedAt: performance.now(), pipes: new Set() });
+    if (full) pending.full ??= full;
+    for (const classid of pipes ?? []) pending.pipes.add(classid);
+    this.running ??= this.run().finally(() => (this.running = undefined));
+  }
+
+  private async run(): Promise<void> {
+    while (this.pending && !this.closed) {
+      const work = this.pending;
+      this.pending = undefined;
+      try {
+        if (work.full) await this.fullCheck(work.full, work.startedAt);
+        else await this.repairPipes('pipe damaged', work.pipes, work.startedAt);
+      } catch (error) {
+        this.report(error);
+      }
+    }
+  }
+
+  /** Root first (missing: the whole tree; another tool's: left alone), then every pipe against a dump. */
+  private async fullCheck(reason: string, startedAt: number): Promise<void> {
+    const { shaper, tc, options } = this;
+    if (!shaper.isIntact()) {
+      const root = tc.rootQdisc(options.device);
+      if (root && !isShaperRoot(root) && !options.takeover) {
+        if (!this.toldForeign) options.onForeignRoot?.(describeQdisc(root));
+        this.toldForeign = true;
+        return;
+      }
+      this.toldForeign = false;
+      const onProgress = options.onRepairStart?.(reason, 'tree');
+      await shaper.repair(onProgress ?? undefined);
+      options.onRepaired?.({ reason, scope: 'tree', pipes: shaper.clients().length, ms: performance.now() - startedAt });
+      return;
+    }
+    this.toldForeign = false;
+    await this.repairPipes(reason, this.damagedPipes(), startedAt);
+  }
+
+  /** Class handles of the pipes missing their class, leaf or filter in the kernel now. */
+  private damagedPipes(): Set<number> {
+    const { tc, shaper, options } = this;
+    try {
+      const classes = new Set(tc.classes(options.device).filter((tcClass) => tcClass.parent === SERVER_CLASS).map((tcClass) => tcClass.handle));
+      const steered = new Set(tc.filters(options.device, ROOT_HANDLE).flatMap((filter) => readClientFilter(filter)?.classid ?? []));
+      const leaf = shaper.leafKind;
+      // A deleted leaf is replaced by the kernel's default qdisc: only a leaf of our kind counts.
+      const leaves = leaf === 'none' ? undefined : new Set(tc.qdiscs(options.device).filter((qdisc) => qdisc.kind === leaf).map((qdisc) => qdisc.parent));
+      const damaged = new Set<number>();
+      for (const client of shaper.clients()) {
+        const classid = parseHandle(client.classid);
+        if (!classes.has(classid) || !steered.has(classid) || (leaves && !leaves.has(classid))) damaged.add(classid);
+      }
+      return damaged;
+    } catch (error) {
+      if (error instanceof NetlinkError && error.code === 'ENODEV') return new Set(); // the device is gone: nothing to put back until it returns
+      throw error;
+    }
+  }
+
+  private async repairPipes(reason: string, classids: ReadonlySet<number>, startedAt: number): Promise<void> {
+    if (classids.size === 0) return;
+    this.options.onRepairStart?.(reason, 'pipes');
+    const pipes = await this.shaper.repairPipes(classids);
+    if (pipes) this.options.onRepaired?.({ reason, scope: 'pipes', pipes, ms: performance.now() - startedAt });
+  }
+
+  private report(error: unknown): void {
+    const failure = error instanceof Error ? error : new Error(String(error));
+    if (this.options.onError) this.options.onError(failure);
+    else process.emitWarning(`shaperr watch: ${failure.message}`, 'ShaperrWarning');
+  }
+
+  /** Stops listening at once; resolves after a repair under way has finished. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.monitor.close();
+    await this.settled();
+  }
+}
