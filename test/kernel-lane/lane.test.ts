@@ -23,14 +23,14 @@ const INSIDE = [
   'test/long-operations.test.ts',
 ];
 
-t.setTimeout(900_000);
+t.setTimeout(1_200_000);
 const comments: string[] = [];
 const lane: LaneReady = process.getuid?.() === 0 ? await prepareLane({ log: (line) => comments.push(line) }) : { ok: false, reason: 'needs root (qemu here, and the tests inside make network namespaces)' };
 
 t.test("kernel tests pass inside Debian's stock kernel, with real sfq", { skip: lane.ok ? false : `stock-kernel lane unavailable: ${lane.reason}` }, async (t) => {
   if (!lane.ok) return;
   for (const comment of comments) t.comment(comment);
-  const run = await runInLane(lane, ['node_modules/.bin/tap', '--disable-coverage', '--reporter=tap', '--jobs=2', '--timeout=300', ...INSIDE], { timeoutMs: 840_000 });
+  const run = await runInLane(lane, ['node_modules/.bin/tap', '--disable-coverage', '--reporter=tap', '--jobs=2', '--timeout=300', ...INSIDE], { timeoutMs: 1_080_000 });
   t.comment(`lane: kernel ${lane.kernelVersion}, ${run.seconds.toFixed(0)} s, inner summary ${/^# \{.*\}$/m.exec(run.output)?.[0] ?? '(none)'}`);
   for (const measured of run.output.split('\n').filter((line) => /^\s*ok .*(Mbit\/s|deepest queue)/.test(line))) t.comment(`inside: ${measured.trim()}`);
   for (const file of INSIDE) {
