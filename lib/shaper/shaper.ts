@@ -266,23 +266,22 @@ export class Shaper {
       if (!isShaperRoot(root)) {
         throw new ShaperrInputError(`the root qdisc on ${options.device} is ${describeQdisc(root)}, not shaperr's; not touching it`);
       }
-      const pipes = tc.classes(options.device).filter((tcClass) => tcClass.parent === SERVER_CLASS).length;
+      const classes = tc.classes(options.device);
+      const pipes = classes.filter((tcClass) => tcClass.parent === SERVER_CLASS).length;
+      const server = classes.find((tcClass) => tcClass.handle === SERVER_CLASS);
       // A handful of kernel calls however many pipes: progress is "about to" and "done".
       options.onProgress?.({ done: 0, total: pipes });
       const apply = (operations: Operation[]) => {
         const failed = tc.batch(options.device, operations).find((result) => result.error);
         if (failed) throw failed.error;
       };
-      const server = tc.classes(options.device).find((tcClass) => tcClass.handle === SERVER_CLASS);
       await removeRootDraining(tc, options.device, apply, {
         open: (busy) =>
-          tc
-            .classes(options.device)
-            .filter((tcClass) => busy.has(tcClass.handle) && server)
-            .map((tcClass): Operation => {
-              const { rate, quantum } = tcClass.parameters;
-              return { op: 'change', class: { kind: 'htb', parent: SERVER_CLASS, classid: tcClass.handle, options: { rate, ceil: Math.max(rate, server!.parameters.rate), quantum } } };
-            }),
+          busy.flatMap((tcClass): Operation[] => {
+            if (!server) return [];
+            const { rate, quantum } = tcClass.parameters;
+            return [{ op: 'change', class: { kind: 'htb', parent: SERVER_CLASS, classid: tcClass.handle, options: { rate, ceil: Math.max(rate, server.parameters.rate), quantum } } }];
+          }),
         unsteer: () =>
           tc.filters(options.device, ROOT_HANDLE).flatMap((filter): Operation[] => {
             const client = readClientFilter(filter);
@@ -738,8 +737,7 @@ export class Shaper {
       this.drainingGuarantees.set(client.minor, pipe.rate);
       try {
         this.applyAll([deleteFilter, { op: 'change', class: this.classSpec(client.minor, { ...pipe, ceil: Math.max(pipe.rate, this.server.rate) }) }]);
-        const deadline = performance.now() + DRAIN_LIMIT_MS;
-        while (this.queuedBytes(classid) > 0 && performance.now() < deadline) await sleep(DRAIN_POLL_MS);
+        await drained(() => this.queuedBytes(classid));
       } finally {
         this.drainingGuarantees.delete(client.minor);
       }
@@ -870,10 +868,12 @@ export class Shaper {
     if (!this.kernel) return this.applyAll([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
     const clients = [...this.clientsByAddress.values()];
     await removeRootDraining(this.tc, this.options.device, (operations) => this.applyAll(operations), {
-      open: (busy) =>
-        clients
-          .filter((client) => client.pipe && busy.has(makeHandle(ROOT_MAJOR, client.minor)))
-          .map((client): Operation => ({ op: 'change', class: this.classSpec(client.minor, { ...client.pipe!, ceil: Math.max(client.pipe!.rate, this.server.rate) }) })),
+      open: (busy) => {
+        const busyHandles = new Set(busy.map((tcClass) => tcClass.handle));
+        return clients
+          .filter((client) => client.pipe && busyHandles.has(makeHandle(ROOT_MAJOR, client.minor)))
+          .map((client): Operation => ({ op: 'change', class: this.classSpec(client.minor, { ...client.pipe!, ceil: Math.max(client.pipe!.rate, this.server.rate) }) }));
+      },
       unsteer: () => clients.map((client): Operation => ({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true })),
     });
   }
@@ -903,19 +903,24 @@ async function removeRootDraining(
   tc: TrafficControl,
   device: string,
   apply: (operations: Operation[]) => void,
-  { open, unsteer }: { open: (busy: ReadonlySet<number>) => Operation[]; unsteer: () => Operation[] },
+  { open, unsteer }: { open: (busy: readonly TcClass[]) => Operation[]; unsteer: () => Operation[] },
 ): Promise<void> {
   const queued = (): number => {
     const root = tc.rootQdisc(device);
     return isShaperRoot(root) ? (root!.statistics?.backlog ?? 0) : 0;
   };
   if (queued() > 0) {
-    const busy = new Set(tc.classes(device).filter((tcClass) => tcClass.parent === SERVER_CLASS && (tcClass.statistics?.backlog ?? 0) > 0).map((tcClass) => tcClass.handle));
+    const busy = tc.classes(device).filter((tcClass) => tcClass.parent === SERVER_CLASS && (tcClass.statistics?.backlog ?? 0) > 0);
     apply([...unsteer(), ...open(busy)]);
-    const deadline = performance.now() + DRAIN_LIMIT_MS;
-    while (queued() > 0 && performance.now() < deadline) await sleep(DRAIN_POLL_MS);
+    await drained(queued);
   }
   apply([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
+}
+
+/** Resolves once `queued()` reads 0, or after DRAIN_LIMIT_MS. */
+async function drained(queued: () => number): Promise<void> {
+  const deadline = performance.now() + DRAIN_LIMIT_MS;
+  while (queued() > 0 && performance.now() < deadline) await sleep(DRAIN_POLL_MS);
 }
 
 /** Uses the wished leaf kind if the kernel has it, else bfifo, saying so once. */
