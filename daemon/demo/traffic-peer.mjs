@@ -1,7 +1,8 @@
 // TCP peer for goodput tests, run inside a namespace with plain `node` (no TS loader).
 //   node traffic-peer.mjs receive <address> <port> <warmupSeconds> <seconds>
-//     listens, counts payload bytes from the first byte on, prints {"bytes":…,"seconds":…} for the window
-//     [warmup, warmup + seconds] and exits.
+//     listens, counts payload bytes from the first byte on, prints {"bytes":…,"seconds":…,"connections":[…]}
+//     for the window [warmup, warmup + seconds] (connections: each connection's bytes, in order of arrival)
+//     and exits.
 //   node traffic-peer.mjs send <address> <port> <totalSeconds> [bitsPerSecond] [localPort]
 //     connects (from localPort if given) and writes as fast as the socket accepts (or paced at
 //     bitsPerSecond; 0: unpaced) for totalSeconds.
@@ -20,10 +21,14 @@ const port = Number(portText);
 if (mode === 'receive') {
   const [warmup, seconds] = rest.map(Number);
   let total = 0;
+  const connections = [];
   const server = net.createServer((socket) => {
+    const connection = { bytes: 0 };
+    connections.push(connection);
     socket.on('data', (chunk) => {
       if (total === 0) startWindow();
       total += chunk.length;
+      connection.bytes += chunk.length;
     });
     socket.on('error', () => {});
   });
@@ -33,10 +38,12 @@ if (mode === 'receive') {
     started = true;
     setTimeout(() => {
       const from = total;
+      const fromEach = connections.map((connection) => connection.bytes);
       const at = process.hrtime.bigint();
       setTimeout(() => {
         const elapsed = Number(process.hrtime.bigint() - at) / 1e9;
-        process.stdout.write(JSON.stringify({ bytes: total - from, seconds: elapsed }) + '\n');
+        const each = connections.map((connection, i) => connection.bytes - (fromEach[i] ?? 0));
+        process.stdout.write(JSON.stringify({ bytes: total - from, seconds: elapsed, connections: each }) + '\n');
         process.exit(0);
       }, seconds * 1000);
     }, warmup * 1000);

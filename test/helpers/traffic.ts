@@ -53,6 +53,8 @@ export interface Goodput {
   bitsPerSecond: number;
   bytes: number;
   seconds: number;
+  /** Each connection's goodput over the same window, in order of arrival (several with `streams`). */
+  connectionBitsPerSecond: number[];
 }
 
 /** All the measurement needs of a topology (the benchmarks build one by hand). */
@@ -124,8 +126,8 @@ async function measureOne(ends: TrafficEnds, spec: GoodputSpec, peers: Peer[], a
     return sender;
   });
   const report = await Promise.race([receiver.nextLine(), ...senders.map((sender) => sender.failed())]);
-  const { bytes, seconds: measured } = JSON.parse(report) as { bytes: number; seconds: number };
-  return { to: spec.to, bytes, seconds: measured, bitsPerSecond: (bytes * 8) / measured };
+  const { bytes, seconds: measured, connections } = JSON.parse(report) as { bytes: number; seconds: number; connections: number[] };
+  return { to: spec.to, bytes, seconds: measured, bitsPerSecond: (bytes * 8) / measured, connectionBitsPerSecond: connections.map((each) => (each * 8) / measured) };
 }
 
 /** Measures several flows over the same period (isolation, fair sharing), one result per spec, in order. */
