@@ -3,7 +3,8 @@
  *
  * Only `Request:` lines of playback endpoints matter. Everything else (library browsing, thumbnails,
  * websockets, other log lines, garbage) is rejected with two indexOf checks before any regex runs.
- * Query strings are read for identity and state but never copied into events: tokens cannot leak.
+ * Query strings are read for identity, state and the bitrate cap but never copied into events: tokens
+ * cannot leak.
  */
 import { NetworkSet, parseClientAddress } from '../lib/address.js';
 
@@ -34,6 +35,8 @@ export interface PlaybackEvent {
   mediaBitrate?: number;
   /** The stream is the file as it is (no transcoder running). */
   directPlay?: boolean;
+  /** bits/s: the video bitrate cap a transcode start request asks for (its `maxVideoBitrate`, in kbit/s). */
+  maxVideoBitrate?: number;
 }
 
 export interface ParserOptions {
@@ -174,6 +177,8 @@ export class PlexLogParser {
     if (request[2]) event.network = request[2];
     const user = USER.exec(rest)?.[1];
     if (user) event.user = user;
+    const maxVideoBitrate = kind === 'start' ? kbitPerSecond(query.get('maxVideoBitrate')) : undefined;
+    if (maxVideoBitrate !== undefined) event.maxVideoBitrate = maxVideoBitrate;
     return event;
   }
 
@@ -199,6 +204,13 @@ export class PlexLogParser {
     const realIp = headers.get('x-real-ip');
     return realIp ? normalise(realIp) : undefined;
   }
+}
+
+/** A positive whole number of kbit/s as bits/s; anything else (absent, 0, garbage) says nothing. */
+function kbitPerSecond(text: string | null): number | undefined {
+  if (text === null || !/^\d{1,9}$/.test(text)) return undefined;
+  const kbit = Number(text);
+  return kbit > 0 ? kbit * 1000 : undefined;
 }
 
 function sessionFromPath(path: string): string | undefined {

@@ -49,6 +49,8 @@ export interface StreamNeed {
   bandwidth?: number;
   /** The media's average bitrate. */
   mediaBitrate?: number;
+  /** The video bitrate cap of a transcode start request in the log (`maxVideoBitrate`). */
+  maxVideoBitrate?: number;
   /** Direct play sends the file as it is (no transcoder): a bigger headroom over its average. */
   directPlay?: boolean;
 }
@@ -184,11 +186,12 @@ export class Policy {
     const parts: string[] = [];
     let wanted = 0;
     for (const stream of streams) {
-      const need = stream.bandwidth ?? stream.mediaBitrate;
+      const [need, what] =
+        stream.bandwidth !== undefined ? [stream.bandwidth, 'Plex bandwidth'] : stream.maxVideoBitrate !== undefined ? [stream.maxVideoBitrate, 'maxVideoBitrate of the transcode request'] : [stream.mediaBitrate, 'media bitrate'];
       if (need === undefined) continue;
       const headroom = stream.directPlay ? auto.directPlayHeadroom : auto.headroom;
       wanted += need * headroom;
-      parts.push(`${mbit(need)} ${stream.bandwidth !== undefined ? 'Plex bandwidth' : 'media bitrate'} × ${headroom}${stream.directPlay ? ' (direct play)' : ''}`);
+      parts.push(`${mbit(need)} ${what} × ${headroom}${stream.directPlay ? ' (direct play)' : ''}`);
     }
     if (parts.length === 0) return { limits: this.defaults, why: 'auto: stream need unknown, max rate' };
     const rate = roundUp(Math.min(auto.max, Math.max(auto.min, wanted)));

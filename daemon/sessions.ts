@@ -157,7 +157,7 @@ export class SessionTracker {
   }
 
   private policyInput(client: ClientRecord): { address: string; user?: string; network?: string; streams: StreamNeed[] } {
-    const streams = [...client.sessions.values()].flatMap((session) => (session.need ? [session.need] : []));
+    const streams = streamNeeds(client);
     return { address: client.address, streams, ...(client.user ? { user: client.user } : {}), ...(client.network ? { network: client.network } : {}) };
   }
 
@@ -341,7 +341,7 @@ export class SessionTracker {
       const live = [...client.sessions.values()];
       const sources = new Set(live.map((session) => session.source ?? 'log'));
       if (sources.size) summary.source = sources.size > 1 ? 'both' : [...sources][0]!;
-      const needs = live.flatMap((session) => (session.need ? [session.need.bandwidth ?? session.need.mediaBitrate ?? 0] : []));
+      const needs = streamNeeds(client).map((need) => need.bandwidth ?? need.maxVideoBitrate ?? need.mediaBitrate ?? 0);
       if (needs.length) summary.streamBandwidth = needs.reduce((a, b) => a + b, 0);
       if (client.applied) summary.limits = client.applied;
       if (client.throttledSince) summary.since = new Date(client.throttledSince).toISOString();
@@ -359,12 +359,20 @@ export interface SavedClient {
   since?: string;
 }
 
-/** What a playback event says about its stream's needs (nothing, from the log). */
+/** The known needs of a client's live streams. With `source: both` one stream shows up in each source: the API's figures win when it has any. */
+function streamNeeds(client: ClientRecord): StreamNeed[] {
+  const known = [...client.sessions.values()].filter((session) => session.need);
+  const fromApi = known.filter((session) => session.source === 'plex');
+  return (fromApi.length ? fromApi : known).map((session) => session.need!);
+}
+
+/** What a playback event says about its stream's needs (from the log: only a transcode's bitrate cap). */
 function streamNeed(event: PlaybackEvent): StreamNeed | undefined {
-  if (event.bandwidth === undefined && event.mediaBitrate === undefined) return undefined;
+  if (event.bandwidth === undefined && event.mediaBitrate === undefined && event.maxVideoBitrate === undefined) return undefined;
   const need: StreamNeed = {};
   if (event.bandwidth !== undefined) need.bandwidth = event.bandwidth;
   if (event.mediaBitrate !== undefined) need.mediaBitrate = event.mediaBitrate;
+  if (event.maxVideoBitrate !== undefined) need.maxVideoBitrate = event.maxVideoBitrate;
   if (event.directPlay !== undefined) need.directPlay = event.directPlay;
   return need;
 }

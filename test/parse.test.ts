@@ -37,6 +37,14 @@ const cases: Array<{ name: string; line: string; expect: Partial<PlaybackEvent> 
   { name: 'untrusted peer: X-Forwarded-For is ignored', line: 'Sep 20, 2026 14:35:40.287 [266] DEBUG - Request: [203.0.113.50:56840 (WAN)] GET /video/:/transcode/universal/ping?session=p4 (11 live) / X-Forwarded-For => 61.43.124.100', expect: { address: '203.0.113.50' } },
   { name: 'music transcode', line: 'Sep 26, 2026 22:48:27.001 [140562] DEBUG - Request: [203.0.113.12:51000 (WAN)] GET /music/:/transcode/universal/start.mpd?session=mu (28 live)', expect: { kind: 'start', sessionKey: 'mu' } },
   { name: 'no identity at all: the address is the session', line: 'Sep 26, 2026 22:48:27.001 [140562] DEBUG - Request: [203.0.113.13:51000 (WAN)] GET /video/:/transcode/universal/decision (28 live)', expect: { sessionKey: '203.0.113.13' } },
+  {
+    name: 'transcode decision with a quality cap (Plex Web at 4 Mbps 720p): maxVideoBitrate in bits/s',
+    line: 'Sep 26, 2026 22:48:26.451 [140562] DEBUG - Request: [203.0.113.7:51000 (WAN)] GET /video/:/transcode/universal/decision?advancedSubtitles=text&audioBoost=100&autoAdjustQuality=0&directPlay=0&directStream=1&directStreamAudio=1&fastSeek=1&hasMDE=1&location=wan&maxVideoBitrate=4000&mediaBufferSize=102400&mediaIndex=0&partIndex=0&path=%2Flibrary%2Fmetadata%2F40859&protocol=dash&session=q4000&subtitleSize=100&videoQuality=90&videoResolution=1280x720&X-Plex-Product=Plex%20Web&X-Plex-Token=SECRETTOKEN1 (28 live) #4836 TLS GZIP Signed-in Token (remi)',
+    expect: { kind: 'start', sessionKey: 'q4000', maxVideoBitrate: 4_000_000 },
+  },
+  { name: 'HLS start with a cap (Plex for Android, 2 Mbps)', line: 'Sep 26, 2026 22:48:27.001 [140562] DEBUG - Request: [203.0.113.8:51000 (WAN)] GET /video/:/transcode/universal/start.m3u8?hasMDE=1&maxVideoBitrate=2000&path=%2Flibrary%2Fmetadata%2F1&protocol=hls&session=a2000&videoResolution=1280x720 (28 live)', expect: { kind: 'start', sessionKey: 'a2000', maxVideoBitrate: 2_000_000 } },
+  { name: 'a cap of 0 or garbage says nothing', line: 'Sep 26, 2026 22:48:27.001 [140562] DEBUG - Request: [203.0.113.8:51000 (WAN)] GET /video/:/transcode/universal/start.m3u8?maxVideoBitrate=0&session=z (28 live)', expect: { kind: 'start', maxVideoBitrate: undefined } },
+  { name: 'a segment fetch carries no cap', line: 'Sep 26, 2026 22:48:40.100 [140562] DEBUG - Request: [203.0.113.7:51000 (WAN)] GET /video/:/transcode/universal/session/q4000/base/00012.ts?maxVideoBitrate=9000 (28 live)', expect: { kind: 'progress', maxVideoBitrate: undefined } },
   { name: 'other log lines', line: 'Sep 26, 2026 22:48:27.001 [140562] DEBUG - Completed: [203.0.113.13:51000] 200 GET /video/:/transcode/universal/decision (28 live) 5ms 1234 bytes', expect: undefined },
 ];
 

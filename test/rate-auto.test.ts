@@ -1,11 +1,12 @@
 /**
  * `client.rate: auto`: a pipe as wide as its streams need (Plex's Session.bandwidth, else the media
  * bitrate) × headroom, clamped to min/max, several streams on one address added up; every decision says
- * why. The SessionTracker changes the class in place when a stream's need moves, and only then.
+ * why. From the log, a transcode request's maxVideoBitrate is the need. The SessionTracker changes the class
+ * in place when a stream's need moves, and only then.
  */
 import t from 'tap';
 import { policyConfig, validateConfig } from '../daemon/config.js';
-import type { PlaybackEvent } from '../daemon/parse.js';
+import { type PlaybackEvent, PlexLogParser } from '../daemon/parse.js';
 import { type Limits, Policy } from '../daemon/policy.js';
 import { type Decision, SessionTracker } from '../daemon/sessions.js';
 
@@ -73,4 +74,38 @@ t.test('the tracker changes the class in place when a stream’s need moves, and
     ['change', 'auto: 8.00 Mbit/s Plex bandwidth × 1.25 + 2.00 Mbit/s Plex bandwidth × 1.25 = 12.50 Mbit/s'],
     ['change', 'auto: 2.00 Mbit/s Plex bandwidth × 1.25 = 2.50 Mbit/s'],
   ], 'every decision says which rate and why');
+});
+
+t.test('from the log: the transcode request’s maxVideoBitrate × headroom, else max; the API’s figures win when both sources know the stream', async (t) => {
+  const calls: Array<Limits | undefined> = [];
+  const decisions: Decision[] = [];
+  const tracker = new SessionTracker({
+    graceMs: 1000,
+    idleMs: 60_000,
+    policy: policyOf({ rate: 'auto', ceil: 'auto', max: '20mbit' }),
+    shaper: { throttle: async (_address, limits) => void calls.push(limits), release: async () => void calls.push(undefined) },
+    onDecision: (decision) => decisions.push(decision),
+  });
+  const parser = new PlexLogParser();
+  const line = (path: string) => parser.parse(`Sep 26, 2026 22:48:27.001 [140562] DEBUG - Request: [203.0.113.7:51000 (WAN)] GET ${path} (28 live) #4836 TLS GZIP Signed-in Token (remi)`)!;
+  tracker.handle(line('/video/:/transcode/universal/decision?directPlay=0&directStream=1&maxVideoBitrate=4000&session=s1&videoResolution=1280x720'));
+  await tracker.settled();
+  t.same(calls.at(-1), { rate: 5 * MBIT, ceil: 5 * MBIT }, '4000 kbit/s cap × 1.25 = a 5 Mbit/s pipe');
+  t.equal(decisions.at(-1)?.reason, 'auto: 4.00 Mbit/s maxVideoBitrate of the transcode request × 1.25 = 5.00 Mbit/s', 'the decision says which rate and why');
+  tracker.handle(line('/video/:/transcode/universal/session/s1/base/00012.ts'));
+  await tracker.settled();
+  t.equal(calls.length, 1, 'segment fetches keep the known cap: no change');
+  tracker.handle(line('/video/:/transcode/universal/decision?maxVideoBitrate=40000&session=s1'));
+  await tracker.settled();
+  t.match(decisions.at(-1), { action: 'change', limits: { rate: 20 * MBIT }, reason: /40\.00 Mbit\/s maxVideoBitrate .* clamped to max/ }, 'a new quality: the class changes, clamped');
+
+  tracker.handle({ kind: 'start', address: '203.0.113.7', port: 0, sessionKey: 'm:7', timestamp: new Date(), path: '/status/sessions', source: 'plex', bandwidth: 3 * MBIT });
+  await tracker.settled();
+  t.same(calls.at(-1), { rate: 3.75 * MBIT, ceil: 3.75 * MBIT }, 'the same stream seen by the API: its bandwidth counts, the log’s cap does not add to it');
+  t.match(tracker.summary()[0], { source: 'both', streamBandwidth: 3 * MBIT });
+
+  tracker.handle(line('/video/:/transcode/universal/start.m3u8?session=s2'));
+  tracker.handle({ kind: 'start', address: '198.51.100.4', port: 0, sessionKey: 'x', timestamp: new Date(), path: '/library/parts/1/2/file.mkv' });
+  await tracker.settled();
+  t.match(decisions.filter((d) => d.address === '198.51.100.4').at(-1), { action: 'throttle', limits: { rate: 20 * MBIT }, reason: 'auto: stream need unknown, max rate' }, 'no cap in the request: max');
 });
