@@ -275,6 +275,23 @@ t.test('a slow, failing or malformed listing is counted and changes nothing; the
   t.equal(source.status().state, 'connected', 'the websocket stayed up throughout');
 });
 
+t.test('polls and lookups reuse one kept-alive TCP connection (http and https)', async (t) => {
+  for (const tls of [undefined, selfSignedCertificate()]) {
+    const server = await startPlexServer(t, tls ? { tls } : {});
+    const { source, connected, events } = listen(t, server, { verifyTls: false, timings: { pollMs: 100 } });
+    await connected();
+    server.play({ player: { address: '10.200.1.1' } }); // a new key: a lookup between the polls
+    await until(() => events.length >= 1 && source.status().counters.listings >= 8);
+    const http = server.requests.filter((r) => r.status === 200);
+    const ports = new Set(http.map((r) => r.clientPort));
+    t.ok(http.length >= 9, `${tls ? 'https' : 'http'}: ${http.length} requests (identity, listings, the lookup)`);
+    t.same([...ports].length, 1, `${tls ? 'https' : 'http'}: all over one TCP connection (client ports seen: ${[...ports].join(', ')})`);
+    await source.stop();
+    await until(() => server.openConnections === 0, 3000).catch(() => undefined);
+    t.equal(server.openConnections, 0, `${tls ? 'https' : 'http'}: stop() closes the kept-alive connection (and the websocket)`);
+  }
+});
+
 t.test('1,000 sessions in one response: 1,000 starts, and 1,000 stops when they leave', async (t) => {
   const server = await startPlexServer(t);
   const { events, connected, source } = listen(t, server, { timings: { pollMs: 500, requestTimeoutMs: 5000 } });

@@ -84,6 +84,8 @@ export interface PlexTestRequest {
   path: string;
   status: number;
   accept?: string;
+  /** The client's TCP port: requests with the same one came over the same (kept-alive) connection. */
+  clientPort?: number;
 }
 
 const XML = new XMLBuilder({ ignoreAttributes: false, attributeNamePrefix: '@', suppressEmptyNode: true });
@@ -127,6 +129,11 @@ export class PlexTestServer {
   private get host(): string {
     const host = this.options.host ?? '127.0.0.1';
     return host.includes(':') ? `[${host}]` : host;
+  }
+
+  /** TCP connections open now (HTTP kept alive, websockets). */
+  get openConnections(): number {
+    return this.connectionsOpen.size;
   }
 
   /** Starts listening (again, on the same port after `down()`). */
@@ -289,7 +296,8 @@ export class PlexTestServer {
     const accept = request.headers.accept ?? '';
     const wantsJson = accept.includes('application/json');
     const answer = (status: number, body: string, type: string) => {
-      this.requests.push({ method: request.method ?? 'GET', path: url.pathname, status, ...(accept ? { accept } : {}) });
+      const clientPort = request.socket.remotePort;
+      this.requests.push({ method: request.method ?? 'GET', path: url.pathname, status, ...(accept ? { accept } : {}), ...(clientPort ? { clientPort } : {}) });
       response.writeHead(status, { 'content-type': type, 'x-plex-protocol': '1.0' }).end(body);
     };
     // /identity is the one endpoint PMS serves without a token.

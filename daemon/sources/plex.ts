@@ -13,8 +13,8 @@
  *
  * The token travels only in the X-Plex-Token header and is redacted from every message this emits.
  */
-import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { networkInterfaces } from 'node:os';
 import { XMLParser } from 'fast-xml-parser';
 import type { Logger } from 'pino';
@@ -135,6 +135,8 @@ export interface PlexRequestOptions {
   verifyTls: boolean;
   timeoutMs: number;
   signal?: AbortSignal;
+  /** Connections to reuse; default: Node's global agent. */
+  agent?: HttpAgent;
 }
 
 /** GET with the token header and a timeout; the body of a 2xx answer, else a PlexHttpError (token redacted). */
@@ -143,7 +145,7 @@ export function plexGet(options: PlexRequestOptions, path: string): Promise<stri
   const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
   return new Promise<string>((resolve, reject) => {
     const headers = { 'X-Plex-Token': options.token, Accept: 'application/json' };
-    const outgoing = request(url, { headers, rejectUnauthorized: options.verifyTls, timeout: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) }, (response) => {
+    const outgoing = request(url, { headers, rejectUnauthorized: options.verifyTls, timeout: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}), ...(options.agent ? { agent: options.agent } : {}) }, (response) => {
       const chunks: Buffer[] = [];
       let size = 0;
       response.on('data', (chunk: Buffer) => {
@@ -293,12 +295,18 @@ export class PlexSource {
   private lastAlive = 0;
   /** Cancels requests in flight at stop. */
   private readonly aborter = new AbortController();
+  /**
+   * This source's own keep-alive connections: polls and lookups reuse one instead of a TCP (and TLS)
+   * handshake each, and stop() closes them (the global agent would keep them open after a reload).
+   */
+  private readonly agent: HttpAgent;
   private readonly counters = { notifications: 0, listings: 0, listingFailures: 0, reconnects: 0 };
 
   constructor(private readonly options: PlexSourceOptions) {
     this.timings = { ...defaultPlexTimings, ...options.timings };
     this.retryDelay = this.timings.retryMinMs;
     this.bridges = options.bridgeAddresses ?? hostBridgeAddresses();
+    this.agent = new URL(options.url).protocol === 'https:' ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: options.verifyTls }) : new HttpAgent({ keepAlive: true });
   }
 
   start(): void {
@@ -315,6 +323,7 @@ export class PlexSource {
     this.socket?.terminate();
     this.aborter.abort();
     await this.listing?.catch(() => undefined);
+    this.agent.destroy();
   }
 
   status(): PlexSourceStatus {
@@ -455,7 +464,7 @@ export class PlexSource {
   // ── HTTP ──────────────────────────────────────────────────────────────────
 
   private get requestOptions(): PlexRequestOptions {
-    return { url: this.options.url, token: this.options.token, verifyTls: this.options.verifyTls, timeoutMs: this.timings.requestTimeoutMs, signal: this.aborter.signal };
+    return { url: this.options.url, token: this.options.token, verifyTls: this.options.verifyTls, timeoutMs: this.timings.requestTimeoutMs, signal: this.aborter.signal, agent: this.agent };
   }
 
   /** One request, counted once: ok only when `read` understands the answer. */
