@@ -430,7 +430,10 @@ export class Shaperrd {
       counters: { ...this.counters, ...shaper?.stats },
       ...(this.operation ? { operation: this.operation } : {}),
     });
-    if (this.plexSources.length) report.plex = this.plexSources.map((source) => source.status());
+    if (this.plexSources.length) {
+      report.plex = this.plexSources.map((source) => source.status());
+      report.reservedRate = this.reservedRate;
+    }
     return report;
   }
 

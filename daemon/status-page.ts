@@ -42,6 +42,7 @@ export const STATUS_PAGE = `<!doctype html>
 <section id="plex" hidden>
   <h2 class="muted">Plex API</h2>
   <ul id="plex-servers"></ul>
+  <div id="plex-reserve" class="muted"></div>
   <ul id="plex-streams"></ul>
 </section>
 <script>
@@ -120,6 +121,8 @@ function renderPlex(report) {
     text('li', (source.server?.name ?? source.url) + ': ' + source.state + (source.lastError ? ' — ' + source.lastError : '') + ' · ' + source.sessions + ' sessions'),
     ...source.skipped.map((skipped) => text('li', 'not shaped: ' + (skipped.user ?? '?') + ' on ' + (skipped.player ?? '?') + ' — ' + skipped.reason, 'warn')),
   ]));
+  document.getElementById('plex-reserve').textContent = 'kept for streams without a pipe: ' + rate(report.reservedRate ?? 0) +
+    (report.server ? ' of the server’s ' + rate(report.server.rate) : '');
   document.getElementById('plex-streams').replaceChildren(...report.clients.filter((client) => client.source).map((client) =>
     text('li', client.address + ' · ' + (client.user ?? '?') + ' · ' + (client.player ?? '?') + ' · stream ' + rate(client.streamBandwidth) + ' · pipe ' + rate(client.rate) + ' (' + client.source + ')')));
 }

@@ -78,6 +78,8 @@ export interface StatusReport {
   operation?: OperationProgress;
   /** Each Plex server the API source listens to: connection state, sessions, streams it cannot shape. */
   plex?: PlexSourceStatus[];
+  /** bits/s of the server rate kept out of the pipes' guarantees for streams without a pipe (relayed…), all servers together. */
+  reservedRate?: number;
 }
 
 export interface OperationProgress extends Progress {
