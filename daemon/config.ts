@@ -7,7 +7,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { NetworkSet } from '../lib/address.js';
 import { parseRate } from '../lib/tc/units.js';
-import type { PolicyConfig } from './policy.js';
+import { DEFAULT_DIRECT_PLAY_HEADROOM, type PolicyConfig } from './policy.js';
 import { isLoopbackListen } from './http.js';
 
 const rate = z.union([z.string(), z.number()]).superRefine((value, context) => {
@@ -29,8 +29,12 @@ const clientRates = z
     rate: z.union([z.literal('auto'), rate]),
     ceil: z.union([z.literal('auto'), rate]).optional(),
     headroom: z.number().min(1).max(10).default(1.25),
-    /** Direct play sends the file as it is: its peaks sit well above the average bitrate Plex reports. */
-    directPlayHeadroom: z.number().min(1).max(10).default(1.5),
+    /**
+     * Direct play sends the file as it is: its peaks sit well above the average bitrate Plex reports.
+     * Default 2, measured: from 1.75 only seeks straight into a film’s heaviest passages (3× its
+     * average for 5 s) still rebuffered, at 2 for half as long (see DEFAULT_DIRECT_PLAY_HEADROOM).
+     */
+    directPlayHeadroom: z.number().min(1).max(10).default(DEFAULT_DIRECT_PLAY_HEADROOM),
     min: rate.default('1mbit'),
     max: rate.default('20mbit'),
   })

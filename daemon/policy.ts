@@ -80,6 +80,15 @@ export interface Verdict {
   why?: string;
 }
 
+/**
+ * Headroom of a direct-played stream over its media's average bitrate. Measured (benchmarks/playback.ts,
+ * results/playback-headroom.md, two runs): a VBR film peaking at 3× its average for 5 s, ExoPlayer's
+ * buffering, the pipe's guarantee alone. Up to 1.5 a seek to a random position still rebuffered; from 1.75
+ * only seeks landing right before the two heaviest passages did, for 10 s in all at 1.75 and 4–6 s at 2;
+ * 2.5 avoided even those, at a guarantee a quarter larger.
+ */
+export const DEFAULT_DIRECT_PLAY_HEADROOM = 2;
+
 interface AutoRate {
   headroom: number;
   directPlayHeadroom: number;
@@ -140,7 +149,7 @@ export class Policy {
       const max = bits(config.client.max, '20mbit');
       this.auto = {
         headroom: config.client.headroom ?? 1.25,
-        directPlayHeadroom: config.client.directPlayHeadroom ?? 1.5,
+        directPlayHeadroom: config.client.directPlayHeadroom ?? DEFAULT_DIRECT_PLAY_HEADROOM,
         min: bits(config.client.min, '1mbit'),
         max,
         ceil: config.client.ceil === 'auto' ? 'auto' : config.client.ceil === undefined ? max : bits(config.client.ceil, '0'),

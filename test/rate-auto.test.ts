@@ -18,7 +18,7 @@ t.test('the rate is the need × headroom, clamped; ceil is max unless `auto`; ov
   const policy = policyOf({ rate: 'auto', min: '1mbit', max: '20mbit' });
   const at = { address: '203.0.113.7' };
   t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 6 * MBIT }] }), { limits: { rate: 7.5 * MBIT, ceil: 20 * MBIT }, why: 'auto: 6.00 Mbit/s Plex bandwidth × 1.25 = 7.50 Mbit/s' });
-  t.match(policy.limitsFor({ ...at, streams: [{ mediaBitrate: 4 * MBIT, directPlay: true }] }).limits, { rate: 6 * MBIT }, 'the media bitrate when Plex reserved nothing; direct play gets 1.5');
+  t.match(policy.limitsFor({ ...at, streams: [{ mediaBitrate: 4 * MBIT, directPlay: true }] }).limits, { rate: 8 * MBIT }, 'the media bitrate when Plex reserved nothing; direct play gets 2 (measured)');
   t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 4 * MBIT }, { bandwidth: 2 * MBIT }] }).limits, { rate: 7.5 * MBIT }, 'two streams behind one address add up');
   t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 40 * MBIT }] }), { limits: { rate: 20 * MBIT }, why: /clamped to max/ });
   t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 0.2 * MBIT }] }), { limits: { rate: 1 * MBIT }, why: /raised to min/ });
