@@ -177,7 +177,7 @@ export class PlexLogParser {
     if (request[2]) event.network = request[2];
     const user = USER.exec(rest)?.[1];
     if (user) event.user = user;
-    const maxVideoBitrate = kind === 'start' ? kbitPerSecond(query.get('maxVideoBitrate')) : undefined;
+    const maxVideoBitrate = kind === 'start' && path.includes('/transcode/') ? kbitPerSecond(query.get('maxVideoBitrate')) : undefined;
     if (maxVideoBitrate !== undefined) event.maxVideoBitrate = maxVideoBitrate;
     return event;
   }

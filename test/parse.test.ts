@@ -44,6 +44,7 @@ const cases: Array<{ name: string; line: string; expect: Partial<PlaybackEvent> 
   },
   { name: 'HLS start with a cap (Plex for Android, 2 Mbps)', line: 'Sep 26, 2026 22:48:27.001 [140562] DEBUG - Request: [203.0.113.8:51000 (WAN)] GET /video/:/transcode/universal/start.m3u8?hasMDE=1&maxVideoBitrate=2000&path=%2Flibrary%2Fmetadata%2F1&protocol=hls&session=a2000&videoResolution=1280x720 (28 live)', expect: { kind: 'start', sessionKey: 'a2000', maxVideoBitrate: 2_000_000 } },
   { name: 'a cap of 0 or garbage says nothing', line: 'Sep 26, 2026 22:48:27.001 [140562] DEBUG - Request: [203.0.113.8:51000 (WAN)] GET /video/:/transcode/universal/start.m3u8?maxVideoBitrate=0&session=z (28 live)', expect: { kind: 'start', maxVideoBitrate: undefined } },
+  { name: 'a direct-play file request is not capped by its query', line: 'Sep 26, 2026 23:00:00.000 [140562] DEBUG - Request: [198.51.100.4:40000 (WAN)] GET /library/parts/123/1690000000/file.mkv?maxVideoBitrate=2000&X-Plex-Client-Identifier=tv-9 (3 live)', expect: { kind: 'start', maxVideoBitrate: undefined } },
   { name: 'a segment fetch carries no cap', line: 'Sep 26, 2026 22:48:40.100 [140562] DEBUG - Request: [203.0.113.7:51000 (WAN)] GET /video/:/transcode/universal/session/q4000/base/00012.ts?maxVideoBitrate=9000 (28 live)', expect: { kind: 'progress', maxVideoBitrate: undefined } },
   { name: 'other log lines', line: 'Sep 26, 2026 22:48:27.001 [140562] DEBUG - Completed: [203.0.113.13:51000] 200 GET /video/:/transcode/universal/decision (28 live) 5ms 1234 bytes', expect: undefined },
 ];
