@@ -55,7 +55,7 @@ function target(options: GlobalOptions): { device: string; netns?: string; confi
   return { device, ...(netns ? { netns } : {}), ...(config ? { config } : {}) };
 }
 
-const mbit = (bits: number | undefined) => (bits === undefined ? '…' : describeRate(bits / 8));
+const mbit = (bits: number | undefined) => (bits === undefined ? '…' : describeRate(bits));
 const size = (bytes: number) => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(0)} KiB`);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -37,7 +37,7 @@ export type { ClassKindName, FilterKindName, QdiscKindName } from './tc/registry
 export type { TcStatistics } from './tc/stats.js';
 export { formatHandle, parseHandle, TC_H_ROOT } from './tc/handle.js';
 export { describeRate, formatRate, parseRate, parseSize, parseTime } from './tc/units.js';
-export type { RateInput, SizeInput } from './tc/units.js';
+export type { BitsPerSecond, RateInput, SizeInput } from './tc/units.js';
 export { formatU32Handle, hashBucketForAddress, parseU32Handle } from './tc/kinds/u32.js';
 export type { U32Match, U32Options, U32Parameters } from './tc/kinds/u32.js';
 export type { HtbClassOptions, HtbClassParameters, HtbClassStats, HtbQdiscOptions } from './tc/kinds/htb.js';

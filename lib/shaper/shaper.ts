@@ -138,13 +138,10 @@ const DRAIN_POLL_MS = 5;
 /** Packets up to the device MTU plus an Ethernet/VLAN header must fit the rate tables (tc assumes 1600). */
 const classMtuFor = (deviceMtu: number): number => Math.max(HTB_DEFAULT_MTU, deviceMtu + 18);
 
-function bitsPerSecond(rate: RateInput): number {
-  return parseRate(rate) * 8;
-}
-
-function limitsInBits(limits: RateLimits): WantedLimits {
-  const rate = bitsPerSecond(limits.rate);
-  return { rate, ceil: limits.ceil === undefined ? rate : bitsPerSecond(limits.ceil) };
+/** The one place a Shaper parses the rates it is given; from here on they are bits per second. */
+function parseLimits(limits: RateLimits): WantedLimits {
+  const rate = parseRate(limits.rate);
+  return { rate, ceil: limits.ceil === undefined ? rate : parseRate(limits.ceil) };
 }
 
 export class Shaper {
@@ -179,9 +176,9 @@ export class Shaper {
     private readonly options: ShaperOptions,
     leaf: LeafKind,
   ) {
-    this.server = limitsInBits(options.server);
+    this.server = parseLimits(options.server);
     this.exempt = new NetworkSet(options.exempt ?? []);
-    this.defaults = limitsInBits(options.client);
+    this.defaults = parseLimits(options.client);
     this.leaf = leaf;
     this.warn = options.onWarning ?? ((message) => process.emitWarning(message, 'ShaperrWarning'));
   }
@@ -361,7 +358,7 @@ export class Shaper {
    */
   setServerLimits(limits: RateLimits): void {
     this.ensureWritable();
-    this.server = limitsInBits(limits);
+    this.server = parseLimits(limits);
     this.noteServerCeil();
     const { lower, raise, commit } = this.rebalanceOperations();
     this.applyAll([...lower, { op: 'change', class: this.serverClassSpec() }, ...raise]);
@@ -568,7 +565,7 @@ export class Shaper {
       let wanted: WantedLimits;
       try {
         address = parseClientAddress(entry.address);
-        wanted = entry.limits ? limitsInBits(entry.limits) : this.defaults;
+        wanted = entry.limits ? parseLimits(entry.limits) : this.defaults;
         if (wanted.ceil < wanted.rate) throw new ShaperrInputError(`invalid limits for ${address.text}: ceil is below rate`);
       } catch (error) {
         // One bad entry of many is reported with its outcome; a single throttle throws it.
