@@ -20,7 +20,7 @@ import { TrafficControl } from '../tc/traffic-control.js';
 import { parseRate, type RateInput } from '../tc/units.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
 import { HandlePool } from './handle-pool.js';
-import { clientFilterRef, clientFilterSpec, describeQdisc, hashTableSpecs, isShaperRoot, readClientFilter, SHAPER_LAYOUT } from './layout.js';
+import { clientBucket, clientFilterRef, clientFilterSpec, describeQdisc, hashTableSpecs, isShaperRoot, readClientFilter, SHAPER_LAYOUT } from './layout.js';
 import { allocateShares, type PipeParameters, type WantedLimits, wantedRateOf } from './shares.js';
 
 /** sfq's default queue depth in packets; bfifo leaves hold as many full-size packets' worth of bytes. */
@@ -486,7 +486,7 @@ export class Shaper {
   }
 
   private nodePool(address: ClientAddress): HandlePool {
-    const key = `${address.family}:${address.bytes[address.bytes.length - 1]}`;
+    const key = `${address.family}:${clientBucket(address)}`;
     let pool = this.filterNodes.get(key);
     if (!pool) {
       pool = new HandlePool(1, 0xfff);
