@@ -18,9 +18,13 @@ export const SHAPER_LAYOUT = {
   serverMinor: 1,
 } as const;
 
+/** shaperr's root qdisc (`5a:`) and the server class under it (`5a:1`). */
+export const SHAPER_ROOT = makeHandle(SHAPER_LAYOUT.rootMajor, 0);
+export const SHAPER_SERVER_CLASS = makeHandle(SHAPER_LAYOUT.rootMajor, SHAPER_LAYOUT.serverMinor);
+
 /** Whether a root qdisc is the one shaperr creates (an HTB with our unusual major). */
 export function isShaperRoot(qdisc: Qdisc | undefined): boolean {
-  return qdisc?.kind === 'htb' && qdisc.handle === makeHandle(SHAPER_LAYOUT.rootMajor, 0);
+  return qdisc?.kind === 'htb' && qdisc.handle === SHAPER_ROOT;
 }
 
 /** A qdisc as people write it: `tbf 1:`, `fq_codel 8001:` (for messages about foreign qdiscs). */

@@ -49,7 +49,7 @@ const htbQdiscAttributes = attributeSet({
 });
 
 const HTB_VERSION = 3;
-const DEFAULT_R2Q = 10;
+export const DEFAULT_R2Q = 10;
 /** tc's assumed packet size for rate tables and the default burst ("eth packet len"). */
 export const HTB_DEFAULT_MTU = 1600;
 /** The kernel logs "quantum of class … is small/big" outside this range when it derives the quantum. */
