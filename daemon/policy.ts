@@ -3,13 +3,12 @@
  * streams only", per-user and per-network overrides, and time-of-day schedules for the server ceiling.
  */
 import { NetworkSet } from '../lib/address.js';
-import { parseRate } from '../lib/tc/units.js';
+import { type BitsPerSecond, parseRate } from '../lib/tc/units.js';
 import type { PlaybackEvent } from './parse.js';
 
-/** Rates in bits per second. */
 export interface Limits {
-  rate: number;
-  ceil: number;
+  rate: BitsPerSecond;
+  ceil: BitsPerSecond;
 }
 
 export interface RateConfig {

@@ -16,7 +16,7 @@ import { HTB_DEFAULT_MTU, type HtbClassOptions } from '../tc/kinds/htb.js';
 import { type Operation, type QdiscSpec, type TcClass, toTcCommand } from '../tc/objects.js';
 import type { TcStatistics } from '../tc/stats.js';
 import { TrafficControl } from '../tc/traffic-control.js';
-import { parseRate, type RateInput } from '../tc/units.js';
+import { type BitsPerSecond, parseRate, type RateInput } from '../tc/units.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
 import { drained, removeRootDraining } from './drain.js';
 import { HandlePool } from './handle-pool.js';
@@ -78,10 +78,10 @@ export interface ClientState {
   address: string;
   family: 4 | 6;
   classid: string;
-  /** Guaranteed now, in bits per second: the wanted rate, or less when the server rate is contended. */
-  rate: number;
-  /** bits per second: the most the pipe may take when others leave room. */
-  ceil: number;
+  /** Guaranteed now: the wanted rate, or less when the server rate is contended. */
+  rate: BitsPerSecond;
+  /** The most the pipe may take when others leave room. */
+  ceil: BitsPerSecond;
   /** The limits asked for this client (bits per second). */
   wanted: WantedLimits;
   /** Why the guarantee is below what the client wants, or below 1 Mbit/s (the server rate is too low for the viewers). */
@@ -313,7 +313,7 @@ export class Shaper {
    * the uplink without a pipe (Plex Relay, or a client behind Docker's proxy): the pipes are rebalanced in
    * one batch. 0 gives it back.
    */
-  setReservedRate(rate: number): void {
+  setReservedRate(rate: BitsPerSecond): void {
     this.ensureOpen();
     if (!Number.isFinite(rate) || rate < 0) throw new ShaperrInputError(`invalid reserved rate ${rate}: expected bits per second ≥ 0`);
     if (rate === this.reservedRate) return;

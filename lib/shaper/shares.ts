@@ -12,18 +12,17 @@
  * 2 % of the 2:3:4 split, quanta alone 9–13 % off (a turn is lost whenever a TCP flow is momentarily
  * not backlogged). See the README's "Sharing the server rate".
  */
-import { wholeBytesPerSecond } from '../tc/units.js';
+import { type BitsPerSecond, wholeBytesPerSecond } from '../tc/units.js';
 
-/** Rates in bits per second. */
 export interface WantedLimits {
-  rate: number;
-  ceil: number;
+  rate: BitsPerSecond;
+  ceil: BitsPerSecond;
 }
 
-/** What one client class gets in the kernel: rates in bits per second, quantum in bytes. */
+/** What one client class gets in the kernel: its rates, and its quantum in bytes. */
 export interface PipeParameters {
-  rate: number;
-  ceil: number;
+  rate: BitsPerSecond;
+  ceil: BitsPerSecond;
   quantum: number;
 }
 
