@@ -105,5 +105,6 @@ t.test('checkDevice and clearShaper: none, foreign and shaperr roots; a missing 
   t.same(progress, ['0/1', '1/1']);
   t.equal(withTc(topology, (tc) => tc.rootQdisc(topology.serverDevice)), undefined, 'no root left');
 
-  t.throws(() => checkDevice({ device: 'nosuchdev0', netns: topology.serverNs, probeKinds: false }), { code: 'ENODEV' }, 'a missing device is the kernel\'s ENODEV');
+  const missing = { device: 'nosuchdev0', netns: topology.serverNs, probeKinds: false };
+  t.throws(() => checkDevice(missing), { code: 'ENODEV' }, "a missing device is the kernel's ENODEV");
 });

@@ -73,7 +73,8 @@ export async function clearShaper(options: DeviceOptions & { onProgress?: Progre
         busy.flatMap((tcClass): Operation[] => {
           if (!server) return [];
           const { rate, quantum } = tcClass.parameters;
-          return [{ op: 'change', class: { kind: 'htb', parent: SHAPER_SERVER_CLASS, classid: tcClass.handle, options: { rate, ceil: Math.max(rate, server.parameters.rate), quantum } } }];
+          const options = { rate, ceil: Math.max(rate, server.parameters.rate), quantum };
+          return [{ op: 'change', class: { kind: 'htb', parent: SHAPER_SERVER_CLASS, classid: tcClass.handle, options } }];
         }),
       unsteer: () =>
         kernel.filters(SHAPER_ROOT).flatMap((filter): Operation[] => {
