@@ -3,13 +3,12 @@
  * streams only", per-user and per-network overrides, and time-of-day schedules for the server ceiling.
  */
 import { NetworkSet } from '../lib/address.js';
-import { parseRate } from '../lib/tc/units.js';
+import { type BitsPerSecond, parseRate } from '../lib/tc/units.js';
 import type { PlaybackEvent } from './parse.js';
 
-/** Rates in bits per second. */
 export interface Limits {
-  rate: number;
-  ceil: number;
+  rate: BitsPerSecond;
+  ceil: BitsPerSecond;
 }
 
 export interface RateConfig {
@@ -68,8 +67,8 @@ export interface PolicyConfig {
 }
 
 export function toLimits(config: RateConfig): Limits {
-  const rate = parseRate(config.rate) * 8;
-  return { rate, ceil: config.ceil === undefined ? rate : parseRate(config.ceil) * 8 };
+  const rate = parseRate(config.rate);
+  return { rate, ceil: config.ceil === undefined ? rate : parseRate(config.ceil) };
 }
 
 export interface Verdict {
@@ -145,7 +144,7 @@ export class Policy {
     this.exempt = new NetworkSet(config.exempt);
     this.local = new NetworkSet(config.localNetworks);
     if (config.client.rate === 'auto') {
-      const bits = (value: string | number | undefined, fallback: string): number => parseRate(value ?? fallback) * 8;
+      const bits = (value: string | number | undefined, fallback: string): number => parseRate(value ?? fallback);
       const max = bits(config.client.max, '20mbit');
       this.auto = {
         headroom: config.client.headroom ?? 1.25,

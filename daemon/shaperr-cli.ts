@@ -5,12 +5,7 @@
  */
 import { accessSync, closeSync, constants, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import { Shaper } from '../lib/shaper/shaper.js';
-import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { describeQdisc, isShaperRoot, SHAPER_LAYOUT } from '../lib/shaper/layout.js';
-import { makeHandle } from '../lib/tc/handle.js';
-import { describeRate } from '../lib/tc/units.js';
-import { NetlinkError } from '../lib/wire/errors.js';
+import { checkDevice, clearShaper, describeRate, formatHandle, inspectShaper, NetlinkError, SHAPER_ROOT } from '../lib/index.js';
 import { ConfigError, loadConfig, type ShaperrConfig } from './config.js';
 import { checkPlexSource } from './sources/plex-check.js';
 import { loadState } from './state.js';
@@ -55,7 +50,7 @@ function target(options: GlobalOptions): { device: string; netns?: string; confi
   return { device, ...(netns ? { netns } : {}), ...(config ? { config } : {}) };
 }
 
-const mbit = (bits: number | undefined) => (bits === undefined ? '…' : describeRate(bits / 8));
+const mbit = (bits: number | undefined) => (bits === undefined ? '…' : describeRate(bits));
 const size = (bytes: number) => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(0)} KiB`);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -73,7 +68,7 @@ async function sessionsFrom(config: ShaperrConfig | undefined): Promise<SessionI
 
 /** One report from the kernel; undefined when shaperr has nothing on the device. */
 async function report(where: ReturnType<typeof target>, meter: ThroughputMeter): Promise<StatusReport | undefined> {
-  const shaper = Shaper.inspect(where);
+  const shaper = inspectShaper(where);
   if (!shaper) return undefined;
   try {
     return buildStatus({ device: where.device, leaf: shaper.leafKind, ...shaper.state(), sessions: await sessionsFrom(where.config), meter });
@@ -148,7 +143,7 @@ program
     const tty = process.stdout.isTTY;
     let removed: number | undefined;
     try {
-      removed = await Shaper.clear({
+      removed = await clearShaper({
         ...where,
         onProgress: ({ done, total }) => {
           if (tty && done === 0 && total > 0) process.stdout.write(`removing ${total} client pipe${total === 1 ? '' : 's'} from ${where.device}…`);
@@ -158,7 +153,7 @@ program
       lock.release();
     }
     process.stdout.write(`${tty && removed ? '\r\x1b[2K' : ''}${removed !== undefined
-      ? `removed shaperr's root qdisc 5a: and ${removed} client pipe${removed === 1 ? '' : 's'} from ${where.device}`
+      ? `removed shaperr's root qdisc ${formatHandle(SHAPER_ROOT)} and ${removed} client pipe${removed === 1 ? '' : 's'} from ${where.device}`
       : `nothing of shaperr's on ${where.device}`}\n`);
   });
 
@@ -167,7 +162,7 @@ program
   .description('print the tc commands that would rebuild the current state from an empty device')
   .action(async () => {
     const where = target(program.opts<GlobalOptions>());
-    const shaper = Shaper.inspect(where);
+    const shaper = inspectShaper(where);
     if (!shaper) {
       process.stderr.write(`shaperr has nothing on ${where.device}\n`);
       process.exitCode = EXIT.nothing;
@@ -226,26 +221,23 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
   if (!device) {
     lines.push({ verdict: 'fail', what: 'no device to check', fix: 'pass --device or set `device:` in the config' });
   } else {
-    let tc: TrafficControl | undefined;
     try {
-      tc = TrafficControl.open(netns ? { netns } : {});
-      const link = tc.link(device);
-      lines.push({ verdict: 'ok', what: `device ${device} exists${netns ? ` in netns ${netns}` : ''} (mtu ${link.mtu})` });
-      const root = tc.rootQdisc(device);
-      const ours = isShaperRoot(root);
-      if (!root) lines.push({ verdict: 'ok', what: `no root qdisc on ${device} yet: shaperrd will add its own` });
-      else if (ours) lines.push({ verdict: 'ok', what: `shaperr's root qdisc is on ${device}` });
-      else lines.push({ verdict: config?.takeover ? 'warn' : 'fail', what: `${device} already has a root qdisc ${describeQdisc(root)} that shaperr did not create`, fix: config?.takeover ? 'takeover: true will replace it' : 'remove it, or set takeover: true to let shaperrd replace it' });
-      if (privileged) {
+      const found = checkDevice({ device, ...(netns ? { netns } : {}), probeKinds: privileged });
+      lines.push({ verdict: 'ok', what: `device ${device} exists${netns ? ` in netns ${netns}` : ''} (mtu ${found.mtu})` });
+      const { root } = found;
+      if (root.state === 'none') lines.push({ verdict: 'ok', what: `no root qdisc on ${device} yet: shaperrd will add its own` });
+      else if (root.state === 'shaperr') lines.push({ verdict: 'ok', what: `shaperr's root qdisc is on ${device}` });
+      else lines.push({ verdict: config?.takeover ? 'warn' : 'fail', what: `${device} already has a root qdisc ${root.description} that shaperr did not create`, fix: config?.takeover ? 'takeover: true will replace it' : 'remove it, or set takeover: true to let shaperrd replace it' });
+      if (found.qdiscKinds) {
         for (const kind of ['htb', 'sfq'] as const) {
-          const present = tc.hasQdiscKind(kind);
+          const present = found.qdiscKinds[kind];
           if (present) lines.push({ verdict: 'ok', what: `kernel has the ${kind} qdisc` });
           else if (kind === 'sfq') lines.push({ verdict: 'warn', what: 'kernel has no sfq qdisc (module sch_sfq)', fix: 'client pipes will use bfifo leaves (one byte-limited queue per client, no per-flow fairness); `modprobe sch_sfq` if your kernel ships it' });
           else lines.push({ verdict: 'fail', what: 'kernel has no htb qdisc (module sch_htb)', fix: '`modprobe sch_htb`, or a kernel with CONFIG_NET_SCH_HTB' });
         }
         // A filter kind can only be tried on a classful qdisc: shaperr's own, when it is there.
-        if (ours) {
-          lines.push(tc.hasFilterKind('u32', device, makeHandle(SHAPER_LAYOUT.rootMajor, 0)) ? { verdict: 'ok', what: 'kernel has the u32 filter' } : { verdict: 'fail', what: 'kernel has no u32 filter (module cls_u32)', fix: '`modprobe cls_u32`, or a kernel with CONFIG_NET_CLS_U32' });
+        if (found.u32 !== undefined) {
+          lines.push(found.u32 ? { verdict: 'ok', what: 'kernel has the u32 filter' } : { verdict: 'fail', what: 'kernel has no u32 filter (module cls_u32)', fix: '`modprobe cls_u32`, or a kernel with CONFIG_NET_CLS_U32' });
         } else {
           lines.push({ verdict: 'ok', what: 'u32 filter: probed by shaperrd when it starts (needs its qdisc on the device)' });
         }
@@ -255,8 +247,6 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
     } catch (error) {
       const code = error instanceof NetlinkError ? error.code : '';
       lines.push({ verdict: 'fail', what: code === 'ENODEV' ? `no device ${device}${netns ? ` in netns ${netns}` : ''}` : (error as Error).message, fix: 'set `device:` to your server\'s upstream interface (ip link)' });
-    } finally {
-      tc?.close();
     }
   }
 

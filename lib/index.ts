@@ -2,14 +2,18 @@
  * shaperr — Linux traffic shaping over rtnetlink, for Plex Media Server and any Node tool.
  *
  * - `Shaper`: one throttled pipe per client address under a server-wide ceiling; `ShaperWatch` puts its
- *   pipes back as soon as the kernel reports them removed.
+ *   pipes back as soon as the kernel reports them removed; `inspectShaper`, `clearShaper` and
+ *   `checkDevice` read, remove and check what shaperr has on a device (the `shaperr` CLI).
  * - `TcMonitor`: the kernel's tc and link notifications (what `tc monitor` shows), decoded.
  * - `TrafficControl`: qdiscs, classes and filters (htb, sfq, fq_codel, pfifo/bfifo, tbf; u32, matchall) —
  *   create, read back with statistics, change, delete, batch — and `toTcCommand()` for the equivalent tc
  *   command line.
  */
 export { Shaper } from './shaper/shaper.js';
-export type { ClientState, LeafKind, RateLimits, ShaperOptions, ThrottleOutcome } from './shaper/shaper.js';
+export type { ClientState, LeafKind, RateLimits, ShaperOptions, ShaperView, ThrottleOutcome } from './shaper/shaper.js';
+export { checkDevice, clearShaper, inspectShaper } from './shaper/inspect.js';
+export type { DeviceCheck, DeviceOptions } from './shaper/inspect.js';
+export type { ShaperKernel } from './shaper/kernel.js';
 export type { Progress, ProgressListener } from './progress.js';
 export { ShaperWatch } from './shaper/watch.js';
 export type { RepairReport, ShaperWatchOptions } from './shaper/watch.js';
@@ -37,8 +41,9 @@ export type { ClassKindName, FilterKindName, QdiscKindName } from './tc/registry
 export type { TcStatistics } from './tc/stats.js';
 export { formatHandle, parseHandle, TC_H_ROOT } from './tc/handle.js';
 export { describeRate, formatRate, parseRate, parseSize, parseTime } from './tc/units.js';
-export type { RateInput, SizeInput } from './tc/units.js';
-export { formatU32Handle, hashBucketForAddress, parseU32Handle } from './tc/kinds/u32.js';
+export type { BitsPerSecond, RateInput, SizeInput } from './tc/units.js';
+export { formatU32Handle, parseU32Handle } from './tc/kinds/u32.js';
+export { hashBucketForAddress, SHAPER_ROOT } from './shaper/layout.js';
 export type { U32Match, U32Options, U32Parameters } from './tc/kinds/u32.js';
 export type { HtbClassOptions, HtbClassParameters, HtbClassStats, HtbQdiscOptions } from './tc/kinds/htb.js';
 export type { SfqOptions } from './tc/kinds/sfq.js';

@@ -19,6 +19,7 @@ import { Shaperrd } from '../daemon/shaperrd.js';
 import { parseClientAddress } from '../lib/address.js';
 import { clientFilterSpec, readClientFilter } from '../lib/shaper/layout.js';
 import { Shaper } from '../lib/shaper/shaper.js';
+import { inspectShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { logDir, until } from './helpers/daemon.js';
 import { createNetns, createTopology, deleteNetns, inNetns, ip, netnsUnavailable } from './helpers/netns.js';
@@ -134,7 +135,7 @@ t.test('a gateway filter is adopted after a restart, and rewritten when gateway 
   t.match(first.tcCommands().join('\n'), /match ip sport 32400 0xffff/, '`shaperr tc` shows the port match');
   await first.close();
 
-  const inspected = Shaper.inspect({ device: 'srv0', netns: topology.serverNs })!;
+  const inspected = inspectShaper({ device: 'srv0', netns: topology.serverNs })!;
   t.match(inspected.tcCommands().join('\n'), /match ip dst 10\.200\.1\.1 match ip protocol 6 0xff match ip sport 32400 0xffff classid 5a:10/, 'a read-only view prints the filter as it is');
   await inspected.close();
 

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { Shaper } from '../lib/shaper/shaper.js';
+import { inspectShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { loadConfig } from '../daemon/config.js';
 import { daemonWithStatusPage, kernelState, logDir, play, plexLine, startDaemon, until } from './helpers/daemon.js';
@@ -58,7 +59,7 @@ t.test('shaperr status, tc and clear read and change the real kernel state', { s
   const replay = spawnSync('ip', ['netns', 'exec', replayNs, 'tc', '-batch', '-'], { input: lines.map((line) => line.slice(3)).join('\n'), encoding: 'utf8' });
   t.equal(replay.status, 0, `tc -batch accepts every line ${replay.stderr}`);
   t.notMatch(replay.stderr, /quantum of class/, "no kernel warning: the server class's clamped quantum is in the commands");
-  const rebuilt = Shaper.inspect({ device: 'srv0', netns: replayNs })!;
+  const rebuilt = inspectShaper({ device: 'srv0', netns: replayNs })!;
   t.same(rebuilt.clients().map((c) => [c.address, c.rate, c.ceil, c.classid]).sort(), shaper.clients().map((c) => [c.address, c.rate, c.ceil, c.classid]).sort(), 'replayed state equals the original');
   await rebuilt.close();
 

@@ -1,6 +1,7 @@
 /** u32 without a kernel: handles, selector packing as tc does it, round trips, bad input. */
 import t from 'tap';
-import { formatU32Handle, hashBucketForAddress, makeU32Handle, parseU32Handle, u32Filter as u32 } from '../lib/tc/kinds/u32.js';
+import { hashBucketForAddress } from '../lib/shaper/layout.js';
+import { formatU32Handle, makeU32Handle, parseU32Handle, u32Filter as u32 } from '../lib/tc/kinds/u32.js';
 import { MessageWriter } from '../lib/wire/attributes.js';
 import { ShaperrInputError } from '../lib/wire/errors.js';
 import { parsePsched } from '../lib/tc/units.js';

@@ -1,21 +1,23 @@
 import t from 'tap';
 import { formatHandle, parseHandle, TC_H_ROOT } from '../lib/tc/handle.js';
-import { formatRate, parsePsched, parseRate, parseSize, parseTime, transmitSize, transmitTicks } from '../lib/tc/units.js';
+import { describeRate, formatRate, parsePsched, parseRate, parseSize, parseTime, transmitSize, transmitTicks } from '../lib/tc/units.js';
 import { ShaperrInputError } from '../lib/wire/errors.js';
 
-t.test('rates parse like tc: bytes per second out, bits or bytes in', async (t) => {
+t.test('rates parse like tc: bits per second out (whole bytes), bits or bytes in', async (t) => {
   const cases: Array<[string | number, number]> = [
-    ['2000kbit', 250000],
-    ['2.5mbit', 312500],
-    ['1gbit', 125000000],
-    ['500kbps', 500000], // "bps" is bytes, as in tc
-    ['1Mibit', 131072],
-    ['8', 1], // bare number: bit/s
-    ['100mbit', 12500000],
-    ['40gbit', 5000000000], // above 2^32 bytes/s
-    [2_000_000, 250000], // numbers are bit/s
-    ['1e6bit', 125000],
-    ['  3000KBIT ', 375000],
+    ['2000kbit', 2000000],
+    ['2.5mbit', 2500000],
+    ['1gbit', 1000000000],
+    ['500kbps', 4000000], // "bps" is bytes, as in tc
+    ['1Mibit', 1048576],
+    ['8', 8], // bare number: bit/s
+    ['100mbit', 100000000],
+    ['40gbit', 40000000000], // above 2^32 bytes/s
+    [2_000_000, 2000000], // numbers are bit/s
+    ['1e6bit', 1000000],
+    ['  3000KBIT ', 3000000],
+    [1001, 1000], // the kernel holds whole bytes per second
+    ['15bit', 8],
   ];
   for (const [input, expected] of cases) t.equal(parseRate(input), expected, `${input}`);
 });
@@ -43,11 +45,12 @@ t.test('sizes and times', async (t) => {
 });
 
 t.test('formatRate writes what parses back to the same value', async (t) => {
-  for (const bytes of [1, 125, 250000, 312500, 12500000, 5000000000, 123457]) {
-    t.equal(parseRate(formatRate(bytes)), bytes, formatRate(bytes));
+  for (const bits of [8, 1000, 2000000, 2500000, 100000000, 40000000000, 987656]) {
+    t.equal(parseRate(formatRate(bits)), bits, formatRate(bits));
   }
-  t.equal(formatRate(250000), '2mbit');
-  t.equal(formatRate(312500), '2500kbit');
+  t.equal(formatRate(2000000), '2mbit');
+  t.equal(formatRate(2500000), '2500kbit');
+  t.equal(describeRate(2500000), '2.5 Mbit/s');
 });
 
 t.test('handles', async (t) => {

@@ -247,7 +247,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       history.push({ second: step / 4, rates, phases: { ...phase } });
       const rows = CLIENTS.map((c) => {
         const throttled = daemon!.sessions().find((s) => s.address === c.address)?.throttled ?? false;
-        const configured = c === LAN ? 'never (LAN)' : throttled ? describeRate(configuredRate(c) / 8) : 'full speed';
+        const configured = c === LAN ? 'never (LAN)' : throttled ? describeRate(configuredRate(c)) : 'full speed';
         return `${`${c.name} ${c.address}`.padEnd(28)}${phase[c.address]!.padEnd(11)}${configured.padEnd(16)}${mbit(rates[c.address]!).padEnd(18)}${operations[c.address]}`;
       });
       rows.push(home.line());

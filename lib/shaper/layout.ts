@@ -4,10 +4,11 @@
  *
  * Classification is O(1) in the number of clients: per family, one link filter hashes the destination's
  * last byte into a 256-bucket table, and each bucket holds only the few clients whose address ends there.
+ * That bucket rule is decided here only (clientBucket and bucketHashKey).
  */
 import type { ClientAddress } from '../address.js';
 import { parseClientAddress } from '../address.js';
-import { lastByteHashKey, makeU32Handle } from '../tc/kinds/u32.js';
+import { makeU32Handle } from '../tc/kinds/u32.js';
 import { formatHandle, makeHandle } from '../tc/handle.js';
 import type { Filter, FilterRef, FilterSpec, Qdisc } from '../tc/objects.js';
 
@@ -17,15 +18,35 @@ export const SHAPER_LAYOUT = {
   serverMinor: 1,
 } as const;
 
+/** shaperr's root qdisc (`5a:`) and the server class under it (`5a:1`). */
+export const SHAPER_ROOT = makeHandle(SHAPER_LAYOUT.rootMajor, 0);
+export const SHAPER_SERVER_CLASS = makeHandle(SHAPER_LAYOUT.rootMajor, SHAPER_LAYOUT.serverMinor);
+
 /** Whether a root qdisc is the one shaperr creates (an HTB with our unusual major). */
 export function isShaperRoot(qdisc: Qdisc | undefined): boolean {
-  return qdisc?.kind === 'htb' && qdisc.handle === makeHandle(SHAPER_LAYOUT.rootMajor, 0);
+  return qdisc?.kind === 'htb' && qdisc.handle === SHAPER_ROOT;
 }
 
 /** A qdisc as people write it: `tbf 1:`, `fq_codel 8001:` (for messages about foreign qdiscs). */
 export function describeQdisc(qdisc: Qdisc): string {
   return `${qdisc.kind.replace(/^other:/, '')} ${formatHandle(qdisc.handle)}`;
 }
+
+/** The bucket of a client's filter in its family's table: the last byte of its address. */
+export function clientBucket(address: ClientAddress): number {
+  return address.bytes[address.bytes.length - 1]!;
+}
+
+/** The bucket shaperr's tables put an address in (`hashkey mask 0x000000ff at 16|36`). */
+export function hashBucketForAddress(address: string): number {
+  return clientBucket(parseClientAddress(address));
+}
+
+/**
+ * The link filter's `hashkey` matching clientBucket: the low byte of the 32-bit word holding the last
+ * destination byte (IPv4 destination at offset 16, the last word of the IPv6 one at 36).
+ */
+export const bucketHashKey = (family: 4 | 6): { mask: number; at: number } => ({ mask: 0xff, at: family === 4 ? 16 : 36 });
 
 interface FamilyLayout {
   protocol: 'ip' | 'ipv6';
@@ -56,7 +77,7 @@ export function hashTableSpecs(root: number): FilterSpec[] {
         protocol,
         options: {
           match: { family, dst: family === 4 ? '0.0.0.0/0' : '::/0' },
-          hashKey: lastByteHashKey(family),
+          hashKey: bucketHashKey(family),
           link: makeU32Handle(table, 0, 0),
         },
       },
@@ -65,7 +86,7 @@ export function hashTableSpecs(root: number): FilterSpec[] {
 }
 
 function clientHandle(address: ClientAddress, node: number): number {
-  return makeU32Handle(families[address.family].table, address.bytes[address.bytes.length - 1]!, node);
+  return makeU32Handle(families[address.family].table, clientBucket(address), node);
 }
 
 /** IP protocol number of TCP, which Plex streams over. */

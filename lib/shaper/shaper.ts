@@ -9,18 +9,30 @@
  *   filters on 5a:  prio 1 ip   → hash table 2: keyed on the last byte of the destination → per-client filter
  *                   prio 2 ipv6 → hash table 3: likewise
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import { type ClientAddress, NetworkSet, parseClientAddress } from '../address.js';
 import { inChunks, type ProgressListener } from '../progress.js';
-import { formatHandle, makeHandle, TC_H_ROOT } from '../tc/handle.js';
+import { formatHandle, makeHandle } from '../tc/handle.js';
 import { HTB_DEFAULT_MTU, type HtbClassOptions } from '../tc/kinds/htb.js';
 import { type Operation, type QdiscSpec, type TcClass, toTcCommand } from '../tc/objects.js';
 import type { TcStatistics } from '../tc/stats.js';
 import { TrafficControl } from '../tc/traffic-control.js';
-import { parseRate, type RateInput } from '../tc/units.js';
+import { type BitsPerSecond, parseRate, type RateInput } from '../tc/units.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
+import { drained, removeRootDraining } from './drain.js';
 import { HandlePool } from './handle-pool.js';
-import { clientFilterRef, clientFilterSpec, describeQdisc, hashTableSpecs, isShaperRoot, readClientFilter, SHAPER_LAYOUT } from './layout.js';
+import { liveKernel, recordingKernel, type ShaperKernel } from './kernel.js';
+import {
+  clientBucket,
+  clientFilterRef,
+  clientFilterSpec,
+  describeQdisc,
+  hashTableSpecs,
+  isShaperRoot,
+  readClientFilter,
+  SHAPER_LAYOUT,
+  SHAPER_ROOT,
+  SHAPER_SERVER_CLASS,
+} from './layout.js';
 import { allocateShares, type PipeParameters, type WantedLimits, wantedRateOf } from './shares.js';
 
 /** sfq's default queue depth in packets; bfifo leaves hold as many full-size packets' worth of bytes. */
@@ -66,10 +78,10 @@ export interface ClientState {
   address: string;
   family: 4 | 6;
   classid: string;
-  /** Guaranteed now, in bits per second: the wanted rate, or less when the server rate is contended. */
-  rate: number;
-  /** bits per second: the most the pipe may take when others leave room. */
-  ceil: number;
+  /** Guaranteed now: the wanted rate, or less when the server rate is contended. */
+  rate: BitsPerSecond;
+  /** The most the pipe may take when others leave room. */
+  ceil: BitsPerSecond;
   /** The limits asked for this client (bits per second). */
   wanted: WantedLimits;
   /** Why the guarantee is below what the client wants, or below 1 Mbit/s (the server rate is too low for the viewers). */
@@ -114,6 +126,11 @@ interface ChangePlan {
   raise: Operation[];
 }
 
+/** A read-only view of the pipes on a device (inspectShaper): what `shaperr status` and `shaperr tc` read. */
+export type ShaperView = Pick<Shaper, 'clients' | 'serverClass' | 'state' | 'bytesSent' | 'isThrottled' | 'tcCommands' | 'leafKind' | 'trafficControl'> & {
+  close(): Promise<void>;
+};
+
 /** What a Shaper has sent the kernel so far. */
 export interface ShaperStats {
   /** Requests that change kernel state (adds, changes, deletes). */
@@ -122,29 +139,23 @@ export interface ShaperStats {
   rebalanceChanges: number;
 }
 
-const { rootMajor: ROOT_MAJOR, serverMinor: SERVER_MINOR } = SHAPER_LAYOUT;
-const ROOT_HANDLE = makeHandle(ROOT_MAJOR, 0);
-const SERVER_CLASS = makeHandle(ROOT_MAJOR, SERVER_MINOR);
+const ROOT_MAJOR = SHAPER_LAYOUT.rootMajor;
+const ROOT_HANDLE = SHAPER_ROOT;
+const SERVER_CLASS = SHAPER_SERVER_CLASS;
 /** Client minors double as their leaf qdisc's major, so the root's major and 0/1 are never handed out. */
 const FIRST_CLIENT_MINOR = 0x10;
 const LAST_CLIENT_MINOR = 0xfffe;
 const COUNTER_MAX_AGE_MS = 1000;
 /** Guarantees below this are reported: too little for most video. */
 const SHORTFALL_FLOOR = 1_000_000;
-/** A released pipe's queue drains at the server's limits; it is removed after this long even if not empty. */
-const DRAIN_LIMIT_MS = 2000;
-const DRAIN_POLL_MS = 5;
 
 /** Packets up to the device MTU plus an Ethernet/VLAN header must fit the rate tables (tc assumes 1600). */
 const classMtuFor = (deviceMtu: number): number => Math.max(HTB_DEFAULT_MTU, deviceMtu + 18);
 
-function bitsPerSecond(rate: RateInput): number {
-  return parseRate(rate) * 8;
-}
-
-function limitsInBits(limits: RateLimits): WantedLimits {
-  const rate = bitsPerSecond(limits.rate);
-  return { rate, ceil: limits.ceil === undefined ? rate : bitsPerSecond(limits.ceil) };
+/** The one place a Shaper parses the rates it is given; from here on they are bits per second. */
+function parseLimits(limits: RateLimits): WantedLimits {
+  const rate = parseRate(limits.rate);
+  return { rate, ceil: limits.ceil === undefined ? rate : parseRate(limits.ceil) };
 }
 
 export class Shaper {
@@ -166,8 +177,6 @@ export class Shaper {
   /** Guaranteed rates of released pipes still draining, by minor: they count against the server rate until deleted. */
   private readonly drainingGuarantees = new Map<number, number>();
   readonly stats: ShaperStats = { kernelRequests: 0, rebalanceChanges: 0 };
-  /** A view made by inspect(): reads the kernel, never changes it. */
-  private readOnly = false;
 
   /** Class counters from one dump, shared by the bytesSent() calls that accept counters this old. */
   private counters = { readAt: -Infinity, bytes: new Map<number, number>() };
@@ -175,13 +184,13 @@ export class Shaper {
   private server: WantedLimits;
 
   private constructor(
-    private readonly kernel: TrafficControl | undefined,
+    private readonly kernel: ShaperKernel,
     private readonly options: ShaperOptions,
     leaf: LeafKind,
   ) {
-    this.server = limitsInBits(options.server);
+    this.server = parseLimits(options.server);
     this.exempt = new NetworkSet(options.exempt ?? []);
-    this.defaults = limitsInBits(options.client);
+    this.defaults = parseLimits(options.client);
     this.leaf = leaf;
     this.warn = options.onWarning ?? ((message) => process.emitWarning(message, 'ShaperrWarning'));
   }
@@ -202,97 +211,35 @@ export class Shaper {
    */
   static async open(options: ShaperOptions): Promise<Shaper> {
     const onWarning = options.onWarning ?? ((message: string) => process.emitWarning(message, 'ShaperrWarning'));
-    if (options.dryRun) {
-      const shaper = new Shaper(undefined, options, options.leaf ?? 'sfq');
-      shaper.noteServerCeil();
-      shaper.create();
-      return shaper;
-    }
-    const tc = TrafficControl.open({
-      ...(options.netns ? { netns: options.netns } : {}),
-      onWarning: (warning: KernelWarning) => onWarning(`kernel warning on ${warning.operation} ${warning.object}: ${warning.message}`),
-    });
+    const kernel = options.dryRun
+      ? recordingKernel()
+      : liveKernel(
+          TrafficControl.open({
+            ...(options.netns ? { netns: options.netns } : {}),
+            onWarning: (warning: KernelWarning) => onWarning(`kernel warning on ${warning.operation} ${warning.object}: ${warning.message}`),
+          }),
+          options.device,
+        );
     try {
-      const leaf = chooseLeaf(tc, options.leaf ?? 'sfq', onWarning);
-      const shaper = new Shaper(tc, options, leaf);
+      const shaper = new Shaper(kernel, options, chooseLeaf(kernel, options.leaf ?? 'sfq', onWarning));
       shaper.noteServerCeil();
       shaper.setUp();
       return shaper;
     } catch (error) {
-      tc.close();
+      kernel.close();
       throw error;
     }
   }
 
   /**
-   * A read-only view of what shaperr has on a device (for `shaperr status` and `shaperr tc`, next to a
-   * running daemon): undefined when the device has no shaperr root qdisc. Changes nothing in the kernel.
+   * A view of the pipes an earlier or running Shaper left on a read-only kernel (inspectShaper builds
+   * one): it adopts what is there, repairs nothing, and can only be read.
    */
-  static inspect(options: { device: string; netns?: string }): Shaper | undefined {
-    const tc = TrafficControl.open(options.netns ? { netns: options.netns } : {});
-    try {
-      const root = tc.rootQdisc(options.device);
-      const server = tc.classes(options.device).find((tcClass) => tcClass.handle === SERVER_CLASS);
-      if (!isShaperRoot(root) || !server) {
-        tc.close();
-        return undefined;
-      }
-      const leaves = tc.qdiscs(options.device).filter((qdisc) => qdisc.parent !== TC_H_ROOT && (qdisc.parent >>> 16) === ROOT_MAJOR);
-      const leaf: LeafKind = leaves[0]?.kind === 'sfq' ? 'sfq' : leaves.length ? 'bfifo' : 'none';
-      const limits = { rate: server.parameters.rate, ceil: server.parameters.ceil };
-      // Gateway mode shows in the filters themselves: `shaperr tc` prints them as they are.
-      const sourcePort = tc.filters(options.device, ROOT_HANDLE).map(readClientFilter).find((client) => client)?.sourcePort;
-      const shaper = new Shaper(tc, { device: options.device, server: limits, client: limits, ...(sourcePort === undefined ? {} : { sourcePort }), onWarning: () => {} }, leaf);
-      shaper.readOnly = true;
-      shaper.classMtu = classMtuFor(tc.link(options.device).mtu);
-      shaper.adopt();
-      return shaper;
-    } catch (error) {
-      tc.close();
-      throw error;
-    }
-  }
-
-  /**
-   * Removes everything shaperr made on a device (one root qdisc delete takes every class, leaf and filter
-   * with it). Returns how many client pipes went, undefined when shaperr had nothing there. A root qdisc
-   * shaperr did not create is left alone with an error.
-   */
-  static async clear(options: { device: string; netns?: string; onProgress?: ProgressListener }): Promise<number | undefined> {
-    const tc = TrafficControl.open(options.netns ? { netns: options.netns } : {});
-    try {
-      const root = tc.rootQdisc(options.device);
-      if (!root) return undefined;
-      if (!isShaperRoot(root)) {
-        throw new ShaperrInputError(`the root qdisc on ${options.device} is ${describeQdisc(root)}, not shaperr's; not touching it`);
-      }
-      const classes = tc.classes(options.device);
-      const pipes = classes.filter((tcClass) => tcClass.parent === SERVER_CLASS).length;
-      const server = classes.find((tcClass) => tcClass.handle === SERVER_CLASS);
-      // A handful of kernel calls however many pipes: progress is "about to" and "done".
-      options.onProgress?.({ done: 0, total: pipes });
-      const apply = (operations: Operation[]) => {
-        const failed = tc.batch(options.device, operations).find((result) => result.error);
-        if (failed) throw failed.error;
-      };
-      await removeRootDraining(tc, options.device, apply, {
-        open: (busy) =>
-          busy.flatMap((tcClass): Operation[] => {
-            if (!server) return [];
-            const { rate, quantum } = tcClass.parameters;
-            return [{ op: 'change', class: { kind: 'htb', parent: SERVER_CLASS, classid: tcClass.handle, options: { rate, ceil: Math.max(rate, server.parameters.rate), quantum } } }];
-          }),
-        unsteer: () =>
-          tc.filters(options.device, ROOT_HANDLE).flatMap((filter): Operation[] => {
-            const client = readClientFilter(filter);
-            return client ? [{ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node), ifPresent: true }] : [];
-          }),
-      });
-      options.onProgress?.({ done: pipes, total: pipes });
-      return pipes;
-    } finally {
-      tc.close();
-    }
+  static view(kernel: ShaperKernel, options: ShaperOptions, leaf: LeafKind): ShaperView {
+    const shaper = new Shaper(kernel, options, leaf);
+    shaper.classMtu = classMtuFor(kernel.mtu());
+    shaper.adopt();
+    return shaper;
   }
 
   /** The tc commands that would build the current state from an empty device (`shaperr tc`). */
@@ -303,17 +250,10 @@ export class Shaper {
     return operations.map((operation) => toTcCommand(this.options.device, operation));
   }
 
-  /** The kernel connection; only dry-run shapers have none, and they never call this. */
-  private get tc(): TrafficControl {
-    if (!this.kernel) throw new Error('dry-run shaper has no kernel connection');
-    return this.kernel;
-  }
-
   private setUp(): void {
-    const { options, tc } = this;
-    const link = tc.link(options.device);
-    this.classMtu = classMtuFor(link.mtu);
-    const root = tc.rootQdisc(options.device);
+    const { options, kernel } = this;
+    this.classMtu = classMtuFor(kernel.mtu());
+    const root = kernel.rootQdisc();
     const ours = isShaperRoot(root);
     if (root && !ours) {
       if (!options.takeover) {
@@ -326,7 +266,7 @@ export class Shaper {
     }
     if (ours) {
       this.applyAll([{ op: 'replace', class: this.serverClassSpec() }]);
-      this.adopt();
+      this.applyAll(this.adopt());
       // The server rate may have changed since the earlier run: the adopted guarantees must fit it.
       const { all, commit } = this.rebalanceOperations();
       this.applyAll(all);
@@ -360,8 +300,8 @@ export class Shaper {
    * batch: guarantees that go down before the server class, those that go up after it.
    */
   setServerLimits(limits: RateLimits): void {
-    this.ensureWritable();
-    this.server = limitsInBits(limits);
+    this.ensureOpen();
+    this.server = parseLimits(limits);
     this.noteServerCeil();
     const { lower, raise, commit } = this.rebalanceOperations();
     this.applyAll([...lower, { op: 'change', class: this.serverClassSpec() }, ...raise]);
@@ -373,8 +313,8 @@ export class Shaper {
    * the uplink without a pipe (Plex Relay, or a client behind Docker's proxy): the pipes are rebalanced in
    * one batch. 0 gives it back.
    */
-  setReservedRate(rate: number): void {
-    this.ensureWritable();
+  setReservedRate(rate: BitsPerSecond): void {
+    this.ensureOpen();
     if (!Number.isFinite(rate) || rate < 0) throw new ShaperrInputError(`invalid reserved rate ${rate}: expected bits per second ≥ 0`);
     if (rate === this.reservedRate) return;
     this.reservedRate = rate;
@@ -386,13 +326,8 @@ export class Shaper {
   /** Whether shaperr's root qdisc is still on the device (someone may delete it, or re-create the link). */
   isIntact(): boolean {
     this.ensureOpen();
-    if (!this.kernel) return true;
     try {
-      const before = this.tc.link(this.options.device).ifindex;
-      const now = this.tc.link(this.options.device, { refresh: true }).ifindex;
-      if (before !== now) return false;
-      const root = this.tc.rootQdisc(this.options.device);
-      return isShaperRoot(root);
+      return !this.kernel.linkReplaced() && isShaperRoot(this.kernel.rootQdisc());
     } catch (error) {
       if (error instanceof NetlinkError && error.code === 'ENODEV') return true; // link gone: nothing to repair until it is back
       throw error;
@@ -404,7 +339,7 @@ export class Shaper {
    * clients at a time with progress; throttle and release calls made meanwhile wait until it is done.
    */
   async repair(onProgress?: ProgressListener): Promise<void> {
-    this.ensureWritable();
+    this.ensureOpen();
     await this.exclusively(async () => {
       this.create();
       const clients = [...this.clientsByAddress.values()];
@@ -420,7 +355,7 @@ export class Shaper {
    * of them (replace: what is still there is left as it is). Returns how many pipes were re-applied.
    */
   async repairPipes(classids: ReadonlySet<number>): Promise<number> {
-    this.ensureWritable();
+    this.ensureOpen();
     await this.waitForLongOperation();
     const damaged = [...this.clientsByAddress.values()].filter((client) => client.made && client.pipe && classids.has(makeHandle(ROOT_MAJOR, client.minor)));
     this.applyAll(damaged.flatMap((client) => this.clientOperations(client, client.pipe!).map((operation) => ({ ...operation, op: 'replace' }) as Operation)));
@@ -439,17 +374,19 @@ export class Shaper {
     if (this.longOperation) await this.longOperation.catch(() => undefined);
   }
 
-  /** Takes back the clients an earlier run left in the kernel; removes half-made leftovers and rewrites filters made for another gateway setting. */
-  private adopt(): void {
-    const device = this.options.device;
+  /**
+   * Takes back the clients an earlier run left in the kernel. Returns the fixes the kernel needs (for the
+   * caller to apply): missing hash tables, half-made leftovers to remove, filters made for another gateway
+   * setting to rewrite.
+   */
+  private adopt(): Operation[] {
     const classes = new Map<number, TcClass>();
-    for (const tcClass of this.tc.classes(device)) {
+    for (const tcClass of this.kernel.classes()) {
       if (tcClass.parent === SERVER_CLASS) classes.set(tcClass.handle, tcClass);
     }
-    const filters = this.tc.filters(device, ROOT_HANDLE);
+    const filters = this.kernel.filters(ROOT_HANDLE);
     const tablesPresent = hashTableSpecs(ROOT_HANDLE).every((spec) => filters.some((filter) => filter.priority === spec.priority));
-    if (!tablesPresent && !this.readOnly) this.applyAll(hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'replace' as const, filter })));
-    const fixes: Operation[] = [];
+    const fixes: Operation[] = tablesPresent ? [] : hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'replace' as const, filter }));
     for (const filter of filters) {
       const client = readClientFilter(filter);
       if (!client) continue;
@@ -485,11 +422,11 @@ export class Shaper {
     }
     // Classes no filter points at belong to no client any more.
     for (const handle of classes.keys()) fixes.push({ op: 'delete', class: { classid: handle }, ifPresent: true });
-    if (fixes.length && !this.readOnly) this.applyAll(fixes);
+    return fixes;
   }
 
   private nodePool(address: ClientAddress): HandlePool {
-    const key = `${address.family}:${address.bytes[address.bytes.length - 1]}`;
+    const key = `${address.family}:${clientBucket(address)}`;
     let pool = this.filterNodes.get(key);
     if (!pool) {
       pool = new HandlePool(1, 0xfff);
@@ -499,14 +436,9 @@ export class Shaper {
   }
 
   private applyAll(operations: readonly Operation[]): void {
-    if (this.readOnly) throw new Error('this shaper is a read-only view (Shaper.inspect)');
     if (operations.length === 0) return;
     this.stats.kernelRequests += operations.length;
-    if (!this.kernel) {
-      for (const operation of operations) this.options.onChange?.({ command: toTcCommand(this.options.device, operation) });
-      return;
-    }
-    const results = this.tc.batch(this.options.device, operations);
+    const results = this.kernel.batch(operations);
     results.forEach((result, index) => {
       if (this.options.onChange) this.options.onChange({ command: toTcCommand(this.options.device, operations[index]!) });
       if (result.error) throw result.error;
@@ -517,11 +449,6 @@ export class Shaper {
     if (this.closed) throw new Error('the shaper is closed');
   }
 
-  private ensureWritable(): void {
-    this.ensureOpen();
-    if (this.readOnly) throw new Error('this shaper is a read-only view (Shaper.inspect)');
-  }
-
   /**
    * Gives `address` its own pipe (idempotent: a second call with the same limits changes nothing; with
    * other limits it changes the class in place). Exempt addresses are never throttled. The pipe is
@@ -529,7 +456,7 @@ export class Shaper {
    * guarantee is its share, and the other pipes' classes are changed in the same batch.
    */
   async throttle(addressText: string, limits?: RateLimits): Promise<ThrottleOutcome> {
-    this.ensureWritable();
+    this.ensureOpen();
     await this.waitForLongOperation();
     const [outcome] = this.setWanted([{ address: addressText, ...(limits ? { limits } : {}) }]);
     return outcome!;
@@ -540,7 +467,7 @@ export class Shaper {
    * out once for the whole set, then the pipes are made a chunk at a time with progress.
    */
   async throttleAll(entries: readonly { address: string; limits?: RateLimits }[], onProgress?: ProgressListener): Promise<ThrottleOutcome[]> {
-    this.ensureWritable();
+    this.ensureOpen();
     await this.waitForLongOperation();
     let outcomes: ThrottleOutcome[] = [];
     await this.exclusively(async () => {
@@ -568,7 +495,7 @@ export class Shaper {
       let wanted: WantedLimits;
       try {
         address = parseClientAddress(entry.address);
-        wanted = entry.limits ? limitsInBits(entry.limits) : this.defaults;
+        wanted = entry.limits ? parseLimits(entry.limits) : this.defaults;
         if (wanted.ceil < wanted.rate) throw new ShaperrInputError(`invalid limits for ${address.text}: ceil is below rate`);
       } catch (error) {
         // One bad entry of many is reported with its outcome; a single throttle throws it.
@@ -620,8 +547,7 @@ export class Shaper {
   /** Removes new pipes that could not be made, from the kernel (what did go in) and from the books. */
   private forgetPipes(clients: readonly AppliedClient[]): void {
     if (clients.length === 0) return;
-    this.kernel?.batch(
-      this.options.device,
+    this.kernel.batch(
       clients.flatMap((client) => [
         { op: 'delete' as const, filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true },
         { op: 'delete' as const, class: { classid: makeHandle(ROOT_MAJOR, client.minor) }, ifPresent: true },
@@ -702,7 +628,7 @@ export class Shaper {
    * is gone.
    */
   async release(addressText: string): Promise<boolean> {
-    this.ensureWritable();
+    this.ensureOpen();
     await this.waitForLongOperation();
     const address = parseClientAddress(addressText);
     const client = this.clientsByAddress.get(address.text);
@@ -733,11 +659,11 @@ export class Shaper {
     const deleteFilter: Operation = { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true };
     const deleteClass: Operation = { op: 'delete', class: { classid }, ifPresent: true };
     const pipe = client.pipe ?? { rate: client.wanted.rate, ceil: client.wanted.ceil, quantum: 0 };
-    if (this.queuedBytes(classid) > 0) {
+    if (this.kernel.queuedBytes(classid) > 0) {
       this.drainingGuarantees.set(client.minor, pipe.rate);
       try {
         this.applyAll([deleteFilter, { op: 'change', class: this.classSpec(client.minor, { ...pipe, ceil: Math.max(pipe.rate, this.server.rate) }) }]);
-        await drained(() => this.queuedBytes(classid));
+        await drained(() => this.kernel.queuedBytes(classid));
       } finally {
         this.drainingGuarantees.delete(client.minor);
       }
@@ -754,9 +680,6 @@ export class Shaper {
     commit();
   }
 
-  private queuedBytes(classid: number): number {
-    return this.kernel?.getClass(this.options.device, classid)?.statistics?.backlog ?? 0;
-  }
 
   /** Class, leaf and filter of one client, in the order the kernel needs them. */
   private clientOperations(client: AppliedClient, pipe: PipeParameters): Operation[] {
@@ -822,7 +745,7 @@ export class Shaper {
   /** Clients and the server class with live counters, from one dump of the device's classes. */
   state(): { clients: ClientState[]; server?: TcClass } {
     this.ensureOpen();
-    const classes = this.kernel ? this.tc.classes(this.options.device) : [];
+    const classes = this.kernel.classes();
     const byHandle = new Map(classes.map((tcClass) => [tcClass.handle, tcClass]));
     const clients = [...this.clientsByAddress.values()].map((client) => this.describe(client, byHandle.get(makeHandle(ROOT_MAJOR, client.minor))?.statistics));
     const server = byHandle.get(SERVER_CLASS);
@@ -835,10 +758,10 @@ export class Shaper {
    */
   bytesSent(addressText: string, { maxAgeMs = COUNTER_MAX_AGE_MS } = {}): number | undefined {
     const client = this.clientAt(addressText);
-    if (!client || !this.kernel) return undefined;
+    if (!client) return undefined;
     const now = performance.now();
     if (now - this.counters.readAt > maxAgeMs) {
-      this.counters = { readAt: now, bytes: this.tc.classBytes(this.options.device) };
+      this.counters = { readAt: now, bytes: this.kernel.classBytes() };
     }
     return this.counters.bytes.get(makeHandle(ROOT_MAJOR, client.minor));
   }
@@ -855,7 +778,7 @@ export class Shaper {
 
   /** The underlying tc client, for reading state (e.g. `filters()`, `qdiscs()`); undefined in dry runs. */
   get trafficControl(): TrafficControl | undefined {
-    return this.kernel;
+    return this.kernel.trafficControl;
   }
 
   /** The leaf kind in use (after any fallback). */
@@ -865,9 +788,8 @@ export class Shaper {
 
   /** Removes everything shaperr made, dropping nothing queued; busy pipes may borrow up to the server rate meanwhile, guarantees unchanged. */
   private async teardown(): Promise<void> {
-    if (!this.kernel) return this.applyAll([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
     const clients = [...this.clientsByAddress.values()];
-    await removeRootDraining(this.tc, this.options.device, (operations) => this.applyAll(operations), {
+    await removeRootDraining(this.kernel, (operations) => this.applyAll(operations), {
       open: (busy) => {
         const busyHandles = new Set(busy.map((tcClass) => tcClass.handle));
         return clients
@@ -883,49 +805,19 @@ export class Shaper {
     if (this.closed) return;
     await Promise.allSettled(this.draining);
     try {
-      if (teardown && !this.readOnly) await this.teardown();
+      if (teardown) await this.teardown();
     } catch (error) {
       if (!(error instanceof NetlinkError && error.code === 'EINVAL')) throw error;
     } finally {
       this.closed = true;
-      this.kernel?.close();
+      this.kernel.close();
     }
   }
 }
 
-/**
- * Deletes shaperr's root qdisc without dropping what is queued (streams in flight would stall on
- * retransmission timeouts), as release does for one pipe: the client filters go first (`unsteer`: new
- * packets leave unshaped), busy pipes may borrow up to the server rate (`open`, guarantees unchanged), and
- * the root goes once nothing is queued, or after DRAIN_LIMIT_MS. Nothing queued: the root goes at once.
- */
-async function removeRootDraining(
-  tc: TrafficControl,
-  device: string,
-  apply: (operations: Operation[]) => void,
-  { open, unsteer }: { open: (busy: readonly TcClass[]) => Operation[]; unsteer: () => Operation[] },
-): Promise<void> {
-  const queued = (): number => {
-    const root = tc.rootQdisc(device);
-    return isShaperRoot(root) ? (root!.statistics?.backlog ?? 0) : 0;
-  };
-  if (queued() > 0) {
-    const busy = tc.classes(device).filter((tcClass) => tcClass.parent === SERVER_CLASS && (tcClass.statistics?.backlog ?? 0) > 0);
-    apply([...unsteer(), ...open(busy)]);
-    await drained(queued);
-  }
-  apply([{ op: 'delete', qdisc: { handle: ROOT_HANDLE }, ifPresent: true }]);
-}
-
-/** Resolves once `queued()` reads 0, or after DRAIN_LIMIT_MS. */
-async function drained(queued: () => number): Promise<void> {
-  const deadline = performance.now() + DRAIN_LIMIT_MS;
-  while (queued() > 0 && performance.now() < deadline) await sleep(DRAIN_POLL_MS);
-}
-
 /** Uses the wished leaf kind if the kernel has it, else bfifo, saying so once. */
-function chooseLeaf(tc: TrafficControl, wished: LeafKind, warn: (message: string) => void): LeafKind {
-  if (wished === 'none' || wished === 'bfifo' || tc.hasQdiscKind(wished)) return wished;
+function chooseLeaf(kernel: ShaperKernel, wished: LeafKind, warn: (message: string) => void): LeafKind {
+  if (wished === 'none' || wished === 'bfifo' || kernel.hasQdiscKind(wished)) return wished;
   warn(`the kernel has no '${wished}' qdisc (module sch_${wished} not available): client pipes use bfifo leaves instead`);
   return 'bfifo';
 }

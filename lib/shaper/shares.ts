@@ -12,17 +12,17 @@
  * 2 % of the 2:3:4 split, quanta alone 9–13 % off (a turn is lost whenever a TCP flow is momentarily
  * not backlogged). See the README's "Sharing the server rate".
  */
+import { type BitsPerSecond, wholeBytesPerSecond } from '../tc/units.js';
 
-/** Rates in bits per second. */
 export interface WantedLimits {
-  rate: number;
-  ceil: number;
+  rate: BitsPerSecond;
+  ceil: BitsPerSecond;
 }
 
-/** What one client class gets in the kernel: rates in bits per second, quantum in bytes. */
+/** What one client class gets in the kernel: its rates, and its quantum in bytes. */
 export interface PipeParameters {
-  rate: number;
-  ceil: number;
+  rate: BitsPerSecond;
+  ceil: BitsPerSecond;
   quantum: number;
 }
 
@@ -44,7 +44,7 @@ const QUANTUM_MAX = 16 << 20;
 /** HTB rates are whole bytes per second. */
 const SMALLEST_RATE = 8;
 
-const wholeBytes = (bits: number): number => Math.max(SMALLEST_RATE, Math.floor(bits / 8) * 8);
+const wholeBytes = (bits: number): number => Math.max(SMALLEST_RATE, wholeBytesPerSecond(bits));
 
 export function quantumFor(wantedRate: number): number {
   return Math.min(QUANTUM_MAX, Math.max(QUANTUM_MIN, Math.round((wantedRate / 8) * QUANTUM_SECONDS)));

@@ -6,8 +6,10 @@
 import { readFileSync } from 'node:fs';
 import { ShaperrInputError } from '../wire/errors.js';
 
+/** A rate: every rate in shaperr's API, options and read-backs is a number of bits per second. */
+export type BitsPerSecond = number;
 /** A rate as accepted by the API: a tc-style string, or a number of bits per second. */
-export type RateInput = string | number;
+export type RateInput = string | BitsPerSecond;
 /** A size as accepted by the API: a tc-style string, or a number of bytes. */
 export type SizeInput = string | number;
 
@@ -39,8 +41,11 @@ function splitNumber(text: string, what: string, example: string): { value: numb
 
 const U32_MAX = 0xffffffff;
 
-/** Parses a rate into bytes per second. Strings as tc (`2mbit`, `2.5mbit`, `500kbps` = bytes); numbers are bit/s. */
-export function parseRate(input: RateInput): number {
+/**
+ * Parses a rate into bits per second, rounded down to whole bytes per second (what the kernel holds).
+ * Strings as tc (`2mbit`, `2.5mbit`, `500kbps` = bytes); numbers are bit/s.
+ */
+export function parseRate(input: RateInput): BitsPerSecond {
   let bits: number;
   if (typeof input === 'number') {
     if (!Number.isFinite(input) || input < 0) throw new ShaperrInputError(`invalid rate ${input}: expected a non-negative number of bits per second`);
@@ -53,11 +58,14 @@ export function parseRate(input: RateInput): number {
     }
     bits = value * scale;
   }
-  const bytes = Math.trunc(bits / 8);
-  if (bytes < 1) throw new ShaperrInputError(`invalid rate ${JSON.stringify(input)}: must be at least 8 bit/s`);
-  if (!Number.isSafeInteger(bytes)) throw new ShaperrInputError(`invalid rate ${JSON.stringify(input)}: too large`);
-  return bytes;
+  const whole = wholeBytesPerSecond(bits);
+  if (whole < 8) throw new ShaperrInputError(`invalid rate ${JSON.stringify(input)}: must be at least 8 bit/s`);
+  if (!Number.isSafeInteger(whole)) throw new ShaperrInputError(`invalid rate ${JSON.stringify(input)}: too large`);
+  return whole;
 }
+
+/** A rate rounded down to whole bytes per second: the kernel's rate fields count bytes. */
+export const wholeBytesPerSecond = (rate: BitsPerSecond): BitsPerSecond => Math.trunc(rate / 8) * 8;
 
 /** Parses a size into bytes: `1500`, `10kb`, `1mb` (binary multiples, as tc). */
 export function parseSize(input: SizeInput): number {
@@ -88,9 +96,8 @@ export function parseTime(input: string | number): number {
   return Math.trunc(value * scale);
 }
 
-/** A rate in bytes/s written so that tc reads back exactly the same value. */
-export function formatRate(bytesPerSecond: number): string {
-  const bits = bytesPerSecond * 8;
+/** A rate written so that tc reads back exactly the same value. */
+export function formatRate(bits: BitsPerSecond): string {
   for (const [unit, scale] of [['gbit', 1e9], ['mbit', 1e6], ['kbit', 1e3]] as const) {
     if (bits % scale === 0) return `${bits / scale}${unit}`;
   }
@@ -98,8 +105,7 @@ export function formatRate(bytesPerSecond: number): string {
 }
 
 /** A rate for people: `2.5 Mbit/s`. */
-export function describeRate(bytesPerSecond: number): string {
-  const bits = bytesPerSecond * 8;
+export function describeRate(bits: BitsPerSecond): string {
   for (const [unit, scale] of [['Gbit/s', 1e9], ['Mbit/s', 1e6], ['kbit/s', 1e3]] as const) {
     if (bits >= scale) return `${Number((bits / scale).toFixed(2))} ${unit}`;
   }

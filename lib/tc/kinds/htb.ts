@@ -7,10 +7,11 @@ import { ShaperrInputError } from '../../wire/errors.js';
 import { nested, s32, struct, u32 } from '../../wire/struct.js';
 import { defineKind, type KindContext, type TcKind, writeNestedOptions } from '../kind.js';
 import { integerOption, sizeOption, U32_RANGE } from '../options.js';
-import { formatRate, parseRate, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
+import { type BitsPerSecond, formatRate, parseRate, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
 import {
   burstTicks,
   cellLogOf,
+  fromWireRate,
   type RateSpecOptions,
   rateSpecArguments,
   type RateSpecParameters,
@@ -19,6 +20,7 @@ import {
   resolveRateSpec,
   saturate32,
   tcRatespec,
+  toWireRate,
 } from './ratespec.js';
 
 const tcHtbGlob = struct({ version: u32, rate2quantum: u32, defcls: u32, debug: u32, directPkts: u32 });
@@ -47,7 +49,7 @@ const htbQdiscAttributes = attributeSet({
 });
 
 const HTB_VERSION = 3;
-const DEFAULT_R2Q = 10;
+export const DEFAULT_R2Q = 10;
 /** tc's assumed packet size for rate tables and the default burst ("eth packet len"). */
 export const HTB_DEFAULT_MTU = 1600;
 /** The kernel logs "quantum of class … is small/big" outside this range when it derives the quantum. */
@@ -131,10 +133,8 @@ export interface HtbClassOptions extends RateSpecOptions {
 }
 
 export interface HtbClassParameters extends Omit<HtbClassOptions, keyof RateSpecOptions>, RateSpecParameters {
-  /** bits per second */
-  rate: number;
-  /** bits per second */
-  ceil: number;
+  rate: BitsPerSecond;
+  ceil: BitsPerSecond;
   burst: number;
   cburst: number;
   quantum: number;
@@ -152,8 +152,8 @@ export interface HtbClassStats {
   ctokens: number;
 }
 
-function defaultQuantum(rateBytes: number): number {
-  const derived = Math.trunc(rateBytes / DEFAULT_R2Q);
+function defaultQuantum(rate: BitsPerSecond): number {
+  const derived = Math.trunc(toWireRate(rate) / DEFAULT_R2Q);
   if (derived < QUANTUM_MIN) return QUANTUM_MIN;
   if (derived > QUANTUM_MAX) return QUANTUM_MAX;
   return 0;
@@ -162,23 +162,23 @@ function defaultQuantum(rateBytes: number): number {
 export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats> = {
   name: 'htb',
   resolve(input, context) {
-    const rateBytes = parseRate(input.rate);
-    const ceilBytes = input.ceil === undefined ? rateBytes : parseRate(input.ceil);
-    if (ceilBytes < rateBytes) throw new ShaperrInputError(`invalid HTB class: ceil ${formatRate(ceilBytes)} is below rate ${formatRate(rateBytes)}`);
+    const rate = parseRate(input.rate);
+    const ceil = input.ceil === undefined ? rate : parseRate(input.ceil);
+    if (ceil < rate) throw new ShaperrInputError(`invalid HTB class: ceil ${formatRate(ceil)} is below rate ${formatRate(rate)}`);
     const rateSpec = resolveRateSpec('HTB', input);
     const mtu = rateSpec.mtu ?? HTB_DEFAULT_MTU;
     // tc: rate / get_hz() + mtu, in integer arithmetic (HZ is 1e9 with high-resolution timers, so ≈ mtu).
-    const defaultBurst = (bytes: number): number => Math.floor(bytes / context.clock.hz) + mtu;
-    const burst = input.burst === undefined ? defaultBurst(rateBytes) : sizeOption('HTB burst', input.burst);
-    const cburst = input.cburst === undefined ? defaultBurst(ceilBytes) : sizeOption('HTB cburst', input.cburst);
-    burstTicks('HTB burst', rateBytes, burst, context.clock);
-    burstTicks('HTB cburst', ceilBytes, cburst, context.clock);
+    const defaultBurst = (bits: BitsPerSecond): number => Math.floor(toWireRate(bits) / context.clock.hz) + mtu;
+    const burst = input.burst === undefined ? defaultBurst(rate) : sizeOption('HTB burst', input.burst);
+    const cburst = input.cburst === undefined ? defaultBurst(ceil) : sizeOption('HTB cburst', input.cburst);
+    burstTicks('HTB burst', toWireRate(rate), burst, context.clock);
+    burstTicks('HTB cburst', toWireRate(ceil), cburst, context.clock);
     const parameters: HtbClassParameters = {
-      rate: rateBytes * 8,
-      ceil: ceilBytes * 8,
+      rate,
+      ceil,
       burst,
       cburst,
-      quantum: input.quantum === undefined ? defaultQuantum(rateBytes) : integerOption('HTB quantum', input.quantum, tcHtbOpt.fieldRange('quantum')),
+      quantum: input.quantum === undefined ? defaultQuantum(rate) : integerOption('HTB quantum', input.quantum, tcHtbOpt.fieldRange('quantum')),
       // prio is 32 bits wide, but the kernel has eight priorities.
       prio: integerOption('HTB prio', input.prio ?? 0, { min: 0, max: 7 }),
       ...rateSpec,
@@ -188,8 +188,8 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
     return parameters;
   },
   write(writer: MessageWriter, parameters, context: KindContext) {
-    const rateBytes = parameters.rate / 8;
-    const ceilBytes = parameters.ceil / 8;
+    const rateBytes = toWireRate(parameters.rate);
+    const ceilBytes = toWireRate(parameters.ceil);
     const common = { mpu: parameters.mpu, overhead: parameters.overhead, linklayer: parameters.linklayer, mtu: parameters.mtu ?? HTB_DEFAULT_MTU };
     // Like tc, the tables use the saturated 32-bit rate while the burst times use the full rate.
     const rate = rateTable({ ...common, rate32: saturate32(rateBytes), cellLog: cellLogOf(parameters.burstCell) }, context.clock);
@@ -217,8 +217,8 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
     const rateBytes = rate64 !== undefined ? Number(rate64) : parms.rate.rate;
     const ceilBytes = ceil64 !== undefined ? Number(ceil64) : parms.ceil.rate;
     return {
-      rate: rateBytes * 8,
-      ceil: ceilBytes * 8,
+      rate: fromWireRate(rateBytes),
+      ceil: fromWireRate(ceilBytes),
       burst: transmitSize(rateBytes, parms.buffer, context.clock),
       cburst: transmitSize(ceilBytes, parms.cbuffer, context.clock),
       quantum: parms.quantum,
@@ -230,7 +230,7 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
   readExtendedStats: (payload) => tcHtbXstats.decode(payload),
   tcArguments(input) {
     const args: string[] = [];
-    const rate = (value: RateInput): string => (typeof value === 'number' ? formatRate(Math.trunc(value / 8)) : value);
+    const rate = (value: RateInput): string => (typeof value === 'number' ? formatRate(parseRate(value)) : value);
     const size = (value: SizeInput, cell: number | undefined): string => `${value}${cell === undefined ? '' : `/${cell}`}`;
     if (input.prio !== undefined) args.push('prio', String(input.prio));
     args.push(...rateSpecArguments(input));

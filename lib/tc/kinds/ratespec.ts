@@ -9,7 +9,14 @@ import { memoize } from '../../memo.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { s16, struct, u16, u32, u8 } from '../../wire/struct.js';
 import { integerOption, sizeOption } from '../options.js';
-import { describeRate, type SchedulerClock, type SizeInput, transmitTicks, transmitTicksFit } from '../units.js';
+import { type BitsPerSecond, describeRate, type SchedulerClock, type SizeInput, transmitTicks, transmitTicksFit } from '../units.js';
+
+/**
+ * The kernel's rate fields count bytes per second while every rate in shaperr is bits per second: the
+ * kinds' encoders and decoders convert here, and nowhere else. (parseRate keeps rates to whole bytes.)
+ */
+export const toWireRate = (rate: BitsPerSecond): number => rate / 8;
+export const fromWireRate = (bytesPerSecond: number): BitsPerSecond => bytesPerSecond * 8;
 
 export const tcRatespec = struct({ cellLog: u8, linklayer: u8, overhead: u16, cellAlign: s16, mpu: u16, rate: u32 });
 export type Ratespec = ReturnType<typeof tcRatespec.decode>;
@@ -81,7 +88,7 @@ export function burstTicks(option: string, rateBytes: number, size: number, cloc
   if (!transmitTicksFit(rateBytes, size, clock)) {
     const longest = Math.floor(2 ** 32 / clock.ticksPerMicrosecond / 1e6);
     throw new ShaperrInputError(
-      `invalid ${option} ${size} bytes: at ${describeRate(rateBytes)} it lasts ${Math.round(size / rateBytes)} s, and the kernel holds at most ${longest} s; give a smaller burst or a higher rate`,
+      `invalid ${option} ${size} bytes: at ${describeRate(fromWireRate(rateBytes))} it lasts ${Math.round(size / rateBytes)} s, and the kernel holds at most ${longest} s; give a smaller burst or a higher rate`,
     );
   }
   return transmitTicks(rateBytes, size, clock);

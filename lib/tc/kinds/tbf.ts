@@ -4,9 +4,10 @@ import { ShaperrInputError } from '../../wire/errors.js';
 import { nested, struct, u32 } from '../../wire/struct.js';
 import { defineKind, type TcKind, writeNestedOptions } from '../kind.js';
 import { sizeOption, timeOption, U32_RANGE } from '../options.js';
-import { formatRate, parseRate, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
+import { type BitsPerSecond, formatRate, parseRate, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
 import {
   burstTicks,
+  fromWireRate,
   type RateSpecOptions,
   rateSpecArguments,
   type RateSpecParameters,
@@ -15,6 +16,7 @@ import {
   resolveRateSpec,
   saturate32,
   tcRatespec,
+  toWireRate,
 } from './ratespec.js';
 
 const tcTbfQopt = struct({ rate: nested(tcRatespec), peakrate: nested(tcRatespec), limit: u32, buffer: u32, mtu: u32 });
@@ -43,11 +45,10 @@ export interface TbfOptions extends RateSpecOptions {
 }
 
 export interface TbfParameters extends Omit<TbfOptions, keyof RateSpecOptions>, RateSpecParameters {
-  /** bits per second */
-  rate: number;
+  rate: BitsPerSecond;
   burst: number;
   limit: number;
-  peakrate?: number;
+  peakrate?: BitsPerSecond;
 }
 
 export const tbfQdisc: TcKind<TbfOptions, TbfParameters> = {
@@ -57,10 +58,12 @@ export const tbfQdisc: TcKind<TbfOptions, TbfParameters> = {
       throw new ShaperrInputError('invalid TBF options: give exactly one of limit or latency');
     }
     if (input.peakrate !== undefined && input.mtu === undefined) throw new ShaperrInputError('invalid TBF options: peakrate needs mtu');
-    const rateBytes = parseRate(input.rate);
+    const rate = parseRate(input.rate);
+    const rateBytes = toWireRate(rate);
     const burst = sizeOption('TBF burst', input.burst);
     if (burst === 0) throw new ShaperrInputError('invalid TBF burst 0: must be positive');
-    const peakBytes = input.peakrate === undefined ? undefined : parseRate(input.peakrate);
+    const peakrate = input.peakrate === undefined ? undefined : parseRate(input.peakrate);
+    const peakBytes = peakrate === undefined ? undefined : toWireRate(peakrate);
     const rateSpec = resolveRateSpec('TBF', input);
     const mtu = rateSpec.mtu;
     // tc computes both times from the saturated 32-bit rates.
@@ -76,13 +79,13 @@ export const tbfQdisc: TcKind<TbfOptions, TbfParameters> = {
       limit = Math.trunc(limit);
       if (limit > U32_RANGE.max) throw new ShaperrInputError(`invalid TBF latency ${JSON.stringify(input.latency)}: at this rate its byte limit ${limit} exceeds 32 bits`);
     }
-    const parameters: TbfParameters = { rate: rateBytes * 8, burst, limit, ...rateSpec };
-    if (peakBytes !== undefined) parameters.peakrate = peakBytes * 8;
+    const parameters: TbfParameters = { rate, burst, limit, ...rateSpec };
+    if (peakrate !== undefined) parameters.peakrate = peakrate;
     return parameters;
   },
   write(writer, parameters, context) {
-    const rateBytes = parameters.rate / 8;
-    const peakBytes = parameters.peakrate === undefined ? 0 : parameters.peakrate / 8;
+    const rateBytes = toWireRate(parameters.rate);
+    const peakBytes = parameters.peakrate === undefined ? 0 : toWireRate(parameters.peakrate);
     const common = { mpu: parameters.mpu, overhead: parameters.overhead, linklayer: parameters.linklayer, mtu: parameters.mtu ?? 0, cellLog: -1 };
     const rate = rateTable({ ...common, rate32: saturate32(rateBytes) }, context.clock);
     const peak = peakBytes ? rateTable({ ...common, rate32: saturate32(peakBytes) }, context.clock) : undefined;
@@ -109,20 +112,20 @@ export const tbfQdisc: TcKind<TbfOptions, TbfParameters> = {
     if (!values.parms) throw new Error('TBF options without TCA_TBF_PARMS');
     const rateBytes = values.rate64 !== undefined ? Number(values.rate64) : values.parms.rate.rate;
     const parameters: TbfParameters = {
-      rate: rateBytes * 8,
+      rate: fromWireRate(rateBytes),
       burst: values.burst ?? transmitSize(rateBytes, values.parms.buffer, context.clock),
       limit: values.parms.limit,
       ...readRateSpec(values.parms.rate),
     };
     const peakBytes = values.prate64 !== undefined ? Number(values.prate64) : values.parms.peakrate.rate;
     if (peakBytes) {
-      parameters.peakrate = peakBytes * 8;
+      parameters.peakrate = fromWireRate(peakBytes);
       parameters.mtu = values.pburst ?? transmitSize(peakBytes, values.parms.mtu, context.clock);
     }
     return parameters;
   },
   tcArguments(input) {
-    const rate = (value: RateInput): string => (typeof value === 'number' ? formatRate(Math.trunc(value / 8)) : value);
+    const rate = (value: RateInput): string => (typeof value === 'number' ? formatRate(parseRate(value)) : value);
     const args = ['rate', rate(input.rate), 'burst', String(input.burst)];
     if (input.limit !== undefined) args.push('limit', String(input.limit));
     if (input.latency !== undefined) args.push('latency', typeof input.latency === 'number' ? `${input.latency}us` : input.latency);

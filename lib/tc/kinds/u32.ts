@@ -95,15 +95,6 @@ export function formatU32Handle(handle: number): string {
 
 export const makeU32Handle = (table: number, bucket: number, node: number): number => ((table << 20) | (bucket << 12) | node) >>> 0;
 
-/** The bucket of a 256-way table keyed on the address's last byte (`hashkey mask 0x000000ff at 16|36`). */
-export function hashBucketForAddress(address: string): number {
-  const { bytes } = parseClientAddress(address);
-  return bytes[bytes.length - 1]!;
-}
-
-/** `hashkey` for a 256-bucket table on the last byte of the IPv4 (at 16) or IPv6 (at 36) destination. */
-export const lastByteHashKey = (family: 4 | 6): { mask: number; at: number } => ({ mask: 0xff, at: family === 4 ? 16 : 36 });
-
 // ---- options ---------------------------------------------------------------------------------------------
 
 export interface U32Match {
