@@ -10,7 +10,7 @@ import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renam
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { LogTailer, rotatedPath } from '../daemon/tail.js';
+import { LogTailer, rotatedPath } from '../daemon/sources/tail.js';
 import { parseClientAddress } from '../lib/address.js';
 import { clientFilterRef } from '../lib/shaper/layout.js';
 import { TcMonitor, type TcNotification } from '../lib/tc/monitor.js';

@@ -7,8 +7,8 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { NetworkSet } from '../lib/address.js';
 import { parseRate } from '../lib/tc/units.js';
-import type { PolicyConfig } from './policy.js';
-import { isLoopbackListen } from './http.js';
+import type { PolicyConfig } from './sessions/policy.js';
+import { isLoopbackListen } from './operator/http.js';
 
 const rate = z.union([z.string(), z.number()]).superRefine((value, context) => {
   try {

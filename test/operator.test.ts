@@ -15,7 +15,7 @@ import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from '
 import { startStream } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();
-const SHAPERR = fileURLToPath(new URL('../dist/daemon/shaperr-cli.js', import.meta.url));
+const SHAPERR = fileURLToPath(new URL('../dist/daemon/operator/shaperr-cli.js', import.meta.url));
 const shaperr = (...args: string[]) => spawnSync(process.execPath, [SHAPERR, ...args], { encoding: 'utf8' });
 
 t.test('shaperr status, tc and clear read and change the real kernel state', { skip }, async (t) => {

@@ -12,7 +12,7 @@ import { type Daemon, kernelState, logDir, play, plexLine, plexLineAt, startDaem
 import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
 
 const skip = netnsUnavailable();
-const SHAPERR = fileURLToPath(new URL('../dist/daemon/shaperr-cli.js', import.meta.url));
+const SHAPERR = fileURLToPath(new URL('../dist/daemon/operator/shaperr-cli.js', import.meta.url));
 
 /** A config file for the topology's srv0; `extra` lines are appended (YAML). */
 function writeConfig(dir: string, topology: Topology, log: string, name: string, extra: string[] = []): string {

@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { describeRate } from '../../lib/tc/units.js';
 import { validateConfig } from '../config.js';
-import type { Decision } from '../sessions.js';
+import type { Decision } from '../sessions/sessions.js';
 import { Shaperrd } from '../shaperrd.js';
 import { describeHomeUplink, type HomeUplinkDemo, type HomeUplinkDemoSummary, startHomeUplinkDemo } from './home-uplink-demo.js';
 import { PlexTestServer } from './plex-test-server.js';

@@ -5,18 +5,18 @@
  */
 import { accessSync, closeSync, constants, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import { Shaper } from '../lib/shaper/shaper.js';
-import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { describeQdisc, isShaperRoot, SHAPER_LAYOUT } from '../lib/shaper/layout.js';
-import { makeHandle } from '../lib/tc/handle.js';
-import { describeRate } from '../lib/tc/units.js';
-import { NetlinkError } from '../lib/wire/errors.js';
-import { ConfigError, loadConfig, type ShaperrConfig } from './config.js';
-import { checkPlexSource } from './sources/plex-check.js';
-import { loadState } from './state.js';
-import { lockDevice } from './device-lock.js';
+import { Shaper } from '../../lib/shaper/shaper.js';
+import { TrafficControl } from '../../lib/tc/traffic-control.js';
+import { describeQdisc, isShaperRoot, SHAPER_LAYOUT } from '../../lib/shaper/layout.js';
+import { makeHandle } from '../../lib/tc/handle.js';
+import { describeRate } from '../../lib/tc/units.js';
+import { NetlinkError } from '../../lib/wire/errors.js';
+import { ConfigError, loadConfig, type ShaperrConfig } from '../config.js';
+import { checkPlexSource } from '../sources/plex-check.js';
+import { loadState } from '../apply/state.js';
+import { lockDevice } from '../apply/device-lock.js';
 import { buildStatus, type SessionInfo, type StatusReport, ThroughputMeter } from './status.js';
-import { findPlexLog } from './tail.js';
+import { findPlexLog } from '../sources/tail.js';
 
 const DEFAULT_CONFIG = '/etc/shaperr/shaperr.yaml';
 
