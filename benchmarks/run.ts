@@ -16,7 +16,7 @@ import { BATCH_FILL_BYTES, encodeRequest } from '../lib/wire/connection.js';
 import { PlexLogParser } from '../daemon/sources/parse.js';
 import { Policy } from '../daemon/sessions/policy.js';
 import { SessionTracker } from '../daemon/sessions/sessions.js';
-import { createNetns, deleteNetns, ip } from '../daemon/demo/sandbox.js';
+import { createNetns, deleteNetns, ip } from '../daemon/support/netns.js';
 import { PlexTestServer } from '../daemon/demo/plex-test-server.js';
 import { measureGoodputConcurrently, measureRoundTrips } from '../test/helpers/traffic.js';
 import { createTopology } from '../test/helpers/netns.js';

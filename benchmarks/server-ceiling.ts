@@ -7,7 +7,7 @@
 import { Shaper } from '../lib/shaper/shaper.js';
 import { quantumFor } from '../lib/shaper/shares.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { createNetns, deleteNetns, ip } from '../daemon/demo/sandbox.js';
+import { createNetns, deleteNetns, ip } from '../daemon/support/netns.js';
 import { createTopology } from '../test/helpers/netns.js';
 import { startStream } from '../test/helpers/traffic.js';
 

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import t from 'tap';
 import { validateConfig } from '../daemon/config.js';
-import { hasCommand } from '../daemon/demo/sandbox.js';
+import { hasCommand } from '../daemon/support/netns.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import { parseClientAddress } from '../lib/address.js';
 import { clientFilterSpec, readClientFilter } from '../lib/shaper/layout.js';

@@ -21,7 +21,7 @@ import type { Decision } from '../sessions/sessions.js';
 import { Shaperrd } from '../shaperrd.js';
 import { describeHomeUplink, type HomeUplinkDemo, type HomeUplinkDemoSummary, startHomeUplinkDemo } from './home-uplink-demo.js';
 import { PlexTestServer } from './plex-test-server.js';
-import { createPair, liveNamespaces, removeAllNamespaces } from './sandbox.js';
+import { createPair, liveNamespaces, removeAllNamespaces } from '../support/netns.js';
 
 const configuredRate = (client: { address: string }): number => (client.address === APP.address ? APP_USER.rateBits : CLIENT_RATE_BITS);
 

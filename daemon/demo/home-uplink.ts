@@ -15,7 +15,7 @@ import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { TrafficControl } from '../../lib/tc/traffic-control.js';
-import { createNetns, deleteNetns, inNetns, ip } from './sandbox.js';
+import { createNetns, deleteNetns, inNetns, ip } from '../support/netns.js';
 
 /** Plain JS, found next to this file or, from dist/, in the sources. */
 const PEER = [new URL('./uplink-peer.mjs', import.meta.url), new URL('../../../daemon/demo/uplink-peer.mjs', import.meta.url)]

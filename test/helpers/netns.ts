@@ -13,9 +13,9 @@ import {
   inNetns,
   ip,
   removeAllNamespaces,
-} from '../../daemon/demo/sandbox.js';
+} from '../../daemon/support/netns.js';
 
-export { deleteNetns, inNetns, ip } from '../../daemon/demo/sandbox.js';
+export { deleteNetns, inNetns, ip } from '../../daemon/support/netns.js';
 
 const PREFIX = 'shaperr-t';
 const NETNS_DIR = '/var/run/netns';
