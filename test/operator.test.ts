@@ -11,7 +11,7 @@ import { Shaper } from '../lib/shaper/shaper.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { loadConfig } from '../daemon/config.js';
 import { daemonWithStatusPage, kernelState, logDir, play, plexLine, startDaemon, until } from './helpers/daemon.js';
-import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from './helpers/netns.js';
+import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 import { startStream } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();

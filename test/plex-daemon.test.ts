@@ -23,7 +23,7 @@ import { Shaperrd } from '../daemon/shaperrd.js';
 import type { PlexTimings } from '../daemon/sources/plex.js';
 import type { StatusReport } from '../daemon/operator/status.js';
 import { kernelState, logDir, play, startDaemon, until } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { type PlexTestServer, SECRET_TOKEN, sleep, startPlexServer } from './helpers/plex.js';
 import { measureGoodput, shapedTo } from './helpers/traffic.js';
 

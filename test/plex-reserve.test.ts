@@ -11,7 +11,7 @@ import { validateConfig } from '../daemon/config.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { logDir, until } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
 
 const skip = netnsUnavailable();
