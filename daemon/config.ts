@@ -5,8 +5,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { NetworkSet } from '../lib/address.js';
-import { parseRate } from '../lib/tc/units.js';
+import { NetworkSet, parseRate } from '../lib/index.js';
 import type { PolicyConfig } from './sessions/policy.js';
 import { isLoopbackListen } from './operator/http.js';
 

@@ -5,9 +5,7 @@
  */
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
-import type { ProgressListener } from '../lib/progress.js';
-import { Shaper, type ShaperOptions } from '../lib/shaper/shaper.js';
-import { ShaperWatch } from '../lib/shaper/watch.js';
+import { type ProgressListener, Shaper, type ShaperOptions, ShaperWatch } from '../lib/index.js';
 import { type ShaperrConfig, policyConfig } from './config.js';
 import { MAX_LINE, PlexLogParser, type PlaybackEvent } from './sources/parse.js';
 import { type Limits, Policy } from './sessions/policy.js';

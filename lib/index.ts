@@ -8,8 +8,21 @@
  *   create, read back with statistics, change, delete, batch — and `toTcCommand()` for the equivalent tc
  *   command line.
  */
+import { SHAPER_LAYOUT } from './shaper/layout.js';
+import { makeHandle } from './tc/handle.js';
+
 export { Shaper } from './shaper/shaper.js';
-export type { ClientState, LeafKind, RateLimits, ShaperOptions, ThrottleOutcome } from './shaper/shaper.js';
+export type { ClientState, LeafKind, RateLimits, ShaperOptions, ShaperStats, ThrottleOutcome } from './shaper/shaper.js';
+/**
+ * Telling shaperr's root qdisc from another tool's (for checks and messages): `isShaperRoot(root)`, and
+ * `describeQdisc` names a qdisc as tc prints it (`tbf 1:`).
+ */
+export { describeQdisc, isShaperRoot } from './shaper/layout.js';
+/**
+ * The handle of the root qdisc a Shaper creates, `5a:` (unusual on purpose, so a foreign `1:` HTB is never
+ * taken for shaperr's): a filter kind can be probed on it, and messages can name it with formatHandle.
+ */
+export const SHAPER_ROOT_HANDLE: number = makeHandle(SHAPER_LAYOUT.rootMajor, 0);
 export type { Progress, ProgressListener } from './progress.js';
 export { ShaperWatch } from './shaper/watch.js';
 export type { RepairReport, ShaperWatchOptions } from './shaper/watch.js';

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { describeRate } from '../../lib/tc/units.js';
+import { describeRate } from '../../lib/index.js';
 import { validateConfig } from '../config.js';
 import type { Decision } from '../sessions/sessions.js';
 import { Shaperrd } from '../shaperrd.js';

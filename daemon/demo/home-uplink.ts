@@ -14,7 +14,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { TrafficControl } from '../../lib/tc/traffic-control.js';
+import { TrafficControl } from '../../lib/index.js';
 import { createNetns, deleteNetns, inNetns, ip } from '../support/netns.js';
 
 /** Plain JS, found next to this file or, from dist/, in the sources. */

@@ -4,7 +4,7 @@
  * under client="other") so a busy server cannot blow up the label cardinality.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { ShaperStats } from '../../lib/shaper/shaper.js';
+import type { ShaperStats } from '../../lib/index.js';
 import type { ParserStats } from '../sources/parse.js';
 import type { StatusReport } from './status.js';
 

@@ -5,12 +5,7 @@
  */
 import { accessSync, closeSync, constants, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import { Shaper } from '../../lib/shaper/shaper.js';
-import { TrafficControl } from '../../lib/tc/traffic-control.js';
-import { describeQdisc, isShaperRoot, SHAPER_LAYOUT } from '../../lib/shaper/layout.js';
-import { makeHandle } from '../../lib/tc/handle.js';
-import { describeRate } from '../../lib/tc/units.js';
-import { NetlinkError } from '../../lib/wire/errors.js';
+import { describeQdisc, describeRate, formatHandle, isShaperRoot, NetlinkError, Shaper, SHAPER_ROOT_HANDLE, TrafficControl } from '../../lib/index.js';
 import { ConfigError, loadConfig, type ShaperrConfig } from '../config.js';
 import { checkPlexSource } from '../sources/plex-check.js';
 import { loadState } from '../apply/state.js';
@@ -158,7 +153,7 @@ program
       lock.release();
     }
     process.stdout.write(`${tty && removed ? '\r\x1b[2K' : ''}${removed !== undefined
-      ? `removed shaperr's root qdisc 5a: and ${removed} client pipe${removed === 1 ? '' : 's'} from ${where.device}`
+      ? `removed shaperr's root qdisc ${formatHandle(SHAPER_ROOT_HANDLE)} and ${removed} client pipe${removed === 1 ? '' : 's'} from ${where.device}`
       : `nothing of shaperr's on ${where.device}`}\n`);
   });
 
@@ -245,7 +240,7 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
         }
         // A filter kind can only be tried on a classful qdisc: shaperr's own, when it is there.
         if (ours) {
-          lines.push(tc.hasFilterKind('u32', device, makeHandle(SHAPER_LAYOUT.rootMajor, 0)) ? { verdict: 'ok', what: 'kernel has the u32 filter' } : { verdict: 'fail', what: 'kernel has no u32 filter (module cls_u32)', fix: '`modprobe cls_u32`, or a kernel with CONFIG_NET_CLS_U32' });
+          lines.push(tc.hasFilterKind('u32', device, SHAPER_ROOT_HANDLE) ? { verdict: 'ok', what: 'kernel has the u32 filter' } : { verdict: 'fail', what: 'kernel has no u32 filter (module cls_u32)', fix: '`modprobe cls_u32`, or a kernel with CONFIG_NET_CLS_U32' });
         } else {
           lines.push({ verdict: 'ok', what: 'u32 filter: probed by shaperrd when it starts (needs its qdisc on the device)' });
         }

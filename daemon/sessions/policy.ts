@@ -2,8 +2,7 @@
  * Policy: who gets throttled and how much — the knobs Plex owners ask for most. Exempt networks, "remote
  * streams only", per-user and per-network overrides, and time-of-day schedules for the server ceiling.
  */
-import { NetworkSet } from '../../lib/address.js';
-import { parseRate } from '../../lib/tc/units.js';
+import { NetworkSet, parseRate } from '../../lib/index.js';
 import type { PlaybackEvent } from '../sources/parse.js';
 
 /** Rates in bits per second. */

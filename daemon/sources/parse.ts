@@ -5,7 +5,7 @@
  * websockets, other log lines, garbage) is rejected with two indexOf checks before any regex runs.
  * Query strings are read for identity and state but never copied into events: tokens cannot leak.
  */
-import { NetworkSet, parseClientAddress } from '../../lib/address.js';
+import { NetworkSet, parseClientAddress } from '../../lib/index.js';
 
 export interface PlaybackEvent {
   kind: 'start' | 'progress' | 'pause' | 'stop';
