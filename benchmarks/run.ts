@@ -55,7 +55,7 @@ function percentile(values: number[], p: number): number {
 }
 
 async function benchDevice(): Promise<{ netns: string; destroy: () => Promise<void> }> {
-  const netns = await createNetns('bench', PREFIX);
+  const netns = await createNetns('bench', { prefix: PREFIX });
   await ip('-n', netns, 'link', 'add', 'b0', 'type', 'veth', 'peer', 'name', 'b1');
   await ip('-n', netns, 'link', 'set', 'b0', 'up');
   return { netns, destroy: () => deleteNetns(netns) };

@@ -28,7 +28,7 @@ export async function serverCeiling(record: (row: CeilingRow) => void, quick: bo
 }
 
 async function rebalanceCost(record: (row: CeilingRow) => void, quick: boolean, prefix: string): Promise<void> {
-  const netns = await createNetns('ceiling', prefix);
+  const netns = await createNetns('ceiling', { prefix });
   try {
     await ip('-n', netns, 'link', 'add', 'b0', 'type', 'veth', 'peer', 'name', 'b1');
     await ip('-n', netns, 'link', 'set', 'b0', 'up');

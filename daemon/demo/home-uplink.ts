@@ -92,7 +92,7 @@ export async function createHomeUplink({ prefix, uplinkBitsPerSecond = 20e6, mod
   };
   try {
     const namespace = async (role: string) => {
-      const name = await createNetns(role, prefix);
+      const name = await createNetns(role, { prefix });
       made.push(name);
       return name;
     };

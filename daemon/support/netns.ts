@@ -61,7 +61,8 @@ export function liveNamespaces(): string[] {
   return [...created];
 }
 
-export async function createNetns(role: string, prefix = TEST_PREFIX): Promise<string> {
+/** `prefix` is an option, not a second string: role and prefix cannot be swapped unnoticed. */
+export async function createNetns(role: string, { prefix = TEST_PREFIX }: { prefix?: string } = {}): Promise<string> {
   const name = `${prefix}${process.pid}-${randomBytes(3).toString('hex')}-${role}`;
   await ip('netns', 'add', name);
   created.add(name);
@@ -104,8 +105,8 @@ export async function createPair(
   { server, clients, disableOffloads = true }: { server: string[]; clients: string[]; disableOffloads?: boolean },
 ): Promise<Pair> {
   cleanupStaleNamespaces(prefix);
-  const serverNs = await createNetns('srv', prefix);
-  const clientNs = await createNetns('cli', prefix);
+  const serverNs = await createNetns('srv', { prefix });
+  const clientNs = await createNetns('cli', { prefix });
   const destroy = async () => {
     removeNetns(serverNs);
     removeNetns(clientNs);
