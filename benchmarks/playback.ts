@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { Shaper } from '../lib/shaper/shaper.js';
-import { createTopology, type Topology } from '../test/helpers/netns.js';
+import { createTopology, type Topology } from '../daemon/support/netns.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const PEER = join(HERE, 'playback-peer.mjs');

@@ -13,13 +13,12 @@ import { makeU32Handle } from '../lib/tc/kinds/u32.js';
 import { type Operation, operationRequest, toTcCommand } from '../lib/tc/objects.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { BATCH_FILL_BYTES, encodeRequest } from '../lib/wire/connection.js';
-import { PlexLogParser } from '../daemon/parse.js';
-import { Policy } from '../daemon/policy.js';
-import { SessionTracker } from '../daemon/sessions.js';
-import { createNetns, deleteNetns, ip } from '../daemon/demo/sandbox.js';
+import { PlexLogParser } from '../daemon/sources/parse.js';
+import { Policy } from '../daemon/sessions/policy.js';
+import { SessionTracker } from '../daemon/sessions/sessions.js';
+import { createNetns, createTopology, deleteNetns, ip } from '../daemon/support/netns.js';
 import { PlexTestServer } from '../daemon/demo/plex-test-server.js';
 import { measureGoodputConcurrently, measureRoundTrips } from '../test/helpers/traffic.js';
-import { createTopology } from '../test/helpers/netns.js';
 import { type ShippedDaemon, shippedNodeFlags, startShippedDaemon, waitFor } from './shipped-daemon.js';
 import { homeUplinkScenario } from './home-uplink.js';
 import { serverCeiling } from './server-ceiling.js';
@@ -56,7 +55,7 @@ function percentile(values: number[], p: number): number {
 }
 
 async function benchDevice(): Promise<{ netns: string; destroy: () => Promise<void> }> {
-  const netns = await createNetns(PREFIX, 'bench');
+  const netns = await createNetns('bench', { prefix: PREFIX });
   await ip('-n', netns, 'link', 'add', 'b0', 'type', 'veth', 'peer', 'name', 'b1');
   await ip('-n', netns, 'link', 'set', 'b0', 'up');
   return { netns, destroy: () => deleteNetns(netns) };

@@ -7,8 +7,7 @@
 import { Shaper } from '../lib/shaper/shaper.js';
 import { quantumFor } from '../lib/shaper/shares.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { createNetns, deleteNetns, ip } from '../daemon/demo/sandbox.js';
-import { createTopology } from '../test/helpers/netns.js';
+import { createNetns, createTopology, deleteNetns, ip } from '../daemon/support/netns.js';
 import { startStream } from '../test/helpers/traffic.js';
 
 export interface CeilingRow {
@@ -29,7 +28,7 @@ export async function serverCeiling(record: (row: CeilingRow) => void, quick: bo
 }
 
 async function rebalanceCost(record: (row: CeilingRow) => void, quick: boolean, prefix: string): Promise<void> {
-  const netns = await createNetns(prefix, 'ceiling');
+  const netns = await createNetns('ceiling', { prefix });
   try {
     await ip('-n', netns, 'link', 'add', 'b0', 'type', 'veth', 'peer', 'name', 'b1');
     await ip('-n', netns, 'link', 'set', 'b0', 'up');

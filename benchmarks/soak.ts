@@ -10,13 +10,13 @@ import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renam
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { LogTailer, rotatedPath } from '../daemon/tail.js';
+import { LogTailer, rotatedPath } from '../daemon/sources/tail.js';
 import { parseClientAddress } from '../lib/address.js';
 import { clientFilterRef } from '../lib/shaper/layout.js';
 import { TcMonitor, type TcNotification } from '../lib/tc/monitor.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { type Daemon, kernelState, play, plexLine, startDaemon, stop } from '../test/helpers/daemon.js';
-import { createTopology, type Topology } from '../test/helpers/netns.js';
+import { createTopology, type Topology } from '../daemon/support/netns.js';
 
 const quick = process.argv.includes('--quick');
 /** `--only <word>`: just the scenarios whose name has it (results: soak-<word>.*). */

@@ -5,7 +5,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
 import { ConfigError, exposedSecretsWarning, loadConfig } from './config.js';
-import { DeviceLockedError } from './device-lock.js';
+import { DeviceLockedError } from './apply/device-lock.js';
 import { Shaperrd } from './shaperrd.js';
 
 const program = new Command()

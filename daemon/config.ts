@@ -5,10 +5,9 @@
 import { readFileSync, statSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { NetworkSet } from '../lib/address.js';
-import { parseRate } from '../lib/tc/units.js';
-import { DEFAULT_DIRECT_PLAY_HEADROOM, type PolicyConfig } from './policy.js';
-import { isLoopbackListen } from './http.js';
+import { NetworkSet, parseRate } from '../lib/index.js';
+import { DEFAULT_DIRECT_PLAY_HEADROOM, type PolicyConfig } from './sessions/policy.js';
+import { isLoopbackListen } from './operator/http.js';
 
 const rate = z.union([z.string(), z.number()]).superRefine((value, context) => {
   try {

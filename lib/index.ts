@@ -10,10 +10,15 @@
  *   command line.
  */
 export { Shaper } from './shaper/shaper.js';
-export type { ClientState, LeafKind, RateLimits, ShaperOptions, ShaperView, ThrottleOutcome } from './shaper/shaper.js';
+export type { ClientState, LeafKind, RateLimits, ShaperOptions, ShaperView, ShaperStats, ThrottleOutcome } from './shaper/shaper.js';
 export { checkDevice, clearShaper, inspectShaper } from './shaper/inspect.js';
 export type { DeviceCheck, DeviceOptions } from './shaper/inspect.js';
 export type { ShaperKernel } from './shaper/kernel.js';
+/**
+ * Telling shaperr's root qdisc from another tool's (for checks and messages): `isShaperRoot(root)`, and
+ * `describeQdisc` names a qdisc as tc prints it (`tbf 1:`).
+ */
+export { describeQdisc, isShaperRoot } from './shaper/layout.js';
 export type { Progress, ProgressListener } from './progress.js';
 export { ShaperWatch } from './shaper/watch.js';
 export type { RepairReport, ShaperWatchOptions } from './shaper/watch.js';

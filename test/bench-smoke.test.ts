@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { netnsUnavailable } from './helpers/netns.js';
+import { netnsUnavailable } from '../daemon/support/netns.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 

@@ -2,7 +2,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { netnsUnavailable } from './helpers/netns.js';
+import { netnsUnavailable } from '../daemon/support/netns.js';
 
 const CLI = fileURLToPath(new URL('../dist/daemon/cli.js', import.meta.url));
 

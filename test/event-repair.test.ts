@@ -15,7 +15,7 @@ import { parseClientAddress } from '../lib/address.js';
 import { TcMonitor, type TcNotification } from '../lib/tc/monitor.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { kernelState, logDir, play, startDaemon, until } from './helpers/daemon.js';
-import { createTopology, ip, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, ip, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
 const CLIENTS = ['10.200.1.1', '10.200.1.2', '10.200.1.3'];

@@ -8,7 +8,7 @@ import { ShaperrInputError, TrafficControl } from '../lib/index.js';
 import { fqCodelQdisc } from '../lib/tc/kinds/fq_codel.js';
 import { parsePsched } from '../lib/tc/units.js';
 import { MessageWriter, parseAttributes } from '../lib/wire/attributes.js';
-import { createNetns, deleteNetns, ip, netnsUnavailable } from './helpers/netns.js';
+import { createNetns, deleteNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 
 const context = { clock: parsePsched('000003e8 00000040 000f4240 3b9aca00') };
 

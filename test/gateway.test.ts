@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import t from 'tap';
 import { validateConfig } from '../daemon/config.js';
-import { hasCommand } from '../daemon/demo/sandbox.js';
+import { createNetns, createTopology, deleteNetns, hasCommand, inNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import { parseClientAddress } from '../lib/address.js';
 import { clientFilterSpec, readClientFilter } from '../lib/shaper/layout.js';
@@ -22,7 +22,6 @@ import { Shaper } from '../lib/shaper/shaper.js';
 import { inspectShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { logDir, until } from './helpers/daemon.js';
-import { createNetns, createTopology, deleteNetns, inNetns, ip, netnsUnavailable } from './helpers/netns.js';
 import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
 import { measureGoodputConcurrently, shapedTo } from './helpers/traffic.js';
 

@@ -6,7 +6,7 @@
  */
 import t from 'tap';
 import { runHomeUplink } from '../benchmarks/home-uplink.js';
-import { netnsUnavailable } from './helpers/netns.js';
+import { netnsUnavailable } from '../daemon/support/netns.js';
 
 t.test('home uplink: shaperr keeps the modem queue shorter and drops less than unshaped Plex', { skip: netnsUnavailable() }, async (t) => {
   const run = { seconds: 10, streams: 3, modemBufferSeconds: 0.1 };

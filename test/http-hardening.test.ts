@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import t from 'tap';
-import { MAX_CONNECTIONS, startStatusServer } from '../daemon/http.js';
+import { MAX_CONNECTIONS, startStatusServer } from '../daemon/operator/http.js';
 import { CLI } from './helpers/daemon.js';
 
 const TOKEN = 'a-long-enough-token';

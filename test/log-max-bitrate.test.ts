@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { logDir, plexLine, startDaemon, until } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
 const MBIT = 1e6;

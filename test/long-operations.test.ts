@@ -9,7 +9,7 @@ import t from 'tap';
 import { inChunks, type Progress } from '../lib/progress.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { kernelState, logDir, startDaemon, until } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable } from './helpers/netns.js';
+import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 
 t.test('inChunks reports progress after every chunk and lets other work run in between', async (t) => {
   const seen: Progress[] = [];

@@ -8,7 +8,7 @@ import { TrafficControl } from '../lib/index.js';
 import { matchallFilter } from '../lib/tc/kinds/matchall.js';
 import { parsePsched } from '../lib/tc/units.js';
 import { MessageWriter, parseAttributes } from '../lib/wire/attributes.js';
-import { createNetns, deleteNetns, inNetns, ip, netnsUnavailable } from './helpers/netns.js';
+import { createNetns, deleteNetns, inNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 
 const context = { clock: parsePsched('000003e8 00000040 000f4240 3b9aca00') };
 

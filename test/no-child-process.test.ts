@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { createTopology, netnsUnavailable } from './helpers/netns.js';
+import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 
 /** Absolute, because the traced process runs with an empty PATH. */
 const STRACE = ['/usr/bin/strace', '/bin/strace'].find((path) => !spawnSync(path, ['-V'], { stdio: 'ignore' }).error);

@@ -12,11 +12,11 @@ import { inspectShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { loadConfig } from '../daemon/config.js';
 import { daemonWithStatusPage, kernelState, logDir, play, plexLine, startDaemon, until } from './helpers/daemon.js';
-import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from './helpers/netns.js';
+import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 import { startStream } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();
-const SHAPERR = fileURLToPath(new URL('../dist/daemon/shaperr-cli.js', import.meta.url));
+const SHAPERR = fileURLToPath(new URL('../dist/daemon/operator/shaperr-cli.js', import.meta.url));
 const shaperr = (...args: string[]) => spawnSync(process.execPath, [SHAPERR, ...args], { encoding: 'utf8' });
 
 t.test('shaperr status, tc and clear read and change the real kernel state', { skip }, async (t) => {

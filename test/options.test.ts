@@ -8,7 +8,7 @@ import { type Operation, operationRequest, ShaperrInputError, TrafficControl } f
 import { parsePsched } from '../lib/tc/units.js';
 import { attrU32, attrU64 } from '../lib/wire/attributes.js';
 import { bytes, FieldRangeError, s16, struct, u16, u64, u8 } from '../lib/wire/struct.js';
-import { createNetns, deleteNetns, ip, netnsUnavailable } from './helpers/netns.js';
+import { createNetns, deleteNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 
 const clock = parsePsched('000003e8 00000040 000f4240 3b9aca00');
 const device = { ifindex: 2, name: 'dev d0' };

@@ -1,6 +1,6 @@
 /** Plex log lines → playback events: real formats old and new, proxies, IPv6, and garbage. */
 import t from 'tap';
-import { type PlaybackEvent, PlexLogParser } from '../daemon/parse.js';
+import { type PlaybackEvent, PlexLogParser } from '../daemon/sources/parse.js';
 
 const year = 2026;
 const cases: Array<{ name: string; line: string; expect: Partial<PlaybackEvent> | undefined }> = [

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { logDir } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable } from './helpers/netns.js';
+import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 
 const PEER = fileURLToPath(new URL('../benchmarks/playback-peer.mjs', import.meta.url));
 const PORT = 32400;

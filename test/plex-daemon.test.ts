@@ -18,19 +18,19 @@ import { chromium } from 'playwright-core';
 import t, { type Test } from 'tap';
 import { validateConfig } from '../daemon/config.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import type { Decision } from '../daemon/sessions.js';
+import type { Decision } from '../daemon/sessions/sessions.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import type { PlexTimings } from '../daemon/sources/plex.js';
-import type { StatusReport } from '../daemon/status.js';
+import type { StatusReport } from '../daemon/operator/status.js';
 import { kernelState, logDir, play, startDaemon, until } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { type PlexTestServer, SECRET_TOKEN, sleep, startPlexServer } from './helpers/plex.js';
 import { measureGoodput, shapedTo } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();
 const MBIT = 1e6;
 const CHROMIUM = '/usr/bin/chromium';
-const SHAPERR_CLI = fileURLToPath(new URL('../dist/daemon/shaperr-cli.js', import.meta.url));
+const SHAPERR_CLI = fileURLToPath(new URL('../dist/daemon/operator/shaperr-cli.js', import.meta.url));
 const TIMINGS: Partial<PlexTimings> = { retryMinMs: 100, retryMaxMs: 1000, unauthorizedRetryMs: 1000, requestTimeoutMs: 2000, pingMs: 500, pongTimeoutMs: 3000 };
 
 async function plexDaemon(t: Test, topology: Topology, server: PlexTestServer, extra: Record<string, unknown> = {}) {

@@ -11,10 +11,10 @@ import { chromium } from 'playwright-core';
 import t, { type Test } from 'tap';
 import { validateConfig } from '../daemon/config.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
-import type { StatusReport } from '../daemon/status.js';
+import type { StatusReport } from '../daemon/operator/status.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { logDir, until } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
 
 const skip = netnsUnavailable();

@@ -7,7 +7,7 @@
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
-import type { PlaybackEvent } from '../daemon/parse.js';
+import type { PlaybackEvent } from '../daemon/sources/parse.js';
 import { parseSessionListing, type PlexRequestResult, PlexSource, type PlexSourceOptions, type PlexTimings } from '../daemon/sources/plex.js';
 import { until } from './helpers/daemon.js';
 import { type PlexTestServer, SECRET_TOKEN, selfSignedCertificate, sleep, startPlexServer } from './helpers/plex.js';

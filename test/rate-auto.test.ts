@@ -6,9 +6,9 @@
  */
 import t from 'tap';
 import { policyConfig, validateConfig } from '../daemon/config.js';
-import { type PlaybackEvent, PlexLogParser } from '../daemon/parse.js';
-import { type Limits, Policy } from '../daemon/policy.js';
-import { type Decision, SessionTracker } from '../daemon/sessions.js';
+import { type PlaybackEvent, PlexLogParser } from '../daemon/sources/parse.js';
+import { type Limits, Policy } from '../daemon/sessions/policy.js';
+import { type Decision, SessionTracker } from '../daemon/sessions/sessions.js';
 
 const MBIT = 1e6;
 const base = { device: 'eth0', server: { rate: '50mbit' } };

@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { type Daemon, kernelState, logDir, play, plexLine, plexLineAt, startDaemon } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
-const SHAPERR = fileURLToPath(new URL('../dist/daemon/shaperr-cli.js', import.meta.url));
+const SHAPERR = fileURLToPath(new URL('../dist/daemon/operator/shaperr-cli.js', import.meta.url));
 
 /** A config file for the topology's srv0; `extra` lines are appended (YAML). */
 function writeConfig(dir: string, topology: Topology, log: string, name: string, extra: string[] = []): string {

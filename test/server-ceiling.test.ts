@@ -6,7 +6,7 @@
 import t, { type Test } from 'tap';
 import { type ClientState, Shaper } from '../lib/shaper/shaper.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { startStream, type Stream } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();

@@ -1,7 +1,7 @@
 import t from 'tap';
-import type { PlaybackEvent } from '../daemon/parse.js';
-import { type Limits, Policy, type PolicyConfig } from '../daemon/policy.js';
-import { type ClientShaper, type Decision, SessionTracker } from '../daemon/sessions.js';
+import type { PlaybackEvent } from '../daemon/sources/parse.js';
+import { type Limits, Policy, type PolicyConfig } from '../daemon/sessions/policy.js';
+import { type ClientShaper, type Decision, SessionTracker } from '../daemon/sessions/sessions.js';
 
 /** Records kernel changes and keeps the resulting "kernel" state, as the real Shaper would. */
 class RecordingShaper implements ClientShaper {

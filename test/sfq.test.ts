@@ -7,7 +7,7 @@
 import t from 'tap';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from './helpers/netns.js';
+import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 import { measureGoodput, shapedTo } from './helpers/traffic.js';
 
 const MBIT = 1e6;

@@ -8,7 +8,7 @@ import { checkDevice, clearShaper, inspectShaper } from '../lib/shaper/inspect.j
 import { Shaper } from '../lib/shaper/shaper.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { ShaperrInputError } from '../lib/wire/errors.js';
-import { createTopology, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
 

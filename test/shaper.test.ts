@@ -2,7 +2,7 @@
 import t from 'tap';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { createTopology, inNetns, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, inNetns, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { measureGoodput, measureGoodputConcurrently, shapedTo, startStream } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();

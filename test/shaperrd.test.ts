@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { kernelState, play, plexLine, startDaemon, stop, until } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable } from './helpers/netns.js';
+import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 import { measureGoodput, measureGoodputConcurrently, shapedTo, startStream } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();

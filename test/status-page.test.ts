@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import t from 'tap';
 import { daemonWithStatusPage, play } from './helpers/daemon.js';
-import { netnsUnavailable } from './helpers/netns.js';
+import { netnsUnavailable } from '../daemon/support/netns.js';
 import { measureGoodput } from './helpers/traffic.js';
 
 const CHROMIUM = '/usr/bin/chromium';

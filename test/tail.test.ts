@@ -3,7 +3,7 @@ import { appendFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, truncateSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { LogTailer, rotatedPath, type SavedPosition } from '../daemon/tail.js';
+import { LogTailer, rotatedPath, type SavedPosition } from '../daemon/sources/tail.js';
 
 function setup(t: Test) {
   const dir = mkdtempSync(join(tmpdir(), 'shaperr-tail-'));

@@ -9,7 +9,7 @@ import t, { type Test } from 'tap';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { clearShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { createTopology, inNetns, netnsUnavailable, type Topology } from './helpers/netns.js';
+import { createTopology, inNetns, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { startStream, type Stream } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();

@@ -5,7 +5,7 @@ import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { makeU32Handle } from '../lib/tc/kinds/u32.js';
 import { htbClass } from '../lib/tc/kinds/htb.js';
 import { NetlinkError } from '../lib/wire/errors.js';
-import { createNetns, deleteNetns, ip, netnsUnavailable } from './helpers/netns.js';
+import { createNetns, deleteNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
 

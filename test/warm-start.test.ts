@@ -5,8 +5,8 @@
  */
 import { appendFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import t from 'tap';
-import { Policy } from '../daemon/policy.js';
-import { elapsedBetween, readRecentLog, rebuildSessions } from '../daemon/warm-start.js';
+import { Policy } from '../daemon/sessions/policy.js';
+import { elapsedBetween, readRecentLog, rebuildSessions } from '../daemon/sources/warm-start.js';
 import { logDir, plexLineAt } from './helpers/daemon.js';
 
 // Every stamp below is New York local time, as a Plex server there writes it.

@@ -15,13 +15,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { describeRate } from '../../lib/tc/units.js';
+import { describeRate } from '../../lib/index.js';
 import { validateConfig } from '../config.js';
-import type { Decision } from '../sessions.js';
+import type { Decision } from '../sessions/sessions.js';
 import { Shaperrd } from '../shaperrd.js';
 import { describeHomeUplink, type HomeUplinkDemo, type HomeUplinkDemoSummary, startHomeUplinkDemo } from './home-uplink-demo.js';
 import { PlexTestServer } from './plex-test-server.js';
-import { createPair, liveNamespaces, removeAllNamespaces } from './sandbox.js';
+import { createPair, liveNamespaces, removeAllNamespaces } from '../support/netns.js';
 
 const configuredRate = (client: { address: string }): number => (client.address === APP.address ? APP_USER.rateBits : CLIENT_RATE_BITS);
 

@@ -14,8 +14,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { TrafficControl } from '../../lib/tc/traffic-control.js';
-import { createNetns, deleteNetns, inNetns, ip } from './sandbox.js';
+import { TrafficControl } from '../../lib/index.js';
+import { createNetns, deleteNetns, inNetns, ip } from '../support/netns.js';
 
 /** Plain JS, found next to this file or, from dist/, in the sources. */
 const PEER = [new URL('./uplink-peer.mjs', import.meta.url), new URL('../../../daemon/demo/uplink-peer.mjs', import.meta.url)]
@@ -92,7 +92,7 @@ export async function createHomeUplink({ prefix, uplinkBitsPerSecond = 20e6, mod
   };
   try {
     const namespace = async (role: string) => {
-      const name = await createNetns(prefix, role);
+      const name = await createNetns(role, { prefix });
       made.push(name);
       return name;
     };

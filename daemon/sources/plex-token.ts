@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
-import { defaultPlexLogPaths } from '../tail.js';
+import { defaultPlexLogPaths } from './tail.js';
 
 export interface TokenChoice {
   token: string;

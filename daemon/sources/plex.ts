@@ -19,8 +19,8 @@ import { networkInterfaces } from 'node:os';
 import { XMLParser } from 'fast-xml-parser';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
-import { parseClientAddress } from '../../lib/address.js';
-import type { PlaybackEvent } from '../parse.js';
+import { parseClientAddress } from '../../lib/index.js';
+import type { PlaybackEvent } from './parse.js';
 import { redactToken } from './plex-token.js';
 
 export interface PlexTimings {

@@ -4,7 +4,7 @@
  * when the kernel then refuses it, e.g. sfq on a kernel without sch_sfq).
  */
 import { spawnSync } from 'node:child_process';
-import { createNetns, deleteNetns, ip } from '../helpers/netns.js';
+import { createNetns, deleteNetns, ip } from '../../daemon/support/netns.js';
 
 const TC_REQUEST_TYPES = new Set([36, 37, 38, 40, 41, 42, 44, 45, 46]);
 export const GOLDEN_DEVICE = 'gold0';

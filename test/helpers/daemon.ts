@@ -8,7 +8,7 @@ import { TrafficControl } from '../../lib/tc/traffic-control.js';
 import { pino } from 'pino';
 import { validateConfig } from '../../daemon/config.js';
 import { Shaperrd } from '../../daemon/shaperrd.js';
-import { createTopology, type Topology } from './netns.js';
+import { createTopology, type Topology } from '../../daemon/support/netns.js';
 
 export const CLI = fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
 

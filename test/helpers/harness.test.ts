@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { cleanupStaleNamespaces, createNetns, createTopology, ip, netnsUnavailable } from './netns.js';
+import { cleanupStaleNamespaces, createNetns, createTopology, ip, netnsUnavailable } from '../../daemon/support/netns.js';
 import { measureGoodput, measureGoodputConcurrently } from './traffic.js';
 
 const skip = netnsUnavailable();
@@ -126,7 +126,7 @@ t.test('stale namespaces of dead runs are removed, those of live runs kept', { s
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   t.test(`${signal} removes the namespaces and still ends the process by that signal`, { skip }, async (t) => {
-    const netnsModule = new URL('./netns.ts', import.meta.url).href;
+    const netnsModule = new URL('../../daemon/support/netns.ts', import.meta.url).href;
     const child = spawn(
       process.execPath,
       ['--import', 'tsx', '--input-type=module', '-e', `const { createTopology } = await import(${JSON.stringify(netnsModule)});

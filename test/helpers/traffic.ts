@@ -7,7 +7,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import type { Topology } from './netns.js';
+import type { Topology } from '../../daemon/support/netns.js';
 
 const PEER = fileURLToPath(new URL('../../daemon/demo/traffic-peer.mjs', import.meta.url));
 /** Room for starting node in the namespaces and connecting, on top of warm-up + measurement: a deadline, generous for the emulated stock-kernel lane. */

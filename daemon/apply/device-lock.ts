@@ -3,7 +3,7 @@
  * device's network namespace. The kernel drops it when the holder exits or is killed, and anything in
  * that namespace (a second shaperrd, another container sharing it, `shaperr clear`) sees it.
  */
-import { type AbstractLock, tryAbstractLock } from '../native-bindings/abstract-lock.js';
+import { type AbstractLock, tryAbstractLock } from '../../native-bindings/abstract-lock.js';
 
 export interface DeviceTarget {
   device: string;

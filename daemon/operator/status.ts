@@ -2,11 +2,9 @@
  * What `shaperr status`, the status page and `/api/status` show: the kernel's class counters joined with
  * the session table. One builder for all three, so they never disagree.
  */
-import type { Progress } from '../lib/progress.js';
-import type { ClientState } from '../lib/shaper/shaper.js';
-import type { TcClass } from '../lib/tc/objects.js';
-import type { Decision } from './sessions.js';
-import type { PlexSourceStatus } from './sources/plex.js';
+import type { ClientState, Progress, TcClass } from '../../lib/index.js';
+import type { Decision } from '../sessions/sessions.js';
+import type { PlexSourceStatus } from '../sources/plex.js';
 
 export interface SessionInfo {
   address: string;

@@ -10,7 +10,7 @@
  * The tracker only decides; applying is the job of the `ClientShaper` port, called through a per-client
  * queue so that at most one kernel change per client is in flight and the last decision wins.
  */
-import type { PlaybackEvent } from './parse.js';
+import type { PlaybackEvent } from '../sources/parse.js';
 import type { Limits, Policy, StreamNeed } from './policy.js';
 
 /** What the sessions stage needs from the shaper (the real Shaper, or a dry-run printer). */

@@ -5,13 +5,13 @@
  */
 import { accessSync, closeSync, constants, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import { checkDevice, clearShaper, describeRate, formatHandle, inspectShaper, NetlinkError, SHAPER_ROOT } from '../lib/index.js';
-import { ConfigError, loadConfig, type ShaperrConfig } from './config.js';
-import { checkPlexSource } from './sources/plex-check.js';
-import { loadState } from './state.js';
-import { lockDevice } from './device-lock.js';
+import { checkDevice, clearShaper, describeRate, formatHandle, inspectShaper, NetlinkError, SHAPER_ROOT } from '../../lib/index.js';
+import { ConfigError, loadConfig, type ShaperrConfig } from '../config.js';
+import { checkPlexSource } from '../sources/plex-check.js';
+import { loadState } from '../apply/state.js';
+import { lockDevice } from '../apply/device-lock.js';
 import { buildStatus, type SessionInfo, type StatusReport, ThroughputMeter } from './status.js';
-import { findPlexLog } from './tail.js';
+import { findPlexLog } from '../sources/tail.js';
 
 const DEFAULT_CONFIG = '/etc/shaperr/shaperr.yaml';
 

@@ -6,7 +6,7 @@
  * Query strings are read for identity, state and the bitrate cap but never copied into events: tokens
  * cannot leak.
  */
-import { NetworkSet, parseClientAddress } from '../lib/address.js';
+import { NetworkSet, parseClientAddress } from '../../lib/index.js';
 
 export interface PlaybackEvent {
   kind: 'start' | 'progress' | 'pause' | 'stop';

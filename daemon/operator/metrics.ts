@@ -4,8 +4,8 @@
  * under client="other") so a busy server cannot blow up the label cardinality.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { ShaperStats } from '../lib/shaper/shaper.js';
-import type { ParserStats } from './parse.js';
+import type { ShaperStats } from '../../lib/index.js';
+import type { ParserStats } from '../sources/parse.js';
 import type { StatusReport } from './status.js';
 
 export const MAX_CLIENT_SERIES = 50;

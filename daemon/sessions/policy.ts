@@ -2,9 +2,8 @@
  * Policy: who gets throttled and how much — the knobs Plex owners ask for most. Exempt networks, "remote
  * streams only", per-user and per-network overrides, and time-of-day schedules for the server ceiling.
  */
-import { NetworkSet } from '../lib/address.js';
-import { type BitsPerSecond, parseRate } from '../lib/tc/units.js';
-import type { PlaybackEvent } from './parse.js';
+import { type BitsPerSecond, NetworkSet, parseRate } from '../../lib/index.js';
+import type { PlaybackEvent } from '../sources/parse.js';
 
 export interface Limits {
   rate: BitsPerSecond;
