@@ -676,6 +676,8 @@ async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the soak needs root (network namespaces)');
   execFileSync('ip', ['-V']); // iproute2 builds the namespaces
   const about = machine();
+  const started = performance.now();
+  const durations: string[] = [];
   for (const [name, run] of [
     ['kill -9 in a seek storm', killDuringSeekStorm],
     ['rotations and truncations', rotationsAndTruncations],
@@ -686,8 +688,11 @@ async function main(): Promise<void> {
   ] as const) {
     if (only && !name.includes(only)) continue;
     process.stderr.write(`${name}…\n`);
+    const scenarioStarted = performance.now();
     await run();
+    durations.push(`${name} ${Math.round((performance.now() - scenarioStarted) / 1000)} s`);
   }
+  about.duration = `${Math.round((performance.now() - started) / 1000)} s (${durations.join(', ')})`;
   const table = [
     `# shaperr soak (${about.mode})`,
     '',
