@@ -75,7 +75,7 @@ async function caughtUp(dir: string, log: string, deadlineMs = 30_000): Promise<
 // ---- 1. kill -9 in a seek storm -------------------------------------------------------------------------
 
 async function killDuringSeekStorm(): Promise<void> {
-  const scenario = `kill -9 in a seek storm (${quick ? 5 : 50} times)`;
+  const scenario = `kill -9 in a seek storm (${quick ? 3 : 50} times)`;
   const topology = await createTopology({ clients: 1, ipv6: false, prefix: PREFIX });
   const files = scratch('kill');
   try {
@@ -115,7 +115,7 @@ async function killDuringSeekStorm(): Promise<void> {
     let wronglyDropped = 0;
     let notCaughtUp = 0;
     const coreDrop = new RegExp(`decision (release|expire) (${core.map((address) => address.replaceAll('.', '\\.')).join('|')})"`);
-    const iterations = quick ? 5 : 50;
+    const iterations = quick ? 3 : 50;
     let writer: NodeJS.Timeout | undefined;
     for (let iteration = 0; iteration <= iterations; iteration++) {
       const daemon = startDaemon(config);
