@@ -61,6 +61,10 @@ async function main(): Promise<void> {
     process.exit(2);
   }
 
+  // Runs until a signal stops it. With the Plex API as the only source nothing else holds the event loop
+  // open while Plex is unreachable (the source's retry timers are unref'd), and node would exit with 0.
+  setInterval(() => undefined, 2 ** 31 - 1);
+
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;

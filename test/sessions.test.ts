@@ -209,3 +209,23 @@ t.test('a late ping or timeline line of a stopped session does not bring it back
   await tracker.settled();
   t.ok(shaper.state.has('203.0.113.90'), 'the same session started again is live');
 });
+
+t.test('ever new session keys without stops stay bounded: the one heard from longest ago goes beyond 32', async (t) => {
+  const { shaper, tracker, decisions } = setup();
+  tracker.handle(event('start', '203.0.113.95', 'real'));
+  for (let i = 0; i < 1000; i++) {
+    tracker.handle(event('start', '203.0.113.95', `garbage-${i}`));
+    tracker.handle(event('stop', '203.0.113.95', `never-started-${i}`));
+    if (i % 10 === 0) tracker.handle(event('progress', '203.0.113.95', 'real')); // the real stream keeps talking
+  }
+  await tracker.settled();
+  const [client] = tracker.summary();
+  t.equal(client?.sessions.length, 32, '32 live sessions kept, not 1,001');
+  t.ok(client?.sessions.includes('real'), 'the session still heard from is among them');
+  t.equal(decisions.filter((d) => d.action === 'expire').length, 1001 - 32, 'every one dropped is an expire decision');
+  t.same(shaper.changes, ['throttle 203.0.113.95 2000000'], 'the pipe is untouched');
+  // Only the latest 64 stops are remembered: a straggler of the last one is still ignored.
+  tracker.handle(event('stop', '203.0.113.95', 'real'));
+  tracker.handle(event('progress', '203.0.113.95', 'real'));
+  t.notOk(tracker.summary()[0]?.sessions.includes('real'), 'a straggler of the latest stop does not bring it back');
+});

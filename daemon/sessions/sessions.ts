@@ -63,6 +63,7 @@ interface ClientRecord {
   network?: string;
   /** The player's product name (Plex API). */
   player?: string;
+  /** Live sessions, the one heard from longest ago first. */
   sessions: Map<string, LiveSession>;
   /** Sessions that were stopped, and when: a late ping or timeline line must not bring them back. */
   stopped: Map<string, number>;
@@ -79,6 +80,28 @@ interface ClientRecord {
   lastBytes?: number;
   bytesMovedAt: number;
   inFlight?: Promise<void>;
+}
+
+/**
+ * A client address rarely plays more than a few streams at once. Start lines with ever new session keys
+ * and no stop (a misbehaving player, garbage in the log) would otherwise pile up for as long as the
+ * client's bytes keep its sessions alive: beyond this many, the one heard from longest ago goes.
+ */
+const MAX_LIVE_SESSIONS = 32;
+/** Stragglers follow their stop within seconds: the latest stops per client are all that need remembering. */
+const MAX_STOPPED_SESSIONS = 64;
+
+/** Sets `key` as the newest entry of an insertion-ordered map, dropping the oldest beyond `limit`; returns those dropped. */
+function setNewest<V>(map: Map<string, V>, key: string, value: V, limit: number): [string, V][] {
+  map.delete(key);
+  map.set(key, value);
+  const dropped: [string, V][] = [];
+  for (const entry of map) {
+    if (map.size <= limit) break;
+    map.delete(entry[0]);
+    dropped.push(entry);
+  }
+  return dropped;
 }
 
 const sameLimits = (a: Limits | undefined, b: Limits | undefined): boolean =>
@@ -122,7 +145,7 @@ export class SessionTracker {
     let client = this.clients.get(event.address);
     if (event.kind === 'stop') {
       if (!client) return;
-      client.stopped.set(event.sessionKey, now);
+      setNewest(client.stopped, event.sessionKey, now, MAX_STOPPED_SESSIONS);
       if (!client.sessions.delete(event.sessionKey)) return;
       this.endedOne(client, now, 'stop');
       if (client.sessions.size > 0) this.rewant(client, now);
@@ -140,7 +163,9 @@ export class SessionTracker {
     const session: LiveSession = { lastSeen: now, paused: event.kind === 'pause', source: event.source ?? 'log' };
     const need = streamNeed(event) ?? client.sessions.get(event.sessionKey)?.need;
     if (need) session.need = need;
-    client.sessions.set(event.sessionKey, session);
+    for (const [key] of setNewest(client.sessions, event.sessionKey, session, MAX_LIVE_SESSIONS)) {
+      this.decide({ action: 'expire', address: client.address, session: key, reason: `more than ${MAX_LIVE_SESSIONS} live sessions: the one heard from longest ago` });
+    }
     if (client.releaseAt !== undefined) {
       client.releaseAt = undefined;
       this.decide({ action: 'resume', address: client.address, session: event.sessionKey });

@@ -31,9 +31,12 @@ export interface Daemon {
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<string>;
 }
 
-/** `via` runs the daemon through a wrapper, e.g. `ip netns exec … setpriv …`; `args` follow the config (e.g. --dry-run). */
-export function startDaemon(config: string, via: string[] = [], args: string[] = []): Daemon {
-  const command = [...via, process.execPath, CLI, '--config', config, ...args];
+/**
+ * `via` runs the daemon through a wrapper, e.g. `ip netns exec … setpriv …`; `args` follow the config (e.g.
+ * --dry-run); `nodeFlags` go to node before the script (e.g. the ones the CLI's shebang gives it).
+ */
+export function startDaemon(config: string, via: string[] = [], args: string[] = [], nodeFlags: string[] = []): Daemon {
+  const command = [...via, process.execPath, ...nodeFlags, CLI, '--config', config, ...args];
   const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const output: string[] = [];
   const waiters: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
