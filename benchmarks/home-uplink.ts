@@ -81,13 +81,35 @@ export interface HomeUplinkResult {
   pipeLeaves: string[];
 }
 
-export async function runHomeUplink({ variant, seconds, streams: count, modemBufferSeconds = 1, leaf = 'bfifo' }: HomeUplinkOptions): Promise<HomeUplinkResult> {
-  const specs = variant === 'idle' ? [] : streamSpecs(count);
+export async function runHomeUplink(options: HomeUplinkOptions): Promise<HomeUplinkResult> {
+  const [result] = await runHomeUplinkVariants({ ...options, variants: [options.variant] });
+  return result!;
+}
+
+/**
+ * Several variants one after another on one home (one topology, one segment and game server): what a
+ * short run under emulation can afford, where building the namespaces costs more than the traffic.
+ */
+export async function runHomeUplinkVariants({ variants, seconds, streams: count, modemBufferSeconds = 1, leaf = 'bfifo' }: Omit<HomeUplinkOptions, 'variant'> & { variants: HomeUplinkVariant[] }): Promise<HomeUplinkResult[]> {
+  const specs = variants.every((variant) => variant === 'idle') ? [] : streamSpecs(count);
   const home = await createHomeUplink({ prefix: PREFIX, uplinkBitsPerSecond: UPLINK_BITS, modemBufferSeconds, players: specs.length });
-  const cleanups: Array<() => unknown> = [() => home.destroy()];
   try {
     const servers = await startServers(home);
-    cleanups.unshift(() => servers.stop());
+    try {
+      const results: HomeUplinkResult[] = [];
+      for (const variant of variants) results.push(await runVariant(home, variant, variant === 'idle' ? [] : specs, seconds, leaf));
+      return results;
+    } finally {
+      servers.stop();
+    }
+  } finally {
+    await home.destroy();
+  }
+}
+
+async function runVariant(home: HomeUplink, variant: HomeUplinkVariant, specs: StreamSpec[], seconds: number, leaf: 'sfq' | 'bfifo'): Promise<HomeUplinkResult> {
+  const cleanups: Array<() => unknown> = [];
+  try {
     if (variant === 'shaperr' || variant === 'quanta') cleanups.unshift(await shapeWithLibrary(home, specs, leaf, variant === 'quanta'));
     if (variant === 'shaperrd') cleanups.unshift(await shapeWithDaemon(home, specs, leaf));
     const pipeLeaves = readPipeLeaves(home);
