@@ -13,6 +13,8 @@ import { join } from 'node:path';
 import { Shaper } from '../lib/index.js';
 import { quantumFor } from '../lib/shaper/shares.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
+import { TC_H_ROOT } from '../lib/tc/handle.js';
+import { SHAPER_LAYOUT } from '../lib/shaper/layout.js';
 import {
   createHomeUplink,
   type HomeUplink,
@@ -48,6 +50,8 @@ export interface HomeUplinkOptions {
   streams: number;
   /** Depth of the modem's buffer in seconds of uplink (default 1, a cable modem's). */
   modemBufferSeconds?: number;
+  /** Queue inside each pipe (default bfifo); sfq falls back to bfifo where the kernel has none. */
+  leaf?: 'sfq' | 'bfifo';
 }
 
 export interface HomeUplinkResult {
@@ -73,17 +77,42 @@ export interface HomeUplinkResult {
   };
   /** Whether net.ipv4.tcp_tso_rtt_log exists here (it was set to 0 in the plex netns). */
   tsoRttLogSet: boolean;
+  /** Kinds of the qdiscs inside shaperr's pipes, read back from the kernel once shaping is in place (none unshaped). */
+  pipeLeaves: string[];
 }
 
-export async function runHomeUplink({ variant, seconds, streams: count, modemBufferSeconds = 1 }: HomeUplinkOptions): Promise<HomeUplinkResult> {
-  const specs = variant === 'idle' ? [] : streamSpecs(count);
+export async function runHomeUplink(options: HomeUplinkOptions): Promise<HomeUplinkResult> {
+  const [result] = await runHomeUplinkVariants({ ...options, variants: [options.variant] });
+  return result!;
+}
+
+/**
+ * Several variants one after another on one home (one topology, one segment and game server): what a
+ * short run under emulation can afford, where building the namespaces costs more than the traffic.
+ */
+export async function runHomeUplinkVariants({ variants, seconds, streams: count, modemBufferSeconds = 1, leaf = 'bfifo' }: Omit<HomeUplinkOptions, 'variant'> & { variants: HomeUplinkVariant[] }): Promise<HomeUplinkResult[]> {
+  const specs = variants.every((variant) => variant === 'idle') ? [] : streamSpecs(count);
   const home = await createHomeUplink({ prefix: PREFIX, uplinkBitsPerSecond: UPLINK_BITS, modemBufferSeconds, players: specs.length });
-  const cleanups: Array<() => unknown> = [() => home.destroy()];
   try {
     const servers = await startServers(home);
-    cleanups.unshift(() => servers.stop());
-    if (variant === 'shaperr' || variant === 'quanta') cleanups.unshift(await shapeWithLibrary(home, specs, variant === 'quanta'));
-    if (variant === 'shaperrd') cleanups.unshift(await shapeWithDaemon(home, specs));
+    try {
+      const results: HomeUplinkResult[] = [];
+      for (const variant of variants) results.push(await runVariant(home, variant, variant === 'idle' ? [] : specs, seconds, leaf));
+      return results;
+    } finally {
+      servers.stop();
+    }
+  } finally {
+    await home.destroy();
+  }
+}
+
+async function runVariant(home: HomeUplink, variant: HomeUplinkVariant, specs: StreamSpec[], seconds: number, leaf: 'sfq' | 'bfifo'): Promise<HomeUplinkResult> {
+  const cleanups: Array<() => unknown> = [];
+  try {
+    if (variant === 'shaperr' || variant === 'quanta') cleanups.unshift(await shapeWithLibrary(home, specs, leaf, variant === 'quanta'));
+    if (variant === 'shaperrd') cleanups.unshift(await shapeWithDaemon(home, specs, leaf));
+    const pipeLeaves = readPipeLeaves(home);
     const modem = watchModem(home);
     cleanups.unshift(() => {
       try {
@@ -112,19 +141,31 @@ export async function runHomeUplink({ variant, seconds, streams: count, modemBuf
         utilisationWhileAllFetch: players ? utilisationWhileAllFetch(home, report, players.fetches) : 0,
       },
       tsoRttLogSet: home.tsoRttLogSet,
+      pipeLeaves,
     };
   } finally {
     for (const cleanup of cleanups) await cleanup();
   }
 }
 
+/** The distinct kinds of the leaf qdiscs under shaperr's root on the plex host's device. */
+function readPipeLeaves(home: HomeUplink): string[] {
+  const tc = TrafficControl.open({ netns: home.plexNs });
+  try {
+    const leaves = tc.qdiscs(PLEX.device).filter((qdisc) => qdisc.parent !== TC_H_ROOT && qdisc.parent >>> 16 === SHAPER_LAYOUT.rootMajor);
+    return [...new Set(leaves.map((qdisc) => qdisc.kind))].sort();
+  } finally {
+    tc.close();
+  }
+}
+
 /**
- * The library: server ceiling 90 % of the uplink, one pipe per player at bitrate × 1.25, bfifo leaves.
+ * The library: server ceiling 90 % of the uplink, one pipe per player at bitrate × 1.25, `wantedLeaf` leaves.
  * With `quanta`, every pipe is then rewritten to the other layout: guaranteed 8 kbit/s, ceil its rate,
  * quantum its weight, so HTB's round robin alone shares the server rate.
  */
-async function shapeWithLibrary(home: HomeUplink, specs: StreamSpec[], quanta = false): Promise<() => Promise<void>> {
-  const { device, netns, server, client, leaf, exempt } = homeShaping(home, specs);
+async function shapeWithLibrary(home: HomeUplink, specs: StreamSpec[], wantedLeaf: 'sfq' | 'bfifo', quanta = false): Promise<() => Promise<void>> {
+  const { device, netns, server, client, leaf, exempt } = homeShaping(home, specs, wantedLeaf);
   const shaper = await Shaper.open({ device, netns, server, client, leaf, exempt, onWarning: () => {} });
   for (const spec of specs) await shaper.throttle(spec.address, { rate: pipeRate(spec) });
   if (quanta) {
@@ -147,7 +188,7 @@ async function shapeWithLibrary(home: HomeUplink, specs: StreamSpec[], quanta = 
  * each player's playback start appended to the Plex log it follows; shaping is in place once every
  * player's class is in the kernel.
  */
-async function shapeWithDaemon(home: HomeUplink, specs: StreamSpec[]): Promise<() => Promise<void>> {
+async function shapeWithDaemon(home: HomeUplink, specs: StreamSpec[], leaf: 'sfq' | 'bfifo'): Promise<() => Promise<void>> {
   const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
   const log = join(dir, 'Plex Media Server.log');
   writeFileSync(log, '');
@@ -156,7 +197,7 @@ async function shapeWithDaemon(home: HomeUplink, specs: StreamSpec[]): Promise<(
   try {
     daemon = await startShippedDaemon(
       {
-        ...homeShaping(home, specs),
+        ...homeShaping(home, specs, leaf),
         log,
         stateFile: join(dir, 'state.json'),
         // The run has no timeline lines: sessions must outlive it.

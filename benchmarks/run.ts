@@ -5,13 +5,14 @@
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { makeU32Handle } from '../lib/tc/kinds/u32.js';
 import { type Operation, operationRequest, toTcCommand } from '../lib/tc/objects.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
+import { TcMonitor } from '../lib/tc/monitor.js';
 import { BATCH_FILL_BYTES, encodeRequest } from '../lib/wire/connection.js';
 import { PlexLogParser } from '../daemon/sources/parse.js';
 import { Policy } from '../daemon/sessions/policy.js';
@@ -21,6 +22,7 @@ import { PlexTestServer } from '../daemon/demo/plex-test-server.js';
 import { measureGoodputConcurrently, measureRoundTrips } from '../test/helpers/traffic.js';
 import { type ShippedDaemon, shippedNodeFlags, startShippedDaemon, waitFor } from './shipped-daemon.js';
 import { homeUplinkScenario } from './home-uplink.js';
+import { FilterArrivals } from './filter-arrivals.js';
 import { serverCeiling } from './server-ceiling.js';
 
 const quick = process.argv.includes('--quick');
@@ -107,6 +109,12 @@ async function clientChurn(): Promise<void> {
   const spawnClients = quick ? 30 : 200; // one process per command is slow: measured on fewer clients
   const scenario = `1. client churn (${clients} clients)`;
   const { netns, destroy } = await benchDevice();
+  // As in shaperrd: a listener on the tc notifications (ShaperWatch's). With one, the kernel writes a
+  // notification for every change, which every variant pays for alike; shaperr's in-process variants
+  // also read them (as the daemon does between events), which counts in their time.
+  const tc = TrafficControl.open({ netns });
+  const monitor = TcMonitor.open({ netns, ignorePortIds: [tc.portId], receiveBufferBytes: 256 << 20, onNotifications: () => {} });
+  const loadBefore = loadavg()[0]!;
   try {
     const tcArgs = (operation: Operation) => toTcCommand('b0', operation).split(' ').slice(1);
     const { start, stop } = churnOperations(clients);
@@ -124,6 +132,7 @@ async function clientChurn(): Promise<void> {
     for (let i = 0; i < spawnClients; i++) for (const operation of stop[i]!) execFileSync('tc', ['-n', netns, ...tcArgs(operation)]);
     const spawnUs = perClient(Number(process.hrtime.bigint() - began), spawnClients);
     checkClean(netns, 'tc per command');
+    monitor.drain();
     record({ scenario, variant: 'a. tc process per command', value: 1e6 / spawnUs, unit: 'clients/s', median: percentile(latencies, 50), p99: percentile(latencies, 99), note: `${spawnClients} clients` });
 
     // b. tc -batch FILE
@@ -134,6 +143,7 @@ async function clientChurn(): Promise<void> {
     execFileSync('tc', ['-n', netns, '-batch', batchFile]);
     const batchUs = perClient(Number(process.hrtime.bigint() - began), clients);
     checkClean(netns, 'tc -batch');
+    monitor.drain();
     record({ scenario, variant: 'b. tc -batch FILE', value: 1e6 / batchUs, unit: 'clients/s' });
 
     // c. long-lived `tc -batch -` fed on stdin
@@ -149,65 +159,85 @@ async function clientChurn(): Promise<void> {
     checkClean(netns, 'tc -batch -');
     record({ scenario, variant: 'c. tc -batch - (stdin)', value: 1e6 / stdinUs, unit: 'clients/s', note: 'no per-command acknowledgement: throughput only' });
 
+    // d–g alternate over rounds (median of rounds reported): the load of a shared machine drifts within
+    // seconds, and a ratio of two runs taken at different moments would mostly measure that drift.
     // d. shaperr, one client at a time (each start and stop a batch of its 3 / 2 operations, awaited)
-    const tc = TrafficControl.open({ netns });
-    try {
-      const apply = async (operations: Operation[]) => {
-        const results = tc.batch('b0', operations);
-        const failed = results.find((result) => result.error);
-        if (failed) throw failed.error;
-      };
-      const shaperrLatencies: number[] = [];
-      began = process.hrtime.bigint();
+    const apply = async (operations: Operation[]) => {
+      const results = tc.batch('b0', operations);
+      monitor.drain();
+      const failed = results.find((result) => result.error);
+      if (failed) throw failed.error;
+    };
+    const shaperrLatencies: number[] = [];
+    const oneAtATime = async () => {
+      const began = process.hrtime.bigint();
       for (let i = 0; i < clients; i++) {
         const at = process.hrtime.bigint();
         await apply(start[i]!);
         shaperrLatencies.push(Number(process.hrtime.bigint() - at) / 1e3);
       }
       for (let i = 0; i < clients; i++) await apply(stop[i]!);
-      const oneUs = perClient(Number(process.hrtime.bigint() - began), clients);
+      const us = perClient(Number(process.hrtime.bigint() - began), clients);
       checkClean(netns, 'shaperr one at a time');
-      record({ scenario, variant: 'd. shaperr, one client at a time', value: 1e6 / oneUs, unit: 'clients/s', median: percentile(shaperrLatencies, 50), p99: percentile(shaperrLatencies, 99) });
-
-      // e. shaperr, all batched
-      began = process.hrtime.bigint();
+      return us;
+    };
+    // e. shaperr, all batched
+    const batched = async () => {
+      const began = process.hrtime.bigint();
       await apply(start.flat());
       await apply(stop.flat());
-      const batchedUs = perClient(Number(process.hrtime.bigint() - began), clients);
+      const us = perClient(Number(process.hrtime.bigint() - began), clients);
       checkClean(netns, 'shaperr batched');
-      record({ scenario, variant: 'e. shaperr, batched', value: 1e6 / batchedUs, unit: 'clients/s' });
-
-      // f, g. the floor: the same request bytes from a minimal C loop, one request+ACK at a time (f) and
-      // packed into datagrams by the rule shaperr's batches follow (g), start and stop batched apart as in e.
-      const binary = join(dir, 'raw-netlink');
-      const compiled = spawnSync('cc', ['-O2', '-o', binary, join(HERE, 'raw-netlink.c')], { encoding: 'utf8' });
-      if (compiled.status === 0) {
-        const device = { ifindex: tc.link('b0').ifindex, name: 'b0' };
-        const requestFile = (name: string, operations: Operation[]) => {
-          const requests = operations.map((operation) => Buffer.from(encodeRequest(operationRequest(device, operation, tc.kindContext))));
-          writeFileSync(join(dir, name), Buffer.concat(requests.map((request) => Buffer.concat([request, Buffer.alloc((4 - (request.length % 4)) % 4)]))));
-          return join(dir, name);
-        };
-        const floor = (file: string, batchBytes?: number) => {
-          const [count, ns, failures] = execFileSync(binary, [`/var/run/netns/${netns}`, file, ...(batchBytes ? [String(batchBytes)] : [])], { encoding: 'utf8' }).trim().split(' ').map(Number);
-          if (failures) throw new Error(`raw loop: ${failures} of ${count} requests failed`);
-          return { count: count!, ns: ns! };
-        };
-        const unbatched = floor(requestFile('requests', [...start.flat(), ...stop.flat()]));
-        checkClean(netns, 'raw C loop');
-        record({ scenario, variant: 'f. floor: C loop, plain socket, one request at a time', value: 1e6 / perClient(unbatched.ns, clients), unit: 'clients/s', note: `${unbatched.count} requests` });
-        const batchedStart = floor(requestFile('start', start.flat()), BATCH_FILL_BYTES);
-        const batchedStop = floor(requestFile('stop', stop.flat()), BATCH_FILL_BYTES);
-        checkClean(netns, 'raw C loop, batched');
-        record({ scenario, variant: "g. floor: C loop, batched like shaperr (the same requests per sendmsg)", value: 1e6 / perClient(batchedStart.ns + batchedStop.ns, clients), unit: 'clients/s' });
-        const value = (prefix: string) => rows.find((r) => r.scenario === scenario && r.variant.startsWith(prefix))!.value;
-        record({ scenario, variant: "one at a time: shaperr's time ÷ the C floor's, d ÷ f (target ≤ 1.5)", value: value('f.') / value('d.'), unit: '×' });
-        record({ scenario, variant: 'batched: shaperr throughput ÷ the batched C floor, e ÷ g (target ≥ 0.9)', value: value('e.') / value('g.'), unit: '×' });
-      } else {
-        record({ scenario, variant: 'f. floor: C loop', value: 0, unit: 'n/a', note: `no C compiler: ${compiled.stderr.trim().split('\n')[0]}` });
-      }
-    } finally {
-      tc.close();
+      return us;
+    };
+    // f, g. the floor: the same request bytes from a minimal C loop, one request+ACK at a time (f) and
+    // packed into datagrams by the rule shaperr's batches follow (g), start and stop batched apart as in e.
+    const binary = join(dir, 'raw-netlink');
+    const compiled = spawnSync('cc', ['-O2', '-o', binary, join(HERE, 'raw-netlink.c')], { encoding: 'utf8' });
+    const device = { ifindex: tc.link('b0').ifindex, name: 'b0' };
+    const requestFile = (name: string, operations: Operation[]) => {
+      const requests = operations.map((operation) => Buffer.from(encodeRequest(operationRequest(device, operation, tc.kindContext))));
+      writeFileSync(join(dir, name), Buffer.concat(requests.map((request) => Buffer.concat([request, Buffer.alloc((4 - (request.length % 4)) % 4)]))));
+      return join(dir, name);
+    };
+    const floor = (file: string, batchBytes?: number) => {
+      const [count, ns, failures] = execFileSync(binary, [`/var/run/netns/${netns}`, file, ...(batchBytes ? [String(batchBytes)] : [])], { encoding: 'utf8' }).trim().split(' ').map(Number);
+      monitor.drain();
+      if (failures) throw new Error(`raw loop: ${failures} of ${count} requests failed`);
+      return { count: count!, ns: ns! };
+    };
+    const floorFiles = compiled.status === 0 ? { all: requestFile('requests', [...start.flat(), ...stop.flat()]), start: requestFile('start', start.flat()), stop: requestFile('stop', stop.flat()) } : undefined;
+    const floorOneAtATime = () => {
+      const unbatched = floor(floorFiles!.all);
+      checkClean(netns, 'raw C loop');
+      return perClient(unbatched.ns, clients);
+    };
+    const floorBatched = () => {
+      const ns = floor(floorFiles!.start, BATCH_FILL_BYTES).ns + floor(floorFiles!.stop, BATCH_FILL_BYTES).ns;
+      checkClean(netns, 'raw C loop, batched');
+      return perClient(ns, clients);
+    };
+    const rounds = quick ? 1 : 5;
+    const times = { d: [] as number[], e: [] as number[], f: [] as number[], g: [] as number[] };
+    for (let round = 0; round < rounds; round++) {
+      times.d.push(await oneAtATime());
+      times.e.push(await batched());
+      if (!floorFiles) continue;
+      times.f.push(floorOneAtATime());
+      times.g.push(floorBatched());
+    }
+    const median = (values: number[]) => percentile(values, 50);
+    const perRound = (values: number[]) => `median of ${rounds} rounds, alternated (clients/s per round: ${values.map((us) => format(1e6 / us)).join(', ')})`;
+    record({ scenario, variant: 'd. shaperr, one client at a time', value: 1e6 / median(times.d), unit: 'clients/s', median: percentile(shaperrLatencies, 50), p99: percentile(shaperrLatencies, 99), note: perRound(times.d) });
+    record({ scenario, variant: 'e. shaperr, batched', value: 1e6 / median(times.e), unit: 'clients/s', note: perRound(times.e) });
+    if (floorFiles) {
+      record({ scenario, variant: 'f. floor: C loop, plain socket, one request at a time', value: 1e6 / median(times.f), unit: 'clients/s', note: `${(clients * 5).toLocaleString('en-US')} requests; ${perRound(times.f)}` });
+      record({ scenario, variant: 'g. floor: C loop, batched like shaperr (the same requests per sendmsg)', value: 1e6 / median(times.g), unit: 'clients/s', note: perRound(times.g) });
+      const conditions = `a tc notification listener open; load average ${loadBefore.toFixed(1)} → ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores; ${monitor.stats.notifications} notifications read, ${monitor.stats.overflows} overflows`;
+      record({ scenario, variant: "one at a time: shaperr's time ÷ the C floor's, d ÷ f (target ≤ 1.5)", value: median(times.d) / median(times.f), unit: '×', note: conditions });
+      record({ scenario, variant: 'batched: shaperr throughput ÷ the batched C floor, e ÷ g (target ≥ 0.9)', value: median(times.g) / median(times.e), unit: '×', note: conditions });
+    } else {
+      record({ scenario, variant: 'f. floor: C loop', value: 0, unit: 'n/a', note: `no C compiler: ${compiled.stderr.trim().split('\n')[0]}` });
     }
     const value = (prefix: string) => rows.find((r) => r.scenario === scenario && r.variant.startsWith(prefix))!.value;
     // Context: the tc tools are bound by the same kernel work as the floor.
@@ -216,6 +246,8 @@ async function clientChurn(): Promise<void> {
     record({ scenario, variant: 'ratio shaperr (e) ÷ tc -batch - (c)', value: value('e.') / value('c.'), unit: '×' });
     rmSync(dir, { recursive: true, force: true });
   } finally {
+    monitor.close();
+    tc.close();
     await destroy();
   }
 }
@@ -230,21 +262,34 @@ async function eventLatency(): Promise<void> {
   const scenario = `2. event-to-kernel latency (${events} events, the shipped daemon)`;
   // The shipped V8 flags against the same with --no-opt switched the other way, alternated in one run:
   // the load of a shared machine drifts between runs.
+  // The kernel change is seen by listening to tc notifications; the earlier way, asking the kernel after
+  // every event-loop turn, runs alongside to show what it cost the daemon it measured.
+  // A control alongside: the same kernel work from the bench process itself (no daemon, no log), which
+  // shows the tail this machine gives any process at the time.
   const shipped = shippedNodeFlags();
+  const daemonVariant = (name: string, flags: string[], observe: 'listen' | 'poll') => ({ name: `${name}: line appended → filter live`, flags, measure: () => daemonEventLatencies(events, flags, observe) });
   const variants = [
-    { name: 'shaperrd', flags: shipped, runs: [] as number[][] },
+    daemonVariant('shaperrd', shipped, 'listen'),
     shipped.includes('--no-opt')
-      ? { name: 'shaperrd without --no-opt', flags: shipped.filter((flag) => flag !== '--no-opt'), runs: [] as number[][] }
-      : { name: 'shaperrd with --no-opt', flags: [...shipped, '--no-opt'], runs: [] as number[][] },
-  ];
-  for (let round = 0; round < rounds; round++) for (const variant of variants) variant.runs.push(await daemonEventLatencies(events, variant.flags));
+      ? daemonVariant('shaperrd without --no-opt', shipped.filter((flag) => flag !== '--no-opt'), 'listen')
+      : daemonVariant('shaperrd with --no-opt', [...shipped, '--no-opt'], 'listen'),
+    daemonVariant('shaperrd, seen by polling (a class GET after every event-loop turn, the earlier bench)', shipped, 'poll'),
+    { name: 'control, no daemon: Shaper.throttle → filter live, in the bench process', flags: [] as string[], measure: () => libraryThrottleLatencies(events) },
+  ].map((variant) => ({ ...variant, runs: [] as number[][], loads: [] as number[] }));
+  for (let round = 0; round < rounds; round++) {
+    for (const variant of variants) {
+      variant.runs.push(await variant.measure());
+      variant.loads.push(loadavg()[0]!);
+    }
+  }
   const medianOfRounds = (runs: number[][], p: number) => percentile(runs.map((latencies) => percentile(latencies, p)), 50);
-  for (const { name, flags, runs } of variants) {
-    const note = `${flags.join(' ')}; median of ${rounds} rounds (p99 per round: ${runs.map((latencies) => format(percentile(latencies, 99))).join(', ')} ms)`;
-    record({ scenario, variant: `${name}: line appended → filter live (class, leaf, filter in one batch), p50`, value: medianOfRounds(runs, 50), unit: 'ms', note });
-    record({ scenario, variant: `${name}: line appended → filter live, p99 (target < 2)`, value: medianOfRounds(runs, 99), unit: 'ms', note });
+  for (const { name, flags, runs, loads } of variants) {
+    const how = flags.length ? `${flags.join(' ')}; ` : '';
+    const note = `${how}median of ${rounds} rounds (p99 per round: ${runs.map((latencies) => format(percentile(latencies, 99))).join(', ')} ms; load average after each: ${loads.map((load) => load.toFixed(1)).join(', ')} on ${cpus().length} cores)`;
+    record({ scenario, variant: `${name} (class, leaf, filter in one batch), p50`, value: medianOfRounds(runs, 50), unit: 'ms', note });
+    record({ scenario, variant: `${name}, p99 (target < 2)`, value: medianOfRounds(runs, 99), unit: 'ms', note });
     // 1,000 events per round put a p99.9 on the maximum: taken over all rounds' events together.
-    record({ scenario, variant: `${name}: line appended → filter live, p99.9`, value: percentile(runs.flat(), 99.9), unit: 'ms', note: `${flags.join(' ')}; ${runs.flat().length} events of all rounds` });
+    record({ scenario, variant: `${name}, p99.9`, value: percentile(runs.flat(), 99.9), unit: 'ms', note: `${how}${runs.flat().length} events of all rounds` });
   }
   const shaperrd = { p50: medianOfRounds(variants[0]!.runs, 50), p99: medianOfRounds(variants[0]!.runs, 99) };
   const seed = await seedPipelineLatency(scenario, quick ? 20 : 200);
@@ -252,36 +297,67 @@ async function eventLatency(): Promise<void> {
   record({ scenario, variant: "ratio the seed's pipeline ÷ shaperrd, p99", value: seed.p99 / shaperrd.p99, unit: '×' });
 }
 
-/** The shipped daemon run with `nodeFlags`: `events` new clients one after another, line appended → class in the kernel (ms). */
-async function daemonEventLatencies(events: number, nodeFlags: string[]): Promise<number[]> {
+/**
+ * The shipped daemon run with `nodeFlags`: `events` new clients one after another, line appended → the
+ * client's filter in the kernel (ms). `listen`: the kernel's notification of the filter, awaited blocked in
+ * recv; `poll`: a class GET after every event-loop turn until the class is there (class, leaf and filter
+ * go in one batch).
+ */
+async function daemonEventLatencies(events: number, nodeFlags: string[], observe: 'listen' | 'poll'): Promise<number[]> {
   const { netns, destroy } = await benchDevice();
   const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
   const log = join(dir, 'Plex Media Server.log');
   writeFileSync(log, '');
   const tc = TrafficControl.open({ netns });
+  const arrivals = new FilterArrivals(netns);
   let daemon: ShippedDaemon | undefined;
   try {
     daemon = await startShippedDaemon({ device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, log, stateFile: join(dir, 'state.json'), graceSeconds: 0, idleSeconds: 600 }, dir, nodeFlags);
     const latencies: number[] = [];
     for (let i = 0; i < events; i++) {
       // Each event is a new client; Shaper hands out class minors from 0x10 up, skipping 0x5a (its root
-      // handle, which the leaf qdisc 5a: would collide with), so we know which class to poll for.
+      // handle, which the leaf qdisc 5a: would collide with), so we know which class to wait for.
       const minor = 0x10 + i + (0x10 + i >= 0x5a ? 1 : 0);
       const classid = (0x5a << 16) | minor;
+      // A turn of the event loop between events: the daemon's log output (a pipe) is read.
+      await new Promise((resolve) => setImmediate(resolve));
       const written = process.hrtime.bigint();
       appendFileSync(log, plexLine(`198.18.${(i >> 8) & 255}.${i & 255}`, `/video/:/transcode/universal/start.m3u8?session=b${i}`));
+      if (observe === 'listen') {
+        latencies.push(Number(arrivals.waitForFilter(classid, 5000) - written) / 1e6);
+        continue;
+      }
       while (!tc.hasClass('b0', classid)) {
         if (Number(process.hrtime.bigint() - written) > 5e9) throw new Error(`event ${i}: class ${classid.toString(16)} not in the kernel after 5 s`);
         await new Promise((resolve) => setImmediate(resolve));
       }
       latencies.push(Number(process.hrtime.bigint() - written) / 1e6);
     }
-    // Class, leaf and filter go to the kernel in one batch (one sendmsg): the class is there, so is the filter.
     return latencies;
   } finally {
+    arrivals.close();
     tc.close();
     await daemon?.stop();
     rmSync(dir, { recursive: true, force: true });
+    await destroy();
+  }
+}
+
+/** The control: the library alone in this process, `events` new clients one after another, throttle() → resolved (ms). */
+async function libraryThrottleLatencies(events: number): Promise<number[]> {
+  const { netns, destroy } = await benchDevice();
+  const shaper = await Shaper.open({ device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, onWarning: () => {} });
+  try {
+    const latencies: number[] = [];
+    for (let i = 0; i < events; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      const began = process.hrtime.bigint();
+      await shaper.throttle(`198.18.${(i >> 8) & 255}.${i & 255}`);
+      latencies.push(Number(process.hrtime.bigint() - began) / 1e6);
+    }
+    return latencies;
+  } finally {
+    await shaper.close({ teardown: true });
     await destroy();
   }
 }
@@ -351,33 +427,33 @@ async function seedPipelineLatency(scenario: string, events: number): Promise<{ 
   execFileSync('tc', ['-n', netns, 'qdisc', 'add', 'dev', 'b0', 'root', 'handle', '1:', 'htb']);
   execFileSync('tc', ['-n', netns, 'class', 'add', 'dev', 'b0', 'parent', '1:', 'classid', '1:1', 'htb', 'rate', '1gbit', 'quantum', '200000']);
   const pipeline = spawn('ip', ['netns', 'exec', netns, 'sh', '-c', `tail -n 0 -F "$0" | awk -W interactive "$1" | sh`, log, SEED_AWK], { stdio: ['ignore', 'ignore', 'inherit'], detached: true });
-  const tc = TrafficControl.open({ netns });
+  const arrivals = new FilterArrivals(netns);
   try {
-    const latencies: number[] = [];
+    const append = (i: number) => appendFileSync(log, plexLine(`198.18.${(i >> 8) & 255}.${i & 255}`, `/video/:/transcode/universal/start.m3u8?session=seed${i}`));
+    const classidOf = (i: number) => (1 << 16) | (0x100 + i);
     // Event 0 only proves tail is following (a line written before it opened the file would be missed).
-    for (let i = 0; i <= events; i++) {
-      const classid = (1 << 16) | (0x100 + i);
-      const written = process.hrtime.bigint();
-      let appended = written;
-      const append = () => appendFileSync(log, plexLine(`198.18.${(i >> 8) & 255}.${i & 255}`, `/video/:/transcode/universal/start.m3u8?session=seed${i}`));
-      append();
-      while (!tc.filters('b0', '1:').some((filter) => filter.parameters.classid === classid)) {
-        const waited = Number(process.hrtime.bigint() - written);
-        if (i === 0 && Number(process.hrtime.bigint() - appended) > 1e9) {
-          append(); // tail was not following yet
-          appended = process.hrtime.bigint();
-        }
-        if (waited > 10e9) throw new Error(`seed pipeline, event ${i}: no filter for ${classid.toString(16)} after 10 s`);
-        await new Promise((resolve) => setImmediate(resolve));
+    for (let attempt = 0; ; attempt++) {
+      append(0);
+      try {
+        arrivals.waitForFilter(classidOf(0), 1000);
+        break;
+      } catch (error) {
+        if (attempt === 9) throw new Error(`seed pipeline: not following the log after 10 s (${(error as Error).message})`);
       }
-      if (i > 0) latencies.push(Number(process.hrtime.bigint() - written) / 1e6);
+    }
+    const latencies: number[] = [];
+    for (let i = 1; i <= events; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      const written = process.hrtime.bigint();
+      append(i);
+      latencies.push(Number(arrivals.waitForFilter(classidOf(i), 10_000) - written) / 1e6);
     }
     const seed = { p50: percentile(latencies, 50), p99: percentile(latencies, 99) };
     record({ scenario, variant: "the seed's tail -F | awk | sh → tc ×3: line appended → filter live, p50", value: seed.p50, unit: 'ms', note: `${events} events` });
     record({ scenario, variant: "the seed's tail -F | awk | sh → tc ×3: line appended → filter live, p99", value: seed.p99, unit: 'ms', note: `${events} events` });
     return seed;
   } finally {
-    tc.close();
+    arrivals.close();
     process.kill(-pipeline.pid!, 'SIGKILL');
     rmSync(dir, { recursive: true, force: true });
     await destroy();

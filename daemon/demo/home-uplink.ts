@@ -43,14 +43,15 @@ export const pipeRate = (spec: StreamSpec): number => Math.round(spec.bitsPerSec
 
 /**
  * The shaperrd settings of the home: the server ceiling, each player's pipe as a network override, LAN
- * exempt; the caller adds log, stateFile and the rest.
+ * exempt; the caller adds log, stateFile and the rest. `leaf: 'sfq'` falls back to bfifo where the kernel
+ * has no sfq (the stock-kernel lane has it).
  */
-export const homeShaping = (home: HomeUplink, specs: StreamSpec[]) => ({
+export const homeShaping = (home: HomeUplink, specs: StreamSpec[], leaf: 'sfq' | 'bfifo' = 'bfifo') => ({
   device: PLEX.device,
   netns: home.plexNs,
   server: { rate: SERVER_CEILING_BITS, ceil: SERVER_CEILING_BITS },
   client: { rate: SERVER_CEILING_BITS },
-  leaf: 'bfifo' as const,
+  leaf,
   exempt: ['127.0.0.0/8', '10.77.0.0/16'],
   overrides: specs.map((spec) => ({ network: `${spec.address}/32`, rate: pipeRate(spec) })),
 });

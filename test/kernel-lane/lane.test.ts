@@ -21,6 +21,7 @@ const INSIDE = [
   'test/server-ceiling.test.ts', // not server-ceiling-many: 200 joins of kernel bookkeeping cost minutes under emulation
   'test/shaperrd.test.ts',
   'test/long-operations.test.ts',
+  'test/home-uplink.test.ts',
 ];
 
 t.setTimeout(1_200_000);
