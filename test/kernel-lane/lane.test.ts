@@ -9,7 +9,8 @@ import { type LaneReady, prepareLane, runInLane } from './lane.js';
 /**
  * sfq itself (incl. the Shaper's probe, an sfq leaf under real traffic, fair sharing), the other kinds
  * this host lacks (fq_codel, the matchall filter), the tc layer with sfq present, and the Shaper and
- * shaperrd integration suites with sfq leaves where the host has bfifo.
+ * shaperrd integration suites with sfq leaves where the host has bfifo, and the home-uplink smoke (scenario 7)
+ * with sfq leaves.
  * Two files at a time: the guest has two CPUs, and tap's own start-up dominates under emulation.
  */
 const INSIDE = [
