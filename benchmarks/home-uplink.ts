@@ -240,7 +240,7 @@ const LABELS: Record<HomeUplinkVariant, string> = {
 
 /** Every variant side by side, for 3 streams (they fit the ceiling) and 6 (more than it holds). */
 export async function homeUplinkScenario(record: (row: Row) => void, { quick }: { quick: boolean }): Promise<void> {
-  const seconds = quick ? 8 : 120;
+  const seconds = quick ? 4 : 120;
   const idle = await runHomeUplink({ variant: 'idle', seconds, streams: 0 });
   for (const count of quick ? [3] : [3, 6]) {
     const scenario = `7. home uplink (20 Mbit/s, 1 s modem buffer; ${count} streams of ${streamSpecs(count).map((s) => s.bitsPerSecond / 1e6).join('+')} Mbit/s; ${seconds} s each)`;

@@ -609,7 +609,7 @@ const rssMiB = (pid: number): number => Number(/VmRSS:\s+(\d+) kB/.exec(readFile
 // ---- 5. parser -----------------------------------------------------------------------------------------
 
 function parser(): void {
-  const lines = quick ? 200_000 : 1_000_000;
+  const lines = quick ? 50_000 : 1_000_000;
   const scenario = `5. parser (${lines.toLocaleString('en-US')} lines)`;
   const browsing = [
     plexLine('192.168.1.111', '/library/sections/3/all?type=1').trimEnd(),

@@ -68,7 +68,7 @@ async function rebalanceCost(record: (row: CeilingRow) => void, quick: boolean, 
  * shaperr sets), so HTB's round robin alone would split the rate.
  */
 async function layouts(record: (row: CeilingRow) => void, quick: boolean, prefix: string): Promise<void> {
-  const seconds = quick ? 4 : 10;
+  const seconds = quick ? 2 : 10;
   // Alternated over rounds: this machine's noise moves a single reading by several percent.
   const rounds = quick ? 1 : 3;
   const errors = { shares: [] as number[], quanta: [] as number[] };
