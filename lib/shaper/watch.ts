@@ -60,11 +60,13 @@ export class ShaperWatch {
   private running?: Promise<void>;
   private toldForeign = false;
   private closed = false;
+  private takeover: boolean;
 
   private constructor(
     private readonly shaper: Shaper,
     private readonly options: ShaperWatchOptions,
   ) {
+    this.takeover = options.takeover ?? false;
     const tc = this.tc;
     this.monitor = TcMonitor.open({
       ...(options.netns ? { netns: options.netns } : {}),
@@ -93,6 +95,17 @@ export class ShaperWatch {
   /** The listener's counters (notifications read, overflows). */
   get stats() {
     return this.monitor.stats;
+  }
+
+  /**
+   * Changes whether another tool's root qdisc is replaced (a config reload). Turned on, a full check
+   * runs at once: a root left alone until now is taken over without waiting for the safety poll (resolves
+   * once it is done).
+   */
+  async setTakeover(takeover: boolean): Promise<void> {
+    if (takeover === this.takeover) return;
+    this.takeover = takeover;
+    if (takeover) await this.check('takeover turned on');
   }
 
   /** A full check now (the safety poll); resolves once it and any repair it started are done. */
@@ -165,7 +178,7 @@ export class ShaperWatch {
     const { shaper, tc, options } = this;
     if (!shaper.isIntact()) {
       const root = tc.rootQdisc(options.device);
-      if (root && !isShaperRoot(root) && !options.takeover) {
+      if (root && !isShaperRoot(root) && !this.takeover) {
         if (!this.toldForeign) options.onForeignRoot?.(describeQdisc(root));
         this.toldForeign = true;
         return;
