@@ -14,13 +14,13 @@ import { type ClientAddress, NetworkSet, parseClientAddress } from '../address.j
 import { inChunks, type ProgressListener } from '../progress.js';
 import { formatHandle, makeHandle, TC_H_ROOT } from '../tc/handle.js';
 import { HTB_DEFAULT_MTU, type HtbClassOptions } from '../tc/kinds/htb.js';
-import { type Operation, type QdiscSpec, type TcClass, toTcCommand } from '../tc/objects.js';
+import { type Filter, type Operation, type QdiscSpec, type TcClass, toTcCommand } from '../tc/objects.js';
 import type { TcStatistics } from '../tc/stats.js';
 import { TrafficControl } from '../tc/traffic-control.js';
 import { parseRate, type RateInput } from '../tc/units.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
 import { HandlePool } from './handle-pool.js';
-import { clientFilterRef, clientFilterSpec, describeQdisc, hashTableSpecs, isShaperRoot, readClientFilter, SHAPER_LAYOUT } from './layout.js';
+import { clientFilterRef, clientFilterSpec, describeQdisc, hashTableSpecs, isShaperRoot, missingHashTableSpecs, readClientFilter, SHAPER_LAYOUT } from './layout.js';
 import { allocateShares, type PipeParameters, type WantedLimits, wantedRateOf } from './shares.js';
 
 /** sfq's default queue depth in packets; bfifo leaves hold as many full-size packets' worth of bytes. */
@@ -427,6 +427,26 @@ export class Shaper {
     return damaged.length;
   }
 
+  /**
+   * Adds back the u32 hash tables and link filters missing from `filters` (a dump of the root's filters):
+   * without them no client filter is reached. Returns how many were added; the client filters that went
+   * with a table are repairPipes' to put back.
+   */
+  repairHashTables(filters: readonly Filter[]): number {
+    this.ensureWritable();
+    const missing = missingHashTableSpecs(ROOT_HANDLE, filters);
+    for (const filter of missing) {
+      try {
+        this.applyAll([{ op: 'add', filter }]);
+      } catch (error) {
+        // u32's tables belong to the qdisc: one outlives its deleted priority while another priority is
+        // left (unseen in dumps), and is seen again, client filters and all, once its priority is back.
+        if (!(error instanceof NetlinkError && error.code === 'EEXIST' && filter.options && 'divisor' in filter.options)) throw error;
+      }
+    }
+    return missing.length;
+  }
+
   /** Runs a long operation that yields to the event loop while no other change may interleave. */
   private async exclusively(run: () => Promise<void>): Promise<void> {
     const running = run().finally(() => (this.longOperation = undefined));
@@ -447,8 +467,7 @@ export class Shaper {
       if (tcClass.parent === SERVER_CLASS) classes.set(tcClass.handle, tcClass);
     }
     const filters = this.tc.filters(device, ROOT_HANDLE);
-    const tablesPresent = hashTableSpecs(ROOT_HANDLE).every((spec) => filters.some((filter) => filter.priority === spec.priority));
-    if (!tablesPresent && !this.readOnly) this.applyAll(hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'replace' as const, filter })));
+    if (!this.readOnly) this.repairHashTables(filters);
     const fixes: Operation[] = [];
     for (const filter of filters) {
       const client = readClientFilter(filter);
