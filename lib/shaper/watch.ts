@@ -199,40 +199,36 @@ export class ShaperWatch {
     this.toldForeign = false;
     const kernel = this.readPipes();
     if (!kernel) return; // the device is gone: nothing to put back until it returns
-    const damaged = this.damagedPipes(kernel);
-    const tablesMissing = missingHashTableSpecs(ROOT_HANDLE, kernel.filters).length > 0;
-    if (!tablesMissing) return this.repairPipes(reason, damaged, startedAt);
+    if (missingHashTableSpecs(ROOT_HANDLE, kernel.filters).length === 0) return this.repairPipes(reason, kernel.damaged, startedAt);
     options.onRepairStart?.(reason, 'pipes');
     const hashTables = shaper.repairHashTables(kernel.filters);
-    const pipes = await shaper.repairPipes(damaged);
+    const pipes = await shaper.repairPipes(kernel.damaged);
     options.onRepaired?.({ reason, scope: 'pipes', pipes, hashTables, ms: performance.now() - startedAt });
   }
 
-  /** The root's filters, the server class's children and the leaves, read now (undefined: the device is gone). */
-  private readPipes(): { filters: Filter[]; classes: Set<number>; leaves?: Set<number> } | undefined {
+  /**
+   * The root's filters now, and the class handles of the pipes missing their class, leaf or filter in the
+   * kernel (undefined: the device is gone).
+   */
+  private readPipes(): { filters: Filter[]; damaged: Set<number> } | undefined {
     const { tc, shaper, options } = this;
     try {
       const filters = tc.filters(options.device, ROOT_HANDLE);
       const classes = new Set(tc.classes(options.device).filter((tcClass) => tcClass.parent === SERVER_CLASS).map((tcClass) => tcClass.handle));
+      const steered = new Set(filters.flatMap((filter) => readClientFilter(filter)?.classid ?? []));
       const leaf = shaper.leafKind;
       // A deleted leaf is replaced by the kernel's default qdisc: only a leaf of our kind counts.
-      if (leaf === 'none') return { filters, classes };
-      return { filters, classes, leaves: new Set(tc.qdiscs(options.device).filter((qdisc) => qdisc.kind === leaf).map((qdisc) => qdisc.parent)) };
+      const leaves = leaf === 'none' ? undefined : new Set(tc.qdiscs(options.device).filter((qdisc) => qdisc.kind === leaf).map((qdisc) => qdisc.parent));
+      const damaged = new Set<number>();
+      for (const client of shaper.clients()) {
+        const classid = parseHandle(client.classid);
+        if (!classes.has(classid) || !steered.has(classid) || (leaves && !leaves.has(classid))) damaged.add(classid);
+      }
+      return { filters, damaged };
     } catch (error) {
       if (error instanceof NetlinkError && error.code === 'ENODEV') return undefined;
       throw error;
     }
-  }
-
-  /** Class handles of the pipes missing their class, leaf or filter in the kernel's objects. */
-  private damagedPipes({ filters, classes, leaves }: { filters: readonly Filter[]; classes: ReadonlySet<number>; leaves?: ReadonlySet<number> }): Set<number> {
-    const steered = new Set(filters.flatMap((filter) => readClientFilter(filter)?.classid ?? []));
-    const damaged = new Set<number>();
-    for (const client of this.shaper.clients()) {
-      const classid = parseHandle(client.classid);
-      if (!classes.has(classid) || !steered.has(classid) || (leaves && !leaves.has(classid))) damaged.add(classid);
-    }
-    return damaged;
   }
 
   private async repairPipes(reason: string, classids: ReadonlySet<number>, startedAt: number): Promise<void> {
