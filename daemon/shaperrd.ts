@@ -450,6 +450,8 @@ export class Shaperrd {
     const sources = sourcesChanged ? planSources(config, this.logPath) : undefined;
     this.options = { ...this.options, config };
     if (sources) await this.restartPlexSources(sources);
+    // Before the new limits reach the kernel: with takeover turned on, another tool's root is replaced first.
+    await this.watch?.setTakeover(config.takeover);
     this.parser = new PlexLogParser({ trustedProxies: config.trustedProxies });
     this.policy = new Policy(policyConfig(config));
     this.tracker!.setPolicy(this.policy);

@@ -91,8 +91,13 @@ export interface NetlinkSocket {
   receive(into: Uint8Array): number;
   /** Returns 0 instead of blocking when nothing is queued. */
   receiveNonBlocking(into: Uint8Array): number;
-  /** Waits on a libuv worker thread, for sockets that sit on multicast notifications. */
-  receiveAsync(into: Uint8Array): Promise<number>;
+  /**
+   * Calls `listener` from the event loop each time the socket has something to read or an error to report
+   * (ENOBUFS after an overflow), for sockets that sit on multicast notifications: the kernel wakes the
+   * loop, so waiting costs nothing, and the watch never keeps the process alive. The socket turns
+   * non-blocking: the listener reads with receiveNonBlocking() until it returns 0. Stopped by close().
+   */
+  watchReadable(listener: () => void): void;
   close(): void;
 }
 
@@ -164,8 +169,17 @@ export function openNetlinkSocket(options: NetlinkSocketOptions = {}): NetlinkSo
   }
 }
 
+/** What koffi's typings say its poll callback gets. */
+type PollCallback = (events: { readable: boolean }) => void;
+
+/** koffi's typings leave out the first argument its poll callback gets: libuv's status (negative: an error on the descriptor). */
+function asPollCallback(callback: (status: number) => void): PollCallback {
+  return callback as unknown as PollCallback;
+}
+
 function makeSocket(fd: number, portId: number): NetlinkSocket {
   let open = true;
+  let readable: ReturnType<typeof koffi.node.poll> | undefined;
   const ensureOpen = (): void => {
     if (!open) throw new Error('netlink socket is closed');
   };
@@ -188,19 +202,24 @@ function makeSocket(fd: number, portId: number): NetlinkSocket {
       if (errno === koffi.os.errno.EAGAIN) return 0;
       throw new SyscallError('recv', errno);
     },
-    receiveAsync(into) {
+    watchReadable(listener) {
       ensureOpen();
-      return new Promise((resolve, reject) => {
-        sys.recv.async(fd, into, into.byteLength, 0, (error: unknown, result: number | bigint) => {
-          if (error) reject(error);
-          else if (Number(result) < 0) reject(new SyscallError('recv', koffi.errno()));
-          else resolve(Number(result));
-        });
+      if (readable) throw new Error('netlink socket is already watched');
+      // libuv's poll handle (epoll) on the loop itself: no thread blocks, no timer ticks while idle.
+      const onPoll = asPollCallback((status) => {
+        // A socket error (ENOBUFS) stops the handle; the listener's read clears the error, then it watches again.
+        listener();
+        if (status < 0 && open) handle.start({ readable: true }, onPoll);
       });
+      const handle = koffi.node.poll(fd, { readable: true }, onPoll);
+      handle.unref();
+      readable = handle;
     },
     close() {
       if (!open) return;
       open = false;
+      // The poll handle lets go of the descriptor before it is closed (a reused number is not watched).
+      readable?.close();
       sys.close(fd);
     },
   };

@@ -66,22 +66,39 @@ const families: Record<4 | 6, FamilyLayout> = {
  * link filter goes into the priority's root table, whose id the kernel picks (800:, 801:…): no `ht`.
  */
 export function hashTableSpecs(root: number): FilterSpec[] {
+  return ([4, 6] as const).flatMap((family) => [tableSpec(root, family), linkSpec(root, family)]);
+}
+
+function tableSpec(root: number, family: 4 | 6): FilterSpec {
+  const { protocol, priority, table } = families[family];
+  return { kind: 'u32', parent: root, priority, protocol, handle: makeU32Handle(table, 0, 0), options: { divisor: 256 } };
+}
+
+function linkSpec(root: number, family: 4 | 6): FilterSpec {
+  const { protocol, priority, table } = families[family];
+  return {
+    kind: 'u32',
+    parent: root,
+    priority,
+    protocol,
+    options: { match: { family, dst: family === 4 ? '0.0.0.0/0' : '::/0' }, hashKey: bucketHashKey(family), link: makeU32Handle(table, 0, 0) },
+  };
+}
+
+/**
+ * The hash tables and link filters missing from a dump of the root's filters (someone deleted them: the
+ * kernel refuses to delete a table a link filter still points at, so the link goes first), in the order
+ * they are added back. Client filters go with their table; a dump without them shows their pipes damaged.
+ */
+export function missingHashTableSpecs(root: number, filters: readonly Filter[]): FilterSpec[] {
   return ([4, 6] as const).flatMap((family) => {
-    const { protocol, priority, table } = families[family];
-    return [
-      { kind: 'u32' as const, parent: root, priority, protocol, handle: makeU32Handle(table, 0, 0), options: { divisor: 256 } },
-      {
-        kind: 'u32' as const,
-        parent: root,
-        priority,
-        protocol,
-        options: {
-          match: { family, dst: family === 4 ? '0.0.0.0/0' : '::/0' },
-          hashKey: bucketHashKey(family),
-          link: makeU32Handle(table, 0, 0),
-        },
-      },
-    ];
+    const { priority, table } = families[family];
+    const handle = makeU32Handle(table, 0, 0);
+    const ours = filters.filter((filter) => filter.priority === priority);
+    const missing: FilterSpec[] = [];
+    if (!ours.some((filter) => filter.handle === handle && filter.parameters.divisor !== undefined)) missing.push(tableSpec(root, family));
+    if (!ours.some((filter) => filter.parameters.link === handle)) missing.push(linkSpec(root, family));
+    return missing;
   });
 }
 

@@ -13,7 +13,7 @@ import { type ClientAddress, NetworkSet, parseClientAddress } from '../address.j
 import { inChunks, type ProgressListener } from '../progress.js';
 import { formatHandle, makeHandle } from '../tc/handle.js';
 import { HTB_DEFAULT_MTU, type HtbClassOptions } from '../tc/kinds/htb.js';
-import { type Operation, type QdiscSpec, type TcClass, toTcCommand } from '../tc/objects.js';
+import { type Filter, type Operation, type QdiscSpec, type TcClass, toTcCommand } from '../tc/objects.js';
 import type { TcStatistics } from '../tc/stats.js';
 import { TrafficControl } from '../tc/traffic-control.js';
 import { type BitsPerSecond, parseRate, type RateInput } from '../tc/units.js';
@@ -28,6 +28,7 @@ import {
   describeQdisc,
   hashTableSpecs,
   isShaperRoot,
+  missingHashTableSpecs,
   readClientFilter,
   SHAPER_LAYOUT,
   SHAPER_ROOT,
@@ -266,6 +267,7 @@ export class Shaper {
     }
     if (ours) {
       this.applyAll([{ op: 'replace', class: this.serverClassSpec() }]);
+      this.repairHashTables(this.kernel.filters(ROOT_HANDLE));
       this.applyAll(this.adopt());
       // The server rate may have changed since the earlier run: the adopted guarantees must fit it.
       const { all, commit } = this.rebalanceOperations();
@@ -362,6 +364,25 @@ export class Shaper {
     return damaged.length;
   }
 
+  /**
+   * Adds back the u32 hash tables and link filters missing from `filters` (a dump of the root's filters):
+   * without them no client filter is reached. Returns how many were added; the client filters that went
+   * with a table are repairPipes' to put back.
+   */
+  repairHashTables(filters: readonly Filter[]): number {
+    const missing = missingHashTableSpecs(ROOT_HANDLE, filters);
+    for (const filter of missing) {
+      try {
+        this.applyAll([{ op: 'add', filter }]);
+      } catch (error) {
+        // u32's tables belong to the qdisc: one outlives its deleted priority while another priority is
+        // left (unseen in dumps), and is seen again, client filters and all, once its priority is back.
+        if (!(error instanceof NetlinkError && error.code === 'EEXIST' && filter.options && 'divisor' in filter.options)) throw error;
+      }
+    }
+    return missing.length;
+  }
+
   /** Runs a long operation that yields to the event loop while no other change may interleave. */
   private async exclusively(run: () => Promise<void>): Promise<void> {
     const running = run().finally(() => (this.longOperation = undefined));
@@ -385,8 +406,7 @@ export class Shaper {
       if (tcClass.parent === SERVER_CLASS) classes.set(tcClass.handle, tcClass);
     }
     const filters = this.kernel.filters(ROOT_HANDLE);
-    const tablesPresent = hashTableSpecs(ROOT_HANDLE).every((spec) => filters.some((filter) => filter.priority === spec.priority));
-    const fixes: Operation[] = tablesPresent ? [] : hashTableSpecs(ROOT_HANDLE).map((filter) => ({ op: 'replace' as const, filter }));
+    const fixes: Operation[] = [];
     for (const filter of filters) {
       const client = readClientFilter(filter);
       if (!client) continue;

@@ -4,6 +4,7 @@
  * changes (its netlink port id), and
  *   - shaperr's root qdisc deleted, or the device re-created (a new ifindex) → the whole tree is put back;
  *   - one client's class, leaf or filter deleted → that pipe alone is put back;
+ *   - a u32 hash table or its link filter deleted → they are added back, then the pipes that lost their filter;
  *   - another tool's root qdisc in place of shaperr's → reported once, left alone (unless `takeover`);
  *   - notifications lost (receive buffer overflow) → a full check: root, then every pipe against a dump.
  * check() runs the same full check (a slow safety poll). Repairs run one at a time; what arrives
@@ -12,8 +13,9 @@
 import type { ProgressListener } from '../progress.js';
 import { makeHandle, parseHandle, TC_H_ROOT } from '../tc/handle.js';
 import { TcMonitor, type TcNotification } from '../tc/monitor.js';
+import type { Filter } from '../tc/objects.js';
 import { NetlinkError } from '../wire/errors.js';
-import { describeQdisc, isShaperRoot, readClientFilter, SHAPER_LAYOUT } from './layout.js';
+import { describeQdisc, isShaperRoot, missingHashTableSpecs, readClientFilter, SHAPER_LAYOUT } from './layout.js';
 import type { Shaper } from './shaper.js';
 
 const ROOT_HANDLE = makeHandle(SHAPER_LAYOUT.rootMajor, 0);
@@ -25,6 +27,8 @@ export interface RepairReport {
   /** `tree`: root, server class and every pipe; `pipes`: the damaged pipes only. */
   scope: 'tree' | 'pipes';
   pipes: number;
+  /** u32 hash tables and link filters put back (someone deleted them; their client filters went with them). */
+  hashTables?: number;
   /** From reading the notification (or starting the check) to the kernel having everything back. */
   ms: number;
 }
@@ -60,11 +64,13 @@ export class ShaperWatch {
   private running?: Promise<void>;
   private toldForeign = false;
   private closed = false;
+  private takeover: boolean;
 
   private constructor(
     private readonly shaper: Shaper,
     private readonly options: ShaperWatchOptions,
   ) {
+    this.takeover = options.takeover ?? false;
     const tc = this.tc;
     this.monitor = TcMonitor.open({
       ...(options.netns ? { netns: options.netns } : {}),
@@ -93,6 +99,17 @@ export class ShaperWatch {
   /** The listener's counters (notifications read, overflows). */
   get stats() {
     return this.monitor.stats;
+  }
+
+  /**
+   * Changes whether another tool's root qdisc is replaced (a config reload). Turned on, a full check
+   * runs at once: a root left alone until now is taken over without waiting for the safety poll (resolves
+   * once it is done).
+   */
+  async setTakeover(takeover: boolean): Promise<void> {
+    if (takeover === this.takeover) return;
+    this.takeover = takeover;
+    if (takeover) await this.check('takeover turned on');
   }
 
   /** A full check now (the safety poll); resolves once it and any repair it started are done. */
@@ -160,12 +177,15 @@ export class ShaperWatch {
     }
   }
 
-  /** Root first (missing: the whole tree; another tool's: left alone), then every pipe against a dump. */
+  /**
+   * Root first (missing: the whole tree; another tool's: left alone), then the hash tables and every pipe
+   * against a dump.
+   */
   private async fullCheck(reason: string, startedAt: number): Promise<void> {
     const { shaper, tc, options } = this;
     if (!shaper.isIntact()) {
       const root = tc.rootQdisc(options.device);
-      if (root && !isShaperRoot(root) && !options.takeover) {
+      if (root && !isShaperRoot(root) && !this.takeover) {
         if (!this.toldForeign) options.onForeignRoot?.(describeQdisc(root));
         this.toldForeign = true;
         return;
@@ -177,15 +197,25 @@ export class ShaperWatch {
       return;
     }
     this.toldForeign = false;
-    await this.repairPipes(reason, this.damagedPipes(), startedAt);
+    const kernel = this.readPipes();
+    if (!kernel) return; // the device is gone: nothing to put back until it returns
+    if (missingHashTableSpecs(ROOT_HANDLE, kernel.filters).length === 0) return this.repairPipes(reason, kernel.damaged, startedAt);
+    options.onRepairStart?.(reason, 'pipes');
+    const hashTables = shaper.repairHashTables(kernel.filters);
+    const pipes = await shaper.repairPipes(kernel.damaged);
+    options.onRepaired?.({ reason, scope: 'pipes', pipes, hashTables, ms: performance.now() - startedAt });
   }
 
-  /** Class handles of the pipes missing their class, leaf or filter in the kernel now. */
-  private damagedPipes(): Set<number> {
+  /**
+   * The root's filters now, and the class handles of the pipes missing their class, leaf or filter in the
+   * kernel (undefined: the device is gone).
+   */
+  private readPipes(): { filters: Filter[]; damaged: Set<number> } | undefined {
     const { tc, shaper, options } = this;
     try {
+      const filters = tc.filters(options.device, ROOT_HANDLE);
       const classes = new Set(tc.classes(options.device).filter((tcClass) => tcClass.parent === SERVER_CLASS).map((tcClass) => tcClass.handle));
-      const steered = new Set(tc.filters(options.device, ROOT_HANDLE).flatMap((filter) => readClientFilter(filter)?.classid ?? []));
+      const steered = new Set(filters.flatMap((filter) => readClientFilter(filter)?.classid ?? []));
       const leaf = shaper.leafKind;
       // A deleted leaf is replaced by the kernel's default qdisc: only a leaf of our kind counts.
       const leaves = leaf === 'none' ? undefined : new Set(tc.qdiscs(options.device).filter((qdisc) => qdisc.kind === leaf).map((qdisc) => qdisc.parent));
@@ -194,9 +224,9 @@ export class ShaperWatch {
         const classid = parseHandle(client.classid);
         if (!classes.has(classid) || !steered.has(classid) || (leaves && !leaves.has(classid))) damaged.add(classid);
       }
-      return damaged;
+      return { filters, damaged };
     } catch (error) {
-      if (error instanceof NetlinkError && error.code === 'ENODEV') return new Set(); // the device is gone: nothing to put back until it returns
+      if (error instanceof NetlinkError && error.code === 'ENODEV') return undefined;
       throw error;
     }
   }

@@ -3,8 +3,9 @@
  * print), on a second rtnetlink socket subscribed to RTNLGRP_TC and RTNLGRP_LINK, decoded with the same
  * readers as dumps.
  *
- * The socket is drained without ever blocking: a short timer reads whatever is queued (MSG_DONTWAIT), so
- * the event loop stays free and close() stops at once. When the kernel drops notifications because the
+ * The event loop is woken by the kernel when a notification is queued (the socket's descriptor is watched
+ * like any other, never by a thread or timer) and reads whatever is queued without blocking: an idle
+ * monitor costs nothing, and close() stops it at once. When the kernel drops notifications because the
  * receive buffer was full (ENOBUFS; NETLINK_NO_ENOBUFS stays off so that this is reported), the listener
  * is told: whatever it keeps in sync must then be checked in full.
  */
@@ -22,7 +23,6 @@ const IFLA_IFNAME = 3;
 const linkName = attributeSet({ name: attr(IFLA_IFNAME, attrString) });
 /** Room for the notifications of a restore of thousands of pipes (a few KiB each) between two reads. */
 const DEFAULT_RECEIVE_BUFFER_BYTES = 32 << 20;
-const DEFAULT_POLL_INTERVAL_MS = 5;
 const DATAGRAM_BYTES = 64 * 1024;
 
 export type TcNotificationAction = 'new' | 'del';
@@ -55,23 +55,22 @@ export interface TcMonitorOptions {
   onError?: (error: Error) => void;
   /** Kernel receive buffer (default 32 MiB; beyond net.core.rmem_max needs CAP_NET_ADMIN). */
   receiveBufferBytes?: number;
-  /** How often the socket is drained (default 5 ms): the most a notification waits. */
-  pollIntervalMs?: number;
 }
 
 /** Counters since open. */
 export interface TcMonitorStats {
   notifications: number;
   overflows: number;
+  /** Times the socket was read (each read takes everything queued): none while nothing happens. */
+  reads: number;
 }
 
 export class TcMonitor {
   private readonly socket: NetlinkSocket;
-  private readonly timer: NodeJS.Timeout;
   private readonly buffer = new Uint8Array(DATAGRAM_BYTES);
   private readonly ignored: Set<number>;
   private readonly context: KindContext = { clock: schedulerClock() };
-  readonly stats: TcMonitorStats = { notifications: 0, overflows: 0 };
+  readonly stats: TcMonitorStats = { notifications: 0, overflows: 0, reads: 0 };
   private closed = false;
 
   private constructor(private readonly options: TcMonitorOptions) {
@@ -81,9 +80,8 @@ export class TcMonitor {
       groups: [RTNLGRP_LINK, RTNLGRP_TC],
     });
     this.ignored = new Set(options.ignorePortIds ?? []);
-    this.timer = setInterval(() => this.drain(), options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS);
-    // A listener never keeps the process alive on its own.
-    this.timer.unref();
+    // A listener never keeps the process alive on its own (the watch does not).
+    this.socket.watchReadable(() => this.drain());
   }
 
   /** Subscribes; notifications start arriving from now on. */
@@ -96,9 +94,10 @@ export class TcMonitor {
     return this.socket.portId;
   }
 
-  /** Reads everything queued now and hands it on (the timer does this; callers may too, e.g. before a check). */
+  /** Reads everything queued now and hands it on (done when the kernel wakes the loop; callers may too, e.g. before a check). */
   drain(): void {
     if (this.closed) return;
+    this.stats.reads++;
     const notifications: TcNotification[] = [];
     let overflowed = false;
     try {
@@ -188,11 +187,10 @@ export class TcMonitor {
     }
   }
 
-  /** Stops listening at once (nothing blocks: the timer is the only reader). */
+  /** Stops listening at once (nothing blocks: reads happen only when something is queued). */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    clearInterval(this.timer);
     this.socket.close();
   }
 }
