@@ -472,7 +472,7 @@ async function seekStorm(): Promise<void> {
   const tracker = new SessionTracker({
     graceMs: 3000,
     idleMs: 600_000,
-    policy: new Policy({ client: { rate: '2mbit' }, server: { rate: '1gbit' }, exempt: [], remoteOnly: false, localNetworks: [], overrides: [], schedules: [] }),
+    policy: new Policy({ client: { rate: 2_000_000 }, server: { rate: 1_000_000_000 }, exempt: [], remoteOnly: false, localNetworks: [], overrides: [], schedules: [] }),
     shaper: {
       throttle: async (address, limits) => (changes++, shaper.throttle(address, limits)),
       release: async (address) => (changes++, shaper.release(address)),
