@@ -9,6 +9,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Shaper } from '../lib/shaper/shaper.js';
+import { hashBucketForAddress } from '../lib/shaper/layout.js';
 import { makeU32Handle } from '../lib/tc/kinds/u32.js';
 import { type Operation, operationRequest, toTcCommand } from '../lib/tc/objects.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
@@ -75,9 +76,9 @@ function churnOperations(clients: number): { start: Operation[][]; stop: Operati
   for (let i = 0; i < clients; i++) {
     const minor = 0x10 + i;
     const classid = (1 << 16) | minor;
-    const bucket = i & 0xff;
+    const address = `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+    const bucket = hashBucketForAddress(address);
     const handle = makeU32Handle(2, bucket, (i >> 8) + 1);
-    const address = `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${bucket}`;
     start.push([
       { op: 'add', class: { kind: 'htb', parent: '1:1', classid, options: { rate: '2mbit', ceil: '2500kbit' } } },
       { op: 'add', qdisc: { kind: 'bfifo', parent: classid, handle: (minor << 16) >>> 0, options: { limit: 127 * 1600 } } },
@@ -472,7 +473,7 @@ async function seekStorm(): Promise<void> {
   const tracker = new SessionTracker({
     graceMs: 3000,
     idleMs: 600_000,
-    policy: new Policy({ client: { rate: '2mbit' }, server: { rate: '1gbit' }, exempt: [], remoteOnly: false, localNetworks: [], overrides: [], schedules: [] }),
+    policy: new Policy({ client: { rate: 2_000_000 }, server: { rate: 1_000_000_000 }, exempt: [], remoteOnly: false, localNetworks: [], overrides: [], schedules: [] }),
     shaper: {
       throttle: async (address, limits) => (changes++, shaper.throttle(address, limits)),
       release: async (address) => (changes++, shaper.release(address)),

@@ -5,15 +5,17 @@
 import { readFileSync, statSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { NetworkSet, parseRate } from '../lib/index.js';
-import { DEFAULT_DIRECT_PLAY_HEADROOM, type PolicyConfig } from './sessions/policy.js';
+import { formatRate, NetworkSet, parseRate } from '../lib/index.js';
+import { DEFAULT_AUTO_MAX, DEFAULT_AUTO_MIN, DEFAULT_DIRECT_PLAY_HEADROOM, type PolicyConfig } from './sessions/policy.js';
 import { isLoopbackListen } from './operator/http.js';
 
-const rate = z.union([z.string(), z.number()]).superRefine((value, context) => {
+/** A rate as written (`2mbit`, or bits/s), parsed here once: the rest of the daemon holds bits/s. */
+const rate = z.union([z.string(), z.number()]).transform((value, context) => {
   try {
-    parseRate(value);
+    return parseRate(value);
   } catch (error) {
     context.addIssue({ code: 'custom', message: (error as Error).message });
+    return z.NEVER;
   }
 });
 
@@ -34,12 +36,12 @@ const clientRates = z
      * average for 5 s) still rebuffered, at 2 for half as long (see DEFAULT_DIRECT_PLAY_HEADROOM).
      */
     directPlayHeadroom: z.number().min(1).max(10).default(DEFAULT_DIRECT_PLAY_HEADROOM),
-    min: rate.default('1mbit'),
-    max: rate.default('20mbit'),
+    min: rate.default(DEFAULT_AUTO_MIN),
+    max: rate.default(DEFAULT_AUTO_MAX),
   })
   .superRefine((client, context) => {
     if (client.rate !== 'auto' && client.ceil === 'auto') context.addIssue({ code: 'custom', path: ['ceil'], message: "ceil: auto needs rate: auto (a fixed rate's ceil is a rate)" });
-    if (parseRate(client.min) > parseRate(client.max)) context.addIssue({ code: 'custom', path: ['min'], message: `min is above max (${String(client.max)})` });
+    if (client.min > client.max) context.addIssue({ code: 'custom', path: ['min'], message: `min is above max (${formatRate(client.max)})` });
   });
 
 const cidr = z.string().superRefine((value, context) => {

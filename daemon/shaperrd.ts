@@ -9,7 +9,7 @@ import { type ProgressListener, Shaper, type ShaperOptions, ShaperWatch } from '
 import { type ShaperrConfig, policyConfig } from './config.js';
 import { MAX_LINE, PlexLogParser, type PlaybackEvent } from './sources/parse.js';
 import { type Limits, Policy } from './sessions/policy.js';
-import { type ClientShaper, type ClientSummary, type Decision, type SavedClient, SessionTracker } from './sessions/sessions.js';
+import { type ClientSummary, type Decision, type SavedClient, SessionTracker } from './sessions/sessions.js';
 import { startStatusServer } from './operator/http.js';
 import { DaemonMetrics } from './operator/metrics.js';
 import { type DaemonState, loadState, saveState } from './apply/state.js';
@@ -17,6 +17,7 @@ import { buildStatus, type OperationProgress, type RecentDecision, type StatusRe
 import { findPlexLog, LogTailer, type SavedPosition } from './sources/tail.js';
 import { readRecentLog, rebuildSessions } from './sources/warm-start.js';
 import { lockDevice } from './apply/device-lock.js';
+import { clientsToRestore, ShaperPort } from './apply/shaper-port.js';
 import type { AbstractLock } from '../native-bindings/abstract-lock.js';
 import { planSources, type SourcePlan } from './sources/plan.js';
 import { PlexSource, type PlexTimings } from './sources/plex.js';
@@ -47,6 +48,8 @@ const PROGRESS_MIN_PIPES = 500;
 
 export class Shaperrd {
   private shaper?: Shaper;
+  /** The sessions' decisions go to the shaper through it (the apply stage). */
+  private shaperPort?: ShaperPort;
   private tailer?: LogTailer;
   private plexSources: PlexSource[] = [];
   private tracker?: SessionTracker;
@@ -92,11 +95,20 @@ export class Shaperrd {
     const saved = this.options.dryRun ? undefined : await loadState(config.stateFile, (message) => this.log.warn(message));
     this.serverLimits = this.policy.serverLimitsAt(new Date());
     this.shaper = await Shaper.open(this.shaperOptions(this.serverLimits));
+    this.shaperPort = new ShaperPort(this.shaper, {
+      idleMs: config.idleSeconds * 1000,
+      onChange: (action, count) => {
+        if (action === 'throttle') this.counters.throttles += count;
+        else this.counters.releases += count;
+        this.dirty = true;
+      },
+      onError: (error, address, what) => this.kernelError(error, address, what),
+    });
     this.tracker = new SessionTracker({
       graceMs: config.graceSeconds * 1000,
       idleMs: config.idleSeconds * 1000,
       policy: this.policy,
-      shaper: this.clientShaper(),
+      shaper: this.shaperPort,
       onDecision: (decision) => this.onDecision(decision),
       onError: (error, address) => this.kernelError(error, address),
     });
@@ -224,31 +236,6 @@ export class Shaperrd {
     return options;
   }
 
-  private clientShaper(): ClientShaper {
-    const shaper = (): Shaper => this.shaper!;
-    // Counters a twelfth of the idle timeout old (1–10 s) notice a vanished client in time; fresher ones
-    // would cost a dump of every class each second (12 % of a core at 5,000 clients).
-    const counterAge = { maxAgeMs: Math.min(10_000, Math.max(1000, (this.config.idleSeconds * 1000) / 12)) };
-    return {
-      throttle: async (address, limits) => {
-        this.counters.throttles++;
-        this.dirty = true;
-        return shaper().throttle(address, limits);
-      },
-      release: async (address) => {
-        this.counters.releases++;
-        this.dirty = true;
-        return shaper().release(address);
-      },
-      throttleAll: async (entries) => {
-        this.counters.throttles += entries.length;
-        this.dirty = true;
-        return shaper().throttleAll(entries);
-      },
-      bytesSent: (address) => shaper().bytesSent(address, counterAge),
-    };
-  }
-
   private kernelError(error: unknown, address?: string, what = 'repair failed; retrying at the next notification or safety check'): void {
     this.counters.errors++;
     this.metrics.kernelErrors.inc();
@@ -256,35 +243,14 @@ export class Shaperrd {
     else this.log.error({ err: (error as Error).message }, what);
   }
 
-  /**
-   * After a restart: the kernel objects were adopted by Shaper.open; make them match the saved sessions.
-   * Clients with saved sessions keep their pipe (and get a grace period to show they are still alive);
-   * pipes no saved session explains are orphans and go. Thousands of them (a reboot emptied the kernel)
-   * take seconds: done in chunks, with progress.
-   */
+  /** After a restart: the tracker takes the saved sessions back (one without a live session gets a grace period), the kernel is made to match them. */
   private async reconcile(saved: DaemonState | undefined, recent: readonly SavedClient[]): Promise<void> {
-    const shaper = this.shaper!;
-    const rebuilt = new Set(recent.map((client) => client.address));
-    const savedClients = [...(saved?.clients ?? []).filter((client) => !rebuilt.has(client.address)), ...recent];
-    const adopted = new Set(shaper.clients().map((client) => client.address));
-    this.tracker!.restore(savedClients);
-    const explained = new Set(savedClients.map((client) => client.address));
-    const orphans = [...adopted].filter((address) => !explained.has(address));
-    for (const address of orphans) await shaper.release(address).catch((error: unknown) => this.kernelError(error, address));
-    // Every saved client, adopted or not: the kernel holds its share, the state file what it wants. One
-    // rebalance for all of them.
-    const outcomes = await shaper
-      .throttleAll(savedClients.map((client) => ({ address: client.address, limits: client.limits })), this.progressReporter('restoring pipes'))
-      .catch((error: unknown) => {
-        this.kernelError(error, undefined, 'restoring the saved pipes failed');
-        return [];
-      });
-    outcomes.forEach((outcome, index) => {
-      if (outcome.error) this.kernelError(outcome.error, savedClients[index]!.address);
-    });
-    if (!savedClients.length && !adopted.size) return;
+    const clients = clientsToRestore(saved, recent);
+    this.tracker!.restore(clients);
+    const { adopted, orphansRemoved } = await this.shaperPort!.reconcile(clients, this.progressReporter('restoring pipes'));
+    if (!clients.length && !adopted) return;
     this.metrics.reconciliations.inc({ reason: 'restart' });
-    this.log.info({ saved: savedClients.length - recent.length, fromRecentLog: recent.length, adopted: adopted.size, orphansRemoved: orphans.length }, 'reconciled with the kernel');
+    this.log.info({ saved: clients.length - recent.length, fromRecentLog: recent.length, adopted, orphansRemoved }, 'reconciled with the kernel');
   }
 
   /**

@@ -35,7 +35,29 @@ t.test('config: auto and its knobs validated with clear errors', async (t) => {
   t.throws(() => validateConfig({ ...base, client: { rate: 'auto', min: '30mbit', max: '20mbit' } }), /'client.min' = "30mbit": min is above max/);
   t.throws(() => validateConfig({ ...base, client: { rate: 'auto', headroom: 0.5 } }), /'client.headroom' = 0.5/);
   t.throws(() => validateConfig({ ...base, client: { rate: 'fast' } }), /'client.rate' = "fast"/);
-  t.equal(validateConfig({ ...base, client: { rate: '4mbit' } }).client.rate, '4mbit', 'a fixed rate keeps working unchanged');
+  t.equal(validateConfig({ ...base, client: { rate: '4mbit' } }).client.rate, 4_000_000, 'a fixed rate is parsed once, into bits/s');
+});
+
+t.test('config: a bad rate in a nested key is one line naming the key and the value; good ones arrive in bits/s', async (t) => {
+  const client = { rate: '4mbit' };
+  const refused = (extra: object) => {
+    try {
+      validateConfig({ ...base, client, ...extra });
+    } catch (error) {
+      return (error as Error).message;
+    }
+    return 'accepted';
+  };
+  const override = refused({ overrides: [{ user: 'remi', rate: '8mbit' }, { network: '10.0.0.0/8', rate: '3mbit', ceil: '12furlongs' }] });
+  t.match(override, /^config: 'overrides\.1\.ceil' = "12furlongs": invalid rate "12furlongs": unknown unit 'furlongs'/);
+  t.notMatch(override, /\n/, 'one line');
+  const schedule = refused({ schedules: [{ from: '18:00', to: '23:00', server: { rate: -5 } }] });
+  t.match(schedule, /^config: 'schedules\.0\.server\.rate' = -5: invalid rate -5/);
+  t.notMatch(schedule, /\n/, 'one line');
+  const config = validateConfig({ ...base, client, overrides: [{ user: 'remi', rate: '8mbit', ceil: '1gbit' }], schedules: [{ from: '18:00', to: '23:00', server: { rate: '500kbps' } }] });
+  t.same(config.overrides[0], { user: 'remi', rate: 8 * MBIT, ceil: 1000 * MBIT });
+  t.same(config.schedules[0]!.server, { rate: 4 * MBIT }, '500kbps is bytes: 4 Mbit/s');
+  t.same(validateConfig({ ...base, client: { rate: 'auto' } }).client, { rate: 'auto', headroom: 1.25, directPlayHeadroom: 2, min: 1 * MBIT, max: 20 * MBIT }, 'auto bounds default to bits/s too');
 });
 
 t.test('the tracker changes the class in place when a stream’s need moves, and only then', async (t) => {

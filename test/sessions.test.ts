@@ -22,14 +22,14 @@ class RecordingShaper implements ClientShaper {
 }
 
 const basePolicy: PolicyConfig = {
-  client: { rate: '2mbit', ceil: '2500kbit' },
-  server: { rate: '5mbit' },
+  client: { rate: 2_000_000, ceil: 2_500_000 },
+  server: { rate: 5_000_000 },
   exempt: ['127.0.0.0/8', '192.168.1.0/24'],
   remoteOnly: false,
   localNetworks: [],
   overrides: [
-    { user: 'remi', rate: '4mbit' },
-    { network: '198.51.100.0/24', rate: '1mbit' },
+    { user: 'remi', rate: 4_000_000 },
+    { network: '198.51.100.0/24', rate: 1_000_000 },
   ],
   schedules: [],
 };
@@ -184,8 +184,8 @@ t.test('time-of-day schedules pick the server ceiling', async (t) => {
   const policy = new Policy({
     ...basePolicy,
     schedules: [
-      { from: '18:00', to: '23:00', server: { rate: '3mbit' } },
-      { from: '23:30', to: '01:00', days: [5], server: { rate: '1mbit' } },
+      { from: '18:00', to: '23:00', server: { rate: 3_000_000 } },
+      { from: '23:30', to: '01:00', days: [5], server: { rate: 1_000_000 } },
     ],
   });
   t.equal(policy.serverLimitsAt(new Date(2026, 10, 24, 12, 0)).rate, 5_000_000);
@@ -194,7 +194,7 @@ t.test('time-of-day schedules pick the server ceiling', async (t) => {
   t.equal(policy.serverLimitsAt(new Date(2026, 10, 27, 23, 45)).rate, 1_000_000, 'Friday 23:45');
   t.equal(policy.serverLimitsAt(new Date(2026, 10, 28, 0, 30)).rate, 1_000_000, 'after midnight still Friday’s window');
   t.equal(policy.serverLimitsAt(new Date(2026, 10, 29, 0, 30)).rate, 5_000_000, 'Sunday 00:30: Saturday has no window');
-  t.throws(() => new Policy({ ...basePolicy, schedules: [{ from: '25:00', to: '1:00', server: { rate: '1mbit' } }] }), /invalid time of day "25:00"/);
+  t.throws(() => new Policy({ ...basePolicy, schedules: [{ from: '25:00', to: '1:00', server: { rate: 1_000_000 } }] }), /invalid time of day "25:00"/);
 });
 
 t.test('a late ping or timeline line of a stopped session does not bring it back; a new start does', async (t) => {

@@ -15,7 +15,7 @@ const MINUTE = 60_000;
 const wall = (month: number, day: number, hours: number, minutes: number) => Date.UTC(2026, month, day, hours, minutes);
 const startPath = (session: string) => `/video/:/transcode/universal/start.m3u8?session=${session}`;
 const timeline = (session: string, state: string) => `/:/timeline?state=${state}&X-Plex-Session-Identifier=${session}`;
-const policy = new Policy({ client: { rate: '2mbit' }, server: { rate: '20mbit' }, exempt: [], remoteOnly: false, localNetworks: [], overrides: [], schedules: [] });
+const policy = new Policy({ client: { rate: 2_000_000 }, server: { rate: 20_000_000 }, exempt: [], remoteOnly: false, localNetworks: [], overrides: [], schedules: [] });
 const rebuild = (lines: string[], idleSeconds: number) => rebuildSessions(lines, { policy, trustedProxies: [], graceMs: 5000, idleMs: idleSeconds * 1000 });
 const addresses = (clients: Array<{ address: string }>) => clients.map((client) => client.address).sort();
 

@@ -2,7 +2,7 @@
  * Policy: who gets throttled and how much — the knobs Plex owners ask for most. Exempt networks, "remote
  * streams only", per-user and per-network overrides, and time-of-day schedules for the server ceiling.
  */
-import { type BitsPerSecond, NetworkSet, parseRate } from '../../lib/index.js';
+import { type BitsPerSecond, NetworkSet } from '../../lib/index.js';
 import type { PlaybackEvent } from '../sources/parse.js';
 
 export interface Limits {
@@ -10,9 +10,10 @@ export interface Limits {
   ceil: BitsPerSecond;
 }
 
+/** Rates arrive parsed (daemon/config.ts parses them once): bits/s from here on. */
 export interface RateConfig {
-  rate: string | number;
-  ceil?: string | number;
+  rate: BitsPerSecond;
+  ceil?: BitsPerSecond;
 }
 
 export interface OverrideConfig extends RateConfig {
@@ -33,12 +34,12 @@ export interface ScheduleConfig {
 
 /** The client pipe: a fixed rate, or `auto` (stream-aware: see StreamNeed). */
 export interface ClientRateConfig {
-  rate: string | number;
-  ceil?: string | number;
+  rate: BitsPerSecond | 'auto';
+  ceil?: BitsPerSecond | 'auto';
   headroom?: number;
   directPlayHeadroom?: number;
-  min?: string | number;
-  max?: string | number;
+  min?: BitsPerSecond;
+  max?: BitsPerSecond;
 }
 
 /** What one playing stream needs, as far as a source knows it (bits per second). */
@@ -66,8 +67,7 @@ export interface PolicyConfig {
 }
 
 export function toLimits(config: RateConfig): Limits {
-  const rate = parseRate(config.rate);
-  return { rate, ceil: config.ceil === undefined ? rate : parseRate(config.ceil) };
+  return { rate: config.rate, ceil: config.ceil ?? config.rate };
 }
 
 export interface Verdict {
@@ -86,6 +86,10 @@ export interface Verdict {
  * 2.5 avoided even those, at a guarantee a quarter larger.
  */
 export const DEFAULT_DIRECT_PLAY_HEADROOM = 2;
+
+/** `rate: auto` bounds when the config names none: 1 and 20 Mbit/s. */
+export const DEFAULT_AUTO_MIN: BitsPerSecond = 1e6;
+export const DEFAULT_AUTO_MAX: BitsPerSecond = 20e6;
 
 interface AutoRate {
   headroom: number;
@@ -142,20 +146,21 @@ export class Policy {
   constructor(private readonly config: PolicyConfig) {
     this.exempt = new NetworkSet(config.exempt);
     this.local = new NetworkSet(config.localNetworks);
-    if (config.client.rate === 'auto') {
-      const bits = (value: string | number | undefined, fallback: string): number => parseRate(value ?? fallback);
-      const max = bits(config.client.max, '20mbit');
+    const { client } = config;
+    if (client.rate === 'auto') {
+      const max = client.max ?? DEFAULT_AUTO_MAX;
       this.auto = {
-        headroom: config.client.headroom ?? 1.25,
-        directPlayHeadroom: config.client.directPlayHeadroom ?? DEFAULT_DIRECT_PLAY_HEADROOM,
-        min: bits(config.client.min, '1mbit'),
+        headroom: client.headroom ?? 1.25,
+        directPlayHeadroom: client.directPlayHeadroom ?? DEFAULT_DIRECT_PLAY_HEADROOM,
+        min: client.min ?? DEFAULT_AUTO_MIN,
         max,
-        ceil: config.client.ceil === 'auto' ? 'auto' : config.client.ceil === undefined ? max : bits(config.client.ceil, '0'),
+        ceil: client.ceil ?? max,
       };
       // A stream whose need is not known yet gets the most a stream may have (never starved at start).
       this.defaults = { rate: max, ceil: this.auto.ceil === 'auto' ? max : Math.max(this.auto.ceil, max) };
     } else {
-      this.defaults = toLimits(config.client);
+      if (client.ceil === 'auto') throw new Error("ceil: auto needs rate: auto (a fixed rate's ceil is a rate)");
+      this.defaults = toLimits({ rate: client.rate, ceil: client.ceil ?? client.rate });
     }
     this.server = toLimits(config.server);
     this.overrides = config.overrides.map((override) => {
