@@ -11,7 +11,8 @@ import { type LaneReady, prepareLane, runInLane } from './lane.js';
  * this host lacks (fq_codel, the matchall filter), the tc layer with sfq present, and the Shaper and
  * shaperrd integration suites with sfq leaves where the host has bfifo, and the home-uplink smoke (scenario 7)
  * with sfq leaves.
- * Two files at a time: the guest has two CPUs, and tap's own start-up dominates under emulation.
+ * Two files at a time (the guest has two CPUs), each run as its own program by run-files.mjs: under emulation
+ * tap's runner and TypeScript loader cost twice what the tests do.
  */
 const INSIDE = [
   'test/sfq.test.ts',
@@ -23,6 +24,9 @@ const INSIDE = [
   'test/shaperrd.test.ts',
   'test/long-operations.test.ts',
   'test/home-uplink.test.ts',
+  'test/teardown.test.ts',
+  'test/hash-table-repair.test.ts',
+  'test/monitor-wakeup.test.ts',
 ];
 
 t.setTimeout(1_200_000);
@@ -32,7 +36,7 @@ const lane: LaneReady = process.getuid?.() === 0 ? await prepareLane({ log: (lin
 t.test("kernel tests pass inside Debian's stock kernel, with real sfq", { skip: lane.ok ? false : `stock-kernel lane unavailable: ${lane.reason}` }, async (t) => {
   if (!lane.ok) return;
   for (const comment of comments) t.comment(comment);
-  const run = await runInLane(lane, ['node_modules/.bin/tap', '--disable-coverage', '--reporter=tap', '--jobs=2', '--timeout=300', ...INSIDE], { timeoutMs: 1_080_000 });
+  const run = await runInLane(lane, ['node', 'test/kernel-lane/run-files.mjs', '300', ...INSIDE], { timeoutMs: 1_080_000 });
   t.comment(`lane: kernel ${lane.kernelVersion}, ${run.seconds.toFixed(0)} s, inner summary ${/^# \{.*\}$/m.exec(run.output)?.[0] ?? '(none)'}`);
   for (const measured of run.output.split('\n').filter((line) => /^\s*ok .*(Mbit\/s|deepest queue)/.test(line))) t.comment(`inside: ${measured.trim()}`);
   for (const file of INSIDE) {
