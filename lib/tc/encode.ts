@@ -1,4 +1,5 @@
 /** Qdisc, class and filter operations → netlink requests, byte for byte as iproute2's tc builds them. */
+import { memoize } from '../memo.js';
 import type { MessageWriter } from '../wire/attributes.js';
 import { attrString } from '../wire/attributes.js';
 import type { NetlinkRequest } from '../wire/connection.js';
@@ -62,6 +63,9 @@ function context(operation: string, object: string, family: TcFamily, kind?: str
   return { operation, object, explain: explainTcRefusal(family, kind) };
 }
 
+/** TCA_KIND payloads: a few kind names, encoded once each. */
+const kindPayload = memoize((kind: string) => attrString.encode(kind), 64);
+
 function tcRequest(
   type: number,
   flags: number,
@@ -76,7 +80,7 @@ function tcRequest(
     context: requestContext,
     writeBody(writer) {
       writer.struct(tcmsg, header);
-      if (kind) writer.attribute(TCA.KIND, attrString.encode(kind));
+      if (kind) writer.attribute(TCA.KIND, kindPayload(kind));
       writeRest(writer);
     },
   };
