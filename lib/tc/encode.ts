@@ -1,4 +1,5 @@
 /** Qdisc, class and filter operations → netlink requests, byte for byte as iproute2's tc builds them. */
+import { memoize } from '../memo.js';
 import type { MessageWriter } from '../wire/attributes.js';
 import { attrString } from '../wire/attributes.js';
 import type { NetlinkRequest } from '../wire/connection.js';
@@ -62,21 +63,27 @@ function context(operation: string, object: string, family: TcFamily, kind?: str
   return { operation, object, explain: explainTcRefusal(family, kind) };
 }
 
+/** TCA_KIND payloads: a few kind names, encoded once each. */
+const kindPayload = memoize((kind: string) => attrString.encode(kind), 64);
+
 function tcRequest(
   type: number,
   flags: number,
   header: { ifindex: number; handle: number; parent: number; info?: number },
   kind: string | undefined,
   writeRest: (writer: MessageWriter) => void,
-  requestContext: RequestContext,
+  describeRequest: () => RequestContext,
 ): NetlinkRequest {
   return {
     type,
     flags,
-    context: requestContext,
+    // Only errors and warnings read it: the description is not built for the requests that succeed.
+    get context() {
+      return describeRequest();
+    },
     writeBody(writer) {
       writer.struct(tcmsg, header);
-      if (kind) writer.attribute(TCA.KIND, attrString.encode(kind));
+      if (kind) writer.attribute(TCA.KIND, kindPayload(kind));
       writeRest(writer);
     },
   };
@@ -91,13 +98,13 @@ export function qdiscRequest(mode: WriteMode, device: DeviceTarget, spec: QdiscS
   return tcRequest(MessageType.NEWQDISC, qdiscModeFlags[mode], { ifindex: device.ifindex, handle, parent }, kind.name, (writer) => {
     if (estimator) writer.attributeStruct(TCA.RATE, tcEstimator, estimator);
     kind.write(writer, parameters, kindContext);
-  }, context(`${mode} qdisc`, describe('qdisc', handle || parent, kind.name, device.name), 'qdisc', kind.name));
+  }, () => context(`${mode} qdisc`, describe('qdisc', handle || parent, kind.name, device.name), 'qdisc', kind.name));
 }
 
 export function deleteQdiscRequest(device: DeviceTarget, ref: QdiscRef): NetlinkRequest {
   const parent = ref.parent === undefined ? TC_H_ROOT : parseHandle(ref.parent);
   const handle = ref.handle === undefined ? 0 : parseHandle(ref.handle);
-  return tcRequest(MessageType.DELQDISC, 0, { ifindex: device.ifindex, handle, parent }, undefined, () => {}, context('delete qdisc', describe('qdisc', handle || parent, undefined, device.name), 'qdisc'));
+  return tcRequest(MessageType.DELQDISC, 0, { ifindex: device.ifindex, handle, parent }, undefined, () => {}, () => context('delete qdisc', describe('qdisc', handle || parent, undefined, device.name), 'qdisc'));
 }
 
 export function classRequest(mode: WriteMode, device: DeviceTarget, spec: ClassSpec, kindContext: KindContext): NetlinkRequest {
@@ -109,12 +116,12 @@ export function classRequest(mode: WriteMode, device: DeviceTarget, spec: ClassS
   return tcRequest(MessageType.NEWTCLASS, classModeFlags[mode], { ifindex: device.ifindex, handle: classid, parent }, kind.name, (writer) => {
     if (estimator) writer.attributeStruct(TCA.RATE, tcEstimator, estimator);
     kind.write(writer, parameters, kindContext);
-  }, context(`${mode} class`, describe('class', classid, kind.name, device.name), 'class', kind.name));
+  }, () => context(`${mode} class`, describe('class', classid, kind.name, device.name), 'class', kind.name));
 }
 
 export function deleteClassRequest(device: DeviceTarget, ref: ClassRef): NetlinkRequest {
   const classid = parseHandle(ref.classid);
-  return tcRequest(MessageType.DELTCLASS, 0, { ifindex: device.ifindex, handle: classid, parent: 0 }, undefined, () => {}, context('delete class', describe('class', classid, undefined, device.name), 'class'));
+  return tcRequest(MessageType.DELTCLASS, 0, { ifindex: device.ifindex, handle: classid, parent: 0 }, undefined, () => {}, () => context('delete class', describe('class', classid, undefined, device.name), 'class'));
 }
 
 function describeFilter(ref: FilterRef, handle: number, device: string): string {
@@ -131,7 +138,7 @@ export function filterRequest(mode: WriteMode, device: DeviceTarget, spec: Filte
   const parameters = spec.options === undefined ? undefined : kind.resolve(spec.options, optionsContext);
   return tcRequest(MessageType.NEWTFILTER, classModeFlags[mode], header, kind.name, (writer) => {
     if (parameters !== undefined) kind.write(writer, parameters, optionsContext);
-  }, context(`${mode} filter`, describeFilter(spec, handle, device.name), 'filter', kind.name));
+  }, () => context(`${mode} filter`, describeFilter(spec, handle, device.name), 'filter', kind.name));
 }
 
 export function deleteFilterRequest(device: DeviceTarget, ref: FilterRef): NetlinkRequest {
@@ -139,7 +146,7 @@ export function deleteFilterRequest(device: DeviceTarget, ref: FilterRef): Netli
   const handle = filterHandle(kindName, ref.handle);
   const header = { ifindex: device.ifindex, handle, parent: parseHandle(ref.parent), info: filterInfo(ref.priority, ref.protocol) };
   // The kind is needed to name a single filter by handle, as tc sends it.
-  return tcRequest(MessageType.DELTFILTER, 0, header, kindName, () => {}, context('delete filter', describeFilter(ref, handle, device.name), 'filter', kindName));
+  return tcRequest(MessageType.DELTFILTER, 0, header, kindName, () => {}, () => context('delete filter', describeFilter(ref, handle, device.name), 'filter', kindName));
 }
 
 /**
@@ -150,13 +157,13 @@ export function deleteFilterRequest(device: DeviceTarget, ref: FilterRef): Netli
 export function qdiscKindProbe(device: DeviceTarget, kind: string): NetlinkRequest {
   return tcRequest(MessageType.NEWQDISC, Flags.CREATE | Flags.EXCL, { ifindex: device.ifindex, handle: 0, parent: TC_H_ROOT }, kind, (writer) => {
     writer.endNested(writer.beginNested(TCA.STAB));
-  }, context('probe', `qdisc:${kind}`, 'qdisc', kind));
+  }, () => context('probe', `qdisc:${kind}`, 'qdisc', kind));
 }
 
 /** Asks to create a filter of `kind` with a handle and no options, which a known kind refuses after being looked up. */
 export function filterKindProbe(device: DeviceTarget, kind: string, parent: number, priority: number): NetlinkRequest {
   const header = { ifindex: device.ifindex, handle: 1, parent, info: filterInfo(priority, 'all') };
-  return tcRequest(MessageType.NEWTFILTER, classModeFlags.add, header, kind, () => {}, context('probe', `filter:${kind}`, 'filter', kind));
+  return tcRequest(MessageType.NEWTFILTER, classModeFlags.add, header, kind, () => {}, () => context('probe', `filter:${kind}`, 'filter', kind));
 }
 
 /** The netlink request for an operation. */

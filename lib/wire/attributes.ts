@@ -36,6 +36,11 @@ export class MessageWriter {
     return at;
   }
 
+  /** Starts over, keeping the buffer (a connection reuses one writer for every datagram). */
+  clear(): void {
+    this.length = 0;
+  }
+
   get dataView(): DataView {
     return this.view;
   }
@@ -122,12 +127,14 @@ export const attrU16 = scalar<number>('u16', 2, (v, x) => v.setUint16(0, x, true
 export const attrU32 = scalar<number>('u32', 4, (v, x) => v.setUint32(0, x, true), (v) => v.getUint32(0, true));
 export const attrU64 = scalar<bigint>('u64', 8, (v, x) => v.setBigUint64(0, x, true), (v) => v.getBigUint64(0, true));
 export const attrBe32 = scalar<number>('be32', 4, (v, x) => v.setUint32(0, x, false), (v) => v.getUint32(0, false));
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder();
 /** NUL-terminated string, as the kernel expects for TCA_KIND. */
 export const attrString: ScalarCodec<string> = {
-  encode: (value) => new TextEncoder().encode(`${value}\0`),
+  encode: (value) => utf8Encoder.encode(`${value}\0`),
   decode: (payload) => {
     const end = payload.indexOf(0);
-    return new TextDecoder().decode(end < 0 ? payload : payload.subarray(0, end));
+    return utf8Decoder.decode(end < 0 ? payload : payload.subarray(0, end));
   },
 };
 export const attrBytes: ScalarCodec<Uint8Array> = { encode: (value) => value, decode: (payload) => payload.slice() };

@@ -44,6 +44,8 @@ export function encodeRequest(request: NetlinkRequest): Uint8Array {
 export class NetlinkConnection {
   private sequence = Math.floor(Math.random() * 0x7fffffff);
   private readonly receiveBuffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
+  /** Every batch's datagrams are built here in turn: send() copies them into the kernel, so it is reused. */
+  private readonly datagram = new MessageWriter(MAX_DATAGRAM_BYTES);
 
   private constructor(private readonly socket: NetlinkSocket) {}
 
@@ -77,7 +79,8 @@ export class NetlinkConnection {
     const outcomes: RequestOutcome[] = new Array(requests.length);
     let index = 0;
     while (index < requests.length) {
-      const writer = new MessageWriter(Math.min(MAX_DATAGRAM_BYTES, 4096 * (requests.length - index)));
+      const writer = this.datagram;
+      writer.clear();
       const pending = new Map<number, number>();
       while (index < requests.length && (pending.size === 0 || writer.length < BATCH_FILL_BYTES)) {
         const seq = this.nextSequence();

@@ -115,10 +115,12 @@ export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields)
   });
 
   function encodeInto(view: DataView, base: number, value: Record<string, unknown>): void {
-    layout.forEach(({ name, spec }, index) => {
+    // A plain loop: this runs for every header and struct of every request.
+    for (let index = 0; index < layout.length; index++) {
+      const { name, spec } = layout[index]!;
       const at = base + offsets[index]!;
       const field = value[name];
-      if (field === undefined) return; // the buffer is zero-filled
+      if (field === undefined) continue; // the buffer is zero-filled
       if (spec.type !== 'bytes' && spec.type !== 'struct' && !fitsScalar(spec.type, field)) throw new FieldRangeError(`struct field ${name}`, spec.type, field);
       switch (spec.type) {
         case 's8': view.setInt8(at, field as number); break;
@@ -136,7 +138,7 @@ export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields)
           break;
         case 'struct': spec.struct.encodeInto(view, at, field as Partial<unknown>); break;
       }
-    });
+    }
   }
 
   function decodeFrom(view: DataView): StructValue<Fields> {

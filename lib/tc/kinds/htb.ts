@@ -2,12 +2,14 @@
  * HTB (hierarchical token bucket): the root qdisc and its rate/ceil classes, as iproute2 6.1's q_htb.c
  * encodes them. Structs and attributes from include/uapi/linux/pkt_sched.h.
  */
-import { attr, attrBytes, attributeSet, attrU32, attrU64, type MessageWriter } from '../../wire/attributes.js';
+import { memoizeBy } from '../../memo.js';
+import { attr, attrBytes, attributeSet, attrU32, attrU64, MessageWriter } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { nested, s32, struct, u32 } from '../../wire/struct.js';
 import { defineKind, type KindContext, type TcKind, writeNestedOptions } from '../kind.js';
+import { TCA } from '../tca.js';
 import { integerOption, sizeOption, U32_RANGE } from '../options.js';
-import { type BitsPerSecond, formatRate, parseRate, type RateInput, type SizeInput, transmitSize, transmitTicks } from '../units.js';
+import { type BitsPerSecond, formatRate, parseRate, type RateInput, type SchedulerClock, type SizeInput, transmitSize, transmitTicks } from '../units.js';
 import {
   burstTicks,
   cellLogOf,
@@ -159,6 +161,45 @@ function defaultQuantum(rate: BitsPerSecond): number {
   return 0;
 }
 
+/** The attributes inside a class's TCA_OPTIONS, as tc writes them. */
+function writeClassOptions(writer: MessageWriter, parameters: HtbClassParameters, clock: SchedulerClock): void {
+  const rateBytes = toWireRate(parameters.rate);
+  const ceilBytes = toWireRate(parameters.ceil);
+  const common = { mpu: parameters.mpu, overhead: parameters.overhead, linklayer: parameters.linklayer, mtu: parameters.mtu ?? HTB_DEFAULT_MTU };
+  // Like tc, the tables use the saturated 32-bit rate while the burst times use the full rate.
+  const rate = rateTable({ ...common, rate32: saturate32(rateBytes), cellLog: cellLogOf(parameters.burstCell) }, clock);
+  const ceil = rateTable({ ...common, rate32: saturate32(ceilBytes), cellLog: cellLogOf(parameters.cburstCell) }, clock);
+  htbClassAttributes.write(writer, {
+    rate64: rateBytes >= 2 ** 32 ? BigInt(rateBytes) : undefined,
+    ceil64: ceilBytes >= 2 ** 32 ? BigInt(ceilBytes) : undefined,
+    parms: {
+      rate: rate.spec,
+      ceil: ceil.spec,
+      buffer: transmitTicks(rateBytes, parameters.burst, clock),
+      cbuffer: transmitTicks(ceilBytes, parameters.cburst, clock),
+      quantum: parameters.quantum,
+      prio: parameters.prio,
+    },
+    rtab: rate.table,
+    ctab: ceil.table,
+  });
+}
+
+/**
+ * A class's TCA_OPTIONS payload (~2.1 KiB, mostly the two rate tables) is the same for every client played
+ * at the same rates: encoded once per distinct parameter set and copied into each request.
+ */
+const encodedClassOptions = memoizeBy(
+  ({ parameters: p, clock }: { parameters: HtbClassParameters; clock: SchedulerClock }) =>
+    `${p.rate},${p.ceil},${p.burst},${p.cburst},${p.quantum},${p.prio},${p.mpu},${p.overhead},${p.linklayer},${p.mtu},${p.burstCell},${p.cburstCell},${clock.ticksPerMicrosecond}`,
+  ({ parameters, clock }) => {
+    const writer = new MessageWriter(2304);
+    writeClassOptions(writer, parameters, clock);
+    return writer.toBytes();
+  },
+  256,
+);
+
 export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats> = {
   name: 'htb',
   resolve(input, context) {
@@ -188,28 +229,7 @@ export const htbClass: TcKind<HtbClassOptions, HtbClassParameters, HtbClassStats
     return parameters;
   },
   write(writer: MessageWriter, parameters, context: KindContext) {
-    const rateBytes = toWireRate(parameters.rate);
-    const ceilBytes = toWireRate(parameters.ceil);
-    const common = { mpu: parameters.mpu, overhead: parameters.overhead, linklayer: parameters.linklayer, mtu: parameters.mtu ?? HTB_DEFAULT_MTU };
-    // Like tc, the tables use the saturated 32-bit rate while the burst times use the full rate.
-    const rate = rateTable({ ...common, rate32: saturate32(rateBytes), cellLog: cellLogOf(parameters.burstCell) }, context.clock);
-    const ceil = rateTable({ ...common, rate32: saturate32(ceilBytes), cellLog: cellLogOf(parameters.cburstCell) }, context.clock);
-    writeNestedOptions(writer, () =>
-      htbClassAttributes.write(writer, {
-        rate64: rateBytes >= 2 ** 32 ? BigInt(rateBytes) : undefined,
-        ceil64: ceilBytes >= 2 ** 32 ? BigInt(ceilBytes) : undefined,
-        parms: {
-          rate: rate.spec,
-          ceil: ceil.spec,
-          buffer: transmitTicks(rateBytes, parameters.burst, context.clock),
-          cbuffer: transmitTicks(ceilBytes, parameters.cburst, context.clock),
-          quantum: parameters.quantum,
-          prio: parameters.prio,
-        },
-        rtab: rate.table,
-        ctab: ceil.table,
-      }),
-    );
+    writer.attribute(TCA.OPTIONS, encodedClassOptions({ parameters, clock: context.clock }));
   },
   read(payload, context) {
     const { parms, rate64, ceil64 } = htbClassAttributes.read(payload ?? new Uint8Array());

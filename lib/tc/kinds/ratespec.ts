@@ -5,7 +5,7 @@
  * (they compute transmit times from the 64-bit rate), but they still require the attribute, and byte
  * equality with tc needs the same values.
  */
-import { memoize } from '../../memo.js';
+import { memoizeBy } from '../../memo.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { s16, struct, u16, u32, u8 } from '../../wire/struct.js';
 import { integerOption, sizeOption } from '../options.js';
@@ -123,14 +123,15 @@ function adjustSize(size: number, mpu: number, linklayer: LinkLayer): number {
 
 /** The ratespec struct value and its 1 KiB transmit-time table (tc_calc_rtable); memoised, tables repeat. */
 export function rateTable(input: RateTableInput, clock: SchedulerClock): { spec: Ratespec; table: Uint8Array } {
-  return cachedRateTable([input.rate32, input.mpu, input.overhead, input.linklayer, input.cellLog, input.mtu, clock.ticksPerMicrosecond].join(","));
+  return cachedRateTable({ input, clock });
 }
 
-const cachedRateTable = memoize((key: string) => {
-  const [rate32, mpu, overhead, linklayer, cellLog, mtu, ticksPerMicrosecond] = key.split(',');
-  const input = { rate32: Number(rate32), mpu: Number(mpu), overhead: Number(overhead), linklayer: linklayer as LinkLayer, cellLog: Number(cellLog), mtu: Number(mtu) };
-  return computeRateTable(input, { ticksPerMicrosecond: Number(ticksPerMicrosecond), hz: 0 });
-}, 256);
+const cachedRateTable = memoizeBy(
+  ({ input, clock }: { input: RateTableInput; clock: SchedulerClock }) =>
+    `${input.rate32},${input.mpu},${input.overhead},${input.linklayer},${input.cellLog},${input.mtu},${clock.ticksPerMicrosecond}`,
+  ({ input, clock }) => computeRateTable(input, clock),
+  256,
+);
 
 function computeRateTable(input: RateTableInput, clock: SchedulerClock): { spec: Ratespec; table: Uint8Array } {
   const mtu = input.mtu === 0 ? 2047 : input.mtu;
