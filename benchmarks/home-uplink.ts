@@ -90,7 +90,13 @@ export async function runHomeUplink(options: HomeUplinkOptions): Promise<HomeUpl
  * Several variants one after another on one home (one topology, one segment and game server): what a
  * short run under emulation can afford, where building the namespaces costs more than the traffic.
  */
-export async function runHomeUplinkVariants({ variants, seconds, streams: count, modemBufferSeconds = 1, leaf = 'bfifo' }: Omit<HomeUplinkOptions, 'variant'> & { variants: HomeUplinkVariant[] }): Promise<HomeUplinkResult[]> {
+export async function runHomeUplinkVariants({
+  variants,
+  seconds,
+  streams: count,
+  modemBufferSeconds = 1,
+  leaf = 'bfifo',
+}: Omit<HomeUplinkOptions, 'variant'> & { variants: HomeUplinkVariant[] }): Promise<HomeUplinkResult[]> {
   const specs = variants.every((variant) => variant === 'idle') ? [] : streamSpecs(count);
   const home = await createHomeUplink({ prefix: PREFIX, uplinkBitsPerSecond: UPLINK_BITS, modemBufferSeconds, players: specs.length });
   try {
@@ -107,7 +113,13 @@ export async function runHomeUplinkVariants({ variants, seconds, streams: count,
   }
 }
 
-async function runVariant(home: HomeUplink, variant: HomeUplinkVariant, specs: StreamSpec[], seconds: number, leaf: 'sfq' | 'bfifo'): Promise<HomeUplinkResult> {
+async function runVariant(
+  home: HomeUplink,
+  variant: HomeUplinkVariant,
+  specs: StreamSpec[],
+  seconds: number,
+  leaf: 'sfq' | 'bfifo',
+): Promise<HomeUplinkResult> {
   const cleanups: Array<() => unknown> = [];
   try {
     if (variant === 'shaperr' || variant === 'quanta') cleanups.unshift(await shapeWithLibrary(home, specs, leaf, variant === 'quanta'));
@@ -243,16 +255,26 @@ export async function homeUplinkScenario(record: (row: Row) => void, { quick }: 
   const seconds = quick ? 4 : 120;
   const idle = await runHomeUplink({ variant: 'idle', seconds, streams: 0 });
   for (const count of quick ? [3] : [3, 6]) {
-    const scenario = `7. home uplink (20 Mbit/s, 1 s modem buffer; ${count} streams of ${streamSpecs(count).map((s) => s.bitsPerSecond / 1e6).join('+')} Mbit/s; ${seconds} s each)`;
+    const scenario = `7. home uplink (20 Mbit/s, 1 s modem buffer; ${count} streams of ${streamSpecs(count)
+      .map((s) => s.bitsPerSecond / 1e6)
+      .join('+')} Mbit/s; ${seconds} s each)`;
     const results: HomeUplinkResult[] = [idle];
-    for (const variant of ['unshaped', 'shaperr', 'shaperrd', ...(quick ? [] : (['quanta'] as const))] as const) results.push(await runHomeUplink({ variant, seconds, streams: count }));
+    for (const variant of ['unshaped', 'shaperr', 'shaperrd', ...(quick ? [] : (['quanta'] as const))] as const)
+      results.push(await runHomeUplink({ variant, seconds, streams: count }));
     for (const result of results) recordVariant(record, scenario, result);
     const p99 = (variant: HomeUplinkVariant) => results.find((r) => r.variant === variant)!.ping.p99;
     record({ scenario, variant: 'gamer p99 ratio: unshaped ÷ shaperr', value: p99('unshaped') / p99('shaperr'), unit: '×' });
     record({ scenario, variant: 'gamer p99: shaperr − idle (target ≤ 5)', value: p99('shaperr') - p99('idle'), unit: 'ms' });
     record({ scenario, variant: 'gamer p99: shaperrd − idle (target ≤ 5)', value: p99('shaperrd') - p99('idle'), unit: 'ms' });
     if (!quick) record({ scenario, variant: 'gamer p99: other layout (quanta) − idle', value: p99('quanta') - p99('idle'), unit: 'ms' });
-    if (!idle.tsoRttLogSet) record({ scenario, variant: 'net.ipv4.tcp_tso_rtt_log', value: 0, unit: 'absent', note: 'this kernel has no tcp_tso_rtt_log: the Plex host sends TSO lumps sized for µs round trips' });
+    if (!idle.tsoRttLogSet)
+      record({
+        scenario,
+        variant: 'net.ipv4.tcp_tso_rtt_log',
+        value: 0,
+        unit: 'absent',
+        note: 'this kernel has no tcp_tso_rtt_log: the Plex host sends TSO lumps sized for µs round trips',
+      });
   }
 }
 
@@ -265,18 +287,41 @@ function recordVariant(record: (row: Row) => void, scenario: string, result: Hom
   record({ scenario, variant: `${label}: gamer RTT p99.9`, value: ping.p999, unit: 'ms' });
   record({ scenario, variant: `${label}: gamer RTT max (target ≤ idle + 15 with shaperr)`, value: ping.max, unit: 'ms' });
   record({ scenario, variant: `${label}: gamer jitter (mean change between pings)`, value: ping.jitter, unit: 'ms' });
-  record({ scenario, variant: `${label}: modem peak backlog`, value: modem.peakBacklogBytes / 1024, unit: 'KiB', note: `buffer ${Math.round(modem.bufferBytes / 1024)} KiB, polled every 20 ms` });
+  record({
+    scenario,
+    variant: `${label}: modem peak backlog`,
+    value: modem.peakBacklogBytes / 1024,
+    unit: 'KiB',
+    note: `buffer ${Math.round(modem.bufferBytes / 1024)} KiB, polled every 20 ms`,
+  });
   record({ scenario, variant: `${label}: modem drops`, value: modem.drops, unit: 'packets' });
-  record({ scenario, variant: `${label}: modem queueing delay p99 (backlog ÷ uplink rate)`, value: modem.queueDelayP99Ms, unit: 'ms', note: 'what the queue adds to each packet, from the kernel counters' });
+  record({
+    scenario,
+    variant: `${label}: modem queueing delay p99 (backlog ÷ uplink rate)`,
+    value: modem.queueDelayP99Ms,
+    unit: 'ms',
+    note: 'what the queue adds to each packet, from the kernel counters',
+  });
   record({ scenario, variant: `${label}: modem queueing delay max`, value: modem.queueDelayMaxMs, unit: 'ms' });
   record({ scenario, variant: `${label}: uplink utilisation`, value: modem.utilisation * 100, unit: '%' });
   if (result.variant === 'idle') return;
-  record({ scenario, variant: `${label}: uplink utilisation while every stream fetches (target ≥ 80)`, value: modem.utilisationWhileAllFetch * 100, unit: '%' });
+  record({
+    scenario,
+    variant: `${label}: uplink utilisation while every stream fetches (target ≥ 80)`,
+    value: modem.utilisationWhileAllFetch * 100,
+    unit: '%',
+  });
   // Stalls are a failure only where every pipe fits under the server ceiling.
   const fits = result.streams.reduce((sum, stream) => sum + pipeRate(stream), 0) <= SERVER_CEILING_BITS;
   for (const stream of result.streams) {
     const name = `${label}: stream ${stream.bitsPerSecond / 1e6} Mbit/s (${stream.address})`;
-    record({ scenario, variant: `${name} stalls${fits ? ' (target 0)' : ''}`, value: stream.stalls, unit: 'stalls', note: `${stream.lateSegments} of ${stream.segments} segments late, ${stream.stalledSeconds.toFixed(1)} s stalled` });
+    record({
+      scenario,
+      variant: `${name} stalls${fits ? ' (target 0)' : ''}`,
+      value: stream.stalls,
+      unit: 'stalls',
+      note: `${stream.lateSegments} of ${stream.segments} segments late, ${stream.stalledSeconds.toFixed(1)} s stalled`,
+    });
     record({ scenario, variant: `${name} start-up (request → playback)`, value: stream.startupSeconds ?? Number.NaN, unit: 's' });
     record({ scenario, variant: `${name} mean goodput`, value: stream.goodputBitsPerSecond / 1e6, unit: 'Mbit/s' });
   }

@@ -48,7 +48,8 @@ async function main(): Promise<void> {
   const topology = await createTopology({ clients: 1, ipv6: false, prefix: 'shaperr-i' });
   const dir = mkdtempSync(join(tmpdir(), 'shaperr-idle-'));
   const rows: { what: string; value: number; unit: string; note?: string }[] = [];
-  const cpu = (what: string, percent: number, note?: string) => rows.push({ what, value: Number(percent.toFixed(3)), unit: '% of a core', ...(note ? { note } : {}) });
+  const cpu = (what: string, percent: number, note?: string) =>
+    rows.push({ what, value: Number(percent.toFixed(3)), unit: '% of a core', ...(note ? { note } : {}) });
   try {
     // Alternated, three windows each: an idle node process has its own background noise (GC, compiler threads).
     const without: number[] = [];
@@ -68,7 +69,19 @@ async function main(): Promise<void> {
     const log = join(dir, 'Plex Media Server.log');
     writeFileSync(log, ['198.18.7.1', '198.18.7.2', '198.18.7.3'].map((address, i) => play(address, `idle${i}`)).join(''));
     const config = join(dir, 'shaperr.yaml');
-    writeFileSync(config, ['device: srv0', `netns: ${topology.serverNs}`, 'server: { rate: 1gbit }', 'client: { rate: 2mbit }', 'leaf: bfifo', `log: ${JSON.stringify(log)}`, `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`, 'idleSeconds: 3600'].join('\n'));
+    writeFileSync(
+      config,
+      [
+        'device: srv0',
+        `netns: ${topology.serverNs}`,
+        'server: { rate: 1gbit }',
+        'client: { rate: 2mbit }',
+        'leaf: bfifo',
+        `log: ${JSON.stringify(log)}`,
+        `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
+        'idleSeconds: 3600',
+      ].join('\n'),
+    );
     const daemon = startDaemon(config);
     try {
       await daemon.waitFor(/shaperrd started/);

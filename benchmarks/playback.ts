@@ -84,7 +84,8 @@ function vbrTrace(average: number, seconds: number, random: () => number): numbe
 function windows(trace: number[], window: number): Array<{ start: number; ratio: number }> {
   const mean = trace.reduce((a, b) => a + b, 0) / trace.length;
   const out: Array<{ start: number; ratio: number }> = [];
-  for (let start = 0; start + window <= trace.length; start++) out.push({ start, ratio: trace.slice(start, start + window).reduce((a, b) => a + b, 0) / window / mean });
+  for (let start = 0; start + window <= trace.length; start++)
+    out.push({ start, ratio: trace.slice(start, start + window).reduce((a, b) => a + b, 0) / window / mean });
   return out.sort((a, b) => b.ratio - a.ratio);
 }
 
@@ -100,7 +101,8 @@ async function runPlayer(topology: Topology, dir: string, name: string, localAdd
   const { child, lines } = spawnPeer(topology.clientNs, ['play', config]);
   const results: SessionResult[] = [];
   for await (const line of lines) results.push(JSON.parse(line) as SessionResult);
-  if (results.length !== sessions.length) throw new Error(`player ${name} ended after ${results.length} of ${sessions.length} sessions (exit ${child.exitCode})`);
+  if (results.length !== sessions.length)
+    throw new Error(`player ${name} ended after ${results.length} of ${sessions.length} sessions (exit ${child.exitCode})`);
   return results;
 }
 
@@ -125,7 +127,8 @@ interface About {
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('benchmarks need root (network namespaces)');
   const wanted = process.argv[2];
-  if (wanted !== undefined && wanted !== 'headroom' && wanted !== 'startup') throw new Error(`unknown scenario ${JSON.stringify(wanted)}: expected headroom or startup`);
+  if (wanted !== undefined && wanted !== 'headroom' && wanted !== 'startup')
+    throw new Error(`unknown scenario ${JSON.stringify(wanted)}: expected headroom or startup`);
   const random = seeded(12);
   const trace = vbrTrace(AVERAGE, TRACE_SECONDS, random);
   const [peak, ...others] = windows(trace, 5);
@@ -143,7 +146,14 @@ async function main(): Promise<void> {
   const topology = await createTopology({ clients: HEADROOMS.length + 2, ipv6: false, prefix: 'shaperr-b' });
   const dir = mkdtempSync(join(tmpdir(), 'shaperr-playback-'));
   let server: ChildProcess | undefined;
-  const shaper = await Shaper.open({ device: 'srv0', netns: topology.serverNs, server: { rate: '400mbit' }, client: { rate: '1mbit' }, leaf: 'bfifo', onWarning: () => {} });
+  const shaper = await Shaper.open({
+    device: 'srv0',
+    netns: topology.serverNs,
+    server: { rate: '400mbit' },
+    client: { rate: '1mbit' },
+    leaf: 'bfifo',
+    onWarning: () => {},
+  });
   try {
     const peer = spawnPeer(topology.serverNs, ['serve', topology.serverAddress, String(PORT)]);
     server = peer.child;
@@ -169,10 +179,15 @@ async function main(): Promise<void> {
 }
 
 /** A: one pipe per headroom (rate = ceil), all players at once: the same machine noise for each. */
-async function headroomScenario({ topology, dir, shaper, trace, about }: Bench, sessions: Array<{ offset: number; wallSeconds: number; what: string }>): Promise<void> {
+async function headroomScenario(
+  { topology, dir, shaper, trace, about }: Bench,
+  sessions: Array<{ offset: number; wallSeconds: number; what: string }>,
+): Promise<void> {
   process.stderr.write(`A. direct-play headroom: ${HEADROOMS.length} players, ${sessions.reduce((sum, session) => sum + session.wallSeconds, 0)} s…\n`);
   await Promise.all(HEADROOMS.map((headroom, i) => shaper.throttle(topology.clientAddresses[i]!, { rate: kbit(AVERAGE * headroom) })));
-  const results = await Promise.all(HEADROOMS.map((headroom, i) => runPlayer(topology, dir, `headroom-${headroom}`, topology.clientAddresses[i]!, trace, sessions)));
+  const results = await Promise.all(
+    HEADROOMS.map((headroom, i) => runPlayer(topology, dir, `headroom-${headroom}`, topology.clientAddresses[i]!, trace, sessions)),
+  );
   const headroom = HEADROOMS.map((headroom, i) => {
     const played = results[i]!;
     return {
@@ -203,13 +218,29 @@ async function startupScenario({ topology, dir, shaper, trace, about }: Bench, o
     const played = results[i]!;
     const fills = played.map((s) => s.fillMs!);
     const starts = played.map((s) => s.startupMs!);
-    return { variant: variant.name, rate, ceil: variant.ceil, fillMedianMs: percentile(fills, 50), fillMaxMs: Math.max(...fills), startMedianMs: percentile(starts, 50), startMaxMs: Math.max(...starts), sessions: played };
+    return {
+      variant: variant.name,
+      rate,
+      ceil: variant.ceil,
+      fillMedianMs: percentile(fills, 50),
+      fillMaxMs: Math.max(...fills),
+      startMedianMs: percentile(starts, 50),
+      startMaxMs: Math.max(...starts),
+      sessions: played,
+    };
   });
   publish('playback-startup', { ...about, startup }, renderStartup);
 }
 
 interface HeadroomReport extends About {
-  headroom: Array<{ headroom: number; rate: number; rebuffers: number; stalledSeconds: number; playedSeconds: number; sessions: Array<SessionResult & { what: string }> }>;
+  headroom: Array<{
+    headroom: number;
+    rate: number;
+    rebuffers: number;
+    stalledSeconds: number;
+    playedSeconds: number;
+    sessions: Array<SessionResult & { what: string }>;
+  }>;
 }
 interface StartupReport extends About {
   startup: Array<{ variant: string; rate: number; ceil: number; fillMedianMs: number; fillMaxMs: number; startMedianMs: number; startMaxMs: number }>;
@@ -232,7 +263,9 @@ function header(report: About): string[] {
   return [
     '# Playback through a shaperr pipe',
     '',
-    Object.entries(report.machine).map(([key, value]) => `- ${key}: ${value}`).join('\n'),
+    Object.entries(report.machine)
+      .map(([key, value]) => `- ${key}: ${value}`)
+      .join('\n'),
     `- trace: synthetic VBR film (seeded), ${report.trace.seconds} s at an average of ${mbit(report.trace.averageBitsPerSecond!)} Mbit/s; peak 1 s ${report.trace['peak 1 s ÷ average']!.toFixed(2)}×, peak 5 s ${report.trace['peak 5 s ÷ average']!.toFixed(2)}×, peak 10 s ${report.trace['peak 10 s ÷ average']!.toFixed(2)}× the average; ${(report.trace['seconds above 1.5× the average']! * 100).toFixed(1)} % of seconds above 1.5×`,
     `- player: ExoPlayer's default buffering (starts at ${PLAYER.startBuffer} s, resumes at ${PLAYER.resumeBuffer} s after a rebuffer, loads while < ${PLAYER.maxBuffer} s ahead)`,
     '',
@@ -247,7 +280,10 @@ function renderHeadroom(report: HeadroomReport): string[] {
     '',
     '| headroom | pipe | rebuffers | seconds stalled | seconds played | stalls per session |',
     '| ---: | ---: | ---: | ---: | ---: | --- |',
-    ...report.headroom.map((row) => `| ${row.headroom} | ${mbit(row.rate)} Mbit/s | ${row.rebuffers} | ${row.stalledSeconds.toFixed(1)} | ${row.playedSeconds.toFixed(0)} | ${row.sessions.map((s) => `${s.stalls} (${seconds(s.stalledMs)} s)`).join(', ')} |`),
+    ...report.headroom.map(
+      (row) =>
+        `| ${row.headroom} | ${mbit(row.rate)} Mbit/s | ${row.rebuffers} | ${row.stalledSeconds.toFixed(1)} | ${row.playedSeconds.toFixed(0)} | ${row.sessions.map((s) => `${s.stalls} (${seconds(s.stalledMs)} s)`).join(', ')} |`,
+    ),
   ];
 }
 
@@ -257,7 +293,10 @@ function renderStartup(report: StartupReport): string[] {
     '',
     '| pipe | 10 s buffered, median | max | playback starts (2.5 s), median | max |',
     '| --- | ---: | ---: | ---: | ---: |',
-    ...report.startup.map((row) => `| ${mbit(row.rate)} Mbit/s, ${row.variant} | ${seconds(row.fillMedianMs)} s | ${seconds(row.fillMaxMs)} s | ${seconds(row.startMedianMs)} s | ${seconds(row.startMaxMs)} s |`),
+    ...report.startup.map(
+      (row) =>
+        `| ${mbit(row.rate)} Mbit/s, ${row.variant} | ${seconds(row.fillMedianMs)} s | ${seconds(row.fillMaxMs)} s | ${seconds(row.startMedianMs)} s | ${seconds(row.startMaxMs)} s |`,
+    ),
   ];
 }
 

@@ -46,7 +46,9 @@ interface Row {
 const rows: Row[] = [];
 const record = (row: Row) => {
   rows.push(row);
-  process.stderr.write(`  ${row.scenario} · ${row.variant}: ${format(row.value)} ${row.unit}${row.median !== undefined ? ` (median ${format(row.median)} µs, p99 ${format(row.p99!)} µs)` : ''}\n`);
+  process.stderr.write(
+    `  ${row.scenario} · ${row.variant}: ${format(row.value)} ${row.unit}${row.median !== undefined ? ` (median ${format(row.median)} µs, p99 ${format(row.p99!)} µs)` : ''}\n`,
+  );
 };
 /** A markdown table cell: a `|` inside (e.g. a shell pipeline) would start a new column. */
 const cell = (text: string) => text.replaceAll('|', '\\|');
@@ -82,7 +84,17 @@ function churnOperations(clients: number): { start: Operation[][]; stop: Operati
     start.push([
       { op: 'add', class: { kind: 'htb', parent: '1:1', classid, options: { rate: '2mbit', ceil: '2500kbit' } } },
       { op: 'add', qdisc: { kind: 'bfifo', parent: classid, handle: (minor << 16) >>> 0, options: { limit: 127 * 1600 } } },
-      { op: 'add', filter: { kind: 'u32', parent: '1:', priority: 1, protocol: 'ip', handle, options: { hashTable: makeU32Handle(2, bucket, 0), match: { dst: address }, classid } } },
+      {
+        op: 'add',
+        filter: {
+          kind: 'u32',
+          parent: '1:',
+          priority: 1,
+          protocol: 'ip',
+          handle,
+          options: { hashTable: makeU32Handle(2, bucket, 0), match: { dst: address }, classid },
+        },
+      },
     ]);
     stop.push([
       { op: 'delete', filter: { kind: 'u32', parent: '1:', priority: 1, protocol: 'ip', handle } },
@@ -97,7 +109,32 @@ function prepareRoot(netns: string): void {
   execFileSync('tc', ['-n', netns, 'class', 'add', 'dev', 'b0', 'parent', '1:', 'classid', '1:1', 'htb', 'rate', '1gbit']);
   // The hash table and its link filter exist before timing starts, as on a live server.
   execFileSync('tc', ['-n', netns, 'filter', 'add', 'dev', 'b0', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'handle', '2:', 'u32', 'divisor', '256']);
-  execFileSync('tc', ['-n', netns, 'filter', 'add', 'dev', 'b0', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32', 'match', 'ip', 'dst', '0.0.0.0/0', 'hashkey', 'mask', '0x000000ff', 'at', '16', 'link', '2:']);
+  execFileSync('tc', [
+    '-n',
+    netns,
+    'filter',
+    'add',
+    'dev',
+    'b0',
+    'parent',
+    '1:',
+    'protocol',
+    'ip',
+    'prio',
+    '1',
+    'u32',
+    'match',
+    'ip',
+    'dst',
+    '0.0.0.0/0',
+    'hashkey',
+    'mask',
+    '0x000000ff',
+    'at',
+    '16',
+    'link',
+    '2:',
+  ]);
 }
 
 function checkClean(netns: string, label: string): void {
@@ -134,7 +171,15 @@ async function clientChurn(): Promise<void> {
     const spawnUs = perClient(Number(process.hrtime.bigint() - began), spawnClients);
     checkClean(netns, 'tc per command');
     monitor.drain();
-    record({ scenario, variant: 'a. tc process per command', value: 1e6 / spawnUs, unit: 'clients/s', median: percentile(latencies, 50), p99: percentile(latencies, 99), note: `${spawnClients} clients` });
+    record({
+      scenario,
+      variant: 'a. tc process per command',
+      value: 1e6 / spawnUs,
+      unit: 'clients/s',
+      median: percentile(latencies, 50),
+      p99: percentile(latencies, 99),
+      note: `${spawnClients} clients`,
+    });
 
     // b. tc -batch FILE
     const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
@@ -202,12 +247,18 @@ async function clientChurn(): Promise<void> {
       return join(dir, name);
     };
     const floor = (file: string, batchBytes?: number) => {
-      const [count, ns, failures] = execFileSync(binary, [`/var/run/netns/${netns}`, file, ...(batchBytes ? [String(batchBytes)] : [])], { encoding: 'utf8' }).trim().split(' ').map(Number);
+      const [count, ns, failures] = execFileSync(binary, [`/var/run/netns/${netns}`, file, ...(batchBytes ? [String(batchBytes)] : [])], { encoding: 'utf8' })
+        .trim()
+        .split(' ')
+        .map(Number);
       monitor.drain();
       if (failures) throw new Error(`raw loop: ${failures} of ${count} requests failed`);
       return { count: count!, ns: ns! };
     };
-    const floorFiles = compiled.status === 0 ? { all: requestFile('requests', [...start.flat(), ...stop.flat()]), start: requestFile('start', start.flat()), stop: requestFile('stop', stop.flat()) } : undefined;
+    const floorFiles =
+      compiled.status === 0
+        ? { all: requestFile('requests', [...start.flat(), ...stop.flat()]), start: requestFile('start', start.flat()), stop: requestFile('stop', stop.flat()) }
+        : undefined;
     const floorOneAtATime = () => {
       const unbatched = floor(floorFiles!.all);
       checkClean(netns, 'raw C loop');
@@ -229,11 +280,31 @@ async function clientChurn(): Promise<void> {
     }
     const median = (values: number[]) => percentile(values, 50);
     const perRound = (values: number[]) => `median of ${rounds} rounds, alternated (clients/s per round: ${values.map((us) => format(1e6 / us)).join(', ')})`;
-    record({ scenario, variant: 'd. shaperr, one client at a time', value: 1e6 / median(times.d), unit: 'clients/s', median: percentile(shaperrLatencies, 50), p99: percentile(shaperrLatencies, 99), note: perRound(times.d) });
+    record({
+      scenario,
+      variant: 'd. shaperr, one client at a time',
+      value: 1e6 / median(times.d),
+      unit: 'clients/s',
+      median: percentile(shaperrLatencies, 50),
+      p99: percentile(shaperrLatencies, 99),
+      note: perRound(times.d),
+    });
     record({ scenario, variant: 'e. shaperr, batched', value: 1e6 / median(times.e), unit: 'clients/s', note: perRound(times.e) });
     if (floorFiles) {
-      record({ scenario, variant: 'f. floor: C loop, plain socket, one request at a time', value: 1e6 / median(times.f), unit: 'clients/s', note: `${(clients * 5).toLocaleString('en-US')} requests; ${perRound(times.f)}` });
-      record({ scenario, variant: 'g. floor: C loop, batched like shaperr (the same requests per sendmsg)', value: 1e6 / median(times.g), unit: 'clients/s', note: perRound(times.g) });
+      record({
+        scenario,
+        variant: 'f. floor: C loop, plain socket, one request at a time',
+        value: 1e6 / median(times.f),
+        unit: 'clients/s',
+        note: `${(clients * 5).toLocaleString('en-US')} requests; ${perRound(times.f)}`,
+      });
+      record({
+        scenario,
+        variant: 'g. floor: C loop, batched like shaperr (the same requests per sendmsg)',
+        value: 1e6 / median(times.g),
+        unit: 'clients/s',
+        note: perRound(times.g),
+      });
       const conditions = `a tc notification listener open; load average ${loadBefore.toFixed(1)} → ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores; ${monitor.stats.notifications} notifications read, ${monitor.stats.overflows} overflows`;
       // Each round's ratio compares runs seconds apart; the median of those follows the load's drift less
       // than a ratio of two medians taken over different moments.
@@ -261,7 +332,8 @@ async function clientChurn(): Promise<void> {
 
 // ---- 2. event-to-kernel latency -----------------------------------------------------------------------
 
-const plexLine = (address: string, path: string) => `Sep 26, 2026 22:48:26.451 [140562] DEBUG - Request: [${address}:51000 (WAN)] GET ${path} (3 live) #1 TLS Signed-in Token (bench)\n`;
+const plexLine = (address: string, path: string) =>
+  `Sep 26, 2026 22:48:26.451 [140562] DEBUG - Request: [${address}:51000 (WAN)] GET ${path} (3 live) #1 TLS Signed-in Token (bench)\n`;
 
 async function eventLatency(): Promise<void> {
   const events = quick ? 100 : 1000;
@@ -274,11 +346,19 @@ async function eventLatency(): Promise<void> {
   // A control alongside: the same kernel work from the bench process itself (no daemon, no log), which
   // shows the tail this machine gives any process at the time.
   const shipped = shippedNodeFlags();
-  const daemonVariant = (name: string, flags: string[], observe: 'listen' | 'poll') => ({ name: `${name}: line appended → filter live`, flags, measure: () => daemonEventLatencies(events, flags, observe) });
+  const daemonVariant = (name: string, flags: string[], observe: 'listen' | 'poll') => ({
+    name: `${name}: line appended → filter live`,
+    flags,
+    measure: () => daemonEventLatencies(events, flags, observe),
+  });
   const variants = [
     daemonVariant('shaperrd', shipped, 'listen'),
     shipped.includes('--no-opt')
-      ? daemonVariant('shaperrd without --no-opt', shipped.filter((flag) => flag !== '--no-opt'), 'listen')
+      ? daemonVariant(
+          'shaperrd without --no-opt',
+          shipped.filter((flag) => flag !== '--no-opt'),
+          'listen',
+        )
       : daemonVariant('shaperrd with --no-opt', [...shipped, '--no-opt'], 'listen'),
     daemonVariant('shaperrd, seen by polling (a class GET after every event-loop turn, the earlier bench)', shipped, 'poll'),
     { name: 'control, no daemon: Shaper.throttle → filter live, in the bench process', flags: [] as string[], measure: () => libraryThrottleLatencies(events) },
@@ -289,7 +369,11 @@ async function eventLatency(): Promise<void> {
       variant.loads.push(loadavg()[0]!);
     }
   }
-  const medianOfRounds = (runs: number[][], p: number) => percentile(runs.map((latencies) => percentile(latencies, p)), 50);
+  const medianOfRounds = (runs: number[][], p: number) =>
+    percentile(
+      runs.map((latencies) => percentile(latencies, p)),
+      50,
+    );
   for (const { name, flags, runs, loads } of variants) {
     const how = flags.length ? `${flags.join(' ')}; ` : '';
     const note = `${how}median of ${rounds} rounds (p99 per round: ${runs.map((latencies) => format(percentile(latencies, 99))).join(', ')} ms; load average after each: ${loads.map((load) => load.toFixed(1)).join(', ')} on ${cpus().length} cores)`;
@@ -319,7 +403,11 @@ async function daemonEventLatencies(events: number, nodeFlags: string[], observe
   const arrivals = new FilterArrivals(netns);
   let daemon: ShippedDaemon | undefined;
   try {
-    daemon = await startShippedDaemon({ device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, log, stateFile: join(dir, 'state.json'), graceSeconds: 0, idleSeconds: 600 }, dir, nodeFlags);
+    daemon = await startShippedDaemon(
+      { device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, log, stateFile: join(dir, 'state.json'), graceSeconds: 0, idleSeconds: 600 },
+      dir,
+      nodeFlags,
+    );
     const latencies: number[] = [];
     for (let i = 0; i < events; i++) {
       // Each event is a new client; Shaper hands out class minors from 0x10 up, skipping 0x5a (its root
@@ -384,7 +472,20 @@ async function plexNotificationLatency(): Promise<void> {
   const tc = TrafficControl.open({ netns });
   let daemon: ShippedDaemon | undefined;
   try {
-    daemon = await startShippedDaemon({ device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, source: 'plex', plex: { url: plex.url, token, pollSeconds: 0 }, stateFile: join(dir, 'state.json'), graceSeconds: 0, idleSeconds: 600 }, dir);
+    daemon = await startShippedDaemon(
+      {
+        device: 'b0',
+        netns,
+        server: { rate: '1gbit' },
+        client: { rate: '2mbit' },
+        source: 'plex',
+        plex: { url: plex.url, token, pollSeconds: 0 },
+        stateFile: join(dir, 'state.json'),
+        graceSeconds: 0,
+        idleSeconds: 600,
+      },
+      dir,
+    );
     await waitFor(() => plex.openSockets > 0, 10_000, 'shaperrd did not open the Plex websocket');
     const latencies: number[] = [];
     for (let i = 0; i < events; i++) {
@@ -399,7 +500,13 @@ async function plexNotificationLatency(): Promise<void> {
       latencies.push(Number(process.hrtime.bigint() - sent) / 1e6);
     }
     record({ scenario, variant: 'shaperrd: notification → listing → filter live, p50', value: percentile(latencies, 50), unit: 'ms' });
-    record({ scenario, variant: 'shaperrd: notification → listing → filter live, p99', value: percentile(latencies, 99), unit: 'ms', note: `the last listing holds ${events} sessions` });
+    record({
+      scenario,
+      variant: 'shaperrd: notification → listing → filter live, p99',
+      value: percentile(latencies, 99),
+      unit: 'ms',
+      note: `the last listing holds ${events} sessions`,
+    });
   } finally {
     tc.close();
     await daemon?.stop();
@@ -433,10 +540,14 @@ async function seedPipelineLatency(scenario: string, events: number): Promise<{ 
   writeFileSync(log, '');
   execFileSync('tc', ['-n', netns, 'qdisc', 'add', 'dev', 'b0', 'root', 'handle', '1:', 'htb']);
   execFileSync('tc', ['-n', netns, 'class', 'add', 'dev', 'b0', 'parent', '1:', 'classid', '1:1', 'htb', 'rate', '1gbit', 'quantum', '200000']);
-  const pipeline = spawn('ip', ['netns', 'exec', netns, 'sh', '-c', `tail -n 0 -F "$0" | awk -W interactive "$1" | sh`, log, SEED_AWK], { stdio: ['ignore', 'ignore', 'inherit'], detached: true });
+  const pipeline = spawn('ip', ['netns', 'exec', netns, 'sh', '-c', `tail -n 0 -F "$0" | awk -W interactive "$1" | sh`, log, SEED_AWK], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    detached: true,
+  });
   const arrivals = new FilterArrivals(netns);
   try {
-    const append = (i: number) => appendFileSync(log, plexLine(`198.18.${(i >> 8) & 255}.${i & 255}`, `/video/:/transcode/universal/start.m3u8?session=seed${i}`));
+    const append = (i: number) =>
+      appendFileSync(log, plexLine(`198.18.${(i >> 8) & 255}.${i & 255}`, `/video/:/transcode/universal/start.m3u8?session=seed${i}`));
     const classidOf = (i: number) => (1 << 16) | (0x100 + i);
     // Event 0 only proves tail is following (a line written before it opened the file would be missed).
     for (let attempt = 0; ; attempt++) {
@@ -456,8 +567,20 @@ async function seedPipelineLatency(scenario: string, events: number): Promise<{ 
       latencies.push(Number(arrivals.waitForFilter(classidOf(i), 10_000) - written) / 1e6);
     }
     const seed = { p50: percentile(latencies, 50), p99: percentile(latencies, 99) };
-    record({ scenario, variant: "the seed's tail -F | awk | sh → tc ×3: line appended → filter live, p50", value: seed.p50, unit: 'ms', note: `${events} events` });
-    record({ scenario, variant: "the seed's tail -F | awk | sh → tc ×3: line appended → filter live, p99", value: seed.p99, unit: 'ms', note: `${events} events` });
+    record({
+      scenario,
+      variant: "the seed's tail -F | awk | sh → tc ×3: line appended → filter live, p50",
+      value: seed.p50,
+      unit: 'ms',
+      note: `${events} events`,
+    });
+    record({
+      scenario,
+      variant: "the seed's tail -F | awk | sh → tc ×3: line appended → filter live, p99",
+      value: seed.p99,
+      unit: 'ms',
+      note: `${events} events`,
+    });
     return seed;
   } finally {
     arrivals.close();
@@ -479,7 +602,15 @@ async function seekStorm(): Promise<void> {
   const tracker = new SessionTracker({
     graceMs: 3000,
     idleMs: 600_000,
-    policy: new Policy({ client: { rate: 2_000_000 }, server: { rate: 1_000_000_000 }, exempt: [], remoteOnly: false, localNetworks: [], overrides: [], schedules: [] }),
+    policy: new Policy({
+      client: { rate: 2_000_000 },
+      server: { rate: 1_000_000_000 },
+      exempt: [],
+      remoteOnly: false,
+      localNetworks: [],
+      overrides: [],
+      schedules: [],
+    }),
     shaper: {
       throttle: async (address, limits) => (changes++, shaper.throttle(address, limits)),
       release: async (address) => (changes++, shaper.release(address)),
@@ -511,7 +642,12 @@ async function seekStorm(): Promise<void> {
     const kernelClients = shaper.trafficControl!.classes('b0').filter((c) => c.parent === 0x005a0001).length;
     record({ scenario, variant: 'events fed', value: sent, unit: 'events' });
     record({ scenario, variant: 'kernel changes per client (target ≤ 2)', value: changes / clients, unit: 'changes' });
-    record({ scenario, variant: `final state exact (${clients} playing clients in the kernel)`, value: kernelClients === clients ? 1 : 0, unit: kernelClients === clients ? 'yes' : `NO: ${kernelClients}` });
+    record({
+      scenario,
+      variant: `final state exact (${clients} playing clients in the kernel)`,
+      value: kernelClients === clients ? 1 : 0,
+      unit: kernelClients === clients ? 'yes' : `NO: ${kernelClients}`,
+    });
     record({ scenario, variant: 'daemon CPU time (parse + sessions + kernel)', value: (cpu.user + cpu.system) / 1000, unit: 'ms' });
   } finally {
     await shaper.close({ teardown: true });
@@ -536,7 +672,19 @@ async function scale(): Promise<void> {
     const tc = TrafficControl.open({ netns });
     let daemon: ShippedDaemon | undefined;
     try {
-      daemon = await startShippedDaemon({ device: 'b0', netns, server: { rate: '10gbit' }, client: { rate: '2mbit' }, leaf: 'bfifo', log, stateFile: join(dir, 'state.json'), idleSeconds: 3600 }, dir);
+      daemon = await startShippedDaemon(
+        {
+          device: 'b0',
+          netns,
+          server: { rate: '10gbit' },
+          client: { rate: '2mbit' },
+          leaf: 'bfifo',
+          log,
+          stateFile: join(dir, 'state.json'),
+          idleSeconds: 3600,
+        },
+        dir,
+      );
       const baseline = rssMiB(daemon.pid);
       const lines = Array.from({ length: size }, (_, i) => {
         const address = i % 2 ? `2001:db8::${i.toString(16)}` : `100.${64 + ((i >> 16) & 63)}.${(i >> 8) & 255}.${i & 255}`;
@@ -545,13 +693,29 @@ async function scale(): Promise<void> {
       const began = performance.now();
       appendFileSync(log, lines.join(''));
       await waitFor(() => tc.classes('b0').length === size + 1, 60_000, `not all ${size} classes appeared`);
-      record({ scenario, variant: 'shaperrd: log lines appended → all classes in the kernel (IPv4 and IPv6, hash-table filters)', value: performance.now() - began, unit: 'ms' });
-      record({ scenario, variant: 'shaperrd RSS right after applying', value: rssMiB(daemon.pid), unit: 'MiB', note: `${baseline.toFixed(0)} MiB with no client` });
+      record({
+        scenario,
+        variant: 'shaperrd: log lines appended → all classes in the kernel (IPv4 and IPv6, hash-table filters)',
+        value: performance.now() - began,
+        unit: 'ms',
+      });
+      record({
+        scenario,
+        variant: 'shaperrd RSS right after applying',
+        value: rssMiB(daemon.pid),
+        unit: 'MiB',
+        note: `${baseline.toFixed(0)} MiB with no client`,
+      });
       const holdSeconds = quick ? 1 : 10;
       const cpuBefore = cpuSeconds(daemon.pid);
       await new Promise((resolve) => setTimeout(resolve, holdSeconds * 1000));
       record({ scenario, variant: `shaperrd RSS ${holdSeconds} s later, holding them (target < 80 MB at 5,000)`, value: rssMiB(daemon.pid), unit: 'MiB' });
-      record({ scenario, variant: 'shaperrd CPU while holding them (no log lines)', value: ((cpuSeconds(daemon.pid) - cpuBefore) / holdSeconds) * 100, unit: '% of a core' });
+      record({
+        scenario,
+        variant: 'shaperrd CPU while holding them (no log lines)',
+        value: ((cpuSeconds(daemon.pid) - cpuBefore) / holdSeconds) * 100,
+        unit: '% of a core',
+      });
     } finally {
       tc.close();
       await daemon?.stop();
@@ -584,7 +748,13 @@ async function classification(): Promise<void> {
     for (const size of sizes) {
       tc.batch(device, [
         { op: 'delete', filter: { parent: '5a:', priority: 1, protocol: 'ip', kind: 'u32' } },
-        ...Array.from({ length: size }, (_, i): Operation => ({ op: 'add', filter: { kind: 'u32', parent: '5a:', priority: 1, protocol: 'ip', options: { match: { dst: filler(i) }, classid: '5a:1' } } })),
+        ...Array.from(
+          { length: size },
+          (_, i): Operation => ({
+            op: 'add',
+            filter: { kind: 'u32', parent: '5a:', priority: 1, protocol: 'ip', options: { match: { dst: filler(i) }, classid: '5a:1' } },
+          }),
+        ),
         { op: 'add', filter: { kind: 'u32', parent: '5a:', priority: 1, protocol: 'ip', options: { match: { dst: client }, classid: '5a:1' } } },
       ]).forEach((result, i) => {
         if (result.error) throw new Error(`linear chain, operation ${i}: ${result.error.message}`);
@@ -593,10 +763,22 @@ async function classification(): Promise<void> {
     }
     tc.deleteQdisc(device, { handle: '5a:' });
     for (const size of sizes) {
-      const shaper = await Shaper.open({ device, netns: topology.serverNs, server: { rate: '10gbit' }, client: { rate: '10gbit' }, leaf: 'none', onWarning: () => {} });
+      const shaper = await Shaper.open({
+        device,
+        netns: topology.serverNs,
+        server: { rate: '10gbit' },
+        client: { rate: '10gbit' },
+        leaf: 'none',
+        onWarning: () => {},
+      });
       for (let i = 0; i < size; i++) await shaper.throttle(filler(i));
       await shaper.throttle(client);
-      record({ scenario, variant: `${size.toLocaleString('en-US')} other clients, Shaper's u32 hash tables`, value: await roundTrip(), unit: 'µs per round trip' });
+      record({
+        scenario,
+        variant: `${size.toLocaleString('en-US')} other clients, Shaper's u32 hash tables`,
+        value: await roundTrip(),
+        unit: 'µs per round trip',
+      });
       await shaper.close({ teardown: true });
     }
   } finally {
@@ -607,7 +789,9 @@ async function classification(): Promise<void> {
 
 /** User + system CPU time of a process so far (fields 14 and 15 of /proc/pid/stat, in clock ticks of 10 ms). */
 const cpuSeconds = (pid: number): number => {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    .replace(/^.*\) /, '')
+    .split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100;
 };
 
@@ -649,18 +833,48 @@ async function accuracy(): Promise<void> {
   try {
     const seconds = quick ? 2 : 4;
     for (const mbit of quick ? [2, 10] : [1, 2, 10, 100]) {
-      const shaper = await Shaper.open({ device: topology.serverDevice, netns: topology.serverNs, server: { rate: '1gbit' }, client: { rate: `${mbit}mbit` }, onWarning: () => {} });
+      const shaper = await Shaper.open({
+        device: topology.serverDevice,
+        netns: topology.serverNs,
+        server: { rate: '1gbit' },
+        client: { rate: `${mbit}mbit` },
+        onWarning: () => {},
+      });
       await shaper.throttle(first);
       const [goodput] = await measureGoodputConcurrently(topology, [{ to: first, seconds }]);
-      record({ scenario, variant: `one client at ${mbit} Mbit/s: measured ÷ configured (target 1 ± 0.05; TCP payload is ~4.4 % below L2)`, value: goodput!.bitsPerSecond / (mbit * 1e6), unit: '×' });
+      record({
+        scenario,
+        variant: `one client at ${mbit} Mbit/s: measured ÷ configured (target 1 ± 0.05; TCP payload is ~4.4 % below L2)`,
+        value: goodput!.bitsPerSecond / (mbit * 1e6),
+        unit: '×',
+      });
       await shaper.close({ teardown: true });
     }
-    const shaper = await Shaper.open({ device: topology.serverDevice, netns: topology.serverNs, server: { rate: '4mbit' }, client: { rate: '2mbit', ceil: '4mbit' }, onWarning: () => {} });
+    const shaper = await Shaper.open({
+      device: topology.serverDevice,
+      netns: topology.serverNs,
+      server: { rate: '4mbit' },
+      client: { rate: '2mbit', ceil: '4mbit' },
+      onWarning: () => {},
+    });
     await shaper.throttle(first);
     await shaper.throttle(second);
-    const both = await measureGoodputConcurrently(topology, [{ to: first, seconds }, { to: second, seconds }]);
-    record({ scenario, variant: 'two clients under a 4 Mbit/s server ceiling: sum ÷ ceiling', value: (both[0]!.bitsPerSecond + both[1]!.bitsPerSecond) / 4e6, unit: '×' });
-    record({ scenario, variant: 'two clients: share of the first (ideal 0.5)', value: both[0]!.bitsPerSecond / (both[0]!.bitsPerSecond + both[1]!.bitsPerSecond), unit: '' });
+    const both = await measureGoodputConcurrently(topology, [
+      { to: first, seconds },
+      { to: second, seconds },
+    ]);
+    record({
+      scenario,
+      variant: 'two clients under a 4 Mbit/s server ceiling: sum ÷ ceiling',
+      value: (both[0]!.bitsPerSecond + both[1]!.bitsPerSecond) / 4e6,
+      unit: '×',
+    });
+    record({
+      scenario,
+      variant: 'two clients: share of the first (ideal 0.5)',
+      value: both[0]!.bitsPerSecond / (both[0]!.bitsPerSecond + both[1]!.bitsPerSecond),
+      unit: '',
+    });
     await shaper.close({ teardown: true });
   } finally {
     await topology.destroy();
@@ -713,7 +927,10 @@ async function main(): Promise<void> {
     const kept = earlier.rows.filter((row) => !fresh.has(number(row.scenario)));
     const merged = [...kept, ...rows].sort((a, b) => parseFloat(number(a.scenario)!) - parseFloat(number(b.scenario)!));
     const rerun = `scenario ${[...fresh].map((n) => n!.replace(/\.$/, '')).join(', ')} re-run`;
-    published = { machine: { ...earlier.machine, [rerun]: `${about.date} (${about.cpu}, ${about.cores} cores, kernel ${about.kernel}, ${about.mode})` }, rows: merged };
+    published = {
+      machine: { ...earlier.machine, [rerun]: `${about.date} (${about.cpu}, ${about.cores} cores, kernel ${about.kernel}, ${about.mode})` },
+      rows: merged,
+    };
   }
   const table = markdown(published.machine, published.rows);
   process.stdout.write(`${markdown(about, rows)}\n`);
@@ -726,11 +943,16 @@ function markdown(about: Record<string, string>, rows: Row[]): string {
   return [
     `# shaperr benchmarks (${about.mode})`,
     '',
-    Object.entries(about).map(([key, value]) => `- ${key}: ${value}`).join('\n'),
+    Object.entries(about)
+      .map(([key, value]) => `- ${key}: ${value}`)
+      .join('\n'),
     '',
     '| scenario | variant | result | median / p99 (µs) | note |',
     '| --- | --- | ---: | --- | --- |',
-    ...rows.map((row) => `| ${cell(row.scenario)} | ${cell(row.variant)} | ${format(row.value)} ${row.unit} | ${row.median === undefined ? '' : `${format(row.median)} / ${format(row.p99!)}`} | ${cell(row.note ?? '')} |`),
+    ...rows.map(
+      (row) =>
+        `| ${cell(row.scenario)} | ${cell(row.variant)} | ${format(row.value)} ${row.unit} | ${row.median === undefined ? '' : `${format(row.median)} / ${format(row.p99!)}`} | ${cell(row.note ?? '')} |`,
+    ),
     '',
   ].join('\n');
 }

@@ -48,11 +48,23 @@ async function rebalanceCost(record: (row: CeilingRow) => void, quick: boolean, 
         const perEvent = (performance.now() - started) / (2 * events);
         const requests = (shaper.stats.kernelRequests - before.kernelRequests) / (2 * events);
         const rewrites = (shaper.stats.rebalanceChanges - before.rebalanceChanges) / (2 * events);
-        record({ scenario: SCENARIO, variant: `${pipes} pipes, contended (20 Mbit/s for ${pipes} × 4): a join or leave`, value: perEvent, unit: 'ms', note: `${requests.toFixed(1)} kernel requests and ${rewrites.toFixed(1)} other classes rewritten per event, on average over ${2 * events}` });
+        record({
+          scenario: SCENARIO,
+          variant: `${pipes} pipes, contended (20 Mbit/s for ${pipes} × 4): a join or leave`,
+          value: perEvent,
+          unit: 'ms',
+          note: `${requests.toFixed(1)} kernel requests and ${rewrites.toFixed(1)} other classes rewritten per event, on average over ${2 * events}`,
+        });
         const changes = shaper.stats.rebalanceChanges;
         started = performance.now();
         shaper.setServerLimits({ rate: '10mbit' });
-        record({ scenario: SCENARIO, variant: `${pipes} pipes: server rate halved (every pipe rewritten, one batch)`, value: performance.now() - started, unit: 'ms', note: `${shaper.stats.rebalanceChanges - changes} classes changed` });
+        record({
+          scenario: SCENARIO,
+          variant: `${pipes} pipes: server rate halved (every pipe rewritten, one batch)`,
+          value: performance.now() - started,
+          unit: 'ms',
+          note: `${shaper.stats.rebalanceChanges - changes} classes changed`,
+        });
       } finally {
         await shaper.close({ teardown: true });
       }
@@ -96,7 +108,14 @@ async function layouts(record: (row: CeilingRow) => void, quick: boolean, prefix
 async function splitOf(layout: 'shares' | 'quanta', seconds: number, prefix: string): Promise<number[]> {
   const wanted = [8 / 3, 4, 16 / 3].map((mbit) => Math.round(mbit * MBIT));
   const topology = await createTopology({ clients: 3, ipv6: false, disableOffloads: false, prefix });
-  const shaper = await Shaper.open({ device: topology.serverDevice, netns: topology.serverNs, server: { rate: '6mbit' }, client: { rate: '4mbit' }, leaf: 'bfifo', onWarning: () => {} });
+  const shaper = await Shaper.open({
+    device: topology.serverDevice,
+    netns: topology.serverNs,
+    server: { rate: '6mbit' },
+    client: { rate: '4mbit' },
+    leaf: 'bfifo',
+    onWarning: () => {},
+  });
   const streams = [];
   try {
     const addresses = topology.clientAddresses;

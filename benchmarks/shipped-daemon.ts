@@ -17,7 +17,9 @@ export interface ShippedDaemon {
  */
 export async function startShippedDaemon(config: object, dir: string, nodeFlags = shippedNodeFlags()): Promise<ShippedDaemon> {
   writeFileSync(join(dir, 'shaperr.yaml'), JSON.stringify(config)); // JSON is YAML
-  const daemon = spawn(process.execPath, [...nodeFlags, DAEMON, '--config', join(dir, 'shaperr.yaml'), '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const daemon = spawn(process.execPath, [...nodeFlags, DAEMON, '--config', join(dir, 'shaperr.yaml'), '--log-level', 'info'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   let output = '';
   daemon.stdout!.on('data', (data: Buffer) => (output += data.toString()));
   const exited = new Promise<number | null>((resolve) => daemon.once('exit', resolve));

@@ -42,7 +42,8 @@ const record = (row: Row) => {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const random = (low: number, high: number) => low + Math.random() * (high - low);
-const exited = (daemon: Daemon) => new Promise((resolve) => (daemon.child.exitCode !== null || daemon.child.signalCode !== null ? resolve(undefined) : daemon.child.once('exit', resolve)));
+const exited = (daemon: Daemon) =>
+  new Promise((resolve) => (daemon.child.exitCode !== null || daemon.child.signalCode !== null ? resolve(undefined) : daemon.child.once('exit', resolve)));
 
 function scratch(name: string): { dir: string; log: string; remove(): void } {
   const dir = mkdtempSync(join(tmpdir(), `shaperr-soak-${name}-`));
@@ -53,7 +54,20 @@ function scratch(name: string): { dir: string; log: string; remove(): void } {
 
 function writeConfig(dir: string, topology: Topology, log: string): string {
   const config = join(dir, 'shaperr.yaml');
-  writeFileSync(config, ['device: srv0', `netns: ${topology.serverNs}`, 'server: { rate: 1gbit }', 'client: { rate: 2mbit }', 'leaf: bfifo', `log: ${JSON.stringify(log)}`, `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`, 'graceSeconds: 1', 'idleSeconds: 600'].join('\n'));
+  writeFileSync(
+    config,
+    [
+      'device: srv0',
+      `netns: ${topology.serverNs}`,
+      'server: { rate: 1gbit }',
+      'client: { rate: 2mbit }',
+      'leaf: bfifo',
+      `log: ${JSON.stringify(log)}`,
+      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
+      'graceSeconds: 1',
+      'idleSeconds: 600',
+    ].join('\n'),
+  );
   return config;
 }
 
@@ -141,10 +155,34 @@ async function killDuringSeekStorm(): Promise<void> {
       wronglyDropped += daemon.output.filter((line) => coreDrop.test(line)).length;
       await sleep(random(0, 500)); // the storm goes on while shaperrd is down
     }
-    record({ scenario, figure: 'orphaned kernel objects after settling (pipes no playing client explains), summed over restarts', value: orphaned, unit: 'objects', target: '0' });
-    record({ scenario, figure: 'missing kernel objects after settling (playing clients without a pipe), summed over restarts', value: missing, unit: 'pipes', target: '0' });
-    record({ scenario, figure: 'sessions wrongly dropped (a client that never stopped released or expired)', value: wronglyDropped, unit: 'sessions', target: '0' });
-    record({ scenario, figure: 'log events written', value: events, unit: 'events', note: `${notCaughtUp} restarts did not catch up with the log within 30 s` });
+    record({
+      scenario,
+      figure: 'orphaned kernel objects after settling (pipes no playing client explains), summed over restarts',
+      value: orphaned,
+      unit: 'objects',
+      target: '0',
+    });
+    record({
+      scenario,
+      figure: 'missing kernel objects after settling (playing clients without a pipe), summed over restarts',
+      value: missing,
+      unit: 'pipes',
+      target: '0',
+    });
+    record({
+      scenario,
+      figure: 'sessions wrongly dropped (a client that never stopped released or expired)',
+      value: wronglyDropped,
+      unit: 'sessions',
+      target: '0',
+    });
+    record({
+      scenario,
+      figure: 'log events written',
+      value: events,
+      unit: 'events',
+      note: `${notCaughtUp} restarts did not catch up with the log within 30 s`,
+    });
   } finally {
     files.remove();
     await topology.destroy();
@@ -228,10 +266,29 @@ async function rotationsAndTruncations(): Promise<void> {
       else if (deletedEpochs.has(lineEpoch)) deletedUnread++;
       else lost++;
     }
-    record({ scenario, figure: 'lines lost that were readable (in a file that was rotated or still there)', value: lost, unit: 'lines', target: '0', note: `${next} lines, ${rotations} rotations, ${truncations} truncations` });
+    record({
+      scenario,
+      figure: 'lines lost that were readable (in a file that was rotated or still there)',
+      value: lost,
+      unit: 'lines',
+      target: '0',
+      note: `${next} lines, ${rotations} rotations, ${truncations} truncations`,
+    });
     record({ scenario, figure: 'lines read twice', value: twice, unit: 'lines', target: '0' });
-    record({ scenario, figure: 'lines no tailer can see: written just before a truncation and not read yet', value: truncatedUnread, unit: 'lines', note: 'a truncated file keeps no trace of them' });
-    record({ scenario, figure: 'lines in files deleted by rotation (past .5) before the tailer reached them', value: deletedUnread, unit: 'lines', note: 'six rotations before one wake-up: only when the writer starves the reader (here: synchronous writes, ms apart)' });
+    record({
+      scenario,
+      figure: 'lines no tailer can see: written just before a truncation and not read yet',
+      value: truncatedUnread,
+      unit: 'lines',
+      note: 'a truncated file keeps no trace of them',
+    });
+    record({
+      scenario,
+      figure: 'lines in files deleted by rotation (past .5) before the tailer reached them',
+      value: deletedUnread,
+      unit: 'lines',
+      note: 'six rotations before one wake-up: only when the writer starves the reader (here: synchronous writes, ms apart)',
+    });
   } finally {
     await tailer.stop();
     files.remove();
@@ -324,10 +381,36 @@ async function fuzzedLines(): Promise<void> {
     const crashed = daemon.child.exitCode !== null || daemon.child.signalCode !== null;
     const [before, first, second] = [0, 1, 2].map((index) => readings[index] ?? { rss: Number.NaN, heapUsed: Number.NaN }) as [Memory, Memory, Memory];
     const flags = `node ${shippedNodeFlags().join(' ')} as shipped; read after a full GC`;
-    record({ scenario, figure: 'crashes', value: crashed ? 1 : 0, unit: 'crashes', target: '0', note: finished ? `every line read (${written.toLocaleString('en-US')} lines in two passes)` : 'the daemon did not reach the end of the log' });
-    record({ scenario, figure: 'RSS growth over the lines (first pass, against before them)', value: mib(first.rss - before.rss), unit: 'MiB', target: '< 10 MB', note: `${mib(before.rss)} → ${mib(first.rss)} MiB; ${megabyteLines} lines of 1 MiB per pass; ${flags}` });
-    record({ scenario, figure: 'RSS growth over a second pass of as many lines (a leak shows here)', value: mib(second.rss - first.rss), unit: 'MiB', note: `→ ${mib(second.rss)} MiB` });
-    record({ scenario, figure: 'JavaScript heap in use after each pass, growth over the second one', value: mib(second.heapUsed - first.heapUsed), unit: 'MiB', note: `${mib(before.heapUsed)} → ${mib(first.heapUsed)} → ${mib(second.heapUsed)} MiB` });
+    record({
+      scenario,
+      figure: 'crashes',
+      value: crashed ? 1 : 0,
+      unit: 'crashes',
+      target: '0',
+      note: finished ? `every line read (${written.toLocaleString('en-US')} lines in two passes)` : 'the daemon did not reach the end of the log',
+    });
+    record({
+      scenario,
+      figure: 'RSS growth over the lines (first pass, against before them)',
+      value: mib(first.rss - before.rss),
+      unit: 'MiB',
+      target: '< 10 MB',
+      note: `${mib(before.rss)} → ${mib(first.rss)} MiB; ${megabyteLines} lines of 1 MiB per pass; ${flags}`,
+    });
+    record({
+      scenario,
+      figure: 'RSS growth over a second pass of as many lines (a leak shows here)',
+      value: mib(second.rss - first.rss),
+      unit: 'MiB',
+      note: `→ ${mib(second.rss)} MiB`,
+    });
+    record({
+      scenario,
+      figure: 'JavaScript heap in use after each pass, growth over the second one',
+      value: mib(second.heapUsed - first.heapUsed),
+      unit: 'MiB',
+      note: `${mib(before.heapUsed)} → ${mib(first.heapUsed)} → ${mib(second.heapUsed)} MiB`,
+    });
     daemon.child.kill('SIGTERM');
     await exited(daemon);
   } finally {
@@ -351,25 +434,40 @@ async function eventRepair(): Promise<void> {
   const topology = await createTopology({ clients: 1, ipv6: false, prefix: PREFIX });
   const files = scratch('repair');
   const heard: { at: number; notification: TcNotification }[] = [];
-  const monitor = TcMonitor.open({ netns: topology.serverNs, onNotifications: (batch) => {
-    const at = performance.now();
-    for (const notification of batch) heard.push({ at, notification });
-  } });
+  const monitor = TcMonitor.open({
+    netns: topology.serverNs,
+    onNotifications: (batch) => {
+      const at = performance.now();
+      for (const notification of batch) heard.push({ at, notification });
+    },
+  });
   const tc = TrafficControl.open({ netns: topology.serverNs });
   const clients = ['198.18.5.1', '198.18.5.2', '198.18.5.3'];
-  const destination = (notification: TcNotification) => (notification.object === 'filter' ? notification.filter?.parameters.match?.dst?.replace(/\/32$/, '') : undefined);
+  const destination = (notification: TcNotification) =>
+    notification.object === 'filter' ? notification.filter?.parameters.match?.dst?.replace(/\/32$/, '') : undefined;
   try {
     appendFileSync(files.log, clients.map((address, i) => play(address, `repair${i}`)).join(''));
     const daemon = startDaemon(writeConfig(files.dir, topology, files.log));
     await daemon.waitFor(/shaperrd started/);
     const allBack = () => {
       const state = kernelState(topology);
-      return state.classes === clients.length && state.destinations.join() === clients.map((address) => `${address}/32`).sort().join();
+      return (
+        state.classes === clients.length &&
+        state.destinations.join() ===
+          clients
+            .map((address) => `${address}/32`)
+            .sort()
+            .join()
+      );
     };
     while (!allBack()) await sleep(20);
 
     /** Runs `remove` and returns ms from its notification to the last of `restored` filters being back (undefined: not within 5 s). */
-    const measure = async (remove: () => Promise<void> | void, isRemoval: (notification: TcNotification) => boolean, restored: readonly string[]): Promise<number | undefined> => {
+    const measure = async (
+      remove: () => Promise<void> | void,
+      isRemoval: (notification: TcNotification) => boolean,
+      restored: readonly string[],
+    ): Promise<number | undefined> => {
       const from = heard.length;
       await remove();
       const deadline = performance.now() + 5000;
@@ -377,7 +475,9 @@ async function eventRepair(): Promise<void> {
         const since = heard.slice(from);
         const removal = since.findIndex(({ notification }) => isRemoval(notification));
         if (removal >= 0) {
-          const back = since.slice(removal + 1).filter(({ notification }) => notification.object === 'filter' && notification.action === 'new' && notification.portId !== tc.portId);
+          const back = since
+            .slice(removal + 1)
+            .filter(({ notification }) => notification.object === 'filter' && notification.action === 'new' && notification.portId !== tc.portId);
           const last = restored.map((address) => back.find(({ notification }) => destination(notification) === address)?.at);
           if (last.every((at) => at !== undefined) && allBack()) return Math.max(...(last as number[])) - since[removal]!.at;
         }
@@ -439,7 +539,14 @@ async function eventRepair(): Promise<void> {
       const ms = (value: number) => Number(value.toFixed(1));
       const scenario = `${times} ${name}`;
       record({ scenario, figure: 'not repaired within 5 s', value: missed, unit: 'times', target: '0' });
-      record({ scenario, figure: 'notification → pipes back, p99', value: ms(percentile(measured, 0.99)), unit: 'ms', target: '< 50 ms', note: `median ${ms(percentile(measured, 0.5))} ms` });
+      record({
+        scenario,
+        figure: 'notification → pipes back, p99',
+        value: ms(percentile(measured, 0.99)),
+        unit: 'ms',
+        target: '< 50 ms',
+        note: `median ${ms(percentile(measured, 0.5))} ms`,
+      });
       record({ scenario, figure: 'notification → pipes back, max', value: ms(measured.at(-1) ?? Number.NaN), unit: 'ms', target: '< 50 ms' });
     }
     const overflows = daemon.output.filter((line) => /notifications were lost/.test(line)).length;
@@ -460,7 +567,10 @@ async function eventRepair(): Promise<void> {
 async function notificationSocket(topology: Topology): Promise<{ queuedBytes: number; dropped: number }> {
   const table = await topology.exec(topology.serverNs, 'cat', ['/proc/net/netlink']);
   // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode; groups 0x9 = RTNLGRP_LINK (bit 0) + RTNLGRP_TC (bit 3).
-  const socket = table.split('\n').map((line) => line.trim().split(/\s+/)).find((fields) => fields[1] === '0' && fields[3] === '00000009');
+  const socket = table
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .find((fields) => fields[1] === '0' && fields[3] === '00000009');
   if (!socket) throw new Error('shaperrd has no socket on the link and tc groups');
   return { queuedBytes: Number(socket[4]), dropped: Number(socket[8]) };
 }
@@ -494,7 +604,14 @@ async function notificationBurst(): Promise<void> {
     await daemon.waitFor(/shaperrd started/);
     const allBack = () => {
       const state = kernelState(topology);
-      return state.classes === clients.length && state.destinations.join() === clients.map((address) => `${address}/32`).sort().join();
+      return (
+        state.classes === clients.length &&
+        state.destinations.join() ===
+          clients
+            .map((address) => `${address}/32`)
+            .sort()
+            .join()
+      );
     };
     const missingAfter = async (ms: number) => {
       const deadline = Date.now() + ms;
@@ -515,8 +632,22 @@ async function notificationBurst(): Promise<void> {
     const queued = await notificationSocket(topology);
     daemon.child.kill('SIGCONT');
     const lost = await missingAfter(10_000);
-    record({ scenario, figure: 'filter deletions in the burst not repaired (decisions lost)', value: lost, unit: 'pipes', target: '0', note: `${clients.length} clients' filters deleted among ${burst.toLocaleString('en-US')} notifications of another tool's link; shaperrd stopped (SIGSTOP) meanwhile` });
-    record({ scenario, figure: 'notifications the kernel dropped during the burst', value: queued.dropped, unit: 'notifications', target: '0', note: `${mib(queued.queuedBytes)} MiB queued for shaperrd's socket: its receive buffer holds the burst` });
+    record({
+      scenario,
+      figure: 'filter deletions in the burst not repaired (decisions lost)',
+      value: lost,
+      unit: 'pipes',
+      target: '0',
+      note: `${clients.length} clients' filters deleted among ${burst.toLocaleString('en-US')} notifications of another tool's link; shaperrd stopped (SIGSTOP) meanwhile`,
+    });
+    record({
+      scenario,
+      figure: 'notifications the kernel dropped during the burst',
+      value: queued.dropped,
+      unit: 'notifications',
+      target: '0',
+      note: `${mib(queued.queuedBytes)} MiB queued for shaperrd's socket: its receive buffer holds the burst`,
+    });
 
     // 2. An overflow, and the root deleted while notifications are being dropped.
     const reportedBefore = daemon.output.filter((line) => /notifications were lost/.test(line)).length;
@@ -533,9 +664,22 @@ async function notificationBurst(): Promise<void> {
     daemon.child.kill('SIGCONT');
     const missing = await missingAfter(15_000);
     const reported = daemon.output.filter((line) => /notifications were lost/.test(line)).length - reportedBefore;
-    record({ scenario: overflowScenario, figure: 'notifications the kernel dropped for shaperrd (its socket\'s drop count)', value: afterRootDeleted.dropped - droppedBefore, unit: 'notifications', note: `after ${(flaps - flapsBefore).toLocaleString('en-US')} link changes (${mib(socket.queuedBytes)} MiB queued); the root's deletion among the dropped: ${afterRootDeleted.dropped > socket.dropped ? 'yes' : 'no'}` });
+    record({
+      scenario: overflowScenario,
+      figure: "notifications the kernel dropped for shaperrd (its socket's drop count)",
+      value: afterRootDeleted.dropped - droppedBefore,
+      unit: 'notifications',
+      note: `after ${(flaps - flapsBefore).toLocaleString('en-US')} link changes (${mib(socket.queuedBytes)} MiB queued); the root's deletion among the dropped: ${afterRootDeleted.dropped > socket.dropped ? 'yes' : 'no'}`,
+    });
     record({ scenario: overflowScenario, figure: 'overflows shaperrd reported (ENOBUFS seen)', value: reported, unit: 'overflows', target: '≥ 1' });
-    record({ scenario: overflowScenario, figure: 'pipes missing 15 s later (the full check after the overflow puts the root back)', value: missing, unit: 'pipes', target: '0', note: `${clients.length} pipes` });
+    record({
+      scenario: overflowScenario,
+      figure: 'pipes missing 15 s later (the full check after the overflow puts the root back)',
+      value: missing,
+      unit: 'pipes',
+      target: '0',
+      note: `${clients.length} pipes`,
+    });
     daemon.child.kill('SIGTERM');
     await exited(daemon);
   } finally {
@@ -578,7 +722,22 @@ async function plexDropsAndRestarts(): Promise<void> {
   const idle = () => pool.filter((address) => !keyOf.has(address));
   try {
     const config = join(files.dir, 'shaperr.yaml');
-    writeFileSync(config, ['device: srv0', `netns: ${topology.serverNs}`, 'server: { rate: 1gbit }', 'client: { rate: 2mbit }', 'leaf: bfifo', 'source: plex', `plex: { url: ${JSON.stringify(server.url)}, token: soak-token }`, `stateFile: ${JSON.stringify(join(files.dir, 'state.json'))}`, 'graceSeconds: 1', 'idleSeconds: 600'].join('\n'), { mode: 0o600 });
+    writeFileSync(
+      config,
+      [
+        'device: srv0',
+        `netns: ${topology.serverNs}`,
+        'server: { rate: 1gbit }',
+        'client: { rate: 2mbit }',
+        'leaf: bfifo',
+        'source: plex',
+        `plex: { url: ${JSON.stringify(server.url)}, token: soak-token }`,
+        `stateFile: ${JSON.stringify(join(files.dir, 'state.json'))}`,
+        'graceSeconds: 1',
+        'idleSeconds: 600',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
     for (const address of pool.slice(0, 6)) begin(address, false);
     const daemon = startDaemon(config);
     await daemon.waitFor(/listening to Plex notifications/);
@@ -645,9 +804,30 @@ async function plexDropsAndRestarts(): Promise<void> {
       const released = new RegExp(`decision (release|expire) (${[...kept].map((address) => address.replaceAll('.', '\\.')).join('|') || '-'})"`);
       wronglyReleased += daemon.output.slice(from).filter((line) => released.test(line)).length;
     }
-    record({ scenario, figure: 'sessions lost (a client Plex lists, without a pipe after settling), summed over rounds', value: lost, unit: 'sessions', target: '0', note: `${drops} websocket drops, ${restarts} Plex restarts; 10 clients, 6 playing at the start` });
-    record({ scenario, figure: 'sessions stuck (a pipe for a client Plex no longer lists, after settling), summed over rounds', value: stuck, unit: 'sessions', target: '0', note: 'a client that stopped while shaperrd was cut off is released on reconnect' });
-    record({ scenario, figure: 'clients that kept playing but were released', value: wronglyReleased, unit: 'clients', target: '0', note: `${notReconnected} rounds without a reconnect within 15 s` });
+    record({
+      scenario,
+      figure: 'sessions lost (a client Plex lists, without a pipe after settling), summed over rounds',
+      value: lost,
+      unit: 'sessions',
+      target: '0',
+      note: `${drops} websocket drops, ${restarts} Plex restarts; 10 clients, 6 playing at the start`,
+    });
+    record({
+      scenario,
+      figure: 'sessions stuck (a pipe for a client Plex no longer lists, after settling), summed over rounds',
+      value: stuck,
+      unit: 'sessions',
+      target: '0',
+      note: 'a client that stopped while shaperrd was cut off is released on reconnect',
+    });
+    record({
+      scenario,
+      figure: 'clients that kept playing but were released',
+      value: wronglyReleased,
+      unit: 'clients',
+      target: '0',
+      note: `${notReconnected} rounds without a reconnect within 15 s`,
+    });
     daemon.child.kill('SIGTERM');
     await exited(daemon);
   } finally {
@@ -696,7 +876,9 @@ async function main(): Promise<void> {
   const table = [
     `# shaperr soak (${about.mode})`,
     '',
-    Object.entries(about).map(([key, value]) => `- ${key}: ${value}`).join('\n'),
+    Object.entries(about)
+      .map(([key, value]) => `- ${key}: ${value}`)
+      .join('\n'),
     '',
     '| scenario | figure | result | target | note |',
     '| --- | --- | ---: | --- | --- |',

@@ -15,23 +15,41 @@ const program = new Command()
   .option('--log <file>', 'Plex Media Server log to follow (overrides the config)')
   .option('--dry-run', 'parse and decide, print the tc commands it would apply, touch nothing')
   .option('--demo', 'run the sandboxed demo: own network namespaces, a bundled Plex log and a Plex test server, real traffic (needs root)')
-  .option('--duration <seconds>', 'length of the demo', (value) => {
-    const seconds = Number(value);
-    if (!Number.isInteger(seconds) || seconds < 8 || seconds > 3600) throw new InvalidArgumentError('expected whole seconds from 8 to 3600');
-    return seconds;
-  }, 30)
-  .option('--log-level <level>', 'trace, debug, info, warn or error', (value) => {
-    if (!['trace', 'debug', 'info', 'warn', 'error'].includes(value)) throw new InvalidArgumentError('expected trace, debug, info, warn or error');
-    return value;
-  }, 'info')
-  .addHelpText('after', '\nSignals: SIGTERM/SIGINT stop (removing the rules unless keepRulesOnExit), SIGHUP reloads the config.\nExit codes: 0 stopped cleanly, 1 runtime failure, 2 bad configuration or arguments.');
+  .option(
+    '--duration <seconds>',
+    'length of the demo',
+    (value) => {
+      const seconds = Number(value);
+      if (!Number.isInteger(seconds) || seconds < 8 || seconds > 3600) throw new InvalidArgumentError('expected whole seconds from 8 to 3600');
+      return seconds;
+    },
+    30,
+  )
+  .option(
+    '--log-level <level>',
+    'trace, debug, info, warn or error',
+    (value) => {
+      if (!['trace', 'debug', 'info', 'warn', 'error'].includes(value)) throw new InvalidArgumentError('expected trace, debug, info, warn or error');
+      return value;
+    },
+    'info',
+  )
+  .addHelpText(
+    'after',
+    '\nSignals: SIGTERM/SIGINT stop (removing the rules unless keepRulesOnExit), SIGHUP reloads the config.\nExit codes: 0 stopped cleanly, 1 runtime failure, 2 bad configuration or arguments.',
+  );
 
 async function demo(durationSeconds: number): Promise<void> {
   const { describeSummary, runDemo } = await import('./demo/demo.js'); // not loaded by the daemon proper
   const summary = await runDemo({ durationSeconds, tty: process.stdout.isTTY === true, write: (text) => process.stdout.write(text) });
   process.stdout.write(describeSummary(summary));
   process.stdout.write(`demo-summary ${JSON.stringify(summary)}\n`);
-  const ok = summary.remote.withinTenPercent && summary.plexApp.withinTenPercent && !summary.lan.throttled && summary.seekStorm.kernelChanges <= 2 && summary.leftoverNamespaces.length === 0;
+  const ok =
+    summary.remote.withinTenPercent &&
+    summary.plexApp.withinTenPercent &&
+    !summary.lan.throttled &&
+    summary.seekStorm.kernelChanges <= 2 &&
+    summary.leftoverNamespaces.length === 0;
   process.exit(ok ? 0 : 1);
 }
 
@@ -82,7 +100,9 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGHUP', () => {
     try {
-      void daemon.reload(loadConfig(options.config)).catch((error: unknown) => logger.error({ err: (error as Error).message }, 'reload failed; keeping the old configuration'));
+      void daemon
+        .reload(loadConfig(options.config))
+        .catch((error: unknown) => logger.error({ err: (error as Error).message }, 'reload failed; keeping the old configuration'));
     } catch (error) {
       logger.error({ err: (error as Error).message }, 'reload failed; keeping the old configuration');
     }

@@ -40,7 +40,8 @@ const clientRates = z
     max: rate.default(DEFAULT_AUTO_MAX),
   })
   .superRefine((client, context) => {
-    if (client.rate !== 'auto' && client.ceil === 'auto') context.addIssue({ code: 'custom', path: ['ceil'], message: "ceil: auto needs rate: auto (a fixed rate's ceil is a rate)" });
+    if (client.rate !== 'auto' && client.ceil === 'auto')
+      context.addIssue({ code: 'custom', path: ['ceil'], message: "ceil: auto needs rate: auto (a fixed rate's ceil is a rate)" });
     if (client.min > client.max) context.addIssue({ code: 'custom', path: ['min'], message: `min is above max (${formatRate(client.max)})` });
   });
 
@@ -60,7 +61,8 @@ const plexUrl = z.string().superRefine((value, context) => {
     return context.addIssue({ code: 'custom', message: 'expected a URL such as http://127.0.0.1:32400' });
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') context.addIssue({ code: 'custom', message: 'expected an http:// or https:// URL' });
-  if (url.search || url.username || url.password) context.addIssue({ code: 'custom', message: 'the URL must carry no query or credentials: put the token in plex.token or plex.tokenFile' });
+  if (url.search || url.username || url.password)
+    context.addIssue({ code: 'custom', message: 'the URL must carry no query or credentials: put the token in plex.token or plex.tokenFile' });
 });
 
 /** One Plex Media Server to listen to (its websocket notifications and /status/sessions). */
@@ -94,11 +96,13 @@ export const configSchema = z.strictObject({
   remoteOnly: z.boolean().default(false),
   localNetworks: z.array(cidr).default(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', 'fc00::/7', 'fe80::/10']),
   overrides: z
-    .array(z.strictObject({ user: z.string().min(1).optional(), network: cidr.optional(), rate, ceil: rate.optional() }).refine((o) => o.user !== undefined || o.network !== undefined, 'an override needs a user or a network'))
+    .array(
+      z
+        .strictObject({ user: z.string().min(1).optional(), network: cidr.optional(), rate, ceil: rate.optional() })
+        .refine((o) => o.user !== undefined || o.network !== undefined, 'an override needs a user or a network'),
+    )
     .default([]),
-  schedules: z
-    .array(z.strictObject({ from: timeOfDay, to: timeOfDay, days: z.array(z.number().int().min(0).max(6)).optional(), server: rates }))
-    .default([]),
+  schedules: z.array(z.strictObject({ from: timeOfDay, to: timeOfDay, days: z.array(z.number().int().min(0).max(6)).optional(), server: rates })).default([]),
   /** Where playback events come from: the Plex API (needs a token), the log (needs DEBUG logging), or both; auto: the API when a token is found. */
   source: z.enum(['auto', 'log', 'plex', 'both']).default('auto'),
   /**
@@ -127,7 +131,11 @@ export const configSchema = z.strictObject({
     .superRefine((status, context) => {
       try {
         if (status.token === undefined && !isLoopbackListen(status.listen)) {
-          context.addIssue({ code: 'custom', path: ['token'], message: `status.listen ${status.listen} is reachable from other machines and would show every client's address and Plex user to them: set status.token, or listen on 127.0.0.1` });
+          context.addIssue({
+            code: 'custom',
+            path: ['token'],
+            message: `status.listen ${status.listen} is reachable from other machines and would show every client's address and Plex user to them: set status.token, or listen on 127.0.0.1`,
+          });
         }
       } catch (error) {
         context.addIssue({ code: 'custom', path: ['listen'], message: (error as Error).message });
@@ -141,7 +149,9 @@ const SECRET_KEYS: ReadonlyArray<readonly string[]> = [['status', 'token']];
 
 /** A warning when the file is readable by every user and holds a secret; undefined otherwise. */
 export function exposedSecretsWarning(path: string, config: ShaperrConfig): string | undefined {
-  const present = SECRET_KEYS.filter((key) => key.reduce<unknown>((value, part) => (value as Record<string, unknown> | undefined)?.[part], config) !== undefined).map((key) => key.join('.'));
+  const present = SECRET_KEYS.filter(
+    (key) => key.reduce<unknown>((value, part) => (value as Record<string, unknown> | undefined)?.[part], config) !== undefined,
+  ).map((key) => key.join('.'));
   // One Plex server or a list of them: each may carry its token.
   if ([config.plex ?? []].flat().some((server) => (server as { token?: string }).token !== undefined)) present.push('plex.token');
   if (present.length === 0 || (statSync(path).mode & 0o004) === 0) return undefined;
@@ -164,7 +174,8 @@ function describeIssue(issue: z.core.$ZodIssue, input: unknown): string {
     const branch = (Array.isArray(value) ? issue.errors.at(-1) : issue.errors[0])!;
     return branch.map((inner) => describeIssue({ ...inner, path: [...issue.path, ...inner.path] } as z.core.$ZodIssue, input)).join('; ');
   }
-  if (issue.code === 'unrecognized_keys') return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${[...path, k].join('.')}'`).join(', ')}`;
+  if (issue.code === 'unrecognized_keys')
+    return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${[...path, k].join('.')}'`).join(', ')}`;
   // Tokens are secrets: never echoed, not even in a complaint about them.
   const secret = path.at(-1) === 'token';
   const shown = value === undefined ? 'missing' : secret ? '<token>' : JSON.stringify(value, (name, inner: unknown) => (name === 'token' ? '<token>' : inner));

@@ -146,7 +146,10 @@ export class Shaperrd {
     }
     this.startPlexSources(sources);
     if (!this.options.dryRun) this.watch = this.watchShaper(this.shaper);
-    this.log.info({ log: this.logPath, plex: sources.plex.map((server) => server.url), device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun }, 'shaperrd started');
+    this.log.info(
+      { log: this.logPath, plex: sources.plex.map((server) => server.url), device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun },
+      'shaperrd started',
+    );
 
     this.every(SWEEP_INTERVAL_MS, () => {
       this.tracker?.sweep();
@@ -261,8 +264,22 @@ export class Shaperrd {
     const started = performance.now();
     const { config } = this;
     const recent = await readRecentLog(path, config.idleSeconds * 1000);
-    const clients = await rebuildSessions(recent.lines, { policy: this.policy, trustedProxies: config.trustedProxies, graceMs: config.graceSeconds * 1000, idleMs: config.idleSeconds * 1000 });
-    this.log.info({ lines: recent.lines.length, bytes: recent.bytesRead, rotatedFileRead: recent.rotatedFileRead, playing: clients.length, ms: Math.round(performance.now() - started) }, 'warm start: read back the recent log');
+    const clients = await rebuildSessions(recent.lines, {
+      policy: this.policy,
+      trustedProxies: config.trustedProxies,
+      graceMs: config.graceSeconds * 1000,
+      idleMs: config.idleSeconds * 1000,
+    });
+    this.log.info(
+      {
+        lines: recent.lines.length,
+        bytes: recent.bytesRead,
+        rotatedFileRead: recent.rotatedFileRead,
+        playing: clients.length,
+        ms: Math.round(performance.now() - started),
+      },
+      'warm start: read back the recent log',
+    );
     return { clients, ...(recent.position ? { position: recent.position } : {}) };
   }
 
@@ -309,12 +326,21 @@ export class Shaperrd {
       onRepairStart: (reason, scope) => {
         this.counters.repairs++;
         this.metrics.reconciliations.inc({ reason: 'repair' });
-        this.log.warn({ reason }, scope === 'tree' ? 'shaperr qdisc missing on the device (deleted, or the link was re-created): re-applying' : 'client pipes damaged: re-applying them');
+        this.log.warn(
+          { reason },
+          scope === 'tree'
+            ? 'shaperr qdisc missing on the device (deleted, or the link was re-created): re-applying'
+            : 'client pipes damaged: re-applying them',
+        );
         return scope === 'tree' ? this.progressReporter('repairing pipes') : undefined;
       },
       onRepaired: (report) => this.log.info({ ...report, ms: Math.round(report.ms * 10) / 10 }, 'repaired'),
       onForeignRoot: (description) =>
-        this.kernelError(new Error(`another root qdisc (${description}) replaced shaperr's on ${config.device}; leaving it alone (set takeover to replace it)`), undefined, 'not repairing'),
+        this.kernelError(
+          new Error(`another root qdisc (${description}) replaced shaperr's on ${config.device}; leaving it alone (set takeover to replace it)`),
+          undefined,
+          'not repairing',
+        ),
       onOverflow: () => this.log.warn('kernel notifications were lost (receive buffer full): checking everything'),
       onError: (error) => this.kernelError(error),
     });
@@ -359,7 +385,10 @@ export class Shaperrd {
       const now = Date.now();
       if (this.saveFailureReportedAt !== undefined && now - this.saveFailureReportedAt < SAVE_ERROR_INTERVAL_MS) return;
       this.saveFailureReportedAt = now;
-      this.log.error({ err: (error as Error).message, stateFile: this.config.stateFile }, 'cannot save state (shaping goes on; reported once a minute until it works)');
+      this.log.error(
+        { err: (error as Error).message, stateFile: this.config.stateFile },
+        'cannot save state (shaping goes on; reported once a minute until it works)',
+      );
     }
   }
 

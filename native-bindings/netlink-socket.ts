@@ -37,9 +37,7 @@ const sys = {
   setns: libc.func('int setns(int fd, int nstype)'),
 };
 
-const errnoNames = new Map<number, string>(
-  Object.entries(koffi.os.errno as Record<string, number>).map(([name, value]) => [value, name]),
-);
+const errnoNames = new Map<number, string>(Object.entries(koffi.os.errno as Record<string, number>).map(([name, value]) => [value, name]));
 
 /** The name of an errno value (`17` → `EEXIST`), or `E<number>` when libc has no name for it. */
 export function errnoName(errno: number): string {

@@ -62,5 +62,8 @@ t.test('every daemon file imports lib through lib/index.ts and nothing unpublish
   const files = sourceFiles('daemon');
   const found = files.includes('daemon/shaperrd.ts') && files.includes('daemon/operator/shaperr-cli.ts');
   t.ok(found, `found the daemon's ${files.length} source files`);
-  t.same(files.flatMap((file) => importViolations(file, readFileSync(posix.join(ROOT, file), 'utf8'))), []);
+  t.same(
+    files.flatMap((file) => importViolations(file, readFileSync(posix.join(ROOT, file), 'utf8'))),
+    [],
+  );
 });

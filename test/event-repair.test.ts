@@ -44,7 +44,13 @@ async function shaperWithPipes(t: Test, topology: Topology) {
 
 const allPipesBack = (topology: Topology) => {
   const state = kernelState(topology);
-  return state.classes === CLIENTS.length && state.destinations.join() === CLIENTS.map((address) => `${address}/32`).sort().join();
+  return (
+    state.classes === CLIENTS.length &&
+    state.destinations.join() ===
+      CLIENTS.map((address) => `${address}/32`)
+        .sort()
+        .join()
+  );
 };
 
 async function recreateLink(topology: Topology): Promise<void> {
@@ -79,15 +85,33 @@ t.test('TcMonitor decodes qdisc, class, filter and link notifications and leaves
   const ours = seen.filter((each) => each.portId === tc.portId);
   const summary = ours.map((each) => `${each.action} ${each.object}`);
   // Adding a root first reports the kernel's default root (noqueue on a veth) as deleted.
-  t.same(summary, ['del qdisc', 'new qdisc', 'new class', 'new filter', 'del filter', 'del class', 'del qdisc'], 'each change of ours, in order, tagged with our port id');
+  t.same(
+    summary,
+    ['del qdisc', 'new qdisc', 'new class', 'new filter', 'del filter', 'del class', 'del qdisc'],
+    'each change of ours, in order, tagged with our port id',
+  );
   const deletedFilter = ours.find((each) => each.object === 'filter' && each.action === 'del');
-  t.equal(deletedFilter?.object === 'filter' && deletedFilter.filter?.parameters.match?.dst, '10.200.1.9/32', 'a deleted u32 filter comes decoded (its match and class)');
+  t.equal(
+    deletedFilter?.object === 'filter' && deletedFilter.filter?.parameters.match?.dst,
+    '10.200.1.9/32',
+    'a deleted u32 filter comes decoded (its match and class)',
+  );
   t.equal(deletedFilter?.object === 'filter' && deletedFilter.filter?.parameters.classid, 0x00070005);
   const deletedRoot = ours.at(-1);
-  t.match(deletedRoot?.object === 'qdisc' && deletedRoot.qdisc, { kind: 'htb', handle: 0x00070000, parameters: { defaultClass: 0 } }, 'a deleted qdisc comes decoded');
-  t.ok(seen.some((each) => each.object === 'link' && each.action === 'del' && each.ifindex === ifindex), 'the deleted link, with its old ifindex');
+  t.match(
+    deletedRoot?.object === 'qdisc' && deletedRoot.qdisc,
+    { kind: 'htb', handle: 0x00070000, parameters: { defaultClass: 0 } },
+    'a deleted qdisc comes decoded',
+  );
+  t.ok(
+    seen.some((each) => each.object === 'link' && each.action === 'del' && each.ifindex === ifindex),
+    'the deleted link, with its old ifindex',
+  );
   t.equal(ignoring.filter((each) => each.portId === tc.portId).length, 0, 'a monitor told to ignore the port sees none of its changes');
-  t.ok(ignoring.some((each) => each.object === 'link'), 'but still sees the others');
+  t.ok(
+    ignoring.some((each) => each.object === 'link'),
+    'but still sees the others',
+  );
   t.equal(monitor.stats.overflows, 0);
 });
 
@@ -119,7 +143,10 @@ t.test('ShaperWatch puts the pipes back after `tc qdisc del root`, a link re-cre
   outsider.deleteQdisc('srv0', { parent: '5a:10', handle: '10:' });
   await until(() => reports.length === 4);
   t.match(reports[3], { scope: 'pipes', pipes: 1 });
-  t.ok(outsider.qdiscs('srv0').some((qdisc) => qdisc.parent === 0x005a0010 && qdisc.kind === 'bfifo'), 'the leaf is bfifo again');
+  t.ok(
+    outsider.qdiscs('srv0').some((qdisc) => qdisc.parent === 0x005a0010 && qdisc.kind === 'bfifo'),
+    'the leaf is bfifo again',
+  );
   t.same(errors, []);
 });
 
@@ -135,7 +162,10 @@ t.test('after an overflow (tiny receive buffer, burst of changes) the full check
   const burst = (from: number) =>
     outsider.batch(
       'burst0',
-      Array.from({ length: 200 }, (_, i) => ({ op: 'add' as const, class: { kind: 'htb' as const, parent: '1:', classid: `1:${(from + i).toString(16)}`, options: { rate: 1_000_000 } } })),
+      Array.from({ length: 200 }, (_, i) => ({
+        op: 'add' as const,
+        class: { kind: 'htb' as const, parent: '1:', classid: `1:${(from + i).toString(16)}`, options: { rate: 1_000_000 } },
+      })),
     );
   // All synchronous: the watch cannot read in between, so the root's notification is among those dropped.
   burst(0x10);
@@ -147,12 +177,23 @@ t.test('after an overflow (tiny receive buffer, burst of changes) the full check
   t.same(errors, []);
 });
 
-t.test('shaperrd: repairs on notification, leaves another tool\'s root alone with one error, stops cleanly while listening', { skip }, async (t) => {
+t.test("shaperrd: repairs on notification, leaves another tool's root alone with one error, stops cleanly while listening", { skip }, async (t) => {
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const { dir, log } = logDir(t, 'shaperr-events');
   const config = join(dir, 'shaperr.yaml');
-  writeFileSync(config, ['device: srv0', `netns: ${topology.serverNs}`, 'server: { rate: 100mbit }', 'client: { rate: 2mbit }', 'leaf: bfifo', `log: ${JSON.stringify(log)}`, `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`].join('\n'));
+  writeFileSync(
+    config,
+    [
+      'device: srv0',
+      `netns: ${topology.serverNs}`,
+      'server: { rate: 100mbit }',
+      'client: { rate: 2mbit }',
+      'leaf: bfifo',
+      `log: ${JSON.stringify(log)}`,
+      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
+    ].join('\n'),
+  );
   writeFileSync(log, play('10.200.1.1', 'one'));
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));

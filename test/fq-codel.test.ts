@@ -29,7 +29,17 @@ const asKernelHolds = (micros: number): number => Math.trunc((Math.trunc((micros
 t.test('options: resolve → write → read gives them back; times in µs; bad values named', async (t) => {
   const input = { limit: 1000, flows: 512, quantum: 1514, target: '5ms', interval: '100ms', ecn: false, ceThreshold: '2ms', memoryLimit: '4mb', dropBatch: 32 };
   const written = fqCodelQdisc.resolve(input, context);
-  t.same(written, { limit: 1000, flows: 512, quantum: 1514, target: 5000, interval: 100000, ecn: false, ceThreshold: 2000, memoryLimit: 4194304, dropBatch: 32 });
+  t.same(written, {
+    limit: 1000,
+    flows: 512,
+    quantum: 1514,
+    target: 5000,
+    interval: 100000,
+    ecn: false,
+    ceThreshold: 2000,
+    memoryLimit: 4194304,
+    dropBatch: 32,
+  });
   const writer = new MessageWriter();
   fqCodelQdisc.write(writer, written, context);
   t.same(fqCodelQdisc.read(parseAttributes(writer.toBytes()).get(2), context), written);
@@ -65,7 +75,17 @@ t.test('an fq_codel leaf: create, read back with statistics, change, delete', { 
   t.teardown(() => tc.close());
   tc.addQdisc('d0', { kind: 'htb', handle: '1:' });
   tc.addClass('d0', { kind: 'htb', parent: '1:', classid: '1:10', options: { rate: '2mbit' } });
-  const options = { limit: 1000, flows: 512, quantum: 1514, target: '4ms', interval: '80ms', ecn: false, ceThreshold: '2ms', memoryLimit: '4mb', dropBatch: 32 };
+  const options = {
+    limit: 1000,
+    flows: 512,
+    quantum: 1514,
+    target: '4ms',
+    interval: '80ms',
+    ecn: false,
+    ceThreshold: '2ms',
+    memoryLimit: '4mb',
+    dropBatch: 32,
+  };
   tc.addQdisc('d0', { kind: 'fq_codel', parent: '1:10', handle: '10:', options });
 
   const leaf = tc.qdiscs('d0').find((q) => q.handle === 0x00100000);
@@ -84,5 +104,8 @@ t.test('an fq_codel leaf: create, read back with statistics, change, delete', { 
   t.equal(changed && 'target' in changed ? changed.target : undefined, asKernelHolds(5000), 'the new target');
 
   tc.deleteQdisc('d0', { parent: '1:10', handle: '10:' });
-  t.notOk(tc.qdiscs('d0').some((q) => q.kind === 'fq_codel'), 'deleted');
+  t.notOk(
+    tc.qdiscs('d0').some((q) => q.kind === 'fq_codel'),
+    'deleted',
+  );
 });

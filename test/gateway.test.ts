@@ -51,7 +51,10 @@ async function createHome(t: { teardown(fn: () => unknown): void }): Promise<Hom
   const offloads = hasCommand('ethtool');
   const link = async (a: string, aDevice: string, aCidr: string, b: string, bDevice: string, bCidr: string) => {
     await ip('-n', a, 'link', 'add', aDevice, 'type', 'veth', 'peer', 'name', bDevice, 'netns', b);
-    for (const [netns, device, cidr] of [[a, aDevice, aCidr], [b, bDevice, bCidr]] as const) {
+    for (const [netns, device, cidr] of [
+      [a, aDevice, aCidr],
+      [b, bDevice, bCidr],
+    ] as const) {
       await ip('-n', netns, 'addr', 'add', cidr, 'dev', device);
       await ip('-n', netns, 'link', 'set', device, 'up');
       // HTB measures what it sends: no 64 KB super-packets.
@@ -64,7 +67,11 @@ async function createHome(t: { teardown(fn: () => unknown): void }): Promise<Hom
   await ip('-n', home.plexNs, 'route', 'add', 'default', 'via', '10.88.1.1');
   await ip('-n', home.lanNs, 'route', 'add', 'default', 'via', '10.88.2.1');
   await inNetns(home.routerNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1');
-  await inNetns(home.routerNs, 'nft', 'add table ip nat; add chain ip nat postrouting { type nat hook postrouting priority srcnat; }; add rule ip nat postrouting oifname "wan0" masquerade');
+  await inNetns(
+    home.routerNs,
+    'nft',
+    'add table ip nat; add chain ip nat postrouting { type nat hook postrouting priority srcnat; }; add rule ip nat postrouting oifname "wan0" masquerade',
+  );
   return home;
 }
 
@@ -103,7 +110,11 @@ t.test('gateway mode: the Plex stream through the router’s NAT is shaped, anot
 
   server.play({ player: { address: PLAYER, local: false }, session: { location: 'wan' } });
   await until(() => clientFilters(home.routerNs).length === 1);
-  t.match(clientFilters(home.routerNs), [{ address: PLAYER, sourcePort: PLEX_PORT, match: { dst: `${PLAYER}/32`, protocol: 6, sport: PLEX_PORT } }], 'the filter matches the player’s address and TCP from port 32400');
+  t.match(
+    clientFilters(home.routerNs),
+    [{ address: PLAYER, sourcePort: PLEX_PORT, match: { dst: `${PLAYER}/32`, protocol: 6, sport: PLEX_PORT } }],
+    'the filter matches the player’s address and TCP from port 32400',
+  );
 
   const [plex, other] = await measureGoodputConcurrently({ serverNs: home.plexNs, clientNs: home.internetNs }, [
     { to: PLAYER, from: home.plexNs, localPort: PLEX_PORT, seconds: 4 },
@@ -111,14 +122,25 @@ t.test('gateway mode: the Plex stream through the router’s NAT is shaped, anot
   ]);
   const shaped = shapedTo(plex!.bitsPerSecond, 4 * MBIT);
   t.ok(shaped.within, `Plex's stream from port ${PLEX_PORT} through NAT: ${shaped.reading}`);
-  t.ok(other!.bitsPerSecond > 5 * 4 * MBIT, `the other LAN host to the same player at the same time: ${(other!.bitsPerSecond / MBIT).toFixed(1)} Mbit/s (unshaped: over 5× the pipe)`);
+  t.ok(
+    other!.bitsPerSecond > 5 * 4 * MBIT,
+    `the other LAN host to the same player at the same time: ${(other!.bitsPerSecond / MBIT).toFixed(1)} Mbit/s (unshaped: over 5× the pipe)`,
+  );
 });
 
 t.test('a gateway filter is adopted after a restart, and rewritten when gateway mode is turned off', { skip: netnsUnavailable() }, async (t) => {
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const [address] = topology.clientAddresses as [string];
-  const open = (sourcePort?: number) => Shaper.open({ device: 'srv0', netns: topology.serverNs, server: { rate: '100mbit' }, client: { rate: '4mbit' }, leaf: 'bfifo', ...(sourcePort ? { sourcePort } : {}) });
+  const open = (sourcePort?: number) =>
+    Shaper.open({
+      device: 'srv0',
+      netns: topology.serverNs,
+      server: { rate: '100mbit' },
+      client: { rate: '4mbit' },
+      leaf: 'bfifo',
+      ...(sourcePort ? { sourcePort } : {}),
+    });
   const filters = () => {
     const tc = TrafficControl.open({ netns: topology.serverNs });
     try {
@@ -135,18 +157,34 @@ t.test('a gateway filter is adopted after a restart, and rewritten when gateway 
   await first.close();
 
   const inspected = inspectShaper({ device: 'srv0', netns: topology.serverNs })!;
-  t.match(inspected.tcCommands().join('\n'), /match ip dst 10\.200\.1\.1 match ip protocol 6 0xff match ip sport 32400 0xffff classid 5a:10/, 'a read-only view prints the filter as it is');
+  t.match(
+    inspected.tcCommands().join('\n'),
+    /match ip dst 10\.200\.1\.1 match ip protocol 6 0xff match ip sport 32400 0xffff classid 5a:10/,
+    'a read-only view prints the filter as it is',
+  );
   await inspected.close();
 
   const again = await open(PLEX_PORT);
-  t.same(again.clients().map((client) => client.address), [address], 'the gateway filter is recognised as the client’s');
+  t.same(
+    again.clients().map((client) => client.address),
+    [address],
+    'the gateway filter is recognised as the client’s',
+  );
   t.same(filters(), [{ family: 4, dst: `${address}/32`, protocol: 6, sport: PLEX_PORT }], 'and left as it was');
   await again.close();
 
   const plain = await open();
-  t.same(plain.clients().map((client) => client.address), [address], 'gateway mode off: the pipe stays');
+  t.same(
+    plain.clients().map((client) => client.address),
+    [address],
+    'gateway mode off: the pipe stays',
+  );
   t.same(filters(), [{ family: 4, dst: `${address}/32` }], 'its filter now matches the address alone, as without gateway mode');
-  t.same(clientFilterSpec(0x5a0000, parseClientAddress(address), 0x5a0010, 1).options, { hashTable: 0x201000, match: { family: 4, dst: address }, classid: 0x5a0010 }, 'no port in a filter made without gateway mode');
+  t.same(
+    clientFilterSpec(0x5a0000, parseClientAddress(address), 0x5a0010, 1).options,
+    { hashTable: 0x201000, match: { family: 4, dst: address }, classid: 0x5a0010 },
+    'no port in a filter made without gateway mode',
+  );
   await plain.close({ teardown: true });
 });
 

@@ -47,7 +47,12 @@ t.test('deleted link filter, priority or all filters: put back on the notificati
   const { topology, shaper, tc } = await shapedPair(t);
   const reports: RepairReport[] = [];
   const errors: Error[] = [];
-  const watch = ShaperWatch.open(shaper, { device: 'srv0', netns: topology.serverNs, onRepaired: (report) => reports.push(report), onError: (error) => errors.push(error) });
+  const watch = ShaperWatch.open(shaper, {
+    device: 'srv0',
+    netns: topology.serverNs,
+    onRepaired: (report) => reports.push(report),
+    onError: (error) => errors.push(error),
+  });
   t.teardown(() => watch.close());
   const repaired = async (remove: () => Promise<unknown>) => {
     const before = reports.length;
@@ -56,10 +61,22 @@ t.test('deleted link filter, priority or all filters: put back on the notificati
     return reports.at(-1);
   };
 
-  t.match(await repaired(() => tcFilterDel(topology, 'prio', '1', 'handle', linkFilterHandle(tc, 1), 'u32')), { reason: 'filters deleted', hashTables: 1, pipes: 0 }, 'the IPv4 link filter alone is added back (its table and client filters were still there)');
+  t.match(
+    await repaired(() => tcFilterDel(topology, 'prio', '1', 'handle', linkFilterHandle(tc, 1), 'u32')),
+    { reason: 'filters deleted', hashTables: 1, pipes: 0 },
+    'the IPv4 link filter alone is added back (its table and client filters were still there)',
+  );
   // The kernel keeps a u32 table while another priority is left on the qdisc, unseen until its priority is back.
-  t.match(await repaired(() => tcFilterDel(topology, 'prio', '1')), { hashTables: 2, pipes: 2 }, 'the IPv4 priority deleted whole: table, link filter and client filters back');
-  t.match(await repaired(() => tcFilterDel(topology)), { hashTables: 4, pipes: 4 }, 'every filter deleted: both tables, both link filters and all four client filters back');
+  t.match(
+    await repaired(() => tcFilterDel(topology, 'prio', '1')),
+    { hashTables: 2, pipes: 2 },
+    'the IPv4 priority deleted whole: table, link filter and client filters back',
+  );
+  t.match(
+    await repaired(() => tcFilterDel(topology)),
+    { hashTables: 4, pipes: 4 },
+    'every filter deleted: both tables, both link filters and all four client filters back',
+  );
   t.same(errors, []);
 
   const goodput = await measureGoodput(topology, { to: topology.clientAddresses[0]!, seconds: 3 });
@@ -72,11 +89,19 @@ t.test('the safety check alone (no notification heard) rebuilds a deleted hash t
   await tcFilterDel(topology, 'prio', '1', 'handle', linkFilterHandle(tc, 1), 'u32');
   // The table can go once the kernel has let go of the link filter's reference (a moment later).
   await until(() => tc.batch('srv0', [{ op: 'delete', filter: { kind: 'u32', parent: '5a:', priority: 1, protocol: 'ip', handle: 0x00200000 } }])[0]!.ok);
-  t.notOk(tc.filters('srv0', '5a:').some((filter) => filter.priority === 1 && filter.handle >>> 20 === 2), 'hash table 2: and the IPv4 client filters in it are gone');
+  t.notOk(
+    tc.filters('srv0', '5a:').some((filter) => filter.priority === 1 && filter.handle >>> 20 === 2),
+    'hash table 2: and the IPv4 client filters in it are gone',
+  );
   // Opened after the deletion: the watch never hears of it; only its check can find it.
   const reports: RepairReport[] = [];
   const errors: Error[] = [];
-  const watch = ShaperWatch.open(shaper, { device: 'srv0', netns: topology.serverNs, onRepaired: (report) => reports.push(report), onError: (error) => errors.push(error) });
+  const watch = ShaperWatch.open(shaper, {
+    device: 'srv0',
+    netns: topology.serverNs,
+    onRepaired: (report) => reports.push(report),
+    onError: (error) => errors.push(error),
+  });
   t.teardown(() => watch.close());
   await watch.check('safety check');
   t.same(errors, []);

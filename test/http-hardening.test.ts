@@ -17,7 +17,12 @@ import { CLI } from './helpers/daemon.js';
 const TOKEN = 'a-long-enough-token';
 
 async function server(t: { teardown(fn: () => unknown): void }): Promise<{ server: Server; port: number }> {
-  const server = await startStatusServer({ listen: '127.0.0.1:0', token: TOKEN, status: () => ({ at: '', device: 'eth0', leaf: 'bfifo', clients: [], decisions: [] }), metrics: new Registry() });
+  const server = await startStatusServer({
+    listen: '127.0.0.1:0',
+    token: TOKEN,
+    status: () => ({ at: '', device: 'eth0', leaf: 'bfifo', clients: [], decisions: [] }),
+    metrics: new Registry(),
+  });
   t.teardown(() => new Promise((resolve) => server.close(resolve).closeAllConnections()));
   return { server, port: (server.address() as { port: number }).port };
 }
@@ -34,17 +39,34 @@ function raw(port: number, request: string, waitMs = 3000): Promise<string> {
     socket.write(request);
   });
 }
-const get = (port: number, path: string, headers = '') => raw(port, `GET ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TOKEN}\r\nConnection: close\r\n${headers}\r\n`);
+const get = (port: number, path: string, headers = '') =>
+  raw(port, `GET ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TOKEN}\r\nConnection: close\r\n${headers}\r\n`);
 const statusOf = (response: string) => Number(/^HTTP\/1\.1 (\d+)/.exec(response)?.[1]);
 
 t.test('only the three exact paths exist', async (t) => {
   const { port } = await server(t);
   for (const path of ['/', '/api/status', '/metrics']) t.equal(statusOf(await get(port, path)), 200, `${path}: 200`);
-  for (const path of ['/api/../metrics', '/x/../api/status', '//evil.example/metrics', 'http://evil.example/metrics', '/metrics/', '/%2e%2e/metrics', '/API/status']) {
+  for (const path of [
+    '/api/../metrics',
+    '/x/../api/status',
+    '//evil.example/metrics',
+    'http://evil.example/metrics',
+    '/metrics/',
+    '/%2e%2e/metrics',
+    '/API/status',
+  ]) {
     t.equal(statusOf(await get(port, path)), 404, `${path}: 404`);
   }
-  t.equal(statusOf(await raw(port, `GET /api/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TOKEN.slice(0, -1)}\r\nConnection: close\r\n\r\n`)), 401, 'a token one byte short: 401');
-  t.equal(statusOf(await raw(port, `GET /api/status?token=${TOKEN} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)), 200, 'the token as a query parameter: 200');
+  t.equal(
+    statusOf(await raw(port, `GET /api/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TOKEN.slice(0, -1)}\r\nConnection: close\r\n\r\n`)),
+    401,
+    'a token one byte short: 401',
+  );
+  t.equal(
+    statusOf(await raw(port, `GET /api/status?token=${TOKEN} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)),
+    200,
+    'the token as a query parameter: 200',
+  );
 });
 
 t.test('headers are bounded in size and in time', async (t) => {
@@ -73,12 +95,18 @@ t.test('1,000 idle connections do not lock the page out, and at most MAX_CONNECT
   const { server: http, port } = await server(t);
   const idle: Socket[] = [];
   t.teardown(() => idle.forEach((socket) => socket.destroy()));
-  await Promise.all(Array.from({ length: 1000 }, () => new Promise<void>((resolve) => {
-    const socket = connect(port, '127.0.0.1', () => resolve());
-    socket.on('error', () => resolve());
-    socket.on('close', () => resolve());
-    idle.push(socket);
-  })));
+  await Promise.all(
+    Array.from(
+      { length: 1000 },
+      () =>
+        new Promise<void>((resolve) => {
+          const socket = connect(port, '127.0.0.1', () => resolve());
+          socket.on('error', () => resolve());
+          socket.on('close', () => resolve());
+          idle.push(socket);
+        }),
+    ),
+  );
   await new Promise((resolve) => setTimeout(resolve, 200));
   const held = await new Promise<number>((resolve, reject) => http.getConnections((error, count) => (error ? reject(error) : resolve(count))));
   t.ok(held <= MAX_CONNECTIONS, `server holds ${held} connections with 1,000 idle sockets open (cap ${MAX_CONNECTIONS})`);
@@ -93,9 +121,16 @@ t.test('shaperrd refuses a status page beyond loopback without a token (exit 2, 
   const config = join(dir, 'shaperr.yaml');
   for (const listen of ['0.0.0.0:9750', '"[::]:9750"', '192.0.2.1:9750']) {
     // A namespace that does not exist: even a shaperrd that let this config through could touch no device.
-    writeFileSync(config, `device: absent0\nnetns: shaperr-absent-${process.pid}\nlog: ${JSON.stringify(join(dir, 'Plex Media Server.log'))}\nserver: { rate: 10mbit }\nclient: { rate: 2mbit }\nstatus: { listen: ${listen} }\n`);
+    writeFileSync(
+      config,
+      `device: absent0\nnetns: shaperr-absent-${process.pid}\nlog: ${JSON.stringify(join(dir, 'Plex Media Server.log'))}\nserver: { rate: 10mbit }\nclient: { rate: 2mbit }\nstatus: { listen: ${listen} }\n`,
+    );
     const result = spawnSync(process.execPath, [CLI, '--config', config], { encoding: 'utf8', timeout: 30_000 });
     t.equal(result.status, 2, `listen ${listen} without a token: exit 2`);
-    t.match(result.stderr, /'status\.token' = missing: status\.listen .* is reachable from other machines .*: set status\.token, or listen on 127\.0\.0\.1/, result.stderr.trim());
+    t.match(
+      result.stderr,
+      /'status\.token' = missing: status\.listen .* is reachable from other machines .*: set status\.token, or listen on 127\.0\.0\.1/,
+      result.stderr.trim(),
+    );
   }
 });

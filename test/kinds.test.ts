@@ -35,12 +35,19 @@ t.test('pfifo/bfifo, tbf and htb round trip', async (t) => {
   t.same(roundTrip(pfifo, { limit: 100 }).read, { limit: 100 });
   t.same(roundTrip(bfifo, { limit: '64kb' }).read, { limit: 65536 });
   t.equal(roundTrip(pfifo, {}).bytes, 0);
-  for (const input of [{ rate: '1mbit', burst: '10kb', limit: 30000 }, { rate: '1mbit', burst: '10kb', limit: 30000, peakrate: '2mbit', mtu: 1600 }]) {
+  for (const input of [
+    { rate: '1mbit', burst: '10kb', limit: 30000 },
+    { rate: '1mbit', burst: '10kb', limit: 30000, peakrate: '2mbit', mtu: 1600 },
+  ]) {
     const { written, read } = roundTrip(tbf, input);
     t.same(read, written, JSON.stringify(input));
   }
   t.same(roundTrip(htbQdisc, { defaultClass: 0x20, r2q: 5, directQlen: 10 }).read, { defaultClass: 0x20, r2q: 5, directQlen: 10, directPackets: 0 });
-  for (const input of [{ rate: '2mbit', ceil: '2500kbit' }, { rate: '5gbit', ceil: '40gbit', burst: '1mb', cburst: '4mb' }, { rate: '1mbit', prio: 3, mpu: 64, overhead: 24, linklayer: 'atm' as const, quantum: 1514 }]) {
+  for (const input of [
+    { rate: '2mbit', ceil: '2500kbit' },
+    { rate: '5gbit', ceil: '40gbit', burst: '1mb', cburst: '4mb' },
+    { rate: '1mbit', prio: 3, mpu: 64, overhead: 24, linklayer: 'atm' as const, quantum: 1514 },
+  ]) {
     const { written, read } = roundTrip(htbClass, input);
     // Bursts travel as scheduler ticks computed from whole microseconds, and come back truncated to whole
     // microseconds again (tc's units): they read back within two microseconds' worth of bytes.

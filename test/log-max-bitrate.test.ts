@@ -52,7 +52,10 @@ t.test('the log’s maxVideoBitrate sizes the pipe: cap × headroom, changed in 
   await daemon.waitFor(/shaperrd started/);
 
   const decision = (session: string, kbit: number) =>
-    plexLine(capped, `/video/:/transcode/universal/decision?directPlay=0&directStream=1&hasMDE=1&location=wan&maxVideoBitrate=${kbit}&mediaBufferSize=102400&path=%2Flibrary%2Fmetadata%2F40859&protocol=dash&session=${session}&videoResolution=1280x720&X-Plex-Token=tok`);
+    plexLine(
+      capped,
+      `/video/:/transcode/universal/decision?directPlay=0&directStream=1&hasMDE=1&location=wan&maxVideoBitrate=${kbit}&mediaBufferSize=102400&path=%2Flibrary%2Fmetadata%2F40859&protocol=dash&session=${session}&videoResolution=1280x720&X-Plex-Token=tok`,
+    );
   appendFileSync(log, decision('cap-1', 4000) + plexLine(capped, '/video/:/transcode/universal/start.mpd?session=cap-1&maxVideoBitrate=4000&X-Plex-Token=tok'));
   const throttled = await daemon.waitFor(/decision throttle 10\.200\.1\.1/);
   t.match(throttled, /auto: 4\.00 Mbit\/s maxVideoBitrate of the transcode request × 1\.25 = 5\.00 Mbit\/s/, 'the decision line says which rate and why');
@@ -69,6 +72,14 @@ t.test('the log’s maxVideoBitrate sizes the pipe: cap × headroom, changed in 
   const direct = await daemon.waitFor(/decision throttle 10\.200\.1\.2/);
   t.match(direct, /stream need unknown, max rate/, 'direct play through the log: no cap, the pipe gets max');
   await until(() => clientClasses(topology).length === 2);
-  t.same(clientClasses(topology).map((c) => c.rate).sort((a, b) => a - b), [10 * MBIT, 12 * MBIT]);
-  t.notOk(daemon.output.some((line) => /X-Plex-Token|tok&/.test(line)), 'no token in the daemon’s output');
+  t.same(
+    clientClasses(topology)
+      .map((c) => c.rate)
+      .sort((a, b) => a - b),
+    [10 * MBIT, 12 * MBIT],
+  );
+  t.notOk(
+    daemon.output.some((line) => /X-Plex-Token|tok&/.test(line)),
+    'no token in the daemon’s output',
+  );
 });

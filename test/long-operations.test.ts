@@ -15,11 +15,25 @@ t.test('inChunks reports progress after every chunk and lets other work run in b
   const seen: Progress[] = [];
   const order: string[] = [];
   setImmediate(() => order.push('other work'));
-  await inChunks([1, 2, 3, 4, 5], (chunk) => void order.push(`chunk ${chunk.join(',')}`), (progress) => seen.push(progress), 2);
-  t.same(seen, [{ done: 0, total: 5 }, { done: 2, total: 5 }, { done: 4, total: 5 }, { done: 5, total: 5 }]);
+  await inChunks(
+    [1, 2, 3, 4, 5],
+    (chunk) => void order.push(`chunk ${chunk.join(',')}`),
+    (progress) => seen.push(progress),
+    2,
+  );
+  t.same(seen, [
+    { done: 0, total: 5 },
+    { done: 2, total: 5 },
+    { done: 4, total: 5 },
+    { done: 5, total: 5 },
+  ]);
   t.same(order, ['chunk 1,2', 'other work', 'chunk 3,4', 'chunk 5']);
   const empty: Progress[] = [];
-  await inChunks([], () => t.fail('no work for no items'), (progress) => empty.push(progress));
+  await inChunks(
+    [],
+    () => t.fail('no work for no items'),
+    (progress) => empty.push(progress),
+  );
   t.same(empty, [{ done: 0, total: 0 }], 'an empty job is done at once');
 });
 
@@ -37,24 +51,34 @@ t.test('shaperrd restores 1,000 saved pipes with progress, survives a bad saved 
   const stateFile = join(dir, 'state.json');
   writeFileSync(stateFile, JSON.stringify({ version: 1, device: 'srv0', savedAt: new Date().toISOString(), clients: [...clients, broken] }));
   const config = join(dir, 'shaperr.yaml');
-  writeFileSync(config, [
-    'device: srv0',
-    `netns: ${topology.serverNs}`,
-    'server: { rate: 1gbit }',
-    'client: { rate: 2mbit }',
-    `log: ${JSON.stringify(log)}`,
-    `stateFile: ${JSON.stringify(stateFile)}`,
-    'graceSeconds: 600',
-    'idleSeconds: 3600',
-  ].join('\n'));
+  writeFileSync(
+    config,
+    [
+      'device: srv0',
+      `netns: ${topology.serverNs}`,
+      'server: { rate: 1gbit }',
+      'client: { rate: 2mbit }',
+      `log: ${JSON.stringify(log)}`,
+      `stateFile: ${JSON.stringify(stateFile)}`,
+      'graceSeconds: 600',
+      'idleSeconds: 3600',
+    ].join('\n'),
+  );
 
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));
   const startedAt = Date.now();
   await daemon.waitFor(/shaperrd started/, 240_000);
   t.comment(`started in ${Date.now() - startedAt} ms`);
-  t.ok(daemon.output.some((line) => /"msg":"restoring pipes: 0\/1000"/.test(line)), 'progress starts with the total');
-  t.match(await daemon.waitFor(/"msg":"restoring pipes: done"/), /"pipes":1000/, 'and ends with a summary (the 1,000 good pipes; the bad entry is refused first)');
+  t.ok(
+    daemon.output.some((line) => /"msg":"restoring pipes: 0\/1000"/.test(line)),
+    'progress starts with the total',
+  );
+  t.match(
+    await daemon.waitFor(/"msg":"restoring pipes: done"/),
+    /"pipes":1000/,
+    'and ends with a summary (the 1,000 good pipes; the bad entry is refused first)',
+  );
   t.match(await daemon.waitFor(/kernel change for 10\.202\.0\.1 failed/), /ceil is below rate/, 'the bad entry gets one clear error naming it');
   t.equal(kernelState(topology).classes, 1000, 'every good saved client has its pipe back');
 

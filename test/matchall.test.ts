@@ -32,7 +32,13 @@ async function withHtbDevice<T>(fn: (tc: TrafficControl, netns: string) => Promi
   }
 }
 
-const skip = netnsUnavailable() || (await withHtbDevice((tc) => (tc.hasFilterKind('matchall', 'd0', '1:') ? false : 'this kernel has no matchall filter (module cls_matchall); the stock-kernel lane (test/kernel-lane) runs this test')));
+const skip =
+  netnsUnavailable() ||
+  (await withHtbDevice((tc) =>
+    tc.hasFilterKind('matchall', 'd0', '1:')
+      ? false
+      : 'this kernel has no matchall filter (module cls_matchall); the stock-kernel lane (test/kernel-lane) runs this test',
+  ));
 
 t.test('options round trip; no options, no TCA_OPTIONS; handles are plain numbers', async (t) => {
   const written = matchallFilter.resolve({ classid: '1:10', skipHw: true }, context);
@@ -55,18 +61,30 @@ t.test('a matchall filter: create, read back, classify real packets, delete', { 
     tc.addFilter('d0', { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', handle: 5, options: { classid: '1:10', skipHw: true } });
     // A dump lists the classifier itself (handle 0, no options) before its filters, as `tc filter show` does.
     const listed = tc.filters('d0', '1:', 'matchall');
-    t.same(listed.map((entry) => entry.handle), [0, 5], 'the classifier and its one filter');
+    t.same(
+      listed.map((entry) => entry.handle),
+      [0, 5],
+      'the classifier and its one filter',
+    );
     const filter = listed.find((entry) => entry.handle === 5);
     t.match(filter, { kind: 'matchall', priority: 3, protocol: 0x0003, handle: 5, parameters: { classid: 0x10010, skipHw: true } }, 'read back as given');
     t.same(tc.filters('d0', '1:'), [], 'not listed among u32 filters');
 
     const classBytes = () => tc.classBytes('d0').get(0x10010) ?? 0;
     const before = classBytes();
-    await inNetns(netns, process.execPath, '-e', "const s = require('node:dgram').createSocket('udp4'); s.send('x'.repeat(500), 9, '10.9.0.2', () => s.close())");
+    await inNetns(
+      netns,
+      process.execPath,
+      '-e',
+      "const s = require('node:dgram').createSocket('udp4'); s.send('x'.repeat(500), 9, '10.9.0.2', () => s.close())",
+    );
     t.ok(classBytes() >= before + 500, `packets went through class 1:10 (${classBytes() - before} bytes)`);
     t.ok((tc.filters('d0', '1:', 'matchall').find((entry) => entry.handle === 5)?.parameters.hits ?? 0) >= 1, 'the filter counted its hits');
 
     tc.deleteFilter('d0', { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', handle: '0x5' });
-    t.notOk(tc.filters('d0', '1:', 'matchall').some((entry) => entry.handle === 5), 'deleted by its handle');
+    t.notOk(
+      tc.filters('d0', '1:', 'matchall').some((entry) => entry.handle === 5),
+      'deleted by its handle',
+    );
   });
 });

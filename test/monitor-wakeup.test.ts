@@ -37,13 +37,24 @@ t.test('after an overflow the monitor goes on listening', { skip }, async (t) =>
   t.teardown(() => topology.destroy());
   const seen: TcNotification[] = [];
   let overflows = 0;
-  const monitor = TcMonitor.open({ netns: topology.serverNs, receiveBufferBytes: 1, onNotifications: (batch) => seen.push(...batch), onOverflow: () => overflows++ });
+  const monitor = TcMonitor.open({
+    netns: topology.serverNs,
+    receiveBufferBytes: 1,
+    onNotifications: (batch) => seen.push(...batch),
+    onOverflow: () => overflows++,
+  });
   t.teardown(() => monitor.close());
   const tc = TrafficControl.open({ netns: topology.serverNs });
   t.teardown(() => tc.close());
   tc.addQdisc('srv0', { kind: 'htb', handle: '1:', options: { defaultClass: 0 } });
   // Synchronous: the monitor cannot read in between, and its few KiB of buffer overflow.
-  tc.batch('srv0', Array.from({ length: 300 }, (_, i) => ({ op: 'add' as const, class: { kind: 'htb' as const, parent: '1:', classid: `1:${(0x10 + i).toString(16)}`, options: { rate: 1_000_000 } } })));
+  tc.batch(
+    'srv0',
+    Array.from({ length: 300 }, (_, i) => ({
+      op: 'add' as const,
+      class: { kind: 'htb' as const, parent: '1:', classid: `1:${(0x10 + i).toString(16)}`, options: { rate: 1_000_000 } },
+    })),
+  );
   await until(() => overflows >= 1);
   t.equal(monitor.stats.overflows, overflows, 'the overflow was reported');
 

@@ -40,12 +40,18 @@ console.log(JSON.stringify({ clients: clients.length }));
   });
   t.equal(result.status, 0, `cycle ran: ${result.stderr}`);
   t.same(JSON.parse(result.stdout.trim()), { clients: 2 });
-  const calls = readFileSync(trace, 'utf8').split('\n').filter((line) => /execve\(|fork\(/.test(line));
+  const calls = readFileSync(trace, 'utf8')
+    .split('\n')
+    .filter((line) => /execve\(|fork\(/.test(line));
   t.equal(calls.length, 1, `only node's own execve: ${calls.join(' | ')}`);
   t.match(calls[0], /execve\(".*node"/);
   // Threads are clone() without a new process: check none of the clones created a process (SIGCHLD).
-  const clones = spawnSync(STRACE!, ['-f', '-qq', '-e', 'trace=clone,clone3', '-o', `${trace}.clone`, process.execPath, script], { env: { PATH: '/nonexistent' } });
+  const clones = spawnSync(STRACE!, ['-f', '-qq', '-e', 'trace=clone,clone3', '-o', `${trace}.clone`, process.execPath, script], {
+    env: { PATH: '/nonexistent' },
+  });
   t.equal(clones.status, 0);
-  const processClones = readFileSync(`${trace}.clone`, 'utf8').split('\n').filter((line) => /clone3?\(/.test(line) && !/CLONE_THREAD/.test(line));
+  const processClones = readFileSync(`${trace}.clone`, 'utf8')
+    .split('\n')
+    .filter((line) => /clone3?\(/.test(line) && !/CLONE_THREAD/.test(line));
   t.same(processClones, [], 'every clone is a thread, never a process');
 });

@@ -38,11 +38,24 @@ t.test('shaperr status, tc and clear read and change the real kernel state', { s
   const status = shaperr(...where, 'status', '--json', '--interval', '2');
   traffic.stop();
   t.equal(status.status, 0, status.stderr);
-  const report = JSON.parse(status.stdout) as { clients: Array<{ address: string; rate: number; ceil: number; bytes: number; bitsPerSecond: number }>; server: { ceil: number } };
-  t.same(report.clients.map((c) => [c.address, c.rate, c.ceil]).sort(), [[first, 2e6, 2e6], [ipv6, 1e6, 3e6]].sort(), 'both clients with their rate and ceil');
+  const report = JSON.parse(status.stdout) as {
+    clients: Array<{ address: string; rate: number; ceil: number; bytes: number; bitsPerSecond: number }>;
+    server: { ceil: number };
+  };
+  t.same(
+    report.clients.map((c) => [c.address, c.rate, c.ceil]).sort(),
+    [
+      [first, 2e6, 2e6],
+      [ipv6, 1e6, 3e6],
+    ].sort(),
+    'both clients with their rate and ceil',
+  );
   const playing = report.clients.find((c) => c.address === first)!;
   // Class counters count Ethernet framing and HTB's burst, so a short window reads somewhat above the rate.
-  t.ok(playing.bytes > 0 && Math.abs(playing.bitsPerSecond - 2e6) < 0.5e6, `throughput now from kernel counters: ${(playing.bitsPerSecond / 1e6).toFixed(2)} Mbit/s`);
+  t.ok(
+    playing.bytes > 0 && Math.abs(playing.bitsPerSecond - 2e6) < 0.5e6,
+    `throughput now from kernel counters: ${(playing.bitsPerSecond / 1e6).toFixed(2)} Mbit/s`,
+  );
   t.equal(report.server.ceil, 50e6);
   const table = shaperr(...where, 'status', '--interval', '0.2');
   t.match(table.stdout, /CLIENT\s+USER\s+STATE\s+SESSIONS\s+GUARANTEED \/ CEIL\s+WANTS\s+NOW\s+SENT\s+DROPS\s+SINCE/);
@@ -60,7 +73,17 @@ t.test('shaperr status, tc and clear read and change the real kernel state', { s
   t.equal(replay.status, 0, `tc -batch accepts every line ${replay.stderr}`);
   t.notMatch(replay.stderr, /quantum of class/, "no kernel warning: the server class's clamped quantum is in the commands");
   const rebuilt = inspectShaper({ device: 'srv0', netns: replayNs })!;
-  t.same(rebuilt.clients().map((c) => [c.address, c.rate, c.ceil, c.classid]).sort(), shaper.clients().map((c) => [c.address, c.rate, c.ceil, c.classid]).sort(), 'replayed state equals the original');
+  t.same(
+    rebuilt
+      .clients()
+      .map((c) => [c.address, c.rate, c.ceil, c.classid])
+      .sort(),
+    shaper
+      .clients()
+      .map((c) => [c.address, c.rate, c.ceil, c.classid])
+      .sort(),
+    'replayed state equals the original',
+  );
   await rebuilt.close();
 
   const cleared = shaperr(...where, 'clear');
@@ -91,8 +114,15 @@ t.test('shaperr check: one line per check, with what to do', { skip }, async (t)
   t.match(quiet.stdout, /^ok {4}running with CAP_NET_ADMIN$/m);
   t.match(quiet.stdout, /^ok {4}device srv0 exists in netns .* \(mtu 1500\)$/m);
   t.match(quiet.stdout, /^ok {4}kernel has the htb qdisc$/m);
-  t.match(quiet.stdout, /^(ok {4}kernel has the sfq qdisc|warn {2}kernel has no sfq qdisc \(module sch_sfq\)\n {6}→ client pipes will use bfifo leaves)/m, 'sfq, or the fallback named');
-  t.match(quiet.stdout, /^warn {2}no request lines in the log: Plex debug logging looks off\n {6}→ Plex Web → Settings → General → Enable Plex Media Server debug logging$/m);
+  t.match(
+    quiet.stdout,
+    /^(ok {4}kernel has the sfq qdisc|warn {2}kernel has no sfq qdisc \(module sch_sfq\)\n {6}→ client pipes will use bfifo leaves)/m,
+    'sfq, or the fallback named',
+  );
+  t.match(
+    quiet.stdout,
+    /^warn {2}no request lines in the log: Plex debug logging looks off\n {6}→ Plex Web → Settings → General → Enable Plex Media Server debug logging$/m,
+  );
 
   appendFileSync(log, plexLine('10.200.1.1', '/library/sections/1/all'));
   t.match(shaperr('--config', config, 'check').stdout, /^ok {4}Plex debug logging is on/m);
@@ -125,8 +155,14 @@ t.test('/metrics and /api/status, with a token', { skip }, async (t) => {
   t.match(metrics, /^shaperr_log_lines\{result="playback"\} 1$/m);
   t.match(metrics, /^shaperr_reconciliations_total\{reason="repair"\} 0$/m);
   t.match(metrics, /^shaperr_playback_events_total\{kind="stop"\} 0$/m);
-  const status = (await (await fetch(`${url}api/status?token=secret-token`)).json()) as { clients: Array<{ address: string; sessions: string[] }>; decisions: Array<{ action: string }> };
-  t.same(status.clients.map((c) => [c.address, c.sessions]), [['10.200.1.1', ['m1']]]);
+  const status = (await (await fetch(`${url}api/status?token=secret-token`)).json()) as {
+    clients: Array<{ address: string; sessions: string[] }>;
+    decisions: Array<{ action: string }>;
+  };
+  t.same(
+    status.clients.map((c) => [c.address, c.sessions]),
+    [['10.200.1.1', ['m1']]],
+  );
   t.match(status.decisions, [{ action: 'throttle' }]);
   t.same(kernelState(topology), { classes: 1, destinations: ['10.200.1.1/32'] }, 'and the kernel agrees');
 });
@@ -139,8 +175,23 @@ t.test('shaperrd works with only CAP_NET_ADMIN (not root), as the systemd unit r
   chmodSync(log, 0o644);
   const config = join(dir, 'shaperr.yaml');
   // No netns key: joining a namespace needs CAP_SYS_ADMIN; like a service, the daemon starts inside it.
-  writeFileSync(config, `device: srv0\nserver: { rate: 50mbit }\nclient: { rate: 2mbit }\nleaf: bfifo\nlog: ${JSON.stringify(log)}\nstateFile: ${JSON.stringify(join(dir, 'state', 'state.json'))}\n`);
-  const daemon = startDaemon(config, ['ip', 'netns', 'exec', topology.serverNs, 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all,+net_admin', '--ambient-caps=-all,+net_admin', '--bounding-set=-all,+net_admin']);
+  writeFileSync(
+    config,
+    `device: srv0\nserver: { rate: 50mbit }\nclient: { rate: 2mbit }\nleaf: bfifo\nlog: ${JSON.stringify(log)}\nstateFile: ${JSON.stringify(join(dir, 'state', 'state.json'))}\n`,
+  );
+  const daemon = startDaemon(config, [
+    'ip',
+    'netns',
+    'exec',
+    topology.serverNs,
+    'setpriv',
+    '--reuid=65534',
+    '--regid=65534',
+    '--clear-groups',
+    '--inh-caps=-all,+net_admin',
+    '--ambient-caps=-all,+net_admin',
+    '--bounding-set=-all,+net_admin',
+  ]);
   t.teardown(() => daemon.child.kill('SIGKILL'));
   await daemon.waitFor(/shaperrd started/);
   const status = readFileSync(`/proc/${daemon.child.pid}/status`, 'utf8');
@@ -168,6 +219,10 @@ t.test('the shipped examples: the commented config is valid, the unit grants onl
   t.match(text, /^User=shaperr$/m);
   const verify = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8' });
   t.test('systemd-analyze verify', { skip: verify.error ? 'systemd-analyze is not installed' : false }, async (t) => {
-    t.same(verify.stderr.split('\n').filter((line) => line && !/is not executable|No such file/.test(line)), [], 'finds nothing but the not-yet-installed binary');
+    t.same(
+      verify.stderr.split('\n').filter((line) => line && !/is not executable|No such file/.test(line)),
+      [],
+      'finds nothing but the not-yet-installed binary',
+    );
   });
 });

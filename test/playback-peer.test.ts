@@ -25,7 +25,14 @@ t.test('the player model rebuffers when the pipe is narrower than the film, and 
   const topology = await createTopology({ clients: 2, ipv6: false });
   t.teardown(() => topology.destroy());
   const { dir } = logDir(t, 'shaperr-playback-peer');
-  const shaper = await Shaper.open({ device: 'srv0', netns: topology.serverNs, server: { rate: '100mbit' }, client: { rate: '1mbit' }, leaf: 'bfifo', onWarning: () => {} });
+  const shaper = await Shaper.open({
+    device: 'srv0',
+    netns: topology.serverNs,
+    server: { rate: '100mbit' },
+    client: { rate: '1mbit' },
+    leaf: 'bfifo',
+    onWarning: () => {},
+  });
   t.teardown(() => shaper.close({ teardown: true }));
   const [narrow, wide] = topology.clientAddresses as [string, string];
   await shaper.throttle(narrow, { rate: '1mbit' });
@@ -37,7 +44,20 @@ t.test('the player model rebuffers when the pipe is narrower than the film, and 
   const play = async (localAddress: string) => {
     const config = join(dir, `${localAddress}.json`);
     const trace = Array.from({ length: 120 }, () => 2e6);
-    writeFileSync(config, JSON.stringify({ server: topology.serverAddress, port: PORT, localAddress, trace, sessions: [{ offset: 30, wallSeconds: 12 }], startBuffer: 2.5, resumeBuffer: 5, maxBuffer: 50, fillTarget: 10 }));
+    writeFileSync(
+      config,
+      JSON.stringify({
+        server: topology.serverAddress,
+        port: PORT,
+        localAddress,
+        trace,
+        sessions: [{ offset: 30, wallSeconds: 12 }],
+        startBuffer: 2.5,
+        resumeBuffer: 5,
+        maxBuffer: 50,
+        fillTarget: 10,
+      }),
+    );
     const player = peer(topology.clientNs, ['play', config]);
     const lines: string[] = [];
     for await (const line of player.lines) lines.push(line);

@@ -17,7 +17,16 @@ t.test('with source: plex the daemon outlives a dropped websocket and a Plex tha
   await server.down();
   const { dir } = logDir(t, 'shaperr-plexcli');
   const config = join(dir, 'shaperr.yaml');
-  const lines = ['device: srv0', `netns: ${topology.serverNs}`, 'server: { rate: 100mbit }', 'client: { rate: 2mbit }', 'leaf: bfifo', 'source: plex', `plex: { url: ${JSON.stringify(server.url)}, token: ${SECRET_TOKEN} }`, `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`];
+  const lines = [
+    'device: srv0',
+    `netns: ${topology.serverNs}`,
+    'server: { rate: 100mbit }',
+    'client: { rate: 2mbit }',
+    'leaf: bfifo',
+    'source: plex',
+    `plex: { url: ${JSON.stringify(server.url)}, token: ${SECRET_TOKEN} }`,
+    `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
+  ];
   writeFileSync(config, lines.join('\n'), { mode: 0o600 });
   const daemon = startDaemon(config);
   t.teardown(() => void daemon.child.kill('SIGKILL'));

@@ -27,7 +27,14 @@ t.test('defaults: source auto, one local server, TLS verified, a 30 s poll; a li
   const config = validateConfig(base);
   t.equal(config.source, 'auto');
   t.same(plexServers(config), [{ url: 'http://127.0.0.1:32400', verifyTls: true, pollSeconds: 30 }]);
-  const two = validateConfig({ ...base, source: 'plex', plex: [{ url: 'https://10.0.0.2:32400', token: 'a', verifyTls: false }, { url: 'http://10.0.0.3:32400', tokenFile: '/etc/t', pollSeconds: 0 }] });
+  const two = validateConfig({
+    ...base,
+    source: 'plex',
+    plex: [
+      { url: 'https://10.0.0.2:32400', token: 'a', verifyTls: false },
+      { url: 'http://10.0.0.3:32400', tokenFile: '/etc/t', pollSeconds: 0 },
+    ],
+  });
   t.equal(plexServers(two).length, 2);
   t.equal(plexServers(two)[1]!.pollSeconds, 0);
 });
@@ -59,7 +66,10 @@ t.test('bad plex settings: one message naming the key, the token never echoed', 
 
 t.test('token sources in order: plex.token, plex.tokenFile, PLEX_TOKEN, Plex Preferences.xml', async (t) => {
   const home = plexHome(t);
-  writeFileSync(home.preferences, `<?xml version="1.0" encoding="utf-8"?>\n<Preferences MachineIdentifier="abc" ProcessedMachineIdentifier="def" PlexOnlineToken="from-preferences" PlexOnlineUsername="remi"/>\n`);
+  writeFileSync(
+    home.preferences,
+    `<?xml version="1.0" encoding="utf-8"?>\n<Preferences MachineIdentifier="abc" ProcessedMachineIdentifier="def" PlexOnlineToken="from-preferences" PlexOnlineUsername="remi"/>\n`,
+  );
   const tokenFile = join(home.dir, 'plex-token');
   writeFileSync(tokenFile, 'from-file\n');
   const preferences = [home.preferences];
@@ -74,31 +84,48 @@ t.test('token sources in order: plex.token, plex.tokenFile, PLEX_TOKEN, Plex Pre
   t.match(findPlexToken({}, { env: {}, preferences }), { problems: [/has no PlexOnlineToken \(this Plex server is not signed in/] });
 });
 
-t.test('Preferences.xml that shaperrd may not read: the check says why and what to do', { skip: process.getuid?.() === 0 ? false : 'needs root to run as nobody' }, async (t) => {
-  const home = plexHome(t);
-  writeFileSync(home.preferences, '<Preferences PlexOnlineToken="x"/>');
-  chmodSync(home.preferences, 0o600);
-  chmodSync(home.dir, 0o755);
-  // Root reads anything: ask as nobody, the way a hardened service runs.
-  const { spawnSync } = await import('node:child_process');
-  const script = `import { readPreferencesToken } from ${JSON.stringify(new URL('../dist/daemon/sources/plex-token.js', import.meta.url).href)}; console.log(JSON.stringify(readPreferencesToken(${JSON.stringify(home.preferences)})));`;
-  const run = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8', env: { PATH: process.env.PATH } });
-  t.equal(run.status, 0, run.stderr);
-  t.match(JSON.parse(run.stdout), { problem: /exists but uid 65534 cannot read it .*plex.tokenFile/ });
-});
+t.test(
+  'Preferences.xml that shaperrd may not read: the check says why and what to do',
+  { skip: process.getuid?.() === 0 ? false : 'needs root to run as nobody' },
+  async (t) => {
+    const home = plexHome(t);
+    writeFileSync(home.preferences, '<Preferences PlexOnlineToken="x"/>');
+    chmodSync(home.preferences, 0o600);
+    chmodSync(home.dir, 0o755);
+    // Root reads anything: ask as nobody, the way a hardened service runs.
+    const { spawnSync } = await import('node:child_process');
+    const script = `import { readPreferencesToken } from ${JSON.stringify(new URL('../dist/daemon/sources/plex-token.js', import.meta.url).href)}; console.log(JSON.stringify(readPreferencesToken(${JSON.stringify(home.preferences)})));`;
+    const run = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH },
+    });
+    t.equal(run.status, 0, run.stderr);
+    t.match(JSON.parse(run.stdout), { problem: /exists but uid 65534 cannot read it .*plex.tokenFile/ });
+  },
+);
 
 t.test('source planning: auto picks the API only with a token; plex without one is refused, naming the server', async (t) => {
   const home = plexHome(t);
   const auto = validateConfig({ ...base, log: home.log });
   t.match(planSources(auto, home.log, {}), { log: true, plex: [], reason: /source: auto → the log \(no Plex token for http:\/\/127.0.0.1:32400/ });
-  t.match(planSources(auto, home.log, { PLEX_TOKEN: SECRET_TOKEN }), { log: false, plex: [{ url: 'http://127.0.0.1:32400', token: { source: 'PLEX_TOKEN environment variable' } }] });
+  t.match(planSources(auto, home.log, { PLEX_TOKEN: SECRET_TOKEN }), {
+    log: false,
+    plex: [{ url: 'http://127.0.0.1:32400', token: { source: 'PLEX_TOKEN environment variable' } }],
+  });
   writeFileSync(home.preferences, `<Preferences PlexOnlineToken="${SECRET_TOKEN}"/>`);
   const fromPreferences = planSources(auto, home.log, {});
-  t.match(fromPreferences, { log: false, reason: /Plex API at http:\/\/127.0.0.1:32400 \(token from PlexOnlineToken in .*Preferences.xml\)/ }, 'on the Plex host no token needs copying');
+  t.match(
+    fromPreferences,
+    { log: false, reason: /Plex API at http:\/\/127.0.0.1:32400 \(token from PlexOnlineToken in .*Preferences.xml\)/ },
+    'on the Plex host no token needs copying',
+  );
   t.notOk(fromPreferences.reason.includes(SECRET_TOKEN));
   rmSync(home.preferences);
   const plex = validateConfig({ ...base, source: 'plex', plex: { url: 'http://10.0.0.2:32400' } });
-  t.throws(() => planSources(plex, home.log, {}), /no Plex token for http:\/\/10.0.0.2:32400: set plex.token or plex.tokenFile, or the PLEX_TOKEN environment variable/);
+  t.throws(
+    () => planSources(plex, home.log, {}),
+    /no Plex token for http:\/\/10.0.0.2:32400: set plex.token or plex.tokenFile, or the PLEX_TOKEN environment variable/,
+  );
   const both = validateConfig({ ...base, source: 'both', plex: { token: 'x' } });
   t.match(planSources(both, home.log, {}), { log: true, plex: [{ token: { source: 'plex.token' } }] });
   t.match(planSources(validateConfig({ ...base, source: 'log', plex: { token: 'x' } }), home.log, {}), { log: true, plex: [] });

@@ -31,7 +31,14 @@ const skip = netnsUnavailable();
 const MBIT = 1e6;
 const CHROMIUM = '/usr/bin/chromium';
 const SHAPERR_CLI = fileURLToPath(new URL('../dist/daemon/operator/shaperr-cli.js', import.meta.url));
-const TIMINGS: Partial<PlexTimings> = { retryMinMs: 100, retryMaxMs: 1000, unauthorizedRetryMs: 1000, requestTimeoutMs: 2000, pingMs: 500, pongTimeoutMs: 3000 };
+const TIMINGS: Partial<PlexTimings> = {
+  retryMinMs: 100,
+  retryMaxMs: 1000,
+  unauthorizedRetryMs: 1000,
+  requestTimeoutMs: 2000,
+  pingMs: 500,
+  pongTimeoutMs: 3000,
+};
 
 async function plexDaemon(t: Test, topology: Topology, server: PlexTestServer, extra: Record<string, unknown> = {}) {
   const { dir, log } = logDir(t, 'shaperr-plexd');
@@ -57,7 +64,13 @@ async function plexDaemon(t: Test, topology: Topology, server: PlexTestServer, e
     ...extra,
   });
   const decisions: Decision[] = [];
-  const daemon = new Shaperrd({ config, logger: pino({ level: 'debug' }, sink), plexTimings: TIMINGS, onDecision: (decision) => decisions.push(decision), logPath: log });
+  const daemon = new Shaperrd({
+    config,
+    logger: pino({ level: 'debug' }, sink),
+    plexTimings: TIMINGS,
+    onDecision: (decision) => decisions.push(decision),
+    logPath: log,
+  });
   await daemon.start();
   t.teardown(() => daemon.stop());
   const apiStatus = async () => (await (await fetch(`${daemon.statusUrl}api/status`)).json()) as StatusReport;
@@ -78,19 +91,46 @@ t.test('the Plex API drives the pipes end to end, and the token appears nowhere'
   await server.listen();
   await until(() => daemon.status().plex?.[0]?.state === 'connected');
 
-  const movie = server.play({ player: { address: remote, product: 'Plex for Android (TV)' }, user: { title: 'alice' }, session: { location: 'wan', bandwidth: 6000 } });
+  const movie = server.play({
+    player: { address: remote, product: 'Plex for Android (TV)' },
+    user: { title: 'alice' },
+    session: { location: 'wan', bandwidth: 6000 },
+  });
   await until(() => kernelState(topology).destinations.includes(`${remote}/32`));
   t.pass('play → the client has a filter and a class');
-  t.match((await apiStatus()).clients, [{ address: remote, user: 'alice', player: 'Plex for Android (TV)', source: 'plex', streamBandwidth: 6_000_000, rate: 2 * MBIT }], 'the status shows source, user, player and the stream bandwidth beside the rate');
+  t.match(
+    (await apiStatus()).clients,
+    [{ address: remote, user: 'alice', player: 'Plex for Android (TV)', source: 'plex', streamBandwidth: 6_000_000, rate: 2 * MBIT }],
+    'the status shows source, user, player and the stream bandwidth beside the rate',
+  );
   if (existsSync(CHROMIUM)) {
     // The status page in headless Chromium: the Plex section with the stream's bandwidth beside its pipe.
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    });
     const page = await browser.newPage();
     const errors: string[] = [];
     page.on('pageerror', (error) => errors.push(error.message));
     await page.goto(daemon.statusUrl!);
-    await page.waitForFunction(() => /stream 6\.00 Mbit\/s · pipe 2\.00 Mbit\/s \(plex\)/.test(document.getElementById('plex-streams')?.textContent ?? ''), undefined, { timeout: 10_000 });
-    t.match(await page.textContent('#plex-servers'), /shaperr test server: connected · 1 sessions/, 'the page shows the Plex server and the stream beside its pipe');
+    await page.waitForFunction(
+      () => /stream 6\.00 Mbit\/s · pipe 2\.00 Mbit\/s \(plex\)/.test(document.getElementById('plex-streams')?.textContent ?? ''),
+      undefined,
+      { timeout: 10_000 },
+    );
+    t.match(
+      await page.textContent('#plex-servers'),
+      /shaperr test server: connected · 1 sessions/,
+      'the page shows the Plex server and the stream beside its pipe',
+    );
     t.same(errors, [], 'no script errors on the page');
     await browser.close();
   }
@@ -163,7 +203,18 @@ t.test('shaperrd --dry-run with the Plex API prints the tc commands and never th
   const server = await startPlexServer(t);
   const { dir } = logDir(t, 'shaperr-plex-dry');
   const config = join(dir, 'shaperr.yaml');
-  writeFileSync(config, [`device: srv0`, `netns: ${topology.serverNs}`, 'server: { rate: 100mbit }', 'client: { rate: 2mbit }', 'source: plex', `plex: { url: ${JSON.stringify(server.url)}, token: ${JSON.stringify(SECRET_TOKEN)} }`, `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`].join('\n'));
+  writeFileSync(
+    config,
+    [
+      `device: srv0`,
+      `netns: ${topology.serverNs}`,
+      'server: { rate: 100mbit }',
+      'client: { rate: 2mbit }',
+      'source: plex',
+      `plex: { url: ${JSON.stringify(server.url)}, token: ${JSON.stringify(SECRET_TOKEN)} }`,
+      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
+    ].join('\n'),
+  );
   const daemon = startDaemon(config, [], ['--dry-run', '--log-level', 'debug']);
   t.teardown(() => daemon.child.kill('SIGKILL'));
   await daemon.waitFor(/listening to Plex notifications/);
@@ -173,7 +224,10 @@ t.test('shaperrd --dry-run with the Plex API prints the tc commands and never th
   t.same(kernelState(topology), { classes: 0, destinations: [] }, 'nothing applied');
   daemon.child.kill('SIGTERM');
   await new Promise((resolve) => daemon.child.once('exit', resolve));
-  t.ok(daemon.output.some((line) => line.includes('source: plex → Plex API at') && line.includes('token from plex.token')), 'says where the token came from');
+  t.ok(
+    daemon.output.some((line) => line.includes('source: plex → Plex API at') && line.includes('token from plex.token')),
+    'says where the token came from',
+  );
   t.notOk(daemon.output.join('\n').includes(SECRET_TOKEN), `no token in ${daemon.output.length} lines of --dry-run output`);
 });
 
@@ -185,7 +239,17 @@ t.test('shaperr check: the source and where its token comes from, the server, th
   server.addSession({ user: { title: 'bob' } });
   const { dir } = logDir(t, 'shaperr-plex-check');
   const config = join(dir, 'shaperr.yaml');
-  writeFileSync(config, [`device: srv0`, `netns: ${topology.serverNs}`, 'server: { rate: 100mbit }', 'client: { rate: 2mbit }', 'source: plex', `plex: { url: ${JSON.stringify(server.url)}, token: ${JSON.stringify(SECRET_TOKEN)} }`].join('\n'));
+  writeFileSync(
+    config,
+    [
+      `device: srv0`,
+      `netns: ${topology.serverNs}`,
+      'server: { rate: 100mbit }',
+      'client: { rate: 2mbit }',
+      'source: plex',
+      `plex: { url: ${JSON.stringify(server.url)}, token: ${JSON.stringify(SECRET_TOKEN)} }`,
+    ].join('\n'),
+  );
   // Asynchronous: the test server answers from this very process.
   const check = () =>
     new Promise<{ code: number | null; stdout: string }>((resolve) => {
@@ -219,13 +283,20 @@ t.test('rate: auto follows the stream’s bandwidth with one change to its class
   const classRate = () => {
     const tc = TrafficControl.open({ netns: topology.serverNs });
     try {
-      return tc.classes('srv0').filter((c) => c.parent === 0x005a0001).map((c) => c.parameters.rate);
+      return tc
+        .classes('srv0')
+        .filter((c) => c.parent === 0x005a0001)
+        .map((c) => c.parameters.rate);
     } finally {
       tc.close();
     }
   };
   await until(() => server.openSockets > 0);
-  const movie = server.play({ player: { address: remote }, session: { bandwidth: 1600, location: 'wan' }, transcode: { key: '/transcode/sessions/abc', videoDecision: 'transcode' } });
+  const movie = server.play({
+    player: { address: remote },
+    session: { bandwidth: 1600, location: 'wan' },
+    transcode: { key: '/transcode/sessions/abc', videoDecision: 'transcode' },
+  });
   await until(() => classRate().length === 1);
   t.same(classRate(), [2 * MBIT], '1.6 Mbit/s reserved × 1.25 = a 2 Mbit/s class');
   const before = shapedTo((await measureGoodput(topology, { to: remote, seconds: 4 })).bitsPerSecond, 2 * MBIT);
@@ -237,9 +308,12 @@ t.test('rate: auto follows the stream’s bandwidth with one change to its class
   const after = shapedTo((await measureGoodput(topology, { to: remote, seconds: 4 })).bitsPerSecond, 4 * MBIT);
   t.ok(after.within, `at 3.2 Mbit/s reserved: ${after.reading}`);
   t.equal(kernelChanges(remote), 2, 'one throttle, then exactly one change (polls that repeat the same bandwidth change nothing)');
-  t.match(decisions.find((d) => d.action === 'change'), { reason: 'auto: 3.20 Mbit/s Plex bandwidth × 1.25 = 4.00 Mbit/s', limits: { rate: 4 * MBIT } }, 'the decision says which rate and why');
+  t.match(
+    decisions.find((d) => d.action === 'change'),
+    { reason: 'auto: 3.20 Mbit/s Plex bandwidth × 1.25 = 4.00 Mbit/s', limits: { rate: 4 * MBIT } },
+    'the decision says which rate and why',
+  );
 });
-
 
 t.test('SIGHUP-style reload with a corrected token: the Plex source starts over and shapes; a reload without a token is refused whole', { skip }, async (t) => {
   const topology = await createTopology({ clients: 1, ipv6: false });

@@ -27,13 +27,26 @@ async function statusPage(t: Test, url: string): Promise<{ reserveText(pattern: 
     t.comment(`${CHROMIUM} is not installed: the page is not checked, /api/status is`);
     return undefined;
   }
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
   t.teardown(() => browser.close());
   const page = await browser.newPage();
   await page.goto(url);
   return {
     reserveText: async (pattern) => {
-      await page.waitForFunction((source) => new RegExp(source).test(document.getElementById('plex-reserve')?.textContent ?? ''), pattern.source, { timeout: 10_000 });
+      await page.waitForFunction((source) => new RegExp(source).test(document.getElementById('plex-reserve')?.textContent ?? ''), pattern.source, {
+        timeout: 10_000,
+      });
       return (await page.textContent('#plex-reserve')) ?? '';
     },
   };
@@ -89,7 +102,8 @@ t.test('a relayed stream’s bandwidth is kept out of the shaped clients’ shar
   // 10 − 4 = 6 Mbit/s left; a contended share is set up to 2 % below its exact value.
   t.ok(shrunk <= 6 * MBIT && shrunk >= 0.97 * 6 * MBIT, `a 4 Mbit/s relayed stream: the client's share is ${shrunk / MBIT} Mbit/s (want 6 less at most 3 %)`);
   t.equal(await reservedInApi(), 4 * MBIT, '/api/status: the reserve total is the relayed stream’s 4 Mbit/s');
-  if (page) t.equal(await page.reserveText(/4\.00 Mbit\/s/), 'kept for streams without a pipe: 4.00 Mbit/s of the server’s 10.00 Mbit/s', 'the status page shows it');
+  if (page)
+    t.equal(await page.reserveText(/4\.00 Mbit\/s/), 'kept for streams without a pipe: 4.00 Mbit/s of the server’s 10.00 Mbit/s', 'the status page shows it');
 
   server.updateSession(relayed.sessionKey, (session) => (session.session.bandwidth = 7000));
   await until(() => classRates(topology)[0]! < 0.97 * 6 * MBIT);

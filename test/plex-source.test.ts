@@ -12,7 +12,16 @@ import { parseSessionListing, type PlexRequestResult, PlexSource, type PlexSourc
 import { until } from './helpers/daemon.js';
 import { type PlexTestServer, SECRET_TOKEN, selfSignedCertificate, sleep, startPlexServer } from './helpers/plex.js';
 
-const FAST: PlexTimings = { retryMinMs: 50, retryMaxMs: 400, unauthorizedRetryMs: 600, requestTimeoutMs: 300, pingMs: 100, pongTimeoutMs: 400, pollMs: 0, idleMs: 60_000 };
+const FAST: PlexTimings = {
+  retryMinMs: 50,
+  retryMaxMs: 400,
+  unauthorizedRetryMs: 600,
+  requestTimeoutMs: 300,
+  pingMs: 100,
+  pongTimeoutMs: 400,
+  pollMs: 0,
+  idleMs: 60_000,
+};
 
 interface LogLine {
   level: number;
@@ -81,7 +90,12 @@ t.test('play, pause, resume, stop: events keyed by machineIdentifier + sessionKe
   const server = await startPlexServer(t);
   const { events, kinds, connected, requests } = listen(t, server);
   await connected();
-  const session = server.play({ player: { address: '::ffff:203.0.113.7', product: 'Plex for iOS' }, user: { title: 'alice' }, session: { bandwidth: 8000, location: 'wan' }, media: [{ bitrate: 6500 }] });
+  const session = server.play({
+    player: { address: '::ffff:203.0.113.7', product: 'Plex for iOS' },
+    user: { title: 'alice' },
+    session: { bandwidth: 8000, location: 'wan' },
+    media: [{ bitrate: 6500 }],
+  });
   await until(() => events.length === 1);
   t.match(events[0], {
     kind: 'start',
@@ -95,8 +109,14 @@ t.test('play, pause, resume, stop: events keyed by machineIdentifier + sessionKe
     mediaBitrate: 6_500_000,
     source: 'plex',
   });
-  t.ok(requests.some((r) => r.endpoint === '/status/sessions' && r.result === 'ok'), 'the new key was looked up');
-  t.ok(server.requests.filter((r) => r.path === '/status/sessions').every((r) => r.accept?.includes('application/json')), 'asked for JSON');
+  t.ok(
+    requests.some((r) => r.endpoint === '/status/sessions' && r.result === 'ok'),
+    'the new key was looked up',
+  );
+  t.ok(
+    server.requests.filter((r) => r.path === '/status/sessions').every((r) => r.accept?.includes('application/json')),
+    'asked for JSON',
+  );
   server.setState(session.sessionKey, 'paused');
   server.noise();
   server.sendRaw('this is not json');
@@ -121,7 +141,11 @@ t.test('a stopped session Plex still lists for a moment is not started again', a
   server.notify(session.sessionKey); // announced stopped, still listed
   const listings = source.status().counters.listings;
   await until(() => source.status().counters.listings >= listings + 3);
-  t.same(kinds().filter((kind) => kind !== 'progress'), ['start', 'stop'], 'listings while it lingers do not bring it back');
+  t.same(
+    kinds().filter((kind) => kind !== 'progress'),
+    ['start', 'stop'],
+    'listings while it lingers do not bring it back',
+  );
   server.removeSession(session.sessionKey);
   await until(() => source.status().counters.listings >= listings + 5);
   server.addSession({ sessionKey: session.sessionKey, ratingKey: session.ratingKey, player: { address: '10.200.1.3' } });
@@ -159,7 +183,13 @@ t.test('a new ratingKey under the same sessionKey is a stop and a start (clients
   const notified = events.length;
   server.notify(session.sessionKey);
   await until(() => events.length > notified);
-  t.same(kinds().slice(3), kinds().slice(3).map(() => 'progress'), 'the new item then just plays on (confirmed by its listing and notification)');
+  t.same(
+    kinds().slice(3),
+    kinds()
+      .slice(3)
+      .map(() => 'progress'),
+    'the new item then just plays on (confirmed by its listing and notification)',
+  );
 });
 
 t.test('a dropped websocket: reconnect and reconcile — a session that stopped meanwhile is released, one that started is picked up', async (t) => {
@@ -174,7 +204,13 @@ t.test('a dropped websocket: reconnect and reconcile — a session that stopped 
   server.addSession({ player: { address: '10.200.1.3' } }); // started while nobody listened
   await until(() => kinds('10.200.1.2').includes('stop') && kinds('10.200.1.3').includes('start'));
   t.equal(server.connections, 2, 'reconnected once');
-  t.equal(kinds('10.200.1.1').filter((kind) => kind !== 'progress').join(), 'start', 'the session that played on is confirmed, not restarted');
+  t.equal(
+    kinds('10.200.1.1')
+      .filter((kind) => kind !== 'progress')
+      .join(),
+    'start',
+    'the session that played on is confirmed, not restarted',
+  );
   const changes = (address: string) => kinds(address).filter((kind) => kind !== 'progress');
   t.same(changes('10.200.1.2'), ['start', 'stop']);
   t.same(changes('10.200.1.3'), ['start']);
@@ -201,18 +237,40 @@ t.test('streams whose address is not where the bytes go get no events and one wa
   const server = await startPlexServer(t);
   const { events, logs, connected, source } = listen(t, server, { bridgeAddresses: new Set(['172.17.0.1']) });
   await connected();
-  const relayed = server.play({ user: { title: 'bob' }, player: { address: '127.0.0.1', relayed: true, product: 'Plex for Roku' }, session: { location: 'wan' } });
-  const oldServerRelay = server.play({ user: { title: 'carol' }, player: { address: '198.51.100.4', remotePublicAddress: '127.0.0.1', relayed: undefined, product: 'Plex Web' }, session: { location: 'wan' } });
+  const relayed = server.play({
+    user: { title: 'bob' },
+    player: { address: '127.0.0.1', relayed: true, product: 'Plex for Roku' },
+    session: { location: 'wan' },
+  });
+  const oldServerRelay = server.play({
+    user: { title: 'carol' },
+    player: { address: '198.51.100.4', remotePublicAddress: '127.0.0.1', relayed: undefined, product: 'Plex Web' },
+    session: { location: 'wan' },
+  });
   const docker = server.play({ user: { title: 'dave' }, player: { address: '::ffff:172.17.0.1', product: 'Plex for LG' }, session: { location: 'lan' } });
   const direct = server.play({ player: { address: '10.200.1.1' } });
   await until(() => events.length >= 1 && source.status().skipped.length === 3);
   for (let i = 0; i < 3; i++) server.notify(relayed.sessionKey, oldServerRelay.sessionKey, docker.sessionKey, direct.sessionKey);
   await until(() => source.status().counters.notifications >= 16);
-  t.ok(events.every((event) => event.address === '10.200.1.1'), 'only the direct stream has events');
+  t.ok(
+    events.every((event) => event.address === '10.200.1.1'),
+    'only the direct stream has events',
+  );
   const warnings = logs.filter((line) => line.level === 40 && /^not shaping/.test(line.msg));
   t.equal(warnings.length, 3, 'one warning per session, however many notifications');
-  t.match(warnings.map((line) => line.msg).sort(), [/^not shaping bob on Plex for Roku: Plex Relay/, /^not shaping carol on Plex Web: Plex Relay/, /^not shaping dave on Plex for LG: the address 172\.17\.0\.1 is this host's container bridge/]);
-  t.match(source.status().skipped.map((s) => s.user).sort(), ['bob', 'carol', 'dave'], 'and in the status');
+  t.match(warnings.map((line) => line.msg).sort(), [
+    /^not shaping bob on Plex for Roku: Plex Relay/,
+    /^not shaping carol on Plex Web: Plex Relay/,
+    /^not shaping dave on Plex for LG: the address 172\.17\.0\.1 is this host's container bridge/,
+  ]);
+  t.match(
+    source
+      .status()
+      .skipped.map((s) => s.user)
+      .sort(),
+    ['bob', 'carol', 'dave'],
+    'and in the status',
+  );
   t.equal(source.status().skipped.find((s) => s.user === 'bob')?.bandwidth, 6_000_000, 'with the bandwidth it still takes from the uplink');
   const before = events.length;
   server.setState(relayed.sessionKey, 'stopped');
@@ -260,15 +318,25 @@ t.test('a slow, failing or malformed listing is counted and changes nothing; the
   await connected();
   server.play({ player: { address: '10.200.1.1' } });
   await until(() => events.length >= 1);
-  for (const [behaviour, result] of [['slow', 'timeout'], ['error', 'http-error'], ['malformed', 'malformed']] as const) {
+  for (const [behaviour, result] of [
+    ['slow', 'timeout'],
+    ['error', 'http-error'],
+    ['malformed', 'malformed'],
+  ] as const) {
     server.behaviour.sessions = behaviour;
     const seen = requests.length;
     await until(() => requests.slice(seen).some((r) => r.result === result), 10_000);
     t.pass(`${behaviour} → ${result}`);
   }
-  t.notOk(events.some((event) => event.kind === 'stop'), 'no session was dropped for a failed listing');
+  t.notOk(
+    events.some((event) => event.kind === 'stop'),
+    'no session was dropped for a failed listing',
+  );
   t.ok(source.status().counters.listingFailures >= 3);
-  t.ok(logs.some((line) => /no answer within 0.3 s/.test(line.msg)), 'the timeout is named');
+  t.ok(
+    logs.some((line) => /no answer within 0.3 s/.test(line.msg)),
+    'the timeout is named',
+  );
   server.behaviour.sessions = 'ok';
   const listings = source.status().counters.listings;
   await until(() => source.status().counters.listings > listings);
@@ -297,7 +365,8 @@ t.test('1,000 sessions in one response: 1,000 starts, and 1,000 stops when they 
   const { events, connected, source } = listen(t, server, { timings: { pollMs: 500, requestTimeoutMs: 5000 } });
   await connected();
   const keys: string[] = [];
-  for (let i = 0; i < 1000; i++) keys.push(server.addSession({ player: { address: `10.201.${i >> 8}.${i & 255}` }, session: { bandwidth: 2000 + i } }).sessionKey);
+  for (let i = 0; i < 1000; i++)
+    keys.push(server.addSession({ player: { address: `10.201.${i >> 8}.${i & 255}` }, session: { bandwidth: 2000 + i } }).sessionKey);
   server.notify(...keys);
   await until(() => events.filter((e) => e.kind === 'start').length === 1000, 20_000);
   t.equal(new Set(events.map((e) => e.sessionKey)).size, 1000, '1,000 distinct sessions');
@@ -319,7 +388,11 @@ t.test('a dead TCP path (no close, no pong): reconnect after the pong timeout, t
   server.behaviour.deadSockets = false;
   server.removeSession(session.sessionKey);
   await until(() => server.connections >= 2 && kinds().includes('stop'), 10_000);
-  t.same(kinds().filter((kind) => kind !== 'progress'), ['start', 'stop'], 'what changed while the path was dead is reconciled');
+  t.same(
+    kinds().filter((kind) => kind !== 'progress'),
+    ['start', 'stop'],
+    'what changed while the path was dead is reconciled',
+  );
 });
 
 t.test('a session Plex still lists never idles out; one silent and no longer listed ends', async (t) => {
@@ -330,7 +403,10 @@ t.test('a session Plex still lists never idles out; one silent and no longer lis
   const vanishing = server.play({ player: { address: '10.200.1.2' } });
   await until(() => events.length >= 3);
   await sleep(1500);
-  t.ok(kinds('10.200.1.1').filter((kind) => kind === 'pause').length >= 3, `the paused session is confirmed by listings without any notification (${kinds('10.200.1.1').join(',')})`);
+  t.ok(
+    kinds('10.200.1.1').filter((kind) => kind === 'pause').length >= 3,
+    `the paused session is confirmed by listings without any notification (${kinds('10.200.1.1').join(',')})`,
+  );
   server.removeSession(vanishing.sessionKey);
   await until(() => kinds('10.200.1.2').includes('stop'), 5000);
   t.notOk(kinds('10.200.1.1').includes('stop'));

@@ -20,7 +20,19 @@ t.test('SIGHUP turning takeover off and on again reaches the repair watch', { sk
   const { dir, log } = logDir(t, 'shaperr-takeover');
   const config = join(dir, 'shaperr.yaml');
   const writeConfig = (takeover: boolean) =>
-    writeFileSync(config, ['device: srv0', `netns: ${topology.serverNs}`, 'server: { rate: 100mbit }', 'client: { rate: 2mbit }', 'leaf: bfifo', `takeover: ${takeover}`, `log: ${JSON.stringify(log)}`, `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`].join('\n'));
+    writeFileSync(
+      config,
+      [
+        'device: srv0',
+        `netns: ${topology.serverNs}`,
+        'server: { rate: 100mbit }',
+        'client: { rate: 2mbit }',
+        'leaf: bfifo',
+        `takeover: ${takeover}`,
+        `log: ${JSON.stringify(log)}`,
+        `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
+      ].join('\n'),
+    );
   writeConfig(true);
   writeFileSync(log, play('10.200.1.1', 'one'));
   const daemon = startDaemon(config);
@@ -39,7 +51,7 @@ t.test('SIGHUP turning takeover off and on again reaches the repair watch', { sk
 
   tc.replaceQdisc('srv0', foreignRoot);
   await until(ours);
-  t.pass('started with takeover: another root is replaced by shaperr\'s');
+  t.pass("started with takeover: another root is replaced by shaperr's");
 
   await reloaded(false);
   tc.replaceQdisc('srv0', foreignRoot);
@@ -49,8 +61,12 @@ t.test('SIGHUP turning takeover off and on again reaches the repair watch', { sk
 
   await reloaded(true);
   await until(ours, 10_000); // the safety check is 30 s away
-  t.pass('reloaded with takeover: shaperr\'s root and the pipe are back at once');
-  t.match(daemon.output.find((line) => /"reason":"takeover turned on"/.test(line)), /re-applying/, 'the repair says why');
+  t.pass("reloaded with takeover: shaperr's root and the pipe are back at once");
+  t.match(
+    daemon.output.find((line) => /"reason":"takeover turned on"/.test(line)),
+    /re-applying/,
+    'the repair says why',
+  );
 
   const exited = new Promise<number | null>((resolve) => daemon.child.once('exit', (code) => resolve(code)));
   daemon.child.kill('SIGTERM');

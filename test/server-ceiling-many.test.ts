@@ -19,12 +19,18 @@ t.test('many viewers: the guarantees always fit; joins among many rewrite few cl
   let worst = 0;
   for (const address of addresses) {
     await shaper.throttle(address);
-    worst = Math.max(worst, shaper.clients().reduce((sum, client) => sum + client.rate, 0));
+    worst = Math.max(
+      worst,
+      shaper.clients().reduce((sum, client) => sum + client.rate, 0),
+    );
   }
   t.ok(worst <= 20 * MBIT, `after every one of 200 joins the guarantees added up to ≤ 20 Mbit/s (at most ${(worst / MBIT).toFixed(3)})`);
   const pipes = kernelPipes(topology, shaper);
   t.ok(guaranteedTotal(pipes) <= 20 * MBIT, `the kernel agrees: ${(guaranteedTotal(pipes) / MBIT).toFixed(3)} Mbit/s guaranteed`);
-  t.ok([...pipes.values()].every((pipe) => pipe.ceil === 4 * MBIT), 'every pipe may still borrow up to its ceil');
+  t.ok(
+    [...pipes.values()].every((pipe) => pipe.ceil === 4 * MBIT),
+    'every pipe may still borrow up to its ceil',
+  );
 
   const before = { ...shaper.stats };
   for (const address of ['203.0.113.1', '203.0.113.2', '203.0.113.3', '203.0.113.4', '203.0.113.5']) await shaper.throttle(address);
@@ -40,7 +46,9 @@ t.test('many viewers: the guarantees always fit; joins among many rewrite few cl
   shaper.setServerLimits({ rate: '10mbit' });
   const lowered = kernelPipes(topology, shaper);
   t.ok(guaranteedTotal(lowered) <= 10 * MBIT, `the server rate halved: guarantees now ${(guaranteedTotal(lowered) / MBIT).toFixed(3)} Mbit/s ≤ 10`);
-  t.ok([...lowered.values()].every((pipe) => pipe.ceil <= 10 * MBIT), 'and no ceil above the new server rate');
+  t.ok(
+    [...lowered.values()].every((pipe) => pipe.ceil <= 10 * MBIT),
+    'and no ceil above the new server rate',
+  );
   t.equal(shaper.stats.rebalanceChanges - changesBefore, 205, 'every pipe was changed, in one batch');
 });
-

@@ -36,7 +36,10 @@ function splitLike(t: Test, goodputs: number[], weights: number[], what: string)
   goodputs.forEach((goodput, index) => {
     const due = weights[index]! / weightTotal;
     const share = goodput / total;
-    t.ok(Math.abs(share - due) <= 0.1 * due, `${what}: client ${index + 1} has ${(share * 100).toFixed(1)} % (${(goodput / MBIT).toFixed(2)} Mbit/s), due ${(due * 100).toFixed(1)} % ±10 %`);
+    t.ok(
+      Math.abs(share - due) <= 0.1 * due,
+      `${what}: client ${index + 1} has ${(share * 100).toFixed(1)} % (${(goodput / MBIT).toFixed(2)} Mbit/s), due ${(due * 100).toFixed(1)} % ±10 %`,
+    );
   });
 }
 
@@ -55,10 +58,20 @@ t.test('3 clients wanting twice the server rate: the server class stays at its r
   t.ok(guaranteedTotal(pipes) <= 6 * MBIT, `guaranteed rates add up to ${guaranteedTotal(pipes) / MBIT} Mbit/s ≤ the server's 6`);
   t.ok(guaranteedTotal(pipes) >= 0.95 * 6 * MBIT, 'and leave at most 5 % of it unguaranteed');
   const quanta = addresses.map((address) => pipes.get(address)!.quantum);
-  t.same(quanta.map((quantum) => +(quantum / quanta[0]!).toFixed(2)), [1, 1.5, 2], 'quanta in proportion to the wanted rates');
-  t.ok(quanta.every((quantum) => quantum >= 64 * 1024), `every quantum holds a 64 KB super-packet (${quanta.join(', ')} bytes)`);
+  t.same(
+    quanta.map((quantum) => +(quantum / quanta[0]!).toFixed(2)),
+    [1, 1.5, 2],
+    'quanta in proportion to the wanted rates',
+  );
+  t.ok(
+    quanta.every((quantum) => quantum >= 64 * 1024),
+    `every quantum holds a 64 KB super-packet (${quanta.join(', ')} bytes)`,
+  );
   t.equal(warnings.filter((warning) => /guaranteed .* of the .* it wants/.test(warning)).length, 3, 'each client is told once that its guarantee falls short');
-  t.ok(shaper.clients().every((client) => client.shortfall && client.rate < client.wanted.rate), 'and the shortfall shows in its state');
+  t.ok(
+    shaper.clients().every((client) => client.shortfall && client.rate < client.wanted.rate),
+    'and the shortfall shows in its state',
+  );
 
   const { goodputs, serverBits } = await measure(topology, shaper, addresses);
   t.ok(serverBits <= 6 * MBIT * 1.05, `the server class carried ${(serverBits / MBIT).toFixed(2)} Mbit/s (≤ 6 + 5 %)`);
@@ -115,9 +128,16 @@ t.test('one client alone gets what it wants; a second makes both share; when it 
   await shaper.throttle(second);
   let pipes = kernelPipes(topology, shaper);
   t.equal(pipes.get(first)!.rate, pipes.get(second)!.rate, 'two of the same: the same share');
-  t.ok(pipes.get(first)!.rate < 3 * MBIT && pipes.get(first)!.rate >= 0.97 * 3 * MBIT, `each is guaranteed ${pipes.get(first)!.rate / MBIT} Mbit/s of the server's 6`);
+  t.ok(
+    pipes.get(first)!.rate < 3 * MBIT && pipes.get(first)!.rate >= 0.97 * 3 * MBIT,
+    `each is guaranteed ${pipes.get(first)!.rate / MBIT} Mbit/s of the server's 6`,
+  );
   t.equal(pipes.get(first)!.ceil, 4 * MBIT, 'and may still borrow up to its 4 Mbit/s ceil');
-  t.same(requests(), { kernelRequests: before.kernelRequests + 4, rebalanceChanges: before.rebalanceChanges + 1 }, "the new pipe's 3 requests, and one change of the first class");
+  t.same(
+    requests(),
+    { kernelRequests: before.kernelRequests + 4, rebalanceChanges: before.rebalanceChanges + 1 },
+    "the new pipe's 3 requests, and one change of the first class",
+  );
 
   before = requests();
   t.equal((await shaper.throttle(second)).result, 'unchanged');
@@ -127,7 +147,11 @@ t.test('one client alone gets what it wants; a second makes both share; when it 
   await shaper.release(second);
   pipes = kernelPipes(topology, shaper);
   t.same(pipes.get(first), { rate: 4 * MBIT, ceil: 4 * MBIT, quantum: 250_000 }, 'alone again: back to 4 Mbit/s');
-  t.same(requests(), { kernelRequests: before.kernelRequests + 3, rebalanceChanges: before.rebalanceChanges + 1 }, 'filter and class deleted, the first class changed: 3 requests');
+  t.same(
+    requests(),
+    { kernelRequests: before.kernelRequests + 3, rebalanceChanges: before.rebalanceChanges + 1 },
+    'filter and class deleted, the first class changed: 3 requests',
+  );
 });
 
 t.test('a reserve for streams without a pipe (Plex Relay) comes out of the shares', { skip }, async (t) => {
@@ -141,7 +165,10 @@ t.test('a reserve for streams without a pipe (Plex Relay) comes out of the share
   const before = { ...shaper.stats };
   shaper.setReservedRate(2 * MBIT);
   let pipes = kernelPipes(topology, shaper);
-  t.ok(guaranteedTotal(pipes) <= 4 * MBIT && guaranteedTotal(pipes) >= 0.95 * 4 * MBIT, `2 of 6 Mbit/s reserved: the pipes share ${guaranteedTotal(pipes) / MBIT} Mbit/s`);
+  t.ok(
+    guaranteedTotal(pipes) <= 4 * MBIT && guaranteedTotal(pipes) >= 0.95 * 4 * MBIT,
+    `2 of 6 Mbit/s reserved: the pipes share ${guaranteedTotal(pipes) / MBIT} Mbit/s`,
+  );
   t.equal(shaper.stats.kernelRequests - before.kernelRequests, 2, 'both classes changed, in one batch');
   shaper.setReservedRate(0);
   pipes = kernelPipes(topology, shaper);
@@ -171,8 +198,15 @@ t.test('a draining pipe keeps counting against the server rate until it is gone'
     await new Promise((resolve) => setTimeout(resolve, 2));
   }
   await release;
-  t.ok(sums.length > 0 && sums.every((sum) => sum <= 4 * MBIT), `read ${sums.length} times during the release: guarantees at most ${Math.max(...sums) / MBIT} Mbit/s`);
-  t.same(kernelPipes(topology, shaper).get(second), { rate: 4 * MBIT, ceil: 4 * MBIT, quantum: 250_000 }, 'then the remaining client has the whole server rate it wants');
+  t.ok(
+    sums.length > 0 && sums.every((sum) => sum <= 4 * MBIT),
+    `read ${sums.length} times during the release: guarantees at most ${Math.max(...sums) / MBIT} Mbit/s`,
+  );
+  t.same(
+    kernelPipes(topology, shaper).get(second),
+    { rate: 4 * MBIT, ceil: 4 * MBIT, quantum: 250_000 },
+    'then the remaining client has the whole server rate it wants',
+  );
 });
 
 t.test('pipes restored together are rebalanced once; adopted pipes keep their wanted limits when told them', { skip }, async (t) => {
@@ -202,7 +236,10 @@ t.test('pipes restored together are rebalanced once; adopted pipes keep their wa
   );
   const adoptedAt = { ...adopted.stats };
   await adopted.throttleAll(saved);
-  t.ok(adopted.clients().every((client) => client.wanted.rate === 4 * MBIT), 'told the wanted limits, it keeps them');
+  t.ok(
+    adopted.clients().every((client) => client.wanted.rate === 4 * MBIT),
+    'told the wanted limits, it keeps them',
+  );
   t.same(adopted.stats, adoptedAt, 'and the kernel already had the right shares: nothing sent');
   await adopted.throttle('192.0.2.4');
   const pipes = kernelPipes(topology, adopted);

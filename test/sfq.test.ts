@@ -48,21 +48,34 @@ t.test('an sfq leaf: create, read back with statistics, change, delete', { skip 
     tc.changeQdisc('d0', changed);
     t.pass('changed in place');
   } catch (error) {
-    t.match(error, { code: 'EINVAL', message: /this kernel cannot change a 'sfq' qdisc in place: delete it and add it again/ }, 'no in-place change here, and the error says what to do');
+    t.match(
+      error,
+      { code: 'EINVAL', message: /this kernel cannot change a 'sfq' qdisc in place: delete it and add it again/ },
+      'no in-place change here, and the error says what to do',
+    );
     tc.deleteQdisc('d0', { parent: '1:10', handle: '10:' });
     tc.addQdisc('d0', changed);
   }
   t.match(tc.qdiscs('d0').find((q) => q.handle === 0x00100000)?.parameters, { perturb: 5, limit: 60 }, 'the new options read back');
 
   tc.deleteQdisc('d0', { parent: '1:10', handle: '10:' });
-  t.notOk(tc.qdiscs('d0').some((q) => q.kind === 'sfq'), 'deleted');
+  t.notOk(
+    tc.qdiscs('d0').some((q) => q.kind === 'sfq'),
+    'deleted',
+  );
 });
 
 t.test('the Shaper picks sfq leaves without a warning; one client is shaped to its rate and its two flows share it fairly', { skip }, async (t) => {
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const warnings: string[] = [];
-  const shaper = await Shaper.open({ device: 'srv0', netns: topology.serverNs, server: { rate: '100mbit' }, client: { rate: '4mbit' }, onWarning: (message) => warnings.push(message) });
+  const shaper = await Shaper.open({
+    device: 'srv0',
+    netns: topology.serverNs,
+    server: { rate: '100mbit' },
+    client: { rate: '4mbit' },
+    onWarning: (message) => warnings.push(message),
+  });
   t.teardown(() => shaper.close({ teardown: true }));
   t.equal(shaper.leafKind, 'sfq', 'the probe found sfq');
   t.same(warnings, [], 'no fallback warning');
@@ -70,7 +83,14 @@ t.test('the Shaper picks sfq leaves without a warning; one client is shaped to i
   await shaper.throttle(client);
   const tc = TrafficControl.open({ netns: topology.serverNs });
   t.teardown(() => tc.close());
-  t.match(tc.qdiscs('srv0').filter((q) => q.kind === 'sfq').map((q) => q.parameters), [{ perturb: 10 }], "the client's pipe has an sfq leaf");
+  t.match(
+    tc
+      .qdiscs('srv0')
+      .filter((q) => q.kind === 'sfq')
+      .map((q) => q.parameters),
+    [{ perturb: 10 }],
+    "the client's pipe has an sfq leaf",
+  );
 
   // One receiver counts both connections over one window: two receivers' windows start apart under emulation,
   // and the sum of their averages then overstates the class's rate.

@@ -46,7 +46,10 @@ t.test('a dry run reports every change as a tc command and touches no kernel', a
   t.match(pipe[1], /qdisc add .* parent 5a:10 handle 10: sfq/);
   t.match(pipe[2], /filter add .* handle 2:7:1 u32 ht 2:7: match ip dst 203\.0\.113\.7 classid 5a:10/, 'in bucket 7 of table 2');
   t.equal(shaper.bytesSent('203.0.113.7'), undefined, 'no counters without a kernel');
-  t.same(shaper.state().clients.map((client) => client.address), ['203.0.113.7']);
+  t.same(
+    shaper.state().clients.map((client) => client.address),
+    ['203.0.113.7'],
+  );
   t.ok(shaper.isIntact(), 'the root it made counts as there');
   t.same(shaper.tcCommands().slice(-3), pipe, 'the rebuild commands end with the same pipe');
 
@@ -75,7 +78,11 @@ t.test('inspectShaper reads a running shaper without changing anything', { skip 
   t.same(view.tcCommands(), shaper.tcCommands(), 'the same rebuild commands');
   const classes = withTc(topology, (tc) => tc.classes(topology.serverDevice).length);
   await t.rejects((view as unknown as Shaper).throttle('10.200.1.9'), /read-only view/, 'a change through the view is refused');
-  t.equal(withTc(topology, (tc) => tc.classes(topology.serverDevice).length), classes, 'and the kernel is as it was');
+  t.equal(
+    withTc(topology, (tc) => tc.classes(topology.serverDevice).length),
+    classes,
+    'and the kernel is as it was',
+  );
 });
 
 t.test('checkDevice and clearShaper: none, foreign and shaperr roots; a missing device', { skip }, async (t) => {
@@ -93,7 +100,11 @@ t.test('checkDevice and clearShaper: none, foreign and shaperr roots; a missing 
   t.same(checkDevice({ ...where, probeKinds: false }).root, { state: 'foreign', description: 'tbf 1:' });
   await t.rejects(clearShaper(where), ShaperrInputError, 'a foreign root is not cleared');
   await t.rejects(clearShaper(where), /root qdisc on srv0 is tbf 1:, not shaperr's/);
-  t.equal(withTc(topology, (tc) => tc.rootQdisc(topology.serverDevice)?.kind), 'tbf', 'and is left in place');
+  t.equal(
+    withTc(topology, (tc) => tc.rootQdisc(topology.serverDevice)?.kind),
+    'tbf',
+    'and is left in place',
+  );
   withTc(topology, (tc) => tc.deleteQdisc(topology.serverDevice));
 
   const shaper = await Shaper.open({ ...where, server: { rate: '20mbit' }, client: { rate: '3mbit' } });
@@ -103,7 +114,11 @@ t.test('checkDevice and clearShaper: none, foreign and shaperr roots; a missing 
   const progress: string[] = [];
   t.equal(await clearShaper({ ...where, onProgress: ({ done, total }) => progress.push(`${done}/${total}`) }), 1, 'one client pipe removed');
   t.same(progress, ['0/1', '1/1']);
-  t.equal(withTc(topology, (tc) => tc.rootQdisc(topology.serverDevice)), undefined, 'no root left');
+  t.equal(
+    withTc(topology, (tc) => tc.rootQdisc(topology.serverDevice)),
+    undefined,
+    'no root left',
+  );
 
   const missing = { device: 'nosuchdev0', netns: topology.serverNs, probeKinds: false };
   t.throws(() => checkDevice(missing), { code: 'ENODEV' }, "a missing device is the kernel's ENODEV");

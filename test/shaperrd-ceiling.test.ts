@@ -59,14 +59,23 @@ t.test('shaperrd: more viewers than the server rate holds, across kill -9, reloa
   await daemon.waitFor(/decision throttle 198\.51\.100\.3/);
   let classes = clientClasses(topology);
   t.ok(total(classes) <= 6 * MBIT, `4 + 4 + 8 Mbit/s wanted under a 6 Mbit/s server: ${total(classes) / MBIT} Mbit/s guaranteed`);
-  t.same(classes.map((tcClass) => +(tcClass.rate / classes[0]!.rate).toFixed(2)), [1, 1, 2], 'shared 1:1:2, the override keeping its proportion');
-  t.ok(classes.every((tcClass) => tcClass.ceil === 6 * MBIT), 'ceilings capped at the server rate');
+  t.same(
+    classes.map((tcClass) => +(tcClass.rate / classes[0]!.rate).toFixed(2)),
+    [1, 1, 2],
+    'shared 1:1:2, the override keeping its proportion',
+  );
+  t.ok(
+    classes.every((tcClass) => tcClass.ceil === 6 * MBIT),
+    'ceilings capped at the server rate',
+  );
   await until(() => daemon.output.filter((line) => /guaranteed .* of the .* it wants/.test(line)).length >= 3);
   t.equal(daemon.output.filter((line) => /guaranteed .* of the .* it wants/.test(line)).length, 3, 'the log says so once per client');
 
   const url = JSON.parse((await daemon.waitFor(/status page and \/metrics listening/)).toString()).url as string;
   const headers = { authorization: 'Bearer ceiling-test-token' };
-  const status = (await (await fetch(`${url}api/status`, { headers })).json()) as { clients: { address: string; rate: number; wanted: number; shortfall?: string }[] };
+  const status = (await (await fetch(`${url}api/status`, { headers })).json()) as {
+    clients: { address: string; rate: number; wanted: number; shortfall?: string }[];
+  };
   const vip = status.clients.find((client) => client.address === '198.51.100.3')!;
   t.equal(vip.wanted, 8 * MBIT, '/api/status: the wanted rate');
   t.ok(vip.rate < vip.wanted && /guaranteed .* of the 8 Mbit\/s it wants/.test(vip.shortfall ?? ''), `beside its share and why: ${vip.shortfall}`);
@@ -100,5 +109,9 @@ t.test('shaperrd: more viewers than the server rate holds, across kill -9, reloa
   await until(() => daemon.output.filter((line) => /configuration reloaded/.test(line)).length > reloads);
   classes = clientClasses(topology);
   t.ok(total(classes) <= 3 * MBIT, `a schedule lowering the server to 3 Mbit/s rebalanced every pipe: ${total(classes) / MBIT} Mbit/s guaranteed`);
-  t.same(classes.map((tcClass) => +(tcClass.rate / classes[0]!.rate).toFixed(2)), [1, 1, 2], 'still 1:1:2');
+  t.same(
+    classes.map((tcClass) => +(tcClass.rate / classes[0]!.rate).toFixed(2)),
+    [1, 1, 2],
+    'still 1:1:2',
+  );
 });

@@ -51,7 +51,10 @@ t.test('shaperrd end to end with real traffic, kill -9 and restart', { skip }, a
   t.ok(playingRate.within, `playing client: ${playingRate.reading}`);
   t.ok(exemptRate!.bitsPerSecond > 20 * MBIT, `exempt client never throttled: ${(exemptRate!.bitsPerSecond / MBIT).toFixed(0)} Mbit/s`);
   t.ok(daemon.output.some((line) => /decision exempt 10\.200\.1\.3/.test(line)));
-  t.notOk(daemon.output.some((line) => /tok\b|X-Plex-Token/.test(line)), 'no token in our logs');
+  t.notOk(
+    daemon.output.some((line) => /tok\b|X-Plex-Token/.test(line)),
+    'no token in our logs',
+  );
 
   appendFileSync(log, stop(remote, 's1'));
   await daemon.waitFor(/decision release 10\.200\.1\.1/);
@@ -92,7 +95,19 @@ t.test('a client with no new log lines stays throttled while its bytes flow, and
   writeFileSync(log, '');
   const config = join(dir, 'shaperr.yaml');
   const idleSeconds = 5;
-  writeFileSync(config, [`device: srv0`, `netns: ${topology.serverNs}`, 'server: { rate: 100mbit }', 'client: { rate: 2mbit }', `log: ${JSON.stringify(log)}`, `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`, 'graceSeconds: 1', `idleSeconds: ${idleSeconds}`].join('\n'));
+  writeFileSync(
+    config,
+    [
+      `device: srv0`,
+      `netns: ${topology.serverNs}`,
+      'server: { rate: 100mbit }',
+      'client: { rate: 2mbit }',
+      `log: ${JSON.stringify(log)}`,
+      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
+      'graceSeconds: 1',
+      `idleSeconds: ${idleSeconds}`,
+    ].join('\n'),
+  );
   const [client] = topology.clientAddresses as [string];
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));
@@ -103,13 +118,19 @@ t.test('a client with no new log lines stays throttled while its bytes flow, and
   appendFileSync(log, play(client, 'long-1'));
   await daemon.waitFor(/decision throttle 10\.200\.1\.1/);
   await stream.bitsPerSecondOver(2 * idleSeconds);
-  t.notOk(daemon.output.some((line) => /decision (expire|release) 10\.200\.1\.1/.test(line)), `still throttled after ${2 * idleSeconds} s without a log line: its bytes keep moving`);
+  t.notOk(
+    daemon.output.some((line) => /decision (expire|release) 10\.200\.1\.1/.test(line)),
+    `still throttled after ${2 * idleSeconds} s without a log line: its bytes keep moving`,
+  );
   t.match(kernelState(topology), { classes: 1 });
 
   stream.stop();
   const stopped = Date.now();
   await daemon.waitFor(/decision release 10\.200\.1\.1/);
-  t.ok(daemon.output.some((line) => /decision expire 10\.200\.1\.1/.test(line)), `expired ${((Date.now() - stopped) / 1000).toFixed(1)} s after its bytes stopped (idle timeout ${idleSeconds} s)`);
+  t.ok(
+    daemon.output.some((line) => /decision expire 10\.200\.1\.1/.test(line)),
+    `expired ${((Date.now() - stopped) / 1000).toFixed(1)} s after its bytes stopped (idle timeout ${idleSeconds} s)`,
+  );
   await until(() => kernelState(topology).classes === 0);
   t.match(kernelState(topology), { classes: 0, destinations: [] }, 'its pipe is gone');
 });

@@ -32,7 +32,15 @@ t.test('quick soak: every row, and nothing lost, duplicated, orphaned or crashed
   ]) {
     t.equal(value(pattern), 0, `${pattern.source.replace('^', '')}: 0`);
   }
-  for (const pattern of [/^log events written/, /written just before a truncation/, /deleted by rotation/, /^RSS growth over the lines/, /^RSS growth over a second pass/, /^JavaScript heap in use/, /^notifications the kernel dropped for shaperrd/]) {
+  for (const pattern of [
+    /^log events written/,
+    /written just before a truncation/,
+    /deleted by rotation/,
+    /^RSS growth over the lines/,
+    /^RSS growth over a second pass/,
+    /^JavaScript heap in use/,
+    /^notifications the kernel dropped for shaperrd/,
+  ]) {
     t.ok(Number.isFinite(value(pattern)), `row ${pattern.source.replace('^', '')}: ${value(pattern)}`);
   }
   const missed = rows.filter((row) => /^not repaired within 5 s/.test(row.figure)).map((row) => row.value);

@@ -22,7 +22,15 @@ t.test('the status page shows a playing client and its live chart', { skip }, as
   // Flags: this machine's network is closed; without them Chromium keeps trying Google's hosts.
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
   t.teardown(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
@@ -36,12 +44,20 @@ t.test('the status page shows a playing client and its live chart', { skip }, as
   appendFileSync(log, play('10.200.1.1', 'page-1'));
   const row = page.locator('tr[data-address="10.200.1.1"]');
   await row.waitFor({ timeout: 10_000 });
-  t.match(await row.textContent(), /10\.200\.1\.1.*playing.*3\.00 Mbit\/s \/ 3\.00 Mbit\/s3\.00 Mbit\/s/, 'the playing client is in the table with its guarantee, ceil and wanted rate');
+  t.match(
+    await row.textContent(),
+    /10\.200\.1\.1.*playing.*3\.00 Mbit\/s \/ 3\.00 Mbit\/s3\.00 Mbit\/s/,
+    'the playing client is in the table with its guarantee, ceil and wanted rate',
+  );
 
   const traffic = measureGoodput(topology, { to: '10.200.1.1', seconds: 4, warmupSeconds: 0 });
   const pointsBefore = Number(await page.getAttribute('#chart', 'data-points'));
   await page.waitForFunction((before) => Number(document.getElementById('chart')!.dataset.points) >= before + 3, pointsBefore, { timeout: 10_000 });
-  await page.waitForFunction(() => /[23]\.\d\d Mbit\/s/.test(document.querySelector('tr[data-address="10.200.1.1"] td:nth-child(7)')?.textContent ?? ''), undefined, { timeout: 10_000 });
+  await page.waitForFunction(
+    () => /[23]\.\d\d Mbit\/s/.test(document.querySelector('tr[data-address="10.200.1.1"] td:nth-child(7)')?.textContent ?? ''),
+    undefined,
+    { timeout: 10_000 },
+  );
   t.pass('the chart gained points and the row shows the shaped rate');
   t.match(await page.textContent('#decisions'), /throttle 10\.200\.1\.1/, 'the decision is listed');
   const width = await page.evaluate(() => parseFloat(document.getElementById('utilisation')!.style.width));
@@ -55,8 +71,10 @@ t.test('the status page shows a playing client and its live chart', { skip }, as
   // Seven viewers wanting 3 Mbit/s each under a 20 Mbit/s server: each is guaranteed its share, and the
   // page says the server rate is too low for them.
   appendFileSync(log, ['1', '2', '3', '4', '5', '6'].map((n) => play(`198.51.100.${n}`, `more-${n}`)).join(''));
-  await page.waitForFunction(() => /7 clients are guaranteed less than they want/.test(document.getElementById('shortfall')?.textContent ?? ''), undefined, { timeout: 10_000 });
-  t.match(await row.getAttribute('title'), /guaranteed 2\.8 Mbit\/s of the 3 Mbit\/s it wants/, "each row says why its guarantee is short");
+  await page.waitForFunction(() => /7 clients are guaranteed less than they want/.test(document.getElementById('shortfall')?.textContent ?? ''), undefined, {
+    timeout: 10_000,
+  });
+  t.match(await row.getAttribute('title'), /guaranteed 2\.8 Mbit\/s of the 3 Mbit\/s it wants/, 'each row says why its guarantee is short');
   t.match(await row.textContent(), /2\.80 Mbit\/s \/ 3\.00 Mbit\/s3\.00 Mbit\/s/, 'share, ceil and wanted rate side by side');
 
   // A long operation under way (a restart restoring thousands of pipes) shows in the summary line.

@@ -53,7 +53,10 @@ t.test('appends: whole lines only, split writes, UTF-8 and CRLF', async (t) => {
   for (let i = 0; i < 500; i++) appendFileSync(log, `line ${i}\n`);
   await got.until(503);
   t.same(got.lines.slice(0, 3), ['first', 'second', 'naïve café ☕ 日本'], 'from the end, split line joined, CRLF stripped, UTF-8 intact');
-  t.same(got.lines.slice(3), Array.from({ length: 500 }, (_, i) => `line ${i}`));
+  t.same(
+    got.lines.slice(3),
+    Array.from({ length: 500 }, (_, i) => `line ${i}`),
+  );
   await tailer.stop();
 });
 
@@ -69,9 +72,15 @@ t.test('rotation: old file drained (including a late write), new file from its s
   await got.until(61);
   await settle(300);
   t.equal(got.lines.length, 61, 'no line duplicated');
-  t.same(got.lines.filter((l) => l.startsWith('a')), Array.from({ length: 30 }, (_, i) => `a${i}`));
+  t.same(
+    got.lines.filter((l) => l.startsWith('a')),
+    Array.from({ length: 30 }, (_, i) => `a${i}`),
+  );
   t.ok(got.lines.includes('late write to the old file'));
-  t.same(got.lines.filter((l) => l.startsWith('b')), Array.from({ length: 30 }, (_, i) => `b${i}`));
+  t.same(
+    got.lines.filter((l) => l.startsWith('b')),
+    Array.from({ length: 30 }, (_, i) => `b${i}`),
+  );
   await tailer.stop();
 });
 

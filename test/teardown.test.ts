@@ -78,7 +78,13 @@ interface Across {
 async function across(t: Test, remove: (shaper: Shaper, topology: Topology) => Promise<unknown>): Promise<Across> {
   const topology = await createTopology({ clients: 2, ipv6: false, disableOffloads: false });
   t.teardown(() => topology.destroy());
-  const shaper = await Shaper.open({ device: topology.serverDevice, netns: topology.serverNs, server: { rate: '100mbit' }, client: { rate: '1mbit' }, onWarning: () => {} });
+  const shaper = await Shaper.open({
+    device: topology.serverDevice,
+    netns: topology.serverNs,
+    server: { rate: '100mbit' },
+    client: { rate: '1mbit' },
+    onWarning: () => {},
+  });
   t.teardown(() => shaper.close());
   const [streamed, burst] = topology.clientAddresses as [string, string];
   for (const address of topology.clientAddresses) await shaper.throttle(address);

@@ -42,7 +42,11 @@ t.test('HTB root qdisc and classes: create, read back equal, change, delete', { 
     t.equal(read!.parent, 0x00010001);
     t.match(read!.extendedStatistics, { lends: Number, borrows: Number, giants: Number, tokens: Number, ctokens: Number });
     t.match(read!.statistics, { bytes: 0, packets: 0, drops: 0 });
-    t.same({ ...tc.getClass('d0', '1:10'), extendedStatistics: undefined }, { ...read, extendedStatistics: undefined }, 'a GET of one class reads it like the dump');
+    t.same(
+      { ...tc.getClass('d0', '1:10'), extendedStatistics: undefined },
+      { ...read, extendedStatistics: undefined },
+      'a GET of one class reads it like the dump',
+    );
     t.equal(tc.getClass('d0', '1:11'), undefined, 'a class that is not there: undefined');
     t.same([tc.hasClass('d0', '1:10'), tc.hasClass('d0', '1:11')], [true, false]);
 
@@ -58,7 +62,10 @@ t.test('HTB root qdisc and classes: create, read back equal, change, delete', { 
     t.equal(huge.parameters.ceil, 40e9);
 
     tc.deleteClass('d0', { classid: '1:10' });
-    t.notOk(tc.classes('d0').some((c) => c.handle === 0x00010010), 'class gone');
+    t.notOk(
+      tc.classes('d0').some((c) => c.handle === 0x00010010),
+      'class gone',
+    );
     t.same(tc.deleteClass('d0', { classid: '1:10' }, { ifPresent: true }), { ok: true }, 'delete-if-present of a missing class succeeds');
     tc.deleteQdisc('d0', { handle: '1:' });
     t.equal(tc.rootQdisc('d0'), undefined);
@@ -100,7 +107,11 @@ t.test('leaf qdiscs: sfq is missing on this kernel → ENOENT "kind is unknown";
     t.equal(hasSfq, tc.hasQdiscKind('sfq'), 'probe is cached and stable');
     t.ok(tc.hasQdiscKind('htb'));
     t.notOk(tc.hasQdiscKind('nosuchqdisc'));
-    t.same(tc.qdiscs('lo').filter((q) => q.parent === 0xffffffff && q.handle !== 0), [], 'the probe left nothing on lo');
+    t.same(
+      tc.qdiscs('lo').filter((q) => q.parent === 0xffffffff && q.handle !== 0),
+      [],
+      'the probe left nothing on lo',
+    );
     if (!hasSfq) {
       t.throws(() => tc.addQdisc('d0', { kind: 'sfq', parent: '1:10', handle: '10:', options: { perturb: 10 } }), {
         code: 'ENOENT',
@@ -141,32 +152,69 @@ t.test('u32 filters, IPv4 and IPv6, direct and in hash tables, read back and del
     tc.addQdisc('d0', { kind: 'htb', handle: '1:' });
     tc.addClass('d0', { kind: 'htb', parent: '1:', classid: '1:10', options: { rate: '2mbit' } });
     tc.addFilter('d0', { kind: 'u32', parent: '1:', priority: 1, protocol: 'ip', options: { match: { dst: '203.0.113.7/32' }, classid: '1:10' } });
-    tc.addFilter('d0', { kind: 'u32', parent: '1:', priority: 1, protocol: 'ip', options: { match: { src: '198.51.100.0/24', protocol: 6, dport: 32400 }, classid: '1:10' } });
+    tc.addFilter('d0', {
+      kind: 'u32',
+      parent: '1:',
+      priority: 1,
+      protocol: 'ip',
+      options: { match: { src: '198.51.100.0/24', protocol: 6, dport: 32400 }, classid: '1:10' },
+    });
     tc.addFilter('d0', { kind: 'u32', parent: '1:', priority: 2, protocol: 'ipv6', options: { match: { dst: '2001:db8::7' }, classid: '1:10' } });
-    tc.addFilter('d0', { kind: 'u32', parent: '1:', priority: 2, protocol: 'ipv6', options: { match: { src: '2001:db8:1::/64', sport: 443 }, classid: '1:10' } });
+    tc.addFilter('d0', {
+      kind: 'u32',
+      parent: '1:',
+      priority: 2,
+      protocol: 'ipv6',
+      options: { match: { src: '2001:db8:1::/64', sport: 443 }, classid: '1:10' },
+    });
     // A 256-bucket table keyed on the last byte of the IPv4 destination, and a client in bucket 0x7b.
     tc.addFilter('d0', { kind: 'u32', parent: '1:', priority: 5, protocol: 'ip', handle: '2:', options: { divisor: 256 } });
-    tc.addFilter('d0', { kind: 'u32', parent: '1:', priority: 5, protocol: 'ip', options: { match: { dst: '0.0.0.0/0' }, hashKey: { mask: 0xff, at: 16 }, link: '2:' } });
-    tc.addFilter('d0', { kind: 'u32', parent: '1:', priority: 5, protocol: 'ip', handle: '2:7b:1', options: { hashTable: '2:7b:', match: { dst: '203.0.113.123' }, classid: '1:10' } });
+    tc.addFilter('d0', {
+      kind: 'u32',
+      parent: '1:',
+      priority: 5,
+      protocol: 'ip',
+      options: { match: { dst: '0.0.0.0/0' }, hashKey: { mask: 0xff, at: 16 }, link: '2:' },
+    });
+    tc.addFilter('d0', {
+      kind: 'u32',
+      parent: '1:',
+      priority: 5,
+      protocol: 'ip',
+      handle: '2:7b:1',
+      options: { hashTable: '2:7b:', match: { dst: '203.0.113.123' }, classid: '1:10' },
+    });
 
     const filters = tc.filters('d0', '1:');
     const withClass = filters.filter((f) => f.parameters.classid === 0x00010010);
     t.equal(withClass.length, 5, 'five classifying filters read back');
-    t.same(withClass.map((f) => f.parameters.match), [
-      { family: 4, dst: '203.0.113.7/32' },
-      { family: 4, src: '198.51.100.0/24', protocol: 6, dport: 32400 },
-      { family: 6, dst: '2001:db8::7/128' },
-      { family: 6, src: '2001:db8:1::/64', sport: 443 },
-      { family: 4, dst: '203.0.113.123/32' },
-    ]);
+    t.same(
+      withClass.map((f) => f.parameters.match),
+      [
+        { family: 4, dst: '203.0.113.7/32' },
+        { family: 4, src: '198.51.100.0/24', protocol: 6, dport: 32400 },
+        { family: 6, dst: '2001:db8::7/128' },
+        { family: 6, src: '2001:db8:1::/64', sport: 443 },
+        { family: 4, dst: '203.0.113.123/32' },
+      ],
+    );
     const bucketFilter = filters.find((f) => f.handle === makeU32Handle(2, 0x7b, 1));
     t.equal(bucketFilter?.parameters.hashTable, makeU32Handle(2, 0x7b, 0));
-    t.ok(filters.some((f) => f.parameters.divisor === 256 && f.handle === makeU32Handle(2, 0, 0)), 'hash table read back');
-    t.ok(filters.some((f) => f.parameters.link === makeU32Handle(2, 0, 0) && f.parameters.hashKey?.at === 16), 'link filter read back');
+    t.ok(
+      filters.some((f) => f.parameters.divisor === 256 && f.handle === makeU32Handle(2, 0, 0)),
+      'hash table read back',
+    );
+    t.ok(
+      filters.some((f) => f.parameters.link === makeU32Handle(2, 0, 0) && f.parameters.hashKey?.at === 16),
+      'link filter read back',
+    );
 
     t.throws(() => tc.deleteClass('d0', { classid: '1:10' }), { code: 'EBUSY' }, 'a class cannot go while filters point at it');
     tc.deleteFilter('d0', { parent: '1:', priority: 5, protocol: 'ip', handle: '2:7b:1' });
-    t.notOk(tc.filters('d0', '1:').some((f) => f.handle === makeU32Handle(2, 0x7b, 1)), 'single filter deleted by handle');
+    t.notOk(
+      tc.filters('d0', '1:').some((f) => f.handle === makeU32Handle(2, 0x7b, 1)),
+      'single filter deleted by handle',
+    );
     t.same(tc.deleteFilter('d0', { parent: '1:', priority: 5, protocol: 'ip', handle: '2:7b:1' }, { ifPresent: true }), { ok: true });
     for (const priority of [1, 2, 5]) tc.deleteFilter('d0', { parent: '1:', priority, protocol: priority === 2 ? 'ipv6' : 'ip' });
     t.same(tc.filters('d0', '1:'), []);
@@ -221,7 +269,11 @@ const tc = TrafficControl.open();
 try { tc.addQdisc('d0', { kind: 'htb', handle: '1:' }); console.log('added'); }
 catch (error) { console.log(JSON.stringify({ code: error.code, message: error.message })); }`;
   // Still uid 0, but with CAP_NET_ADMIN gone from every capability set: exactly the missing privilege.
-  const result = spawnSync('ip', ['netns', 'exec', netns, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8' });
+  const result = spawnSync(
+    'ip',
+    ['netns', 'exec', netns, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin', process.execPath, '--input-type=module', '-e', script],
+    { encoding: 'utf8' },
+  );
   t.equal(result.status, 0, result.stderr);
   const outcome = JSON.parse(result.stdout.trim()) as { code: string; message: string };
   t.equal(outcome.code, 'EPERM');

@@ -55,7 +55,17 @@ t.test('addresses are normalised; IPv6 /0 writes no key (as tc)', async (t) => {
 t.test('tc arguments', async (t) => {
   t.same(u32.tcArguments({ match: { dst: '203.0.113.7/32' }, classid: '1:10' }), ['match', 'ip', 'dst', '203.0.113.7/32', 'classid', '1:10']);
   t.same(u32.tcArguments({ match: { src: '2001:db8::1', dport: 443 } }), ['match', 'ip6', 'src', '2001:db8::1', 'match', 'ip6', 'dport', '443', '0xffff']);
-  t.same(u32.tcArguments({ hashTable: 0x0027b000, link: '3:', hashKey: { mask: 0xff, at: 36 } }), ['ht', '2:7b:', 'hashkey', 'mask', '0x000000ff', 'at', '36', 'link', '3:']);
+  t.same(u32.tcArguments({ hashTable: 0x0027b000, link: '3:', hashKey: { mask: 0xff, at: 36 } }), [
+    'ht',
+    '2:7b:',
+    'hashkey',
+    'mask',
+    '0x000000ff',
+    'at',
+    '36',
+    'link',
+    '3:',
+  ]);
 });
 
 t.test('bad input: one clear error naming the value', async (t) => {

@@ -48,10 +48,17 @@ t.test('extended ACKs: kernel text on errors and warnings on success', async (t)
   const ack = decodeAck(message!);
   t.equal(ack.errno, 2);
   t.equal(ack.kernelMessage, 'Specified qdisc kind is unknown');
-  const error = new NetlinkError(ack.errno, { operation: 'add qdisc', object: 'qdisc 10: (sfq) on dev eth0', explain: explainTcRefusal('qdisc', 'sfq') }, ack.kernelMessage);
+  const error = new NetlinkError(
+    ack.errno,
+    { operation: 'add qdisc', object: 'qdisc 10: (sfq) on dev eth0', explain: explainTcRefusal('qdisc', 'sfq') },
+    ack.kernelMessage,
+  );
   t.equal(error.code, 'ENOENT');
   t.ok(error.unknownKind);
-  t.match(error.message, /add qdisc qdisc 10: \(sfq\) on dev eth0 failed with ENOENT: kernel says "Specified qdisc kind is unknown" — the kernel has no 'sfq' qdisc \(module sch_sfq not available\)/);
+  t.match(
+    error.message,
+    /add qdisc qdisc 10: \(sfq\) on dev eth0 failed with ENOENT: kernel says "Specified qdisc kind is unknown" — the kernel has no 'sfq' qdisc \(module sch_sfq not available\)/,
+  );
   const warning = new MessageWriter();
   warning.attribute(1, attrString.encode('quantum of class 10010 is big. Consider r2q change.'));
   const [ok] = splitMessages(errorMessage(0, Flags.CAPPED | Flags.ACK_TLVS, warning.toBytes()));

@@ -72,10 +72,15 @@ export class ShaperPort implements ClientShaper {
     for (const address of orphans) await this.shaper.release(address).catch((error: unknown) => this.options.onError(error, address));
     // Every saved client, adopted or not: the kernel holds its share, the state file what it wants. One
     // rebalance for all of them.
-    const outcomes = await this.shaper.throttleAll(clients.map((client) => ({ address: client.address, limits: client.limits })), onProgress).catch((error: unknown) => {
-      this.options.onError(error, undefined, 'restoring the saved pipes failed');
-      return [];
-    });
+    const outcomes = await this.shaper
+      .throttleAll(
+        clients.map((client) => ({ address: client.address, limits: client.limits })),
+        onProgress,
+      )
+      .catch((error: unknown) => {
+        this.options.onError(error, undefined, 'restoring the saved pipes failed');
+        return [];
+      });
     outcomes.forEach((outcome, index) => {
       if (outcome.error) this.options.onError(outcome.error, clients[index]!.address);
     });

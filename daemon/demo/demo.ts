@@ -79,10 +79,16 @@ function plexLine(address: string, path: string, user: string, network: string):
 }
 
 const lines = {
-  browse: (c: typeof LAN, network: string) => plexLine(c.address, '/library/sections/2/all?type=1&sort=titleSort', 'remi', network) + plexLine(c.address, '/library/metadata/40859/thumb/1690000000?X-Plex-Token=demo-token', 'remi', network),
+  browse: (c: typeof LAN, network: string) =>
+    plexLine(c.address, '/library/sections/2/all?type=1&sort=titleSort', 'remi', network) +
+    plexLine(c.address, '/library/metadata/40859/thumb/1690000000?X-Plex-Token=demo-token', 'remi', network),
   play: (c: typeof LAN, network: string, session = c.session) =>
-    plexLine(c.address, `/video/:/transcode/universal/decision?hasMDE=1&path=%2Flibrary%2Fmetadata%2F40859&directPlay=0&directStream=1&session=${session}&X-Plex-Token=demo-token`, 'remi', network) +
-    plexLine(c.address, `/video/:/transcode/universal/start.m3u8?session=${session}&X-Plex-Token=demo-token`, 'remi', network),
+    plexLine(
+      c.address,
+      `/video/:/transcode/universal/decision?hasMDE=1&path=%2Flibrary%2Fmetadata%2F40859&directPlay=0&directStream=1&session=${session}&X-Plex-Token=demo-token`,
+      'remi',
+      network,
+    ) + plexLine(c.address, `/video/:/transcode/universal/start.m3u8?session=${session}&X-Plex-Token=demo-token`, 'remi', network),
   playing: (c: typeof LAN, network: string, session = c.session) =>
     plexLine(c.address, `/:/timeline?ratingKey=40859&state=playing&time=60000&X-Plex-Session-Identifier=${session}`, 'remi', network) +
     plexLine(c.address, `/video/:/transcode/universal/ping?session=${session}`, 'remi', network),
@@ -226,7 +232,11 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
         phase[REMOTE.address] = 'grace';
       }
       if (t >= at.appPlay && phase[APP.address] === 'browsing') {
-        appSession = plex.play({ user: { title: APP_USER.name }, player: { address: APP.address, product: 'Plex for Android' }, session: { location: 'wan', bandwidth: 2400 } }).sessionKey;
+        appSession = plex.play({
+          user: { title: APP_USER.name },
+          player: { address: APP.address, product: 'Plex for Android' },
+          session: { location: 'wan', bandwidth: 2400 },
+        }).sessionKey;
         phase[APP.address] = 'playing';
       }
       if (t >= at.appStop && phase[APP.address] === 'playing') {
@@ -277,7 +287,10 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
         withinTenPercent: Math.abs(measured - configured) <= 0.1 * configured,
       };
     };
-    const stormChanges = decisions.filter(({ at: when, decision }) => decision.address === REMOTE.address && when >= stormStart && when <= stormEnd && ['throttle', 'release', 'change'].includes(decision.action)).length;
+    const stormChanges = decisions.filter(
+      ({ at: when, decision }) =>
+        decision.address === REMOTE.address && when >= stormStart && when <= stormEnd && ['throttle', 'release', 'change'].includes(decision.action),
+    ).length;
     const eventsRead = daemon.counters.events;
     await daemon.stop();
     daemon = undefined;

@@ -95,7 +95,9 @@ export async function startHomeUplinkDemo({ durationSeconds, dir }: { durationSe
       shownUpTo = now;
       const buffers = players.latest?.streams.map((stream) => `${stream.buffer.toFixed(0).padStart(2)} s`).join(' ') ?? '';
       const stalls = players.latest?.streams.reduce((sum, stream) => sum + stream.stalls, 0) ?? 0;
-      const ping = recent.length ? `gamer ping ${percentile(recent, 50).toFixed(1).padStart(6)} ms (max ${Math.max(...recent).toFixed(1)})` : 'gamer ping       — ';
+      const ping = recent.length
+        ? `gamer ping ${percentile(recent, 50).toFixed(1).padStart(6)} ms (max ${Math.max(...recent).toFixed(1)})`
+        : 'gamer ping       — ';
       return `${'home uplink 20 Mbit/s'.padEnd(28)}${(now < onAt ? 'shaperr off' : 'shaperr on').padEnd(13)}${ping.padEnd(38)}3 viewers' buffers ${buffers}, ${stalls} stalls`;
     },
     async finish() {

@@ -37,7 +37,8 @@ export const PIPE_HEADROOM = 1.25;
 const BITRATES = [3e6, 4e6, 6e6];
 
 /** `count` streams cycling through 3, 4 and 6 Mbit/s, one remote player address each. */
-export const streamSpecs = (count: number): StreamSpec[] => Array.from({ length: count }, (_, i) => ({ address: playerAddress(i), bitsPerSecond: BITRATES[i % BITRATES.length]! }));
+export const streamSpecs = (count: number): StreamSpec[] =>
+  Array.from({ length: count }, (_, i) => ({ address: playerAddress(i), bitsPerSecond: BITRATES[i % BITRATES.length]! }));
 
 export const pipeRate = (spec: StreamSpec): number => Math.round(spec.bitsPerSecond * PIPE_HEADROOM);
 
@@ -107,7 +108,10 @@ export async function createHomeUplink({ prefix, uplinkBitsPerSecond = 20e6, mod
     };
     await link(plexNs, PLEX.device, `${PLEX.address}/24`, routerNs, 'pl0', ['10.77.1.1/24']);
     await link(lanNs, 'lan0', `${LAN_GAMER}/24`, routerNs, 'ln0', ['10.77.2.1/24']);
-    await link(routerNs, MODEM.device, '203.0.113.254/24', internetNs, 'wan1', [`${GAME_SERVER.address}/24`, ...Array.from({ length: players }, (_, i) => `${playerAddress(i)}/24`)]);
+    await link(routerNs, MODEM.device, '203.0.113.254/24', internetNs, 'wan1', [
+      `${GAME_SERVER.address}/24`,
+      ...Array.from({ length: players }, (_, i) => `${playerAddress(i)}/24`),
+    ]);
     await ip('-n', plexNs, 'route', 'add', 'default', 'via', '10.77.1.1');
     await ip('-n', lanNs, 'route', 'add', 'default', 'via', '10.77.2.1');
     await ip('-n', internetNs, 'route', 'add', '10.77.0.0/16', 'via', '203.0.113.254');
@@ -260,10 +264,12 @@ async function listener(what: string, netns: string, args: string[], options: { 
 /** The Plex host's segment server and the game server: both wait for clients until stopped. */
 export async function startServers(home: HomeUplink): Promise<{ stop(): void }> {
   const segments = await listener('segment server', home.plexNs, ['segments', PLEX.address, String(PLEX.port)]);
-  const game = await listener('game server', home.internetNs, ['udp-echo', GAME_SERVER.address, String(GAME_SERVER.port)], { latencySensitive: true }).catch((error: unknown) => {
-    segments.kill();
-    throw error;
-  });
+  const game = await listener('game server', home.internetNs, ['udp-echo', GAME_SERVER.address, String(GAME_SERVER.port)], { latencySensitive: true }).catch(
+    (error: unknown) => {
+      segments.kill();
+      throw error;
+    },
+  );
   return {
     stop() {
       segments.kill();
@@ -339,11 +345,17 @@ export interface Gamer {
 export function startGamer(home: HomeUplink, seconds: number, perSecond = 50): Gamer {
   const samples: Gamer['samples'] = [];
   let counts: { sent: number; answered: number } | undefined;
-  const peer = new Peer('gamer', home.lanNs, ['gamer', LAN_GAMER, GAME_SERVER.address, String(GAME_SERVER.port), String(seconds), String(perSecond)], (line) => {
-    const [kind, a, b, c] = line.split(' ');
-    if (kind === 'rtt') samples.push({ rtt: Number(b), sentAt: Number(c) });
-    else if (kind === 'done') counts = { sent: Number(a), answered: Number(b) };
-  }, { latencySensitive: true });
+  const peer = new Peer(
+    'gamer',
+    home.lanNs,
+    ['gamer', LAN_GAMER, GAME_SERVER.address, String(GAME_SERVER.port), String(seconds), String(perSecond)],
+    (line) => {
+      const [kind, a, b, c] = line.split(' ');
+      if (kind === 'rtt') samples.push({ rtt: Number(b), sentAt: Number(c) });
+      else if (kind === 'done') counts = { sent: Number(a), answered: Number(b) };
+    },
+    { latencySensitive: true },
+  );
   const done = Promise.race([
     peer.exited.then((how) => {
       if (!counts) throw new Error(`gamer ${how} before it finished`);

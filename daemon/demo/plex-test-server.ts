@@ -267,7 +267,9 @@ export class PlexTestServer {
 
   /** Frames shaperr must ignore: library activity, timeline and reachability. */
   noise(): void {
-    this.broadcast('activity', 'ActivityNotification', [{ event: 'updated', uuid: randomBytes(8).toString('hex'), Activity: { type: 'library.update.section', title: 'Scanning', progress: 40 } }]);
+    this.broadcast('activity', 'ActivityNotification', [
+      { event: 'updated', uuid: randomBytes(8).toString('hex'), Activity: { type: 'library.update.section', title: 'Scanning', progress: 40 } },
+    ]);
     this.broadcast('timeline', 'TimelineEntry', [{ identifier: 'com.plexapp.plugins.library', sectionID: '1', itemID: '3', type: 1, state: 5 }]);
     this.broadcast('reachability', 'ReachabilityNotification', [{ reachability: true }]);
   }
@@ -303,12 +305,25 @@ export class PlexTestServer {
     // /identity is the one endpoint PMS serves without a token.
     if (url.pathname === '/identity') {
       const container = { size: 0, claimed: true, machineIdentifier: this.machineIdentifier, version: this.version };
-      return wantsJson ? answer(200, JSON.stringify({ MediaContainer: container }), 'application/json') : answer(200, xmlDocument({ MediaContainer: xmlAttributes(container) }), 'text/xml;charset=utf-8');
+      return wantsJson
+        ? answer(200, JSON.stringify({ MediaContainer: container }), 'application/json')
+        : answer(200, xmlDocument({ MediaContainer: xmlAttributes(container) }), 'text/xml;charset=utf-8');
     }
-    if (!this.authorised(request, url)) return answer(401, '<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>', 'text/html');
+    if (!this.authorised(request, url))
+      return answer(401, '<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>', 'text/html');
     if (url.pathname === '/') {
-      const container = { size: 0, friendlyName: this.friendlyName, machineIdentifier: this.machineIdentifier, version: this.version, myPlex: true, platform: 'Linux', transcoderActiveVideoSessions: 0 };
-      return wantsJson ? answer(200, JSON.stringify({ MediaContainer: container }), 'application/json') : answer(200, xmlDocument({ MediaContainer: xmlAttributes(container) }), 'text/xml;charset=utf-8');
+      const container = {
+        size: 0,
+        friendlyName: this.friendlyName,
+        machineIdentifier: this.machineIdentifier,
+        version: this.version,
+        myPlex: true,
+        platform: 'Linux',
+        transcoderActiveVideoSessions: 0,
+      };
+      return wantsJson
+        ? answer(200, JSON.stringify({ MediaContainer: container }), 'application/json')
+        : answer(200, xmlDocument({ MediaContainer: xmlAttributes(container) }), 'text/xml;charset=utf-8');
     }
     if (url.pathname === '/status/sessions') {
       const mode = this.behaviour.sessions;
@@ -377,12 +392,25 @@ function sessionsJson(sessions: readonly PlexTestSession[]): object {
           type: session.type,
           viewOffset: session.viewOffset,
           duration: 596000,
-          Media: session.media.map((media, index) => ({ id: String(index + 1), bitrate: media.bitrate, videoResolution: '1080', container: 'mkv', Part: [{ id: String(index + 1), decision: session.transcode ? 'transcode' : 'directplay' }] })),
+          Media: session.media.map((media, index) => ({
+            id: String(index + 1),
+            bitrate: media.bitrate,
+            videoResolution: '1080',
+            container: 'mkv',
+            Part: [{ id: String(index + 1), decision: session.transcode ? 'transcode' : 'directplay' }],
+          })),
           User: { id: session.user.id, thumb: 'https://plex.tv/users/x/avatar', title: session.user.title },
           Player: { ...session.player, profile: 'Android', state: session.state, userID: Number(session.user.id), version: '10.25.1' },
           Session: { ...session.session },
         };
-        if (session.transcode) metadata.TranscodeSession = { key: session.transcode.key, throttled: false, progress: 12.5, speed: 2.1, videoDecision: session.transcode.videoDecision };
+        if (session.transcode)
+          metadata.TranscodeSession = {
+            key: session.transcode.key,
+            throttled: false,
+            progress: 12.5,
+            speed: 2.1,
+            videoDecision: session.transcode.videoDecision,
+          };
         return metadata;
       }),
     },
@@ -395,13 +423,22 @@ function sessionsXml(sessions: readonly PlexTestSession[]): string {
   const grouped: Record<string, object[]> = {};
   for (const session of sessions) {
     const element: Record<string, unknown> = {
-      ...xmlAttributes({ addedAt: 1690000000, key: `/library/metadata/${session.ratingKey}`, ratingKey: session.ratingKey, sessionKey: session.sessionKey, title: session.title, type: session.type, viewOffset: session.viewOffset }),
+      ...xmlAttributes({
+        addedAt: 1690000000,
+        key: `/library/metadata/${session.ratingKey}`,
+        ratingKey: session.ratingKey,
+        sessionKey: session.sessionKey,
+        title: session.title,
+        type: session.type,
+        viewOffset: session.viewOffset,
+      }),
       Media: session.media.map((media, index) => xmlAttributes({ id: index + 1, bitrate: media.bitrate, videoResolution: '1080' })),
       User: xmlAttributes(session.user),
       Player: xmlAttributes({ ...session.player, state: session.state, userID: session.user.id }),
       Session: xmlAttributes(session.session),
     };
-    if (session.transcode) element.TranscodeSession = xmlAttributes({ key: session.transcode.key, throttled: false, videoDecision: session.transcode.videoDecision });
+    if (session.transcode)
+      element.TranscodeSession = xmlAttributes({ key: session.transcode.key, throttled: false, videoDecision: session.transcode.videoDecision });
     (grouped[tagOf[session.type]] ??= []).push(element);
   }
   return xmlDocument({ MediaContainer: { ...xmlAttributes({ size: sessions.length }), ...grouped } });

@@ -49,10 +49,13 @@ if (mode === 'receive') {
     }, warmup * 1000);
   };
   server.listen(port, address, () => process.stdout.write('listening\n'));
-  setTimeout(() => {
-    process.stderr.write('receiver: no data arrived\n');
-    process.exit(2);
-  }, (warmup + seconds + 20) * 1000).unref();
+  setTimeout(
+    () => {
+      process.stderr.write('receiver: no data arrived\n');
+      process.exit(2);
+    },
+    (warmup + seconds + 20) * 1000,
+  ).unref();
 } else if (mode === 'sink') {
   let total = 0;
   const server = net.createServer((socket) => {

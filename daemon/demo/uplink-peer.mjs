@@ -148,7 +148,11 @@ function startPlayer(index, { address, bitsPerSecond }, server, port) {
     process.exit(1);
   });
   return {
-    status: (at) => ({ buffer: Number(Math.max(0, buffer(at)).toFixed(2)), stalls: lateSegments + (buffer(at) < 0 ? 1 : 0), fetching: fetchStartedAt !== undefined }),
+    status: (at) => ({
+      buffer: Number(Math.max(0, buffer(at)).toFixed(2)),
+      stalls: lateSegments + (buffer(at) < 0 ? 1 : 0),
+      fetching: fetchStartedAt !== undefined,
+    }),
     result: (at) => {
       const dryNow = playingSince !== undefined && buffer(at) < 0;
       return {

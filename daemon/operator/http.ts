@@ -29,7 +29,8 @@ export interface StatusServerOptions {
 export function parseListen(listen: string): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen) ?? /^()()(\d+)$/.exec(listen);
   const port = Number(match?.[3]);
-  if (!match || !Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`status.listen ${JSON.stringify(listen)}: expected host:port, [v6]:port or a port`);
+  if (!match || !Number.isInteger(port) || port < 0 || port > 65535)
+    throw new Error(`status.listen ${JSON.stringify(listen)}: expected host:port, [v6]:port or a port`);
   return { host: match[1] || match[2] || '127.0.0.1', port };
 }
 

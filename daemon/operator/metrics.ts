@@ -27,7 +27,12 @@ export class DaemonMetrics {
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
-    this.events = new Counter({ name: 'shaperr_playback_events_total', help: 'Playback events read from the Plex log, by kind', labelNames: ['kind'], registers });
+    this.events = new Counter({
+      name: 'shaperr_playback_events_total',
+      help: 'Playback events read from the Plex log, by kind',
+      labelNames: ['kind'],
+      registers,
+    });
     this.kernelOperationSeconds = new Histogram({
       name: 'shaperr_kernel_operation_seconds',
       help: 'Time from a decision to the kernel acknowledging it',
@@ -35,9 +40,19 @@ export class DaemonMetrics {
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25],
       registers,
     });
-    this.reconciliations = new Counter({ name: 'shaperr_reconciliations_total', help: 'Times the kernel state was reconciled (restart adoption, repair after removal)', labelNames: ['reason'], registers });
+    this.reconciliations = new Counter({
+      name: 'shaperr_reconciliations_total',
+      help: 'Times the kernel state was reconciled (restart adoption, repair after removal)',
+      labelNames: ['reason'],
+      registers,
+    });
     this.kernelErrors = new Counter({ name: 'shaperr_kernel_errors_total', help: 'Kernel changes that failed', registers });
-    this.plexRequests = new Counter({ name: 'shaperr_plex_requests_total', help: 'HTTP requests to the Plex API, by endpoint and result (ok, timeout, http-error, malformed, unreachable, unauthorized)', labelNames: ['endpoint', 'result'], registers });
+    this.plexRequests = new Counter({
+      name: 'shaperr_plex_requests_total',
+      help: 'HTTP requests to the Plex API, by endpoint and result (ok, timeout, http-error, malformed, unreachable, unauthorized)',
+      labelNames: ['endpoint', 'result'],
+      registers,
+    });
     // Every series exists from the start (at 0), so rate() and alerts work before the first event.
     for (const kind of ['start', 'progress', 'pause', 'stop']) this.events.inc({ kind }, 0);
     for (const reason of ['restart', 'repair']) this.reconciliations.inc({ reason }, 0);
@@ -60,7 +75,11 @@ export class DaemonMetrics {
           const clients = [...report().clients].sort((a, b) => b.bytes - a.bytes);
           for (const client of clients.slice(0, MAX_CLIENT_SERIES)) this.set({ client: client.address }, value(client));
           const rest = clients.slice(MAX_CLIENT_SERIES);
-          if (rest.length) this.set({ client: 'other' }, rest.reduce((sum, client) => sum + value(client), 0));
+          if (rest.length)
+            this.set(
+              { client: 'other' },
+              rest.reduce((sum, client) => sum + value(client), 0),
+            );
         },
       });
     new Gauge({
@@ -101,7 +120,11 @@ export class DaemonMetrics {
           if (stats) this.inc(value(stats));
         },
       });
-    shaperCounter('shaperr_kernel_requests_total', 'Requests sent to the kernel that change shaping state (adds, changes, deletes)', (stats) => stats.kernelRequests);
+    shaperCounter(
+      'shaperr_kernel_requests_total',
+      'Requests sent to the kernel that change shaping state (adds, changes, deletes)',
+      (stats) => stats.kernelRequests,
+    );
     shaperCounter(
       'shaperr_rebalance_changes_total',
       "Class changes made to other clients' pipes so that the guaranteed rates keep fitting the server rate",

@@ -33,7 +33,10 @@ const program = new Command()
   .option('-d, --device <name>', 'network device (overrides the config)')
   .option('-n, --netns <name>', 'network namespace of the device (overrides the config)')
   .showHelpAfterError()
-  .addHelpText('after', '\nExit codes: 0 ok; 1 a check failed or the kernel refused; 2 bad arguments or configuration; 3 shaperr has nothing on the device (status, tc).');
+  .addHelpText(
+    'after',
+    '\nExit codes: 0 ok; 1 a check failed or the kernel refused; 2 bad arguments or configuration; 3 shaperr has nothing on the device (status, tc).',
+  );
 
 /** The config when there is one; a missing default config is fine when --device says where to look. */
 function configFor(options: GlobalOptions): ShaperrConfig | undefined {
@@ -51,7 +54,8 @@ function target(options: GlobalOptions): { device: string; netns?: string; confi
 }
 
 const mbit = (bits: number | undefined) => (bits === undefined ? '…' : describeRate(bits));
-const size = (bytes: number) => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(0)} KiB`);
+const size = (bytes: number) =>
+  bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(0)} KiB`;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function sessionsFrom(config: ShaperrConfig | undefined): Promise<SessionInfo[]> {
@@ -92,7 +96,11 @@ function table(report: StatusReport): string {
   ]);
   const header = ['CLIENT', 'USER', 'STATE', 'SESSIONS', 'GUARANTEED / CEIL', 'WANTS', 'NOW', 'SENT', 'DROPS', 'SINCE'];
   const widths = header.map((title, i) => Math.max(title.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: string[]) => cells.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((cell, i) => cell.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
   const server = report.server;
   const serverLine = server
     ? `server ${report.device}: ${mbit(server.bitsPerSecond)} of ${mbit(server.rate)} (${((server.utilisation ?? 0) * 100).toFixed(0)} %), ${size(server.bytes)} sent, ${server.drops} drops; leaf ${report.leaf}` +
@@ -100,7 +108,14 @@ function table(report: StatusReport): string {
     : `server ${report.device}: no server class`;
   const short = report.clients.filter((c) => c.rate < c.wanted).length;
   const shortLine = short ? [`${short} guaranteed less than they want (!): the server rate is shared by more viewers than it holds`] : [];
-  return [serverLine, `${report.clients.length} throttled client${report.clients.length === 1 ? '' : 's'}`, ...shortLine, ...(rows.length ? [line(header), ...rows.map(line)] : [])].join('\n') + '\n';
+  return (
+    [
+      serverLine,
+      `${report.clients.length} throttled client${report.clients.length === 1 ? '' : 's'}`,
+      ...shortLine,
+      ...(rows.length ? [line(header), ...rows.map(line)] : []),
+    ].join('\n') + '\n'
+  );
 }
 
 program
@@ -108,17 +123,24 @@ program
   .description('throttled clients (address, user, sessions, guaranteed rate/ceil, wanted rate, throughput now, bytes, drops, since) and the server class')
   .option('--json', 'print the report as JSON (one object; one per line with --watch)')
   .option('-w, --watch', 'refresh until interrupted')
-  .option('-i, --interval <seconds>', 'measuring interval for throughput', (value) => {
-    const seconds = Number(value);
-    if (!(seconds >= 0.2 && seconds <= 3600)) throw new InvalidArgumentError('expected seconds from 0.2 to 3600');
-    return seconds;
-  }, 1)
+  .option(
+    '-i, --interval <seconds>',
+    'measuring interval for throughput',
+    (value) => {
+      const seconds = Number(value);
+      if (!(seconds >= 0.2 && seconds <= 3600)) throw new InvalidArgumentError('expected seconds from 0.2 to 3600');
+      return seconds;
+    },
+    1,
+  )
   .action(async (options: { json?: boolean; watch?: boolean; interval: number }) => {
     const where = target(program.opts<GlobalOptions>());
     const meter = new ThroughputMeter();
     const tty = process.stdout.isTTY === true && !options.json;
     if (!(await report(where, meter))) {
-      process.stderr.write(`shaperr has nothing on ${where.device}${where.netns ? ` (netns ${where.netns})` : ''}: shaperrd is not running there, or was stopped with its rules removed\n`);
+      process.stderr.write(
+        `shaperr has nothing on ${where.device}${where.netns ? ` (netns ${where.netns})` : ''}: shaperrd is not running there, or was stopped with its rules removed\n`,
+      );
       process.exitCode = EXIT.nothing;
       return;
     }
@@ -134,7 +156,9 @@ program
 
 program
   .command('clear')
-  .description("remove every object shaperr owns on the device (its root qdisc, and with it all classes, leaves and filters); refuses while shaperrd runs there")
+  .description(
+    'remove every object shaperr owns on the device (its root qdisc, and with it all classes, leaves and filters); refuses while shaperrd runs there',
+  )
   .action(async () => {
     const where = target(program.opts<GlobalOptions>());
     // Held while clearing, so no shaperrd starts meanwhile; a running one would only put everything back.
@@ -152,9 +176,13 @@ program
     } finally {
       lock.release();
     }
-    process.stdout.write(`${tty && removed ? '\r\x1b[2K' : ''}${removed !== undefined
-      ? `removed shaperr's root qdisc ${formatHandle(SHAPER_ROOT)} and ${removed} client pipe${removed === 1 ? '' : 's'} from ${where.device}`
-      : `nothing of shaperr's on ${where.device}`}\n`);
+    process.stdout.write(
+      `${tty && removed ? '\r\x1b[2K' : ''}${
+        removed !== undefined
+          ? `removed shaperr's root qdisc ${formatHandle(SHAPER_ROOT)} and ${removed} client pipe${removed === 1 ? '' : 's'} from ${where.device}`
+          : `nothing of shaperr's on ${where.device}`
+      }\n`,
+    );
   });
 
 program
@@ -209,14 +237,26 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
   let config: ShaperrConfig | undefined;
   try {
     config = configFor(options);
-    lines.push(config ? { verdict: 'ok', what: `configuration ${options.config} is valid` } : { verdict: 'warn', what: `no configuration at ${options.config}`, fix: 'copy examples/shaperr.yaml there (see README)' });
+    lines.push(
+      config
+        ? { verdict: 'ok', what: `configuration ${options.config} is valid` }
+        : { verdict: 'warn', what: `no configuration at ${options.config}`, fix: 'copy examples/shaperr.yaml there (see README)' },
+    );
   } catch (error) {
     lines.push({ verdict: 'fail', what: (error as Error).message, fix: 'fix the key named above (see README, configuration reference)' });
   }
   const device = options.device ?? config?.device;
   const netns = options.netns ?? config?.netns;
   const privileged = hasNetAdmin();
-  lines.push(privileged ? { verdict: 'ok', what: 'running with CAP_NET_ADMIN' } : { verdict: 'fail', what: 'no CAP_NET_ADMIN: the kernel will refuse every change', fix: 'run as root, or as the systemd service (AmbientCapabilities=CAP_NET_ADMIN)' });
+  lines.push(
+    privileged
+      ? { verdict: 'ok', what: 'running with CAP_NET_ADMIN' }
+      : {
+          verdict: 'fail',
+          what: 'no CAP_NET_ADMIN: the kernel will refuse every change',
+          fix: 'run as root, or as the systemd service (AmbientCapabilities=CAP_NET_ADMIN)',
+        },
+  );
 
   if (!device) {
     lines.push({ verdict: 'fail', what: 'no device to check', fix: 'pass --device or set `device:` in the config' });
@@ -227,17 +267,32 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
       const { root } = found;
       if (root.state === 'none') lines.push({ verdict: 'ok', what: `no root qdisc on ${device} yet: shaperrd will add its own` });
       else if (root.state === 'shaperr') lines.push({ verdict: 'ok', what: `shaperr's root qdisc is on ${device}` });
-      else lines.push({ verdict: config?.takeover ? 'warn' : 'fail', what: `${device} already has a root qdisc ${root.description} that shaperr did not create`, fix: config?.takeover ? 'takeover: true will replace it' : 'remove it, or set takeover: true to let shaperrd replace it' });
+      else
+        lines.push({
+          verdict: config?.takeover ? 'warn' : 'fail',
+          what: `${device} already has a root qdisc ${root.description} that shaperr did not create`,
+          fix: config?.takeover ? 'takeover: true will replace it' : 'remove it, or set takeover: true to let shaperrd replace it',
+        });
       if (found.qdiscKinds) {
         for (const kind of ['htb', 'sfq'] as const) {
           const present = found.qdiscKinds[kind];
           if (present) lines.push({ verdict: 'ok', what: `kernel has the ${kind} qdisc` });
-          else if (kind === 'sfq') lines.push({ verdict: 'warn', what: 'kernel has no sfq qdisc (module sch_sfq)', fix: 'client pipes will use bfifo leaves (one byte-limited queue per client, no per-flow fairness); `modprobe sch_sfq` if your kernel ships it' });
-          else lines.push({ verdict: 'fail', what: 'kernel has no htb qdisc (module sch_htb)', fix: '`modprobe sch_htb`, or a kernel with CONFIG_NET_SCH_HTB' });
+          else if (kind === 'sfq')
+            lines.push({
+              verdict: 'warn',
+              what: 'kernel has no sfq qdisc (module sch_sfq)',
+              fix: 'client pipes will use bfifo leaves (one byte-limited queue per client, no per-flow fairness); `modprobe sch_sfq` if your kernel ships it',
+            });
+          else
+            lines.push({ verdict: 'fail', what: 'kernel has no htb qdisc (module sch_htb)', fix: '`modprobe sch_htb`, or a kernel with CONFIG_NET_SCH_HTB' });
         }
         // A filter kind can only be tried on a classful qdisc: shaperr's own, when it is there.
         if (found.u32 !== undefined) {
-          lines.push(found.u32 ? { verdict: 'ok', what: 'kernel has the u32 filter' } : { verdict: 'fail', what: 'kernel has no u32 filter (module cls_u32)', fix: '`modprobe cls_u32`, or a kernel with CONFIG_NET_CLS_U32' });
+          lines.push(
+            found.u32
+              ? { verdict: 'ok', what: 'kernel has the u32 filter' }
+              : { verdict: 'fail', what: 'kernel has no u32 filter (module cls_u32)', fix: '`modprobe cls_u32`, or a kernel with CONFIG_NET_CLS_U32' },
+          );
         } else {
           lines.push({ verdict: 'ok', what: 'u32 filter: probed by shaperrd when it starts (needs its qdisc on the device)' });
         }
@@ -246,7 +301,11 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
       }
     } catch (error) {
       const code = error instanceof NetlinkError ? error.code : '';
-      lines.push({ verdict: 'fail', what: code === 'ENODEV' ? `no device ${device}${netns ? ` in netns ${netns}` : ''}` : (error as Error).message, fix: 'set `device:` to your server\'s upstream interface (ip link)' });
+      lines.push({
+        verdict: 'fail',
+        what: code === 'ENODEV' ? `no device ${device}${netns ? ` in netns ${netns}` : ''}` : (error as Error).message,
+        fix: "set `device:` to your server's upstream interface (ip link)",
+      });
     }
   }
 
@@ -256,16 +315,30 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
   if (plex && !plex.usesLog) {
     lines.push({ verdict: 'ok', what: 'the Plex log and its debug logging are not needed (Plex API source)' });
   } else if (!log) {
-    lines.push({ verdict: 'fail', what: 'no Plex Media Server log found in the usual places', fix: 'set `log:` in the config to "…/Plex Media Server/Logs/Plex Media Server.log"' });
+    lines.push({
+      verdict: 'fail',
+      what: 'no Plex Media Server log found in the usual places',
+      fix: 'set `log:` in the config to "…/Plex Media Server/Logs/Plex Media Server.log"',
+    });
   } else {
     try {
       accessSync(log, constants.R_OK);
       lines.push({ verdict: 'ok', what: `log ${log} is readable` });
-      lines.push(debugLinesSeen(log)
-        ? { verdict: 'ok', what: 'Plex debug logging is on (request lines seen)' }
-        : { verdict: 'warn', what: 'no request lines in the log: Plex debug logging looks off', fix: 'Plex Web → Settings → General → Enable Plex Media Server debug logging' });
+      lines.push(
+        debugLinesSeen(log)
+          ? { verdict: 'ok', what: 'Plex debug logging is on (request lines seen)' }
+          : {
+              verdict: 'warn',
+              what: 'no request lines in the log: Plex debug logging looks off',
+              fix: 'Plex Web → Settings → General → Enable Plex Media Server debug logging',
+            },
+      );
     } catch (error) {
-      lines.push({ verdict: 'fail', what: `log ${log} is not readable: ${(error as Error).message}`, fix: 'give the shaperr user read access (e.g. add it to the plex group)' });
+      lines.push({
+        verdict: 'fail',
+        what: `log ${log} is not readable: ${(error as Error).message}`,
+        fix: 'give the shaperr user read access (e.g. add it to the plex group)',
+      });
     }
   }
   return lines;
@@ -273,7 +346,9 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
 
 program
   .command('check')
-  .description('verify the environment: privileges, device, kernel qdiscs and filters (and the fallback), event source and Plex token, Plex server, log file, Plex debug logging')
+  .description(
+    'verify the environment: privileges, device, kernel qdiscs and filters (and the fallback), event source and Plex token, Plex server, log file, Plex debug logging',
+  )
   .action(async () => {
     const lines = await runChecks(program.opts<GlobalOptions>());
     for (const line of lines) process.stdout.write(`${line.verdict.padEnd(5)} ${line.what}${line.fix ? `\n      → ${line.fix}` : ''}\n`);

@@ -185,8 +185,9 @@ export class Policy {
     }
     const user = client.user?.toLowerCase();
     const override =
-      this.overrides.find((candidate) => candidate.user !== undefined && candidate.user === user && (!candidate.network || candidate.network.contains(client.address))) ??
-      this.overrides.find((candidate) => candidate.user === undefined && candidate.network?.contains(client.address));
+      this.overrides.find(
+        (candidate) => candidate.user !== undefined && candidate.user === user && (!candidate.network || candidate.network.contains(client.address)),
+      ) ?? this.overrides.find((candidate) => candidate.user === undefined && candidate.network?.contains(client.address));
     if (override) return { limits: override.limits, why: `override (${override.user ? `user ${override.user}` : 'network'})` };
     if (!this.auto) return { limits: this.defaults, why: 'fixed client rate' };
     return this.autoLimits(client.streams ?? []);
@@ -199,7 +200,11 @@ export class Policy {
     let wanted = 0;
     for (const stream of streams) {
       const [need, what] =
-        stream.bandwidth !== undefined ? [stream.bandwidth, 'Plex bandwidth'] : stream.maxVideoBitrate !== undefined ? [stream.maxVideoBitrate, 'maxVideoBitrate of the transcode request'] : [stream.mediaBitrate, 'media bitrate'];
+        stream.bandwidth !== undefined
+          ? [stream.bandwidth, 'Plex bandwidth']
+          : stream.maxVideoBitrate !== undefined
+            ? [stream.maxVideoBitrate, 'maxVideoBitrate of the transcode request']
+            : [stream.mediaBitrate, 'media bitrate'];
       if (need === undefined) continue;
       const headroom = stream.directPlay ? auto.directPlayHeadroom : auto.headroom;
       wanted += need * headroom;

@@ -138,7 +138,14 @@ export class SessionTracker {
     const { policy } = this.options;
     const verdict = policy.limitsFor(event);
     if (verdict.exempt) {
-      if (event.kind === 'start') this.decide({ action: 'exempt', address: event.address, session: event.sessionKey, reason: verdict.exempt, ...(event.user ? { user: event.user } : {}) });
+      if (event.kind === 'start')
+        this.decide({
+          action: 'exempt',
+          address: event.address,
+          session: event.sessionKey,
+          reason: verdict.exempt,
+          ...(event.user ? { user: event.user } : {}),
+        });
       return;
     }
     const now = this.now();
@@ -164,7 +171,12 @@ export class SessionTracker {
     const need = streamNeed(event) ?? client.sessions.get(event.sessionKey)?.need;
     if (need) session.need = need;
     for (const [key] of setNewest(client.sessions, event.sessionKey, session, MAX_LIVE_SESSIONS)) {
-      this.decide({ action: 'expire', address: client.address, session: key, reason: `more than ${MAX_LIVE_SESSIONS} live sessions: the one heard from longest ago` });
+      this.decide({
+        action: 'expire',
+        address: client.address,
+        session: key,
+        reason: `more than ${MAX_LIVE_SESSIONS} live sessions: the one heard from longest ago`,
+      });
     }
     if (client.releaseAt !== undefined) {
       client.releaseAt = undefined;
@@ -255,31 +267,33 @@ export class SessionTracker {
     const change = batched ?? (wanted === undefined ? this.options.shaper.release(client.address) : this.options.shaper.throttle(client.address, wanted));
     this.kernelChanges++;
     let failed = false;
-    client.inFlight = change.then(
-      () => {
-        if (client.applied === undefined) client.throttledSince = Date.now();
-        if (wanted === undefined) delete client.throttledSince;
-        client.applied = wanted;
-        this.decide({
-          action,
-          address: client.address,
-          latencyMs: this.now() - startedAt,
-          ...(wanted ? { limits: wanted } : {}),
-          ...(wanted && client.why ? { reason: client.why } : {}),
-          ...(client.user ? { user: client.user } : {}),
-        });
-      },
-      (error: unknown) => {
-        failed = true;
-        this.options.onError?.(error, client.address);
-      },
-    ).finally(() => {
-      client.inFlight = undefined;
-      // Events that arrived meanwhile may want something else already; a failure waits for the next
-      // event or sweep instead of retrying in a tight loop.
-      if (!failed && !sameLimits(client.wanted, client.applied)) this.converge(client, this.now());
-      else this.forgetIfIdle(client);
-    });
+    client.inFlight = change
+      .then(
+        () => {
+          if (client.applied === undefined) client.throttledSince = Date.now();
+          if (wanted === undefined) delete client.throttledSince;
+          client.applied = wanted;
+          this.decide({
+            action,
+            address: client.address,
+            latencyMs: this.now() - startedAt,
+            ...(wanted ? { limits: wanted } : {}),
+            ...(wanted && client.why ? { reason: client.why } : {}),
+            ...(client.user ? { user: client.user } : {}),
+          });
+        },
+        (error: unknown) => {
+          failed = true;
+          this.options.onError?.(error, client.address);
+        },
+      )
+      .finally(() => {
+        client.inFlight = undefined;
+        // Events that arrived meanwhile may want something else already; a failure waits for the next
+        // event or sweep instead of retrying in a tight loop.
+        if (!failed && !sameLimits(client.wanted, client.applied)) this.converge(client, this.now());
+        else this.forgetIfIdle(client);
+      });
   }
 
   private decide(decision: Decision): void {

@@ -195,7 +195,10 @@ export class PlexLogParser {
     if (this.proxies.size === 0 || !this.proxies.contains(peer)) return undefined;
     const forwarded = headers.get('x-forwarded-for');
     if (forwarded) {
-      const hops = forwarded.split(',').map((hop) => normalise(hop.trim())).filter((hop): hop is string => hop !== undefined);
+      const hops = forwarded
+        .split(',')
+        .map((hop) => normalise(hop.trim()))
+        .filter((hop): hop is string => hop !== undefined);
       for (let index = hops.length - 1; index >= 0; index--) {
         if (!this.proxies.contains(hops[index]!)) return hops[index];
       }

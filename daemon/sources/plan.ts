@@ -26,7 +26,11 @@ export class SourceError extends Error {
   override readonly name = 'SourceError';
 }
 
-function withTokens(servers: PlexServerConfig[], logPath: string | undefined, env: NodeJS.ProcessEnv): { planned: PlannedPlexServer[]; missing: string[]; problems: string[] } {
+function withTokens(
+  servers: PlexServerConfig[],
+  logPath: string | undefined,
+  env: NodeJS.ProcessEnv,
+): { planned: PlannedPlexServer[]; missing: string[]; problems: string[] } {
   const planned: PlannedPlexServer[] = [];
   const missing: string[] = [];
   const problems: string[] = [];
@@ -34,7 +38,10 @@ function withTokens(servers: PlexServerConfig[], logPath: string | undefined, en
     const lookup = findPlexToken(server, { env, preferences: preferencesPaths(logPath) });
     problems.push(...lookup.problems.filter((problem) => !problems.includes(problem)));
     if (lookup.choice) planned.push({ url: server.url, verifyTls: server.verifyTls, pollSeconds: server.pollSeconds, token: lookup.choice });
-    else missing.push(`no Plex token for ${server.url}: set plex.token or plex.tokenFile, or the PLEX_TOKEN environment variable${lookup.problems.length ? ` (${lookup.problems.join('; ')})` : ''}`);
+    else
+      missing.push(
+        `no Plex token for ${server.url}: set plex.token or plex.tokenFile, or the PLEX_TOKEN environment variable${lookup.problems.length ? ` (${lookup.problems.join('; ')})` : ''}`,
+      );
   }
   return { planned, missing, problems };
 }
@@ -54,5 +61,10 @@ export function planSources(config: ShaperrConfig, logPath: string | undefined, 
     return { log: true, plex: [], reason: `source: auto → the log (${found.missing.join('; ')})`, problems: found.problems };
   }
   if (found.missing.length) throw new SourceError(found.missing.join('; '));
-  return { log: config.source === 'both', plex: found.planned, reason: `source: ${config.source} → Plex API at ${describe(found.planned)}${config.source === 'both' ? ' and the log' : ''}`, problems: [] };
+  return {
+    log: config.source === 'both',
+    plex: found.planned,
+    reason: `source: ${config.source} → Plex API at ${describe(found.planned)}${config.source === 'both' ? ' and the log' : ''}`,
+    problems: [],
+  };
 }

@@ -145,24 +145,36 @@ export function plexGet(options: PlexRequestOptions, path: string): Promise<stri
   const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
   return new Promise<string>((resolve, reject) => {
     const headers = { 'X-Plex-Token': options.token, Accept: 'application/json' };
-    const outgoing = request(url, { headers, rejectUnauthorized: options.verifyTls, timeout: options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}), ...(options.agent ? { agent: options.agent } : {}) }, (response) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      response.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        if (size > MAX_BODY) outgoing.destroy(new PlexHttpError(`GET ${path}: answer larger than ${MAX_BODY >> 20} MiB`, 'malformed'));
-        else chunks.push(chunk);
-      });
-      response.on('error', () => undefined); // the request's own error handler reports it
-      response.on('end', () => {
-        const status = response.statusCode ?? 0;
-        if (status === 401) return reject(new PlexHttpError('Plex rejected the token (401)', 'unauthorized'));
-        if (status < 200 || status >= 300) return reject(new PlexHttpError(`GET ${path} answered HTTP ${status}`, 'http-error'));
-        resolve(Buffer.concat(chunks).toString('utf8'));
-      });
-    });
+    const outgoing = request(
+      url,
+      {
+        headers,
+        rejectUnauthorized: options.verifyTls,
+        timeout: options.timeoutMs,
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.agent ? { agent: options.agent } : {}),
+      },
+      (response) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        response.on('data', (chunk: Buffer) => {
+          size += chunk.length;
+          if (size > MAX_BODY) outgoing.destroy(new PlexHttpError(`GET ${path}: answer larger than ${MAX_BODY >> 20} MiB`, 'malformed'));
+          else chunks.push(chunk);
+        });
+        response.on('error', () => undefined); // the request's own error handler reports it
+        response.on('end', () => {
+          const status = response.statusCode ?? 0;
+          if (status === 401) return reject(new PlexHttpError('Plex rejected the token (401)', 'unauthorized'));
+          if (status < 200 || status >= 300) return reject(new PlexHttpError(`GET ${path} answered HTTP ${status}`, 'http-error'));
+          resolve(Buffer.concat(chunks).toString('utf8'));
+        });
+      },
+    );
     outgoing.on('timeout', () => outgoing.destroy(new PlexHttpError(`GET ${path}: no answer within ${options.timeoutMs / 1000} s`, 'timeout')));
-    outgoing.on('error', (error) => reject(error instanceof PlexHttpError ? error : new PlexHttpError(`GET ${path}: ${redactToken(error.message, options.token)}`, 'unreachable')));
+    outgoing.on('error', (error) =>
+      reject(error instanceof PlexHttpError ? error : new PlexHttpError(`GET ${path}: ${redactToken(error.message, options.token)}`, 'unreachable')),
+    );
     outgoing.end();
   });
 }
@@ -195,8 +207,10 @@ const asNumber = (value: unknown): number | undefined => {
   const number = typeof value === 'number' ? value : typeof value === 'string' && value.trim() !== '' ? Number(value) : NaN;
   return Number.isFinite(number) ? number : undefined;
 };
-const asBoolean = (value: unknown): boolean | undefined => (value === true || value === '1' || value === 1 ? true : value === false || value === '0' || value === 0 ? false : undefined);
-const record = (value: unknown): Record<string, unknown> => (value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {});
+const asBoolean = (value: unknown): boolean | undefined =>
+  value === true || value === '1' || value === 1 ? true : value === false || value === '0' || value === 0 ? false : undefined;
+const record = (value: unknown): Record<string, unknown> =>
+  value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
 
 /** The IPv4 addresses of this host's container bridges (docker0, br-…, podman, cni): Docker's proxy speaks from them. */
 export function hostBridgeAddresses(): Set<string> {
@@ -243,7 +257,10 @@ export function parseSessionListing(body: string): ListedSession[] {
     const container = record(record(JSON.parse(text)).MediaContainer);
     const metadata = container.Metadata ?? [];
     if (!Array.isArray(metadata)) throw new Error('MediaContainer.Metadata is not a list');
-    return metadata.map(record).map(listedSession).filter((item) => item !== undefined);
+    return metadata
+      .map(record)
+      .map(listedSession)
+      .filter((item) => item !== undefined);
   }
   if (text.startsWith('<')) {
     const parsed = xmlParser.parse(text) as Record<string, unknown>;
@@ -256,7 +273,14 @@ export function parseSessionListing(body: string): ListedSession[] {
       if (!Array.isArray(value)) continue;
       for (const element of value.map(record)) {
         const first = (name: string) => record((element[name] as unknown[] | undefined)?.[0]);
-        const item = listedSession({ ...element, Player: first('Player'), Session: first('Session'), User: first('User'), Media: element.Media, TranscodeSession: element.TranscodeSession ? first('TranscodeSession') : undefined });
+        const item = listedSession({
+          ...element,
+          Player: first('Player'),
+          Session: first('Session'),
+          User: first('User'),
+          Media: element.Media,
+          TranscodeSession: element.TranscodeSession ? first('TranscodeSession') : undefined,
+        });
         if (item) items.push(item);
       }
     }
@@ -306,7 +330,10 @@ export class PlexSource {
     this.timings = { ...defaultPlexTimings, ...options.timings };
     this.retryDelay = this.timings.retryMinMs;
     this.bridges = options.bridgeAddresses ?? hostBridgeAddresses();
-    this.agent = new URL(options.url).protocol === 'https:' ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: options.verifyTls }) : new HttpAgent({ keepAlive: true });
+    this.agent =
+      new URL(options.url).protocol === 'https:'
+        ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: options.verifyTls })
+        : new HttpAgent({ keepAlive: true });
   }
 
   start(): void {
@@ -327,14 +354,16 @@ export class PlexSource {
   }
 
   status(): PlexSourceStatus {
-    const skipped = [...this.tracked.values()].filter((session) => session.skipped).map((session): SkippedStream => {
-      const entry: SkippedStream = { session: session.key, reason: session.skipped! };
-      if (session.user) entry.user = session.user;
-      if (session.product) entry.player = session.product;
-      if (session.address) entry.address = session.address;
-      if (session.bandwidth !== undefined) entry.bandwidth = session.bandwidth * 1000;
-      return entry;
-    });
+    const skipped = [...this.tracked.values()]
+      .filter((session) => session.skipped)
+      .map((session): SkippedStream => {
+        const entry: SkippedStream = { session: session.key, reason: session.skipped! };
+        if (session.user) entry.user = session.user;
+        if (session.product) entry.player = session.product;
+        if (session.address) entry.address = session.address;
+        if (session.bandwidth !== undefined) entry.bandwidth = session.bandwidth * 1000;
+        return entry;
+      });
     const status: PlexSourceStatus = { url: this.options.url, state: this.state, sessions: this.tracked.size, skipped, counters: { ...this.counters } };
     if (this.server) status.server = { ...this.server };
     if (this.lastError) status.lastError = this.lastError;
@@ -379,7 +408,8 @@ export class PlexSource {
     try {
       const server = await this.get('/', parseIdentity);
       const { name, version, machineIdentifier } = server;
-      if (this.server?.machineIdentifier !== machineIdentifier) this.options.logger.info({ plex: this.options.url, ...server }, `Plex server "${name ?? machineIdentifier}" ${version ?? ''}`.trim());
+      if (this.server?.machineIdentifier !== machineIdentifier)
+        this.options.logger.info({ plex: this.options.url, ...server }, `Plex server "${name ?? machineIdentifier}" ${version ?? ''}`.trim());
       this.server = server;
     } catch (error) {
       return this.failed(error);
@@ -397,7 +427,10 @@ export class PlexSource {
     this.socket = socket;
     let failure: unknown;
     socket.on('unexpected-response', (_request, response: IncomingMessage) => {
-      failure = response.statusCode === 401 ? new PlexHttpError('Plex rejected the token (401)', 'unauthorized') : new PlexHttpError(`websocket refused with HTTP ${response.statusCode}`, 'http-error');
+      failure =
+        response.statusCode === 401
+          ? new PlexHttpError('Plex rejected the token (401)', 'unauthorized')
+          : new PlexHttpError(`websocket refused with HTTP ${response.statusCode}`, 'http-error');
       response.resume();
       socket.terminate();
     });
@@ -446,7 +479,11 @@ export class PlexSource {
     const message = this.redact((error as Error).message ?? String(error));
     const unauthorized = error instanceof PlexHttpError && error.result === 'unauthorized';
     if (unauthorized) {
-      if (this.state !== 'token rejected') this.options.logger.error({ plex: this.options.url }, `Plex rejected the token (401) at ${this.options.url}; retrying every ${Math.round(this.timings.unauthorizedRetryMs / 1000)} s`);
+      if (this.state !== 'token rejected')
+        this.options.logger.error(
+          { plex: this.options.url },
+          `Plex rejected the token (401) at ${this.options.url}; retrying every ${Math.round(this.timings.unauthorizedRetryMs / 1000)} s`,
+        );
       this.state = 'token rejected';
       this.lastError = 'Plex rejected the token';
       this.after(this.timings.unauthorizedRetryMs, () => void this.connect());
@@ -454,7 +491,8 @@ export class PlexSource {
     }
     const delay = this.retryDelay;
     this.retryDelay = Math.min(this.retryDelay * 2, this.timings.retryMaxMs);
-    if (this.state !== 'waiting for Plex') this.options.logger.warn({ plex: this.options.url, err: message, retryMs: delay }, `waiting for Plex at ${this.options.url}: ${message}`);
+    if (this.state !== 'waiting for Plex')
+      this.options.logger.warn({ plex: this.options.url, err: message, retryMs: delay }, `waiting for Plex at ${this.options.url}: ${message}`);
     else this.options.logger.debug({ plex: this.options.url, err: message, retryMs: delay }, 'Plex still unreachable');
     this.state = 'waiting for Plex';
     this.lastError = message;
@@ -464,7 +502,14 @@ export class PlexSource {
   // ── HTTP ──────────────────────────────────────────────────────────────────
 
   private get requestOptions(): PlexRequestOptions {
-    return { url: this.options.url, token: this.options.token, verifyTls: this.options.verifyTls, timeoutMs: this.timings.requestTimeoutMs, signal: this.aborter.signal, agent: this.agent };
+    return {
+      url: this.options.url,
+      token: this.options.token,
+      verifyTls: this.options.verifyTls,
+      timeoutMs: this.timings.requestTimeoutMs,
+      signal: this.aborter.signal,
+      agent: this.agent,
+    };
   }
 
   /** One request, counted once: ok only when `read` understands the answer. */
@@ -540,7 +585,10 @@ export class PlexSource {
       present.add(item.sessionKey);
       if (this.stoppedKeys.has(item.sessionKey) && this.stoppedKeys.get(item.sessionKey) === item.ratingKey) continue; // lingering after its stop
       const known = this.tracked.get(item.sessionKey);
-      const sameSession = known && (item.ratingKey === undefined || item.ratingKey === known.ratingKey) && (item.sessionId === undefined || known.sessionId === undefined || item.sessionId === known.sessionId);
+      const sameSession =
+        known &&
+        (item.ratingKey === undefined || item.ratingKey === known.ratingKey) &&
+        (item.sessionId === undefined || known.sessionId === undefined || item.sessionId === known.sessionId);
       if (known && sameSession) {
         Object.assign(known, item, { key: known.key, address: known.address, confirmedAt: now });
         if (!known.skipped) this.emit(known.state === 'paused' ? 'pause' : 'progress', known, 'listing');
@@ -559,7 +607,10 @@ export class PlexSource {
     if (reason) {
       tracked.skipped = reason;
       const who = `${tracked.user ?? 'unknown user'} on ${tracked.product ?? tracked.playerTitle ?? 'unknown player'}`;
-      this.options.logger.warn({ plex: this.options.url, session: tracked.key, user: tracked.user, player: tracked.product, address: tracked.address }, `not shaping ${who}: ${reason}`);
+      this.options.logger.warn(
+        { plex: this.options.url, session: tracked.key, user: tracked.user, player: tracked.product, address: tracked.address },
+        `not shaping ${who}: ${reason}`,
+      );
       return;
     }
     this.emit('start', tracked, 'listing');
@@ -576,7 +627,8 @@ export class PlexSource {
     } catch {
       return `Plex lists an address shaperr cannot read (${JSON.stringify(session.address)})`;
     }
-    if (this.bridges.has(session.address)) return `the address ${session.address} is this host's container bridge: Plex runs behind Docker's proxy and the real client is hidden (use host networking)`;
+    if (this.bridges.has(session.address))
+      return `the address ${session.address} is this host's container bridge: Plex runs behind Docker's proxy and the real client is hidden (use host networking)`;
     return undefined;
   }
 

@@ -59,8 +59,7 @@ const FINGERPRINT_BYTES = 1024;
 const ROTATED_GENERATIONS = 5;
 
 /** `Plex Media Server.log` → `Plex Media Server.1.log` (generation 1), where Plex moves it on rotation. */
-export const rotatedPath = (path: string, generation = 1): string =>
-  generation === 0 ? path : path.replace(/(\.log)?$/, `.${generation}$1`);
+export const rotatedPath = (path: string, generation = 1): string => (generation === 0 ? path : path.replace(/(\.log)?$/, `.${generation}$1`));
 
 export class LogTailer extends EventEmitter<TailEvents> {
   /** Lines cut at maxLineBytes. */

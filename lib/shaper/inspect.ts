@@ -37,7 +37,10 @@ export function inspectShaper(options: DeviceOptions): ShaperView | undefined {
     const leaf: LeafKind = leaves[0]?.kind === 'sfq' ? 'sfq' : leaves.length ? 'bfifo' : 'none';
     const limits = { rate: server.parameters.rate, ceil: server.parameters.ceil };
     // Gateway mode shows in the filters themselves: `shaperr tc` prints them as they are.
-    const sourcePort = tc.filters(options.device, SHAPER_ROOT).map(readClientFilter).find((client) => client)?.sourcePort;
+    const sourcePort = tc
+      .filters(options.device, SHAPER_ROOT)
+      .map(readClientFilter)
+      .find((client) => client)?.sourcePort;
     const shaperOptions = { device: options.device, server: limits, client: limits, ...(sourcePort === undefined ? {} : { sourcePort }), onWarning: () => {} };
     return Shaper.view(readOnlyKernel(tc, options.device), shaperOptions, leaf);
   } catch (error) {

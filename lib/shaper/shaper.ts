@@ -420,7 +420,10 @@ export class Shaper {
       // Gateway mode turned on or off (or its port changed) since the earlier run: the pipe stays, its
       // filter is made again (the kernel keeps a u32 filter's matches on replace).
       if (client.sourcePort !== this.options.sourcePort) {
-        fixes.push({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node) }, { op: 'add', filter: this.clientFilter({ address: client.address, minor, filterNode: client.node }) });
+        fixes.push(
+          { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node) },
+          { op: 'add', filter: this.clientFilter({ address: client.address, minor, filterNode: client.node }) },
+        );
       }
       this.minors.claim(minor);
       this.nodePool(client.address).claim(client.node);
@@ -506,7 +509,10 @@ export class Shaper {
    */
   private setWanted(entries: readonly { address: string; limits?: RateLimits }[]): ThrottleOutcome[];
   private setWanted(entries: readonly { address: string; limits?: RateLimits }[], apply: (plan: ChangePlan) => Promise<void>): Promise<ThrottleOutcome[]>;
-  private setWanted(entries: readonly { address: string; limits?: RateLimits }[], apply?: (plan: ChangePlan) => Promise<void>): ThrottleOutcome[] | Promise<ThrottleOutcome[]> {
+  private setWanted(
+    entries: readonly { address: string; limits?: RateLimits }[],
+    apply?: (plan: ChangePlan) => Promise<void>,
+  ): ThrottleOutcome[] | Promise<ThrottleOutcome[]> {
     const results: { result: ThrottleOutcome['result']; client?: AppliedClient; error?: ShaperrInputError }[] = [];
     const made: AppliedClient[] = [];
     const previous = new Map<AppliedClient, WantedLimits>();
@@ -536,7 +542,15 @@ export class Shaper {
         continue;
       }
       const nodes = this.nodePool(address);
-      const client: AppliedClient = { address, minor: this.minors.allocate(), filterNode: nodes.allocate(), wanted, made: false, leaf: this.leaf, since: new Date() };
+      const client: AppliedClient = {
+        address,
+        minor: this.minors.allocate(),
+        filterNode: nodes.allocate(),
+        wanted,
+        made: false,
+        leaf: this.leaf,
+        since: new Date(),
+      };
       this.clientsByAddress.set(address.text, client);
       made.push(client);
       results.push({ result: 'applied', client });
@@ -700,7 +714,6 @@ export class Shaper {
     commit();
   }
 
-
   /** Class, leaf and filter of one client, in the order the kernel needs them. */
   private clientOperations(client: AppliedClient, pipe: PipeParameters): Operation[] {
     const operations: Operation[] = [{ op: 'add', class: this.classSpec(client.minor, pipe) }];
@@ -814,9 +827,15 @@ export class Shaper {
         const busyHandles = new Set(busy.map((tcClass) => tcClass.handle));
         return clients
           .filter((client) => client.pipe && busyHandles.has(makeHandle(ROOT_MAJOR, client.minor)))
-          .map((client): Operation => ({ op: 'change', class: this.classSpec(client.minor, { ...client.pipe!, ceil: Math.max(client.pipe!.rate, this.server.rate) }) }));
+          .map(
+            (client): Operation => ({
+              op: 'change',
+              class: this.classSpec(client.minor, { ...client.pipe!, ceil: Math.max(client.pipe!.rate, this.server.rate) }),
+            }),
+          );
       },
-      unsteer: () => clients.map((client): Operation => ({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true })),
+      unsteer: () =>
+        clients.map((client): Operation => ({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true })),
     });
   }
 

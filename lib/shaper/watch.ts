@@ -214,11 +214,24 @@ export class ShaperWatch {
     const { tc, shaper, options } = this;
     try {
       const filters = tc.filters(options.device, ROOT_HANDLE);
-      const classes = new Set(tc.classes(options.device).filter((tcClass) => tcClass.parent === SERVER_CLASS).map((tcClass) => tcClass.handle));
+      const classes = new Set(
+        tc
+          .classes(options.device)
+          .filter((tcClass) => tcClass.parent === SERVER_CLASS)
+          .map((tcClass) => tcClass.handle),
+      );
       const steered = new Set(filters.flatMap((filter) => readClientFilter(filter)?.classid ?? []));
       const leaf = shaper.leafKind;
       // A deleted leaf is replaced by the kernel's default qdisc: only a leaf of our kind counts.
-      const leaves = leaf === 'none' ? undefined : new Set(tc.qdiscs(options.device).filter((qdisc) => qdisc.kind === leaf).map((qdisc) => qdisc.parent));
+      const leaves =
+        leaf === 'none'
+          ? undefined
+          : new Set(
+              tc
+                .qdiscs(options.device)
+                .filter((qdisc) => qdisc.kind === leaf)
+                .map((qdisc) => qdisc.parent),
+            );
       const damaged = new Set<number>();
       for (const client of shaper.clients()) {
         const classid = parseHandle(client.classid);

@@ -10,7 +10,19 @@ import { formatHandle, parseHandle, TC_H_ROOT } from './handle.js';
 import type { KindContext } from './kind.js';
 import { DEFAULT_FILTER_KIND, kindFor, knownKind } from './registry.js';
 import { TCA, tcEstimator } from './tca.js';
-import type { ClassRef, ClassSpec, DeviceTarget, Estimator, FilterProtocol, FilterRef, FilterSpec, Operation, QdiscRef, QdiscSpec, WriteMode } from './types.js';
+import type {
+  ClassRef,
+  ClassSpec,
+  DeviceTarget,
+  Estimator,
+  FilterProtocol,
+  FilterRef,
+  FilterSpec,
+  Operation,
+  QdiscRef,
+  QdiscSpec,
+  WriteMode,
+} from './types.js';
 import { parseTime } from './units.js';
 
 // iproute2's flags per command (tc_qdisc.c, tc_class.c, tc_filter.c): note class/filter "replace" has no REPLACE flag.
@@ -50,7 +62,9 @@ function estimatorValue(estimator: Estimator): { interval: number; ewmaLog: numb
   while (ewmaLog < 32 && !(intervalUs / -Math.log(1 - 1 / 2 ** ewmaLog) > timeConstantUs)) ewmaLog++;
   ewmaLog--;
   if (interval > 5 || ewmaLog === 0 || ewmaLog >= 31) {
-    throw new ShaperrInputError(`invalid estimator ${estimator.interval}/${estimator.timeConstant}: interval must be 250ms…8s and the time constant several intervals`);
+    throw new ShaperrInputError(
+      `invalid estimator ${estimator.interval}/${estimator.timeConstant}: interval must be 250ms…8s and the time constant several intervals`,
+    );
   }
   return { interval: interval - 2, ewmaLog };
 }
@@ -95,16 +109,30 @@ export function qdiscRequest(mode: WriteMode, device: DeviceTarget, spec: QdiscS
   const handle = spec.handle === undefined ? 0 : parseHandle(spec.handle);
   const parameters = kind.resolve(spec.options ?? {}, kindContext);
   const estimator = spec.estimator && estimatorValue(spec.estimator);
-  return tcRequest(MessageType.NEWQDISC, qdiscModeFlags[mode], { ifindex: device.ifindex, handle, parent }, kind.name, (writer) => {
-    if (estimator) writer.attributeStruct(TCA.RATE, tcEstimator, estimator);
-    kind.write(writer, parameters, kindContext);
-  }, () => context(`${mode} qdisc`, describe('qdisc', handle || parent, kind.name, device.name), 'qdisc', kind.name));
+  return tcRequest(
+    MessageType.NEWQDISC,
+    qdiscModeFlags[mode],
+    { ifindex: device.ifindex, handle, parent },
+    kind.name,
+    (writer) => {
+      if (estimator) writer.attributeStruct(TCA.RATE, tcEstimator, estimator);
+      kind.write(writer, parameters, kindContext);
+    },
+    () => context(`${mode} qdisc`, describe('qdisc', handle || parent, kind.name, device.name), 'qdisc', kind.name),
+  );
 }
 
 export function deleteQdiscRequest(device: DeviceTarget, ref: QdiscRef): NetlinkRequest {
   const parent = ref.parent === undefined ? TC_H_ROOT : parseHandle(ref.parent);
   const handle = ref.handle === undefined ? 0 : parseHandle(ref.handle);
-  return tcRequest(MessageType.DELQDISC, 0, { ifindex: device.ifindex, handle, parent }, undefined, () => {}, () => context('delete qdisc', describe('qdisc', handle || parent, undefined, device.name), 'qdisc'));
+  return tcRequest(
+    MessageType.DELQDISC,
+    0,
+    { ifindex: device.ifindex, handle, parent },
+    undefined,
+    () => {},
+    () => context('delete qdisc', describe('qdisc', handle || parent, undefined, device.name), 'qdisc'),
+  );
 }
 
 export function classRequest(mode: WriteMode, device: DeviceTarget, spec: ClassSpec, kindContext: KindContext): NetlinkRequest {
@@ -113,15 +141,29 @@ export function classRequest(mode: WriteMode, device: DeviceTarget, spec: ClassS
   const parent = parseHandle(spec.parent);
   const parameters = kind.resolve(spec.options, kindContext);
   const estimator = spec.estimator && estimatorValue(spec.estimator);
-  return tcRequest(MessageType.NEWTCLASS, classModeFlags[mode], { ifindex: device.ifindex, handle: classid, parent }, kind.name, (writer) => {
-    if (estimator) writer.attributeStruct(TCA.RATE, tcEstimator, estimator);
-    kind.write(writer, parameters, kindContext);
-  }, () => context(`${mode} class`, describe('class', classid, kind.name, device.name), 'class', kind.name));
+  return tcRequest(
+    MessageType.NEWTCLASS,
+    classModeFlags[mode],
+    { ifindex: device.ifindex, handle: classid, parent },
+    kind.name,
+    (writer) => {
+      if (estimator) writer.attributeStruct(TCA.RATE, tcEstimator, estimator);
+      kind.write(writer, parameters, kindContext);
+    },
+    () => context(`${mode} class`, describe('class', classid, kind.name, device.name), 'class', kind.name),
+  );
 }
 
 export function deleteClassRequest(device: DeviceTarget, ref: ClassRef): NetlinkRequest {
   const classid = parseHandle(ref.classid);
-  return tcRequest(MessageType.DELTCLASS, 0, { ifindex: device.ifindex, handle: classid, parent: 0 }, undefined, () => {}, () => context('delete class', describe('class', classid, undefined, device.name), 'class'));
+  return tcRequest(
+    MessageType.DELTCLASS,
+    0,
+    { ifindex: device.ifindex, handle: classid, parent: 0 },
+    undefined,
+    () => {},
+    () => context('delete class', describe('class', classid, undefined, device.name), 'class'),
+  );
 }
 
 function describeFilter(ref: FilterRef, handle: number, device: string): string {
@@ -136,9 +178,16 @@ export function filterRequest(mode: WriteMode, device: DeviceTarget, spec: Filte
   const header = { ifindex: device.ifindex, handle, parent: parseHandle(spec.parent), info: filterInfo(spec.priority, spec.protocol) };
   const optionsContext = { ...kindContext, handle, protocol: protocolNumber(spec.protocol) };
   const parameters = spec.options === undefined ? undefined : kind.resolve(spec.options, optionsContext);
-  return tcRequest(MessageType.NEWTFILTER, classModeFlags[mode], header, kind.name, (writer) => {
-    if (parameters !== undefined) kind.write(writer, parameters, optionsContext);
-  }, () => context(`${mode} filter`, describeFilter(spec, handle, device.name), 'filter', kind.name));
+  return tcRequest(
+    MessageType.NEWTFILTER,
+    classModeFlags[mode],
+    header,
+    kind.name,
+    (writer) => {
+      if (parameters !== undefined) kind.write(writer, parameters, optionsContext);
+    },
+    () => context(`${mode} filter`, describeFilter(spec, handle, device.name), 'filter', kind.name),
+  );
 }
 
 export function deleteFilterRequest(device: DeviceTarget, ref: FilterRef): NetlinkRequest {
@@ -146,7 +195,14 @@ export function deleteFilterRequest(device: DeviceTarget, ref: FilterRef): Netli
   const handle = filterHandle(kindName, ref.handle);
   const header = { ifindex: device.ifindex, handle, parent: parseHandle(ref.parent), info: filterInfo(ref.priority, ref.protocol) };
   // The kind is needed to name a single filter by handle, as tc sends it.
-  return tcRequest(MessageType.DELTFILTER, 0, header, kindName, () => {}, () => context('delete filter', describeFilter(ref, handle, device.name), 'filter', kindName));
+  return tcRequest(
+    MessageType.DELTFILTER,
+    0,
+    header,
+    kindName,
+    () => {},
+    () => context('delete filter', describeFilter(ref, handle, device.name), 'filter', kindName),
+  );
 }
 
 /**
@@ -155,15 +211,29 @@ export function deleteFilterRequest(device: DeviceTarget, ref: FilterRef): Netli
  * missing size-table base, before anything is attached.
  */
 export function qdiscKindProbe(device: DeviceTarget, kind: string): NetlinkRequest {
-  return tcRequest(MessageType.NEWQDISC, Flags.CREATE | Flags.EXCL, { ifindex: device.ifindex, handle: 0, parent: TC_H_ROOT }, kind, (writer) => {
-    writer.endNested(writer.beginNested(TCA.STAB));
-  }, () => context('probe', `qdisc:${kind}`, 'qdisc', kind));
+  return tcRequest(
+    MessageType.NEWQDISC,
+    Flags.CREATE | Flags.EXCL,
+    { ifindex: device.ifindex, handle: 0, parent: TC_H_ROOT },
+    kind,
+    (writer) => {
+      writer.endNested(writer.beginNested(TCA.STAB));
+    },
+    () => context('probe', `qdisc:${kind}`, 'qdisc', kind),
+  );
 }
 
 /** Asks to create a filter of `kind` with a handle and no options, which a known kind refuses after being looked up. */
 export function filterKindProbe(device: DeviceTarget, kind: string, parent: number, priority: number): NetlinkRequest {
   const header = { ifindex: device.ifindex, handle: 1, parent, info: filterInfo(priority, 'all') };
-  return tcRequest(MessageType.NEWTFILTER, classModeFlags.add, header, kind, () => {}, () => context('probe', `filter:${kind}`, 'filter', kind));
+  return tcRequest(
+    MessageType.NEWTFILTER,
+    classModeFlags.add,
+    header,
+    kind,
+    () => {},
+    () => context('probe', `filter:${kind}`, 'filter', kind),
+  );
 }
 
 /** The netlink request for an operation. */

@@ -66,7 +66,8 @@ export const numericFilterHandle: Pick<AnyFilterKind, 'parseHandle' | 'formatHan
   parseHandle(text) {
     const trimmed = text.trim();
     const value = /^0x[0-9a-f]{1,8}$/i.test(trimmed) ? Number.parseInt(trimmed, 16) : /^\d{1,10}$/.test(trimmed) ? Number(trimmed) : Number.NaN;
-    if (!(value >= 0 && value <= 0xffffffff)) throw new ShaperrInputError(`invalid filter handle ${JSON.stringify(text)}: expected a 32-bit number, e.g. "5" or "0x5"`);
+    if (!(value >= 0 && value <= 0xffffffff))
+      throw new ShaperrInputError(`invalid filter handle ${JSON.stringify(text)}: expected a 32-bit number, e.g. "5" or "0x5"`);
     return value;
   },
   formatHandle: (handle) => `0x${handle.toString(16)}`,

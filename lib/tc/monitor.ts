@@ -155,7 +155,9 @@ export class TcMonitor {
       case MessageType.NEWQDISC:
       case MessageType.DELQDISC: {
         const header = tcmsg.decode(message.body);
-        const qdisc = this.tolerant(() => readQdisc(message, this.context)) ?? ({ ifindex: header.ifindex, handle: header.handle, parent: header.parent, kind: 'other:unknown' } as Qdisc);
+        const qdisc =
+          this.tolerant(() => readQdisc(message, this.context)) ??
+          ({ ifindex: header.ifindex, handle: header.handle, parent: header.parent, kind: 'other:unknown' } as Qdisc);
         return { object: 'qdisc', action: message.type === MessageType.NEWQDISC ? 'new' : 'del', ifindex: qdisc.ifindex, portId, qdisc };
       }
       case MessageType.NEWTCLASS:

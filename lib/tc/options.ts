@@ -25,7 +25,8 @@ export function timeOption(option: string, value: string | number, range: Intege
   } catch (error) {
     throw error instanceof ShaperrInputError ? new ShaperrInputError(`invalid ${option}: ${error.message}`) : error;
   }
-  if (microseconds < range.min || microseconds > range.max) throw new ShaperrInputError(`invalid ${option} ${JSON.stringify(value)}: expected ${range.min} to ${range.max} µs`);
+  if (microseconds < range.min || microseconds > range.max)
+    throw new ShaperrInputError(`invalid ${option} ${JSON.stringify(value)}: expected ${range.min} to ${range.max} µs`);
   return microseconds;
 }
 
@@ -37,6 +38,7 @@ export function sizeOption(option: string, value: SizeInput, range: IntegerRange
   } catch (error) {
     throw error instanceof ShaperrInputError ? new ShaperrInputError(`invalid ${option}: ${error.message}`) : error;
   }
-  if (bytes < range.min || bytes > range.max) throw new ShaperrInputError(`invalid ${option} ${JSON.stringify(value)}: expected ${range.min} to ${range.max} bytes`);
+  if (bytes < range.min || bytes > range.max)
+    throw new ShaperrInputError(`invalid ${option} ${JSON.stringify(value)}: expected ${range.min} to ${range.max} bytes`);
   return bytes;
 }

@@ -10,7 +10,8 @@ function protocolName(protocol: FilterProtocol): string {
 }
 
 const placement = (parent: number): string[] => (parent === TC_H_ROOT ? ['root'] : ['parent', formatHandle(parent)]);
-const estimatorWords = (estimator: Estimator | undefined): string[] => (estimator ? ['estimator', String(estimator.interval), String(estimator.timeConstant)] : []);
+const estimatorWords = (estimator: Estimator | undefined): string[] =>
+  estimator ? ['estimator', String(estimator.interval), String(estimator.timeConstant)] : [];
 
 export function qdiscCommand(mode: WriteMode | 'delete', device: string, spec: QdiscSpec | QdiscRef): string {
   const parent = spec.parent === undefined ? TC_H_ROOT : parseHandle(spec.parent);
@@ -29,7 +30,18 @@ export function classCommand(mode: WriteMode | 'delete', device: string, spec: C
 }
 
 export function filterCommand(mode: WriteMode | 'delete', device: string, spec: FilterSpec | FilterRef): string {
-  const words = ['tc', 'filter', modeWord[mode], 'dev', device, ...placement(parseHandle(spec.parent)), 'protocol', protocolName(spec.protocol), 'prio', String(spec.priority)];
+  const words = [
+    'tc',
+    'filter',
+    modeWord[mode],
+    'dev',
+    device,
+    ...placement(parseHandle(spec.parent)),
+    'protocol',
+    protocolName(spec.protocol),
+    'prio',
+    String(spec.priority),
+  ];
   const kindName = spec.kind ?? (spec.handle === undefined ? undefined : DEFAULT_FILTER_KIND);
   if (spec.handle !== undefined) words.push('handle', typeof spec.handle === 'number' ? kindFor('filter', kindName!).formatHandle(spec.handle) : spec.handle);
   if (kindName) words.push(kindName);

@@ -15,20 +15,51 @@ export type SizeInput = string | number;
 
 // Suffix → multiplier to bits; case-insensitive, as tc's strcasecmp (so "kbps" is kilo*bytes* per second).
 const rateSuffixes = new Map<string, number>([
-  ['bit', 1], ['kibit', 1024], ['kbit', 1000], ['mibit', 1024 ** 2], ['mbit', 1e6], ['gibit', 1024 ** 3],
-  ['gbit', 1e9], ['tibit', 1024 ** 4], ['tbit', 1e12], ['bps', 8], ['kibps', 8 * 1024], ['kbps', 8000],
-  ['mibps', 8 * 1024 ** 2], ['mbps', 8e6], ['gibps', 8 * 1024 ** 3], ['gbps', 8e9], ['tibps', 8 * 1024 ** 4],
+  ['bit', 1],
+  ['kibit', 1024],
+  ['kbit', 1000],
+  ['mibit', 1024 ** 2],
+  ['mbit', 1e6],
+  ['gibit', 1024 ** 3],
+  ['gbit', 1e9],
+  ['tibit', 1024 ** 4],
+  ['tbit', 1e12],
+  ['bps', 8],
+  ['kibps', 8 * 1024],
+  ['kbps', 8000],
+  ['mibps', 8 * 1024 ** 2],
+  ['mbps', 8e6],
+  ['gibps', 8 * 1024 ** 3],
+  ['gbps', 8e9],
+  ['tibps', 8 * 1024 ** 4],
   ['tbps', 8e12],
 ]);
 
 const sizeSuffixes = new Map<string, number>([
-  ['', 1], ['b', 1], ['k', 1024], ['kb', 1024], ['m', 1024 ** 2], ['mb', 1024 ** 2], ['g', 1024 ** 3],
-  ['gb', 1024 ** 3], ['kbit', 1024 / 8], ['mbit', (1024 * 1024) / 8], ['gbit', (1024 * 1024 * 1024) / 8],
+  ['', 1],
+  ['b', 1],
+  ['k', 1024],
+  ['kb', 1024],
+  ['m', 1024 ** 2],
+  ['mb', 1024 ** 2],
+  ['g', 1024 ** 3],
+  ['gb', 1024 ** 3],
+  ['kbit', 1024 / 8],
+  ['mbit', (1024 * 1024) / 8],
+  ['gbit', (1024 * 1024 * 1024) / 8],
 ]);
 
 const timeSuffixes = new Map<string, number>([
-  ['', 1], ['s', 1e6], ['sec', 1e6], ['secs', 1e6], ['ms', 1e3], ['msec', 1e3], ['msecs', 1e3], ['us', 1],
-  ['usec', 1], ['usecs', 1],
+  ['', 1],
+  ['s', 1e6],
+  ['sec', 1e6],
+  ['secs', 1e6],
+  ['ms', 1e3],
+  ['msec', 1e3],
+  ['msecs', 1e3],
+  ['us', 1],
+  ['usec', 1],
+  ['usecs', 1],
 ]);
 
 const NUMBER_WITH_SUFFIX = /^((?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)([a-z]*)$/i;
@@ -54,7 +85,9 @@ export function parseRate(input: RateInput): BitsPerSecond {
     const { value, suffix } = splitNumber(input, 'rate', '2mbit, 2500kbit, 1gbit or 500kbps (bytes)');
     const scale = suffix === '' ? 1 : rateSuffixes.get(suffix);
     if (scale === undefined) {
-      throw new ShaperrInputError(`invalid rate ${JSON.stringify(input)}: unknown unit '${suffix}' (use bit, kbit, mbit, gbit, tbit, kibit…, or bps, kbps, mbps… for bytes)`);
+      throw new ShaperrInputError(
+        `invalid rate ${JSON.stringify(input)}: unknown unit '${suffix}' (use bit, kbit, mbit, gbit, tbit, kibit…, or bps, kbps, mbps… for bytes)`,
+      );
     }
     bits = value * scale;
   }
@@ -98,7 +131,11 @@ export function parseTime(input: string | number): number {
 
 /** A rate written so that tc reads back exactly the same value. */
 export function formatRate(bits: BitsPerSecond): string {
-  for (const [unit, scale] of [['gbit', 1e9], ['mbit', 1e6], ['kbit', 1e3]] as const) {
+  for (const [unit, scale] of [
+    ['gbit', 1e9],
+    ['mbit', 1e6],
+    ['kbit', 1e3],
+  ] as const) {
     if (bits % scale === 0) return `${bits / scale}${unit}`;
   }
   return `${bits}bit`;
@@ -106,7 +143,11 @@ export function formatRate(bits: BitsPerSecond): string {
 
 /** A rate for people: `2.5 Mbit/s`. */
 export function describeRate(bits: BitsPerSecond): string {
-  for (const [unit, scale] of [['Gbit/s', 1e9], ['Mbit/s', 1e6], ['kbit/s', 1e3]] as const) {
+  for (const [unit, scale] of [
+    ['Gbit/s', 1e9],
+    ['Mbit/s', 1e6],
+    ['kbit/s', 1e3],
+  ] as const) {
     if (bits >= scale) return `${Number((bits / scale).toFixed(2))} ${unit}`;
   }
   return `${bits} bit/s`;
@@ -126,7 +167,10 @@ export interface SchedulerClock {
 const DEFAULT_HZ = 100;
 
 export function parsePsched(text: string): SchedulerClock {
-  const fields = text.trim().split(/\s+/).map((field) => Number.parseInt(field, 16));
+  const fields = text
+    .trim()
+    .split(/\s+/)
+    .map((field) => Number.parseInt(field, 16));
   if (fields.length < 4 || fields.some((field) => !Number.isFinite(field))) {
     throw new Error(`unexpected /proc/net/psched contents: ${JSON.stringify(text)}`);
   }

@@ -122,11 +122,36 @@ function scalar<T>(type: ScalarType, size: number, write: (v: DataView, value: T
   };
 }
 
-export const attrU8 = scalar<number>('u8', 1, (v, x) => v.setUint8(0, x), (v) => v.getUint8(0));
-export const attrU16 = scalar<number>('u16', 2, (v, x) => v.setUint16(0, x, true), (v) => v.getUint16(0, true));
-export const attrU32 = scalar<number>('u32', 4, (v, x) => v.setUint32(0, x, true), (v) => v.getUint32(0, true));
-export const attrU64 = scalar<bigint>('u64', 8, (v, x) => v.setBigUint64(0, x, true), (v) => v.getBigUint64(0, true));
-export const attrBe32 = scalar<number>('be32', 4, (v, x) => v.setUint32(0, x, false), (v) => v.getUint32(0, false));
+export const attrU8 = scalar<number>(
+  'u8',
+  1,
+  (v, x) => v.setUint8(0, x),
+  (v) => v.getUint8(0),
+);
+export const attrU16 = scalar<number>(
+  'u16',
+  2,
+  (v, x) => v.setUint16(0, x, true),
+  (v) => v.getUint16(0, true),
+);
+export const attrU32 = scalar<number>(
+  'u32',
+  4,
+  (v, x) => v.setUint32(0, x, true),
+  (v) => v.getUint32(0, true),
+);
+export const attrU64 = scalar<bigint>(
+  'u64',
+  8,
+  (v, x) => v.setBigUint64(0, x, true),
+  (v) => v.getBigUint64(0, true),
+);
+export const attrBe32 = scalar<number>(
+  'be32',
+  4,
+  (v, x) => v.setUint32(0, x, false),
+  (v) => v.getUint32(0, false),
+);
 const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder();
 /** NUL-terminated string, as the kernel expects for TCA_KIND. */
@@ -172,9 +197,7 @@ function isStruct(codec: AttributeCodec<unknown>): codec is StructCodec<unknown>
   return typeof (codec as StructCodec<unknown>).size === 'number';
 }
 
-export function attributeSet<Defs extends Record<string, AttributeSpec>>(
-  defs: Defs,
-): AttributeSet<AttributeValues<Defs>, WritableAttributeValues<Defs>> {
+export function attributeSet<Defs extends Record<string, AttributeSpec>>(defs: Defs): AttributeSet<AttributeValues<Defs>, WritableAttributeValues<Defs>> {
   const entries = Object.entries(defs);
   return {
     kind: 'attribute-set',

@@ -63,7 +63,6 @@ export class NetlinkConnection {
     return this.sequence;
   }
 
-
   /** Sends one request and waits for its ACK; throws NetlinkError when the kernel refuses it. */
   request(request: NetlinkRequest): RequestOutcome {
     const [outcome] = this.batch([request]);
@@ -93,12 +92,7 @@ export class NetlinkConnection {
     return outcomes;
   }
 
-  private sendChunk(
-    writer: MessageWriter,
-    pending: Map<number, number>,
-    requests: readonly NetlinkRequest[],
-    outcomes: RequestOutcome[],
-  ): void {
+  private sendChunk(writer: MessageWriter, pending: Map<number, number>, requests: readonly NetlinkRequest[], outcomes: RequestOutcome[]): void {
     try {
       this.socket.send(writer.bytesAt(0, writer.length));
       while (pending.size > 0) {

@@ -19,13 +19,7 @@ interface NestedSpec<T> {
 }
 type FieldSpec = ScalarSpec | BytesSpec | NestedSpec<unknown>;
 
-type FieldValue<S> = S extends { type: 'u64' }
-  ? bigint
-  : S extends { type: 'bytes' }
-    ? Uint8Array
-    : S extends NestedSpec<infer T>
-      ? T
-      : number;
+type FieldValue<S> = S extends { type: 'u64' } ? bigint : S extends { type: 'bytes' } ? Uint8Array : S extends NestedSpec<infer T> ? T : number;
 
 /** The decoded shape of a struct described by `Fields`. */
 export type StructValue<Fields extends Record<string, FieldSpec>> = { [K in keyof Fields]: FieldValue<Fields[K]> };
@@ -123,20 +117,41 @@ export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields)
       if (field === undefined) continue; // the buffer is zero-filled
       if (spec.type !== 'bytes' && spec.type !== 'struct' && !fitsScalar(spec.type, field)) throw new FieldRangeError(`struct field ${name}`, spec.type, field);
       switch (spec.type) {
-        case 's8': view.setInt8(at, field as number); break;
-        case 'u8': view.setUint8(at, field as number); break;
-        case 'u16': view.setUint16(at, field as number, true); break;
-        case 's16': view.setInt16(at, field as number, true); break;
-        case 'u32': view.setUint32(at, field as number, true); break;
-        case 's32': view.setInt32(at, field as number, true); break;
-        case 'u64': view.setBigUint64(at, field as bigint, true); break;
-        case 'be16': view.setUint16(at, field as number, false); break;
-        case 'be32': view.setUint32(at, field as number, false); break;
+        case 's8':
+          view.setInt8(at, field as number);
+          break;
+        case 'u8':
+          view.setUint8(at, field as number);
+          break;
+        case 'u16':
+          view.setUint16(at, field as number, true);
+          break;
+        case 's16':
+          view.setInt16(at, field as number, true);
+          break;
+        case 'u32':
+          view.setUint32(at, field as number, true);
+          break;
+        case 's32':
+          view.setInt32(at, field as number, true);
+          break;
+        case 'u64':
+          view.setBigUint64(at, field as bigint, true);
+          break;
+        case 'be16':
+          view.setUint16(at, field as number, false);
+          break;
+        case 'be32':
+          view.setUint32(at, field as number, false);
+          break;
         case 'bytes':
-          if ((field as Uint8Array).byteLength > spec.length) throw new FieldRangeError(`struct field ${name}`, `${spec.length} bytes`, `${(field as Uint8Array).byteLength} bytes`);
+          if ((field as Uint8Array).byteLength > spec.length)
+            throw new FieldRangeError(`struct field ${name}`, `${spec.length} bytes`, `${(field as Uint8Array).byteLength} bytes`);
           new Uint8Array(view.buffer, view.byteOffset + at, spec.length).set(field as Uint8Array);
           break;
-        case 'struct': spec.struct.encodeInto(view, at, field as Partial<unknown>); break;
+        case 'struct':
+          spec.struct.encodeInto(view, at, field as Partial<unknown>);
+          break;
       }
     }
   }
@@ -146,16 +161,36 @@ export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields)
     layout.forEach(({ name, spec }, index) => {
       const at = offsets[index]!;
       switch (spec.type) {
-        case 's8': result[name] = view.getInt8(at); break;
-        case 'u8': result[name] = view.getUint8(at); break;
-        case 'u16': result[name] = view.getUint16(at, true); break;
-        case 's16': result[name] = view.getInt16(at, true); break;
-        case 'u32': result[name] = view.getUint32(at, true); break;
-        case 's32': result[name] = view.getInt32(at, true); break;
-        case 'u64': result[name] = view.getBigUint64(at, true); break;
-        case 'be16': result[name] = view.getUint16(at, false); break;
-        case 'be32': result[name] = view.getUint32(at, false); break;
-        case 'bytes': result[name] = new Uint8Array(view.buffer, view.byteOffset + at, spec.length).slice(); break;
+        case 's8':
+          result[name] = view.getInt8(at);
+          break;
+        case 'u8':
+          result[name] = view.getUint8(at);
+          break;
+        case 'u16':
+          result[name] = view.getUint16(at, true);
+          break;
+        case 's16':
+          result[name] = view.getInt16(at, true);
+          break;
+        case 'u32':
+          result[name] = view.getUint32(at, true);
+          break;
+        case 's32':
+          result[name] = view.getInt32(at, true);
+          break;
+        case 'u64':
+          result[name] = view.getBigUint64(at, true);
+          break;
+        case 'be16':
+          result[name] = view.getUint16(at, false);
+          break;
+        case 'be32':
+          result[name] = view.getUint32(at, false);
+          break;
+        case 'bytes':
+          result[name] = new Uint8Array(view.buffer, view.byteOffset + at, spec.length).slice();
+          break;
         case 'struct':
           result[name] = spec.struct.decode(new Uint8Array(view.buffer, view.byteOffset + at, spec.struct.size));
           break;
@@ -174,7 +209,8 @@ export function struct<Fields extends Record<string, FieldSpec>>(fields: Fields)
     },
     fieldRange(field) {
       const spec = fields[field];
-      if (!spec || spec.type === 'bytes' || spec.type === 'struct' || spec.type === 'u64') throw new TypeError(`struct field ${field} is not a 32-bit-or-narrower integer`);
+      if (!spec || spec.type === 'bytes' || spec.type === 'struct' || spec.type === 'u64')
+        throw new TypeError(`struct field ${field} is not a 32-bit-or-narrower integer`);
       return integerRanges[spec.type];
     },
     decode(data) {

@@ -51,7 +51,10 @@ export const goldenCases: GoldenCase[] = [
   { name: 'htb class replace', operation: htbClass('1:10', { rate: '1mbit' }, 'replace') },
   {
     name: 'htb class with estimator',
-    operation: { op: 'add', class: { kind: 'htb', parent: '1:1', classid: '1:1d', options: { rate: '2mbit' }, estimator: { interval: '1s', timeConstant: '8s' } } },
+    operation: {
+      op: 'add',
+      class: { kind: 'htb', parent: '1:1', classid: '1:1d', options: { rate: '2mbit' }, estimator: { interval: '1s', timeConstant: '8s' } },
+    },
   },
   { name: 'htb class delete', operation: { op: 'delete', class: { classid: '1:10' } } },
   { name: 'htb class > 4 Gbit/s default quantum (clamped)', operation: htbClass('1:20', { rate: '5gbit', ceil: '40gbit' }) },
@@ -62,30 +65,70 @@ export const goldenCases: GoldenCase[] = [
   { name: 'htb class burst at the 32-bit tick limit', operation: htbClass('1:22', { rate: '1mbit', burst: 34359738 }) },
   { name: 'htb class rate table past 32-bit ticks', operation: htbClass('1:23', { rate: '320bit', mtu: 9000 }) },
   { name: 'htb class rate table past 32-bit microseconds', operation: htbClass('1:26', { rate: '8bit', burst: 200, cburst: 200, mtu: 9000 }) },
-  { name: 'htb class burst past the 32-bit tick limit', operation: htbClass('1:24', { rate: '1mbit', burst: 34359739 }), refused: /invalid HTB burst 34359739 bytes: at 1 Mbit\/s it lasts 275 s, and the kernel holds at most 274 s/ },
-  { name: 'htb class cburst past the 32-bit tick limit', operation: htbClass('1:25', { rate: '8kbit', ceil: '8kbit', cburst: '1mb', burst: 1600 }), refused: /invalid HTB cburst 1048576 bytes/ },
+  {
+    name: 'htb class burst past the 32-bit tick limit',
+    operation: htbClass('1:24', { rate: '1mbit', burst: 34359739 }),
+    refused: /invalid HTB burst 34359739 bytes: at 1 Mbit\/s it lasts 275 s, and the kernel holds at most 274 s/,
+  },
+  {
+    name: 'htb class cburst past the 32-bit tick limit',
+    operation: htbClass('1:25', { rate: '8kbit', ceil: '8kbit', cburst: '1mb', burst: 1600 }),
+    refused: /invalid HTB cburst 1048576 bytes/,
+  },
   // Leaves
   { name: 'sfq default', operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:' } } },
   { name: 'sfq perturb', operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:', options: { perturb: 10 } } } },
-  { name: 'sfq quantum limit divisor', operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:', options: { perturb: 10, quantum: 1514, limit: 127, divisor: 1024 } } } },
-  { name: 'sfq flows depth headdrop', operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:', options: { flows: 128, depth: 64, headdrop: true } } } },
+  {
+    name: 'sfq quantum limit divisor',
+    operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:', options: { perturb: 10, quantum: 1514, limit: 127, divisor: 1024 } } },
+  },
+  {
+    name: 'sfq flows depth headdrop',
+    operation: { op: 'add', qdisc: { kind: 'sfq', parent: '1:10', handle: '10:', options: { flows: 128, depth: 64, headdrop: true } } },
+  },
   { name: 'pfifo default', operation: { op: 'add', qdisc: { kind: 'pfifo', parent: '1:10', handle: '10:' } } },
   { name: 'pfifo limit', operation: { op: 'add', qdisc: { kind: 'pfifo', parent: '1:10', handle: '10:', options: { limit: 100 } } } },
   { name: 'bfifo limit', operation: { op: 'add', qdisc: { kind: 'bfifo', parent: '1:10', handle: '10:', options: { limit: '64kb' } } } },
   { name: 'tbf latency', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', latency: '50ms' } } } },
   { name: 'tbf limit', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', limit: 30000 } } } },
-  { name: 'tbf peakrate', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', limit: 30000, peakrate: '2mbit', mtu: 1600 } } } },
+  {
+    name: 'tbf peakrate',
+    operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', limit: 30000, peakrate: '2mbit', mtu: 1600 } } },
+  },
   { name: 'tbf > 4 Gbit/s', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '40gbit', burst: '1mb', latency: '10ms' } } } },
-  { name: 'tbf peakrate > 4 Gbit/s', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '40gbit', burst: '1mb', limit: '4mb', peakrate: '80gbit', mtu: '64kb' } } } },
-  { name: 'tbf mpu and overhead at 16-bit maximum', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', limit: 30000, mpu: 65535, overhead: 65535 } } } },
-  { name: 'tbf burst past the 32-bit tick limit', operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '8bit', burst: '100mb', limit: 1000 } } }, refused: /invalid TBF burst 104857600 bytes/ },
+  {
+    name: 'tbf peakrate > 4 Gbit/s',
+    operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '40gbit', burst: '1mb', limit: '4mb', peakrate: '80gbit', mtu: '64kb' } } },
+  },
+  {
+    name: 'tbf mpu and overhead at 16-bit maximum',
+    operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '1mbit', burst: '10kb', limit: 30000, mpu: 65535, overhead: 65535 } } },
+  },
+  {
+    name: 'tbf burst past the 32-bit tick limit',
+    operation: { op: 'add', qdisc: { kind: 'tbf', handle: '1:', options: { rate: '8bit', burst: '100mb', limit: 1000 } } },
+    refused: /invalid TBF burst 104857600 bytes/,
+  },
   { name: 'fq_codel default', operation: { op: 'add', qdisc: { kind: 'fq_codel', handle: '1:' } } },
   {
     name: 'fq_codel every option',
-    operation: { op: 'add', qdisc: { kind: 'fq_codel', handle: '1:', options: { limit: 1000, flows: 512, quantum: 1514, target: '5ms', interval: '100ms', ecn: true, ceThreshold: '2ms', memoryLimit: '4mb', dropBatch: 32 } } },
+    operation: {
+      op: 'add',
+      qdisc: {
+        kind: 'fq_codel',
+        handle: '1:',
+        options: { limit: 1000, flows: 512, quantum: 1514, target: '5ms', interval: '100ms', ecn: true, ceThreshold: '2ms', memoryLimit: '4mb', dropBatch: 32 },
+      },
+    },
   },
-  { name: 'fq_codel noecn, times in µs', operation: { op: 'add', qdisc: { kind: 'fq_codel', parent: '1:10', handle: '10:', options: { ecn: false, target: 2500, interval: 50000 } } } },
-  { name: 'fq_codel leaf change', operation: { op: 'change', qdisc: { kind: 'fq_codel', parent: '1:10', handle: '10:', options: { limit: 500, ceThreshold: 0 } } } },
+  {
+    name: 'fq_codel noecn, times in µs',
+    operation: { op: 'add', qdisc: { kind: 'fq_codel', parent: '1:10', handle: '10:', options: { ecn: false, target: 2500, interval: 50000 } } },
+  },
+  {
+    name: 'fq_codel leaf change',
+    operation: { op: 'change', qdisc: { kind: 'fq_codel', parent: '1:10', handle: '10:', options: { limit: 500, ceThreshold: 0 } } },
+  },
   // u32 filters
   { name: 'u32 ip dst /32', operation: u32Filter(1, 'ip', { match: { dst: '203.0.113.7/32' }, classid: '1:10' }) },
   { name: 'u32 ip dst /24', operation: u32Filter(1, 'ip', { match: { dst: '203.0.113.0/24' }, classid: '1:10' }) },
@@ -98,15 +141,40 @@ export const goldenCases: GoldenCase[] = [
   { name: 'u32 ip6 src and dport', operation: u32Filter(2, 'ipv6', { match: { src: '2001:db8::1', protocol: 6, dport: 32400 }, classid: '1:11' }) },
   { name: 'u32 explicit handle', operation: u32Filter(1, 'ip', { match: { dst: '203.0.113.8' }, classid: '1:10' }, '800::800') },
   { name: 'u32 hash table', operation: u32Filter(5, 'ip', { divisor: 256 }, '2:') },
-  { name: 'u32 hash link ipv4', operation: u32Filter(5, 'ip', { hashTable: '800::', match: { dst: '0.0.0.0/0' }, hashKey: { mask: 0xff, at: 16 }, link: '2:' }) },
+  {
+    name: 'u32 hash link ipv4',
+    operation: u32Filter(5, 'ip', { hashTable: '800::', match: { dst: '0.0.0.0/0' }, hashKey: { mask: 0xff, at: 16 }, link: '2:' }),
+  },
   { name: 'u32 hash link ipv6', operation: u32Filter(6, 'ipv6', { match: { dst: '::/0' }, hashKey: { mask: 0xff, at: 36 }, link: '3:' }) },
   { name: 'u32 filter in bucket', operation: u32Filter(5, 'ip', { hashTable: '2:7b:', match: { dst: '203.0.113.123/32' }, classid: '1:20' }) },
-  { name: 'u32 filter in bucket with handle', operation: u32Filter(5, 'ip', { hashTable: '2:7b:', match: { dst: '203.0.113.123/32' }, classid: '1:20' }, '2:7b:1') },
-  { name: 'u32 filter replace', operation: { op: 'replace', filter: { kind: 'u32', parent: '1:', priority: 5, protocol: 'ip', handle: '2:7b:1', options: { hashTable: '2:7b:', match: { dst: '203.0.113.123' }, classid: '1:21' } } } },
+  {
+    name: 'u32 filter in bucket with handle',
+    operation: u32Filter(5, 'ip', { hashTable: '2:7b:', match: { dst: '203.0.113.123/32' }, classid: '1:20' }, '2:7b:1'),
+  },
+  {
+    name: 'u32 filter replace',
+    operation: {
+      op: 'replace',
+      filter: {
+        kind: 'u32',
+        parent: '1:',
+        priority: 5,
+        protocol: 'ip',
+        handle: '2:7b:1',
+        options: { hashTable: '2:7b:', match: { dst: '203.0.113.123' }, classid: '1:21' },
+      },
+    },
+  },
   { name: 'u32 filter delete by handle', operation: { op: 'delete', filter: { parent: '1:', priority: 5, protocol: 'ip', handle: '2:7b:1' } } },
   // matchall filters
-  { name: 'matchall to a class', operation: { op: 'add', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', options: { classid: '1:10' } } } },
-  { name: 'matchall skip_hw with handle', operation: { op: 'add', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', handle: 5, options: { classid: 0x10010, skipHw: true } } } },
+  {
+    name: 'matchall to a class',
+    operation: { op: 'add', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', options: { classid: '1:10' } } },
+  },
+  {
+    name: 'matchall skip_hw with handle',
+    operation: { op: 'add', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', handle: 5, options: { classid: 0x10010, skipHw: true } } },
+  },
   { name: 'matchall without options', operation: { op: 'add', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'ip' } } },
   { name: 'matchall delete by handle', operation: { op: 'delete', filter: { kind: 'matchall', parent: '1:', priority: 3, protocol: 'all', handle: '0x5' } } },
   { name: 'filter delete whole priority', operation: { op: 'delete', filter: { parent: '1:', priority: 1, protocol: 'ip' } } },

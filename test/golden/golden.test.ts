@@ -38,7 +38,9 @@ t.test('library requests equal tc 6.1 requests', async (t) => {
     const theirs = zeroSeqAndPid(Buffer.from(vector.requests[0]!, 'hex'));
     if (!ours.equals(theirs)) {
       const at = [...ours].findIndex((byte, index) => byte !== theirs[index]);
-      t.fail(`${golden.name}: bytes differ at offset ${at} (ours ${ours.length} B, tc ${theirs.length} B)\n  ours ${ours.toString('hex')}\n  tc   ${theirs.toString('hex')}`);
+      t.fail(
+        `${golden.name}: bytes differ at offset ${at} (ours ${ours.length} B, tc ${theirs.length} B)\n  ours ${ours.toString('hex')}\n  tc   ${theirs.toString('hex')}`,
+      );
     } else {
       t.pass(`${golden.name}: ${ours.length} bytes equal`);
     }
@@ -46,11 +48,19 @@ t.test('library requests equal tc 6.1 requests', async (t) => {
 });
 
 t.test('a class whose rate / r2q leaves 1000…200000 gets a clamped quantum, and its tc command says so', async (t) => {
-  for (const [rate, quantum] of [['100mbit', 200000], ['5gbit', 200000], ['64kbit', 1000]] as const) {
+  for (const [rate, quantum] of [
+    ['100mbit', 200000],
+    ['5gbit', 200000],
+    ['64kbit', 1000],
+  ] as const) {
     const command = toTcCommand(GOLDEN_DEVICE, { op: 'add', class: { kind: 'htb', parent: '1:1', classid: '1:10', options: { rate } } });
     t.match(command, new RegExp(` quantum ${quantum} rate ${rate}$`), command);
   }
-  t.notMatch(toTcCommand(GOLDEN_DEVICE, { op: 'add', class: { kind: 'htb', parent: '1:1', classid: '1:10', options: { rate: '2mbit' } } }), /quantum/, 'in range: left to the kernel');
+  t.notMatch(
+    toTcCommand(GOLDEN_DEVICE, { op: 'add', class: { kind: 'htb', parent: '1:1', classid: '1:10', options: { rate: '2mbit' } } }),
+    /quantum/,
+    'in range: left to the kernel',
+  );
 });
 
 const unavailable = toolsAvailable();
@@ -67,7 +77,11 @@ t.test(`live re-capture from the installed tc equals the committed vectors (drif
         zeroed.writeInt32LE(vector.ifindex, 20); // tcm_ifindex of this netns's gold0 may differ
         return zeroed.toString('hex');
       });
-      t.same(live, vector.requests.map((hex) => zeroSeqAndPid(Buffer.from(hex, 'hex')).toString('hex')), `${vector.name} (gold0 is ifindex ${ifindex} here)`);
+      t.same(
+        live,
+        vector.requests.map((hex) => zeroSeqAndPid(Buffer.from(hex, 'hex')).toString('hex')),
+        `${vector.name} (gold0 is ifindex ${ifindex} here)`,
+      );
     }
   });
 });

@@ -42,7 +42,13 @@ await withGoldenNetns(async ({ netns, ifindex }) => {
     }
     const capture = captureTcRequests(netns, command.split(' ').slice(1));
     if (capture.requests.length === 0) throw new Error(`tc sent no request for: ${command}\n${capture.stderr}`);
-    const entry: GoldenVectors['cases'][number] = { name: golden.name, command, ifindex, requests: capture.requests.map((r) => r.toString('hex')), tcExitCode: capture.exitCode };
+    const entry: GoldenVectors['cases'][number] = {
+      name: golden.name,
+      command,
+      ifindex,
+      requests: capture.requests.map((r) => r.toString('hex')),
+      tcExitCode: capture.exitCode,
+    };
     if (capture.exitCode !== 0) entry.tcSaid = capture.stderr.split('\n')[0];
     vectors.cases.push(entry);
   }

@@ -33,4 +33,3 @@ export function kernelPipes(topology: Topology, shaper: Shaper): Map<string, { r
 }
 
 export const guaranteedTotal = (pipes: Map<string, { rate: number }>) => [...pipes.values()].reduce((sum, pipe) => sum + pipe.rate, 0);
-

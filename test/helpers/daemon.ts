@@ -84,7 +84,6 @@ export const until = async (check: () => boolean, timeoutMs = 20_000) => {
   }
 };
 
-
 /** A temporary directory with an empty Plex log in it, removed at the end of the test. */
 export function logDir(t: { teardown(fn: () => unknown): void }, prefix: string): { dir: string; log: string } {
   const dir = mkdtempSync(join(tmpdir(), `${prefix}-`));
@@ -99,7 +98,16 @@ export async function daemonWithStatusPage(t: { teardown(fn: () => unknown): voi
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const { dir, log } = logDir(t, 'shaperr-status');
-  const config = { device: 'srv0', netns: topology.serverNs, server: { rate: limits.server }, client: { rate: limits.client }, leaf: 'bfifo', log, stateFile: join(dir, 'state.json'), status: { listen: '127.0.0.1:0', token: limits.token } };
+  const config = {
+    device: 'srv0',
+    netns: topology.serverNs,
+    server: { rate: limits.server },
+    client: { rate: limits.client },
+    leaf: 'bfifo',
+    log,
+    stateFile: join(dir, 'state.json'),
+    status: { listen: '127.0.0.1:0', token: limits.token },
+  };
   const daemon = new Shaperrd({ config: validateConfig(config), logger: pino({ level: 'silent' }) });
   await daemon.start();
   t.teardown(() => daemon.stop());

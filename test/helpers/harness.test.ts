@@ -94,7 +94,13 @@ t.test('a failed measurement rejects with the reason and leaves no process behin
   t.teardown(() => topology.destroy());
   t.same(topology.clientAddresses6, [], 'no IPv6 addresses when ipv6: false');
   await t.rejects(measureGoodput(topology, { to: '10.200.1.9', seconds: 1 }), /receiver on 10\.200\.1\.9:\d+ exited with 1: .*EADDRNOTAVAIL/);
-  await t.rejects(measureGoodputConcurrently(topology, [{ to: '10.200.1.1', seconds: 1 }, { to: '10.200.1.9', seconds: 1 }]), /EADDRNOTAVAIL/);
+  await t.rejects(
+    measureGoodputConcurrently(topology, [
+      { to: '10.200.1.1', seconds: 1 },
+      { to: '10.200.1.9', seconds: 1 },
+    ]),
+    /EADDRNOTAVAIL/,
+  );
   // The killed peers close asynchronously; poll briefly rather than assume a duration.
   for (let attempt = 0; attempt < 50 && (await ip('netns', 'pids', topology.clientNs)).trim() !== ''; attempt++) await new Promise((r) => setTimeout(r, 100));
   t.equal((await ip('netns', 'pids', topology.clientNs)).trim(), '', 'no peer process left in the clients namespace');
@@ -104,7 +110,10 @@ t.test('a failed measurement rejects with the reason and leaves no process behin
 t.test('the mtu option sets both veth ends', { skip }, async (t) => {
   const topology = await createTopology({ clients: 1, mtu: 1400 });
   t.teardown(() => topology.destroy());
-  for (const [netns, device] of [[topology.serverNs, 'srv0'], [topology.clientNs, 'cli0']] as const) {
+  for (const [netns, device] of [
+    [topology.serverNs, 'srv0'],
+    [topology.clientNs, 'cli0'],
+  ] as const) {
     const [link] = JSON.parse(await ip('-n', netns, '-j', 'link', 'show', 'dev', device)) as { mtu: number }[];
     t.equal(link!.mtu, 1400, device);
   }
@@ -129,21 +138,33 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     const netnsModule = new URL('../../daemon/support/netns.ts', import.meta.url).href;
     const child = spawn(
       process.execPath,
-      ['--import', 'tsx', '--input-type=module', '-e', `const { createTopology } = await import(${JSON.stringify(netnsModule)});
+      [
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        `const { createTopology } = await import(${JSON.stringify(netnsModule)});
 const topology = await createTopology({ clients: 1 });
 console.log(JSON.stringify([topology.serverNs, topology.clientNs]));
-setInterval(() => {}, 1000);`],
+setInterval(() => {}, 1000);`,
+      ],
       { cwd: fileURLToPath(new URL('../..', import.meta.url)), stdio: ['ignore', 'pipe', 'inherit'] },
     );
     t.teardown(() => void child.kill('SIGKILL'));
     const [chunk] = (await once(child.stdout, 'data')) as [Buffer];
     const created = JSON.parse(chunk.toString()) as string[];
     const before = await namespaces();
-    t.ok(created.every((name) => before.includes(name)), 'the child created its namespaces');
+    t.ok(
+      created.every((name) => before.includes(name)),
+      'the child created its namespaces',
+    );
     child.kill(signal);
     const [code, endedBy] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
     t.same({ code, endedBy }, { code: null, endedBy: signal }, `ended by ${signal}`);
     const after = await namespaces();
-    t.ok(created.every((name) => !after.includes(name)), 'its namespaces are gone');
+    t.ok(
+      created.every((name) => !after.includes(name)),
+      'its namespaces are gone',
+    );
   });
 }

@@ -127,7 +127,13 @@ async function measureOne(ends: TrafficEnds, spec: GoodputSpec, peers: Peer[], a
   });
   const report = await Promise.race([receiver.nextLine(), ...senders.map((sender) => sender.failed())]);
   const { bytes, seconds: measured, connections } = JSON.parse(report) as { bytes: number; seconds: number; connections: number[] };
-  return { to: spec.to, bytes, seconds: measured, bitsPerSecond: (bytes * 8) / measured, connectionBitsPerSecond: connections.map((each) => (each * 8) / measured) };
+  return {
+    to: spec.to,
+    bytes,
+    seconds: measured,
+    bitsPerSecond: (bytes * 8) / measured,
+    connectionBitsPerSecond: connections.map((each) => (each * 8) / measured),
+  };
 }
 
 /** Measures several flows over the same period (isolation, fair sharing), one result per spec, in order. */

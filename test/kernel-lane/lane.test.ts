@@ -31,22 +31,33 @@ const INSIDE = [
 
 t.setTimeout(1_200_000);
 const comments: string[] = [];
-const lane: LaneReady = process.getuid?.() === 0 ? await prepareLane({ log: (line) => comments.push(line) }) : { ok: false, reason: 'needs root (qemu here, and the tests inside make network namespaces)' };
+const lane: LaneReady =
+  process.getuid?.() === 0
+    ? await prepareLane({ log: (line) => comments.push(line) })
+    : { ok: false, reason: 'needs root (qemu here, and the tests inside make network namespaces)' };
 
-t.test("kernel tests pass inside Debian's stock kernel, with real sfq", { skip: lane.ok ? false : `stock-kernel lane unavailable: ${lane.reason}` }, async (t) => {
-  if (!lane.ok) return;
-  for (const comment of comments) t.comment(comment);
-  const run = await runInLane(lane, ['node', 'test/kernel-lane/run-files.mjs', '300', ...INSIDE], { timeoutMs: 1_080_000 });
-  t.comment(`lane: kernel ${lane.kernelVersion}, ${run.seconds.toFixed(0)} s, inner summary ${/^# \{.*\}$/m.exec(run.output)?.[0] ?? '(none)'}`);
-  for (const measured of run.output.split('\n').filter((line) => /^\s*ok .*(Mbit\/s|deepest queue)/.test(line))) t.comment(`inside: ${measured.trim()}`);
-  for (const file of INSIDE) {
-    const result = new RegExp(`^(not )?ok \\d+ - ${file.replace(/\./g, '\\.')}`, 'm').exec(run.output);
-    t.ok(result && !result[1], `${file} passes inside ${lane.kernelVersion}`);
-  }
-  const failures = run.output.split('\n').filter((line) => /^\s*not ok /.test(line));
-  for (const failure of failures) t.comment(`inside: ${failure.trim()}`);
-  t.same(failures, [], 'no failing assertion inside');
-  t.same(run.output.split('\n').filter((line) => /# SKIP/.test(line)), [], 'nothing skipped inside: the stock kernel has what these tests need');
-  t.equal(run.status, 0, 'the inner run exits 0');
-  if (run.status !== 0) t.comment(`last lines inside:\n${run.output.split('\n').slice(-15).join('\n')}`);
-});
+t.test(
+  "kernel tests pass inside Debian's stock kernel, with real sfq",
+  { skip: lane.ok ? false : `stock-kernel lane unavailable: ${lane.reason}` },
+  async (t) => {
+    if (!lane.ok) return;
+    for (const comment of comments) t.comment(comment);
+    const run = await runInLane(lane, ['node', 'test/kernel-lane/run-files.mjs', '300', ...INSIDE], { timeoutMs: 1_080_000 });
+    t.comment(`lane: kernel ${lane.kernelVersion}, ${run.seconds.toFixed(0)} s, inner summary ${/^# \{.*\}$/m.exec(run.output)?.[0] ?? '(none)'}`);
+    for (const measured of run.output.split('\n').filter((line) => /^\s*ok .*(Mbit\/s|deepest queue)/.test(line))) t.comment(`inside: ${measured.trim()}`);
+    for (const file of INSIDE) {
+      const result = new RegExp(`^(not )?ok \\d+ - ${file.replace(/\./g, '\\.')}`, 'm').exec(run.output);
+      t.ok(result && !result[1], `${file} passes inside ${lane.kernelVersion}`);
+    }
+    const failures = run.output.split('\n').filter((line) => /^\s*not ok /.test(line));
+    for (const failure of failures) t.comment(`inside: ${failure.trim()}`);
+    t.same(failures, [], 'no failing assertion inside');
+    t.same(
+      run.output.split('\n').filter((line) => /# SKIP/.test(line)),
+      [],
+      'nothing skipped inside: the stock kernel has what these tests need',
+    );
+    t.equal(run.status, 0, 'the inner run exits 0');
+    if (run.status !== 0) t.comment(`last lines inside:\n${run.output.split('\n').slice(-15).join('\n')}`);
+  },
+);

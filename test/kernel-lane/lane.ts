@@ -21,7 +21,23 @@ const HERE = fileURLToPath(new URL('.', import.meta.url));
 const CACHE = join(HERE, 'cache');
 const INIT = join(HERE, 'init.sh');
 /** What the tests touch, and what mounting the host's root needs; dependencies are resolved by modprobe. */
-const MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'overlay', 'sch_htb', 'sch_sfq', 'sch_fq_codel', 'sch_tbf', 'sch_prio', 'cls_u32', 'cls_fw', 'cls_flower', 'cls_matchall', 'veth', 'sch_ingress'];
+const MODULES = [
+  'virtio_pci',
+  '9pnet_virtio',
+  '9p',
+  'overlay',
+  'sch_htb',
+  'sch_sfq',
+  'sch_fq_codel',
+  'sch_tbf',
+  'sch_prio',
+  'cls_u32',
+  'cls_fw',
+  'cls_flower',
+  'cls_matchall',
+  'veth',
+  'sch_ingress',
+];
 const TOOLS = { 'qemu-system-x86_64': 'qemu-system-x86', cpio: 'cpio', modprobe: 'kmod', depmod: 'kmod', 'apt-get': 'apt' } as const;
 
 export type LaneReady = { ok: true; kernelVersion: string; kernel: string; initrd: string } | { ok: false; reason: string };
@@ -41,14 +57,19 @@ function cachedKernelVersion(): string | undefined {
 
 function staticBusybox(): string | undefined {
   for (const path of ['/bin/busybox', '/usr/bin/busybox']) {
-    if (existsSync(path) && /statically linked|static-pie/.test(spawnSync('file', ['-L', path], { encoding: 'utf8' }).stdout ?? 'statically linked')) return path;
+    if (existsSync(path) && /statically linked|static-pie/.test(spawnSync('file', ['-L', path], { encoding: 'utf8' }).stdout ?? 'statically linked'))
+      return path;
   }
   return undefined;
 }
 
 export async function prepareLane({ log = () => {} }: { log?: (line: string) => void } = {}): Promise<LaneReady> {
   const missing = Object.entries(TOOLS).filter(([command]) => !hasCommand(command));
-  if (missing.length) return { ok: false, reason: `missing ${missing.map(([command]) => command).join(', ')} (apt-get install ${[...new Set(missing.map(([, pkg]) => pkg))].join(' ')})` };
+  if (missing.length)
+    return {
+      ok: false,
+      reason: `missing ${missing.map(([command]) => command).join(', ')} (apt-get install ${[...new Set(missing.map(([, pkg]) => pkg))].join(' ')})`,
+    };
   const busybox = staticBusybox();
   if (!busybox) return { ok: false, reason: 'no static busybox for the initramfs (apt-get install busybox-static)' };
   const version = currentKernelVersion() ?? cachedKernelVersion();
@@ -61,14 +82,18 @@ export async function prepareLane({ log = () => {} }: { log?: (line: string) => 
     log(`downloading linux-image-${version} (once; cached in ${dir})`);
     const download = spawnSync('apt-get', ['download', `linux-image-${version}`], { cwd: dir, encoding: 'utf8' });
     const deb = readdirSync(dir).find((name) => name.endsWith('.deb'));
-    if (download.status !== 0 || !deb) return { ok: false, reason: `apt-get download linux-image-${version} failed: ${(download.stderr ?? '').trim().split('\n').pop()}` };
+    if (download.status !== 0 || !deb)
+      return { ok: false, reason: `apt-get download linux-image-${version} failed: ${(download.stderr ?? '').trim().split('\n').pop()}` };
     execFileSync('dpkg-deb', ['-x', join(dir, deb), tree]);
     rmSync(join(dir, deb));
     execFileSync('depmod', ['-b', tree, version]);
   }
   // The initramfs is rebuilt whenever the init script or the module list changes.
   const init = readFileSync(INIT, 'utf8');
-  const key = createHash('sha256').update(`${version}\n${init}\n${MODULES.join(' ')}`).digest('hex').slice(0, 12);
+  const key = createHash('sha256')
+    .update(`${version}\n${init}\n${MODULES.join(' ')}`)
+    .digest('hex')
+    .slice(0, 12);
   const initrd = join(dir, `initrd-${key}.gz`);
   if (!existsSync(initrd)) {
     log(`building the initramfs for ${version}`);
@@ -107,18 +132,51 @@ const shellQuote = (word: string): string => `'${word.replace(/'/g, `'\\''`)}'`;
 export async function runInLane(
   lane: Extract<LaneReady, { ok: true }>,
   command: string[],
-  { cwd = process.cwd(), env = {}, timeoutMs = 300_000, onOutput = () => {} }: { cwd?: string; env?: Record<string, string>; timeoutMs?: number; onOutput?: (line: string) => void } = {},
+  {
+    cwd = process.cwd(),
+    env = {},
+    timeoutMs = 300_000,
+    onOutput = () => {},
+  }: { cwd?: string; env?: Record<string, string>; timeoutMs?: number; onOutput?: (line: string) => void } = {},
 ): Promise<LaneRun> {
   const job = mkdtempSync(join(tmpdir(), 'shaperr-lane-job-'));
-  const exports = Object.entries({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/tmp', ...env }).map(([name, value]) => `export ${name}=${shellQuote(value)}`);
+  const exports = Object.entries({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/tmp', ...env }).map(
+    ([name, value]) => `export ${name}=${shellQuote(value)}`,
+  );
   writeFileSync(join(job, 'job.sh'), [...exports, `cd ${shellQuote(cwd)} || exit 126`, `exec ${command.map(shellQuote).join(' ')}`, ''].join('\n'));
   const started = performance.now();
-  const qemu = spawn('qemu-system-x86_64', [
-    '-accel', 'tcg', '-cpu', 'max', '-smp', '2', '-m', '1536', '-nographic', '-no-reboot', '-nic', 'none',
-    '-kernel', lane.kernel, '-initrd', lane.initrd, '-append', 'console=ttyS0 quiet loglevel=1 panic=-1',
-    '-fsdev', 'local,id=root,path=/,security_model=none,readonly=on,multidevs=remap', '-device', 'virtio-9p-pci,fsdev=root,mount_tag=hostroot',
-    '-fsdev', `local,id=job,path=${job},security_model=none`, '-device', 'virtio-9p-pci,fsdev=job,mount_tag=lane',
-  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const qemu = spawn(
+    'qemu-system-x86_64',
+    [
+      '-accel',
+      'tcg',
+      '-cpu',
+      'max',
+      '-smp',
+      '2',
+      '-m',
+      '1536',
+      '-nographic',
+      '-no-reboot',
+      '-nic',
+      'none',
+      '-kernel',
+      lane.kernel,
+      '-initrd',
+      lane.initrd,
+      '-append',
+      'console=ttyS0 quiet loglevel=1 panic=-1',
+      '-fsdev',
+      'local,id=root,path=/,security_model=none,readonly=on,multidevs=remap',
+      '-device',
+      'virtio-9p-pci,fsdev=root,mount_tag=hostroot',
+      '-fsdev',
+      `local,id=job,path=${job},security_model=none`,
+      '-device',
+      'virtio-9p-pci,fsdev=job,mount_tag=lane',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   const lines: string[] = [];
   let status: number | undefined;
   let failure: string | undefined;
@@ -150,7 +208,11 @@ export async function runInLane(
   const tail = lines.slice(-5).join('\n');
   if (failure) throw new Error(`the lane's guest failed: ${failure}`);
   if (status === undefined) {
-    throw new Error(seconds * 1000 >= timeoutMs ? `the lane timed out after ${Math.round(seconds)} s; last output:\n${tail}` : `qemu exited (${exitCode}) before the command reported a status; last output:\n${tail}`);
+    throw new Error(
+      seconds * 1000 >= timeoutMs
+        ? `the lane timed out after ${Math.round(seconds)} s; last output:\n${tail}`
+        : `qemu exited (${exitCode}) before the command reported a status; last output:\n${tail}`,
+    );
   }
   return { status, output: lines.join('\n'), seconds };
 }

@@ -104,7 +104,9 @@ export const fqCodelQdisc: TcKind<FqCodelOptions, FqCodelParameters, FqCodelStat
     return parameters;
   },
   write(writer, parameters) {
-    writeNestedOptions(writer, () => fqCodelAttributes.write(writer, { ...parameters, ecn: parameters.ecn === undefined ? undefined : Number(parameters.ecn) }));
+    writeNestedOptions(writer, () =>
+      fqCodelAttributes.write(writer, { ...parameters, ecn: parameters.ecn === undefined ? undefined : Number(parameters.ecn) }),
+    );
   },
   read(payload) {
     const { ecn, ...values } = fqCodelAttributes.read(payload ?? new Uint8Array());

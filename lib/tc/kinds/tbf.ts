@@ -77,7 +77,8 @@ export const tbfQdisc: TcKind<TbfOptions, TbfParameters> = {
       limit = (rateBytes * latency) / 1e6 + burst;
       if (peakBytes !== undefined) limit = Math.min(limit, (peakBytes * latency) / 1e6 + mtu!);
       limit = Math.trunc(limit);
-      if (limit > U32_RANGE.max) throw new ShaperrInputError(`invalid TBF latency ${JSON.stringify(input.latency)}: at this rate its byte limit ${limit} exceeds 32 bits`);
+      if (limit > U32_RANGE.max)
+        throw new ShaperrInputError(`invalid TBF latency ${JSON.stringify(input.latency)}: at this rate its byte limit ${limit} exceeds 32 bits`);
     }
     const parameters: TbfParameters = { rate, burst, limit, ...rateSpec };
     if (peakrate !== undefined) parameters.peakrate = peakrate;

@@ -41,7 +41,9 @@ const selectorCodec = {
       hoff: selector.hashOffset,
       hmask: selector.hashMask,
     });
-    selector.keys.forEach((key, index) => tcU32Key.encodeInto(view, tcU32Sel.size + index * tcU32Key.size, { mask: key.mask, value: key.value, offset: key.offset }));
+    selector.keys.forEach((key, index) =>
+      tcU32Key.encodeInto(view, tcU32Sel.size + index * tcU32Key.size, { mask: key.mask, value: key.value, offset: key.offset }),
+    );
     return out;
   },
   decode(payload: Uint8Array): Selector {
@@ -80,7 +82,11 @@ export function parseU32Handle(text: string): number {
   if (/^0x[0-9a-f]{1,8}$/i.test(trimmed)) return Number.parseInt(trimmed, 16) >>> 0;
   const parts = trimmed.split(':');
   if (parts.length < 2 || parts.length > 3 || !parts.every((part) => HEX.test(part))) fail();
-  const [table, bucket, node] = parts.map((part) => (part === '' || part === undefined ? 0 : Number.parseInt(part, 16))) as [number, number, number | undefined];
+  const [table, bucket, node] = parts.map((part) => (part === '' || part === undefined ? 0 : Number.parseInt(part, 16))) as [
+    number,
+    number,
+    number | undefined,
+  ];
   if (table >= 0x1000 || bucket >= 0x100 || (node ?? 0) >= 0x1000) fail();
   return ((table << 20) | (bucket << 12) | (node ?? 0)) >>> 0;
 }
@@ -322,7 +328,14 @@ export const u32Filter: FilterKind<U32Options, U32Parameters> = {
   write(writer, parameters) {
     const hasSelector = parameters.match !== undefined || parameters.hashKey !== undefined;
     // tc sends no options at all for a bare `… u32` (e.g. deleting by handle).
-    if (!hasSelector && parameters.classid === undefined && parameters.link === undefined && parameters.divisor === undefined && parameters.hashTable === undefined) return;
+    if (
+      !hasSelector &&
+      parameters.classid === undefined &&
+      parameters.link === undefined &&
+      parameters.divisor === undefined &&
+      parameters.hashTable === undefined
+    )
+      return;
     writeNestedOptions(writer, () =>
       u32Attributes.write(writer, {
         link: parameters.link,
