@@ -44,7 +44,7 @@ if (mode === 'serve') {
     if (second >= config.trace.length) return config.trace.length - offset;
     return second - offset + (target - cumulative[second]) / (cumulative[second + 1] - cumulative[second]);
   };
-  for (const session of config.sessions) process.stdout.write(JSON.stringify(await play(config, session, mediaAt)) + '\n');
+  for (const session of config.sessions) process.stdout.write(`${JSON.stringify(await play(config, session, mediaAt))}\n`);
   process.exit(0);
 } else {
   process.stderr.write('usage: playback-peer.mjs serve ADDRESS PORT | play CONFIG.json\n');

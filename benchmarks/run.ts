@@ -184,7 +184,7 @@ async function clientChurn(): Promise<void> {
     // b. tc -batch FILE
     const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
     const batchFile = join(dir, 'batch');
-    writeFileSync(batchFile, [...start.flat(), ...stop.flat()].map((operation) => tcArgs(operation).join(' ')).join('\n') + '\n');
+    writeFileSync(batchFile, `${[...start.flat(), ...stop.flat()].map((operation) => tcArgs(operation).join(' ')).join('\n')}\n`);
     began = process.hrtime.bigint();
     execFileSync('tc', ['-n', netns, '-batch', batchFile]);
     const batchUs = perClient(Number(process.hrtime.bigint() - began), clients);
@@ -197,8 +197,8 @@ async function clientChurn(): Promise<void> {
     await new Promise<void>((resolve, reject) => {
       const child = spawn('tc', ['-n', netns, '-batch', '-'], { stdio: ['pipe', 'ignore', 'inherit'] });
       child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`tc -batch - exited ${code}`))));
-      for (let i = 0; i < clients; i++) child.stdin.write(start[i]!.map((op) => tcArgs(op).join(' ')).join('\n') + '\n');
-      for (let i = 0; i < clients; i++) child.stdin.write(stop[i]!.map((op) => tcArgs(op).join(' ')).join('\n') + '\n');
+      for (let i = 0; i < clients; i++) child.stdin.write(`${start[i]!.map((op) => tcArgs(op).join(' ')).join('\n')}\n`);
+      for (let i = 0; i < clients; i++) child.stdin.write(`${stop[i]!.map((op) => tcArgs(op).join(' ')).join('\n')}\n`);
       child.stdin.end();
     });
     const stdinUs = perClient(Number(process.hrtime.bigint() - began), clients);
@@ -612,8 +612,14 @@ async function seekStorm(): Promise<void> {
       schedules: [],
     }),
     shaper: {
-      throttle: async (address, limits) => (changes++, shaper.throttle(address, limits)),
-      release: async (address) => (changes++, shaper.release(address)),
+      throttle: async (address, limits) => {
+        changes++;
+        return shaper.throttle(address, limits);
+      },
+      release: async (address) => {
+        changes++;
+        return shaper.release(address);
+      },
     },
   });
   const parser = new PlexLogParser();

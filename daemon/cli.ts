@@ -4,7 +4,7 @@
 /** `shaperrd`: command line, logging and signals around the Shaperrd pipeline. */
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
-import { ConfigError, exposedSecretsWarning, loadConfig } from './config.js';
+import { ConfigError, exposedSecretsWarning, loadConfig, type ShaperrConfig } from './config.js';
 import { DeviceLockedError } from './apply/device-lock.js';
 import { Shaperrd } from './shaperrd.js';
 
@@ -58,7 +58,7 @@ async function main(): Promise<void> {
   const options = program.opts<{ config: string; log?: string; dryRun?: boolean; logLevel: string; demo?: boolean; duration: number }>();
   if (options.demo) return demo(options.duration);
   const logger = pino({ level: options.logLevel, base: { service: 'shaperrd' } });
-  let config;
+  let config: ShaperrConfig;
   try {
     config = loadConfig(options.config);
   } catch (error) {

@@ -37,6 +37,7 @@ t.test(
     t.equal(home.streams.length, 3, 'three remote viewers streamed');
     t.match(result.stdout, /gamer p99: [\d.]+ ms → [\d.]+ ms/, 'the summary prints both p99s');
     t.equal(result.status, 0);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: an ESC would be a terminal escape sequence
     t.notMatch(result.stdout, /\x1b\[/, 'plain lines when not a TTY');
     t.same(summary.leftoverNamespaces, []);
     t.notMatch(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), /shaperr-demo/, 'ip netns list shows nothing of the demo');

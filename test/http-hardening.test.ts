@@ -32,10 +32,18 @@ function raw(port: number, request: string, waitMs = 3000): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
     let received = '';
-    const timer = setTimeout(() => (socket.destroy(), resolve(received)), waitMs);
-    socket.on('data', (data) => (received += data.toString()));
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve(received);
+    }, waitMs);
+    socket.on('data', (data) => {
+      received += data.toString();
+    });
     socket.on('error', reject);
-    socket.on('close', () => (clearTimeout(timer), resolve(received)));
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(received);
+    });
     socket.write(request);
   });
 }
@@ -84,7 +92,10 @@ t.test('headers are bounded in size and in time', async (t) => {
   t.teardown(() => clearInterval(trickle));
   socket.on('error', () => {}); // the server's reset, once it gives up on us
   const closedAfter = await new Promise<number>((resolve) => {
-    socket.once('close', () => (clearInterval(trickle), resolve(Date.now() - opened)));
+    socket.once('close', () => {
+      clearInterval(trickle);
+      resolve(Date.now() - opened);
+    });
     setTimeout(() => resolve(Infinity), 20_000);
   });
   clearInterval(trickle);
@@ -94,7 +105,9 @@ t.test('headers are bounded in size and in time', async (t) => {
 t.test('1,000 idle connections do not lock the page out, and at most MAX_CONNECTIONS stay open', async (t) => {
   const { server: http, port } = await server(t);
   const idle: Socket[] = [];
-  t.teardown(() => idle.forEach((socket) => socket.destroy()));
+  t.teardown(() => {
+    for (const socket of idle) socket.destroy();
+  });
   await Promise.all(
     Array.from(
       { length: 1000 },

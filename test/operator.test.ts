@@ -129,7 +129,7 @@ t.test('shaperr check: one line per check, with what to do', { skip }, async (t)
 
   const missing = shaperr('--config', config, '--device', 'nope0', 'check');
   t.equal(missing.status, 1, 'a failed check: exit 1');
-  t.match(missing.stdout, /^fail  no device nope0 in netns .*\n {6}→ set `device:`/m);
+  t.match(missing.stdout, /^fail {2}no device nope0 in netns .*\n {6}→ set `device:`/m);
 
   writeFileSync(config, 'device: srv0\nserver: { rate: fast }\nclient: { rate: 2mbit }\n');
   const bad = shaperr('--config', config, 'status');

@@ -226,7 +226,10 @@ t.test('malformed playback lines are counted, never thrown', async (t) => {
 t.test('fuzz: random bytes, splices of real lines, huge lines — no throw, counts add up', async (t) => {
   const parser = new PlexLogParser({ trustedProxies: ['10.0.0.0/8'] });
   let seed = 42;
-  const random = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+  const random = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed / 0x7fffffff;
+  };
   const real = cases.map((c) => c.line);
   const thrown: unknown[] = [];
   for (let i = 0; i < 20000; i++) {

@@ -142,7 +142,10 @@ t.test('the Plex API drives the pipes end to end, and the token appears nowhere'
   t.same(kernelState(topology), { classes: 1, destinations: [`${remote}/32`] }, 'paused keeps the pipe');
   t.equal(kernelChanges(remote), 1);
 
-  server.updateSession(movie.sessionKey, (s) => ((s.ratingKey = '9001'), (s.state = 'playing')));
+  server.updateSession(movie.sessionKey, (s) => {
+    s.ratingKey = '9001';
+    s.state = 'playing';
+  });
   server.notify(movie.sessionKey);
   await until(() => decisions.some((d) => d.address === remote && d.action === 'resume'));
   await sleep(1500);
@@ -267,10 +270,10 @@ t.test('shaperr check: the source and where its token comes from, the server, th
   server.token = 'the-owner-token';
   const rejected = await check();
   t.equal(rejected.code, 1);
-  t.match(rejected.stdout, /^fail  Plex rejected the token \(from plex\.token\) at .*\n {6}→ use the server owner's token/m);
+  t.match(rejected.stdout, /^fail {2}Plex rejected the token \(from plex\.token\) at .*\n {6}→ use the server owner's token/m);
   await server.down();
   const down = await check();
-  t.match(down.stdout, /^fail  Plex at .* is not reachable: GET \/: connect ECONNREFUSED/m);
+  t.match(down.stdout, /^fail {2}Plex at .* is not reachable: GET \/: connect ECONNREFUSED/m);
   for (const output of [good, rejected, down]) t.notOk(output.stdout.includes(SECRET_TOKEN), 'no token in the check output');
 });
 

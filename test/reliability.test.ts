@@ -41,7 +41,10 @@ const exited = (daemon: Daemon, deadlineMs = 20_000) =>
   new Promise<number | null | 'running'>((resolve) => {
     if (daemon.child.exitCode !== null) return resolve(daemon.child.exitCode);
     const timer = setTimeout(() => resolve('running'), deadlineMs);
-    daemon.child.once('exit', (code) => (clearTimeout(timer), resolve(code)));
+    daemon.child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve(code);
+    });
   });
 async function kill9(daemon: Daemon): Promise<void> {
   daemon.child.kill('SIGKILL');

@@ -4,7 +4,7 @@
  * bandwidth is split the same way. Real kernel, real TCP through a shaped veth, more viewers than fit.
  */
 import t, { type Test } from 'tap';
-import { type ClientState, Shaper } from '../lib/shaper/shaper.js';
+import type { ClientState, Shaper } from '../lib/shaper/shaper.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { guaranteedTotal, kernelPipes, MBIT, openShaper } from './helpers/ceiling.js';

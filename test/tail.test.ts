@@ -28,7 +28,13 @@ function collect(tailer: LogTailer) {
       new Promise<void>((resolve, reject) => {
         if (lines.length >= count) return resolve();
         const timer = setTimeout(() => reject(new Error(`only ${lines.length} of ${count} lines arrived: ${JSON.stringify(lines.slice(-3))}`)), timeoutMs);
-        waiters.push({ count, resolve: () => (clearTimeout(timer), resolve()) });
+        waiters.push({
+          count,
+          resolve: () => {
+            clearTimeout(timer);
+            resolve();
+          },
+        });
       }),
   };
 }

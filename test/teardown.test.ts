@@ -91,8 +91,8 @@ async function across(t: Test, remove: (shaper: Shaper, topology: Topology) => P
   const streams: Stream[] = [];
   const children: ChildProcess[] = [];
   t.teardown(() => {
-    streams.forEach((stream) => stream.stop());
-    children.forEach((child) => child.kill('SIGKILL'));
+    for (const stream of streams) stream.stop();
+    for (const child of children) child.kill('SIGKILL');
   });
   streams.push(await startStream(topology, streamed, 30));
   await streams[0]!.bitsPerSecondOver(1);

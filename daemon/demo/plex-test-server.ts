@@ -342,10 +342,14 @@ export class PlexTestServer {
     const refuse = (status: string) => {
       socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
     };
-    if (url.pathname !== '/:/websockets/notifications') return refuse('404 Not Found');
+    if (url.pathname !== '/:/websockets/notifications') {
+      refuse('404 Not Found');
+      return;
+    }
     if (!this.authorised(request, url)) {
       this.requests.push({ method: 'GET', path: url.pathname, status: 401 });
-      return refuse('401 Unauthorized');
+      refuse('401 Unauthorized');
+      return;
     }
     this.wss.handleUpgrade(request, socket, head, (ws) => {
       this.requests.push({ method: 'GET', path: url.pathname, status: 101 });
@@ -439,7 +443,8 @@ function sessionsXml(sessions: readonly PlexTestSession[]): string {
     };
     if (session.transcode)
       element.TranscodeSession = xmlAttributes({ key: session.transcode.key, throttled: false, videoDecision: session.transcode.videoDecision });
-    (grouped[tagOf[session.type]] ??= []).push(element);
+    grouped[tagOf[session.type]] ??= [];
+    grouped[tagOf[session.type]]!.push(element);
   }
   return xmlDocument({ MediaContainer: { ...xmlAttributes({ size: sessions.length }), ...grouped } });
 }

@@ -43,7 +43,7 @@ if (mode === 'receive') {
       setTimeout(() => {
         const elapsed = Number(process.hrtime.bigint() - at) / 1e9;
         const each = connections.map((connection, i) => connection.bytes - (fromEach[i] ?? 0));
-        process.stdout.write(JSON.stringify({ bytes: total - from, seconds: elapsed, connections: each }) + '\n');
+        process.stdout.write(`${JSON.stringify({ bytes: total - from, seconds: elapsed, connections: each })}\n`);
         process.exit(0);
       }, seconds * 1000);
     }, warmup * 1000);
@@ -117,7 +117,7 @@ if (mode === 'receive') {
       roundTrips++;
       const now = process.hrtime.bigint();
       if (now < until) return socket.write(byte);
-      process.stdout.write(JSON.stringify({ roundTrips, seconds: Number(now - began) / 1e9 }) + '\n');
+      process.stdout.write(`${JSON.stringify({ roundTrips, seconds: Number(now - began) / 1e9 })}\n`);
       process.exit(0);
     });
     socket.write(byte);

@@ -32,8 +32,7 @@ if (mode === 'segments') {
     let pending = '';
     socket.on('data', (data) => {
       pending += data.toString();
-      let newline;
-      while ((newline = pending.indexOf('\n')) >= 0) {
+      for (let newline = pending.indexOf('\n'); newline >= 0; newline = pending.indexOf('\n')) {
         const bytes = Number(pending.slice(0, newline));
         pending = pending.slice(newline + 1);
         if (payload.length < bytes) payload = Buffer.alloc(bytes, 0x5a);

@@ -108,14 +108,12 @@ function table(report: StatusReport): string {
     : `server ${report.device}: no server class`;
   const short = report.clients.filter((c) => c.rate < c.wanted).length;
   const shortLine = short ? [`${short} guaranteed less than they want (!): the server rate is shared by more viewers than it holds`] : [];
-  return (
-    [
-      serverLine,
-      `${report.clients.length} throttled client${report.clients.length === 1 ? '' : 's'}`,
-      ...shortLine,
-      ...(rows.length ? [line(header), ...rows.map(line)] : []),
-    ].join('\n') + '\n'
-  );
+  return `${[
+    serverLine,
+    `${report.clients.length} throttled client${report.clients.length === 1 ? '' : 's'}`,
+    ...shortLine,
+    ...(rows.length ? [line(header), ...rows.map(line)] : []),
+  ].join('\n')}\n`;
 }
 
 program

@@ -328,15 +328,15 @@ export class SessionTracker {
     if (together.length === 0) return;
     // Pipes whose limits change go to the kernel in one batch: one rebalance of the server rate for all.
     const outcomes = this.options.shaper.throttleAll!(together.map((client) => ({ address: client.address, limits: client.wanted! })));
-    together.forEach((client, index) =>
+    for (const [index, client] of together.entries()) {
       this.converge(
         client,
         now,
         outcomes.then((all) => {
           if (all[index]?.error) throw all[index].error;
         }),
-      ),
-    );
+      );
+    }
   }
 
   /** Restores state saved by an earlier run: these clients are in the kernel with these limits. */

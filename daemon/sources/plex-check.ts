@@ -4,7 +4,7 @@
  */
 import type { ShaperrConfig } from '../config.js';
 import { planSources, type SourcePlan } from './plan.js';
-import { PlexHttpError, parseIdentity, parseSessionListing, plexGet, type PlexRequestOptions } from './plex.js';
+import { PlexHttpError, type PlexIdentity, parseIdentity, parseSessionListing, plexGet, type PlexRequestOptions } from './plex.js';
 
 export interface PlexCheckLine {
   verdict: 'ok' | 'warn' | 'fail';
@@ -18,7 +18,7 @@ const OWNER_TOKEN_FIX =
 
 async function checkServer(server: SourcePlan['plex'][number], timeoutMs: number): Promise<PlexCheckLine[]> {
   const options: PlexRequestOptions = { url: server.url, token: server.token.token, verifyTls: server.verifyTls, timeoutMs };
-  let identity;
+  let identity: PlexIdentity;
   try {
     identity = parseIdentity(await plexGet(options, '/'));
   } catch (error) {

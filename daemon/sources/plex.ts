@@ -687,7 +687,8 @@ export class PlexSource {
     const ratingKey = asString(entry.ratingKey);
     if (state === 'stopped') {
       this.stoppedKeys.set(sessionKey, known.ratingKey);
-      return this.end(known, 'notification');
+      this.end(known, 'notification');
+      return;
     }
     if (ratingKey !== undefined && known.ratingKey !== undefined && ratingKey !== known.ratingKey) {
       // Clients that never send stop: the next item under the same key is a stop and a start.

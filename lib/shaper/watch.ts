@@ -39,7 +39,7 @@ export interface ShaperWatchOptions {
   /** Replace another tool's root qdisc (as Shaper's `takeover`); without it, such a root is left alone. */
   takeover?: boolean;
   /** A repair is starting (e.g. to log it); the tree repair reports progress through `onProgress`. */
-  onRepairStart?: (reason: string, scope: RepairReport['scope']) => ProgressListener | void;
+  onRepairStart?: (reason: string, scope: RepairReport['scope']) => ProgressListener | undefined;
   onRepaired?: (report: RepairReport) => void;
   /** Another tool's root qdisc sits where shaperr's was: told once until shaperr's root is back. */
   onForeignRoot?: (description: string) => void;
@@ -158,7 +158,8 @@ export class ShaperWatch {
 
   private schedule({ full, pipes }: { full?: string; pipes?: ReadonlySet<number> }): void {
     if (this.closed) return;
-    const pending = (this.pending ??= { startedAt: performance.now(), pipes: new Set() });
+    this.pending ??= { startedAt: performance.now(), pipes: new Set() };
+    const pending = this.pending;
     if (full) pending.full ??= full;
     for (const classid of pipes ?? []) pending.pipes.add(classid);
     this.running ??= this.run().finally(() => (this.running = undefined));

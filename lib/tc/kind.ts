@@ -47,7 +47,9 @@ export interface FilterKind<Input, Parameters extends Input = Input & Required<I
 }
 
 /** A role of any option types: what generic code (requests, decoding) handles; the public types stay exact. */
+// biome-ignore lint/suspicious/noExplicitAny: a registry holds kinds of every option type; unknown would not accept them
 export type AnyTcKind = TcKind<any, any, any>;
+// biome-ignore lint/suspicious/noExplicitAny: as above, for filter kinds
 export type AnyFilterKind = FilterKind<any, any, any>;
 
 /** One registry entry: the roles a tc kind plays (htb is a qdisc and a class; u32 a filter). */

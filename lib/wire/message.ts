@@ -2,7 +2,7 @@
  * Netlink message framing: nlmsghdr, the rtnetlink message types and flags used for traffic control,
  * splitting a received datagram into messages, and decoding NLMSG_ERROR (including extended ACK text).
  */
-import { align4, MessageWriter, parseAttributes } from './attributes.js';
+import { align4, type MessageWriter, parseAttributes } from './attributes.js';
 import { s32, struct, u16, u32, u8 } from './struct.js';
 
 export const NLMSG_HEADER_SIZE = 16;

@@ -40,7 +40,7 @@ export function parseStraceDumps(output: string): Buffer[] {
   const datagrams: Buffer[] = [];
   for (const block of output.split(/^(?=\S.*\bsendmsg\()/m)) {
     if (!/\bsendmsg\(/.test(block)) continue;
-    const hex = [...block.matchAll(/^ \| [0-9a-f]{5}  ((?:[0-9a-f]{2} {1,2}){1,16})/gm)].map((match) => match[1]!.replace(/ /g, '')).join('');
+    const hex = [...block.matchAll(/^ \| [0-9a-f]{5} {2}((?:[0-9a-f]{2} {1,2}){1,16})/gm)].map((match) => match[1]!.replace(/ /g, '')).join('');
     if (hex) datagrams.push(Buffer.from(hex, 'hex'));
   }
   return datagrams;

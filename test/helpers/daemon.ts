@@ -13,7 +13,10 @@ import { createTopology, type Topology } from '../../daemon/support/netns.js';
 export const CLI = fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
 
 let stamp = Date.UTC(2026, 8, 26, 20, 0, 0);
-export const plexLine = (address: string, path: string): string => plexLineAt(new Date((stamp += 7)), address, path);
+export const plexLine = (address: string, path: string): string => {
+  stamp += 7;
+  return plexLineAt(new Date(stamp), address, path);
+};
 
 /** A request line stamped with `at` in this process's local time, as Plex writes it. */
 export function plexLineAt(at: Date, address: string, path: string): string {
@@ -59,7 +62,13 @@ export function startDaemon(config: string, via: string[] = [], args: string[] =
         const seen = output.find((line) => pattern.test(line));
         if (seen) return resolve(seen);
         const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern}; output:\n${output.slice(-10).join('\n')}`)), timeoutMs);
-        waiters.push({ pattern, resolve: (line) => (clearTimeout(timer), resolve(line)) });
+        waiters.push({
+          pattern,
+          resolve: (line) => {
+            clearTimeout(timer);
+            resolve(line);
+          },
+        });
       }),
   };
 }

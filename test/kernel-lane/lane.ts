@@ -187,6 +187,7 @@ export async function runInLane(
     pending = complete.pop()!;
     for (const raw of complete) {
       // The serial console adds \r and the firmware paints escape sequences before the kernel starts.
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: ESC is exactly what is removed here
       const line = raw.replace(/\r/g, '').replace(/\x1b\[[0-9;?]*[a-zA-Z]|\x1bc/g, '');
       const exit = /^LANE-EXIT (\d+)$/.exec(line);
       if (exit) status = Number(exit[1]);

@@ -41,9 +41,9 @@ const selectorCodec = {
       hoff: selector.hashOffset,
       hmask: selector.hashMask,
     });
-    selector.keys.forEach((key, index) =>
-      tcU32Key.encodeInto(view, tcU32Sel.size + index * tcU32Key.size, { mask: key.mask, value: key.value, offset: key.offset }),
-    );
+    for (const [index, key] of selector.keys.entries()) {
+      tcU32Key.encodeInto(view, tcU32Sel.size + index * tcU32Key.size, { mask: key.mask, value: key.value, offset: key.offset });
+    }
     return out;
   },
   decode(payload: Uint8Array): Selector {
