@@ -59,6 +59,12 @@ t.test('the status page shows a playing client and its live chart', { skip }, as
     { timeout: 10_000 },
   );
   t.pass('the chart gained points and the row shows the shaped rate');
+  t.match(await page.textContent('#axis'), /2 min ago.*now/, 'the chart has a time axis: two minutes back to now');
+  const legendColour = await page.evaluate(
+    () => (document.querySelector('#legend [data-address="10.200.1.1"] .swatch') as HTMLElement | null)?.style.background,
+  );
+  const rowColour = await page.evaluate(() => (document.querySelector('tr[data-address="10.200.1.1"] .swatch') as HTMLElement | null)?.style.background);
+  t.ok(legendColour && legendColour === rowColour, `the chart's legend names the client in its line's colour (${legendColour})`);
   t.match(await page.textContent('#decisions'), /throttle 10\.200\.1\.1/, 'the decision is listed');
   const width = await page.evaluate(() => parseFloat(document.getElementById('utilisation')!.style.width));
   t.ok(width > 5 && width < 30, `server ceiling utilisation bar at ${width} % (3 of 20 Mbit/s)`);

@@ -20,6 +20,8 @@ export const STATUS_PAGE = `<!doctype html>
   table { width: 100%; border-collapse: collapse; margin: 1rem 0; font-variant-numeric: tabular-nums; }
   th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid #8884; }
   td.num, th.num { text-align: right; }
+  .axis { display: flex; justify-content: space-between; font-size: .8rem; opacity: .7; margin: .15rem 0 .3rem; }
+  #legend { display: flex; flex-wrap: wrap; gap: .2rem 1rem; font-size: .85rem; }
   .swatch { display: inline-block; width: .7rem; height: .7rem; border-radius: 50%; margin-right: .4rem; }
   #error, .short { color: #d33; }
   ul { padding-left: 1.2rem; } li { margin: .15rem 0; }
@@ -32,7 +34,9 @@ export const STATUS_PAGE = `<!doctype html>
 <div id="shortfall" class="short"></div>
 <h2 class="muted">Server ceiling</h2>
 <div class="bar"><div id="utilisation"></div></div>
-<canvas id="chart" width="1100" height="220" data-points="0" aria-label="throughput per client"></canvas>
+<canvas id="chart" width="1100" height="220" data-points="0" aria-label="throughput per client over the last two minutes"></canvas>
+<div class="axis" id="axis"><span>2 min ago</span><span>90 s</span><span>60 s</span><span>30 s</span><span>now</span></div>
+<div id="legend"></div>
 <table>
   <thead><tr><th>client</th><th>user</th><th>state</th><th>sessions</th><th class="num">guaranteed / ceil</th><th class="num">wants</th><th class="num">now</th><th class="num">sent</th><th class="num">drops</th><th>since</th></tr></thead>
   <tbody id="clients"><tr><td colspan="10" class="muted">no client is throttled</td></tr></tbody>
@@ -64,6 +68,12 @@ function draw() {
   const max = Math.max(1e6, ...[...history.values()].flat());
   ctx.fillStyle = '#888'; ctx.font = '12px system-ui';
   ctx.fillText(rate(max), 6, 14);
+  // One sample a second: a line every 30 s, under the axis labels below the canvas.
+  ctx.strokeStyle = '#8883'; ctx.lineWidth = 1;
+  for (let seconds = 30; seconds < HISTORY; seconds += 30) {
+    const x = width - seconds * (width / (HISTORY - 1));
+    ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, height); ctx.stroke();
+  }
   for (const [address, series] of history) {
     ctx.strokeStyle = colourOf(address); ctx.lineWidth = 2; ctx.beginPath();
     series.forEach((value, i) => {
@@ -74,6 +84,12 @@ function draw() {
     ctx.stroke();
   }
   canvas.dataset.points = String(points);
+  document.getElementById('legend').replaceChildren(...[...history.keys()].map((address) => {
+    const entry = text('span', address);
+    entry.dataset.address = address;
+    entry.prepend(Object.assign(document.createElement('span'), { className: 'swatch', style: 'background:' + colourOf(address) }));
+    return entry;
+  }));
 }
 
 function render(report) {
