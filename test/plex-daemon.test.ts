@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, launchChromium } from './helpers/browser.js';
 import t, { type Test } from 'tap';
 import { validateConfig } from '../daemon/config.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
@@ -29,7 +29,6 @@ import { measureGoodput, shapedTo } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();
 const MBIT = 1e6;
-const CHROMIUM = '/usr/bin/chromium';
 const SHAPERR_CLI = fileURLToPath(new URL('../dist/daemon/operator/shaperr-cli.js', import.meta.url));
 const TIMINGS: Partial<PlexTimings> = {
   retryMinMs: 100,
@@ -105,18 +104,7 @@ t.test('the Plex API drives the pipes end to end, and the token appears nowhere'
   );
   if (existsSync(CHROMIUM)) {
     // The status page in headless Chromium: the Plex section with the stream's bandwidth beside its pipe.
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    const browser = await launchChromium();
     const page = await browser.newPage();
     const errors: string[] = [];
     page.on('pageerror', (error) => errors.push(error.message));

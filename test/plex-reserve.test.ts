@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, launchChromium } from './helpers/browser.js';
 import t, { type Test } from 'tap';
 import { validateConfig } from '../daemon/config.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
@@ -18,7 +18,6 @@ import { createTopology, netnsUnavailable, type Topology } from '../daemon/suppo
 import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
 
 const skip = netnsUnavailable();
-const CHROMIUM = '/usr/bin/chromium';
 const MBIT = 1e6;
 
 /** The status page in headless Chromium (when installed): the reserve line once it matches `pattern`. */
@@ -27,18 +26,7 @@ async function statusPage(t: Test, url: string): Promise<{ reserveText(pattern: 
     t.comment(`${CHROMIUM} is not installed: the page is not checked, /api/status is`);
     return undefined;
   }
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const browser = await launchChromium();
   t.teardown(() => browser.close());
   const page = await browser.newPage();
   await page.goto(url);

@@ -6,32 +6,19 @@
 import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, launchChromium } from './helpers/browser.js';
 import t from 'tap';
 import { daemonWithStatusPage, play } from './helpers/daemon.js';
 import { netnsUnavailable } from '../daemon/support/netns.js';
 import { measureGoodput } from './helpers/traffic.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = fileURLToPath(new URL('./artifacts/', import.meta.url));
 const skip = netnsUnavailable() || (existsSync(CHROMIUM) ? false : `${CHROMIUM} is not installed (apt-get install chromium)`);
 
 t.test('the status page shows a playing client and its live chart', { skip }, async (t) => {
   const { topology, log, daemon } = await daemonWithStatusPage(t, { server: '20mbit', client: '3mbit', token: 'page-token' });
 
-  // Flags: this machine's network is closed; without them Chromium keeps trying Google's hosts.
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const browser = await launchChromium();
   t.teardown(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
   const errors: string[] = [];
