@@ -34,7 +34,7 @@ import {
   SHAPER_ROOT,
   SHAPER_SERVER_CLASS,
 } from './layout.js';
-import { allocateShares, type PipeParameters, type WantedLimits, wantedRateOf } from './shares.js';
+import { type AllocationTerms, allocationTerms, type PipeParameters, pipeParameters, sameTerms, type WantedLimits, wantedRateOf } from './shares.js';
 
 /** sfq's default queue depth in packets; bfifo leaves hold as many full-size packets' worth of bytes. */
 const SFQ_DEFAULT_LIMIT = 127;
@@ -177,6 +177,14 @@ export class Shaper {
   private reservedRate = 0;
   /** Guaranteed rates of released pipes still draining, by minor: they count against the server rate until deleted. */
   private readonly drainingGuarantees = new Map<number, number>();
+  /** The terms every settled pipe's parameters follow (undefined: none yet, the next rebalance sets every pipe). */
+  private allocation: AllocationTerms | undefined;
+  /**
+   * Clients whose pipe may not follow the allocation: new, wanting something else, or unknown after a
+   * failed change. While the terms stay, a rebalance works out these alone: among 5,000 pipes a join
+   * adds up the wanted rates and makes one pipe's parameters, not 5,000.
+   */
+  private readonly unsettled = new Set<AppliedClient>();
   readonly stats: ShaperStats = { kernelRequests: 0, rebalanceChanges: 0 };
 
   /** Class counters from one dump, shared by the bytesSent() calls that accept counters this old. */
@@ -346,7 +354,7 @@ export class Shaper {
       this.create();
       const clients = [...this.clientsByAddress.values()];
       for (const client of clients) client.made = false;
-      const { commit } = this.rebalanceOperations();
+      const { commit } = this.rebalanceOperations(new Set(), { everyPipe: true });
       await inChunks(clients, (chunk) => this.applyAll(chunk.flatMap((client) => this.clientOperations(client, client.next!))), onProgress);
       commit();
     });
@@ -538,6 +546,7 @@ export class Shaper {
         const same = existing.wanted.rate === wanted.rate && existing.wanted.ceil === wanted.ceil;
         if (!previous.has(existing)) previous.set(existing, existing.wanted);
         existing.wanted = wanted;
+        if (!same) this.unsettled.add(existing);
         results.push({ result: same ? 'unchanged' : 'changed', client: existing });
         continue;
       }
@@ -552,6 +561,7 @@ export class Shaper {
         since: new Date(),
       };
       this.clientsByAddress.set(address.text, client);
+      this.unsettled.add(client);
       made.push(client);
       results.push({ result: 'applied', client });
     }
@@ -565,7 +575,10 @@ export class Shaper {
       for (const [client, wanted] of previous) client.wanted = wanted;
       this.forgetPipes(made);
       // Pipes the batch was changing may or may not have changed: unknown now, so the next rebalance sets them again.
-      for (const client of changed) client.pipe = undefined;
+      for (const client of changed) {
+        client.pipe = undefined;
+        this.unsettled.add(client);
+      }
       for (const client of this.clientsByAddress.values()) client.next = undefined;
       throw error;
     };
@@ -589,45 +602,55 @@ export class Shaper {
     );
     for (const client of clients) {
       this.clientsByAddress.delete(client.address.text);
+      this.unsettled.delete(client);
       this.minors.release(client.minor);
       this.nodePool(client.address).release(client.filterNode);
     }
   }
 
   /**
-   * Works out every pipe's parameters and the class changes that get the kernel there: guarantees that go
+   * Works out the pipes' parameters and the class changes that get the kernel there: guarantees that go
    * down first, so the guarantees never add up to more than the server rate even halfway through a batch.
+   * While the allocation's terms stay, only unsettled pipes are looked at (`everyPipe` forces all).
    * Pipes not made yet get theirs from clientOperations. `commit` records the result once the kernel has
    * it. Changes to `subjects` (the clients an event is about) do not count as rebalancing.
    */
-  private rebalanceOperations(subjects: ReadonlySet<AppliedClient> = new Set()): {
+  private rebalanceOperations(
+    subjects: ReadonlySet<AppliedClient> = new Set(),
+    { everyPipe = false } = {},
+  ): {
     lower: Operation[];
     raise: Operation[];
     all: Operation[];
     changed: AppliedClient[];
     commit: () => void;
   } {
-    const clients = [...this.clientsByAddress.values()];
-    const reserved = [...this.drainingGuarantees.values()].reduce((sum, rate) => sum + rate, this.reservedRate);
-    const shares = allocateShares(this.server.rate, this.server.rate - reserved, clients);
+    let wantedTotal = 0;
+    for (const client of this.clientsByAddress.values()) wantedTotal += client.wanted.rate;
+    let reserved = this.reservedRate;
+    for (const rate of this.drainingGuarantees.values()) reserved += rate;
+    const terms = allocationTerms(this.server.rate, this.server.rate - reserved, wantedTotal, this.allocation);
+    const clients = everyPipe || !sameTerms(this.allocation, terms) ? [...this.clientsByAddress.values()] : [...this.unsettled];
     const lower: Operation[] = [];
     const raise: Operation[] = [];
     const changed: AppliedClient[] = [];
     let others = 0;
-    clients.forEach((client, index) => {
-      const share = shares[index]!;
-      client.next = share;
+    for (const client of clients) {
       const current = client.pipe;
-      if (!client.made || share === current) return;
-      (current && share.rate < current.rate ? lower : raise).push({ op: 'change', class: this.classSpec(client.minor, share) });
+      const next = pipeParameters(client.wanted, terms, current);
+      client.next = next;
+      if (!client.made || next === current) continue;
+      (current && next.rate < current.rate ? lower : raise).push({ op: 'change', class: this.classSpec(client.minor, next) });
       changed.push(client);
       if (!subjects.has(client)) others++;
-    });
+    }
     const commit = () => {
+      this.allocation = terms;
       for (const client of clients) {
         client.pipe = client.next;
         client.made = true;
         client.next = undefined;
+        this.unsettled.delete(client);
         this.noteShortfall(client);
       }
       this.stats.rebalanceChanges += others;
@@ -668,13 +691,17 @@ export class Shaper {
     const client = this.clientsByAddress.get(address.text);
     if (!client) return false;
     this.clientsByAddress.delete(address.text);
+    this.unsettled.delete(client);
     const removal = this.removePipe(client);
     this.draining.add(removal);
     try {
       await removal;
     } catch (error) {
       // Still the client's pipe (unless a throttle made a new one meanwhile), for a retry or repair.
-      if (!this.clientsByAddress.has(address.text)) this.clientsByAddress.set(address.text, client);
+      if (!this.clientsByAddress.has(address.text)) {
+        this.clientsByAddress.set(address.text, client);
+        this.unsettled.add(client);
+      }
       throw error;
     } finally {
       this.draining.delete(removal);

@@ -27,9 +27,10 @@ export interface PipeParameters {
 }
 
 /**
- * A contended share that must move is set this fraction below its exact value, and kept as long as it lies
- * within KEEP_BELOW of it: one more or one fewer viewer among many rewrites no class, and a rebalance
- * rewrites them all only every few percent of change.
+ * When contended, every pipe is guaranteed the same fraction of its wanted rate: the contention factor.
+ * One that must move is set this fraction below the exact one (available ÷ wanted total) and kept as long
+ * as it lies within KEEP_BELOW of it. So one more or one fewer viewer among many rewrites no other class,
+ * and when the factor does move, every contended class moves with it in one batch, once per 2–5 % of change.
  */
 const SET_BELOW = 0.02;
 const KEEP_BELOW = 0.05;
@@ -59,30 +60,33 @@ export function wantedRateOf(quantum: number): number | undefined {
   return Math.round(quantum / QUANTUM_SECONDS) * 8;
 }
 
-export interface ShareRequest {
-  wanted: WantedLimits;
-  /** What the kernel has now; undefined for a pipe not made yet. */
-  pipe?: PipeParameters | undefined;
+/** What an allocation was made for: pipes allocated under the same terms keep their parameters. */
+export interface AllocationTerms {
+  /** The fraction of its wanted rate every contended pipe is guaranteed; undefined while uncontended. */
+  factor: number | undefined;
+  serverRate: BitsPerSecond;
 }
 
 /**
- * The parameters every pipe should have. `available` is the server rate less the guarantees of pipes
- * that are only draining. Guaranteed rates never add up to more than `available`.
+ * The terms for pipes wanting `wantedTotal` together, when `available` is the server rate less what is
+ * kept out of the shares (reserve, draining pipes). The guaranteed rates never add up to more than
+ * `available`: each is rounded down to whole bytes.
  */
-export function allocateShares(serverRate: number, available: number, requests: readonly ShareRequest[]): PipeParameters[] {
-  let wantedTotal = 0;
-  for (const request of requests) wantedTotal += request.wanted.rate;
-  const contended = wantedTotal > available;
-  // Called on every join and leave with thousands of pipes: a pipe that keeps its parameters keeps its object.
-  return requests.map(({ wanted, pipe }) => {
-    const rate = contended ? contendedRate((Math.max(0, available) * wanted.rate) / wantedTotal, pipe?.rate) : wanted.rate;
-    const ceil = Math.max(rate, Math.min(wanted.ceil, serverRate));
-    const quantum = quantumFor(wanted.rate);
-    return pipe && pipe.rate === rate && pipe.ceil === ceil && pipe.quantum === quantum ? pipe : { rate, ceil, quantum };
-  });
+export function allocationTerms(serverRate: BitsPerSecond, available: BitsPerSecond, wantedTotal: BitsPerSecond, inUse?: AllocationTerms): AllocationTerms {
+  if (wantedTotal <= available) return { factor: undefined, serverRate };
+  const exact = Math.max(0, available) / wantedTotal;
+  const kept = inUse?.factor;
+  const factor = kept !== undefined && kept <= exact && kept >= exact * (1 - KEEP_BELOW) ? kept : exact * (1 - SET_BELOW);
+  return { factor, serverRate };
 }
 
-function contendedRate(exact: number, current: number | undefined): number {
-  if (current !== undefined && current <= exact && current >= exact * (1 - KEEP_BELOW)) return current;
-  return Math.min(wholeBytes(exact * (1 - SET_BELOW)), Math.max(SMALLEST_RATE, Math.floor(exact)));
+export const sameTerms = (a: AllocationTerms | undefined, b: AllocationTerms): boolean =>
+  a !== undefined && a.factor === b.factor && a.serverRate === b.serverRate;
+
+/** One pipe's parameters under `terms`; `current` itself when they are the same (no allocation on the hot path). */
+export function pipeParameters(wanted: WantedLimits, terms: AllocationTerms, current?: PipeParameters): PipeParameters {
+  const rate = terms.factor === undefined ? wanted.rate : wholeBytes(wanted.rate * terms.factor);
+  const ceil = Math.max(rate, Math.min(wanted.ceil, terms.serverRate));
+  const quantum = quantumFor(wanted.rate);
+  return current && current.rate === rate && current.ceil === ceil && current.quantum === quantum ? current : { rate, ceil, quantum };
 }
