@@ -16,15 +16,22 @@ function unmapped(address: ipaddr.IPv4 | ipaddr.IPv6): ipaddr.IPv4 | ipaddr.IPv6
   return address.kind() === 'ipv6' && (address as ipaddr.IPv6).isIPv4MappedAddress() ? (address as ipaddr.IPv6).toIPv4Address() : address;
 }
 
+/** Dotted decimal with four parts and no leading zeros (ipaddr.js alone also takes "10.1", "0x7f.1", "167772161"). */
+const FOUR_PART_DECIMAL = /^(0|[1-9]\d*)(\.(0|[1-9]\d*)){3}$/;
+
 /** Parses one host address (no prefix); throws ShaperrInputError naming the bad value. */
 export function parseClientAddress(text: string): ClientAddress {
   const trimmed = text.trim().replace(/^\[(.*)\]$/, '$1');
-  // ipaddr.js also accepts legacy IPv4 forms ("10.1", "0x7f.1", "167772161"); clients never log those.
-  const valid = trimmed.includes(':') ? ipaddr.IPv6.isValid(trimmed) : ipaddr.IPv4.isValidFourPartDecimal(trimmed);
-  if (!valid) {
-    throw new ShaperrInputError(`invalid client address ${JSON.stringify(text)}: expected an IPv4 or IPv6 address`);
+  // Parsed once, by the family's own parser: this runs for every log line and API event.
+  let parsed: ipaddr.IPv4 | ipaddr.IPv6 | undefined;
+  try {
+    if (trimmed.includes(':')) parsed = ipaddr.IPv6.parse(trimmed);
+    else if (FOUR_PART_DECIMAL.test(trimmed)) parsed = ipaddr.IPv4.parse(trimmed);
+  } catch {
+    // an octet above 255, or not IPv6: reported below
   }
-  const address = unmapped(ipaddr.parse(trimmed));
+  if (!parsed) throw new ShaperrInputError(`invalid client address ${JSON.stringify(text)}: expected an IPv4 or IPv6 address`);
+  const address = unmapped(parsed);
   return { text: address.toString(), family: address.kind() === 'ipv4' ? 4 : 6, bytes: address.toByteArray() };
 }
 
@@ -53,7 +60,8 @@ export class NetworkSet {
   }
 
   contains(address: ClientAddress | string): boolean {
-    const parsed = unmapped(ipaddr.parse(typeof address === 'string' ? parseClientAddress(address).text : address.text));
+    if (this.networks.length === 0) return false;
+    const parsed = ipaddr.fromByteArray((typeof address === 'string' ? parseClientAddress(address) : address).bytes);
     return this.networks.some(([network, prefix]) => network.kind() === parsed.kind() && parsed.match(network, prefix));
   }
 
