@@ -5,7 +5,7 @@
  */
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
-import { type ProgressListener, Shaper, type ShaperOptions, ShaperWatch } from '../lib/index.js';
+import { type ProgressListener, Shaper, type ShaperOptions, type ShaperState, ShaperWatch } from '../lib/index.js';
 import { type ShaperrConfig, policyConfig } from './config.js';
 import { MAX_LINE, PlexLogParser, type PlaybackEvent } from './sources/parse.js';
 import { type Limits, Policy } from './sessions/policy.js';
@@ -77,7 +77,7 @@ export class Shaperrd {
   constructor(private options: DaemonOptions) {
     this.parser = new PlexLogParser({ trustedProxies: options.config.trustedProxies });
     this.policy = new Policy(policyConfig(options.config));
-    this.metrics = new DaemonMetrics({ status: () => this.status(), parser: () => this.parser.stats, shaper: () => this.shaper?.stats });
+    this.metrics = new DaemonMetrics({ status: () => this.readStatus(), parser: () => this.parser.stats, shaper: () => this.shaper?.stats });
   }
 
   private get config(): ShaperrConfig {
@@ -124,7 +124,7 @@ export class Shaperrd {
       this.statusServer = await startStatusServer({
         listen: config.status.listen,
         ...(config.status.token ? { token: config.status.token } : {}),
-        status: () => this.status(),
+        status: () => this.readStatus(),
         metrics: this.metrics.registry,
       });
       this.log.info({ url: this.statusUrl, token: config.status.token ? 'required' : 'none' }, 'status page and /metrics listening');
@@ -410,13 +410,25 @@ export class Shaperrd {
     return `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}/`;
   }
 
-  /** Kernel counters joined with the sessions: what the status page, /api/status and /metrics show. */
+  /** Kernel counters joined with the sessions, read in one go. */
   status(): StatusReport {
+    return this.report(this.shaper?.state());
+  }
+
+  /**
+   * The same for the status page, /api/status and /metrics: the kernel's counters read a few dozen classes
+   * per event-loop turn, so that a page open on thousands of pipes does not hold up the daemon's events.
+   */
+  async readStatus(): Promise<StatusReport> {
+    return this.report(await this.shaper?.readState());
+  }
+
+  private report(state: ShaperState | undefined): StatusReport {
     const shaper = this.shaper;
     const report = buildStatus({
       device: this.config.device,
       leaf: shaper?.leafKind ?? this.config.leaf,
-      ...(shaper ? shaper.state() : { clients: [] }),
+      ...(state ?? { clients: [] }),
       sessions: this.sessions(),
       meter: this.meter,
       decisions: this.recentDecisions,

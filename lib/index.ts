@@ -10,7 +10,7 @@
  *   command line.
  */
 export { Shaper } from './shaper/shaper.js';
-export type { ClientState, LeafKind, RateLimits, ShaperOptions, ShaperView, ShaperStats, ThrottleOutcome } from './shaper/shaper.js';
+export type { ClientState, LeafKind, RateLimits, ShaperOptions, ShaperState, ShaperView, ShaperStats, ThrottleOutcome } from './shaper/shaper.js';
 export { checkDevice, clearShaper, inspectShaper } from './shaper/inspect.js';
 export type { DeviceCheck, DeviceOptions } from './shaper/inspect.js';
 export type { ShaperKernel } from './shaper/kernel.js';

@@ -20,7 +20,7 @@ async function server(t: { teardown(fn: () => unknown): void }): Promise<{ serve
   const server = await startStatusServer({
     listen: '127.0.0.1:0',
     token: TOKEN,
-    status: () => ({ at: '', device: 'eth0', leaf: 'bfifo', clients: [], decisions: [] }),
+    status: async () => ({ at: '', device: 'eth0', leaf: 'bfifo', clients: [], decisions: [] }),
     metrics: new Registry(),
   });
   t.teardown(() => new Promise((resolve) => server.close(resolve).closeAllConnections()));

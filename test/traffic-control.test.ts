@@ -238,6 +238,38 @@ t.test('batches: many operations in few datagrams, one result each, failures do 
   });
 });
 
+t.test('classesInTurns: the same classes as a dump, read in turns that let the event loop run, changes meanwhile not held up', { skip }, async (t) => {
+  await withDevice(async (tc) => {
+    tc.addQdisc('d0', { kind: 'htb', handle: '1:' });
+    const add = (minor: number) => ({
+      op: 'add' as const,
+      class: { kind: 'htb' as const, parent: '1:', classid: (1 << 16) | minor, options: { rate: '1mbit' } },
+    });
+    tc.batch(
+      'd0',
+      Array.from({ length: 600 }, (_, i) => add(0x10 + i)),
+    );
+    let turns = 0;
+    const ticking = setInterval(() => turns++, 0);
+    const reading = tc.classesInTurns('d0');
+    // A change on the main socket while the read is under way: it does not wait for the read.
+    await new Promise((resolve) => setImmediate(resolve));
+    const [added] = tc.batch('d0', [add(0x10 + 600)]);
+    const read = await reading;
+    clearInterval(ticking);
+    t.ok(added?.ok, 'a class added while the read was under way');
+    t.ok(turns >= 2, `other work ran during the read (${turns} timer turns)`);
+    const strip = (classes: typeof read) =>
+      classes.map((c) => ({ ...c, statistics: undefined, extendedStatistics: undefined })).filter((c) => c.handle !== ((1 << 16) | (0x10 + 600)));
+    t.same(strip(read), strip(tc.classes('d0')), 'the same classes as one dump (leaving out the one added meanwhile)');
+    t.same(
+      (await Promise.all([tc.classesInTurns('d0'), tc.classesInTurns('d0')])).map((classes) => classes.length),
+      [601, 601],
+      'two reads at once each get every class',
+    );
+  });
+});
+
 t.test('kernel warnings on successful requests are surfaced, never dropped', { skip }, async (t) => {
   await withDevice((tc, _netns, warnings) => {
     tc.addQdisc('d0', { kind: 'htb', handle: '1:' });

@@ -22,7 +22,7 @@ export interface StatusServerOptions {
   /** `host:port`, `[v6]:port` or a bare port (then 127.0.0.1). */
   listen: string;
   token?: string;
-  status: () => StatusReport;
+  status: () => Promise<StatusReport>;
   metrics: Registry;
 }
 
@@ -74,7 +74,7 @@ async function respond(options: StatusServerOptions, token: Buffer | undefined, 
     case '/':
       return send(200, 'text/html; charset=utf-8', STATUS_PAGE);
     case '/api/status':
-      return send(200, 'application/json', JSON.stringify(options.status()));
+      return send(200, 'application/json', JSON.stringify(await options.status()));
     case '/metrics':
       return send(200, options.metrics.contentType, await options.metrics.metrics());
     default:

@@ -11,7 +11,7 @@ import type { StatusReport } from './status.js';
 export const MAX_CLIENT_SERIES = 50;
 
 export interface MetricsSources {
-  status: () => StatusReport;
+  status: () => Promise<StatusReport>;
   parser: () => ParserStats;
   /** What the shaper has sent the kernel (undefined before it is open). */
   shaper: () => ShaperStats | undefined;
@@ -58,8 +58,8 @@ export class DaemonMetrics {
     for (const reason of ['restart', 'repair']) this.reconciliations.inc({ reason }, 0);
 
     // One status report (one kernel dump) per scrape, shared by the gauges below.
-    let scraped: { report: StatusReport; at: number } | undefined;
-    const report = (): StatusReport => {
+    let scraped: { report: Promise<StatusReport>; at: number } | undefined;
+    const report = (): Promise<StatusReport> => {
       if (!scraped || performance.now() - scraped.at > 250) scraped = { report: sources.status(), at: performance.now() };
       return scraped.report;
     };
@@ -70,9 +70,9 @@ export class DaemonMetrics {
         help: `${what} (the ${MAX_CLIENT_SERIES} busiest clients; the rest as client="other")`,
         labelNames: ['client'],
         registers,
-        collect() {
+        async collect() {
+          const clients = [...(await report()).clients].sort((a, b) => b.bytes - a.bytes);
           this.reset();
-          const clients = [...report().clients].sort((a, b) => b.bytes - a.bytes);
           for (const client of clients.slice(0, MAX_CLIENT_SERIES)) this.set({ client: client.address }, value(client));
           const rest = clients.slice(MAX_CLIENT_SERIES);
           if (rest.length)
@@ -86,16 +86,16 @@ export class DaemonMetrics {
       name: 'shaperr_throttled_clients',
       help: 'Clients with their own pipe now',
       registers,
-      collect() {
-        this.set(report().clients.length);
+      async collect() {
+        this.set((await report()).clients.length);
       },
     });
     new Gauge({
       name: 'shaperr_sessions',
       help: 'Playback sessions of throttled clients',
       registers,
-      collect() {
-        this.set(report().clients.reduce((sum, client) => sum + client.sessions.length, 0));
+      async collect() {
+        this.set((await report()).clients.reduce((sum, client) => sum + client.sessions.length, 0));
       },
     });
     clientGauge('shaperr_client_sent_bytes', "Bytes sent through each client's pipe", (client) => client.bytes);
@@ -104,8 +104,8 @@ export class DaemonMetrics {
       name: 'shaperr_server_sent_bytes',
       help: 'Bytes sent through the server-wide class',
       registers,
-      collect() {
-        this.set(report().server?.bytes ?? 0);
+      async collect() {
+        this.set((await report()).server?.bytes ?? 0);
       },
     });
     /** A counter kept by the shaper, read at each scrape. */

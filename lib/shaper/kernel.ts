@@ -17,6 +17,8 @@ export interface ShaperKernel {
   linkReplaced(): boolean;
   rootQdisc(): Qdisc | undefined;
   classes(): TcClass[];
+  /** The same, read a few dozen classes per event-loop turn (see TrafficControl.classesInTurns). */
+  classesInTurns(): Promise<TcClass[]>;
   /** Filters attached to `parent` (shaperr's root qdisc). */
   filters(parent: number): Filter[];
   /** Bytes queued in one class now (0 when it has none, or is gone). */
@@ -38,6 +40,7 @@ export function liveKernel(tc: TrafficControl, device: string): ShaperKernel {
     linkReplaced: () => tc.link(device).ifindex !== tc.link(device, { refresh: true }).ifindex,
     rootQdisc: () => tc.rootQdisc(device),
     classes: () => tc.classes(device),
+    classesInTurns: () => tc.classesInTurns(device),
     filters: (parent) => tc.filters(device, parent),
     queuedBytes: (classid) => tc.getClass(device, classid)?.statistics?.backlog ?? 0,
     classBytes: () => tc.classBytes(device),
@@ -75,6 +78,7 @@ export function recordingKernel(): ShaperKernel {
     linkReplaced: () => false,
     rootQdisc: () => root,
     classes: () => [],
+    classesInTurns: async () => [],
     filters: () => [],
     queuedBytes: () => 0,
     classBytes: () => new Map(),

@@ -103,6 +103,12 @@ export interface ThrottleOutcome {
   error?: ShaperrInputError;
 }
 
+/** Throttled clients and the server class, with live counters. */
+export interface ShaperState {
+  clients: ClientState[];
+  server?: TcClass;
+}
+
 interface AppliedClient {
   address: ClientAddress;
   minor: number;
@@ -807,9 +813,23 @@ export class Shaper {
   }
 
   /** Clients and the server class with live counters, from one dump of the device's classes. */
-  state(): { clients: ClientState[]; server?: TcClass } {
+  state(): ShaperState {
     this.ensureOpen();
-    const classes = this.kernel.classes();
+    return this.stateFrom(this.kernel.classes());
+  }
+
+  /**
+   * The same as state(), the dump read a few dozen classes per event-loop turn: a daemon's events are not
+   * held up while thousands of classes are decoded (what a status page asks for every second).
+   */
+  async readState(): Promise<ShaperState> {
+    this.ensureOpen();
+    const classes = await this.kernel.classesInTurns();
+    this.ensureOpen();
+    return this.stateFrom(classes);
+  }
+
+  private stateFrom(classes: readonly TcClass[]): ShaperState {
     const byHandle = new Map(classes.map((tcClass) => [tcClass.handle, tcClass]));
     const clients = [...this.clientsByAddress.values()].map((client) => this.describe(client, byHandle.get(makeHandle(ROOT_MAJOR, client.minor))?.statistics));
     const server = byHandle.get(SERVER_CLASS);

@@ -5,8 +5,9 @@
  * microseconds and a callback or promise would only add overhead. Every kernel refusal is a NetlinkError;
  * kernel warnings carried by successful ACKs go to `onWarning`.
  */
-import { attr, attributeSet, attrString, attrU32 } from '../wire/attributes.js';
-import { NetlinkConnection, type NetlinkRequest, type RequestOutcome } from '../wire/connection.js';
+import type { NetlinkSocketOptions } from '../../native-bindings/netlink-socket.js';
+import { type MessageWriter, attr, attributeSet, attrString, attrU32 } from '../wire/attributes.js';
+import { NetlinkConnection, type NetlinkRequest, type QueryRequest, type RequestOutcome } from '../wire/connection.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
 import { Flags, ifinfomsg, MessageType, tcmsg } from '../wire/message.js';
 import { formatHandle, type HandleInput, parseHandle, TC_H_ROOT } from './handle.js';
@@ -60,9 +61,13 @@ export class TrafficControl {
   private readonly kindSupport = new Map<string, boolean>();
   private readonly onWarning: (warning: KernelWarning) => void;
   private readonly context: KindContext;
+  /** The second socket classesInTurns reads on (opened at its first use), and the read under way. */
+  private reader?: NetlinkConnection;
+  private reading: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly connection: NetlinkConnection,
+    private readonly socketOptions: NetlinkSocketOptions,
     options: TrafficControlOptions,
   ) {
     this.onWarning = options.onWarning ?? defaultWarning;
@@ -71,7 +76,7 @@ export class TrafficControl {
 
   static open(options: TrafficControlOptions = {}): TrafficControl {
     const socketOptions = { ...(options.netns ? { netns: options.netns } : {}), receiveTimeoutMs: options.timeoutMs ?? 5000 };
-    return new TrafficControl(NetlinkConnection.open(socketOptions), options);
+    return new TrafficControl(NetlinkConnection.open(socketOptions), socketOptions, options);
   }
 
   /** The netlink port id of this connection: kernel notifications of its own changes carry it (see TcMonitor). */
@@ -190,14 +195,19 @@ export class TrafficControl {
 
   // ---- reads --------------------------------------------------------------------------------------
 
-  private dump(type: number, device: DeviceInput, parent: number, what: string) {
+  private dumpRequest(type: number, device: DeviceInput, parent: number, what: string): { request: QueryRequest; ifindex: number } {
     const { ifindex, name } = this.link(device);
-    return this.connection
-      .query(
-        { type, writeBody: (writer) => writer.struct(tcmsg, { ifindex, parent }), context: { operation: 'list', object: `${what} on dev ${name}` } },
-        { dump: true },
-      )
-      .filter((message) => tcmsg.decode(message.body).ifindex === ifindex);
+    const request = {
+      type,
+      writeBody: (writer: MessageWriter) => writer.struct(tcmsg, { ifindex, parent }),
+      context: { operation: 'list', object: `${what} on dev ${name}` },
+    };
+    return { request, ifindex };
+  }
+
+  private dump(type: number, device: DeviceInput, parent: number, what: string) {
+    const { request, ifindex } = this.dumpRequest(type, device, parent, what);
+    return this.connection.query(request, { dump: true }).filter((message) => tcmsg.decode(message.body).ifindex === ifindex);
   }
 
   /** Qdiscs of a device, with statistics. */
@@ -221,6 +231,31 @@ export class TrafficControl {
   /** HTB classes of a device, with statistics. */
   classes(device: DeviceInput): TcClass[] {
     return this.dump(MessageType.GETTCLASS, device, 0, 'classes').flatMap((message) => readClass(message, this.context) ?? []);
+  }
+
+  /**
+   * The same as classes(), read and decoded one datagram (a few dozen classes) per event-loop turn: with
+   * thousands of classes a whole dump holds a process for tens of milliseconds, which a daemon's events
+   * should not wait for. Reads on a second socket of its own, so changes made meanwhile are not held up;
+   * calls made while one runs wait for it.
+   */
+  classesInTurns(device: DeviceInput): Promise<TcClass[]> {
+    const { request, ifindex } = this.dumpRequest(MessageType.GETTCLASS, device, 0, 'classes');
+    const read = async () => {
+      this.reader ??= NetlinkConnection.open(this.socketOptions);
+      const classes: TcClass[] = [];
+      await this.reader.dumpInTurns(request, (replies) => {
+        for (const message of replies) {
+          if (tcmsg.decode(message.body).ifindex !== ifindex) continue;
+          const tcClass = readClass(message, this.context);
+          if (tcClass) classes.push(tcClass);
+        }
+      });
+      return classes;
+    };
+    const reading = this.reading.then(read, read);
+    this.reading = reading.catch(() => undefined);
+    return reading;
   }
 
   /** Bytes sent through each class of a device, by class handle: one dump, counters only (cheap to poll). */
@@ -316,5 +351,6 @@ export class TrafficControl {
 
   close(): void {
     this.connection.close();
+    this.reader?.close();
   }
 }

@@ -3,6 +3,7 @@
  * messages to a datagram, multi-part dumps, and kernel errors turned into NetlinkError.
  */
 import { openNetlinkSocket, type NetlinkSocket, type NetlinkSocketOptions, SyscallError } from '../../native-bindings/netlink-socket.js';
+import { setImmediate } from 'node:timers/promises';
 import { MessageWriter } from './attributes.js';
 import { NetlinkError, type RequestContext } from './errors.js';
 import { beginMessage, decodeAck, Flags, MessageType, type ReceivedMessage, splitMessages } from './message.js';
@@ -14,6 +15,9 @@ export interface NetlinkRequest {
   writeBody(writer: MessageWriter): void;
   context: RequestContext;
 }
+
+/** A get or dump request: flags beyond REQUEST and ACK/DUMP are optional. */
+export type QueryRequest = Omit<NetlinkRequest, 'flags'> & { flags?: number };
 
 export interface RequestOutcome {
   /** Set when the kernel refused the request. */
@@ -125,27 +129,48 @@ export class NetlinkConnection {
    * Sends a get (`dump: false`: one reply, then the ACK) or a dump (multi-part replies ending in
    * NLMSG_DONE) and returns the replies; bodies are copies, safe to keep.
    */
-  query(request: Omit<NetlinkRequest, 'flags'> & { flags?: number }, { dump }: { dump: boolean }): ReceivedMessage[] {
+  query(request: QueryRequest, { dump }: { dump: boolean }): ReceivedMessage[] {
+    const replies: ReceivedMessage[] = [];
+    for (const datagram of this.replyDatagrams(request, dump)) for (const message of datagram) replies.push({ ...message, body: message.body.slice() });
+    return replies;
+  }
+
+  /**
+   * A dump read one datagram per event-loop turn (a few dozen objects each), so that a large one does not
+   * hold up the process: `onReplies` gets each datagram's replies (bodies valid only during the call).
+   * The connection must not be used for anything else meanwhile.
+   */
+  async dumpInTurns(request: QueryRequest, onReplies: (replies: readonly ReceivedMessage[]) => void): Promise<void> {
+    for (const datagram of this.replyDatagrams(request, true)) {
+      onReplies(datagram);
+      await setImmediate();
+    }
+  }
+
+  /** Sends the request, then yields the replies to it datagram by datagram until the ACK or NLMSG_DONE. */
+  private *replyDatagrams(request: QueryRequest, dump: boolean): Generator<ReceivedMessage[]> {
     const writer = new MessageWriter(256);
     const seq = this.nextSequence();
     const flags = (request.flags ?? 0) | (dump ? Flags.DUMP : Flags.ACK);
     const end = beginMessage(writer, request.type, flags | Flags.REQUEST, seq);
     request.writeBody(writer);
     end();
-    const replies: ReceivedMessage[] = [];
     try {
       this.socket.send(writer.bytesAt(0, writer.length));
       for (;;) {
+        const replies: ReceivedMessage[] = [];
         for (const message of this.receiveMessages()) {
           if (message.seq !== seq) continue;
           if (message.type === MessageType.DONE || message.type === MessageType.ERROR) {
             // NLMSG_DONE carries the dump's final status the same way an ACK carries an errno.
             const ack = decodeAck(message);
             if (ack.errno) throw new NetlinkError(ack.errno, request.context, ack.kernelMessage);
-            return replies;
+            if (replies.length) yield replies;
+            return;
           }
-          replies.push({ ...message, body: message.body.slice() });
+          replies.push(message);
         }
+        if (replies.length) yield replies;
       }
     } catch (error) {
       if (error instanceof SyscallError) throw new NetlinkError(error.errno, request.context);
