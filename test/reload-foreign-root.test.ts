@@ -6,12 +6,11 @@
  * leaves the books as they were. Real shaperrd, kernel state read back over netlink in throwaway namespaces.
  */
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import type { StatusReport } from '../daemon/operator/status.js';
 import { createTopology, inNetns, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
-import { type Daemon, logDir, play, startDaemon, until } from './helpers/daemon.js';
+import { type Daemon, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 
 const SHAPERR_ROOT = 0x005a0000;
 const SERVER_CLASS = 0x005a0001;
@@ -29,24 +28,9 @@ async function reloadableDaemon(t: Test, limits: Limits) {
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const { dir, log } = logDir(t, 'shaperr-foreign-root');
-  const config = join(dir, 'shaperr.yaml');
   const writeConfig = ({ server, client, takeover = false }: Limits) =>
-    writeFileSync(
-      config,
-      [
-        'device: srv0',
-        `netns: ${topology.serverNs}`,
-        `server: { rate: ${server} }`,
-        `client: { rate: ${client} }`,
-        'leaf: bfifo',
-        `takeover: ${takeover}`,
-        'status: { listen: 127.0.0.1:0 }',
-        `log: ${JSON.stringify(log)}`,
-        `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-      ].join('\n'),
-    );
-  writeConfig(limits);
-  const daemon = startDaemon(config);
+    writeDaemonConfig(dir, { netns: topology.serverNs, server: { rate: server }, client: { rate: client }, takeover, status: { listen: '127.0.0.1:0' }, log });
+  const daemon = startDaemon(writeConfig(limits));
   t.teardown(() => daemon.child.kill('SIGKILL'));
   const listening = JSON.parse(await daemon.waitFor(/status page and \/metrics listening/, 120_000)) as { url: string };
   await daemon.waitFor(/shaperrd started/);
