@@ -9,7 +9,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TcMonitor } from '../lib/tc/monitor.js';
-import { play, startDaemon } from '../test/helpers/daemon.js';
+import { play, startDaemon, writeDaemonConfig } from '../test/helpers/daemon.js';
 import { createTopology } from '../daemon/support/netns.js';
 
 const seconds = Number(process.argv[2] ?? 10);
@@ -68,20 +68,7 @@ async function main(): Promise<void> {
 
     const log = join(dir, 'Plex Media Server.log');
     writeFileSync(log, ['198.18.7.1', '198.18.7.2', '198.18.7.3'].map((address, i) => play(address, `idle${i}`)).join(''));
-    const config = join(dir, 'shaperr.yaml');
-    writeFileSync(
-      config,
-      [
-        'device: srv0',
-        `netns: ${topology.serverNs}`,
-        'server: { rate: 1gbit }',
-        'client: { rate: 2mbit }',
-        'leaf: bfifo',
-        `log: ${JSON.stringify(log)}`,
-        `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-        'idleSeconds: 3600',
-      ].join('\n'),
-    );
+    const config = writeDaemonConfig(dir, { netns: topology.serverNs, server: { rate: '1gbit' }, log, idleSeconds: 3600 });
     const daemon = startDaemon(config);
     try {
       await daemon.waitFor(/shaperrd started/);

@@ -17,7 +17,7 @@ import { parseClientAddress } from '../lib/address.js';
 import { clientFilterRef } from '../lib/shaper/layout.js';
 import { TcMonitor, type TcNotification } from '../lib/tc/monitor.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { CLI, type Daemon, kernelState, play, plexLine, startDaemon, stop } from '../test/helpers/daemon.js';
+import { CLI, type Daemon, type DaemonConfigKeys, kernelState, play, plexLine, startDaemon, stop, writeDaemonConfig } from '../test/helpers/daemon.js';
 import { createTopology, type Topology } from '../daemon/support/netns.js';
 
 const quick = process.argv.includes('--quick');
@@ -52,24 +52,10 @@ function scratch(name: string): { dir: string; log: string; remove(): void } {
   return { dir, log, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-function writeConfig(dir: string, topology: Topology, log: string): string {
-  const config = join(dir, 'shaperr.yaml');
-  writeFileSync(
-    config,
-    [
-      'device: srv0',
-      `netns: ${topology.serverNs}`,
-      'server: { rate: 1gbit }',
-      'client: { rate: 2mbit }',
-      'leaf: bfifo',
-      `log: ${JSON.stringify(log)}`,
-      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-      'graceSeconds: 1',
-      'idleSeconds: 600',
-    ].join('\n'),
-  );
-  return config;
-}
+/** What both soak daemons (log source and Plex API source) run with, besides their source. */
+const SOAK_CONFIG: DaemonConfigKeys = { server: { rate: '1gbit' }, graceSeconds: 1, idleSeconds: 600 };
+
+const writeConfig = (dir: string, topology: Topology, log: string): string => writeDaemonConfig(dir, { ...SOAK_CONFIG, netns: topology.serverNs, log });
 
 /** Until the daemon has read the whole log (its saved position is the log's end), or the deadline. */
 async function caughtUp(dir: string, log: string, deadlineMs = 30_000): Promise<boolean> {
@@ -721,21 +707,9 @@ async function plexDropsAndRestarts(): Promise<void> {
   const pick = <T>(items: readonly T[]): T | undefined => items[Math.floor(Math.random() * items.length)];
   const idle = () => pool.filter((address) => !keyOf.has(address));
   try {
-    const config = join(files.dir, 'shaperr.yaml');
-    writeFileSync(
-      config,
-      [
-        'device: srv0',
-        `netns: ${topology.serverNs}`,
-        'server: { rate: 1gbit }',
-        'client: { rate: 2mbit }',
-        'leaf: bfifo',
-        'source: plex',
-        `plex: { url: ${JSON.stringify(server.url)}, token: soak-token }`,
-        `stateFile: ${JSON.stringify(join(files.dir, 'state.json'))}`,
-        'graceSeconds: 1',
-        'idleSeconds: 600',
-      ].join('\n'),
+    const config = writeDaemonConfig(
+      files.dir,
+      { ...SOAK_CONFIG, netns: topology.serverNs, source: 'plex', plex: { url: server.url, token: 'soak-token' } },
       { mode: 0o600 },
     );
     for (const address of pool.slice(0, 6)) begin(address, false);

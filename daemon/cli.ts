@@ -6,7 +6,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
 import { ConfigError, exposedSecretsWarning, loadConfig, type ShaperrConfig } from './config.js';
 import { DeviceLockedError } from './apply/device-lock.js';
-import { Shaperrd } from './shaperrd.js';
+import { ReloadRefused, Shaperrd } from './shaperrd.js';
 
 const program = new Command()
   .name('shaperrd')
@@ -98,13 +98,14 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // One line per reload that does not take effect, with its one reason: nothing of the new config is in force.
+  const reloadNotDone = (error: unknown): void =>
+    logger.error(`${error instanceof ReloadRefused ? 'reload refused' : 'reload failed'}: ${(error as Error).message}; kept the old configuration`);
   process.on('SIGHUP', () => {
     try {
-      void daemon
-        .reload(loadConfig(options.config))
-        .catch((error: unknown) => logger.error({ err: (error as Error).message }, 'reload failed; keeping the old configuration'));
+      void daemon.reload(loadConfig(options.config)).catch(reloadNotDone);
     } catch (error) {
-      logger.error({ err: (error as Error).message }, 'reload failed; keeping the old configuration');
+      reloadNotDone(error);
     }
   });
 }

@@ -46,6 +46,9 @@ const PROGRESS_LOG_INTERVAL_MS = 1000;
 /** Fewer pipes than this are restored or repaired in a blink: no progress lines for them. */
 const PROGRESS_MIN_PIPES = 500;
 
+/** A reload refused before any of it took effect, with the reason (the old config stays). */
+export class ReloadRefused extends Error {}
+
 export class Shaperrd {
   private shaper?: Shaper;
   /** The sessions' decisions go to the shaper through it (the apply stage). */
@@ -334,7 +337,11 @@ export class Shaperrd {
         );
         return scope === 'tree' ? this.progressReporter('repairing pipes') : undefined;
       },
-      onRepaired: (report) => this.log.info({ ...report, ms: Math.round(report.ms * 10) / 10 }, 'repaired'),
+      onRepaired: (report) => {
+        this.log.info({ ...report, ms: Math.round(report.ms * 10) / 10 }, 'repaired');
+        // The tree came back with the limits of the last change that worked: a schedule that moved meanwhile applies now.
+        if (report.scope === 'tree') this.applySchedule();
+      },
       onForeignRoot: (description) =>
         this.kernelError(
           new Error(`another root qdisc (${description}) replaced shaperr's on ${config.device}; leaving it alone (set takeover to replace it)`),
@@ -349,8 +356,10 @@ export class Shaperrd {
   private applySchedule(): void {
     const limits = this.policy.serverLimitsAt(new Date());
     if (this.serverLimits && limits.rate === this.serverLimits.rate && limits.ceil === this.serverLimits.ceil) return;
-    this.serverLimits = limits;
+    // Another tool's root in shaperr's place (the watch said so once): the change waits until a repair puts shaperr's root back.
+    if (this.watch?.foreignRoot()) return;
     this.shaper?.setServerLimits(limits);
+    this.serverLimits = limits;
     this.log.info({ server: limits }, 'server limits changed (schedule)');
   }
 
@@ -447,25 +456,58 @@ export class Shaperrd {
     return this.tracker?.summary() ?? [];
   }
 
-  /** SIGHUP: new config, same live sessions. */
+  /**
+   * SIGHUP: new config, same live sessions. All or nothing: everything that can refuse it (what must not
+   * change, the Plex sources, shaperr's root on the device, the kernel taking the server limits) is met
+   * before any of it takes effect, so a refusal (thrown) keeps the old config whole. Turned on, takeover is
+   * the one step that stays done: another tool's root, once replaced, is shaperr's again.
+   */
   async reload(config: ShaperrConfig): Promise<void> {
     if (config.device !== this.config.device || config.netns !== this.config.netns || config.gateway?.plexPort !== this.config.gateway?.plexPort) {
-      throw new Error('device, netns and gateway cannot change on reload; restart shaperrd');
+      throw new ReloadRefused('device, netns and gateway cannot change on reload; restart shaperrd');
     }
-    // Planned before anything changes: a config without a usable token is refused whole.
     const sourcesChanged = JSON.stringify([config.source, config.plex]) !== JSON.stringify([this.config.source, this.config.plex]);
     const sources = sourcesChanged ? planSources(config, this.logPath) : undefined;
+    const policy = new Policy(policyConfig(config));
+    const serverLimits = policy.serverLimitsAt(new Date());
+    await this.applyKernelPart(config, serverLimits);
+    // From here on nothing refuses: the new config takes effect whole.
     this.options = { ...this.options, config };
-    if (sources) await this.restartPlexSources(sources);
-    // Before the new limits reach the kernel: with takeover turned on, another tool's root is replaced first.
-    await this.watch?.setTakeover(config.takeover);
+    this.serverLimits = serverLimits;
     this.parser = new PlexLogParser({ trustedProxies: config.trustedProxies });
-    this.policy = new Policy(policyConfig(config));
-    this.tracker!.setPolicy(this.policy);
-    this.serverLimits = undefined;
-    this.applySchedule();
-    this.tracker!.reapplyPolicy((client) => this.policy.limitsFor(client).limits);
-    this.log.info('configuration reloaded');
+    this.policy = policy;
+    this.tracker!.setPolicy(policy);
+    this.tracker!.reapplyPolicy((client) => policy.limitsFor(client).limits);
+    if (sources) await this.restartPlexSources(sources);
+    this.log.info({ server: serverLimits }, 'configuration reloaded');
+  }
+
+  /**
+   * A reload's kernel part: takeover as the new config says (a deleted root is put back at once, another
+   * tool's replaced when takeover is on), then the new server limits. Refused, the watch's takeover is
+   * set back and the shaper keeps its old limits.
+   */
+  private async applyKernelPart(config: ShaperrConfig, serverLimits: Limits): Promise<void> {
+    const watch = this.watch;
+    try {
+      const foreign = await watch?.setTakeover(config.takeover);
+      if (foreign) {
+        throw new ReloadRefused(
+          `device ${config.device}'s root qdisc is ${foreign}, not shaperr's, and ` +
+            (config.takeover
+              ? 'taking it over failed (the repair error is logged above)'
+              : 'takeover is off: remove that qdisc or set takeover: true, then reload again'),
+        );
+      }
+      try {
+        this.shaper!.setServerLimits(serverLimits);
+      } catch (error) {
+        throw new Error(`the kernel refused the new server limits: ${(error as Error).message}`);
+      }
+    } catch (error) {
+      if (watch && config.takeover !== this.config.takeover) await watch.setTakeover(this.config.takeover);
+      throw error;
+    }
   }
 
   /** Stops reading, removes the rules unless keepRulesOnExit, saves state. */

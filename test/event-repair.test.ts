@@ -5,7 +5,6 @@
  * (a tiny receive buffer and a burst of changes). shaperrd leaves another tool's root alone and stops
  * cleanly while listening. Kernel state is read back over netlink in a throwaway namespace.
  */
-import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import t, { type Test } from 'tap';
 import { Shaper } from '../lib/shaper/shaper.js';
@@ -14,7 +13,7 @@ import { clientFilterRef } from '../lib/shaper/layout.js';
 import { parseClientAddress } from '../lib/address.js';
 import { TcMonitor, type TcNotification } from '../lib/tc/monitor.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { kernelState, logDir, play, startDaemon, until } from './helpers/daemon.js';
+import { kernelState, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, ip, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
@@ -181,19 +180,7 @@ t.test("shaperrd: repairs on notification, leaves another tool's root alone with
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const { dir, log } = logDir(t, 'shaperr-events');
-  const config = join(dir, 'shaperr.yaml');
-  writeFileSync(
-    config,
-    [
-      'device: srv0',
-      `netns: ${topology.serverNs}`,
-      'server: { rate: 100mbit }',
-      'client: { rate: 2mbit }',
-      'leaf: bfifo',
-      `log: ${JSON.stringify(log)}`,
-      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-    ].join('\n'),
-  );
+  const config = writeDaemonConfig(dir, { netns: topology.serverNs, log });
   writeFileSync(log, play('10.200.1.1', 'one'));
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));

@@ -10,7 +10,6 @@
  * player at the same time: after NAT its packets have the same destination and source address, and only
  * the source port tells them apart, so the pipe must match it. Both goodputs are measured at the player.
  */
-import { join } from 'node:path';
 import { pino } from 'pino';
 import t from 'tap';
 import { validateConfig } from '../daemon/config.js';
@@ -21,7 +20,7 @@ import { clientFilterSpec, readClientFilter } from '../lib/shaper/layout.js';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { inspectShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { logDir, until } from './helpers/daemon.js';
+import { daemonConfig, logDir, until } from './helpers/daemon.js';
 import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
 import { measureGoodputConcurrently, shapedTo } from './helpers/traffic.js';
 
@@ -92,17 +91,16 @@ t.test('gateway mode: the Plex stream through the router’s NAT is shaped, anot
   const home = await createHome(t);
   const server = await startPlexServer(t);
   const { dir, log } = logDir(t, 'shaperr-gateway');
-  const config = validateConfig({
-    device: 'wan0',
-    netns: home.routerNs,
-    gateway: {},
-    server: { rate: '100mbit' },
-    client: { rate: '4mbit' },
-    leaf: 'bfifo',
-    source: 'plex',
-    plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 },
-    stateFile: join(dir, 'state.json'),
-  });
+  const config = validateConfig(
+    daemonConfig(dir, {
+      device: 'wan0',
+      netns: home.routerNs,
+      gateway: {},
+      client: { rate: '4mbit' },
+      source: 'plex',
+      plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 },
+    }),
+  );
   t.equal(config.gateway?.plexPort, PLEX_PORT, 'plexPort defaults to 32400');
   const daemon = new Shaperrd({ config, logger: pino({ level: 'silent' }), logPath: log, plexTimings: { retryMinMs: 100, retryMaxMs: 1000 } });
   await daemon.start();

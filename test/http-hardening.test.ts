@@ -4,7 +4,7 @@
  * without a token (refused by shaperrd at start).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import t from 'tap';
 import { MAX_CONNECTIONS, startStatusServer } from '../daemon/operator/http.js';
-import { CLI } from './helpers/daemon.js';
+import { CLI, writeDaemonConfig } from './helpers/daemon.js';
 
 const TOKEN = 'a-long-enough-token';
 
@@ -131,13 +131,15 @@ t.test('1,000 idle connections do not lock the page out, and at most MAX_CONNECT
 t.test('shaperrd refuses a status page beyond loopback without a token (exit 2, says how)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'shaperr-listen-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const config = join(dir, 'shaperr.yaml');
-  for (const listen of ['0.0.0.0:9750', '"[::]:9750"', '192.0.2.1:9750']) {
+  for (const listen of ['0.0.0.0:9750', '[::]:9750', '192.0.2.1:9750']) {
     // A namespace that does not exist: even a shaperrd that let this config through could touch no device.
-    writeFileSync(
-      config,
-      `device: absent0\nnetns: shaperr-absent-${process.pid}\nlog: ${JSON.stringify(join(dir, 'Plex Media Server.log'))}\nserver: { rate: 10mbit }\nclient: { rate: 2mbit }\nstatus: { listen: ${listen} }\n`,
-    );
+    const config = writeDaemonConfig(dir, {
+      device: 'absent0',
+      netns: `shaperr-absent-${process.pid}`,
+      log: join(dir, 'Plex Media Server.log'),
+      server: { rate: '10mbit' },
+      status: { listen },
+    });
     const result = spawnSync(process.execPath, [CLI, '--config', config], { encoding: 'utf8', timeout: 30_000 });
     t.equal(result.status, 2, `listen ${listen} without a token: exit 2`);
     t.match(

@@ -3,11 +3,10 @@
  * request lines to; a transcode request's maxVideoBitrate × headroom becomes the client's class rate,
  * read back from the kernel in a throwaway netns. Without a cap the pipe gets max.
  */
-import { appendFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { appendFileSync } from 'node:fs';
 import t from 'tap';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { logDir, plexLine, startDaemon, until } from './helpers/daemon.js';
+import { logDir, plexLine, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
@@ -31,22 +30,14 @@ t.test('the log’s maxVideoBitrate sizes the pipe: cap × headroom, changed in 
   t.teardown(() => topology.destroy());
   const [capped, uncapped] = topology.clientAddresses as [string, string];
   const { dir, log } = logDir(t, 'shaperr-maxbitrate');
-  const config = join(dir, 'shaperr.yaml');
-  writeFileSync(
-    config,
-    [
-      'device: srv0',
-      `netns: ${topology.serverNs}`,
-      'server: { rate: 100mbit }',
-      'client: { rate: auto, headroom: 1.25, min: 1mbit, max: 12mbit }',
-      'leaf: bfifo',
-      'source: log',
-      `log: ${JSON.stringify(log)}`,
-      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-      'graceSeconds: 1',
-      'idleSeconds: 600',
-    ].join('\n'),
-  );
+  const config = writeDaemonConfig(dir, {
+    netns: topology.serverNs,
+    client: { rate: 'auto', headroom: 1.25, min: '1mbit', max: '12mbit' },
+    source: 'log',
+    log,
+    graceSeconds: 1,
+    idleSeconds: 600,
+  });
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));
   await daemon.waitFor(/shaperrd started/);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { inChunks, type Progress } from '../lib/progress.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { kernelState, logDir, startDaemon, until } from './helpers/daemon.js';
+import { kernelState, logDir, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 
 t.test('inChunks reports progress after every chunk and lets other work run in between', async (t) => {
@@ -50,20 +50,15 @@ t.test('shaperrd restores 1,000 saved pipes with progress, survives a bad saved 
   const broken = { address: '10.202.0.1', sessions: ['bad'], limits: { rate: 4e6, ceil: 1e6 } };
   const stateFile = join(dir, 'state.json');
   writeFileSync(stateFile, JSON.stringify({ version: 1, device: 'srv0', savedAt: new Date().toISOString(), clients: [...clients, broken] }));
-  const config = join(dir, 'shaperr.yaml');
-  writeFileSync(
-    config,
-    [
-      'device: srv0',
-      `netns: ${topology.serverNs}`,
-      'server: { rate: 1gbit }',
-      'client: { rate: 2mbit }',
-      `log: ${JSON.stringify(log)}`,
-      `stateFile: ${JSON.stringify(stateFile)}`,
-      'graceSeconds: 600',
-      'idleSeconds: 3600',
-    ].join('\n'),
-  );
+  const config = writeDaemonConfig(dir, {
+    netns: topology.serverNs,
+    server: { rate: '1gbit' },
+    leaf: undefined,
+    log,
+    stateFile,
+    graceSeconds: 600,
+    idleSeconds: 3600,
+  });
 
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));

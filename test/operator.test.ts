@@ -11,7 +11,7 @@ import { Shaper } from '../lib/shaper/shaper.js';
 import { inspectShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { loadConfig } from '../daemon/config.js';
-import { daemonWithStatusPage, kernelState, logDir, play, plexLine, startDaemon, until } from './helpers/daemon.js';
+import { daemonWithStatusPage, kernelState, logDir, play, plexLine, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 import { startStream } from './helpers/traffic.js';
 
@@ -105,8 +105,7 @@ t.test('shaperr check: one line per check, with what to do', { skip }, async (t)
   t.teardown(() => topology.destroy());
   const { dir, log } = logDir(t, 'shaperr-check');
   writeFileSync(log, 'Sep 26, 2026 22:48:26.451 [140562] INFO - Plex Media Server v1.41 - Debian\n');
-  const config = join(dir, 'shaperr.yaml');
-  writeFileSync(config, `device: srv0\nnetns: ${topology.serverNs}\nserver: { rate: 50mbit }\nclient: { rate: 2mbit }\nlog: ${JSON.stringify(log)}\n`);
+  const config = writeDaemonConfig(dir, { netns: topology.serverNs, server: { rate: '50mbit' }, log });
 
   const quiet = shaperr('--config', config, 'check');
   t.equal(quiet.status, 0, 'warnings only: exit 0');
@@ -173,12 +172,8 @@ t.test('shaperrd works with only CAP_NET_ADMIN (not root), as the systemd unit r
   const { dir, log } = logDir(t, 'shaperr-capability');
   chmodSync(dir, 0o777);
   chmodSync(log, 0o644);
-  const config = join(dir, 'shaperr.yaml');
   // No netns key: joining a namespace needs CAP_SYS_ADMIN; like a service, the daemon starts inside it.
-  writeFileSync(
-    config,
-    `device: srv0\nserver: { rate: 50mbit }\nclient: { rate: 2mbit }\nleaf: bfifo\nlog: ${JSON.stringify(log)}\nstateFile: ${JSON.stringify(join(dir, 'state', 'state.json'))}\n`,
-  );
+  const config = writeDaemonConfig(dir, { server: { rate: '50mbit' }, log, stateFile: join(dir, 'state', 'state.json') });
   const daemon = startDaemon(config, [
     'ip',
     'netns',

@@ -3,10 +3,8 @@
  * at start) nothing but the retry timer is left, and the process must still wait for Plex instead of
  * exiting with 0 and leaving its pipes behind. Real CLI, Plex test server on loopback, throwaway netns.
  */
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import t from 'tap';
-import { kernelState, logDir, startDaemon, until } from './helpers/daemon.js';
+import { kernelState, logDir, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 import { SECRET_TOKEN, sleep, startPlexServer } from './helpers/plex.js';
 
@@ -16,18 +14,7 @@ t.test('with source: plex the daemon outlives a dropped websocket and a Plex tha
   const server = await startPlexServer(t);
   await server.down();
   const { dir } = logDir(t, 'shaperr-plexcli');
-  const config = join(dir, 'shaperr.yaml');
-  const lines = [
-    'device: srv0',
-    `netns: ${topology.serverNs}`,
-    'server: { rate: 100mbit }',
-    'client: { rate: 2mbit }',
-    'leaf: bfifo',
-    'source: plex',
-    `plex: { url: ${JSON.stringify(server.url)}, token: ${SECRET_TOKEN} }`,
-    `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-  ];
-  writeFileSync(config, lines.join('\n'), { mode: 0o600 });
+  const config = writeDaemonConfig(dir, { netns: topology.serverNs, source: 'plex', plex: { url: server.url, token: SECRET_TOKEN } }, { mode: 0o600 });
   const daemon = startDaemon(config);
   t.teardown(() => void daemon.child.kill('SIGKILL'));
   await daemon.waitFor(/waiting for Plex/);

@@ -9,7 +9,7 @@
  * shaping.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -22,7 +22,7 @@ import type { Decision } from '../daemon/sessions/sessions.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import type { PlexTimings } from '../daemon/sources/plex.js';
 import type { StatusReport } from '../daemon/operator/status.js';
-import { kernelState, logDir, play, startDaemon, until } from './helpers/daemon.js';
+import { type DaemonConfigKeys, daemonConfig, kernelState, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { type PlexTestServer, SECRET_TOKEN, sleep, startPlexServer } from './helpers/plex.js';
 import { measureGoodput, shapedTo } from './helpers/traffic.js';
@@ -39,7 +39,7 @@ const TIMINGS: Partial<PlexTimings> = {
   pongTimeoutMs: 3000,
 };
 
-async function plexDaemon(t: Test, topology: Topology, server: PlexTestServer, extra: Record<string, unknown> = {}) {
+async function plexDaemon(t: Test, topology: Topology, server: PlexTestServer, extra: DaemonConfigKeys = {}) {
   const { dir, log } = logDir(t, 'shaperr-plexd');
   const logs: string[] = [];
   const sink = new Writable({
@@ -48,20 +48,17 @@ async function plexDaemon(t: Test, topology: Topology, server: PlexTestServer, e
       done();
     },
   });
-  const config = validateConfig({
-    device: 'srv0',
-    netns: topology.serverNs,
-    server: { rate: '100mbit' },
-    client: { rate: '2mbit' },
-    leaf: 'bfifo',
-    source: 'plex',
-    plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 },
-    stateFile: join(dir, 'state.json'),
-    graceSeconds: 1,
-    idleSeconds: 600,
-    status: { listen: '127.0.0.1:0' },
-    ...extra,
-  });
+  const config = validateConfig(
+    daemonConfig(dir, {
+      netns: topology.serverNs,
+      source: 'plex',
+      plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 },
+      graceSeconds: 1,
+      idleSeconds: 600,
+      status: { listen: '127.0.0.1:0' },
+      ...extra,
+    }),
+  );
   const decisions: Decision[] = [];
   const daemon = new Shaperrd({
     config,
@@ -193,19 +190,7 @@ t.test('shaperrd --dry-run with the Plex API prints the tc commands and never th
   const [remote] = topology.clientAddresses as [string];
   const server = await startPlexServer(t);
   const { dir } = logDir(t, 'shaperr-plex-dry');
-  const config = join(dir, 'shaperr.yaml');
-  writeFileSync(
-    config,
-    [
-      `device: srv0`,
-      `netns: ${topology.serverNs}`,
-      'server: { rate: 100mbit }',
-      'client: { rate: 2mbit }',
-      'source: plex',
-      `plex: { url: ${JSON.stringify(server.url)}, token: ${JSON.stringify(SECRET_TOKEN)} }`,
-      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-    ].join('\n'),
-  );
+  const config = writeDaemonConfig(dir, { netns: topology.serverNs, leaf: undefined, source: 'plex', plex: { url: server.url, token: SECRET_TOKEN } });
   const daemon = startDaemon(config, [], ['--dry-run', '--log-level', 'debug']);
   t.teardown(() => daemon.child.kill('SIGKILL'));
   await daemon.waitFor(/listening to Plex notifications/);
@@ -229,18 +214,7 @@ t.test('shaperr check: the source and where its token comes from, the server, th
   server.addSession({ user: { title: 'alice' } });
   server.addSession({ user: { title: 'bob' } });
   const { dir } = logDir(t, 'shaperr-plex-check');
-  const config = join(dir, 'shaperr.yaml');
-  writeFileSync(
-    config,
-    [
-      `device: srv0`,
-      `netns: ${topology.serverNs}`,
-      'server: { rate: 100mbit }',
-      'client: { rate: 2mbit }',
-      'source: plex',
-      `plex: { url: ${JSON.stringify(server.url)}, token: ${JSON.stringify(SECRET_TOKEN)} }`,
-    ].join('\n'),
-  );
+  const config = writeDaemonConfig(dir, { netns: topology.serverNs, source: 'plex', plex: { url: server.url, token: SECRET_TOKEN } });
   // Asynchronous: the test server answers from this very process.
   const check = () =>
     new Promise<{ code: number | null; stdout: string }>((resolve) => {

@@ -5,7 +5,6 @@
  * changes its bandwidth and stops, and the reserve total is read from /api/status and the status page.
  */
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { pino } from 'pino';
 import { CHROMIUM, launchChromium } from './helpers/browser.js';
 import t, { type Test } from 'tap';
@@ -13,7 +12,7 @@ import { validateConfig } from '../daemon/config.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import type { StatusReport } from '../daemon/operator/status.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { logDir, until } from './helpers/daemon.js';
+import { daemonConfig, logDir, until } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
 
@@ -59,19 +58,18 @@ t.test('a relayed stream’s bandwidth is kept out of the shaped clients’ shar
   const [remote] = topology.clientAddresses as [string];
   const server = await startPlexServer(t);
   const { dir, log } = logDir(t, 'shaperr-reserve');
-  const config = validateConfig({
-    device: 'srv0',
-    netns: topology.serverNs,
-    server: { rate: '10mbit' },
-    client: { rate: '8mbit' },
-    leaf: 'bfifo',
-    source: 'plex',
-    plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 },
-    stateFile: join(dir, 'state.json'),
-    graceSeconds: 1,
-    idleSeconds: 600,
-    status: { listen: '127.0.0.1:0' },
-  });
+  const config = validateConfig(
+    daemonConfig(dir, {
+      netns: topology.serverNs,
+      server: { rate: '10mbit' },
+      client: { rate: '8mbit' },
+      source: 'plex',
+      plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 },
+      graceSeconds: 1,
+      idleSeconds: 600,
+      status: { listen: '127.0.0.1:0' },
+    }),
+  );
   const daemon = new Shaperrd({ config, logger: pino({ level: 'silent' }), logPath: log, plexTimings: { retryMinMs: 100, retryMaxMs: 1000 } });
   await daemon.start();
   t.teardown(() => daemon.stop());

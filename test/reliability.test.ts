@@ -8,33 +8,19 @@ import { appendFileSync, chmodSync, readdirSync, readFileSync, statSync, writeFi
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { type Daemon, kernelState, logDir, play, plexLine, plexLineAt, startDaemon } from './helpers/daemon.js';
+import { type DaemonConfigKeys, type Daemon, kernelState, logDir, play, plexLine, plexLineAt, startDaemon, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
 const SHAPERR = fileURLToPath(new URL('../dist/daemon/operator/shaperr-cli.js', import.meta.url));
 
-/** A config file for the topology's srv0; `extra` lines are appended (YAML). */
-function writeConfig(dir: string, topology: Topology, log: string, name: string, extra: string[] = []): string {
-  const path = join(dir, `${name}.yaml`);
-  writeFileSync(
-    path,
-    [
-      'device: srv0',
-      `netns: ${topology.serverNs}`,
-      'server: { rate: 100mbit }',
-      'client: { rate: 2mbit }',
-      'leaf: bfifo',
-      `log: ${JSON.stringify(log)}`,
-      `stateFile: ${JSON.stringify(join(dir, `${name}-state.json`))}`,
-      'graceSeconds: 1',
-      'idleSeconds: 120',
-      ...extra,
-    ].join('\n'),
-    { mode: 0o600 },
+/** The config file `name`.yaml for the topology's srv0 (0600), with its own state file; `keys` over these. */
+const writeConfig = (dir: string, topology: Topology, log: string, name: string, keys: DaemonConfigKeys = {}): string =>
+  writeDaemonConfig(
+    dir,
+    { netns: topology.serverNs, log, stateFile: join(dir, `${name}-state.json`), graceSeconds: 1, idleSeconds: 120, ...keys },
+    { name, mode: 0o600 },
   );
-  return path;
-}
 
 /** The exit code, or 'running' when it has not exited within the deadline. */
 const exited = (daemon: Daemon, deadlineMs = 20_000) =>
@@ -129,7 +115,7 @@ t.test(
     appendFileSync(log, play('198.51.100.5', 'one'));
     await first.waitFor(/decision throttle 198\.51\.100\.5/);
 
-    const second = startDaemon(writeConfig(dir, topology, log, 'second', ['takeover: true']));
+    const second = startDaemon(writeConfig(dir, topology, log, 'second', { takeover: true }));
     t.teardown(() => second.child.kill('SIGKILL'));
     t.equal(await exited(second), 2, 'the second shaperrd exits 2');
     t.match(second.output.join('\n'), /another shaperrd is shaping srv0 \(netns [^)]+\).*not starting a second one/, `it says why: ${second.output.at(-1)}`);
@@ -161,7 +147,7 @@ t.test('files: the state file is 0600 and written by rename; a world-readable co
   const { dir, log } = logDir(t, 'shaperr-files');
 
   // A readable config holding the status token; the state file is fine.
-  const open = writeConfig(dir, topology, log, 'open', ['status: { listen: "127.0.0.1:0", token: a-long-enough-token }']);
+  const open = writeConfig(dir, topology, log, 'open', { status: { listen: '127.0.0.1:0', token: 'a-long-enough-token' } });
   chmodSync(open, 0o644);
   let daemon = startDaemon(open);
   t.teardown(() => daemon.child.kill('SIGKILL'));
@@ -196,8 +182,7 @@ t.test('files: a state file that cannot be written is one error line a minute, s
   const { dir, log } = logDir(t, 'shaperr-unwritable');
   // The state file's directory is a regular file: no save can ever work.
   writeFileSync(join(dir, 'blocker'), '');
-  const config = writeConfig(dir, topology, log, 'blocked');
-  writeFileSync(config, readFileSync(config, 'utf8').replace(/^stateFile: .*$/m, `stateFile: ${JSON.stringify(join(dir, 'blocker', 'state.json'))}`));
+  const config = writeConfig(dir, topology, log, 'blocked', { stateFile: join(dir, 'blocker', 'state.json') });
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));
   await daemon.waitFor(/shaperrd started/);
@@ -229,7 +214,7 @@ t.test('SIGHUP with a broken config keeps the old one, with one error naming the
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));
   await daemon.waitFor(/shaperrd started/);
-  writeFileSync(config, readFileSync(config, 'utf8').replace('client: { rate: 2mbit }', 'client: { rate: fast }'));
+  writeConfig(dir, topology, log, 'reload', { client: { rate: 'fast' } });
   daemon.child.kill('SIGHUP');
   await daemon.waitFor(/reload failed/);
   const reloadErrors = daemon.output.filter((line) => /reload failed/.test(line));

@@ -5,10 +5,9 @@
  * throwaway namespace.
  */
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import t from 'tap';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { kernelState, logDir, play, startDaemon, until } from './helpers/daemon.js';
+import { kernelState, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 
 const ROOT = 0x005a0000;
@@ -18,22 +17,8 @@ t.test('SIGHUP turning takeover off and on again reaches the repair watch', { sk
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const { dir, log } = logDir(t, 'shaperr-takeover');
-  const config = join(dir, 'shaperr.yaml');
-  const writeConfig = (takeover: boolean) =>
-    writeFileSync(
-      config,
-      [
-        'device: srv0',
-        `netns: ${topology.serverNs}`,
-        'server: { rate: 100mbit }',
-        'client: { rate: 2mbit }',
-        'leaf: bfifo',
-        `takeover: ${takeover}`,
-        `log: ${JSON.stringify(log)}`,
-        `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-      ].join('\n'),
-    );
-  writeConfig(true);
+  const writeConfig = (takeover: boolean) => writeDaemonConfig(dir, { netns: topology.serverNs, takeover, log });
+  const config = writeConfig(true);
   writeFileSync(log, play('10.200.1.1', 'one'));
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));

@@ -3,11 +3,10 @@
  * its log, /api/status and /metrics; wanted limits survive kill -9 through the state file (the kernel only
  * holds the shares); a reload and a schedule rebalance every pipe at once.
  */
-import { appendFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { appendFileSync } from 'node:fs';
 import t from 'tap';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { logDir, play, startDaemon, until } from './helpers/daemon.js';
+import { type DaemonConfigKeys, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
@@ -33,23 +32,18 @@ t.test('shaperrd: more viewers than the server rate holds, across kill -9, reloa
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const { dir, log } = logDir(t, 'shaperrd-ceiling');
-  const config = join(dir, 'shaperr.yaml');
-  const writeConfig = (server: string, extra: string[] = []) =>
-    writeFileSync(
-      config,
-      [
-        'device: srv0',
-        `netns: ${topology.serverNs}`,
-        `server: { rate: ${server} }`,
-        'client: { rate: 4mbit, ceil: 8mbit }',
-        'overrides: [{ network: 198.51.100.3/32, rate: 8mbit }]',
-        `log: ${JSON.stringify(log)}`,
-        `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-        "status: { listen: '127.0.0.1:0', token: 'ceiling-test-token' }",
-        ...extra,
-      ].join('\n'),
-    );
-  writeConfig('6mbit');
+  const writeConfig = (server: string, keys: DaemonConfigKeys = {}) =>
+    writeDaemonConfig(dir, {
+      netns: topology.serverNs,
+      server: { rate: server },
+      client: { rate: '4mbit', ceil: '8mbit' },
+      leaf: undefined,
+      overrides: [{ network: '198.51.100.3/32', rate: '8mbit' }],
+      log,
+      status: { listen: '127.0.0.1:0', token: 'ceiling-test-token' },
+      ...keys,
+    });
+  const config = writeConfig('6mbit');
   let daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));
   await daemon.waitFor(/shaperrd started/);
@@ -103,7 +97,7 @@ t.test('shaperrd: more viewers than the server rate holds, across kill -9, reloa
   );
   t.ok(total(classes) <= 12 * MBIT && total(classes) >= 0.95 * 12 * MBIT, `and the shares grow with it: ${total(classes) / MBIT} Mbit/s of 12`);
 
-  writeConfig('12mbit', ['schedules: [{ from: "00:00", to: "24:00", server: { rate: 3mbit } }]']);
+  writeConfig('12mbit', { schedules: [{ from: '00:00', to: '24:00', server: { rate: '3mbit' } }] });
   const reloads = daemon.output.filter((line) => /configuration reloaded/.test(line)).length;
   daemon.child.kill('SIGHUP');
   await until(() => daemon.output.filter((line) => /configuration reloaded/.test(line)).length > reloads);

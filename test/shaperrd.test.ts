@@ -9,7 +9,7 @@ import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { kernelState, play, plexLine, startDaemon, stop, until } from './helpers/daemon.js';
+import { kernelState, play, plexLine, startDaemon, stop, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 import { measureGoodput, measureGoodputConcurrently, shapedTo, startStream } from './helpers/traffic.js';
 
@@ -23,21 +23,7 @@ t.test('shaperrd end to end with real traffic, kill -9 and restart', { skip }, a
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const log = join(dir, 'Plex Media Server.log');
   writeFileSync(log, plexLine('10.200.1.1', '/library/sections/1/all'));
-  const config = join(dir, 'shaperr.yaml');
-  writeFileSync(
-    config,
-    [
-      'device: srv0',
-      `netns: ${topology.serverNs}`,
-      'server: { rate: 100mbit }',
-      'client: { rate: 2mbit }',
-      'exempt: [10.200.1.3/32]',
-      `log: ${JSON.stringify(log)}`,
-      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-      'graceSeconds: 1',
-      'idleSeconds: 600',
-    ].join('\n'),
-  );
+  const config = writeDaemonConfig(dir, { netns: topology.serverNs, leaf: undefined, exempt: ['10.200.1.3/32'], log, graceSeconds: 1, idleSeconds: 600 });
   const [remote, other, exempt] = topology.clientAddresses as [string, string, string];
 
   let daemon = startDaemon(config);
@@ -93,21 +79,8 @@ t.test('a client with no new log lines stays throttled while its bytes flow, and
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const log = join(dir, 'Plex Media Server.log');
   writeFileSync(log, '');
-  const config = join(dir, 'shaperr.yaml');
   const idleSeconds = 5;
-  writeFileSync(
-    config,
-    [
-      `device: srv0`,
-      `netns: ${topology.serverNs}`,
-      'server: { rate: 100mbit }',
-      'client: { rate: 2mbit }',
-      `log: ${JSON.stringify(log)}`,
-      `stateFile: ${JSON.stringify(join(dir, 'state.json'))}`,
-      'graceSeconds: 1',
-      `idleSeconds: ${idleSeconds}`,
-    ].join('\n'),
-  );
+  const config = writeDaemonConfig(dir, { netns: topology.serverNs, leaf: undefined, log, graceSeconds: 1, idleSeconds });
   const [client] = topology.clientAddresses as [string];
   const daemon = startDaemon(config);
   t.teardown(() => daemon.child.kill('SIGKILL'));

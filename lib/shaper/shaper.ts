@@ -317,10 +317,18 @@ export class Shaper {
    */
   setServerLimits(limits: RateLimits): void {
     this.ensureOpen();
+    const previous = this.server;
     this.server = parseLimits(limits);
+    const { lower, raise, changed, commit } = this.rebalanceOperations();
+    try {
+      this.applyAll([...lower, { op: 'change', class: this.serverClassSpec() }, ...raise]);
+    } catch (error) {
+      // The old limits stay (a repair rebuilds the server class with them).
+      this.server = previous;
+      this.forgetRebalance(changed);
+      throw error;
+    }
     this.noteServerCeil();
-    const { lower, raise, commit } = this.rebalanceOperations();
-    this.applyAll([...lower, { op: 'change', class: this.serverClassSpec() }, ...raise]);
     commit();
   }
 
@@ -580,12 +588,7 @@ export class Shaper {
     const undo = (error: unknown): never => {
       for (const [client, wanted] of previous) client.wanted = wanted;
       this.forgetPipes(made);
-      // Pipes the batch was changing may or may not have changed: unknown now, so the next rebalance sets them again.
-      for (const client of changed) {
-        client.pipe = undefined;
-        this.unsettled.add(client);
-      }
-      for (const client of this.clientsByAddress.values()) client.next = undefined;
+      this.forgetRebalance(changed);
       throw error;
     };
     if (apply) return apply(plan).then(outcomes, undo);
@@ -612,6 +615,15 @@ export class Shaper {
       this.minors.release(client.minor);
       this.nodePool(client.address).release(client.filterNode);
     }
+  }
+
+  /** After a failed batch: pipes it was changing may or may not have changed, unknown now, so the next rebalance sets them again. */
+  private forgetRebalance(changed: readonly AppliedClient[]): void {
+    for (const client of changed) {
+      client.pipe = undefined;
+      this.unsettled.add(client);
+    }
+    for (const client of this.clientsByAddress.values()) client.next = undefined;
   }
 
   /**

@@ -102,14 +102,27 @@ export class ShaperWatch {
   }
 
   /**
-   * Changes whether another tool's root qdisc is replaced (a config reload). Turned on, a full check
-   * runs at once: a root left alone until now is taken over without waiting for the safety poll (resolves
-   * once it is done).
+   * Changes whether another tool's root qdisc is replaced (a config reload), then runs a full check at
+   * once: a deleted root is put back, and with takeover turned on a root left alone until now is taken
+   * over without waiting for the safety poll. Resolves once it is done, with the other tool's root qdisc
+   * still in shaperr's place (described, e.g. `tbf 9:`), if there is one.
    */
-  async setTakeover(takeover: boolean): Promise<void> {
-    if (takeover === this.takeover) return;
+  async setTakeover(takeover: boolean): Promise<string | undefined> {
+    const turnedOn = takeover && !this.takeover;
     this.takeover = takeover;
-    if (takeover) await this.check('takeover turned on');
+    await this.check(turnedOn ? 'takeover turned on' : 'configuration reload');
+    return this.foreignRoot();
+  }
+
+  /** Another tool's root qdisc where shaperr's should be (described, e.g. `tbf 9:`), if there is one. */
+  foreignRoot(): string | undefined {
+    return this.shaper.isIntact() ? undefined : this.otherRoot();
+  }
+
+  /** The device's root qdisc when it is not shaperr's (described); undefined when it is, or there is none. */
+  private otherRoot(): string | undefined {
+    const root = this.tc.rootQdisc(this.options.device);
+    return root && !isShaperRoot(root) ? describeQdisc(root) : undefined;
   }
 
   /** A full check now (the safety poll); resolves once it and any repair it started are done. */
@@ -183,11 +196,11 @@ export class ShaperWatch {
    * against a dump.
    */
   private async fullCheck(reason: string, startedAt: number): Promise<void> {
-    const { shaper, tc, options } = this;
+    const { shaper, options } = this;
     if (!shaper.isIntact()) {
-      const root = tc.rootQdisc(options.device);
-      if (root && !isShaperRoot(root) && !this.takeover) {
-        if (!this.toldForeign) options.onForeignRoot?.(describeQdisc(root));
+      const foreign = this.otherRoot();
+      if (foreign && !this.takeover) {
+        if (!this.toldForeign) options.onForeignRoot?.(foreign);
         this.toldForeign = true;
         return;
       }

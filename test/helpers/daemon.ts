@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TrafficControl } from '../../lib/tc/traffic-control.js';
 import { pino } from 'pino';
-import { validateConfig } from '../../daemon/config.js';
+import { stringify } from 'yaml';
+import type { z } from 'zod';
+import { type configSchema, validateConfig } from '../../daemon/config.js';
 import { Shaperrd } from '../../daemon/shaperrd.js';
 import { createTopology, type Topology } from '../../daemon/support/netns.js';
 
@@ -102,21 +104,40 @@ export function logDir(t: { teardown(fn: () => unknown): void }, prefix: string)
   return { dir, log };
 }
 
+/** Config keys as written in shaperr.yaml (before validation); a key set to undefined is left out. */
+export type DaemonConfigKeys = Partial<z.input<typeof configSchema>>;
+
+/**
+ * A shaperrd config for the tests and benchmarks: srv0, server 100 Mbit/s, 2 Mbit/s pipes with bfifo
+ * leaves (this kernel has no sfq), the state file in `dir`, then the caller's keys over these (`netns`,
+ * `log`…; `leaf: undefined` leaves shaperrd's own default).
+ */
+export function daemonConfig(dir: string, keys: DaemonConfigKeys = {}): DaemonConfigKeys {
+  return { device: 'srv0', server: { rate: '100mbit' }, client: { rate: '2mbit' }, leaf: 'bfifo', stateFile: join(dir, 'state.json'), ...keys };
+}
+
+/**
+ * daemonConfig written as YAML to `dir`/`name`.yaml (again on each call: a reload rereads it); `mode` for
+ * a new file, e.g. 0o600 for one holding a token. Returns its path.
+ */
+export function writeDaemonConfig(dir: string, keys: DaemonConfigKeys = {}, { name = 'shaperr', mode }: { name?: string; mode?: number } = {}): string {
+  const path = join(dir, `${name}.yaml`);
+  writeFileSync(path, stringify(daemonConfig(dir, keys)), mode === undefined ? {} : { mode });
+  return path;
+}
+
 /** One client topology and an in-process shaperrd with its status server on a free 127.0.0.1 port. */
 export async function daemonWithStatusPage(t: { teardown(fn: () => unknown): void }, limits: { server: string; client: string; token: string }) {
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const { dir, log } = logDir(t, 'shaperr-status');
-  const config = {
-    device: 'srv0',
+  const config = daemonConfig(dir, {
     netns: topology.serverNs,
     server: { rate: limits.server },
     client: { rate: limits.client },
-    leaf: 'bfifo',
     log,
-    stateFile: join(dir, 'state.json'),
     status: { listen: '127.0.0.1:0', token: limits.token },
-  };
+  });
   const daemon = new Shaperrd({ config: validateConfig(config), logger: pino({ level: 'silent' }) });
   await daemon.start();
   t.teardown(() => daemon.stop());
