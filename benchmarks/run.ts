@@ -3,7 +3,7 @@
  * the same machine, each scenario in its own throwaway netns. Prints a markdown table of ratios and writes
  * benchmarks/results/latest.md and latest.json. Absolute times vary by machine; the ratios are the result.
  */
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -332,6 +332,19 @@ async function clientChurn(): Promise<void> {
 
 // ---- 2. event-to-kernel latency -----------------------------------------------------------------------
 
+/**
+ * Every event's batch is its own pipe (class, leaf, filter): the server rate holds all 1,000 viewers'
+ * client rates, so no join moves the others' shares. A join that does (contended) is timed apart below,
+ * and rebalancing at scale is scenario 8's.
+ */
+const EVENT_SERVER_RATE = '4gbit';
+/**
+ * Events before the timed ones: each code path is compiled at its first use (the first event after a
+ * start took 5–6 ms, the next few 1.5–2.5), which would otherwise fill the top of the p99. The first is
+ * reported on its own.
+ */
+const WARMUP_EVENTS = 20;
+
 const plexLine = (address: string, path: string) =>
   `Sep 26, 2026 22:48:26.451 [140562] DEBUG - Request: [${address}:51000 (WAN)] GET ${path} (3 live) #1 TLS Signed-in Token (bench)\n`;
 
@@ -346,10 +359,11 @@ async function eventLatency(): Promise<void> {
   // A control alongside: the same kernel work from the bench process itself (no daemon, no log), which
   // shows the tail this machine gives any process at the time.
   const shipped = shippedNodeFlags();
-  const daemonVariant = (name: string, flags: string[], observe: 'listen' | 'poll') => ({
+  const statusFetchMs: number[] = [];
+  const daemonVariant = (name: string, flags: string[], observe: Observe) => ({
     name: `${name}: line appended → filter live`,
     flags,
-    measure: () => daemonEventLatencies(events, flags, observe),
+    measure: () => daemonEventLatencies(events, flags, observe, statusFetchMs),
   });
   const variants = [
     daemonVariant('shaperrd', shipped, 'listen'),
@@ -361,11 +375,19 @@ async function eventLatency(): Promise<void> {
         )
       : daemonVariant('shaperrd with --no-opt', [...shipped, '--no-opt'], 'listen'),
     daemonVariant('shaperrd, seen by polling (a class GET after every event-loop turn, the earlier bench)', shipped, 'poll'),
+    daemonVariant('shaperrd with /api/status fetched back to back (the page fetches it once a second)', shipped, 'listen while /api/status is fetched'),
     { name: 'control, no daemon: Shaper.throttle → filter live, in the bench process', flags: [] as string[], measure: () => libraryThrottleLatencies(events) },
-  ].map((variant) => ({ ...variant, runs: [] as number[][], loads: [] as number[] }));
+    {
+      name: `control, contended: the same under a server rate that holds half the viewers (from the ${events / 2}th join on, the shares move every 2 %)`,
+      flags: [] as string[],
+      measure: () => libraryThrottleLatencies(events, `${events}mbit`),
+    },
+  ].map((variant) => ({ ...variant, runs: [] as number[][], firsts: [] as number[], loads: [] as number[] }));
   for (let round = 0; round < rounds; round++) {
     for (const variant of variants) {
-      variant.runs.push(await variant.measure());
+      const latencies = await variant.measure();
+      variant.firsts.push(latencies[0]!);
+      variant.runs.push(latencies.slice(WARMUP_EVENTS));
       variant.loads.push(loadavg()[0]!);
     }
   }
@@ -374,27 +396,44 @@ async function eventLatency(): Promise<void> {
       runs.map((latencies) => percentile(latencies, p)),
       50,
     );
-  for (const { name, flags, runs, loads } of variants) {
+  for (const { name, flags, runs, firsts, loads } of variants) {
     const how = flags.length ? `${flags.join(' ')}; ` : '';
-    const note = `${how}median of ${rounds} rounds (p99 per round: ${runs.map((latencies) => format(percentile(latencies, 99))).join(', ')} ms; load average after each: ${loads.map((load) => load.toFixed(1)).join(', ')} on ${cpus().length} cores)`;
+    const note = `${how}median of ${rounds} rounds of ${events} events after ${WARMUP_EVENTS} untimed (p99 per round: ${runs.map((latencies) => format(percentile(latencies, 99))).join(', ')} ms; load average after each: ${loads.map((load) => load.toFixed(1)).join(', ')} on ${cpus().length} cores)`;
+    record({
+      scenario,
+      variant: `${name}, the first event after start`,
+      value: percentile(firsts, 50),
+      unit: 'ms',
+      note: `median of ${rounds} starts (${firsts.map(format).join(', ')} ms)`,
+    });
     record({ scenario, variant: `${name} (class, leaf, filter in one batch), p50`, value: medianOfRounds(runs, 50), unit: 'ms', note });
     record({ scenario, variant: `${name}, p99 (target < 2)`, value: medianOfRounds(runs, 99), unit: 'ms', note });
     // 1,000 events per round put a p99.9 on the maximum: taken over all rounds' events together.
     record({ scenario, variant: `${name}, p99.9`, value: percentile(runs.flat(), 99.9), unit: 'ms', note: `${how}${runs.flat().length} events of all rounds` });
   }
+  record({
+    scenario,
+    variant: `one /api/status fetch with ${events.toLocaleString('en-US')} pipes (the page's, once a second; the kernel's counters are read in turns)`,
+    value: percentile(statusFetchMs, 50),
+    unit: 'ms',
+    note: `median of ${statusFetchMs.length} fetches after the events; max ${format(Math.max(...statusFetchMs))} ms`,
+  });
   const shaperrd = { p50: medianOfRounds(variants[0]!.runs, 50), p99: medianOfRounds(variants[0]!.runs, 99) };
   const seed = await seedPipelineLatency(scenario, quick ? 20 : 200);
   record({ scenario, variant: "ratio the seed's pipeline ÷ shaperrd, p50", value: seed.p50 / shaperrd.p50, unit: '×' });
   record({ scenario, variant: "ratio the seed's pipeline ÷ shaperrd, p99", value: seed.p99 / shaperrd.p99, unit: '×' });
 }
 
+type Observe = 'listen' | 'listen while /api/status is fetched' | 'poll';
+
 /**
  * The shipped daemon run with `nodeFlags`: `events` new clients one after another, line appended → the
  * client's filter in the kernel (ms). `listen`: the kernel's notification of the filter, awaited blocked in
- * recv; `poll`: a class GET after every event-loop turn until the class is there (class, leaf and filter
- * go in one batch).
+ * recv (with the status page open: another process fetches /api/status back to back meanwhile, and the
+ * bench times 10 fetches into `statusFetchMs` at the end); `poll`: a class GET after every event-loop turn
+ * until the class is there (class, leaf and filter go in one batch).
  */
-async function daemonEventLatencies(events: number, nodeFlags: string[], observe: 'listen' | 'poll'): Promise<number[]> {
+async function daemonEventLatencies(events: number, nodeFlags: string[], observe: Observe, statusFetchMs?: number[]): Promise<number[]> {
   const { netns, destroy } = await benchDevice();
   const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
   const log = join(dir, 'Plex Media Server.log');
@@ -402,14 +441,29 @@ async function daemonEventLatencies(events: number, nodeFlags: string[], observe
   const tc = TrafficControl.open({ netns });
   const arrivals = new FilterArrivals(netns);
   let daemon: ShippedDaemon | undefined;
+  let statusPage: ChildProcess | undefined;
   try {
     daemon = await startShippedDaemon(
-      { device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, log, stateFile: join(dir, 'state.json'), graceSeconds: 0, idleSeconds: 600 },
+      {
+        device: 'b0',
+        netns,
+        server: { rate: EVENT_SERVER_RATE },
+        client: { rate: '2mbit' },
+        log,
+        stateFile: join(dir, 'state.json'),
+        graceSeconds: 0,
+        idleSeconds: 600,
+        ...(observe === 'listen while /api/status is fetched' ? { status: { listen: '127.0.0.1:0' } } : {}),
+      },
       dir,
       nodeFlags,
     );
+    if (daemon.statusUrl) {
+      const poll = `(async () => { for (;;) await fetch('${daemon.statusUrl}api/status').then((r) => r.arrayBuffer()); })()`;
+      statusPage = spawn(process.execPath, ['-e', poll], { stdio: 'ignore' });
+    }
     const latencies: number[] = [];
-    for (let i = 0; i < events; i++) {
+    for (let i = 0; i < WARMUP_EVENTS + events; i++) {
       // Each event is a new client; Shaper hands out class minors from 0x10 up, skipping 0x5a (its root
       // handle, which the leaf qdisc 5a: would collide with), so we know which class to wait for.
       const minor = 0x10 + i + (0x10 + i >= 0x5a ? 1 : 0);
@@ -418,7 +472,7 @@ async function daemonEventLatencies(events: number, nodeFlags: string[], observe
       await new Promise((resolve) => setImmediate(resolve));
       const written = process.hrtime.bigint();
       appendFileSync(log, plexLine(`198.18.${(i >> 8) & 255}.${i & 255}`, `/video/:/transcode/universal/start.m3u8?session=b${i}`));
-      if (observe === 'listen') {
+      if (observe !== 'poll') {
         latencies.push(Number(arrivals.waitForFilter(classid, 5000) - written) / 1e6);
         continue;
       }
@@ -428,8 +482,17 @@ async function daemonEventLatencies(events: number, nodeFlags: string[], observe
       }
       latencies.push(Number(process.hrtime.bigint() - written) / 1e6);
     }
+    // What one poll of the page holds the daemon's event loop for, with every client of the run applied.
+    for (let i = 0; daemon.statusUrl && i < 10; i++) {
+      const began = performance.now();
+      const response = await fetch(`${daemon.statusUrl}api/status`);
+      if (!response.ok) throw new Error(`/api/status answered ${response.status}`);
+      await response.arrayBuffer();
+      statusFetchMs?.push(performance.now() - began);
+    }
     return latencies;
   } finally {
+    statusPage?.kill();
     arrivals.close();
     tc.close();
     await daemon?.stop();
@@ -438,13 +501,16 @@ async function daemonEventLatencies(events: number, nodeFlags: string[], observe
   }
 }
 
-/** The control: the library alone in this process, `events` new clients one after another, throttle() → resolved (ms). */
-async function libraryThrottleLatencies(events: number): Promise<number[]> {
+/**
+ * The control: the library alone in this process, `events` new clients one after another, throttle() →
+ * resolved (ms). With a server rate below the clients' total, joins past it are contended.
+ */
+async function libraryThrottleLatencies(events: number, serverRate = EVENT_SERVER_RATE): Promise<number[]> {
   const { netns, destroy } = await benchDevice();
-  const shaper = await Shaper.open({ device: 'b0', netns, server: { rate: '1gbit' }, client: { rate: '2mbit' }, onWarning: () => {} });
+  const shaper = await Shaper.open({ device: 'b0', netns, server: { rate: serverRate }, client: { rate: '2mbit' }, onWarning: () => {} });
   try {
     const latencies: number[] = [];
-    for (let i = 0; i < events; i++) {
+    for (let i = 0; i < WARMUP_EVENTS + events; i++) {
       await new Promise((resolve) => setImmediate(resolve));
       const began = process.hrtime.bigint();
       await shaper.throttle(`198.18.${(i >> 8) & 255}.${i & 255}`);

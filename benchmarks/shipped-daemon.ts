@@ -8,6 +8,8 @@ const DAEMON = fileURLToPath(new URL('../dist/daemon/cli.js', import.meta.url));
 
 export interface ShippedDaemon {
   pid: number;
+  /** Where its status page listens, when the config has one (as the daemon logged it at start). */
+  statusUrl?: string;
   stop(): Promise<void>;
 }
 
@@ -31,7 +33,9 @@ export async function startShippedDaemon(config: object, dir: string, nodeFlags 
     await stop();
     throw error;
   });
-  return { pid: daemon.pid!, stop };
+  const statusLine = output.split('\n').find((line) => line.includes('"status page and /metrics listening"'));
+  const statusUrl: string | undefined = statusLine ? JSON.parse(statusLine).url : undefined;
+  return { pid: daemon.pid!, ...(statusUrl ? { statusUrl } : {}), stop };
 }
 
 /** The node flags the shipped bin's `#!/usr/bin/env -S node …` line passes, so the daemon runs as installed. */
