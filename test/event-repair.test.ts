@@ -13,7 +13,7 @@ import { clientFilterRef } from '../lib/shaper/layout.js';
 import { parseClientAddress } from '../lib/address.js';
 import { TcMonitor, type TcNotification } from '../lib/tc/monitor.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { kernelState, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
+import { addServerLink, deleteServerLink, kernelState, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, ip, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
@@ -53,9 +53,8 @@ const allPipesBack = (topology: Topology) => {
 };
 
 async function recreateLink(topology: Topology): Promise<void> {
-  await ip('-n', topology.serverNs, 'link', 'del', 'srv0');
-  await ip('-n', topology.serverNs, 'link', 'add', 'srv0', 'type', 'veth', 'peer', 'name', 'cli0', 'netns', topology.clientNs);
-  await ip('-n', topology.serverNs, 'link', 'set', 'srv0', 'up');
+  await deleteServerLink(topology);
+  await addServerLink(topology);
 }
 
 t.test('TcMonitor decodes qdisc, class, filter and link notifications and leaves out the ports it is told to', { skip }, async (t) => {
@@ -114,40 +113,52 @@ t.test('TcMonitor decodes qdisc, class, filter and link notifications and leaves
   t.equal(monitor.stats.overflows, 0);
 });
 
-t.test('ShaperWatch puts the pipes back after `tc qdisc del root`, a link re-creation, and one deleted client filter', { skip }, async (t) => {
-  const topology = await createTopology({ clients: 1, ipv6: false });
-  t.teardown(() => topology.destroy());
-  const { reports, errors, watch } = await shaperWithPipes(t, topology);
-  watch();
-  const outsider = TrafficControl.open({ netns: topology.serverNs });
-  t.teardown(() => outsider.close());
+t.test(
+  'ShaperWatch puts the pipes back after `tc qdisc del root`, a link re-creation, one deleted client filter, leaf, and the server class',
+  { skip },
+  async (t) => {
+    const topology = await createTopology({ clients: 1, ipv6: false });
+    t.teardown(() => topology.destroy());
+    const { shaper, reports, errors, watch } = await shaperWithPipes(t, topology);
+    watch();
+    const outsider = TrafficControl.open({ netns: topology.serverNs });
+    t.teardown(() => outsider.close());
 
-  outsider.deleteQdisc('srv0', { handle: '5a:' });
-  await until(() => reports.length === 1 && allPipesBack(topology));
-  t.match(reports[0], { reason: 'root deleted', scope: 'tree', pipes: 3 }, 'the root deletion is noticed and the tree put back');
+    outsider.deleteQdisc('srv0', { handle: '5a:' });
+    await until(() => reports.length === 1 && allPipesBack(topology));
+    t.match(reports[0], { reason: 'root deleted', scope: 'tree', pipes: 3 }, 'the root deletion is noticed and the tree put back');
 
-  await recreateLink(topology);
-  await until(() => reports.length === 2 && allPipesBack(topology));
-  t.match(reports[1], { reason: 'device re-created', scope: 'tree', pipes: 3 }, 'the new device gets everything back');
-  outsider.link('srv0', { refresh: true });
+    await recreateLink(topology);
+    await until(() => reports.length === 2 && allPipesBack(topology));
+    t.match(reports[1], { reason: 'device re-created', scope: 'tree', pipes: 3 }, 'the new device gets everything back');
+    outsider.link('srv0', { refresh: true });
 
-  const victim = parseClientAddress(CLIENTS[1]!);
-  const ref = outsider.filters('srv0', '5a:').find((filter) => filter.parameters.match?.dst === `${victim.text}/32`)!;
-  outsider.deleteFilter('srv0', { ...clientFilterRef(0x005a0000, victim, ref.handle & 0xfff) });
-  t.notOk(kernelState(topology).destinations.includes(`${victim.text}/32`), 'the filter is gone');
-  await until(() => reports.length === 3 && allPipesBack(topology));
-  t.match(reports[2], { reason: 'pipe damaged', scope: 'pipes', pipes: 1 }, 'only that pipe is re-applied');
+    const victim = parseClientAddress(CLIENTS[1]!);
+    const ref = outsider.filters('srv0', '5a:').find((filter) => filter.parameters.match?.dst === `${victim.text}/32`)!;
+    outsider.deleteFilter('srv0', { ...clientFilterRef(0x005a0000, victim, ref.handle & 0xfff) });
+    t.notOk(kernelState(topology).destinations.includes(`${victim.text}/32`), 'the filter is gone');
+    await until(() => reports.length === 3 && allPipesBack(topology));
+    t.match(reports[2], { reason: 'pipe damaged', scope: 'pipes', pipes: 1 }, 'only that pipe is re-applied');
 
-  // A deleted leaf: the kernel puts its default qdisc there; the pipe gets its bfifo back.
-  outsider.deleteQdisc('srv0', { parent: '5a:10', handle: '10:' });
-  await until(() => reports.length === 4);
-  t.match(reports[3], { scope: 'pipes', pipes: 1 });
-  t.ok(
-    outsider.qdiscs('srv0').some((qdisc) => qdisc.parent === 0x005a0010 && qdisc.kind === 'bfifo'),
-    'the leaf is bfifo again',
-  );
-  t.same(errors, []);
-});
+    // A deleted leaf: the kernel puts its default qdisc there; the pipe gets its bfifo back.
+    outsider.deleteQdisc('srv0', { parent: '5a:10', handle: '10:' });
+    await until(() => reports.length === 4);
+    t.match(reports[3], { scope: 'pipes', pipes: 1 });
+    t.ok(
+      outsider.qdiscs('srv0').some((qdisc) => qdisc.parent === 0x005a0010 && qdisc.kind === 'bfifo'),
+      'the leaf is bfifo again',
+    );
+
+    // With no pipe below it the server class itself can be deleted, and every throttle would then fail.
+    for (const address of CLIENTS) await shaper.release(address);
+    outsider.deleteClass('srv0', { classid: '5a:1' });
+    await until(() => reports.length === 5);
+    t.match(reports[4], { reason: 'server class deleted', scope: 'pipes', pipes: 0, serverClass: true }, 'the deleted server class is noticed and put back');
+    t.match(outsider.getClass('srv0', '5a:1')?.parameters, { rate: 100e6 }, 'with its rate');
+    t.match(await shaper.throttle(CLIENTS[0]!), { result: 'applied' }, 'and a throttle works again');
+    t.same(errors, []);
+  },
+);
 
 t.test('after an overflow (tiny receive buffer, burst of changes) the full check still catches a root deleted during it', { skip }, async (t) => {
   const topology = await createTopology({ clients: 1, ipv6: false });

@@ -2,7 +2,7 @@
  * A reload is all or nothing. With takeover off and another tool's root qdisc in shaperr's place, SIGHUP
  * with a changed config is refused whole (one line saying why), the other tool's qdisc is left alone, and
  * once it is removed shaperr comes back with the old limits; a second SIGHUP then applies the new config,
- * as does one turning takeover on. A reload the kernel refuses (the server class deleted by hand) likewise
+ * as does one turning takeover on. A reload the kernel refuses (the device gone meanwhile) likewise
  * leaves the books as they were. Real shaperrd, kernel state read back over netlink in throwaway namespaces.
  */
 import { writeFileSync } from 'node:fs';
@@ -10,7 +10,7 @@ import t, { type Test } from 'tap';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import type { StatusReport } from '../daemon/operator/status.js';
 import { createTopology, inNetns, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
-import { type Daemon, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
+import { addServerLink, type Daemon, deleteServerLink, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 
 const SHAPERR_ROOT = 0x005a0000;
 const SERVER_CLASS = 0x005a0001;
@@ -116,9 +116,8 @@ t.test("takeover off, another tool's root in place: SIGHUP is refused whole; sha
 
 t.test('a reload the kernel refuses keeps the old config in the books too', { skip }, async (t) => {
   const { topology, log, daemon, tc, writeConfig } = await reloadableDaemon(t, { server: '50mbit', client: '2mbit' });
-  // Without pipes the server class can be deleted; the new server limits then have nothing to change. (The
-  // watch checks the root, not a lone server class: should it ever put that back, this needs another fault.)
-  await tcIn(topology, 'class', 'del', 'dev', 'srv0', 'classid', '5a:1');
+  // The device is gone while the owner reloads: the kernel refuses the new server limits (ENODEV).
+  await deleteServerLink(topology);
   writeConfig({ server: '40mbit', client: '3mbit' });
   t.match(
     JSON.parse(await reload(daemon)).msg,
@@ -126,7 +125,9 @@ t.test('a reload the kernel refuses keeps the old config in the books too', { sk
     'one line says the kernel refused it and the old config is kept',
   );
 
-  await tcIn(topology, 'qdisc', 'del', 'dev', 'srv0', 'root');
+  // The device comes back: the watch puts the whole tree on it, with the limits the books still hold.
+  await addServerLink(topology);
+  tc.link('srv0', { refresh: true });
   await until(() => shaperrRoot(tc) && kernelRates(tc).server !== undefined);
   t.equal(kernelRates(tc).server, 50e6, 'the repaired tree has the old server rate');
   writeFileSync(log, play(CLIENT, 'one'));

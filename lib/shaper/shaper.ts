@@ -377,6 +377,15 @@ export class Shaper {
   }
 
   /**
+   * Puts the server class back after someone deleted it (the kernel allows that only while no pipe hangs
+   * below it): without it every throttle would fail.
+   */
+  repairServerClass(): void {
+    this.ensureOpen();
+    this.applyAll([{ op: 'replace', class: this.serverClassSpec() }]);
+  }
+
+  /**
    * Puts back the class, leaf and filter of the pipes with these class handles when someone deleted part
    * of them (replace: what is still there is left as it is). Returns how many pipes were re-applied.
    */

@@ -5,6 +5,7 @@
  *   - shaperr's root qdisc deleted, or the device re-created (a new ifindex) → the whole tree is put back;
  *   - one client's class, leaf or filter deleted → that pipe alone is put back;
  *   - a u32 hash table or its link filter deleted → they are added back, then the pipes that lost their filter;
+ *   - the server class deleted (possible while no pipe hangs below it) → it is put back;
  *   - another tool's root qdisc in place of shaperr's → reported once, left alone (unless `takeover`);
  *   - notifications lost (receive buffer overflow) → a full check: root, then every pipe against a dump.
  * check() runs the same full check (a slow safety poll). Repairs run one at a time; what arrives
@@ -29,6 +30,8 @@ export interface RepairReport {
   pipes: number;
   /** u32 hash tables and link filters put back (someone deleted them; their client filters went with them). */
   hashTables?: number;
+  /** The server class was put back (someone deleted it while no pipe hung below it). */
+  serverClass?: true;
   /** From reading the notification (or starting the check) to the kernel having everything back. */
   ms: number;
 }
@@ -155,7 +158,9 @@ export class ShaperWatch {
           break;
         }
         case 'class':
-          if (notification.action === 'del' && notification.parent === SERVER_CLASS) pipes.add(notification.handle);
+          if (notification.action !== 'del') break;
+          if (notification.handle === SERVER_CLASS) full ??= 'server class deleted';
+          else if (notification.parent === SERVER_CLASS) pipes.add(notification.handle);
           break;
         case 'filter': {
           if (notification.action !== 'del' || notification.parent !== ROOT_HANDLE) break;
@@ -213,27 +218,33 @@ export class ShaperWatch {
     this.toldForeign = false;
     const kernel = this.readPipes();
     if (!kernel) return; // the device is gone: nothing to put back until it returns
-    if (missingHashTableSpecs(ROOT_HANDLE, kernel.filters).length === 0) return this.repairPipes(reason, kernel.damaged, startedAt);
+    if (kernel.serverClass && missingHashTableSpecs(ROOT_HANDLE, kernel.filters).length === 0) return this.repairPipes(reason, kernel.damaged, startedAt);
     options.onRepairStart?.(reason, 'pipes');
+    // The server class first: the pipes hang below it.
+    if (!kernel.serverClass) shaper.repairServerClass();
     const hashTables = shaper.repairHashTables(kernel.filters);
     const pipes = await shaper.repairPipes(kernel.damaged);
-    options.onRepaired?.({ reason, scope: 'pipes', pipes, hashTables, ms: performance.now() - startedAt });
+    options.onRepaired?.({
+      reason,
+      scope: 'pipes',
+      pipes,
+      hashTables,
+      ...(kernel.serverClass ? {} : { serverClass: true }),
+      ms: performance.now() - startedAt,
+    });
   }
 
   /**
-   * The root's filters now, and the class handles of the pipes missing their class, leaf or filter in the
-   * kernel (undefined: the device is gone).
+   * The root's filters now, whether the server class is there, and the class handles of the pipes missing
+   * their class, leaf or filter in the kernel (undefined: the device is gone).
    */
-  private readPipes(): { filters: Filter[]; damaged: Set<number> } | undefined {
+  private readPipes(): { filters: Filter[]; damaged: Set<number>; serverClass: boolean } | undefined {
     const { tc, shaper, options } = this;
     try {
       const filters = tc.filters(options.device, ROOT_HANDLE);
-      const classes = new Set(
-        tc
-          .classes(options.device)
-          .filter((tcClass) => tcClass.parent === SERVER_CLASS)
-          .map((tcClass) => tcClass.handle),
-      );
+      const deviceClasses = tc.classes(options.device);
+      const serverClass = deviceClasses.some((tcClass) => tcClass.handle === SERVER_CLASS);
+      const classes = new Set(deviceClasses.filter((tcClass) => tcClass.parent === SERVER_CLASS).map((tcClass) => tcClass.handle));
       const steered = new Set(filters.flatMap((filter) => readClientFilter(filter)?.classid ?? []));
       const leaf = shaper.leafKind;
       // A deleted leaf is replaced by the kernel's default qdisc: only a leaf of our kind counts.
@@ -251,7 +262,7 @@ export class ShaperWatch {
         const classid = parseHandle(client.classid);
         if (!classes.has(classid) || !steered.has(classid) || (leaves && !leaves.has(classid))) damaged.add(classid);
       }
-      return { filters, damaged };
+      return { filters, damaged, serverClass };
     } catch (error) {
       if (error instanceof NetlinkError && error.code === 'ENODEV') return undefined;
       throw error;

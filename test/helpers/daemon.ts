@@ -10,7 +10,7 @@ import { stringify } from 'yaml';
 import type { z } from 'zod';
 import { type configSchema, validateConfig } from '../../daemon/config.js';
 import { Shaperrd } from '../../daemon/shaperrd.js';
-import { createTopology, type Topology } from '../../daemon/support/netns.js';
+import { createTopology, ip, type Topology } from '../../daemon/support/netns.js';
 
 export const CLI = fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
 
@@ -84,6 +84,17 @@ export function kernelState(topology: Topology) {
   } finally {
     tc.close();
   }
+}
+
+/** Deletes the server's veth (its peer in the client namespace goes with it): the device is gone. */
+export async function deleteServerLink(topology: Topology): Promise<void> {
+  await ip('-n', topology.serverNs, 'link', 'del', 'srv0');
+}
+
+/** Makes the server's veth again after deleteServerLink: the same name, a new device (a new ifindex). */
+export async function addServerLink(topology: Topology): Promise<void> {
+  await ip('-n', topology.serverNs, 'link', 'add', 'srv0', 'type', 'veth', 'peer', 'name', 'cli0', 'netns', topology.clientNs);
+  await ip('-n', topology.serverNs, 'link', 'set', 'srv0', 'up');
 }
 
 // Deadlines (as in waitFor), not timings: generous, so the emulated stock-kernel lane passes too.
