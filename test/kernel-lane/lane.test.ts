@@ -45,6 +45,7 @@ t.test(
     const run = await runInLane(lane, ['node', 'test/kernel-lane/run-files.mjs', '300', ...INSIDE], { timeoutMs: 1_080_000 });
     t.comment(`lane: kernel ${lane.kernelVersion}, ${run.seconds.toFixed(0)} s, inner summary ${/^# \{.*\}$/m.exec(run.output)?.[0] ?? '(none)'}`);
     for (const measured of run.output.split('\n').filter((line) => /^\s*ok .*(Mbit\/s|deepest queue)/.test(line))) t.comment(`inside: ${measured.trim()}`);
+    for (const rerun of run.output.split('\n').filter((line) => /the first run was killed/.test(line))) t.comment(`inside: ${rerun.trim()}`);
     for (const file of INSIDE) {
       const result = new RegExp(`^(not )?ok \\d+ - ${file.replace(/\./g, '\\.')}`, 'm').exec(run.output);
       t.ok(result && !result[1], `${file} passes inside ${lane.kernelVersion}`);
