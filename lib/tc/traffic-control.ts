@@ -9,7 +9,7 @@ import type { NetlinkSocketOptions } from '../../native-bindings/netlink-socket.
 import { type MessageWriter, attr, attributeSet, attrString, attrU32 } from '../wire/attributes.js';
 import { NetlinkConnection, type NetlinkRequest, type QueryRequest, type RequestOutcome } from '../wire/connection.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
-import { Flags, ifinfomsg, MessageType, tcmsg } from '../wire/message.js';
+import { Flags, ifinfomsg, MessageType, type ReceivedMessage, tcmsg } from '../wire/message.js';
 import { formatHandle, type HandleInput, parseHandle, TC_H_ROOT } from './handle.js';
 import type { KindContext } from './kind.js';
 import { readClass, readClassBytes, readFilter, readQdisc } from './decode.js';
@@ -55,6 +55,10 @@ const PROBE_PRIORITY = 0xfff0;
 const defaultWarning = (warning: KernelWarning): void => {
   process.emitWarning(`${warning.operation} ${warning.object}: ${warning.message}`, 'ShaperrKernelWarning');
 };
+
+/** The replies about one device: a dump answers for every device. */
+const onDevice = (messages: readonly ReceivedMessage[], ifindex: number): ReceivedMessage[] =>
+  messages.filter((message) => tcmsg.decode(message.body).ifindex === ifindex);
 
 export class TrafficControl {
   private readonly links = new Map<string, Link>();
@@ -207,7 +211,12 @@ export class TrafficControl {
 
   private dump(type: number, device: DeviceInput, parent: number, what: string) {
     const { request, ifindex } = this.dumpRequest(type, device, parent, what);
-    return this.connection.query(request, { dump: true }).filter((message) => tcmsg.decode(message.body).ifindex === ifindex);
+    return onDevice(this.connection.query(request, { dump: true }), ifindex);
+  }
+
+  /** The classes of a kind we speak among dump replies. */
+  private readClasses(messages: readonly ReceivedMessage[]): TcClass[] {
+    return messages.flatMap((message) => readClass(message, this.context) ?? []);
   }
 
   /** Qdiscs of a device, with statistics. */
@@ -230,7 +239,7 @@ export class TrafficControl {
 
   /** HTB classes of a device, with statistics. */
   classes(device: DeviceInput): TcClass[] {
-    return this.dump(MessageType.GETTCLASS, device, 0, 'classes').flatMap((message) => readClass(message, this.context) ?? []);
+    return this.readClasses(this.dump(MessageType.GETTCLASS, device, 0, 'classes'));
   }
 
   /**
@@ -245,11 +254,7 @@ export class TrafficControl {
       this.reader ??= NetlinkConnection.open(this.socketOptions);
       const classes: TcClass[] = [];
       await this.reader.dumpInTurns(request, (replies) => {
-        for (const message of replies) {
-          if (tcmsg.decode(message.body).ifindex !== ifindex) continue;
-          const tcClass = readClass(message, this.context);
-          if (tcClass) classes.push(tcClass);
-        }
+        classes.push(...this.readClasses(onDevice(replies, ifindex)));
       });
       return classes;
     };
