@@ -17,7 +17,18 @@ import { parseClientAddress } from '../lib/address.js';
 import { clientFilterRef } from '../lib/shaper/layout.js';
 import { TcMonitor, type TcNotification } from '../lib/tc/monitor.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { CLI, type Daemon, type DaemonConfigKeys, kernelState, play, plexLine, startDaemon, stop, writeDaemonConfig } from '../test/helpers/daemon.js';
+import {
+  CLI,
+  type Daemon,
+  type DaemonConfigKeys,
+  kernelHasPipesFor,
+  kernelState,
+  play,
+  plexLine,
+  startDaemon,
+  stop,
+  writeDaemonConfig,
+} from '../test/helpers/daemon.js';
 import { createTopology, type Topology } from '../daemon/support/netns.js';
 
 const quick = process.argv.includes('--quick');
@@ -435,17 +446,7 @@ async function eventRepair(): Promise<void> {
     appendFileSync(files.log, clients.map((address, i) => play(address, `repair${i}`)).join(''));
     const daemon = startDaemon(writeConfig(files.dir, topology, files.log));
     await daemon.waitFor(/shaperrd started/);
-    const allBack = () => {
-      const state = kernelState(topology);
-      return (
-        state.classes === clients.length &&
-        state.destinations.join() ===
-          clients
-            .map((address) => `${address}/32`)
-            .sort()
-            .join()
-      );
-    };
+    const allBack = () => kernelHasPipesFor(topology, clients);
     while (!allBack()) await sleep(20);
 
     /** Runs `remove` and returns ms from its notification to the last of `restored` filters being back (undefined: not within 5 s). */
@@ -588,17 +589,7 @@ async function notificationBurst(): Promise<void> {
     appendFileSync(files.log, clients.map((address, i) => play(address, `burst${i}`)).join(''));
     const daemon = startDaemon(writeConfig(files.dir, topology, files.log));
     await daemon.waitFor(/shaperrd started/);
-    const allBack = () => {
-      const state = kernelState(topology);
-      return (
-        state.classes === clients.length &&
-        state.destinations.join() ===
-          clients
-            .map((address) => `${address}/32`)
-            .sort()
-            .join()
-      );
-    };
+    const allBack = () => kernelHasPipesFor(topology, clients);
     const missingAfter = async (ms: number) => {
       const deadline = Date.now() + ms;
       while (!allBack() && Date.now() < deadline) await sleep(20);
@@ -636,7 +627,8 @@ async function notificationBurst(): Promise<void> {
     });
 
     // 2. An overflow, and the root deleted while notifications are being dropped.
-    const reportedBefore = daemon.output.filter((line) => /notifications were lost/.test(line)).length;
+    const overflowLines = () => daemon.output.filter((line) => /notifications were lost/.test(line)).length;
+    const reportedBefore = overflowLines();
     daemon.child.kill('SIGSTOP');
     let socket = await notificationSocket(topology);
     const droppedBefore = socket.dropped;
@@ -650,7 +642,7 @@ async function notificationBurst(): Promise<void> {
     daemon.child.kill('SIGCONT');
     const resumed = Date.now();
     const missing = await missingAfter(15_000);
-    const reportedSince = () => daemon.output.filter((line) => /notifications were lost/.test(line)).length - reportedBefore;
+    const reportedSince = () => overflowLines() - reportedBefore;
     // The pipes can be back before the daemon's line about the overflow has come through its stdout to us.
     while (reportedSince() === 0 && Date.now() - resumed < 15_000) await sleep(20);
     const reported = reportedSince();

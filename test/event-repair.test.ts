@@ -13,7 +13,7 @@ import { clientFilterRef } from '../lib/shaper/layout.js';
 import { parseClientAddress } from '../lib/address.js';
 import { TcMonitor, type TcNotification } from '../lib/tc/monitor.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { addServerLink, deleteServerLink, kernelState, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
+import { addServerLink, deleteServerLink, kernelHasPipesFor, kernelState, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, ip, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
@@ -41,16 +41,7 @@ async function shaperWithPipes(t: Test, topology: Topology) {
   return { shaper, reports, errors, watch, overflows: () => overflows };
 }
 
-const allPipesBack = (topology: Topology) => {
-  const state = kernelState(topology);
-  return (
-    state.classes === CLIENTS.length &&
-    state.destinations.join() ===
-      CLIENTS.map((address) => `${address}/32`)
-        .sort()
-        .join()
-  );
-};
+const allPipesBack = (topology: Topology) => kernelHasPipesFor(topology, CLIENTS);
 
 async function recreateLink(topology: Topology): Promise<void> {
   await deleteServerLink(topology);

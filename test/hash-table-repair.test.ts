@@ -36,15 +36,8 @@ function steeredAgain(tc: TrafficControl, topology: Topology): boolean {
   return missingHashTableSpecs(ROOT, filters).length === 0 && destinations.join() === wanted.join();
 }
 
-const tcFilterDel = (topology: Topology, ...args: string[]) => inNetns(topology.serverNs, 'tc', 'filter', 'del', 'dev', 'srv0', 'parent', '5a:', ...args);
-
-const linkFilterHandle = (tc: TrafficControl, priority: number): string => {
-  const link = tc.filters('srv0', '5a:').find((filter) => filter.priority === priority && filter.parameters.link !== undefined)!;
-  return `${(link.handle >>> 20).toString(16)}::${(link.handle & 0xfff).toString(16)}`;
-};
-
-t.test('deleted link filter, priority or all filters: put back on the notification, traffic shaped again', { skip }, async (t) => {
-  const { topology, shaper, tc } = await shapedPair(t);
+/** A watch on the shaper's device, collecting its repair reports and errors. */
+function watchShaper(t: Test, shaper: Shaper, topology: Topology) {
   const reports: RepairReport[] = [];
   const errors: Error[] = [];
   const watch = ShaperWatch.open(shaper, {
@@ -54,6 +47,19 @@ t.test('deleted link filter, priority or all filters: put back on the notificati
     onError: (error) => errors.push(error),
   });
   t.teardown(() => watch.close());
+  return { watch, reports, errors };
+}
+
+const tcFilterDel = (topology: Topology, ...args: string[]) => inNetns(topology.serverNs, 'tc', 'filter', 'del', 'dev', 'srv0', 'parent', '5a:', ...args);
+
+const linkFilterHandle = (tc: TrafficControl, priority: number): string => {
+  const link = tc.filters('srv0', '5a:').find((filter) => filter.priority === priority && filter.parameters.link !== undefined)!;
+  return `${(link.handle >>> 20).toString(16)}::${(link.handle & 0xfff).toString(16)}`;
+};
+
+t.test('deleted link filter, priority or all filters: put back on the notification, traffic shaped again', { skip }, async (t) => {
+  const { topology, shaper, tc } = await shapedPair(t);
+  const { reports, errors } = watchShaper(t, shaper, topology);
   const repaired = async (remove: () => Promise<unknown>) => {
     const before = reports.length;
     await remove();
@@ -94,15 +100,7 @@ t.test('the safety check alone (no notification heard) rebuilds a deleted hash t
     'hash table 2: and the IPv4 client filters in it are gone',
   );
   // Opened after the deletion: the watch never hears of it; only its check can find it.
-  const reports: RepairReport[] = [];
-  const errors: Error[] = [];
-  const watch = ShaperWatch.open(shaper, {
-    device: 'srv0',
-    netns: topology.serverNs,
-    onRepaired: (report) => reports.push(report),
-    onError: (error) => errors.push(error),
-  });
-  t.teardown(() => watch.close());
+  const { watch, reports, errors } = watchShaper(t, shaper, topology);
   await watch.check('safety check');
   t.same(errors, []);
   t.ok(steeredAgain(tc, topology), 'table, link filter and client filters are back');

@@ -5,25 +5,11 @@
  */
 import { appendFileSync } from 'node:fs';
 import t from 'tap';
-import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { logDir, plexLine, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
+import { kernelClientClasses, logDir, plexLine, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
+import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
 const MBIT = 1e6;
-
-/** Each client class under the server class: rate and ceil (bits/s), as the kernel has them. */
-function clientClasses(topology: Topology): Array<{ rate: number; ceil: number }> {
-  const tc = TrafficControl.open({ netns: topology.serverNs });
-  try {
-    return tc
-      .classes('srv0')
-      .filter((c) => c.parent === 0x005a0001)
-      .map((c) => ({ rate: c.parameters.rate, ceil: c.parameters.ceil }));
-  } finally {
-    tc.close();
-  }
-}
 
 t.test('the log’s maxVideoBitrate sizes the pipe: cap × headroom, changed in place on a new cap, max without one', { skip }, async (t) => {
   const topology = await createTopology({ clients: 2, ipv6: false });
@@ -50,21 +36,21 @@ t.test('the log’s maxVideoBitrate sizes the pipe: cap × headroom, changed in 
   appendFileSync(log, decision('cap-1', 4000) + plexLine(capped, '/video/:/transcode/universal/start.mpd?session=cap-1&maxVideoBitrate=4000&X-Plex-Token=tok'));
   const throttled = await daemon.waitFor(/decision throttle 10\.200\.1\.1/);
   t.match(throttled, /auto: 4\.00 Mbit\/s maxVideoBitrate of the transcode request × 1\.25 = 5\.00 Mbit\/s/, 'the decision line says which rate and why');
-  await until(() => clientClasses(topology).length === 1);
-  t.same(clientClasses(topology), [{ rate: 5 * MBIT, ceil: 12 * MBIT }], '4000 kbit/s × 1.25: a 5 Mbit/s class, ceil = max');
+  await until(() => kernelClientClasses(topology).length === 1);
+  t.same(kernelClientClasses(topology), [{ rate: 5 * MBIT, ceil: 12 * MBIT }], '4000 kbit/s × 1.25: a 5 Mbit/s class, ceil = max');
 
   // The viewer picks another quality: Plex starts the transcode again under the same session.
   appendFileSync(log, decision('cap-1', 8000));
   await daemon.waitFor(/decision change 10\.200\.1\.1/);
-  await until(() => clientClasses(topology)[0]?.rate === 10 * MBIT);
-  t.same(clientClasses(topology), [{ rate: 10 * MBIT, ceil: 12 * MBIT }], 'the class changed in place to 8 × 1.25 = 10 Mbit/s');
+  await until(() => kernelClientClasses(topology)[0]?.rate === 10 * MBIT);
+  t.same(kernelClientClasses(topology), [{ rate: 10 * MBIT, ceil: 12 * MBIT }], 'the class changed in place to 8 × 1.25 = 10 Mbit/s');
 
   appendFileSync(log, plexLine(uncapped, '/library/parts/123/1690000000/file.mkv?X-Plex-Client-Identifier=tv-9'));
   const direct = await daemon.waitFor(/decision throttle 10\.200\.1\.2/);
   t.match(direct, /stream need unknown, max rate/, 'direct play through the log: no cap, the pipe gets max');
-  await until(() => clientClasses(topology).length === 2);
+  await until(() => kernelClientClasses(topology).length === 2);
   t.same(
-    clientClasses(topology)
+    kernelClientClasses(topology)
       .map((c) => c.rate)
       .sort((a, b) => a - b),
     [10 * MBIT, 12 * MBIT],

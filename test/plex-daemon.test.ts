@@ -17,12 +17,21 @@ import { pino } from 'pino';
 import { CHROMIUM, launchChromium } from './helpers/browser.js';
 import t, { type Test } from 'tap';
 import { validateConfig } from '../daemon/config.js';
-import { TrafficControl } from '../lib/tc/traffic-control.js';
 import type { Decision } from '../daemon/sessions/sessions.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import type { PlexTimings } from '../daemon/sources/plex.js';
 import type { StatusReport } from '../daemon/operator/status.js';
-import { type DaemonConfigKeys, daemonConfig, kernelState, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
+import {
+  type DaemonConfigKeys,
+  daemonConfig,
+  kernelClientClasses,
+  kernelState,
+  logDir,
+  play,
+  startDaemon,
+  until,
+  writeDaemonConfig,
+} from './helpers/daemon.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { type PlexTestServer, SECRET_TOKEN, sleep, startPlexServer } from './helpers/plex.js';
 import { measureGoodput, shapedTo } from './helpers/traffic.js';
@@ -245,17 +254,7 @@ t.test('rate: auto follows the stream’s bandwidth with one change to its class
   const [remote] = topology.clientAddresses as [string];
   const server = await startPlexServer(t);
   const { decisions, kernelChanges } = await plexDaemon(t, topology, server, { client: { rate: 'auto', ceil: 'auto', headroom: 1.25 } });
-  const classRate = () => {
-    const tc = TrafficControl.open({ netns: topology.serverNs });
-    try {
-      return tc
-        .classes('srv0')
-        .filter((c) => c.parent === 0x005a0001)
-        .map((c) => c.parameters.rate);
-    } finally {
-      tc.close();
-    }
-  };
+  const classRate = () => kernelClientClasses(topology).map((pipe) => pipe.rate);
   await until(() => server.openSockets > 0);
   const movie = server.play({
     player: { address: remote },

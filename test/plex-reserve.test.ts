@@ -11,8 +11,7 @@ import t, { type Test } from 'tap';
 import { validateConfig } from '../daemon/config.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import type { StatusReport } from '../daemon/operator/status.js';
-import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { daemonConfig, logDir, until } from './helpers/daemon.js';
+import { daemonConfig, kernelClientClasses, logDir, until } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
 
@@ -40,17 +39,7 @@ async function statusPage(t: Test, url: string): Promise<{ reserveText(pattern: 
 }
 
 /** Guaranteed rate (bits/s) of every client class under the server class, as the kernel has it. */
-function classRates(topology: Topology): number[] {
-  const tc = TrafficControl.open({ netns: topology.serverNs });
-  try {
-    return tc
-      .classes('srv0')
-      .filter((c) => c.parent === 0x005a0001)
-      .map((c) => c.parameters.rate);
-  } finally {
-    tc.close();
-  }
-}
+const classRates = (topology: Topology): number[] => kernelClientClasses(topology).map((pipe) => pipe.rate);
 
 t.test('a relayed stream’s bandwidth is kept out of the shaped clients’ shares while it plays', { skip }, async (t) => {
   const topology = await createTopology({ clients: 1, ipv6: false });

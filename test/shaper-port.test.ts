@@ -5,27 +5,14 @@
  */
 import t from 'tap';
 import { Shaper } from '../lib/index.js';
-import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { clientsToRestore, ShaperPort } from '../daemon/apply/shaper-port.js';
 import type { SavedClient } from '../daemon/sessions/sessions.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
+import { kernelClientClasses } from './helpers/daemon.js';
 
 const MBIT = 1e6;
 
-/** Client classes as the kernel has them: rate by classid order. */
-function clientRates(topology: Topology): number[] {
-  const tc = TrafficControl.open({ netns: topology.serverNs });
-  try {
-    return tc
-      .classes('srv0')
-      .filter((tcClass) => tcClass.parent === 0x005a0001)
-      .sort((a, b) => a.handle - b.handle)
-      .map((tcClass) => tcClass.parameters.rate);
-  } finally {
-    tc.close();
-  }
-}
-
+const clientRates = (topology: Topology) => kernelClientClasses(topology).map((pipe) => pipe.rate);
 const byValue = (a: number, b: number) => a - b;
 const saved = (address: string, rate: number, sessions: string[] = ['s']): SavedClient => ({ address, sessions, limits: { rate, ceil: rate } });
 

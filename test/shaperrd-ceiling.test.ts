@@ -5,26 +5,11 @@
  */
 import { appendFileSync } from 'node:fs';
 import t from 'tap';
-import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { type DaemonConfigKeys, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
-import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
+import { type DaemonConfigKeys, kernelClientClasses, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
+import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 
 const skip = netnsUnavailable();
 const MBIT = 1e6;
-
-/** Client classes as the kernel has them, by classid. */
-function clientClasses(topology: Topology): { rate: number; ceil: number }[] {
-  const tc = TrafficControl.open({ netns: topology.serverNs });
-  try {
-    return tc
-      .classes('srv0')
-      .filter((tcClass) => tcClass.parent === 0x005a0001)
-      .sort((a, b) => a.handle - b.handle)
-      .map(({ parameters: { rate, ceil } }) => ({ rate, ceil }));
-  } finally {
-    tc.close();
-  }
-}
 
 const total = (classes: { rate: number }[]) => classes.reduce((sum, tcClass) => sum + tcClass.rate, 0);
 
@@ -49,9 +34,9 @@ t.test('shaperrd: more viewers than the server rate holds, across kill -9, reloa
   await daemon.waitFor(/shaperrd started/);
 
   appendFileSync(log, play('198.51.100.1', 'a') + play('198.51.100.2', 'b') + play('198.51.100.3', 'c'));
-  await until(() => clientClasses(topology).length === 3);
+  await until(() => kernelClientClasses(topology).length === 3);
   await daemon.waitFor(/decision throttle 198\.51\.100\.3/);
-  let classes = clientClasses(topology);
+  let classes = kernelClientClasses(topology);
   t.ok(total(classes) <= 6 * MBIT, `4 + 4 + 8 Mbit/s wanted under a 6 Mbit/s server: ${total(classes) / MBIT} Mbit/s guaranteed`);
   t.same(
     classes.map((tcClass) => +(tcClass.rate / classes[0]!.rate).toFixed(2)),
@@ -84,12 +69,12 @@ t.test('shaperrd: more viewers than the server rate holds, across kill -9, reloa
   daemon.child.kill('SIGKILL');
   daemon = startDaemon(config);
   await daemon.waitFor(/shaperrd started/);
-  t.same(clientClasses(topology), classes, 'the restart adopted the pipes as they were');
+  t.same(kernelClientClasses(topology), classes, 'the restart adopted the pipes as they were');
 
   writeConfig('12mbit');
   daemon.child.kill('SIGHUP');
   await daemon.waitFor(/configuration reloaded/);
-  classes = clientClasses(topology);
+  classes = kernelClientClasses(topology);
   t.same(
     classes.map((tcClass) => tcClass.ceil),
     [8 * MBIT, 8 * MBIT, 8 * MBIT],
@@ -101,7 +86,7 @@ t.test('shaperrd: more viewers than the server rate holds, across kill -9, reloa
   const reloads = daemon.output.filter((line) => /configuration reloaded/.test(line)).length;
   daemon.child.kill('SIGHUP');
   await until(() => daemon.output.filter((line) => /configuration reloaded/.test(line)).length > reloads);
-  classes = clientClasses(topology);
+  classes = kernelClientClasses(topology);
   t.ok(total(classes) <= 3 * MBIT, `a schedule lowering the server to 3 Mbit/s rebalanced every pipe: ${total(classes) / MBIT} Mbit/s guaranteed`);
   t.same(
     classes.map((tcClass) => +(tcClass.rate / classes[0]!.rate).toFixed(2)),

@@ -75,6 +75,33 @@ export function startDaemon(config: string, via: string[] = [], args: string[] =
   };
 }
 
+/** The client classes (below shaperr's server class) on srv0, in class-handle order: rate and ceil in bits/s. */
+export function kernelClientClasses(topology: Topology): { rate: number; ceil: number }[] {
+  const tc = TrafficControl.open({ netns: topology.serverNs });
+  try {
+    return tc
+      .classes('srv0')
+      .filter((tcClass) => tcClass.parent === 0x005a0001)
+      .sort((a, b) => a.handle - b.handle)
+      .map(({ parameters: { rate, ceil } }) => ({ rate, ceil }));
+  } finally {
+    tc.close();
+  }
+}
+
+/** Whether srv0 has a pipe (a class and a filter) for exactly these clients and no other. */
+export function kernelHasPipesFor(topology: Topology, clients: readonly string[]): boolean {
+  const state = kernelState(topology);
+  return (
+    state.classes === clients.length &&
+    state.destinations.join() ===
+      clients
+        .map((address) => `${address}/32`)
+        .sort()
+        .join()
+  );
+}
+
 export function kernelState(topology: Topology) {
   const tc = TrafficControl.open({ netns: topology.serverNs });
   try {
