@@ -3,30 +3,17 @@
  * the session table. One builder for all three, so they never disagree.
  */
 import type { ClientState, Progress, TcClass } from '../../lib/index.js';
-import type { Decision } from '../sessions/sessions.js';
+import type { ClientIdentity, Decision } from '../sessions/sessions.js';
 import type { PlexSourceStatus } from '../sources/plex.js';
 
-export interface SessionInfo {
-  address: string;
-  user?: string;
-  source?: 'log' | 'plex' | 'both';
-  player?: string;
-  streamBandwidth?: number;
-  sessions: string[];
+export interface SessionInfo extends ClientIdentity {
   state?: 'playing' | 'paused' | 'grace';
   since?: string;
   /** What the client wants (bits per second), when the session table knows better than the kernel. */
   wanted?: { rate: number; ceil: number };
 }
 
-export interface ClientStatus {
-  address: string;
-  user?: string;
-  /** Which event sources see it playing; the player; bits/s its streams need (Plex API). */
-  source?: 'log' | 'plex' | 'both';
-  player?: string;
-  streamBandwidth?: number;
-  sessions: string[];
+export interface ClientStatus extends ClientIdentity {
   state: 'playing' | 'paused' | 'grace' | 'unknown';
   /** Guaranteed now (bits per second): the wanted rate, or its share when the server rate is contended. */
   rate: number;

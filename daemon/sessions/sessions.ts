@@ -107,7 +107,8 @@ function setNewest<V>(map: Map<string, V>, key: string, value: V, limit: number)
 const sameLimits = (a: Limits | undefined, b: Limits | undefined): boolean =>
   a === b || (a !== undefined && b !== undefined && a.rate === b.rate && a.ceil === b.ceil);
 
-export interface ClientSummary {
+/** Who a client is and what it plays: what the session table and the status report both name. */
+export interface ClientIdentity {
   address: string;
   user?: string;
   /** Which sources see it playing: log, plex, or both. */
@@ -116,6 +117,9 @@ export interface ClientSummary {
   /** bits/s its streams need, as the Plex API reports them (Session.bandwidth, else media bitrate). */
   streamBandwidth?: number;
   sessions: string[];
+}
+
+export interface ClientSummary extends ClientIdentity {
   state: 'playing' | 'paused' | 'grace';
   limits?: Limits;
   throttled: boolean;
