@@ -381,6 +381,19 @@ function notificationEntry(session: PlexTestSession): Record<string, unknown> {
   return entry;
 }
 
+/** A playing item's own attributes, the same in both of PMS's listings. */
+function itemAttributes(session: PlexTestSession) {
+  return {
+    addedAt: 1690000000,
+    key: `/library/metadata/${session.ratingKey}`,
+    ratingKey: session.ratingKey,
+    sessionKey: session.sessionKey,
+    title: session.title,
+    type: session.type,
+    viewOffset: session.viewOffset,
+  };
+}
+
 /** PMS's JSON: keys and ids as strings, rates and offsets as numbers, flags as booleans. */
 function sessionsJson(sessions: readonly PlexTestSession[]): object {
   return {
@@ -388,13 +401,7 @@ function sessionsJson(sessions: readonly PlexTestSession[]): object {
       size: sessions.length,
       Metadata: sessions.map((session) => {
         const metadata: Record<string, unknown> = {
-          addedAt: 1690000000,
-          key: `/library/metadata/${session.ratingKey}`,
-          ratingKey: session.ratingKey,
-          sessionKey: session.sessionKey,
-          title: session.title,
-          type: session.type,
-          viewOffset: session.viewOffset,
+          ...itemAttributes(session),
           duration: 596000,
           Media: session.media.map((media, index) => ({
             id: String(index + 1),
@@ -427,15 +434,7 @@ function sessionsXml(sessions: readonly PlexTestSession[]): string {
   const grouped: Record<string, object[]> = {};
   for (const session of sessions) {
     const element: Record<string, unknown> = {
-      ...xmlAttributes({
-        addedAt: 1690000000,
-        key: `/library/metadata/${session.ratingKey}`,
-        ratingKey: session.ratingKey,
-        sessionKey: session.sessionKey,
-        title: session.title,
-        type: session.type,
-        viewOffset: session.viewOffset,
-      }),
+      ...xmlAttributes(itemAttributes(session)),
       Media: session.media.map((media, index) => xmlAttributes({ id: index + 1, bitrate: media.bitrate, videoResolution: '1080' })),
       User: xmlAttributes(session.user),
       Player: xmlAttributes({ ...session.player, state: session.state, userID: session.user.id }),
