@@ -20,6 +20,7 @@ import { Policy } from '../daemon/sessions/policy.js';
 import { SessionTracker } from '../daemon/sessions/sessions.js';
 import { createNetns, createTopology, deleteNetns, ip } from '../daemon/support/netns.js';
 import { PlexTestServer } from '../daemon/demo/plex-test-server.js';
+import { daemonConfig } from '../test/helpers/daemon.js';
 import { measureGoodputConcurrently, measureRoundTrips } from '../test/helpers/traffic.js';
 import { type ShippedDaemon, shippedNodeFlags, startShippedDaemon, waitFor } from './shipped-daemon.js';
 import { homeUplinkScenario } from './home-uplink.js';
@@ -58,6 +59,9 @@ function percentile(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
 }
+
+/** The shipped daemon on the bench device with its own leaf default (sfq where the kernel has it), 2 Mbit/s pipes. */
+const BENCH_DEVICE = { device: 'b0', leaf: undefined } as const;
 
 async function benchDevice(): Promise<{ netns: string; destroy: () => Promise<void> }> {
   const netns = await createNetns('bench', { prefix: PREFIX });
@@ -466,17 +470,15 @@ async function daemonEventLatencies(events: number, nodeFlags: string[], observe
   let statusPage: ChildProcess | undefined;
   try {
     daemon = await startShippedDaemon(
-      {
-        device: 'b0',
+      daemonConfig(dir, {
+        ...BENCH_DEVICE,
         netns,
         server: { rate: EVENT_SERVER_RATE },
-        client: { rate: '2mbit' },
         log,
-        stateFile: join(dir, 'state.json'),
         graceSeconds: 0,
         idleSeconds: 600,
         ...(observe === 'listen while /api/status is fetched' ? { status: { listen: '127.0.0.1:0' } } : {}),
-      },
+      }),
       dir,
       nodeFlags,
     );
@@ -561,17 +563,15 @@ async function plexNotificationLatency(): Promise<void> {
   let daemon: ShippedDaemon | undefined;
   try {
     daemon = await startShippedDaemon(
-      {
-        device: 'b0',
+      daemonConfig(dir, {
+        ...BENCH_DEVICE,
         netns,
         server: { rate: '1gbit' },
-        client: { rate: '2mbit' },
         source: 'plex',
         plex: { url: plex.url, token, pollSeconds: 0 },
-        stateFile: join(dir, 'state.json'),
         graceSeconds: 0,
         idleSeconds: 600,
-      },
+      }),
       dir,
     );
     await waitFor(() => plex.openSockets > 0, 10_000, 'shaperrd did not open the Plex websocket');
@@ -766,19 +766,7 @@ async function scale(): Promise<void> {
     const tc = TrafficControl.open({ netns });
     let daemon: ShippedDaemon | undefined;
     try {
-      daemon = await startShippedDaemon(
-        {
-          device: 'b0',
-          netns,
-          server: { rate: '10gbit' },
-          client: { rate: '2mbit' },
-          leaf: 'bfifo',
-          log,
-          stateFile: join(dir, 'state.json'),
-          idleSeconds: 3600,
-        },
-        dir,
-      );
+      daemon = await startShippedDaemon(daemonConfig(dir, { device: 'b0', netns, server: { rate: '10gbit' }, log, idleSeconds: 3600 }), dir);
       const baseline = rssMiB(daemon.pid);
       const lines = Array.from({ length: size }, (_, i) => {
         const address = i % 2 ? `2001:db8::${i.toString(16)}` : `100.${64 + ((i >> 16) & 63)}.${(i >> 8) & 255}.${i & 255}`;
