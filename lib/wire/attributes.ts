@@ -60,6 +60,15 @@ export class MessageWriter {
     this.buffer.set(payload, at + NLA_HEADER);
   }
 
+  /** An attribute whose codec writes its payload in place: no intermediate buffer per attribute. */
+  attributeInPlace<T>(type: number, codec: InPlaceCodec<T>, value: T): void {
+    const size = codec.sizeOf(value);
+    const at = this.reserve(NLA_HEADER + size);
+    this.view.setUint16(at, NLA_HEADER + size, true);
+    this.view.setUint16(at + 2, type, true);
+    codec.writeInto(this.view, at + NLA_HEADER, value);
+  }
+
   attributeStruct<T>(type: number, codec: StructCodec<T>, value: Partial<T>): void {
     const at = this.reserve(NLA_HEADER + codec.size);
     this.view.setUint16(at, NLA_HEADER + codec.size, true);
@@ -100,20 +109,31 @@ export function parseAttributes(data: Uint8Array): Map<number, Uint8Array> {
 
 // ---- declarative attribute sets -------------------------------------------------------------------
 
+/** A payload encoded into a buffer of its own (variable-length ones: strings, raw bytes). */
 export interface ScalarCodec<T> {
   encode(value: T): Uint8Array;
   decode(payload: Uint8Array): T;
 }
 
+/**
+ * A payload written straight into the message (fixed-size numbers, u32 selectors). A typed array and a
+ * DataView per attribute were a fifth of the time of building a u32 filter.
+ */
+export interface InPlaceCodec<T> {
+  sizeOf(value: T): number;
+  /** Writes the payload at `offset`; throws FieldRangeError for a value that does not fit. */
+  writeInto(view: DataView, offset: number, value: T): void;
+  decode(payload: Uint8Array): T;
+}
+
 const view = (payload: Uint8Array): DataView => new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
 
-function scalar<T>(type: ScalarType, size: number, write: (v: DataView, value: T) => void, read: (v: DataView) => T): ScalarCodec<T> {
+function scalar<T>(type: ScalarType, size: number, write: (v: DataView, at: number, value: T) => void, read: (v: DataView) => T): InPlaceCodec<T> {
   return {
-    encode(value) {
+    sizeOf: () => size,
+    writeInto(target, offset, value) {
       if (!fitsScalar(type, value)) throw new FieldRangeError('attribute', type, value);
-      const out = new Uint8Array(size);
-      write(new DataView(out.buffer), value);
-      return out;
+      write(target, offset, value);
     },
     decode(payload) {
       if (payload.byteLength < size) throw new RangeError(`attribute payload of ${payload.byteLength} bytes, expected ${size}`);
@@ -125,31 +145,31 @@ function scalar<T>(type: ScalarType, size: number, write: (v: DataView, value: T
 export const attrU8 = scalar<number>(
   'u8',
   1,
-  (v, x) => v.setUint8(0, x),
+  (v, at, x) => v.setUint8(at, x),
   (v) => v.getUint8(0),
 );
 export const attrU16 = scalar<number>(
   'u16',
   2,
-  (v, x) => v.setUint16(0, x, true),
+  (v, at, x) => v.setUint16(at, x, true),
   (v) => v.getUint16(0, true),
 );
 export const attrU32 = scalar<number>(
   'u32',
   4,
-  (v, x) => v.setUint32(0, x, true),
+  (v, at, x) => v.setUint32(at, x, true),
   (v) => v.getUint32(0, true),
 );
 export const attrU64 = scalar<bigint>(
   'u64',
   8,
-  (v, x) => v.setBigUint64(0, x, true),
+  (v, at, x) => v.setBigUint64(at, x, true),
   (v) => v.getBigUint64(0, true),
 );
 export const attrBe32 = scalar<number>(
   'be32',
   4,
-  (v, x) => v.setUint32(0, x, false),
+  (v, at, x) => v.setUint32(at, x, false),
   (v) => v.getUint32(0, false),
 );
 const utf8Encoder = new TextEncoder();
@@ -164,8 +184,17 @@ export const attrString: ScalarCodec<string> = {
 };
 export const attrBytes: ScalarCodec<Uint8Array> = { encode: (value) => value, decode: (payload) => payload.slice() };
 
-type AttributeCodec<T> = ScalarCodec<T> | StructCodec<T> | AttributeSet<T, unknown>;
-type CodecValue<C> = C extends StructCodec<infer T> ? T : C extends AttributeSet<infer T, unknown> ? T : C extends ScalarCodec<infer T> ? T : never;
+type AttributeCodec<T> = ScalarCodec<T> | InPlaceCodec<T> | StructCodec<T> | AttributeSet<T, unknown>;
+type CodecValue<C> =
+  C extends StructCodec<infer T>
+    ? T
+    : C extends AttributeSet<infer T, unknown>
+      ? T
+      : C extends InPlaceCodec<infer T>
+        ? T
+        : C extends ScalarCodec<infer T>
+          ? T
+          : never;
 /** Structs may be written partially: fields left out are zero. */
 type WritableValue<C> = C extends StructCodec<infer T> ? Partial<T> : C extends AttributeSet<unknown, infer W> ? W : CodecValue<C>;
 
@@ -196,6 +225,9 @@ function isAttributeSet(codec: AttributeCodec<unknown>): codec is AttributeSet<u
 function isStruct(codec: AttributeCodec<unknown>): codec is StructCodec<unknown> {
   return typeof (codec as StructCodec<unknown>).size === 'number';
 }
+function isInPlace(codec: AttributeCodec<unknown>): codec is InPlaceCodec<unknown> {
+  return typeof (codec as InPlaceCodec<unknown>).writeInto === 'function';
+}
 
 export function attributeSet<Defs extends Record<string, AttributeSpec>>(defs: Defs): AttributeSet<AttributeValues<Defs>, WritableAttributeValues<Defs>> {
   const entries = Object.entries(defs);
@@ -211,6 +243,8 @@ export function attributeSet<Defs extends Record<string, AttributeSpec>>(defs: D
           writer.endNested(start);
         } else if (isStruct(codec)) {
           writer.attributeStruct(id, codec, value as Partial<unknown>);
+        } else if (isInPlace(codec)) {
+          writer.attributeInPlace(id, codec, value);
         } else {
           writer.attribute(id, codec.encode(value));
         }

@@ -6,7 +6,7 @@
  */
 import { parseClientAddress } from '../../address.js';
 import { memoize } from '../../memo.js';
-import { attr, attributeSet, attrU32 } from '../../wire/attributes.js';
+import { attr, attributeSet, attrU32, type InPlaceCodec } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { be16, be32, s16, s32, struct, u16, u8 } from '../../wire/struct.js';
 import { formatHandle, type HandleInput, parseHandle } from '../handle.js';
@@ -31,20 +31,18 @@ interface Selector {
 
 const TC_U32_TERMINAL = 1;
 
-const selectorCodec = {
-  encode(selector: Selector): Uint8Array {
-    const out = new Uint8Array(tcU32Sel.size + selector.keys.length * tcU32Key.size);
-    const view = new DataView(out.buffer);
-    tcU32Sel.encodeInto(view, 0, {
+const selectorCodec: InPlaceCodec<Selector> = {
+  sizeOf: (selector) => tcU32Sel.size + selector.keys.length * tcU32Key.size,
+  writeInto(view, offset, selector) {
+    tcU32Sel.encodeInto(view, offset, {
       flags: selector.terminal ? TC_U32_TERMINAL : 0,
       nkeys: selector.keys.length,
       hoff: selector.hashOffset,
       hmask: selector.hashMask,
     });
-    for (const [index, key] of selector.keys.entries()) {
-      tcU32Key.encodeInto(view, tcU32Sel.size + index * tcU32Key.size, { mask: key.mask, value: key.value, offset: key.offset });
+    for (let index = 0; index < selector.keys.length; index++) {
+      tcU32Key.encodeInto(view, offset + tcU32Sel.size + index * tcU32Key.size, selector.keys[index]!);
     }
-    return out;
   },
   decode(payload: Uint8Array): Selector {
     const header = tcU32Sel.decode(payload);
