@@ -23,10 +23,11 @@ export type ParametersOf<R extends Role, K extends KindNameWith<R>> = RoleOf<R, 
 /** The kind's extended statistics in role `R` (never when it has none). */
 export type ExtendedStatsOf<R extends Role, K extends KindNameWith<R>> = RoleOf<R, K> extends { readExtendedStats?(payload: Uint8Array): infer E } ? E : never;
 
-const entries = registry as Record<string, KindEntry>;
+/** A plain map: looking up a module namespace object was a visible part of building every request. */
+const entries = new Map<string, KindEntry>(Object.entries(registry as Record<string, KindEntry>));
 
 function entry(name: string): KindEntry | undefined {
-  return Object.hasOwn(entries, name) ? entries[name] : undefined;
+  return entries.get(name);
 }
 
 /** The kind playing `role` under this name, or undefined (e.g. a dump showing a kind we do not speak). */
@@ -42,12 +43,12 @@ export function kindFor(role: Role, name: string): AnyTcKind;
 export function kindFor(role: Role, name: string): AnyTcKind {
   const found = knownKind(role, name);
   if (found) return found;
-  const supported = Object.keys(entries).filter((candidate) => entries[candidate]![role] !== undefined);
+  const supported = [...entries].filter(([, candidate]) => candidate[role] !== undefined).map(([candidate]) => candidate);
   throw new ShaperrInputError(`unknown ${role} kind ${JSON.stringify(name)}: supported are ${supported.join(', ')}`);
 }
 
 /** Every registered kind name with the roles it plays (for tests and docs). */
-export const registeredKinds = (): Array<[string, KindEntry]> => Object.entries(entries);
+export const registeredKinds = (): Array<[string, KindEntry]> => [...entries];
 
 /**
  * The kind a filter ref with a handle but no kind is taken to be: u32, whose handles were the only ones
