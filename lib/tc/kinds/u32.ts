@@ -4,7 +4,7 @@
  * iproute2 6.1's f_u32.c does: a selector (struct tc_u32_sel) followed by its keys, each key a 32-bit
  * mask/value at a byte offset into the IP header (IPv4 ports assume no IP options, as tc's `ip dport`).
  */
-import { parseClientAddress } from '../../address.js';
+import { type ClientAddress, parseClientAddress } from '../../address.js';
 import { memoize } from '../../memo.js';
 import { attr, attributeSet, attrU32, type InPlaceCodec } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
@@ -155,25 +155,35 @@ interface Prefix {
   family: 4 | 6;
 }
 
-/** Filters are built and read for the same few thousand addresses again and again. */
-const parseAddress = memoize((text: string) => {
+/** A prefix as written in a match, with its canonical text ("10.0.0.7/32"). */
+interface ParsedPrefix extends Prefix {
+  text: string;
+}
+
+/** Filters are built for the same few thousand addresses again and again: each text is parsed once. */
+const parsePrefixText = memoize((key: string): ParsedPrefix | Error => {
+  const space = key.indexOf(' ');
+  const what = key.slice(0, space);
+  const text = key.slice(space + 1);
+  const [addressText, lengthText, ...rest] = text.split('/');
+  let address: ClientAddress;
   try {
-    return parseClientAddress(text);
+    address = parseClientAddress(addressText ?? '');
   } catch (error) {
     return error as Error;
   }
-});
-
-function parsePrefix(text: string, what: string): Prefix {
-  const [addressText, lengthText, ...rest] = text.split('/');
-  const address = parseAddress(addressText ?? '');
-  if (address instanceof Error) throw address;
   const full = address.family === 4 ? 32 : 128;
   const length = lengthText === undefined ? full : Number(lengthText);
   if (rest.length || !/^\d+$/.test(lengthText ?? String(full)) || length > full) {
-    throw new ShaperrInputError(`invalid u32 ${what} ${JSON.stringify(text)}: expected an address with an optional /prefix (0…${full})`);
+    return new ShaperrInputError(`invalid u32 ${what} ${JSON.stringify(text)}: expected an address with an optional /prefix (0…${full})`);
   }
-  return { bytes: address.bytes, length, family: address.family };
+  return { bytes: address.bytes, length, family: address.family, text: `${address.text}/${length}` };
+});
+
+function parsePrefix(text: string, what: 'src' | 'dst'): ParsedPrefix {
+  const parsed = parsePrefixText(`${what} ${text}`);
+  if (parsed instanceof Error) throw parsed;
+  return parsed;
 }
 
 const prefixText = (prefix: Prefix): string => {
@@ -230,15 +240,14 @@ function selectorKeys(match: U32Match & { family: 4 | 6 }): U32Key[] {
 }
 
 function resolveMatch(match: U32Match): U32Match & { family: 4 | 6 } {
-  // Each address is parsed once: a filter is built per client, thousands of times.
   const src = match.src === undefined ? undefined : parsePrefix(match.src, 'src');
   const dst = match.dst === undefined ? undefined : parsePrefix(match.dst, 'dst');
-  const families = [src, dst].flatMap((prefix) => (prefix === undefined ? [] : [prefix.family]));
-  const family = match.family ?? families[0] ?? 4;
-  if (families.some((found) => found !== family)) throw new ShaperrInputError('u32 match mixes IPv4 and IPv6');
+  const family = match.family ?? src?.family ?? dst?.family ?? 4;
+  if ((src !== undefined && src.family !== family) || (dst !== undefined && dst.family !== family))
+    throw new ShaperrInputError('u32 match mixes IPv4 and IPv6');
   const resolved: U32Match & { family: 4 | 6 } = { family };
-  if (src !== undefined) resolved.src = prefixText(src);
-  if (dst !== undefined) resolved.dst = prefixText(dst);
+  if (src !== undefined) resolved.src = src.text;
+  if (dst !== undefined) resolved.dst = dst.text;
   if (match.protocol !== undefined) resolved.protocol = checkRange(match.protocol, 0xff, 'protocol');
   if (match.sport !== undefined) resolved.sport = checkRange(match.sport, 0xffff, 'sport');
   if (match.dport !== undefined) resolved.dport = checkRange(match.dport, 0xffff, 'dport');
