@@ -19,3 +19,22 @@ export function memoizeBy<I, T>(keyOf: (input: I) => string, compute: (input: I)
 
 /** memoizeBy for a function of a string, which is its own key. */
 export const memoize = <T>(compute: (key: string) => T, limit = 4096): ((key: string) => T) => memoizeBy((key: string) => key, compute, limit);
+
+/**
+ * memoize for a parser of text: a result or the error it throws (the same text fails the same way) is
+ * remembered, and the error is thrown again on each call.
+ */
+export function memoizeParser<T>(parse: (text: string) => T, limit = 4096): (text: string) => T {
+  const cached = memoize((text: string): { value: T } | { error: unknown } => {
+    try {
+      return { value: parse(text) };
+    } catch (error) {
+      return { error };
+    }
+  }, limit);
+  return (text) => {
+    const outcome = cached(text);
+    if ('error' in outcome) throw outcome.error;
+    return outcome.value;
+  };
+}

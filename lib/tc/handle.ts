@@ -1,5 +1,5 @@
 /** tc handles: `major:minor` in hex, packed as major << 16 | minor (e.g. "1:10" ⇄ 0x0001000a). */
-import { memoize } from '../memo.js';
+import { memoizeParser } from '../memo.js';
 import { ShaperrInputError } from '../wire/errors.js';
 
 export const TC_H_ROOT = 0xffffffff;
@@ -17,13 +17,11 @@ export function parseHandle(input: HandleInput): number {
     if (!Number.isInteger(input) || input < 0 || input > 0xffffffff) throw new ShaperrInputError(`invalid handle ${input}: expected a 32-bit unsigned integer`);
     return input;
   }
-  const parsed = parseHandleText(input);
-  if (parsed instanceof ShaperrInputError) throw parsed;
-  return parsed;
+  return parseHandleText(input);
 }
 
 /** The same few handle texts ("1:", "1:1") come in every request of a batch: each is parsed once. */
-const parseHandleText = memoize((input: string): number | ShaperrInputError => {
+const parseHandleText = memoizeParser((input: string): number => {
   const text = input.trim().toLowerCase();
   if (text === 'root') return TC_H_ROOT;
   if (text === 'none' || text === 'unspec') return TC_H_UNSPEC;
@@ -32,7 +30,7 @@ const parseHandleText = memoize((input: string): number | ShaperrInputError => {
   const major = colon < 0 ? text : text.slice(0, colon);
   const minor = colon < 0 ? '' : text.slice(colon + 1);
   if (colon < 0 || !HEX_PART.test(major) || !HEX_PART.test(minor) || (major === '' && minor === '')) {
-    return new ShaperrInputError(`invalid handle ${JSON.stringify(input)}: expected major:minor in hex, e.g. "1:" or "1:10"`);
+    throw new ShaperrInputError(`invalid handle ${JSON.stringify(input)}: expected major:minor in hex, e.g. "1:" or "1:10"`);
   }
   return ((Number.parseInt(major || '0', 16) << 16) | Number.parseInt(minor || '0', 16)) >>> 0;
 });

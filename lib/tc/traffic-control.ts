@@ -127,10 +127,6 @@ export class TrafficControl {
 
   // ---- writes -------------------------------------------------------------------------------------
 
-  private build(device: DeviceInput, operation: Operation): NetlinkRequest {
-    return operationRequest(this.target(device), operation, this.context);
-  }
-
   private settle(request: NetlinkRequest, outcome: RequestOutcome, ifPresent: boolean): OperationResult {
     if (outcome.warning) this.onWarning({ operation: request.context.operation, object: request.context.object, message: outcome.warning });
     if (!outcome.error) return outcome.warning ? { ok: true, warning: outcome.warning } : { ok: true };
@@ -150,7 +146,9 @@ export class TrafficControl {
    * stop the others, and nothing is thrown for kernel refusals.
    */
   batch(device: DeviceInput, operations: readonly Operation[]): OperationResult[] {
-    const requests = operations.map((operation) => this.build(device, operation));
+    if (operations.length === 0) return [];
+    const target = this.target(device); // once: a device name per request was a visible cost of large batches
+    const requests = operations.map((operation) => operationRequest(target, operation, this.context));
     const outcomes = this.connection.batch(requests);
     return outcomes.map((outcome, index) => {
       const operation = operations[index]!;

@@ -4,6 +4,7 @@
  * garbage that tc's strtod would half-accept ("0x10", "inf", "12 mbit") is refused with a clear error.
  */
 import { readFileSync } from 'node:fs';
+import { memoizeParser } from '../memo.js';
 import { ShaperrInputError } from '../wire/errors.js';
 
 /** A rate: every rate in shaperr's API, options and read-backs is a number of bits per second. */
@@ -77,20 +78,26 @@ const U32_MAX = 0xffffffff;
  * Strings as tc (`2mbit`, `2.5mbit`, `500kbps` = bytes); numbers are bit/s.
  */
 export function parseRate(input: RateInput): BitsPerSecond {
-  let bits: number;
   if (typeof input === 'number') {
     if (!Number.isFinite(input) || input < 0) throw new ShaperrInputError(`invalid rate ${input}: expected a non-negative number of bits per second`);
-    bits = input;
-  } else {
-    const { value, suffix } = splitNumber(input, 'rate', '2mbit, 2500kbit, 1gbit or 500kbps (bytes)');
-    const scale = suffix === '' ? 1 : rateSuffixes.get(suffix);
-    if (scale === undefined) {
-      throw new ShaperrInputError(
-        `invalid rate ${JSON.stringify(input)}: unknown unit '${suffix}' (use bit, kbit, mbit, gbit, tbit, kibit…, or bps, kbps, mbps… for bytes)`,
-      );
-    }
-    bits = value * scale;
+    return checkedRate(input, input);
   }
+  return parseRateText(input);
+}
+
+/** The same few rate texts ("2mbit") come in every class of a batch: each is parsed once. */
+const parseRateText = memoizeParser((input: string): BitsPerSecond => {
+  const { value, suffix } = splitNumber(input, 'rate', '2mbit, 2500kbit, 1gbit or 500kbps (bytes)');
+  const scale = suffix === '' ? 1 : rateSuffixes.get(suffix);
+  if (scale === undefined) {
+    throw new ShaperrInputError(
+      `invalid rate ${JSON.stringify(input)}: unknown unit '${suffix}' (use bit, kbit, mbit, gbit, tbit, kibit…, or bps, kbps, mbps… for bytes)`,
+    );
+  }
+  return checkedRate(value * scale, input);
+});
+
+function checkedRate(bits: number, input: RateInput): BitsPerSecond {
   const whole = wholeBytesPerSecond(bits);
   if (whole < 8) throw new ShaperrInputError(`invalid rate ${JSON.stringify(input)}: must be at least 8 bit/s`);
   if (!Number.isSafeInteger(whole)) throw new ShaperrInputError(`invalid rate ${JSON.stringify(input)}: too large`);

@@ -4,8 +4,8 @@
  * iproute2 6.1's f_u32.c does: a selector (struct tc_u32_sel) followed by its keys, each key a 32-bit
  * mask/value at a byte offset into the IP header (IPv4 ports assume no IP options, as tc's `ip dport`).
  */
-import { type ClientAddress, parseClientAddress } from '../../address.js';
-import { memoize } from '../../memo.js';
+import { parseClientAddress } from '../../address.js';
+import { memoizeParser } from '../../memo.js';
 import { attr, attributeSet, attrU32, type InPlaceCodec } from '../../wire/attributes.js';
 import { ShaperrInputError } from '../../wire/errors.js';
 import { be16, be32, s16, s32, struct, u16, u8 } from '../../wire/struct.js';
@@ -161,30 +161,21 @@ interface ParsedPrefix extends Prefix {
 }
 
 /** Filters are built for the same few thousand addresses again and again: each text is parsed once. */
-const parsePrefixText = memoize((key: string): ParsedPrefix | Error => {
+const parsePrefixText = memoizeParser((key: string): ParsedPrefix => {
   const space = key.indexOf(' ');
   const what = key.slice(0, space);
   const text = key.slice(space + 1);
   const [addressText, lengthText, ...rest] = text.split('/');
-  let address: ClientAddress;
-  try {
-    address = parseClientAddress(addressText ?? '');
-  } catch (error) {
-    return error as Error;
-  }
+  const address = parseClientAddress(addressText ?? '');
   const full = address.family === 4 ? 32 : 128;
   const length = lengthText === undefined ? full : Number(lengthText);
   if (rest.length || !/^\d+$/.test(lengthText ?? String(full)) || length > full) {
-    return new ShaperrInputError(`invalid u32 ${what} ${JSON.stringify(text)}: expected an address with an optional /prefix (0…${full})`);
+    throw new ShaperrInputError(`invalid u32 ${what} ${JSON.stringify(text)}: expected an address with an optional /prefix (0…${full})`);
   }
   return { bytes: address.bytes, length, family: address.family, text: `${address.text}/${length}` };
 });
 
-function parsePrefix(text: string, what: 'src' | 'dst'): ParsedPrefix {
-  const parsed = parsePrefixText(`${what} ${text}`);
-  if (parsed instanceof Error) throw parsed;
-  return parsed;
-}
+const parsePrefix = (text: string, what: 'src' | 'dst'): ParsedPrefix => parsePrefixText(`${what} ${text}`);
 
 const prefixText = (prefix: Prefix): string => {
   const address = prefix.family === 4 ? prefix.bytes.join('.') : parseClientAddress(ipv6Text(prefix.bytes)).text;
