@@ -65,6 +65,9 @@ export function check(result: number | bigint, syscall: string, detail?: string)
   return value;
 }
 
+/** How long a blocking receive waits unless told otherwise. */
+export const DEFAULT_RECEIVE_TIMEOUT_MS = 5000;
+
 export interface NetlinkSocketOptions {
   /** Netlink protocol family; 0 = NETLINK_ROUTE. */
   protocol?: number;
@@ -146,7 +149,7 @@ export function openNetlinkSocket(options: NetlinkSocketOptions = {}): NetlinkSo
   try {
     setBufferSize(fd, SO_RCVBUFFORCE, SO_RCVBUF, options.receiveBufferBytes ?? 8 << 20, 'SO_RCVBUF');
     setBufferSize(fd, SO_SNDBUFFORCE, SO_SNDBUF, options.sendBufferBytes ?? 1 << 20, 'SO_SNDBUF');
-    const timeoutMs = options.receiveTimeoutMs ?? 5000;
+    const timeoutMs = options.receiveTimeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS;
     const timeval = Buffer.alloc(16);
     timeval.writeBigInt64LE(BigInt(Math.floor(timeoutMs / 1000)), 0);
     timeval.writeBigInt64LE(BigInt((timeoutMs % 1000) * 1000), 8);

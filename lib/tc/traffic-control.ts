@@ -83,6 +83,14 @@ export class TrafficControl {
     return new TrafficControl(NetlinkConnection.open(socketOptions), socketOptions, options);
   }
 
+  /**
+   * Batches of several datagrams send from a second thread once it is up (the first such batch starts
+   * it): whether it is, and how many batches went through it.
+   */
+  get background(): { ready: boolean; batches: number } {
+    return this.connection.background;
+  }
+
   /** The netlink port id of this connection: kernel notifications of its own changes carry it (see TcMonitor). */
   get portId(): number {
     return this.connection.portId;
