@@ -1007,7 +1007,7 @@ function machine(): Record<string, string> {
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('benchmarks need root (network namespaces)');
   const about = machine();
-  for (const [name, run] of [
+  const scenarios = [
     ['client churn', clientChurn],
     ['event latency', eventLatency],
     ['plex latency', plexNotificationLatency],
@@ -1018,7 +1018,11 @@ async function main(): Promise<void> {
     ['accuracy', accuracy],
     ['home uplink', () => homeUplinkScenario(record, { quick })],
     ['server ceiling', () => serverCeiling(record, quick, PREFIX)],
-  ] as const) {
+  ] as const;
+  if (only && !scenarios.some(([name]) => name.includes(only))) {
+    throw new Error(`--only=${only} names no scenario; they are: ${scenarios.map(([name]) => name).join(', ')}`);
+  }
+  for (const [name, run] of scenarios) {
     if (only && !name.includes(only)) continue;
     process.stderr.write(`${name}…\n`);
     await run();
