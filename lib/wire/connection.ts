@@ -1,6 +1,7 @@
 /**
  * A request/ACK connection over one netlink socket: sequence numbers, ACK matching, batches sent several
- * messages to a datagram, multi-part dumps, and kernel errors turned into NetlinkError.
+ * messages to a datagram (those of several datagrams from a second thread), multi-part dumps, and kernel
+ * errors turned into NetlinkError.
  */
 import {
   DEFAULT_RECEIVE_TIMEOUT_MS,
