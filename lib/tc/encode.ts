@@ -179,7 +179,7 @@ export function filterRequest(mode: WriteMode, device: DeviceTarget, spec: Filte
   const kind = kindFor('filter', spec.kind);
   const handle = filterHandle(kind.name, spec.handle);
   const header = { ifindex: device.ifindex, handle, parent: parseHandle(spec.parent), info: filterInfo(spec.priority, spec.protocol) };
-  // Written out rather than spread: a spread here was a quarter of the time of building a filter request.
+  // Every field of KindContext written out: spreading it here stood out in a profile of building a batch.
   const optionsContext: KindContext = { clock: kindContext.clock, handle, protocol: protocolNumber(spec.protocol) };
   const parameters = spec.options === undefined ? undefined : kind.resolve(spec.options, optionsContext);
   return new TcRequest(

@@ -117,7 +117,7 @@ export interface ScalarCodec<T> {
 
 /**
  * A payload written straight into the message (fixed-size numbers, u32 selectors). A typed array and a
- * DataView per attribute were a fifth of the time of building a u32 filter.
+ * DataView per attribute were a fifth of the time of writing a u32 filter.
  */
 export interface InPlaceCodec<T> {
   sizeOf(value: T): number;
