@@ -14,9 +14,7 @@ const SLOTS = 4;
 const at = { queued: 0, sent: 1, stop: 2, ready: 3, lengths: 4, errnos: 4 + SLOTS } as const;
 
 /** The thread's script, from the sources (native-bindings/) or from dist/native-bindings/. */
-const SCRIPT = [new URL('./send-thread.mjs', import.meta.url), new URL('../../native-bindings/send-thread.mjs', import.meta.url)].find((url) =>
-  existsSync(url),
-);
+const scriptCandidates = [new URL('./send-thread.mjs', import.meta.url), new URL('../../native-bindings/send-thread.mjs', import.meta.url)];
 
 export interface BackgroundSender {
   /** The thread starts in the background; until it is up (or once it failed), send in the foreground. */
@@ -45,9 +43,11 @@ export function startBackgroundSender(fd: number, slotBytes: number, timeoutMs: 
   const state = new Int32Array(control);
   const slots = Array.from({ length: SLOTS }, () => new SharedArrayBuffer(slotBytes));
   const buffers = slots.map((slot) => new Uint8Array(slot));
-  let broken = !SCRIPT;
+  // Looked for here, not at import: only a process that sends a batch of several datagrams needs it.
+  const script = scriptCandidates.find((url) => existsSync(url));
+  let broken = !script;
   // No loader flags: the script is plain JS, and a test run's TypeScript loader would only slow its start.
-  const worker = SCRIPT ? new Worker(SCRIPT, { workerData: { fd, control, slots, at }, execArgv: [] }) : undefined;
+  const worker = script ? new Worker(script, { workerData: { fd, control, slots, at }, execArgv: [] }) : undefined;
   worker?.unref();
   worker?.on('error', () => {
     broken = true;

@@ -5,7 +5,7 @@
  * microseconds and a callback or promise would only add overhead. Every kernel refusal is a NetlinkError;
  * kernel warnings carried by successful ACKs go to `onWarning`.
  */
-import type { NetlinkSocketOptions } from '../../native-bindings/netlink-socket.js';
+import { DEFAULT_RECEIVE_TIMEOUT_MS, type NetlinkSocketOptions } from '../../native-bindings/netlink-socket.js';
 import { type MessageWriter, attr, attributeSet, attrString, attrU32 } from '../wire/attributes.js';
 import { NetlinkConnection, type NetlinkRequest, type QueryRequest, type RequestOutcome } from '../wire/connection.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
@@ -79,7 +79,7 @@ export class TrafficControl {
   }
 
   static open(options: TrafficControlOptions = {}): TrafficControl {
-    const socketOptions = { ...(options.netns ? { netns: options.netns } : {}), receiveTimeoutMs: options.timeoutMs ?? 5000 };
+    const socketOptions = { ...(options.netns ? { netns: options.netns } : {}), receiveTimeoutMs: options.timeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS };
     return new TrafficControl(NetlinkConnection.open(socketOptions), socketOptions, options);
   }
 
