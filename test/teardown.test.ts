@@ -6,8 +6,9 @@
  * is counted at the receiver — every one arrives when the queue is drained, most are lost when the root
  * goes at once. (TCP hides such a loss on a veth: with microsecond round trips it resends within a
  * millisecond, and the retransmission counters cannot tell lost segments from ones overtaken by the
- * unshaped packets that follow.) Beside it a TCP stream goes on at full speed without a retransmission
- * timeout (counted at the sender with nstat: the qdisc's own counters vanish with it).
+ * unshaped packets that follow. Nor can its retransmission timeouts: deleting the root at once, with the
+ * stream's queue in it, gave none in 3 of 3 runs, as SACKs recover the hole at once; under emulation one
+ * came from the unshaped stream itself.) Beside it a TCP stream goes on at full speed.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -15,7 +16,7 @@ import t, { type Test } from 'tap';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { clearShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { createTopology, inNetns, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
+import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { startStream, type Stream } from './helpers/traffic.js';
 
 const skip = netnsUnavailable();
@@ -57,20 +58,11 @@ async function nextLine(lines: AsyncIterator<string>, what: string): Promise<str
   return value as string;
 }
 
-/** The sender's count of TCP retransmission timeouts (the stall a dropped queue causes on a real link). */
-async function retransmissionTimeouts(topology: Topology): Promise<number> {
-  const output = await inNetns(topology.serverNs, 'nstat', '-a', '-z', 'TcpExtTCPTimeouts');
-  const count = /TcpExtTCPTimeouts\s+(\d+)/.exec(output);
-  if (!count) throw new Error(`nstat did not report TcpExtTCPTimeouts: ${JSON.stringify(output)}`);
-  return Number(count[1]);
-}
-
 interface Across {
   /** Bytes in the datagrams' pipe's queue when the removal began. */
   queued: number;
   sent: number;
   received: number;
-  timeouts: number;
   /** The TCP stream's goodput over the 2 s after the removal. */
   after: number;
 }
@@ -110,14 +102,13 @@ async function across(t: Test, remove: (shaper: Shaper, topology: Topology) => P
   const { sent } = JSON.parse(await nextLine(sender.lines, 'the UDP sender')) as { sent: number };
 
   const queued = shaper.clients().find((client) => client.address === burst)?.statistics?.backlog ?? 0;
-  const before = await retransmissionTimeouts(topology);
   await remove(shaper, topology);
   const after = await streams[0]!.bitsPerSecondOver(2);
   const tc = TrafficControl.open({ netns: topology.serverNs });
   t.notOk(tc.rootQdisc(topology.serverDevice), 'the root is gone');
   tc.close();
   const { received } = JSON.parse(await nextLine(receiver.lines, 'the UDP receiver')) as { received: number };
-  return { queued, sent, received, timeouts: (await retransmissionTimeouts(topology)) - before, after };
+  return { queued, sent, received, after };
 }
 
 function checkNothingLost(t: Test, result: Across): void {
@@ -126,7 +117,6 @@ function checkNothingLost(t: Test, result: Across): void {
   t.ok(result.queued >= 10 * DATAGRAM_BYTES, `${result.queued} bytes of datagrams were queued in their pipe when the removal began (≥ 10 datagrams)`);
   t.equal(result.sent, DATAGRAMS);
   t.equal(result.received, result.sent, `every datagram queued in the pipe arrived: ${result.received} of ${result.sent}`);
-  t.equal(result.timeouts, 0, 'no retransmission timeout at the TCP sender');
   t.ok(result.after > 10 * MBIT, `the TCP stream goes on at full speed: ${(result.after / MBIT).toFixed(0)} Mbit/s`);
 }
 
