@@ -85,7 +85,7 @@ t.test('deleted link filter, priority or all filters: put back on the notificati
   );
   t.same(errors, []);
 
-  const goodput = await measureGoodput(topology, { to: topology.clientAddresses[0]!, seconds: 3 });
+  const goodput = await measureGoodput(topology, { to: topology.clientAddresses[0]! });
   const { within, reading } = shapedTo(goodput.bitsPerSecond, RATE);
   t.ok(within, `traffic to a repaired client is shaped again: ${reading}`);
 });
@@ -106,7 +106,7 @@ t.test('the safety check alone (no notification heard) rebuilds a deleted hash t
   t.ok(steeredAgain(tc, topology), 'table, link filter and client filters are back');
   t.match(reports, [{ reason: 'safety check', scope: 'pipes', hashTables: 2, pipes: 2 }]);
 
-  const goodput = await measureGoodput(topology, { to: topology.clientAddresses[1]!, seconds: 3 });
+  const goodput = await measureGoodput(topology, { to: topology.clientAddresses[1]! });
   const { within, reading } = shapedTo(goodput.bitsPerSecond, RATE);
   t.ok(within, `shaped again: ${reading}`);
 });
