@@ -11,15 +11,9 @@ import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { NetlinkConnection, type NetlinkRequest } from '../lib/wire/connection.js';
 import { startBackgroundSender } from '../native-bindings/background-sender.js';
 import { createNetns, deleteNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
+import { until } from './helpers/daemon.js';
 
 const skip = netnsUnavailable();
-
-async function waitUntil(condition: () => boolean, what: string): Promise<void> {
-  for (let waited = 0; !condition(); waited += 10) {
-    if (waited > 10_000) throw new Error(`timed out waiting until ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 async function withDevice(fn: (netns: string) => Promise<void>) {
   const netns = await createNetns('bgsend');
@@ -66,7 +60,7 @@ t.test('the same batch in the foreground and through the thread: the same outcom
       'd0',
       Array.from({ length: 600 }, (_, i) => deleteClass(0x10 + i)),
     );
-    await waitUntil(() => tc.background.ready, 'the sender thread is up');
+    await until(() => tc.background.ready, 10_000);
     const before = tc.background.batches;
     const background = summary(tc.batch('d0', mixedBatch()));
     t.equal(tc.background.batches, before + 1, 'this batch went through the thread');
@@ -102,7 +96,7 @@ t.test(
         Array.from({ length: count }, (_, i) => operationRequest(device, addClass(from + i), tc.kindContext));
 
       connection.batch(requests(0x1000, 100)); // starts the thread
-      await waitUntil(() => connection.background.ready, 'the sender thread is up');
+      await until(() => connection.background.ready, 10_000);
       const broken: NetlinkRequest = {
         ...requests(0x2000, 1)[0]!,
         flags: 0,
@@ -128,7 +122,7 @@ t.test(
   async (t) => {
     const sender = startBackgroundSender(-1, 64, 2000); // fd -1: every send fails with EBADF
     t.teardown(() => sender.close());
-    await waitUntil(() => sender.ready, 'the sender thread is up');
+    await until(() => sender.ready, 10_000);
     sender.queue(new Uint8Array(16));
     sender.queue(new Uint8Array(32));
     t.equal(sender.waitSent(2), 2);

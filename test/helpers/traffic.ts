@@ -19,6 +19,12 @@ const STARTUP_SECONDS = 30;
  */
 const DEFAULT_WINDOW_SECONDS = 6;
 
+/** The warm-up and measurement window of a spec, defaults filled in. */
+const timing = (spec: GoodputSpec): { warmup: number; seconds: number } => ({
+  warmup: spec.warmupSeconds ?? 1,
+  seconds: spec.seconds ?? DEFAULT_WINDOW_SECONDS,
+});
+
 /**
  * The goodput a receiver can count through a class of `rate`: HTB charges each full-size segment's
  * Ethernet, IP and TCP headers (1514 bytes on the wire) against the rate, while the receiver counts only
@@ -116,8 +122,7 @@ let nextPort = 46000;
 
 async function measureOne(ends: TrafficEnds, spec: GoodputSpec, peers: Peer[], aborted: AbortSignal): Promise<Goodput> {
   const port = spec.port ?? nextPort++;
-  const seconds = spec.seconds ?? DEFAULT_WINDOW_SECONDS;
-  const warmup = spec.warmupSeconds ?? 1;
+  const { warmup, seconds } = timing(spec);
   const target = `${spec.to.includes(':') ? `[${spec.to}]` : spec.to}:${port}`;
   const receiver = new Peer(`receiver on ${target}`, ends.clientNs, ['receive', spec.to, String(port), String(warmup), String(seconds)]);
   peers.push(receiver);
@@ -147,7 +152,7 @@ export async function measureGoodputConcurrently(ends: TrafficEnds, specs: Goodp
   if (specs.length === 0) return [];
   const peers: Peer[] = [];
   const abort = new AbortController();
-  const limit = Math.max(...specs.map((spec) => (spec.warmupSeconds ?? 1) + (spec.seconds ?? DEFAULT_WINDOW_SECONDS))) + STARTUP_SECONDS;
+  const limit = Math.max(...specs.map(timing).map(({ warmup, seconds }) => warmup + seconds)) + STARTUP_SECONDS;
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`goodput to ${specs.map((s) => s.to).join(', ')} not measured within ${limit} s`)), limit * 1000);
