@@ -41,10 +41,12 @@ export function readQdisc(message: ReceivedMessage, context: KindContext): Qdisc
 }
 
 /** Only a class's handle and byte counter: what polling for activity needs, without decoding its options. */
-export function readClassBytes(message: ReceivedMessage): { handle: number; bytes: number } {
+export function readClassCounters(message: ReceivedMessage): { handle: number; bytes: number; backlog: number } {
   const { handle } = tcmsg.decode(message.body);
   const { stats2 } = tcaAttributes.read(message.body.subarray(tcmsg.size));
-  return { handle, bytes: stats2 ? readStatistics(stats2).statistics.bytes : 0 };
+  if (!stats2) return { handle, bytes: 0, backlog: 0 };
+  const { bytes, backlog } = readStatistics(stats2).statistics;
+  return { handle, bytes, backlog };
 }
 
 /** A class of a kind we speak; undefined for others. */

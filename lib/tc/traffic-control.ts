@@ -12,7 +12,7 @@ import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/err
 import { Flags, ifinfomsg, MessageType, type ReceivedMessage, tcmsg } from '../wire/message.js';
 import { formatHandle, type HandleInput, parseHandle, TC_H_ROOT } from './handle.js';
 import type { KindContext } from './kind.js';
-import { readClass, readClassBytes, readFilter, readQdisc } from './decode.js';
+import { readClass, readClassCounters, readFilter, readQdisc } from './decode.js';
 import { filterKindProbe, operationRequest, qdiscKindProbe } from './encode.js';
 import { DEFAULT_FILTER_KIND, type FilterKindName } from './registry.js';
 import type { ClassRef, ClassSpec, DeviceTarget, Filter, FilterRef, FilterSpec, Operation, Qdisc, QdiscRef, QdiscSpec, TcClass } from './types.js';
@@ -271,10 +271,15 @@ export class TrafficControl {
 
   /** Bytes sent through each class of a device, by class handle: one dump, counters only (cheap to poll). */
   classBytes(device: DeviceInput): Map<number, number> {
+    return new Map([...this.classCounters(device)].map(([handle, { bytes }]) => [handle, bytes]));
+  }
+
+  /** Bytes sent and bytes queued now in each class of a device, by class handle: one dump, counters only. */
+  classCounters(device: DeviceInput): Map<number, { bytes: number; backlog: number }> {
     return new Map(
       this.dump(MessageType.GETTCLASS, device, 0, 'classes').map((message) => {
-        const { handle, bytes } = readClassBytes(message);
-        return [handle, bytes];
+        const { handle, bytes, backlog } = readClassCounters(message);
+        return [handle, { bytes, backlog }];
       }),
     );
   }
