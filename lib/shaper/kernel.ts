@@ -13,9 +13,13 @@ import type { NetlinkError } from '../wire/errors.js';
 export interface ShaperKernel {
   /** The device's MTU. */
   mtu(): number;
+  /** The device's interface index as last looked up (linkReplaced() looks again). */
+  ifindex(): number;
   /** Whether the device was re-created since it was first looked up (its index changed). */
   linkReplaced(): boolean;
   rootQdisc(): Qdisc | undefined;
+  /** Every qdisc on the device: the root and the leaves. */
+  qdiscs(): Qdisc[];
   classes(): TcClass[];
   /** The same, read a few dozen classes per event-loop turn (see TrafficControl.classesInTurns). */
   classesInTurns(): Promise<TcClass[]>;
@@ -29,16 +33,23 @@ export interface ShaperKernel {
   /** Sends the operations in order; one result per operation. */
   batch(operations: readonly Operation[]): { error?: NetlinkError | undefined }[];
   close(): void;
+  /** The netlink port id the changes are sent from: a listener leaves out its notifications (undefined in dry runs). */
+  readonly portId: number | undefined;
   /** The connection underneath, for callers reading more than the Shaper does (undefined in dry runs). */
   readonly trafficControl: TrafficControl | undefined;
 }
+
+/** The port's reads alone: what a Shaper lets others look at (ShaperWatch compares the kernel with its pipes). */
+export type ShaperKernelReader = Omit<ShaperKernel, 'batch' | 'close' | 'trafficControl'>;
 
 /** The live kernel: `device` through an open TrafficControl, which the port closes. */
 export function liveKernel(tc: TrafficControl, device: string): ShaperKernel {
   return {
     mtu: () => tc.link(device).mtu,
+    ifindex: () => tc.link(device).ifindex,
     linkReplaced: () => tc.link(device).ifindex !== tc.link(device, { refresh: true }).ifindex,
     rootQdisc: () => tc.rootQdisc(device),
+    qdiscs: () => tc.qdiscs(device),
     classes: () => tc.classes(device),
     classesInTurns: () => tc.classesInTurns(device),
     filters: (parent) => tc.filters(device, parent),
@@ -47,6 +58,7 @@ export function liveKernel(tc: TrafficControl, device: string): ShaperKernel {
     hasQdiscKind: (kind) => tc.hasQdiscKind(kind),
     batch: (operations) => tc.batch(device, operations),
     close: () => tc.close(),
+    portId: tc.portId,
     trafficControl: tc,
   };
 }
@@ -75,8 +87,10 @@ export function recordingKernel(): ShaperKernel {
   };
   return {
     mtu: () => 1500,
+    ifindex: () => 0,
     linkReplaced: () => false,
     rootQdisc: () => root,
+    qdiscs: () => (root ? [root] : []),
     classes: () => [],
     classesInTurns: async () => [],
     filters: () => [],
@@ -89,6 +103,7 @@ export function recordingKernel(): ShaperKernel {
         return {};
       }),
     close: () => {},
+    portId: undefined,
     trafficControl: undefined,
   };
 }

@@ -8,6 +8,10 @@
  *      └─ …
  *   filters on 5a:  prio 1 ip   → hash table 2: keyed on the last byte of the destination → per-client filter
  *                   prio 2 ipv6 → hash table 3: likewise
+ *
+ * This file keeps the kernel side: the lifecycle (open, set up, adopt, repair, close), each pipe's class,
+ * leaf and filter operations, and the reads (state, bytesSent). What each pipe is guaranteed — wanted
+ * rates, server limits, reserve, rebalancing — is kept in the allocation books (books.ts).
  */
 import { type ClientAddress, NetworkSet, parseClientAddress } from '../address.js';
 import { inChunks, type ProgressListener } from '../progress.js';
@@ -20,7 +24,6 @@ import { type BitsPerSecond, parseRate, type RateInput } from '../tc/units.js';
 import { type KernelWarning, NetlinkError, ShaperrInputError } from '../wire/errors.js';
 import { drained, removeRootDraining } from './drain.js';
 import { HandlePool } from './handle-pool.js';
-import { liveKernel, recordingKernel, type ShaperKernel } from './kernel.js';
 import {
   clientBucket,
   clientFilterRef,
@@ -34,7 +37,9 @@ import {
   SHAPER_ROOT,
   SHAPER_SERVER_CLASS,
 } from './layout.js';
-import { type AllocationTerms, allocationTerms, type PipeParameters, pipeParameters, sameTerms, type WantedLimits, wantedRateOf } from './shares.js';
+import { type PipeParameters, type WantedLimits, wantedRateOf } from './shares.js';
+import { AllocationBooks, type BookedClient, type PipeChange, type RebalanceOptions } from './books.js';
+import { liveKernel, recordingKernel, type ShaperKernel, type ShaperKernelReader } from './kernel.js';
 
 /** sfq's default queue depth in packets; bfifo leaves hold as many full-size packets' worth of bytes. */
 const SFQ_DEFAULT_LIMIT = 127;
@@ -109,21 +114,11 @@ export interface ShaperState {
   server?: TcClass;
 }
 
-interface AppliedClient {
-  address: ClientAddress;
+interface AppliedClient extends BookedClient {
   minor: number;
   filterNode: number;
-  wanted: WantedLimits;
-  /** What the kernel has (undefined: not made yet, or unknown after a failed change). */
-  pipe?: PipeParameters | undefined;
   leaf: LeafKind;
   since: Date;
-  /** Whether the pipe is in the kernel (its parameters may still be unknown after a failed change). */
-  made: boolean;
-  /** Parameters worked out by the rebalance under way, not yet in the kernel. */
-  next?: PipeParameters | undefined;
-  /** Set once the owner has been told that this client's guarantee falls short. */
-  toldShort?: boolean;
 }
 
 /** Guarantees that go down, then new pipes (one operation list each), then guarantees that go up. */
@@ -153,8 +148,6 @@ const SERVER_CLASS = SHAPER_SERVER_CLASS;
 const FIRST_CLIENT_MINOR = 0x10;
 const LAST_CLIENT_MINOR = 0xfffe;
 const COUNTER_MAX_AGE_MS = 1000;
-/** Guarantees below this are reported: too little for most video. */
-const SHORTFALL_FLOOR = 1_000_000;
 
 /** Packets up to the device MTU plus an Ethernet/VLAN header must fit the rate tables (tc assumes 1600). */
 const classMtuFor = (deviceMtu: number): number => Math.max(HTB_DEFAULT_MTU, deviceMtu + 18);
@@ -166,7 +159,8 @@ function parseLimits(limits: RateLimits): WantedLimits {
 }
 
 export class Shaper {
-  private readonly clientsByAddress = new Map<string, AppliedClient>();
+  /** The clients and what their pipes are guaranteed. */
+  private readonly books: AllocationBooks<AppliedClient>;
   private readonly minors = new HandlePool(FIRST_CLIENT_MINOR, LAST_CLIENT_MINOR, new Set([ROOT_MAJOR]));
   /** One node pool per u32 hash bucket, keyed `family:bucket`. */
   private readonly filterNodes = new Map<string, HandlePool>();
@@ -179,47 +173,22 @@ export class Shaper {
   private longOperation?: Promise<void>;
   /** Released pipes still draining their queue (close waits for them). */
   private readonly draining = new Set<Promise<void>>();
-  /** Bits per second of the server rate kept for traffic no pipe carries (e.g. Plex Relay streams). */
-  private reservedRate = 0;
-  /** Guaranteed rates of released pipes still draining, by minor: they count against the server rate until deleted. */
-  private readonly drainingGuarantees = new Map<number, number>();
-  /** The terms every settled pipe's parameters follow (undefined: none yet, the next rebalance sets every pipe). */
-  private allocation: AllocationTerms | undefined;
-  /**
-   * Clients whose pipe may not follow the allocation: new, wanting something else, or unknown after a
-   * failed change. While the terms stay, a rebalance works out these alone: among 5,000 pipes a join
-   * adds up the wanted rates and makes one pipe's parameters, not 5,000.
-   */
-  private readonly unsettled = new Set<AppliedClient>();
-  /** The clients' wanted rates added up (bits/s). */
-  private wantedTotal = 0;
   readonly stats: ShaperStats = { kernelRequests: 0, rebalanceChanges: 0 };
 
   /** Class counters from one dump, shared by the bytesSent() calls that accept counters this old. */
   private counters = { readAt: -Infinity, bytes: new Map<number, number>() };
-  /** The server class's limits in bits per second. */
-  private server: WantedLimits;
 
   private constructor(
     private readonly kernel: ShaperKernel,
     private readonly options: ShaperOptions,
     leaf: LeafKind,
   ) {
-    this.server = parseLimits(options.server);
+    const server = parseLimits(options.server);
     this.exempt = new NetworkSet(options.exempt ?? []);
     this.defaults = parseLimits(options.client);
     this.leaf = leaf;
     this.warn = options.onWarning ?? ((message) => process.emitWarning(message, 'ShaperrWarning'));
-  }
-
-  /** Says once, at open and on each change, that a server ceil above its rate changes nothing (measured: see README). */
-  private noteServerCeil(): void {
-    if (this.server.ceil > this.server.rate) {
-      this.warn(
-        `server ceil ${this.server.ceil / 1e6} Mbit/s is above its rate ${this.server.rate / 1e6} Mbit/s: the server class sits at the root with ` +
-          'nothing to borrow from, so the server rate is the limit',
-      );
-    }
+    this.books = new AllocationBooks(server, this.warn);
   }
 
   /**
@@ -239,7 +208,7 @@ export class Shaper {
         );
     try {
       const shaper = new Shaper(kernel, options, chooseLeaf(kernel, options.leaf ?? 'sfq', onWarning));
-      shaper.noteServerCeil();
+      shaper.books.noteServerCeil();
       shaper.setUp();
       return shaper;
     } catch (error) {
@@ -263,7 +232,7 @@ export class Shaper {
   tcCommands(): string[] {
     this.ensureOpen();
     const operations = [...this.createOperations()];
-    for (const client of this.clientsByAddress.values()) if (client.pipe) operations.push(...this.clientOperations(client, client.pipe));
+    for (const client of this.books.clients()) if (client.pipe) operations.push(...this.clientOperations(client, client.pipe));
     return operations.map((operation) => toTcCommand(this.options.device, operation));
   }
 
@@ -308,8 +277,8 @@ export class Shaper {
     ];
   }
 
-  private serverClassSpec() {
-    const options: HtbClassOptions = { rate: this.server.rate, ceil: this.server.ceil, mtu: this.classMtu };
+  private serverClassSpec({ rate, ceil } = this.books.serverLimits) {
+    const options: HtbClassOptions = { rate, ceil, mtu: this.classMtu };
     return { kind: 'htb' as const, parent: ROOT_HANDLE, classid: SERVER_CLASS, options };
   }
 
@@ -319,19 +288,21 @@ export class Shaper {
    */
   setServerLimits(limits: RateLimits): void {
     this.ensureOpen();
-    const previous = this.server;
-    this.server = parseLimits(limits);
-    const { lower, raise, changed, commit } = this.rebalanceOperations();
+    const server = parseLimits(limits);
+    const { lower, raise, forget, commit } = this.rebalanceOperations({ server });
     try {
-      this.applyAll([...lower, { op: 'change', class: this.serverClassSpec() }, ...raise]);
+      this.applyAll([...lower, { op: 'change', class: this.serverClassSpec(server) }, ...raise]);
     } catch (error) {
       // The old limits stay (a repair rebuilds the server class with them).
-      this.server = previous;
-      this.forgetRebalance(changed);
+      forget();
       throw error;
     }
-    this.noteServerCeil();
     commit();
+  }
+
+  /** The server class's limits (bits/s) as they are now. */
+  get serverLimits(): Readonly<WantedLimits> {
+    return this.books.serverLimits;
   }
 
   /**
@@ -341,9 +312,7 @@ export class Shaper {
    */
   setReservedRate(rate: BitsPerSecond): void {
     this.ensureOpen();
-    if (!Number.isFinite(rate) || rate < 0) throw new ShaperrInputError(`invalid reserved rate ${rate}: expected bits per second ≥ 0`);
-    if (rate === this.reservedRate) return;
-    this.reservedRate = rate;
+    if (!this.books.setReservedRate(rate)) return;
     const { all, commit } = this.rebalanceOperations();
     this.applyAll(all);
     commit();
@@ -368,10 +337,9 @@ export class Shaper {
     this.ensureOpen();
     await this.exclusively(async () => {
       this.create();
-      const clients = [...this.clientsByAddress.values()];
-      for (const client of clients) client.made = false;
-      const { commit } = this.rebalanceOperations(new Set(), { everyPipe: true });
-      await inChunks(clients, (chunk) => this.applyAll(chunk.flatMap((client) => this.clientOperations(client, client.next!))), onProgress);
+      const clients = [...this.books.clients()];
+      const { parametersOf, commit } = this.rebalanceOperations({ rebuild: true });
+      await inChunks(clients, (chunk) => this.applyAll(chunk.flatMap((client) => this.clientOperations(client, parametersOf(client)))), onProgress);
       commit();
     });
   }
@@ -392,7 +360,7 @@ export class Shaper {
   async repairPipes(classids: ReadonlySet<number>): Promise<number> {
     this.ensureOpen();
     await this.waitForLongOperation();
-    const damaged = [...this.clientsByAddress.values()].filter((client) => client.made && client.pipe && classids.has(makeHandle(ROOT_MAJOR, client.minor)));
+    const damaged = [...this.books.clients()].filter((client) => client.made && client.pipe && classids.has(makeHandle(ROOT_MAJOR, client.minor)));
     this.applyAll(damaged.flatMap((client) => this.clientOperations(client, client.pipe!).map((operation) => ({ ...operation, op: 'replace' }) as Operation)));
     return damaged.length;
   }
@@ -444,7 +412,7 @@ export class Shaper {
       const client = readClientFilter(filter);
       if (!client) continue;
       const tcClass = classes.get(client.classid);
-      if (!tcClass || this.clientsByAddress.has(client.address.text)) {
+      if (!tcClass || this.books.get(client.address.text)) {
         fixes.push({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node), ifPresent: true });
         continue;
       }
@@ -465,7 +433,7 @@ export class Shaper {
       // kernel cannot hold (a ceil above the server rate) a caller that knows, such as shaperrd with its
       // state file, passes again with throttleAll.
       const wantedRate = Math.max(rate, wantedRateOf(quantum) ?? rate);
-      this.addClient({
+      this.books.add({
         address: client.address,
         minor,
         filterNode: client.node,
@@ -566,11 +534,11 @@ export class Shaper {
         results.push({ result: 'exempt' });
         continue;
       }
-      const existing = this.clientsByAddress.get(address.text);
+      const existing = this.books.get(address.text);
       if (existing) {
         const same = existing.wanted.rate === wanted.rate && existing.wanted.ceil === wanted.ceil;
         if (!previous.has(existing)) previous.set(existing, existing.wanted);
-        if (!same) this.setWantedLimits(existing, wanted);
+        if (!same) this.books.setWanted(existing, wanted);
         results.push({ result: same ? 'unchanged' : 'changed', client: existing });
         continue;
       }
@@ -584,20 +552,20 @@ export class Shaper {
         leaf: this.leaf,
         since: new Date(),
       };
-      this.addClient(client);
+      this.books.add(client);
       made.push(client);
       results.push({ result: 'applied', client });
     }
-    const { lower, raise, changed, commit } = this.rebalanceOperations(new Set(previous.keys()));
-    const plan: ChangePlan = { lower, pipes: made.map((client) => this.clientOperations(client, client.next!)), raise };
+    const { lower, raise, parametersOf, forget, commit } = this.rebalanceOperations({ subjects: new Set(previous.keys()) });
+    const plan: ChangePlan = { lower, pipes: made.map((client) => this.clientOperations(client, parametersOf(client))), raise };
     const outcomes = () => {
       commit();
       return results.map(({ result, client, error }) => ({ result, ...(client ? { client: this.describe(client) } : {}), ...(error ? { error } : {}) }));
     };
     const undo = (error: unknown): never => {
-      for (const [client, wanted] of previous) this.setWantedLimits(client, wanted);
+      for (const [client, wanted] of previous) this.books.setWanted(client, wanted);
       this.forgetPipes(made);
-      this.forgetRebalance(changed);
+      forget();
       throw error;
     };
     if (apply) return apply(plan).then(outcomes, undo);
@@ -619,107 +587,33 @@ export class Shaper {
       ]),
     );
     for (const client of clients) {
-      this.removeClient(client);
+      this.books.remove(client);
       this.minors.release(client.minor);
       this.nodePool(client.address).release(client.filterNode);
     }
   }
 
-  // Clients come, go and change what they want only through these three, which keep wantedTotal: a join
-  // among thousands of pipes does not add up their wanted rates again.
-  private addClient(client: AppliedClient): void {
-    this.clientsByAddress.set(client.address.text, client);
-    this.wantedTotal += client.wanted.rate;
-    this.unsettled.add(client);
-  }
-
-  private removeClient(client: AppliedClient): void {
-    if (this.clientsByAddress.get(client.address.text) !== client) return;
-    this.clientsByAddress.delete(client.address.text);
-    this.wantedTotal -= client.wanted.rate;
-    this.unsettled.delete(client);
-  }
-
-  private setWantedLimits(client: AppliedClient, wanted: WantedLimits): void {
-    if (this.clientsByAddress.get(client.address.text) === client) this.wantedTotal += wanted.rate - client.wanted.rate;
-    client.wanted = wanted;
-    this.unsettled.add(client);
-  }
-
-  /** After a failed batch: pipes it was changing may or may not have changed, unknown now, so the next rebalance sets them again. */
-  private forgetRebalance(changed: readonly AppliedClient[]): void {
-    for (const client of changed) {
-      client.pipe = undefined;
-      this.unsettled.add(client);
-    }
-    for (const client of this.clientsByAddress.values()) client.next = undefined;
-  }
-
   /**
-   * Works out the pipes' parameters and the class changes that get the kernel there: guarantees that go
-   * down first, so the guarantees never add up to more than the server rate even halfway through a batch.
-   * While the allocation's terms stay, only unsettled pipes are looked at (`everyPipe` forces all).
-   * Pipes not made yet get theirs from clientOperations. `commit` records the result once the kernel has
-   * it. Changes to `subjects` (the clients an event is about) do not count as rebalancing.
+   * The books' rebalance as class changes: guarantees that go down first, so the guarantees never add up to
+   * more than the server rate even halfway through a batch. Pipes not made yet get theirs from
+   * clientOperations (`parametersOf`). `commit` records the result once the kernel has it.
    */
-  private rebalanceOperations(
-    subjects: ReadonlySet<AppliedClient> = new Set(),
-    { everyPipe = false } = {},
-  ): {
-    lower: Operation[];
-    raise: Operation[];
-    all: Operation[];
-    changed: AppliedClient[];
-    commit: () => void;
-  } {
-    let reserved = this.reservedRate;
-    for (const rate of this.drainingGuarantees.values()) reserved += rate;
-    const terms = allocationTerms(this.server.rate, this.server.rate - reserved, this.wantedTotal, this.allocation);
-    const clients = everyPipe || !sameTerms(this.allocation, terms) ? [...this.clientsByAddress.values()] : [...this.unsettled];
-    const lower: Operation[] = [];
-    const raise: Operation[] = [];
-    const changed: AppliedClient[] = [];
-    let others = 0;
-    for (const client of clients) {
-      const current = client.pipe;
-      const next = pipeParameters(client.wanted, terms, current);
-      client.next = next;
-      if (!client.made || next === current) continue;
-      (current && next.rate < current.rate ? lower : raise).push({ op: 'change', class: this.classSpec(client.minor, next) });
-      changed.push(client);
-      if (!subjects.has(client)) others++;
-    }
-    const commit = () => {
-      this.allocation = terms;
-      for (const client of clients) {
-        client.pipe = client.next;
-        client.made = true;
-        client.next = undefined;
-        this.unsettled.delete(client);
-        this.noteShortfall(client);
-      }
-      this.stats.rebalanceChanges += others;
+  private rebalanceOperations(options?: RebalanceOptions<AppliedClient>) {
+    const rebalance = this.books.rebalance(options);
+    const change = ({ client, parameters }: PipeChange<AppliedClient>): Operation => ({ op: 'change', class: this.classSpec(client.minor, parameters) });
+    const lower = rebalance.lower.map(change);
+    const raise = rebalance.raise.map(change);
+    return {
+      lower,
+      raise,
+      all: [...lower, ...raise],
+      parametersOf: rebalance.parametersOf,
+      forget: rebalance.forget,
+      commit: () => {
+        rebalance.commit();
+        this.stats.rebalanceChanges += rebalance.otherChanges;
+      },
     };
-    return { lower, raise, all: [...lower, ...raise], changed, commit };
-  }
-
-  /** Tells the owner once per client when its guarantee falls below what it wants, or below 1 Mbit/s. */
-  private noteShortfall(client: AppliedClient): void {
-    if (client.toldShort) return;
-    const shortfall = this.shortfallOf(client);
-    if (!shortfall) return;
-    client.toldShort = true;
-    this.warn(`client ${client.address.text}: ${shortfall}; raise the server rate or lower the client rates`);
-  }
-
-  /** Why a client's guarantee falls short now, if it does (worked out when asked: thousands of pipes can be short at once). */
-  private shortfallOf(client: AppliedClient): string | undefined {
-    const pipe = client.pipe;
-    if (!pipe || (pipe.rate >= client.wanted.rate && pipe.rate >= SHORTFALL_FLOOR)) return undefined;
-    const mbit = (bits: number) => `${+(bits / 1e6).toFixed(2)} Mbit/s`;
-    return pipe.rate < client.wanted.rate
-      ? `guaranteed ${mbit(pipe.rate)} of the ${mbit(client.wanted.rate)} it wants: the server rate ${mbit(this.server.rate)} is shared by ${this.clientsByAddress.size} pipes`
-      : `guaranteed only ${mbit(pipe.rate)} (below 1 Mbit/s)`;
   }
 
   /**
@@ -733,16 +627,16 @@ export class Shaper {
     this.ensureOpen();
     await this.waitForLongOperation();
     const address = parseClientAddress(addressText);
-    const client = this.clientsByAddress.get(address.text);
+    const client = this.books.get(address.text);
     if (!client) return false;
-    this.removeClient(client);
+    this.books.remove(client);
     const removal = this.removePipe(client);
     this.draining.add(removal);
     try {
       await removal;
     } catch (error) {
       // Still the client's pipe (unless a throttle made a new one meanwhile), for a retry or repair.
-      if (!this.clientsByAddress.has(address.text)) this.addClient(client);
+      if (!this.books.get(address.text)) this.books.add(client);
       throw error;
     } finally {
       this.draining.delete(removal);
@@ -762,12 +656,12 @@ export class Shaper {
     const deleteClass: Operation = { op: 'delete', class: { classid }, ifPresent: true };
     const pipe = client.pipe ?? { rate: client.wanted.rate, ceil: client.wanted.ceil, quantum: 0 };
     if (this.kernel.queuedBytes(classid) > 0) {
-      this.drainingGuarantees.set(client.minor, pipe.rate);
+      this.books.startDraining(client, pipe.rate);
       try {
-        this.applyAll([deleteFilter, { op: 'change', class: this.classSpec(client.minor, { ...pipe, ceil: Math.max(pipe.rate, this.server.rate) }) }]);
+        this.applyAll([deleteFilter, { op: 'change', class: this.drainingClassSpec(client.minor, pipe) }]);
         await drained(() => this.kernel.queuedBytes(classid));
       } finally {
-        this.drainingGuarantees.delete(client.minor);
+        this.books.endDraining(client);
       }
       this.applyAll([deleteClass]);
     } else {
@@ -800,6 +694,11 @@ export class Shaper {
     return { kind: 'htb' as const, parent: SERVER_CLASS, classid: makeHandle(ROOT_MAJOR, minor), options };
   }
 
+  /** A pipe whose queue drains before it goes: its guarantee stays, it may borrow up to the server rate. */
+  private drainingClassSpec(minor: number, pipe: PipeParameters) {
+    return this.classSpec(minor, { ...pipe, ceil: Math.max(pipe.rate, this.books.serverLimits.rate) });
+  }
+
   private leafSpec(minor: number): QdiscSpec | undefined {
     const placement = { parent: makeHandle(ROOT_MAJOR, minor), handle: makeHandle(minor, 0) };
     switch (this.leaf) {
@@ -827,7 +726,7 @@ export class Shaper {
       leaf: client.leaf,
       since: client.since,
     };
-    const shortfall = this.shortfallOf(client);
+    const shortfall = this.books.shortfallOf(client);
     if (shortfall) state.shortfall = shortfall;
     if (statistics) state.statistics = statistics;
     return state;
@@ -862,7 +761,7 @@ export class Shaper {
 
   private stateFrom(classes: readonly TcClass[]): ShaperState {
     const byHandle = new Map(classes.map((tcClass) => [tcClass.handle, tcClass]));
-    const clients = [...this.clientsByAddress.values()].map((client) => this.describe(client, byHandle.get(makeHandle(ROOT_MAJOR, client.minor))?.statistics));
+    const clients = [...this.books.clients()].map((client) => this.describe(client, byHandle.get(makeHandle(ROOT_MAJOR, client.minor))?.statistics));
     const server = byHandle.get(SERVER_CLASS);
     return server ? { clients, server } : { clients };
   }
@@ -883,7 +782,7 @@ export class Shaper {
 
   /** A throttled client's pipe; canonical text (what shaperrd passes, per client several times a second) is found without parsing. */
   private clientAt(addressText: string): AppliedClient | undefined {
-    return this.clientsByAddress.get(addressText) ?? this.clientsByAddress.get(parseClientAddress(addressText).text);
+    return this.books.get(addressText) ?? this.books.get(parseClientAddress(addressText).text);
   }
 
   /** Whether an address is currently throttled. */
@@ -896,6 +795,11 @@ export class Shaper {
     return this.kernel.trafficControl;
   }
 
+  /** The kernel as this shaper sees it, for reading only (ShaperWatch compares it with the pipes). */
+  get kernelReader(): ShaperKernelReader {
+    return this.kernel;
+  }
+
   /** The leaf kind in use (after any fallback). */
   get leafKind(): LeafKind {
     return this.leaf;
@@ -903,18 +807,13 @@ export class Shaper {
 
   /** Removes everything shaperr made, dropping nothing queued; busy pipes may borrow up to the server rate meanwhile, guarantees unchanged. */
   private async teardown(): Promise<void> {
-    const clients = [...this.clientsByAddress.values()];
+    const clients = [...this.books.clients()];
     await removeRootDraining(this.kernel, (operations) => this.applyAll(operations), {
       open: (busy) => {
         const busyHandles = new Set(busy.map((tcClass) => tcClass.handle));
         return clients
           .filter((client) => client.pipe && busyHandles.has(makeHandle(ROOT_MAJOR, client.minor)))
-          .map(
-            (client): Operation => ({
-              op: 'change',
-              class: this.classSpec(client.minor, { ...client.pipe!, ceil: Math.max(client.pipe!.rate, this.server.rate) }),
-            }),
-          );
+          .map((client): Operation => ({ op: 'change', class: this.drainingClassSpec(client.minor, client.pipe!) }));
       },
       unsteer: () =>
         clients.map((client): Operation => ({ op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true })),

@@ -74,10 +74,11 @@ export class ShaperWatch {
     private readonly options: ShaperWatchOptions,
   ) {
     this.takeover = options.takeover ?? false;
-    const tc = this.tc;
+    const portId = this.kernel.portId;
+    if (portId === undefined) throw new Error('a dry-run shaper has no kernel objects to watch');
     this.monitor = TcMonitor.open({
       ...(options.netns ? { netns: options.netns } : {}),
-      ignorePortIds: [tc.portId],
+      ignorePortIds: [portId],
       onNotifications: (notifications) => this.onNotifications(notifications),
       onOverflow: () => {
         options.onOverflow?.();
@@ -93,10 +94,8 @@ export class ShaperWatch {
     return new ShaperWatch(shaper, options);
   }
 
-  private get tc() {
-    const tc = this.shaper.trafficControl;
-    if (!tc) throw new Error('a dry-run shaper has no kernel objects to watch');
-    return tc;
+  private get kernel() {
+    return this.shaper.kernelReader;
   }
 
   /** The listener's counters (notifications read, overflows). */
@@ -124,7 +123,7 @@ export class ShaperWatch {
 
   /** The device's root qdisc when it is not shaperr's (described); undefined when it is, or there is none. */
   private otherRoot(): string | undefined {
-    const root = this.tc.rootQdisc(this.options.device);
+    const root = this.kernel.rootQdisc();
     return root && !isShaperRoot(root) ? describeQdisc(root) : undefined;
   }
 
@@ -141,7 +140,7 @@ export class ShaperWatch {
 
   private onNotifications(notifications: readonly TcNotification[]): void {
     const device = this.options.device;
-    const ifindex = this.tc.link(device).ifindex;
+    const ifindex = this.kernel.ifindex();
     const pipes = new Set<number>();
     let full: string | undefined;
     for (const notification of notifications) {
@@ -239,10 +238,10 @@ export class ShaperWatch {
    * their class, leaf or filter in the kernel (undefined: the device is gone).
    */
   private readPipes(): { filters: Filter[]; damaged: Set<number>; serverClass: boolean } | undefined {
-    const { tc, shaper, options } = this;
+    const { kernel, shaper } = this;
     try {
-      const filters = tc.filters(options.device, ROOT_HANDLE);
-      const deviceClasses = tc.classes(options.device);
+      const filters = kernel.filters(ROOT_HANDLE);
+      const deviceClasses = kernel.classes();
       const serverClass = deviceClasses.some((tcClass) => tcClass.handle === SERVER_CLASS);
       const classes = new Set(deviceClasses.filter((tcClass) => tcClass.parent === SERVER_CLASS).map((tcClass) => tcClass.handle));
       const steered = new Set(filters.flatMap((filter) => readClientFilter(filter)?.classid ?? []));
@@ -252,8 +251,8 @@ export class ShaperWatch {
         leaf === 'none'
           ? undefined
           : new Set(
-              tc
-                .qdiscs(options.device)
+              kernel
+                .qdiscs()
                 .filter((qdisc) => qdisc.kind === leaf)
                 .map((qdisc) => qdisc.parent),
             );
