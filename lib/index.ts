@@ -8,6 +8,8 @@
  * - `TrafficControl`: qdiscs, classes and filters (htb, sfq, fq_codel, pfifo/bfifo, tbf; u32, matchall) —
  *   create, read back with statistics, change, delete, batch — and `toTcCommand()` for the equivalent tc
  *   command line.
+ * - `SocketDiag`: TCP connections as the kernel sees them (`ss -tin` over sock_diag): addresses, state and
+ *   tcp_info's round trips and delivery rate, filtered in the kernel by local port and peer addresses.
  */
 export { Shaper } from './shaper/shaper.js';
 export type { ClientState, LeafKind, RateLimits, ShaperOptions, ShaperState, ShaperView, ShaperStats, ThrottleOutcome } from './shaper/shaper.js';
@@ -56,6 +58,11 @@ export type { FifoOptions } from './tc/kinds/fifo.js';
 export type { TbfOptions } from './tc/kinds/tbf.js';
 export type { FqCodelOptions, FqCodelParameters, FqCodelStats } from './tc/kinds/fq_codel.js';
 export type { MatchallOptions, MatchallParameters } from './tc/kinds/matchall.js';
+export { SocketDiag } from './diag/socket-diag.js';
+export type { SocketDiagOptions, TcpSocketQuery } from './diag/socket-diag.js';
+export type { TcpSocket } from './diag/inet-diag.js';
+export type { TcpInfo } from './diag/tcp-info.js';
+export type { TcpStateName } from './diag/tcp-states.js';
 export { NetworkSet, parseClientAddress } from './address.js';
 export { NetlinkError, ShaperrInputError } from './wire/errors.js';
 export type { KernelWarning } from './wire/errors.js';
