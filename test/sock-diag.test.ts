@@ -537,7 +537,7 @@ t.test(
       t.same(theirs.subarray(24, 72), ours.subarray(24, 72), 'the socket id: all zero');
     });
 
-    // The port condition: the same test (S_COND, no family, any address, port P); ss leaves 4 unused
+    // The port condition: the same test (S_COND, no family, any address, port P); ss (iproute2 6.1) leaves 4 unused
     // bytes after it (room for an address an AF_UNSPEC condition does not have), so its jumps are 4 longer.
     const bytecode = requests[0]!.subarray(72 + 4);
     t.equal(requests[0]!.readUInt16LE(72 + 2), 1, 'INET_DIAG_REQ_BYTECODE');

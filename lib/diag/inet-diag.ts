@@ -89,7 +89,7 @@ export interface TcpSocket {
 }
 
 /** A reply that does not parse, as a NetlinkError (EBADMSG) whose hint says what is wrong with it. */
-export function malformedReply(context: RequestContext, problem: string): NetlinkError {
+function malformedReply(context: RequestContext, problem: string): NetlinkError {
   return new NetlinkError(constants.errno.EBADMSG, { ...context, explain: () => ({ hint: `malformed reply: ${problem}` }) });
 }
 

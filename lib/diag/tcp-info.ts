@@ -61,19 +61,16 @@ const appended = [
   struct({ bytesSent: u64, bytesRetrans: u64, dsackDups: u32, reordSeen: u32 }), // 4.19
   struct({ rcvOoopack: u32, sndWnd: u32 }), // 5.4
   struct({ rcvWnd: u32, rehash: u32 }), // 6.2
-  struct({ totalRto: u16, totalRtoRecoveries: u16, totalRtoTimeMs: u32 }), // 6.7: 248 bytes in all
+  struct({ totalRto: u16, totalRtoRecoveries: u16, totalRtoTimeMs: u32 }), // 6.7: 248 bytes (6.18 sends 280: AccECN counters, not read)
 ] as const;
 
 type PartValue<P> = P extends StructCodec<infer T> ? T : never;
 type UnionToIntersection<U> = (U extends unknown ? (part: U) => void : never) extends (part: infer I) => void ? I : never;
 /** The kernel's fields as declared: the base always, an appended part's fields when the reply held it. */
-export type TcpInfoFields = PartValue<typeof base> & Partial<UnionToIntersection<PartValue<(typeof appended)[number]>>>;
-
-/** The bytes of the struct this code declares; a newer kernel sends more, read up to here. */
-export const TCP_INFO_DECLARED_BYTES = appended.reduce((size, part) => size + part.size, base.size);
+type TcpInfoFields = PartValue<typeof base> & Partial<UnionToIntersection<PartValue<(typeof appended)[number]>>>;
 
 /** The declared fields a reply of this length holds; undefined when it is shorter than the base. */
-export function decodeTcpInfoFields(payload: Uint8Array): TcpInfoFields | undefined {
+function decodeTcpInfoFields(payload: Uint8Array): TcpInfoFields | undefined {
   if (payload.byteLength < base.size) return undefined;
   const fields: TcpInfoFields = base.decode(payload);
   let at = base.size;
