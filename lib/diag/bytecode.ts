@@ -42,7 +42,7 @@ const hostcond = struct({ family: u8, prefixLength: u8, pad: bytes(2), port: s32
 
 export interface SocketFilter {
   localPort?: number;
-  /** The socket's peer is one of these; an empty list matches nothing. */
+  /** The socket's peer is one of these. An empty list is no test at all: the caller asks nothing then. */
   peers?: readonly ClientAddress[];
 }
 
@@ -81,7 +81,7 @@ export function compileFilter(filter: SocketFilter): Uint8Array | undefined {
   if (length > MAX_BYTECODE_BYTES) {
     const peers = filter.peers?.length ?? 0;
     throw new ShaperrInputError(
-      `a filter on ${peers} peer addresses takes ${length} bytes, and the kernel takes at most ${MAX_BYTECODE_BYTES} (3,276 IPv4 or 2,047 IPv6 peers): ask in several dumps`,
+      `a filter on ${peers} peer addresses takes ${length} bytes, and the kernel takes at most ${MAX_BYTECODE_BYTES} (3,276 IPv4 or 2,047 IPv6 peers): split the list across several calls`,
     );
   }
   const out = new Uint8Array(length);
