@@ -252,13 +252,11 @@ interface Lab {
   topology: Topology;
   server: Peer;
   diag: SocketDiag;
-  /** Plex-like dual-stack listener, and an IPv4-only one. */
-  dualStackPort: number;
-  ipv4Port: number;
   /** Every connection, from the server's side. */
   connections: { localAddress: string; localPort: number; peerAddress: string; peerPort: number }[];
 }
 
+/** A dual-stack listener like Plex's, and an IPv4-only one. */
 const DUAL_STACK_PORT = 32400;
 const IPV4_PORT = 8080;
 
@@ -293,7 +291,7 @@ async function startLab(t: Test): Promise<Lab> {
   t.teardown(() => diag.close());
   // The server may still be accepting the last connections.
   await until(() => diag.tcpSockets().length === connections.length, 10_000);
-  return { topology, server, diag, dualStackPort: DUAL_STACK_PORT, ipv4Port: IPV4_PORT, connections };
+  return { topology, server, diag, connections };
 }
 
 /** Has the server send `bytes` on the connection from `peer` and waits until the kernel took them. */
@@ -325,13 +323,13 @@ t.test('the kernel filters: by local port, by peers (IPv4 and IPv6, dual-stack),
     'every established socket, IPv4 and IPv6 tables',
   );
   t.same(
-    sorted(diag.tcpSockets({ localPort: lab.dualStackPort })),
-    expected((c) => c.localPort === lab.dualStackPort),
+    sorted(diag.tcpSockets({ localPort: DUAL_STACK_PORT })),
+    expected((c) => c.localPort === DUAL_STACK_PORT),
     'local port: the dual-stack listener connections, IPv4 peers as IPv4 (not ::ffff:)',
   );
   t.same(
-    sorted(diag.tcpSockets({ localPort: lab.ipv4Port })),
-    expected((c) => c.localPort === lab.ipv4Port),
+    sorted(diag.tcpSockets({ localPort: IPV4_PORT })),
+    expected((c) => c.localPort === IPV4_PORT),
     'local port: the IPv4 listener connections',
   );
   t.same(diag.tcpSockets({ localPort: 1 }), [], 'a port nothing uses: []');
@@ -347,8 +345,8 @@ t.test('the kernel filters: by local port, by peers (IPv4 and IPv6, dual-stack),
     'a peer given IPv4-mapped is the IPv4 address',
   );
   t.same(
-    sorted(diag.tcpSockets({ peers: [client2], localPort: lab.ipv4Port })),
-    expected((c) => c.peerAddress === client2 && c.localPort === lab.ipv4Port),
+    sorted(diag.tcpSockets({ peers: [client2], localPort: IPV4_PORT })),
+    expected((c) => c.peerAddress === client2 && c.localPort === IPV4_PORT),
     'peer and port',
   );
   t.same(diag.tcpSockets({ peers: ['10.200.9.9', 'fd00:5a::9:9'] }), [], 'peers with no connection: []');
@@ -357,10 +355,10 @@ t.test('the kernel filters: by local port, by peers (IPv4 and IPv6, dual-stack),
   const ipv4Table = diag.tcpSockets({ family: 4 });
   t.same(
     sorted(ipv4Table),
-    expected((c) => c.localPort === lab.ipv4Port),
+    expected((c) => c.localPort === IPV4_PORT),
     'family 4: the IPv4 table only (dual-stack sockets are in the IPv6 one)',
   );
-  const ipv6Table = diag.tcpSockets({ family: 6, localPort: lab.dualStackPort });
+  const ipv6Table = diag.tcpSockets({ family: 6, localPort: DUAL_STACK_PORT });
   t.same(
     ipv6Table.map((socket) => socket.family).sort(),
     [4, 4, 6, 6],
@@ -369,8 +367,8 @@ t.test('the kernel filters: by local port, by peers (IPv4 and IPv6, dual-stack),
 
   const listeners = diag.tcpSockets({ states: ['listen'] });
   t.same(listeners.map((socket) => `${socket.state} ${socket.family} ${socket.localAddress}:${socket.localPort}`).sort(), [
-    `listen 4 0.0.0.0:${lab.ipv4Port}`,
-    `listen 6 :::${lab.dualStackPort}`,
+    `listen 4 0.0.0.0:${IPV4_PORT}`,
+    `listen 6 :::${DUAL_STACK_PORT}`,
   ]);
   t.same(diag.tcpSockets({ states: [] }), [], 'no states: nothing');
   t.equal(listeners[0]?.tcp?.state, 'listen', 'a listener has tcp_info too');
@@ -378,7 +376,7 @@ t.test('the kernel filters: by local port, by peers (IPv4 and IPv6, dual-stack),
 
 t.test('tcp_info: sane round trips, delivery that grows when data is sent, the congestion control', { skip }, async (t) => {
   const lab = await startLab(t);
-  const target = lab.connections.find((c) => c.localPort === lab.dualStackPort && c.peerAddress.includes(':'))!;
+  const target = lab.connections.find((c) => c.localPort === DUAL_STACK_PORT && c.peerAddress.includes(':'))!;
   const before = find(lab.diag.tcpSockets({ peers: [target.peerAddress] }), target);
   t.ok(before?.tcp, 'the connection carries tcp_info');
   for (const socket of lab.diag.tcpSockets()) {
@@ -413,9 +411,9 @@ t.test('a bulk transfer through an HTB class reads a longer srtt than an idle co
   t.teardown(() => tc.close());
   tc.addQdisc('srv0', { kind: 'htb', handle: '1:', options: { defaultClass: 0x10 } });
   tc.addClass('srv0', { kind: 'htb', parent: '1:', classid: '1:10', options: { rate: '10mbit' } });
-  const [bulk, idle] = lab.connections.filter((c) => c.localPort === lab.ipv4Port) as [Lab['connections'][number], Lab['connections'][number]];
+  const [bulk, idle] = lab.connections.filter((c) => c.localPort === IPV4_PORT) as [Lab['connections'][number], Lab['connections'][number]];
   await send(t, lab, idle, 1000);
-  const read = () => lab.diag.tcpSockets({ localPort: lab.ipv4Port });
+  const read = () => lab.diag.tcpSockets({ localPort: IPV4_PORT });
   await until(() => (find(read(), idle)?.tcp?.bytesAcked ?? 0) >= 1000);
 
   // 4 MB takes over 3 s at 10 Mbit/s: half of it acknowledged, reno has long filled the class's queue.
@@ -444,8 +442,8 @@ t.test('bad queries are refused before anything is sent; the peer bound is the k
   // one more is refused here, with the bound in the message.
   const v4 = (count: number) => Array.from({ length: count }, (_, i) => `10.${100 + (i >> 16)}.${(i >> 8) & 0xff}.${i & 0xff}`);
   const v6 = (count: number) => Array.from({ length: count }, (_, i) => `fd00:99::${i.toString(16)}`);
-  t.same(diag.tcpSockets({ localPort: lab.ipv4Port, peers: v4(3276) }), [], '3,276 IPv4 peers and a port');
-  t.same(diag.tcpSockets({ localPort: lab.ipv4Port, peers: v6(2047) }), [], '2,047 IPv6 peers and a port');
+  t.same(diag.tcpSockets({ localPort: IPV4_PORT, peers: v4(3276) }), [], '3,276 IPv4 peers and a port');
+  t.same(diag.tcpSockets({ localPort: IPV4_PORT, peers: v6(2047) }), [], '2,047 IPv6 peers and a port');
   const last = lab.topology.clientAddresses[0]!;
   t.equal(
     diag.tcpSockets({ peers: [...v4(3275), last] }).length,
@@ -462,7 +460,7 @@ t.test('needs no privilege: as nobody inside the namespace, every socket and its
   const library = new URL('../dist/lib/index.js', import.meta.url).href;
   const script = `import { SocketDiag } from ${JSON.stringify(library)};
 const diag = SocketDiag.open();
-console.log(JSON.stringify(diag.tcpSockets({ localPort: ${lab.dualStackPort} })));`;
+console.log(JSON.stringify(diag.tcpSockets({ localPort: ${DUAL_STACK_PORT} })));`;
   const result = spawnSync(
     'ip',
     [
@@ -511,12 +509,12 @@ t.test(
         '65536',
         'ss',
         '-tin',
-        `sport = :${lab.ipv4Port}`,
+        `sport = :${IPV4_PORT}`,
       ],
       { encoding: 'utf8' },
     );
     t.equal(run.status, 0, run.stderr);
-    t.match(run.stdout, `${lab.topology.serverAddress}:${lab.ipv4Port}`, 'ss saw the connections too');
+    t.match(run.stdout, `${lab.topology.serverAddress}:${IPV4_PORT}`, 'ss saw the connections too');
     // Cut by nlmsg_len: parseStraceDumps hands back ss's two sendmsg calls joined as one buffer.
     const requests = parseStraceDumps(run.stderr)
       .flatMap(netlinkMessages)
@@ -541,12 +539,12 @@ t.test(
     // bytes after it (room for an address an AF_UNSPEC condition does not have), so its jumps are 4 longer.
     const bytecode = requests[0]!.subarray(72 + 4);
     t.equal(requests[0]!.readUInt16LE(72 + 2), 1, 'INET_DIAG_REQ_BYTECODE');
-    const ourProgram = Buffer.from(compileFilter({ localPort: lab.ipv4Port })!);
+    const ourProgram = Buffer.from(compileFilter({ localPort: IPV4_PORT })!);
     t.same([...ourProgram.subarray(0, 8)], [7, 12, 16, 0, 0, 0, 0, 0], 'ours: S_COND, yes 12, no 16 (reject); family 0, prefix 0');
     t.equal(ourProgram.length, 12);
     t.same([...bytecode.subarray(0, 4)], [7, 16, 20, 0], 'ss: S_COND, yes 16, no 20 (reject)');
     t.same(bytecode.subarray(4, 12), ourProgram.subarray(4, 12), 'the same condition: family 0, prefix 0, port');
     t.same([...bytecode.subarray(12, 16)], [0, 0, 0, 0], "ss's 4 spare bytes");
-    t.equal(lab.diag.tcpSockets({ localPort: lab.ipv4Port }).length, 2, 'our 12-byte program finds the same two sockets');
+    t.equal(lab.diag.tcpSockets({ localPort: IPV4_PORT }).length, 2, 'our 12-byte program finds the same two sockets');
   },
 );
