@@ -27,8 +27,8 @@ export interface ShaperKernel {
   filters(parent: number): Filter[];
   /** Bytes queued in one class now (0 when it has none, or is gone). */
   queuedBytes(classid: number): number;
-  /** Bytes sent so far by every class, from one dump. */
-  classBytes(): Map<number, number>;
+  /** Bytes sent so far and bytes queued now in every class, from one counters-only dump. */
+  classCounters(): Map<number, { bytes: number; backlog: number }>;
   hasQdiscKind(kind: QdiscKindName): boolean;
   /** Sends the operations in order; one result per operation. */
   batch(operations: readonly Operation[]): { error?: NetlinkError | undefined }[];
@@ -54,7 +54,7 @@ export function liveKernel(tc: TrafficControl, device: string): ShaperKernel {
     classesInTurns: () => tc.classesInTurns(device),
     filters: (parent) => tc.filters(device, parent),
     queuedBytes: (classid) => tc.getClass(device, classid)?.statistics?.backlog ?? 0,
-    classBytes: () => tc.classBytes(device),
+    classCounters: () => tc.classCounters(device),
     hasQdiscKind: (kind) => tc.hasQdiscKind(kind),
     batch: (operations) => tc.batch(device, operations),
     close: () => tc.close(),
@@ -95,7 +95,7 @@ export function recordingKernel(): ShaperKernel {
     classesInTurns: async () => [],
     filters: () => [],
     queuedBytes: () => 0,
-    classBytes: () => new Map(),
+    classCounters: () => new Map(),
     hasQdiscKind: () => true,
     batch: (operations) =>
       operations.map((operation) => {

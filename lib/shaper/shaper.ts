@@ -133,6 +133,22 @@ export type ShaperView = Pick<Shaper, 'clients' | 'serverClass' | 'state' | 'byt
   close(): Promise<void>;
 };
 
+/** What the pipes and the server class carry now (Shaper.pipeCounters). */
+export interface PipeCounters {
+  /** Bytes sent through the server class so far. */
+  serverBytes: number;
+  pipes: Array<{
+    address: string;
+    /** Bytes sent through the pipe so far. */
+    bytes: number;
+    /** Bytes queued in it now. */
+    backlog: number;
+    /** Its ceil now, and the ceil its client wants (bits/s). */
+    ceil: BitsPerSecond;
+    wantedCeil: BitsPerSecond;
+  }>;
+}
+
 /** What a Shaper has sent the kernel so far. */
 export interface ShaperStats {
   /** Requests that change kernel state (adds, changes, deletes). */
@@ -176,7 +192,7 @@ export class Shaper {
   readonly stats: ShaperStats = { kernelRequests: 0, rebalanceChanges: 0 };
 
   /** Class counters from one dump, shared by the bytesSent() calls that accept counters this old. */
-  private counters = { readAt: -Infinity, bytes: new Map<number, number>() };
+  private counters = { readAt: -Infinity, byClass: new Map<number, { bytes: number; backlog: number }>() };
 
   private constructor(
     private readonly kernel: ShaperKernel,
@@ -775,9 +791,26 @@ export class Shaper {
     if (!client) return undefined;
     const now = performance.now();
     if (now - this.counters.readAt > maxAgeMs) {
-      this.counters = { readAt: now, bytes: this.kernel.classBytes() };
+      this.counters = { readAt: now, byClass: this.kernel.classCounters() };
     }
-    return this.counters.bytes.get(makeHandle(ROOT_MAJOR, client.minor));
+    return this.counters.byClass.get(makeHandle(ROOT_MAJOR, client.minor))?.bytes;
+  }
+
+  /**
+   * Each pipe's bytes sent and bytes queued now, with its ceil and wanted ceil, and the server class's
+   * bytes: one counters-only dump, read fresh (the automatic ceiling reads it ten times a second).
+   */
+  pipeCounters(): PipeCounters {
+    this.ensureOpen();
+    const byClass = this.kernel.classCounters();
+    this.counters = { readAt: performance.now(), byClass };
+    const pipes: PipeCounters['pipes'] = [];
+    for (const client of this.books.clients()) {
+      const counters = byClass.get(makeHandle(ROOT_MAJOR, client.minor));
+      if (!counters || !client.pipe) continue;
+      pipes.push({ address: client.address.text, bytes: counters.bytes, backlog: counters.backlog, ceil: client.pipe.ceil, wantedCeil: client.wanted.ceil });
+    }
+    return { serverBytes: byClass.get(SERVER_CLASS)?.bytes ?? 0, pipes };
   }
 
   /** A throttled client's pipe; canonical text (what shaperrd passes, per client several times a second) is found without parsing. */
