@@ -1,0 +1,286 @@
+/**
+ * The automatic server ceiling (`server: { rate: auto }`): a controller that moves the server rate with
+ * the uplink, fed every tick with the downstream queueing delay (what the modem's queue adds to Plex's
+ * round trips, or to a UDP probe's), what the remote ends acknowledged, and the demand (the wanted rates
+ * of the pipes backlogged now). Pure: it decides, the caller applies (auto-ceiling.ts).
+ *
+ * - Cut at once when the modem queues: to what the link delivered while it queued, less enough to drain
+ *   the queue within half a second; once drained, hold a little below that capacity.
+ * - Raise only while the players want more than the ceiling and the delay says there is room: tentative
+ *   probes, reverted at the first sign of a queue. Probes that fail at a steady capacity back off (5 s
+ *   doubling to a minute, so at most two changes a minute); one that holds keeps ramping every second.
+ * - Nothing playing (no fresh delay, no demand): hold. Silence is never congestion.
+ * - Still queueing at `min`: the uplink is busy with traffic shaperr does not carry (a bulk upload from
+ *   another host), which only the router can shape: say so.
+ */
+import type { BitsPerSecond } from '../../lib/index.js';
+
+/** One look at the uplink, taken every tick. */
+export interface UplinkSample {
+  /** Monotonic ms. */
+  at: number;
+  /** Queueing delay downstream of shaperr in ms; undefined when no fresh sample came (nothing flows). */
+  delayMs?: number | undefined;
+  /** What the remote ends acknowledged over the last moment (bits/s on the wire), when known. */
+  deliveredRate?: BitsPerSecond | undefined;
+  /** What shaperr sent through the server class over the last tick (bits/s). */
+  sentRate: BitsPerSecond;
+  /** The wanted ceilings of the pipes backlogged now, added up (bits/s). */
+  demand: BitsPerSecond;
+}
+
+export type CeilingReason = 'queue' | 'drained' | 'probe' | 'probe failed' | 'bounds';
+
+export interface CeilingChange {
+  from: BitsPerSecond;
+  to: BitsPerSecond;
+  reason: CeilingReason;
+  /** One line for the log and the status page. */
+  why: string;
+}
+
+export interface CeilingBounds {
+  min: BitsPerSecond;
+  max: BitsPerSecond;
+}
+
+/** The cause reported while the ceiling cannot help (see the header). */
+export const BUSY_UPLINK_CAUSE = 'the uplink is busy with other traffic';
+
+/** Thresholds and periods; tests and the benchmark may shorten nothing but may read them. */
+export const CEILING_TUNING = {
+  /** A delay above this in two samples in a row (or four times it once) means the modem queues. */
+  bloatMs: 12,
+  /** Below this the queue counts as drained, and a probe as harmless. */
+  clearMs: 4,
+  /** A probe is reverted when the delay passes this in two samples in a row (or twice this once). */
+  probeFailMs: 6,
+  /**
+   * The thresholds count from the signal's own floor while nothing queues (what the estimate of shaperr's
+   * own queues leaves over, a few ms), learnt slowly and never above this.
+   */
+  maxFloorMs: 6,
+  /** The queue found at a cut should be gone within this long. */
+  drainSeconds: 0.4,
+  /** A cut goes no lower than this fraction of the delivered rate (however deep the queue). */
+  deepestCut: 0.3,
+  /** After draining, the ceiling holds at this fraction of the measured capacity. */
+  holdFraction: 0.92,
+  /** After a cut, another waits this long (the first must take effect: the srtt lags by a round trip). */
+  refractoryMs: 600,
+  /** A probe that sees no queue for this long holds. */
+  probeHoldMs: 1000,
+  /** A probe goes at least this far past the capacity measured last (a small overshoot queues slowly). */
+  probeBeyondCapacity: 1.02,
+  /** Probe steps grow while probes keep holding (a link that came back is found in seconds). */
+  probeSteps: [1.04, 1.08, 1.12, 1.16, 1.2] as readonly number[],
+  /**
+   * Waits before the next probe after failed ones, at a capacity that stays: quick at first (a link that
+   * just moved may move back), then a minute (a probe and its revert are two changes).
+   */
+  probeBackoffMs: [5000, 5000, 10_000, 10_000, 20_000, 40_000, 60_000] as readonly number[],
+  /** Queueing this long at `min` reports the busy uplink. */
+  busyAfterMs: 3000,
+} as const;
+
+/** Changes smaller than this share of the ceiling are not made. */
+const SMALLEST_CHANGE = 0.01;
+
+const mbit = (bits: number): string => `${+(bits / 1e6).toFixed(2)} Mbit/s`;
+
+export class CeilingController {
+  private current: BitsPerSecond;
+  private bounds: CeilingBounds;
+  /** What the link delivered to Plex the last time it queued (bits/s); undefined: not measured yet. */
+  private capacityEstimate?: BitsPerSecond;
+  private lastDelay?: number;
+  private aboveBloat = 0;
+  private aboveProbeFail = 0;
+  /** The delay's floor while nothing queues (see maxFloorMs). */
+  private floor = 0;
+  private lastCutAt = -Infinity;
+  /** Set while the ceiling is cut below the hold level to drain a queue. */
+  private draining = false;
+  /** A probe under way: the ceiling it left, and since when Plex has sent more than the link carried before. */
+  private probe?: { base: BitsPerSecond; carryingSince?: number };
+  private probeStep = 0;
+  private failedProbes = 0;
+  private nextProbeAt = -Infinity;
+  private queueingAtMinSince?: number;
+  private busy = false;
+
+  constructor(bounds: CeilingBounds, start: BitsPerSecond) {
+    this.bounds = { ...bounds };
+    this.current = this.clamp(start);
+  }
+
+  /** The ceiling now (bits/s). */
+  get rate(): BitsPerSecond {
+    return this.current;
+  }
+
+  /** The ceiling without a probe under way. */
+  get settledRate(): BitsPerSecond {
+    return this.probe?.base ?? this.current;
+  }
+
+  /** The capacity measured the last time the modem queued (bits/s). */
+  get capacity(): BitsPerSecond | undefined {
+    return this.capacityEstimate;
+  }
+
+  /** The downstream delay of the latest sample (ms). */
+  get delayMs(): number | undefined {
+    return this.lastDelay;
+  }
+
+  /** Why the ceiling cannot keep the modem's queue short, when that is so. */
+  get cause(): string | undefined {
+    return this.busy ? BUSY_UPLINK_CAUSE : undefined;
+  }
+
+  /** New bounds (reload, a schedule's cap): the ceiling is clamped into them at once. */
+  setBounds(bounds: CeilingBounds): CeilingChange | undefined {
+    this.bounds = { ...bounds };
+    const clamped = this.clamp(this.current);
+    if (clamped === this.current) return undefined;
+    return this.move(clamped, 'bounds', `within ${mbit(bounds.min)}–${mbit(bounds.max)}`);
+  }
+
+  /** The kernel refused a change: the ceiling is what it was. */
+  restore(rate: BitsPerSecond): void {
+    this.current = rate;
+    this.probe = undefined;
+  }
+
+  /** Takes one sample; returns the change to apply, if any. */
+  observe(sample: UplinkSample): CeilingChange | undefined {
+    const tuning = CEILING_TUNING;
+    const delay = sample.delayMs;
+    const previous = this.lastDelay;
+    this.lastDelay = delay;
+    if (delay === undefined) {
+      // No fresh round trip: nothing flows, or too little to tell. Hold whatever is set.
+      this.aboveBloat = 0;
+      return undefined;
+    }
+    const carried = () => this.carried(sample, delay, previous);
+    // From here on the delay counts from the floor.
+    const excess = delay - this.floor;
+    if (!this.probe && !this.draining && excess < tuning.clearMs) this.floor = Math.min(tuning.maxFloorMs, this.floor + (delay - this.floor) * 0.05);
+    this.aboveBloat = excess > tuning.bloatMs ? this.aboveBloat + 1 : 0;
+    this.aboveProbeFail = excess > tuning.probeFailMs ? this.aboveProbeFail + 1 : 0;
+    this.noteBusy(sample.at, excess);
+
+    if (this.probe) {
+      if (this.aboveProbeFail >= 2 || excess > 2 * tuning.probeFailMs) return this.failProbe(sample.at, carried());
+      // Only traffic above what the link carried before tells that it has room: a probe the players do not
+      // fill stays pending (it costs nothing until they do, and a queue then reverts it).
+      const before = this.capacityEstimate ?? this.probe.base;
+      if (sample.sentRate < before * (1 + SMALLEST_CHANGE)) this.probe.carryingSince = undefined;
+      else this.probe.carryingSince ??= sample.at;
+      if (this.probe.carryingSince !== undefined && sample.at - this.probe.carryingSince >= tuning.probeHoldMs) {
+        // The link carried more than before without a queue: it has at least that much room.
+        this.capacityEstimate = Math.max(before, sample.sentRate);
+        this.probe = undefined;
+        this.probeStep = Math.min(this.probeStep + 1, tuning.probeSteps.length - 1);
+        this.failedProbes = 0;
+        this.nextProbeAt = sample.at;
+      }
+      return undefined;
+    }
+    if (this.aboveBloat >= 2 || excess > 4 * tuning.bloatMs) {
+      if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
+      return this.cut(sample.at, excess, carried());
+    }
+    if (excess >= tuning.clearMs) return undefined;
+    const hold = this.capacityEstimate === undefined ? undefined : this.clamp(tuning.holdFraction * this.capacityEstimate);
+    if (this.draining) {
+      this.draining = false;
+      return this.move(hold!, 'drained', `queue drained: holding at ${tuning.holdFraction * 100} % of the ${mbit(this.capacityEstimate!)} measured`);
+    }
+    if (sample.demand <= this.current * 1.02 || this.current >= this.bounds.max) return undefined;
+    if (hold !== undefined && hold > this.current * (1 + SMALLEST_CHANGE))
+      return this.move(hold, 'drained', `back to ${tuning.holdFraction * 100} % of the ${mbit(this.capacityEstimate!)} measured`);
+    if (sample.at < this.nextProbeAt) return undefined;
+    // A probe goes past what the link carried last: it either finds room or fails at once.
+    const step = tuning.probeSteps[this.probeStep]!;
+    const target = this.clamp(Math.min(Math.max(this.current * step, (this.capacityEstimate ?? 0) * tuning.probeBeyondCapacity), sample.demand));
+    if (target <= this.current) return undefined;
+    this.probe = { base: this.current };
+    return this.move(target, 'probe', `players want ${mbit(sample.demand)} and the uplink shows no queue: trying more`);
+  }
+
+  /**
+   * What the link carried for Plex while it queued: what the far ends acknowledged when known, else what
+   * shaperr sent less the queue's growth (the modem drains at its rate; the rest piles up).
+   */
+  private carried(sample: UplinkSample, delay: number, previous: number | undefined): BitsPerSecond {
+    if (sample.deliveredRate !== undefined && sample.deliveredRate > 0) return sample.deliveredRate;
+    const growth = previous === undefined ? 0 : Math.max(0, (delay - previous) / 100);
+    return sample.sentRate / (1 + growth);
+  }
+
+  private cut(at: number, delay: number, capacity: BitsPerSecond): CeilingChange | undefined {
+    const tuning = CEILING_TUNING;
+    this.capacityEstimate = capacity;
+    this.lastCutAt = at;
+    this.aboveBloat = 0;
+    this.probeStep = 0;
+    // The link moved (no probe of ours did this): it may move back soon, so probing starts quick again.
+    this.failedProbes = 0;
+    this.nextProbeAt = at + tuning.probeBackoffMs[0]!;
+    this.draining = true;
+    const fraction = Math.max(tuning.deepestCut, 1 - delay / 1000 / tuning.drainSeconds);
+    const target = this.clamp(Math.min(this.current, capacity * fraction));
+    if (target === this.current) return undefined;
+    return this.move(target, 'queue', `the uplink queues ${delay.toFixed(0)} ms beyond shaperr (it carried ${mbit(capacity)}): draining`);
+  }
+
+  private failProbe(at: number, carried: BitsPerSecond): CeilingChange | undefined {
+    const tuning = CEILING_TUNING;
+    const probe = this.probe!;
+    this.probe = undefined;
+    this.aboveProbeFail = 0;
+    this.probeStep = 0;
+    const waited = tuning.probeBackoffMs[Math.min(this.failedProbes, tuning.probeBackoffMs.length - 1)]!;
+    this.failedProbes++;
+    this.nextProbeAt = at + waited;
+    // The link carried the base without a queue, not the probe. What the far ends acknowledged tells where
+    // in between, when it was measured at the link's limit (a reading well below the base was not).
+    const capacity = carried >= 0.9 * probe.base ? Math.min(carried, this.current) : probe.base;
+    this.capacityEstimate = capacity;
+    const back = this.clamp(Math.min(probe.base, tuning.holdFraction * capacity));
+    return this.move(back, 'probe failed', `no room above ${mbit(this.capacityEstimate)}: next try in ${waited / 1000} s`);
+  }
+
+  /** Queueing for a while at `min`: traffic shaperr does not carry fills the uplink. */
+  private noteBusy(at: number, excess: number): void {
+    const queueing = excess > CEILING_TUNING.bloatMs;
+    if (queueing && this.current <= this.bounds.min) {
+      this.queueingAtMinSince ??= at;
+      if (at - this.queueingAtMinSince >= CEILING_TUNING.busyAfterMs) this.busy = true;
+    } else if (!queueing) {
+      this.queueingAtMinSince = undefined;
+      if (this.busy) {
+        // The other traffic stopped: probe again at once, from the first step.
+        this.busy = false;
+        this.failedProbes = 0;
+        this.nextProbeAt = at;
+        this.draining = false;
+      }
+    }
+  }
+
+  private clamp(rate: BitsPerSecond): BitsPerSecond {
+    return Math.round(Math.min(this.bounds.max, Math.max(this.bounds.min, rate)));
+  }
+
+  private move(to: BitsPerSecond, reason: CeilingReason, why: string): CeilingChange | undefined {
+    const from = this.current;
+    // Less than this is noise in the estimates, and a kernel request for nothing.
+    if (Math.abs(to - from) < SMALLEST_CHANGE * from) return undefined;
+    this.current = to;
+    return { from, to, reason, why };
+  }
+}

@@ -1,0 +1,188 @@
+/**
+ * The automatic ceiling's controller on a fluid model of a home uplink (a modem with a drop-tail buffer
+ * whose rate moves), ticked as shaperrd ticks it. The model is the physics, not our code: the modem
+ * drains at its rate, its queue is what shaperr sent above that, the delay a round trip later is that
+ * queue ÷ the rate. Real-kernel runs of the same promises are in auto-ceiling.test.ts.
+ */
+import t from 'tap';
+import { BUSY_UPLINK_CAUSE, CEILING_TUNING, CeilingController, type UplinkSample } from '../daemon/ceiling/controller.js';
+import { uplinkDelay } from '../daemon/ceiling/flow-delay.js';
+
+const MBIT = 1e6;
+const TICK_MS = 100;
+const STEP_MS = 10;
+
+interface ModelOptions {
+  /** Capacity in bits/s at time t (ms). */
+  capacity: (at: number) => number;
+  /** What the players want at time t (bits/s); their pipes are backlogged while it exceeds what they get. */
+  demand: (at: number) => number;
+  /** Other LAN traffic through the modem at time t: a rate (bits/s), or 'bulk' (fills whatever is left, cubic-like). */
+  other?: (at: number) => number | 'bulk';
+  /** Round trip beyond the modem (ms): the delay is seen this late. */
+  pathMs?: number;
+  start: number;
+  min?: number;
+  max?: number;
+  seconds: number;
+  bufferSeconds?: number;
+}
+
+interface ModelRun {
+  times: number[];
+  queueMs: number[];
+  ceiling: number[];
+  /** Bits Plex moved per tick ÷ capacity per tick. */
+  used: number[];
+  changes: Array<{ at: number; from: number; to: number; reason: string }>;
+  controller: CeilingController;
+}
+
+function run(options: ModelOptions): ModelRun {
+  const controller = new CeilingController({ min: options.min ?? 2 * MBIT, max: options.max ?? 30 * MBIT }, options.start);
+  const pathMs = options.pathMs ?? 40;
+  let queueBits = 0;
+  const seen: Array<{ at: number; delayMs: number }> = [];
+  const result: ModelRun = { times: [], queueMs: [], ceiling: [], used: [], changes: [], controller };
+  let tickPlexBits = 0;
+  let tickDeliveredBits = 0;
+  let tickCapacityBits = 0;
+  for (let at = 0; at < options.seconds * 1000; at += STEP_MS) {
+    const capacity = options.capacity(at);
+    const wanted = options.demand(at);
+    const plexSends = Math.min(controller.rate, wanted);
+    const other = options.other?.(at) ?? 0;
+    const otherSends = other === 'bulk' ? capacity : other;
+    const dt = STEP_MS / 1000;
+    const buffer = capacity * (options.bufferSeconds ?? 1);
+    const arriving = (plexSends + otherSends) * dt;
+    const leaving = Math.min(queueBits + arriving, capacity * dt);
+    const plexShare = arriving > 0 ? (plexSends * dt) / arriving : 0;
+    queueBits = Math.min(buffer, queueBits + arriving - leaving);
+    tickPlexBits += plexSends * dt;
+    tickDeliveredBits += leaving * plexShare;
+    tickCapacityBits += capacity * dt;
+    seen.push({ at, delayMs: (queueBits / capacity) * 1000 });
+    if ((at + STEP_MS) % TICK_MS !== 0) continue;
+    // The round trip reports the queue met one path delay ago.
+    const observed = seen.find((entry) => entry.at >= at - pathMs)!;
+    const sample: UplinkSample = {
+      at,
+      delayMs: wanted > 0 ? observed.delayMs : undefined,
+      deliveredRate: (tickDeliveredBits / TICK_MS) * 1000,
+      sentRate: (tickPlexBits / TICK_MS) * 1000,
+      demand: wanted > controller.rate ? wanted : 0,
+    };
+    const change = controller.observe(sample);
+    if (change) result.changes.push({ at, ...change });
+    result.times.push(at);
+    result.queueMs.push((queueBits / capacity) * 1000);
+    result.ceiling.push(controller.rate);
+    result.used.push(tickPlexBits / tickCapacityBits);
+    tickPlexBits = tickDeliveredBits = tickCapacityBits = 0;
+    while (seen.length && seen[0]!.at < at - 1000) seen.shift();
+  }
+  return result;
+}
+
+const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))] ?? 0;
+const between = (r: ModelRun, fromMs: number, toMs: number, series: number[]) => series.filter((_, i) => r.times[i]! >= fromMs && r.times[i]! < toMs);
+const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+
+t.test('step down 20 → 10 Mbit/s: the queue is gone within a second and stays short, Plex still moves ≥ 85 %', async (t) => {
+  const r = run({ capacity: (at) => (at < 20_000 ? 20 * MBIT : 10 * MBIT), demand: () => 24 * MBIT, start: 18 * MBIT, seconds: 50 });
+  const back = r.times.find((at, i) => at > 20_000 && r.queueMs[i]! < 10 && r.times.slice(i).every((later, j) => later > at + 500 || r.queueMs[i + j]! < 10));
+  t.ok(back !== undefined && back - 20_000 <= 1000, `queue under 10 ms ${back === undefined ? 'never' : `${back - 20_000} ms`} after the step`);
+  const rest = between(r, 21_000, 50_000, r.queueMs);
+  t.ok(percentile(rest, 99) <= 10, `queue p99 over the rest of the phase ${percentile(rest, 99).toFixed(1)} ms`);
+  const used = mean(between(r, 21_000, 50_000, r.used));
+  t.ok(used >= 0.85, `Plex moved ${(used * 100).toFixed(1)} % of the capacity`);
+});
+
+t.test('step up 10 → 20 Mbit/s: the ceiling reaches 90 % of the new capacity within 10 s while the players want more', async (t) => {
+  const r = run({ capacity: (at) => (at < 30_000 ? 10 * MBIT : 20 * MBIT), demand: () => 24 * MBIT, start: 9 * MBIT, seconds: 60 });
+  const reached = r.times.find((at, i) => at >= 30_000 && r.ceiling[i]! >= 18 * MBIT);
+  t.ok(
+    reached !== undefined && reached - 30_000 <= 10_000,
+    `90 % reached ${reached === undefined ? 'never' : `${(reached - 30_000) / 1000} s`} after the step`,
+  );
+  t.ok(percentile(between(r, 31_000, 60_000, r.queueMs), 99) <= 10, 'and the queue stays short meanwhile');
+});
+
+t.test('at a steady capacity the ceiling settles: at most two changes a minute once probing has backed off', async (t) => {
+  const r = run({ capacity: () => 15 * MBIT, demand: () => 24 * MBIT, start: 30 * MBIT, seconds: 300 });
+  const late = r.changes.filter((change) => change.at >= 120_000);
+  t.ok(late.length <= 2 * 3, `${late.length} changes in the last three minutes`);
+  t.ok(percentile(between(r, 5000, 300_000, r.queueMs), 99) <= 10, 'queue p99 under 10 ms');
+  t.ok(mean(between(r, 5000, 300_000, r.used)) >= 0.85, 'capacity used ≥ 85 %');
+});
+
+t.test('idle: nothing plays for a minute, the ceiling holds (no change, no drift), then players start', async (t) => {
+  const r = run({ capacity: () => 20 * MBIT, demand: (at) => (at < 60_000 ? 0 : 12 * MBIT), start: 17 * MBIT, seconds: 70 });
+  t.same(
+    r.changes.filter((change) => change.at < 60_000),
+    [],
+    'no change while idle',
+  );
+  t.equal(r.ceiling[between(r, 0, 60_000, r.ceiling).length - 1], 17 * MBIT, 'the ceiling is where it was');
+});
+
+t.test('a rate-limited LAN uploader (6 Mbit/s): the ceiling yields to what is left, and comes back when it stops', async (t) => {
+  const r = run({
+    capacity: () => 20 * MBIT,
+    demand: () => 24 * MBIT,
+    other: (at) => (at >= 10_000 && at < 70_000 ? 6 * MBIT : 0),
+    start: 18 * MBIT,
+    seconds: 130,
+  });
+  const during = between(r, 40_000, 70_000, r.ceiling);
+  const settled = mean(during);
+  t.ok(Math.abs(settled - 14 * MBIT) <= 1.4 * MBIT, `settled at ${(settled / MBIT).toFixed(2)} Mbit/s (capacity − 6 = 14)`);
+  t.ok(percentile(between(r, 12_000, 70_000, r.queueMs), 99) <= 10, 'queue p99 under 10 ms with the uploader');
+  const after = r.ceiling.at(-1)!;
+  t.ok(after >= 0.85 * 20 * MBIT, `back to ${(after / MBIT).toFixed(2)} Mbit/s after it stopped`);
+});
+
+t.test('a bulk upload from another host fills the modem whatever Plex does: the ceiling stops at min and says why', async (t) => {
+  const r = run({ capacity: () => 20 * MBIT, demand: () => 24 * MBIT, other: (at) => (at >= 5000 && at < 40_000 ? 'bulk' : 0), start: 18 * MBIT, seconds: 70 });
+  const atMin = between(r, 20_000, 40_000, r.ceiling);
+  t.ok(
+    atMin.every((rate) => rate === 2 * MBIT),
+    'at min while the bulk upload runs',
+  );
+  const rr = run({ capacity: () => 20 * MBIT, demand: () => 24 * MBIT, other: (at) => (at >= 5000 ? 'bulk' : 0), start: 18 * MBIT, seconds: 30 });
+  t.equal(rr.controller.cause, BUSY_UPLINK_CAUSE, 'the cause is told');
+  t.ok(r.ceiling.at(-1)! >= 0.85 * 20 * MBIT, 'and the ceiling comes back once it stops');
+  t.equal(r.controller.cause, undefined, 'the cause is gone with it');
+});
+
+t.test('the players want less than the link: no probing, no change', async (t) => {
+  const r = run({ capacity: () => 20 * MBIT, demand: () => 8 * MBIT, start: 15 * MBIT, seconds: 60 });
+  t.same(r.changes, []);
+});
+
+t.test('bounds: a schedule or reload that lowers max clamps the ceiling at once; min and max hold', async (t) => {
+  const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 40 * MBIT);
+  t.equal(controller.rate, 30 * MBIT, 'a start above max is clamped');
+  const change = controller.setBounds({ min: 2 * MBIT, max: 8 * MBIT });
+  t.match(change, { from: 30 * MBIT, to: 8 * MBIT, reason: 'bounds' });
+  t.equal(controller.setBounds({ min: 2 * MBIT, max: 8 * MBIT }), undefined, 'the same bounds again change nothing');
+});
+
+t.test('a single sample above the threshold (one slow ACK) cuts nothing; silence is never congestion', async (t) => {
+  const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 18 * MBIT);
+  t.equal(controller.observe({ at: 0, delayMs: CEILING_TUNING.bloatMs + 5, sentRate: 18 * MBIT, demand: 0 }), undefined);
+  t.equal(controller.observe({ at: 100, delayMs: 1, sentRate: 18 * MBIT, demand: 0 }), undefined);
+  for (let at = 200; at < 5000; at += 100) t.equal(controller.observe({ at, sentRate: 0, demand: 0 }), undefined);
+  t.equal(controller.rate, 18 * MBIT);
+});
+
+t.test("the uplink's delay: what at least two players see; one player's own slow link does not count", async (t) => {
+  t.equal(uplinkDelay([]), undefined, 'nobody: no sample');
+  t.equal(uplinkDelay([], 7), 7, "nobody but the probe: the probe's");
+  t.equal(uplinkDelay([300, 2, 3]), 3, 'one slow player among three');
+  t.equal(uplinkDelay([300, 2]), 2, 'one slow player of two');
+  t.equal(uplinkDelay([150, 100, 100]), 100, 'all queue: the common part');
+  t.equal(uplinkDelay([80]), 80, 'a lone player counts alone');
+  t.equal(uplinkDelay([80], 3), 3, 'unless the modem-side probe disagrees');
+});
