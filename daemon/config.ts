@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { formatRate, NetworkSet, parseRate } from '../lib/index.js';
 import { DEFAULT_AUTO_MAX, DEFAULT_AUTO_MIN, DEFAULT_DIRECT_PLAY_HEADROOM, type PolicyConfig } from './sessions/policy.js';
 import { isLoopbackListen } from './operator/http.js';
+import { parseProbeTarget } from './ceiling/udp-probe.js';
 
 /** A rate as written (`2mbit`, or bits/s), parsed here once: the rest of the daemon holds bits/s. */
 const rate = z.union([z.string(), z.number()]).transform((value, context) => {
@@ -20,6 +21,49 @@ const rate = z.union([z.string(), z.number()]).transform((value, context) => {
 });
 
 const rates = z.strictObject({ rate, ceil: rate.optional() });
+
+/**
+ * The server ceiling: a fixed rate (and ceil), or `auto` — it follows the uplink between `min` and `max`
+ * (the plan's upload rate), from the queueing delay Plex's own connections see beyond the host (`signal:
+ * plex`, the default) or a UDP echo service beyond the modem (`signal: probe`, `probe: address:port`).
+ */
+const serverRates = z
+  .strictObject({
+    rate: z.union([z.literal('auto'), rate]),
+    ceil: rate.optional(),
+    min: rate.optional(),
+    max: rate.optional(),
+    /** Where `auto` starts when the state file holds no last good ceiling; default max. */
+    start: rate.optional(),
+    signal: z.enum(['plex', 'probe']).optional(),
+    probe: z
+      .string()
+      .superRefine((value, context) => {
+        try {
+          parseProbeTarget(value);
+        } catch (error) {
+          context.addIssue({ code: 'custom', message: (error as Error).message });
+        }
+      })
+      .optional(),
+  })
+  .superRefine((server, context) => {
+    const problem = (key: string, message: string) => context.addIssue({ code: 'custom', path: [key], message });
+    if (server.rate !== 'auto') {
+      for (const key of ['min', 'max', 'start', 'signal', 'probe'] as const)
+        if (server[key] !== undefined) problem(key, `${key} belongs to rate: auto (the rate is fixed at ${formatRate(server.rate)})`);
+      return;
+    }
+    if (server.ceil !== undefined) problem('ceil', 'rate: auto sets the ceil itself (leave ceil out)');
+    if (server.min === undefined) problem('min', 'rate: auto needs min (the least the ceiling may fall to)');
+    if (server.max === undefined) problem('max', "rate: auto needs max (the plan's upload rate)");
+    if (server.min === undefined || server.max === undefined) return;
+    if (server.min > server.max) problem('min', `min is above max (${formatRate(server.max)})`);
+    if (server.start !== undefined && (server.start < server.min || server.start > server.max))
+      problem('start', `start must lie between min (${formatRate(server.min)}) and max (${formatRate(server.max)})`);
+    if (server.signal === 'probe' && server.probe === undefined)
+      problem('probe', 'signal: probe needs probe: address:port of a UDP echo service beyond the modem');
+  });
 
 /**
  * A client's pipe: a fixed rate, or `auto` — what the stream needs (Plex's Session.bandwidth, else the
@@ -82,67 +126,77 @@ export type PlexServerConfig = z.infer<typeof plexServer>;
 
 const timeOfDay = z.string().regex(/^([01]?\d|2[0-3]):[0-5]\d$|^24:00$/, 'expected HH:MM');
 
-export const configSchema = z.strictObject({
-  /** Network device whose upload is shaped. */
-  device: z.string().min(1).max(15),
-  /** Network namespace of the device (name under /var/run/netns); default: the daemon's own. */
-  netns: z.string().min(1).optional(),
-  /** Server-wide limits shared by all throttled clients. */
-  server: rates,
-  /** Default pipe per playing client. */
-  client: clientRates,
-  leaf: z.enum(['sfq', 'bfifo', 'none']).default('sfq'),
-  exempt: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
-  remoteOnly: z.boolean().default(false),
-  localNetworks: z.array(cidr).default(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', 'fc00::/7', 'fe80::/10']),
-  overrides: z
-    .array(
-      z
-        .strictObject({ user: z.string().min(1).optional(), network: cidr.optional(), rate, ceil: rate.optional() })
-        .refine((o) => o.user !== undefined || o.network !== undefined, 'an override needs a user or a network'),
-    )
-    .default([]),
-  schedules: z.array(z.strictObject({ from: timeOfDay, to: timeOfDay, days: z.array(z.number().int().min(0).max(6)).optional(), server: rates })).default([]),
-  /** Where playback events come from: the Plex API (needs a token), the log (needs DEBUG logging), or both; auto: the API when a token is found. */
-  source: z.enum(['auto', 'log', 'plex', 'both']).default('auto'),
-  /**
-   * shaperrd runs on the router: `device` is its WAN interface and client filters also match the TCP
-   * source port Plex's streams leave it from (the server's public port), so other LAN hosts talking to
-   * the same address stay unshaped.
-   */
-  gateway: z.strictObject({ plexPort: z.number().int().min(1).max(65535).default(32400) }).optional(),
-  /** One Plex server, or a list of them. */
-  plex: z.union([plexServer, z.array(plexServer).min(1)]).optional(),
-  /** Plex Media Server log file; default: the first that exists of the usual locations. */
-  log: z.string().min(1).optional(),
-  trustedProxies: z.array(cidr).default([]),
-  /** Seconds a client keeps its pipe after its last session stops (rides through seeks). */
-  graceSeconds: z.number().min(0).max(3600).default(5),
-  /** Seconds without log activity and without bytes before a silent session counts as gone. */
-  idleSeconds: z.number().min(5).max(86400).default(120),
-  stateFile: z.string().min(1).default('/var/lib/shaperr/state.json'),
-  keepRulesOnExit: z.boolean().default(false),
-  takeover: z.boolean().default(false),
-  status: z
-    .strictObject({
-      listen: z.string().default('127.0.0.1:9750'),
-      token: z.string().min(8).optional(),
-    })
-    .superRefine((status, context) => {
-      try {
-        if (status.token === undefined && !isLoopbackListen(status.listen)) {
-          context.addIssue({
-            code: 'custom',
-            path: ['token'],
-            message: `status.listen ${status.listen} is reachable from other machines and would show every client's address and Plex user to them: set status.token, or listen on 127.0.0.1`,
-          });
+export const configSchema = z
+  .strictObject({
+    /** Network device whose upload is shaped. */
+    device: z.string().min(1).max(15),
+    /** Network namespace of the device (name under /var/run/netns); default: the daemon's own. */
+    netns: z.string().min(1).optional(),
+    /** Server-wide limits shared by all throttled clients. */
+    server: serverRates,
+    /** Default pipe per playing client. */
+    client: clientRates,
+    leaf: z.enum(['sfq', 'bfifo', 'none']).default('sfq'),
+    exempt: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
+    remoteOnly: z.boolean().default(false),
+    localNetworks: z.array(cidr).default(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', 'fc00::/7', 'fe80::/10']),
+    overrides: z
+      .array(
+        z
+          .strictObject({ user: z.string().min(1).optional(), network: cidr.optional(), rate, ceil: rate.optional() })
+          .refine((o) => o.user !== undefined || o.network !== undefined, 'an override needs a user or a network'),
+      )
+      .default([]),
+    schedules: z.array(z.strictObject({ from: timeOfDay, to: timeOfDay, days: z.array(z.number().int().min(0).max(6)).optional(), server: rates })).default([]),
+    /** Where playback events come from: the Plex API (needs a token), the log (needs DEBUG logging), or both; auto: the API when a token is found. */
+    source: z.enum(['auto', 'log', 'plex', 'both']).default('auto'),
+    /**
+     * shaperrd runs on the router: `device` is its WAN interface and client filters also match the TCP
+     * source port Plex's streams leave it from (the server's public port), so other LAN hosts talking to
+     * the same address stay unshaped.
+     */
+    gateway: z.strictObject({ plexPort: z.number().int().min(1).max(65535).default(32400) }).optional(),
+    /** One Plex server, or a list of them. */
+    plex: z.union([plexServer, z.array(plexServer).min(1)]).optional(),
+    /** Plex Media Server log file; default: the first that exists of the usual locations. */
+    log: z.string().min(1).optional(),
+    trustedProxies: z.array(cidr).default([]),
+    /** Seconds a client keeps its pipe after its last session stops (rides through seeks). */
+    graceSeconds: z.number().min(0).max(3600).default(5),
+    /** Seconds without log activity and without bytes before a silent session counts as gone. */
+    idleSeconds: z.number().min(5).max(86400).default(120),
+    stateFile: z.string().min(1).default('/var/lib/shaperr/state.json'),
+    keepRulesOnExit: z.boolean().default(false),
+    takeover: z.boolean().default(false),
+    status: z
+      .strictObject({
+        listen: z.string().default('127.0.0.1:9750'),
+        token: z.string().min(8).optional(),
+      })
+      .superRefine((status, context) => {
+        try {
+          if (status.token === undefined && !isLoopbackListen(status.listen)) {
+            context.addIssue({
+              code: 'custom',
+              path: ['token'],
+              message: `status.listen ${status.listen} is reachable from other machines and would show every client's address and Plex user to them: set status.token, or listen on 127.0.0.1`,
+            });
+          }
+        } catch (error) {
+          context.addIssue({ code: 'custom', path: ['listen'], message: (error as Error).message });
         }
-      } catch (error) {
-        context.addIssue({ code: 'custom', path: ['listen'], message: (error as Error).message });
-      }
-    })
-    .optional(),
-});
+      })
+      .optional(),
+  })
+  .superRefine((config, context) => {
+    if (config.gateway && config.server.rate === 'auto' && (config.server.signal === 'plex' || config.server.probe === undefined)) {
+      context.addIssue({
+        code: 'custom',
+        path: ['server', 'probe'],
+        message: "in gateway mode Plex's connections are on another host: rate: auto needs probe: address:port of a UDP echo service beyond the modem",
+      });
+    }
+  });
 
 /** Keys whose values are secrets: a config file other users can read gives them away. */
 const SECRET_KEYS: ReadonlyArray<readonly string[]> = [['status', 'token']];
@@ -212,10 +266,35 @@ export function plexServers(config: ShaperrConfig): PlexServerConfig[] {
   return Array.isArray(config.plex) ? config.plex : [config.plex];
 }
 
+/** The automatic ceiling's settings, when `server.rate` is `auto`. */
+export interface AutoCeilingConfig {
+  min: number;
+  max: number;
+  start?: number;
+  signal: 'plex' | 'probe';
+  probe?: string;
+}
+
+export function autoCeilingConfig(config: ShaperrConfig): AutoCeilingConfig | undefined {
+  const { server } = config;
+  if (server.rate !== 'auto') return undefined;
+  // Gateway mode: Plex's sockets are on another host, so the probe is the only signal.
+  const signal = server.signal ?? (config.gateway ? 'probe' : 'plex');
+  return {
+    min: server.min!,
+    max: server.max!,
+    signal,
+    ...(server.start !== undefined ? { start: server.start } : {}),
+    ...(server.probe !== undefined ? { probe: server.probe } : {}),
+  };
+}
+
 export function policyConfig(config: ShaperrConfig): PolicyConfig {
+  const { server } = config;
   return {
     client: config.client,
-    server: config.server,
+    // Automatic: the policy's server rate is the most the ceiling may reach (schedules cap it further).
+    server: server.rate === 'auto' ? { rate: server.max! } : { rate: server.rate, ...(server.ceil !== undefined ? { ceil: server.ceil } : {}) },
     exempt: config.exempt,
     remoteOnly: config.remoteOnly,
     localNetworks: config.localNetworks,

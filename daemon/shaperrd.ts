@@ -5,8 +5,8 @@
  */
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
-import { type ProgressListener, Shaper, type ShaperOptions, type ShaperState, ShaperWatch } from '../lib/index.js';
-import { type ShaperrConfig, policyConfig } from './config.js';
+import { type ProgressListener, Shaper, type ShaperOptions, type ShaperState, ShaperWatch, SocketDiag } from '../lib/index.js';
+import { type AutoCeilingConfig, autoCeilingConfig, plexServers, type ShaperrConfig, policyConfig } from './config.js';
 import { MAX_LINE, PlexLogParser, type PlaybackEvent } from './sources/parse.js';
 import { type Limits, Policy } from './sessions/policy.js';
 import { type ClientSummary, type Decision, type SavedClient, SessionTracker } from './sessions/sessions.js';
@@ -21,6 +21,10 @@ import { clientsToRestore, ShaperPort } from './apply/shaper-port.js';
 import type { AbstractLock } from '../native-bindings/abstract-lock.js';
 import { planSources, type SourcePlan } from './sources/plan.js';
 import { PlexSource, type PlexTimings } from './sources/plex.js';
+import { AutoCeiling } from './ceiling/auto-ceiling.js';
+import type { CeilingChange } from './ceiling/controller.js';
+import { PlexFlowDelay } from './ceiling/flow-delay.js';
+import { parseProbeTarget, UdpProbe } from './ceiling/udp-probe.js';
 
 export interface DaemonOptions {
   config: ShaperrConfig;
@@ -45,6 +49,9 @@ const RECENT_DECISIONS = 30;
 const PROGRESS_LOG_INTERVAL_MS = 1000;
 /** Fewer pipes than this are restored or repaired in a blink: no progress lines for them. */
 const PROGRESS_MIN_PIPES = 500;
+
+/** The automatic ceiling's changes are logged at most this often; the ones between are counted in the next line. */
+const CEILING_LOG_INTERVAL_MS = 2000;
 
 /** A reload refused before any of it took effect, with the reason (the old config stays). */
 export class ReloadRefused extends Error {}
@@ -71,6 +78,9 @@ export class Shaperrd {
   private readonly meter = new ThroughputMeter();
   private operation?: OperationProgress;
   private watch?: ShaperWatch;
+  /** The automatic server ceiling (server.rate: auto), while it runs. */
+  private ceiling?: AutoCeiling;
+  private ceilingLog = { at: -Infinity, unlogged: 0, cause: undefined as string | undefined };
   private deviceLock?: AbstractLock;
   /** When a failed save was last reported (undefined: the last save worked). */
   private saveFailureReportedAt?: number;
@@ -96,7 +106,8 @@ export class Shaperrd {
     // Before anything touches the device or the state file: a second shaperrd must leave the first alone.
     if (!this.options.dryRun) this.deviceLock = lockDevice(config, 'not starting a second one (stop it first, or shape another device)');
     const saved = this.options.dryRun ? undefined : await loadState(config.stateFile, (message) => this.log.warn(message));
-    this.serverLimits = this.policy.serverLimitsAt(new Date());
+    const auto = autoCeilingConfig(config);
+    this.serverLimits = auto ? this.autoStartLimits(auto, saved?.ceiling?.rate) : this.policy.serverLimitsAt(new Date());
     this.shaper = await Shaper.open(this.shaperOptions(this.serverLimits));
     this.shaperPort = new ShaperPort(this.shaper, {
       idleMs: config.idleSeconds * 1000,
@@ -149,6 +160,7 @@ export class Shaperrd {
     }
     this.startPlexSources(sources);
     if (!this.options.dryRun) this.watch = this.watchShaper(this.shaper);
+    if (auto && !this.options.dryRun) this.startCeiling(auto, this.serverLimits.rate);
     this.log.info(
       { log: this.logPath, plex: sources.plex.map((server) => server.url), device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun },
       'shaperrd started',
@@ -200,6 +212,83 @@ export class Shaperrd {
     this.shaper.setReservedRate(reserve);
     this.reservedRate = reserve;
     this.log.info({ reservedRate: reserve }, `${reserve / 1e6} Mbit/s of the server rate kept for streams without a pipe`);
+  }
+
+  /** The bounds of the automatic ceiling now: min and max, max lowered by a schedule in force. */
+  private ceilingBounds(auto: AutoCeilingConfig, policy = this.policy): { min: number; max: number } {
+    const max = Math.min(auto.max, policy.serverLimitsAt(new Date()).rate);
+    return { min: Math.min(auto.min, max), max };
+  }
+
+  /** Where the automatic ceiling starts: the last good ceiling saved, else `start`, else max; within the bounds. */
+  private autoStartLimits(auto: AutoCeilingConfig, saved?: number, policy = this.policy): Limits {
+    const { min, max } = this.ceilingBounds(auto, policy);
+    const rate = Math.min(max, Math.max(min, saved ?? auto.start ?? auto.max));
+    return { rate, ceil: rate };
+  }
+
+  /** Starts the automatic ceiling from `start` (bits/s), reading Plex's connections or the UDP probe. */
+  private startCeiling(auto: AutoCeilingConfig, start: number): void {
+    const { config } = this;
+    const probe = auto.probe ? new UdpProbe(parseProbeTarget(auto.probe)) : undefined;
+    const plexPort = Number(new URL(plexServers(config)[0]!.url).port || 32400);
+    const flows =
+      auto.signal === 'plex'
+        ? new PlexFlowDelay(SocketDiag.open(config.netns ? { netns: config.netns } : {}), {
+            plexPort,
+            leftOut: [...config.exempt, ...config.localNetworks],
+          })
+        : undefined;
+    this.ceiling = new AutoCeiling({
+      bounds: this.ceilingBounds(auto),
+      start,
+      signal: auto.signal,
+      ...(flows ? { flows } : {}),
+      ...(probe ? { probe } : {}),
+      readPipes: () => this.shaper!.pipeCounters(),
+      apply: (rate, change) => this.applyCeiling(rate, change),
+      onError: (error) => this.kernelError(error, undefined, 'automatic ceiling failed a tick; trying again at the next'),
+    });
+    this.ceiling.start();
+    this.dirty = true;
+    this.log.info(
+      { start, min: auto.min, max: auto.max, signal: auto.signal, plexPort: flows ? plexPort : undefined, probe: auto.probe },
+      'automatic server ceiling on',
+    );
+  }
+
+  private stopCeiling(): void {
+    this.ceiling?.stop();
+    this.ceiling = undefined;
+  }
+
+  /** One change of the automatic ceiling: through the shaper's rebalance, logged at most every 2 s. */
+  private applyCeiling(rate: number, change: CeilingChange): void {
+    // Another tool's root in shaperr's place: the ceiling waits with everything else until a repair.
+    if (this.watch?.foreignRoot()) throw new Error("another root qdisc is in shaperr's place: the ceiling waits for a repair");
+    const limits = { rate, ceil: rate };
+    this.shaper!.setServerLimits(limits);
+    this.serverLimits = limits;
+    this.dirty = true;
+    this.metrics.ceilingChanges.inc({ reason: change.reason });
+    const now = performance.now();
+    const cause = this.ceiling?.status().cause;
+    if (cause !== this.ceilingLog.cause) {
+      if (cause) this.log.warn({ ceiling: rate }, `automatic ceiling at its min: ${cause}, which only the router can shape`);
+      else this.log.info({ ceiling: rate }, 'the other traffic on the uplink stopped');
+      this.ceilingLog.cause = cause;
+    }
+    if (now - this.ceilingLog.at < CEILING_LOG_INTERVAL_MS) {
+      this.ceilingLog.unlogged++;
+      return;
+    }
+    const unlogged = this.ceilingLog.unlogged;
+    this.ceilingLog = { ...this.ceilingLog, at: now, unlogged: 0 };
+    const { capacity, delayMs } = this.ceiling?.status() ?? {};
+    this.log.info(
+      { from: change.from, to: change.to, reason: change.reason, capacity, delayMs, ...(unlogged ? { changesNotLogged: unlogged } : {}) },
+      `server ceiling ${(change.to / 1e6).toFixed(2)} Mbit/s: ${change.why}`,
+    );
   }
 
   /** Runs `run` every `ms` (first after `firstAfterMs`, default `ms`); a failure is logged, never thrown. */
@@ -354,6 +443,12 @@ export class Shaperrd {
   }
 
   private applySchedule(): void {
+    const auto = autoCeilingConfig(this.config);
+    if (auto && this.ceiling) {
+      // A schedule caps the automatic ceiling while it is in force.
+      this.ceiling.setBounds(this.ceilingBounds(auto));
+      return;
+    }
     const limits = this.policy.serverLimitsAt(new Date());
     if (this.serverLimits && limits.rate === this.serverLimits.rate && limits.ceil === this.serverLimits.ceil) return;
     // Another tool's root in shaperr's place (the watch said so once): the change waits until a repair puts shaperr's root back.
@@ -372,6 +467,11 @@ export class Shaperrd {
     };
     if (this.logPath && this.logPosition) {
       state.log = { path: this.logPath, inode: String(this.logPosition.inode), offset: this.logPosition.offset };
+    }
+    // The last good automatic ceiling (not a probe under way): a restart starts from it.
+    if (this.ceiling) {
+      const { history: _history, delayMs: _delay, mode: _mode, ...ceiling } = this.ceiling.status();
+      state.ceiling = { ...ceiling, rate: this.ceiling.settledRate };
     }
     return state;
   }
@@ -448,6 +548,7 @@ export class Shaperrd {
       report.plex = this.plexSources.map((source) => source.status());
       report.reservedRate = this.reservedRate;
     }
+    if (this.ceiling) report.ceiling = this.ceiling.status();
     return report;
   }
 
@@ -469,7 +570,9 @@ export class Shaperrd {
     const sourcesChanged = JSON.stringify([config.source, config.plex]) !== JSON.stringify([this.config.source, this.config.plex]);
     const sources = sourcesChanged ? planSources(config, this.logPath) : undefined;
     const policy = new Policy(policyConfig(config));
-    const serverLimits = policy.serverLimitsAt(new Date());
+    const auto = autoCeilingConfig(config);
+    // Into auto: from the ceiling in force (or the automatic one's), within the new bounds.
+    const serverLimits = auto ? this.autoStartLimits(auto, this.ceiling?.settledRate ?? this.serverLimits?.rate, policy) : policy.serverLimitsAt(new Date());
     await this.applyKernelPart(config, serverLimits);
     // From here on nothing refuses: the new config takes effect whole.
     this.options = { ...this.options, config };
@@ -479,7 +582,9 @@ export class Shaperrd {
     this.tracker!.setPolicy(policy);
     this.tracker!.reapplyPolicy((client) => policy.limitsFor(client).limits);
     if (sources) await this.restartPlexSources(sources);
-    this.log.info({ server: serverLimits }, 'configuration reloaded');
+    this.stopCeiling();
+    if (auto && !this.options.dryRun) this.startCeiling(auto, serverLimits.rate);
+    this.log.info({ server: serverLimits, automatic: !!auto }, 'configuration reloaded');
   }
 
   /**
@@ -515,6 +620,8 @@ export class Shaperrd {
     if (this.stopping) return;
     this.stopping = true;
     for (const timer of this.timers) clearInterval(timer);
+    // Stopped but kept: the state saved below holds its last good ceiling.
+    this.ceiling?.stop();
     if (this.statusServer) await new Promise((resolve) => this.statusServer!.close(resolve).closeAllConnections());
     await this.tailer?.stop();
     await Promise.all(this.plexSources.map((source) => source.stop()));

@@ -20,6 +20,24 @@ const stateSchema = z.object({
     }),
   ),
   log: z.object({ path: z.string(), inode: z.union([z.number(), z.string()]), offset: z.number() }).optional(),
+  /**
+   * The automatic server ceiling (server.rate: auto): the last good rate (bits/s), where a restart starts,
+   * and what `shaperr status` shows of it.
+   */
+  ceiling: z
+    .object({
+      rate: z.number().positive(),
+      min: z.number(),
+      max: z.number(),
+      signal: z.enum(['plex', 'probe']),
+      changes: z.number(),
+      capacity: z.number().optional(),
+      cause: z.string().optional(),
+      lastChange: z
+        .object({ at: z.string(), from: z.number(), to: z.number(), reason: z.enum(['queue', 'drained', 'probe', 'probe failed', 'bounds']), why: z.string() })
+        .optional(),
+    })
+    .optional(),
 });
 
 export type DaemonState = z.infer<typeof stateSchema>;

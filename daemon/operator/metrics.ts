@@ -24,6 +24,7 @@ export class DaemonMetrics {
   readonly reconciliations: Counter<'reason'>;
   readonly kernelErrors: Counter;
   readonly plexRequests: Counter<'endpoint' | 'result'>;
+  readonly ceilingChanges: Counter<'reason'>;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
@@ -51,6 +52,12 @@ export class DaemonMetrics {
       name: 'shaperr_plex_requests_total',
       help: 'HTTP requests to the Plex API, by endpoint and result (ok, timeout, http-error, malformed, unreachable, unauthorized)',
       labelNames: ['endpoint', 'result'],
+      registers,
+    });
+    this.ceilingChanges = new Counter({
+      name: 'shaperr_ceiling_changes_total',
+      help: 'Changes of the automatic server ceiling (server.rate: auto), by reason (queue, drained, probe, probe failed, bounds)',
+      labelNames: ['reason'],
       registers,
     });
     // Every series exists from the start (at 0), so rate() and alerts work before the first event.
@@ -108,6 +115,37 @@ export class DaemonMetrics {
         this.set((await report()).server?.bytes ?? 0);
       },
     });
+    new Gauge({
+      name: 'shaperr_server_ceiling_bits_per_second',
+      help: 'The server rate in force now (fixed, scheduled, or set by the automatic ceiling)',
+      registers,
+      async collect() {
+        this.set((await report()).server?.rate ?? 0);
+      },
+    });
+    /** A reading of the automatic ceiling; no sample while it has none (fixed ceiling, nothing measured yet). */
+    const ceilingGauge = (name: string, help: string, value: (ceiling: NonNullable<StatusReport['ceiling']>) => number | undefined) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        async collect() {
+          const ceiling = (await report()).ceiling;
+          const reading = ceiling && value(ceiling);
+          this.reset();
+          if (reading !== undefined) this.set(reading);
+        },
+      });
+    ceilingGauge(
+      'shaperr_uplink_capacity_bits_per_second',
+      'What the uplink carried for Plex the last time it queued (server.rate: auto)',
+      (ceiling) => ceiling.capacity,
+    );
+    ceilingGauge(
+      'shaperr_uplink_delay_seconds',
+      'Queueing delay beyond the host seen now by Plex’s connections or the UDP probe (server.rate: auto)',
+      (ceiling) => (ceiling.delayMs === undefined ? undefined : ceiling.delayMs / 1000),
+    );
     /** A counter kept by the shaper, read at each scrape. */
     const shaperCounter = (name: string, help: string, value: (stats: ShaperStats) => number) =>
       new Counter({

@@ -8,9 +8,11 @@ import { Command, InvalidArgumentError } from 'commander';
 import { checkDevice, clearShaper, describeRate, formatHandle, inspectShaper, NetlinkError, SHAPER_ROOT } from '../../lib/index.js';
 import { ConfigError, loadConfig, type ShaperrConfig } from '../config.js';
 import { checkPlexSource } from '../sources/plex-check.js';
+import { checkCeiling } from '../ceiling/check.js';
 import { loadState } from '../apply/state.js';
 import { lockDevice } from '../apply/device-lock.js';
 import { buildStatus, type SessionInfo, type StatusReport, ThroughputMeter } from './status.js';
+import type { CeilingStatus } from '../ceiling/auto-ceiling.js';
 import { findPlexLog } from '../sources/tail.js';
 
 const DEFAULT_CONFIG = '/etc/shaperr/shaperr.yaml';
@@ -58,16 +60,19 @@ const size = (bytes: number) =>
   bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(0)} KiB`;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function sessionsFrom(config: ShaperrConfig | undefined): Promise<SessionInfo[]> {
-  if (!config) return [];
+/** What the state file adds to the kernel's counters: the sessions, and the automatic ceiling's last word. */
+async function savedParts(config: ShaperrConfig | undefined): Promise<{ sessions: SessionInfo[]; ceiling?: CeilingStatus }> {
+  if (!config) return { sessions: [] };
   const state = await loadState(config.stateFile, (message) => process.stderr.write(`shaperr: ${message}\n`));
-  return (state?.clients ?? []).map((client) => ({
+  const sessions = (state?.clients ?? []).map((client) => ({
     address: client.address,
     sessions: client.sessions,
     ...(client.user ? { user: client.user } : {}),
     ...(client.since ? { since: client.since } : {}),
     wanted: client.limits,
   }));
+  // Only while the config still says auto: a ceiling saved before a switch to a fixed rate is history.
+  return state?.ceiling && config.server.rate === 'auto' ? { sessions, ceiling: { mode: 'auto', history: [], ...state.ceiling } } : { sessions };
 }
 
 /** One report from the kernel; undefined when shaperr has nothing on the device. */
@@ -75,7 +80,10 @@ async function report(where: ReturnType<typeof target>, meter: ThroughputMeter):
   const shaper = inspectShaper(where);
   if (!shaper) return undefined;
   try {
-    return buildStatus({ device: where.device, leaf: shaper.leafKind, ...shaper.state(), sessions: await sessionsFrom(where.config), meter });
+    const { sessions, ceiling } = await savedParts(where.config);
+    const status = buildStatus({ device: where.device, leaf: shaper.leafKind, ...shaper.state(), sessions, meter });
+    if (ceiling) status.ceiling = ceiling;
+    return status;
   } finally {
     await shaper.close();
   }
@@ -106,10 +114,20 @@ function table(report: StatusReport): string {
     ? `server ${report.device}: ${mbit(server.bitsPerSecond)} of ${mbit(server.rate)} (${((server.utilisation ?? 0) * 100).toFixed(0)} %), ${size(server.bytes)} sent, ${server.drops} drops; leaf ${report.leaf}` +
       (server.note ? `\n  ${server.note}` : '')
     : `server ${report.device}: no server class`;
+  const ceiling = report.ceiling;
+  const ceilingLines = ceiling
+    ? [
+        `automatic ceiling ${mbit(ceiling.rate)} (${mbit(ceiling.min)}–${mbit(ceiling.max)}, ${ceiling.signal} signal): ` +
+          `uplink delay ${ceiling.delayMs === undefined ? 'not measured (nothing flows)' : `${ceiling.delayMs} ms`}, capacity ${ceiling.capacity === undefined ? 'not measured yet' : mbit(ceiling.capacity)}, ${ceiling.changes} change${ceiling.changes === 1 ? '' : 's'}` +
+          (ceiling.lastChange ? `; last ${new Date(ceiling.lastChange.at).toLocaleTimeString()}: ${ceiling.lastChange.why}` : '') +
+          (ceiling.cause ? `\n  ${ceiling.cause}: only the router can shape it` : ''),
+      ]
+    : [];
   const short = report.clients.filter((c) => c.rate < c.wanted).length;
   const shortLine = short ? [`${short} guaranteed less than they want (!): the server rate is shared by more viewers than it holds`] : [];
   return `${[
     serverLine,
+    ...ceilingLines,
     `${report.clients.length} throttled client${report.clients.length === 1 ? '' : 's'}`,
     ...shortLine,
     ...(rows.length ? [line(header), ...rows.map(line)] : []),
@@ -307,6 +325,7 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
     }
   }
 
+  if (config) lines.push(...(await checkCeiling(config)));
   const log = config?.log ?? (await findPlexLog());
   const plex = config ? await checkPlexSource(config, log) : undefined;
   lines.push(...(plex?.lines ?? []));

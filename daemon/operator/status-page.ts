@@ -34,6 +34,8 @@ export const STATUS_PAGE = `<!doctype html>
 <div id="shortfall" class="short"></div>
 <h2 class="muted">Server ceiling</h2>
 <div class="bar"><div id="utilisation"></div></div>
+<div class="muted" id="ceiling" hidden></div>
+<div id="ceiling-cause" class="warn"></div>
 <canvas id="chart" width="1100" height="220" data-points="0" aria-label="throughput per client over the last two minutes"></canvas>
 <div class="axis" id="axis"><span>2 min ago</span><span>90 s</span><span>60 s</span><span>30 s</span><span>now</span></div>
 <div id="legend"></div>
@@ -53,6 +55,7 @@ export const STATUS_PAGE = `<!doctype html>
 const token = new URLSearchParams(location.search).get('token');
 const HISTORY = 120;
 const history = new Map(); // address -> [bits/s]
+let ceilingSeries = []; // the server ceiling, bits/s, one a second (dashed on the chart)
 const colours = ['#e5a00d', '#3b82f6', '#10b981', '#ef4444', '#a855f7', '#14b8a6', '#f97316', '#64748b'];
 const colourOf = (address) => colours[[...address].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7) % colours.length];
 const rate = (bits) => bits === undefined ? '…' : bits >= 1e9 ? (bits / 1e9).toFixed(2) + ' Gbit/s' : bits >= 1e6 ? (bits / 1e6).toFixed(2) + ' Mbit/s' : (bits / 1e3).toFixed(0) + ' kbit/s';
@@ -65,7 +68,7 @@ function draw() {
   const ctx = canvas.getContext('2d');
   const { width, height } = canvas;
   ctx.clearRect(0, 0, width, height);
-  const max = Math.max(1e6, ...[...history.values()].flat());
+  const max = Math.max(1e6, ...[...history.values()].flat(), ...ceilingSeries);
   ctx.fillStyle = '#888'; ctx.font = '12px system-ui';
   ctx.fillText(rate(max), 6, 14);
   // One sample a second: a line every 30 s, under the axis labels below the canvas.
@@ -83,7 +86,17 @@ function draw() {
     });
     ctx.stroke();
   }
+  if (ceilingSeries.length) {
+    ctx.strokeStyle = '#888'; ctx.lineWidth = 2; ctx.setLineDash([6, 4]); ctx.beginPath();
+    ceilingSeries.forEach((value, i) => {
+      const x = width - (ceilingSeries.length - 1 - i) * (width / (HISTORY - 1));
+      const y = height - 4 - (value / max) * (height - 24);
+      i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+    });
+    ctx.stroke(); ctx.setLineDash([]);
+  }
   canvas.dataset.points = String(points);
+  canvas.dataset.ceilingPoints = String(ceilingSeries.length);
   document.getElementById('legend').replaceChildren(...[...history.keys()].map((address) => {
     const entry = text('span', address);
     entry.dataset.address = address;
@@ -100,7 +113,9 @@ function render(report) {
     (report.operation ? ' · ' + report.operation.what + ' ' + report.operation.done + '/' + report.operation.total : '');
   const short = report.clients.filter((c) => c.rate < c.wanted).length;
   document.getElementById('shortfall').textContent = short ? short + ' of ' + report.clients.length +
-    ' clients are guaranteed less than they want: the server rate is shared by more viewers than it holds (raise server.rate, or lower the client rates)' : '';
+    ' clients are guaranteed less than they want: the server rate is shared by more viewers than it holds (' + (report.ceiling ? 'the uplink carries no more now' : 'raise server.rate, or lower the client rates') + ')' : '';
+  if (server) ceilingSeries = [...ceilingSeries, server.rate].slice(-HISTORY);
+  renderCeiling(report.ceiling);
   document.getElementById('utilisation').style.width = Math.min(100, 100 * (server?.utilisation ?? 0)).toFixed(1) + '%';
   const body = document.getElementById('clients');
   body.replaceChildren();
@@ -127,6 +142,18 @@ function render(report) {
     text('li', new Date(d.at).toLocaleTimeString() + ' ' + d.action + ' ' + d.address + (d.user ? ' (' + d.user + ')' : '') + (d.reason ? ' — ' + d.reason : ''))));
   renderPlex(report);
   draw();
+}
+
+/** The automatic ceiling: where it is, what it measures, why it last moved, and what it cannot help. */
+function renderCeiling(ceiling) {
+  const line = document.getElementById('ceiling');
+  line.hidden = !ceiling;
+  document.getElementById('ceiling-cause').textContent = ceiling?.cause ? ceiling.cause + ': only the router can shape it (the ceiling stays at its min meanwhile)' : '';
+  if (!ceiling) return;
+  line.textContent = 'automatic ceiling (dashed) ' + rate(ceiling.rate) + ' between ' + rate(ceiling.min) + ' and ' + rate(ceiling.max) +
+    ' · uplink delay ' + (ceiling.delayMs === undefined ? 'not measured (nothing flows)' : ceiling.delayMs + ' ms') +
+    ' · capacity ' + (ceiling.capacity === undefined ? 'not measured yet' : rate(ceiling.capacity)) + ' · ' + ceiling.signal + ' signal' +
+    (ceiling.lastChange ? ' · ' + new Date(ceiling.lastChange.at).toLocaleTimeString() + ': ' + ceiling.lastChange.why : '');
 }
 
 /** Each Plex server's connection, the streams it cannot shape (and why), and each stream's bandwidth beside its pipe. */

@@ -5,6 +5,7 @@
 import type { ClientState, Progress, TcClass } from '../../lib/index.js';
 import type { ClientIdentity, Decision } from '../sessions/sessions.js';
 import type { PlexSourceStatus } from '../sources/plex.js';
+import type { CeilingStatus } from '../ceiling/auto-ceiling.js';
 
 export interface SessionInfo extends ClientIdentity {
   state?: 'playing' | 'paused' | 'grace';
@@ -65,6 +66,8 @@ export interface StatusReport {
   plex?: PlexSourceStatus[];
   /** bits/s of the server rate kept out of the pipes' guarantees for streams without a pipe (relayed…), all servers together. */
   reservedRate?: number;
+  /** The automatic server ceiling (server.rate: auto): where it is, what it measured, why it last moved. */
+  ceiling?: CeilingStatus;
 }
 
 export interface OperationProgress extends Progress {

@@ -1,0 +1,125 @@
+/**
+ * The downstream queueing delay, read from Plex's own TCP connections (sock_diag, no probe packets):
+ * each connection's smoothed round trip above its own minimum, less what shaperr's own pipe adds, is the
+ * queue its packets met beyond the host — the modem's, or the far end's own link.
+ *
+ * - One dump a tick, filtered in the kernel on Plex's local port: one bytecode condition whatever the
+ *   number of players (a filter on the piped peers would need one per peer, and the kernel bounds a
+ *   filter's length).
+ * - Only fresh samples: a connection counts when it delivered something since the last read (srtt goes
+ *   stale between a player's segment requests).
+ * - LAN and exempt peers are left out: their traffic never crosses the modem.
+ * - A delay seen by one player alone is that player's own link (a phone on a weak cell): the uplink's
+ *   delay is the largest that at least two players see. A lone player counts alone, unless a modem-side
+ *   signal (the UDP probe) is given: then the smaller of the two.
+ */
+import { type BitsPerSecond, NetworkSet, type PipeCounters, type SocketDiag } from '../../lib/index.js';
+
+/** What shaperr's own pipe holds for a client now (bytes sent, bytes queued, its ceil). */
+type PipeReading = Pick<PipeCounters['pipes'][number], 'address' | 'bytes' | 'backlog' | 'ceil'>;
+
+export interface FlowDelayReading {
+  /** The uplink's queueing delay in ms (undefined: no fresh sample). */
+  delayMs?: number | undefined;
+  /** Per player with a fresh sample: the delay its connections see beyond shaperr, ms. */
+  byClient: Map<string, number>;
+  /** What the players acknowledged since the last read, as wire bits/s. */
+  deliveredRate?: BitsPerSecond | undefined;
+  /** Plex connections seen (all, fresh or not). */
+  connections: number;
+}
+
+/** A full-size TCP segment carries 1448 bytes of payload in 1514 on the wire (timestamps on): acked bytes → wire bytes. */
+export const WIRE_PER_PAYLOAD = 1514 / 1448;
+/** The delivered rate is averaged over this long: one tick's acks are too few to measure a link by. */
+const DELIVERED_WINDOW_MS = 500;
+/** A pipe's own queue is read against at least this share of its ceil (a starved pipe's rate reads ~0). */
+const LEAST_DRAIN_SHARE = 0.05;
+
+interface FlowMemory {
+  delivered: number;
+  bytesAcked: number;
+  seenAt: number;
+}
+
+export class PlexFlowDelay {
+  private readonly flows = new Map<string, FlowMemory>();
+  private readonly pipes = new Map<string, { bytes: number; at: number }>();
+  private readonly acked: Array<{ at: number; bytes: number }> = [];
+  private readonly leftOut: NetworkSet;
+
+  constructor(
+    private readonly diag: SocketDiag,
+    private readonly options: { plexPort: number; leftOut: readonly string[] },
+  ) {
+    this.leftOut = new NetworkSet(options.leftOut);
+  }
+
+  /** One tick: dumps Plex's connections and returns the delay beyond shaperr. `modemSideMs`: a probe's reading. */
+  read(at: number, pipes: readonly PipeReading[], modemSideMs?: number): FlowDelayReading {
+    const sockets = this.diag.tcpSockets({ localPort: this.options.plexPort });
+    const localDelay = this.localDelays(at, pipes);
+    const byClient = new Map<string, number>();
+    let ackedNow = 0;
+    const seen = new Set<string>();
+    for (const socket of sockets) {
+      const tcp = socket.tcp;
+      if (!tcp || tcp.delivered === undefined || tcp.minRttUs === undefined || this.leftOut.contains(socket.peerAddress)) continue;
+      seen.add(socket.cookie);
+      const before = this.flows.get(socket.cookie);
+      const bytesAcked = tcp.bytesAcked ?? 0;
+      this.flows.set(socket.cookie, { delivered: tcp.delivered, bytesAcked, seenAt: at });
+      if (!before || tcp.delivered === before.delivered) continue;
+      ackedNow += Math.max(0, bytesAcked - before.bytesAcked);
+      const beyond = Math.max(0, (tcp.rttUs - tcp.minRttUs) / 1000 - (localDelay.get(socket.peerAddress) ?? 0));
+      const known = byClient.get(socket.peerAddress);
+      // A player's several connections all cross the same queues: the least loaded one tells them best.
+      byClient.set(socket.peerAddress, known === undefined ? beyond : Math.min(known, beyond));
+    }
+    for (const cookie of this.flows.keys()) if (!seen.has(cookie)) this.flows.delete(cookie);
+    return {
+      delayMs: uplinkDelay([...byClient.values()], modemSideMs),
+      byClient,
+      deliveredRate: this.deliveredRate(at, ackedNow),
+      connections: sockets.length,
+    };
+  }
+
+  /** Each pipe's queue ÷ the rate it drains at now: what shaperr itself adds to that client's round trips, ms. */
+  private localDelays(at: number, pipes: readonly PipeReading[]): Map<string, number> {
+    const delays = new Map<string, number>();
+    const present = new Set<string>();
+    for (const pipe of pipes) {
+      present.add(pipe.address);
+      const before = this.pipes.get(pipe.address);
+      this.pipes.set(pipe.address, { bytes: pipe.bytes, at });
+      if (pipe.backlog === 0) continue;
+      const measured = before && at > before.at && pipe.bytes >= before.bytes ? ((pipe.bytes - before.bytes) * 8 * 1000) / (at - before.at) : 0;
+      const drainRate = Math.max(measured, LEAST_DRAIN_SHARE * pipe.ceil);
+      delays.set(pipe.address, ((pipe.backlog * 8) / drainRate) * 1000);
+    }
+    for (const address of this.pipes.keys()) if (!present.has(address)) this.pipes.delete(address);
+    return delays;
+  }
+
+  private deliveredRate(at: number, ackedNow: number): BitsPerSecond | undefined {
+    this.acked.push({ at, bytes: ackedNow });
+    while (this.acked.length > 1 && at - this.acked[0]!.at > DELIVERED_WINDOW_MS) this.acked.shift();
+    if (this.acked.length < 2) return undefined;
+    const span = at - this.acked[0]!.at;
+    // The oldest entry's bytes were acked before the window began.
+    const bytes = this.acked.slice(1).reduce((sum, entry) => sum + entry.bytes, 0);
+    return span > 0 ? ((bytes * 8 * WIRE_PER_PAYLOAD) / span) * 1000 : undefined;
+  }
+}
+
+/**
+ * The uplink's delay from the players' own: the largest that at least two of them see (one player's own
+ * slow link cannot pull it up), a lone player's when it is alone, capped by a modem-side reading if any.
+ */
+export function uplinkDelay(clientDelays: readonly number[], modemSideMs?: number): number | undefined {
+  if (clientDelays.length === 0) return modemSideMs;
+  const sorted = [...clientDelays].sort((a, b) => b - a);
+  const agreed = sorted.length >= 2 ? sorted[1]! : sorted[0]!;
+  return modemSideMs === undefined || sorted.length >= 2 ? agreed : Math.min(agreed, modemSideMs);
+}
