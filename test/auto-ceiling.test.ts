@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import t from 'tap';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { ConfigError, validateConfig } from '../daemon/config.js';
-import { CLI, daemonConfig, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
+import { CLI, daemonConfig, type DaemonConfigKeys, logDir, play, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createTopology, netnsUnavailable } from '../daemon/support/netns.js';
 
 const MBIT = 1e6;
@@ -63,7 +63,7 @@ t.test(
     t.teardown(() => topology.destroy());
     const { dir, log } = logDir(t, 'shaperr-auto');
     const auto = { rate: 'auto', min: '2mbit', max: '30mbit', start: '18mbit' } as const;
-    const write = (server: object) => writeDaemonConfig(dir, { netns: topology.serverNs, server, log, status: { listen: '127.0.0.1:0' } });
+    const write = (server: DaemonConfigKeys['server']) => writeDaemonConfig(dir, { netns: topology.serverNs, server, log, status: { listen: '127.0.0.1:0' } });
     const config = write(auto);
     writeFileSync(log, play(topology.clientAddresses[0]!, 'one'));
     let daemon = startDaemon(config);
