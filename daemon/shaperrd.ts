@@ -22,7 +22,7 @@ import type { AbstractLock } from '../native-bindings/abstract-lock.js';
 import { planSources, type SourcePlan } from './sources/plan.js';
 import { PlexSource, type PlexTimings } from './sources/plex.js';
 import { AutoCeiling } from './ceiling/auto-ceiling.js';
-import type { CeilingChange } from './ceiling/controller.js';
+import type { CeilingChange, CeilingRulesFactory } from './ceiling/controller.js';
 import { PlexFlowDelay } from './ceiling/flow-delay.js';
 import { parseProbeTarget, UdpProbe } from './ceiling/udp-probe.js';
 
@@ -37,6 +37,8 @@ export interface DaemonOptions {
   onDecision?: (decision: Decision) => void;
   /** Retry, timeout and ping periods of the Plex API source (tests shorten them). */
   plexTimings?: Partial<PlexTimings>;
+  /** Rules other than shaperr's for the automatic ceiling (the benchmark weighs cake-autorate's against them). */
+  ceilingRules?: CeilingRulesFactory;
 }
 
 const SWEEP_INTERVAL_MS = 250;
@@ -248,6 +250,7 @@ export class Shaperrd {
       readPipes: () => this.shaper!.pipeCounters(),
       apply: (rate, change) => this.applyCeiling(rate, change),
       onError: (error) => this.kernelError(error, undefined, 'automatic ceiling failed a tick; trying again at the next'),
+      ...(this.options.ceilingRules ? { rules: this.options.ceilingRules } : {}),
     });
     this.ceiling.start();
     this.dirty = true;

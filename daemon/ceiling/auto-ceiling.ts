@@ -4,7 +4,7 @@
  * caller, which applies it through the shaper's rebalance (one batch; guarantees never above the ceiling).
  */
 import type { BitsPerSecond, PipeCounters } from '../../lib/index.js';
-import { type CeilingBounds, type CeilingChange, CeilingController, type CeilingReason } from './controller.js';
+import { type CeilingBounds, type CeilingChange, CeilingController, type CeilingReason, type CeilingRules, type CeilingRulesFactory } from './controller.js';
 import type { PlexFlowDelay } from './flow-delay.js';
 import type { UdpProbe } from './udp-probe.js';
 
@@ -44,10 +44,12 @@ export interface AutoCeilingOptions {
   /** Applies a new ceiling (throws when the kernel refuses: the controller's view is then put back). */
   apply: (rate: BitsPerSecond, change: CeilingChange) => void;
   onError: (error: unknown) => void;
+  /** Other rules than shaperr's controller (the benchmark weighs cake-autorate's against it). */
+  rules?: CeilingRulesFactory;
 }
 
 export class AutoCeiling {
-  private readonly controller: CeilingController;
+  private readonly controller: CeilingRules;
   private timer?: NodeJS.Timeout;
   private last?: { at: number; serverBytes: number };
   private readonly backloggedAt = new Map<string, { at: number; wantedCeil: number }>();
@@ -59,7 +61,7 @@ export class AutoCeiling {
 
   constructor(private readonly options: AutoCeilingOptions) {
     this.bounds = { ...options.bounds };
-    this.controller = new CeilingController(options.bounds, options.start);
+    this.controller = (options.rules ?? ((bounds, start) => new CeilingController(bounds, start)))(options.bounds, options.start);
   }
 
   get rate(): BitsPerSecond {

@@ -88,7 +88,22 @@ const SMALLEST_CHANGE = 0.01;
 
 const mbit = (bits: number): string => `${+(bits / 1e6).toFixed(2)} Mbit/s`;
 
-export class CeilingController {
+/** What drives the ceiling from the samples: shaperr's controller, or other rules to weigh it against (the benchmark's). */
+export interface CeilingRules {
+  readonly rate: BitsPerSecond;
+  /** The ceiling without a probe under way: what a restart starts from. */
+  readonly settledRate: BitsPerSecond;
+  readonly capacity: BitsPerSecond | undefined;
+  readonly delayMs: number | undefined;
+  readonly cause: string | undefined;
+  setBounds(bounds: CeilingBounds): CeilingChange | undefined;
+  restore(rate: BitsPerSecond): void;
+  observe(sample: UplinkSample): CeilingChange | undefined;
+}
+
+export type CeilingRulesFactory = (bounds: CeilingBounds, start: BitsPerSecond) => CeilingRules;
+
+export class CeilingController implements CeilingRules {
   private current: BitsPerSecond;
   private bounds: CeilingBounds;
   /** What the link delivered to Plex the last time it queued (bits/s); undefined: not measured yet. */
