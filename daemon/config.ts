@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { formatRate, NetworkSet, parseRate } from '../lib/index.js';
 import { DEFAULT_AUTO_MAX, DEFAULT_AUTO_MIN, DEFAULT_DIRECT_PLAY_HEADROOM, type PolicyConfig } from './sessions/policy.js';
 import { isLoopbackListen } from './operator/http.js';
-import { parseProbeTarget } from './ceiling/udp-probe.js';
+import { isIP } from 'node:net';
 
 /** A rate as written (`2mbit`, or bits/s), parsed here once: the rest of the daemon holds bits/s. */
 const rate = z.union([z.string(), z.number()]).transform((value, context) => {
@@ -21,6 +21,24 @@ const rate = z.union([z.string(), z.number()]).transform((value, context) => {
 });
 
 const rates = z.strictObject({ rate, ceil: rate.optional() });
+
+/** A UDP echo service beyond the modem, for the automatic ceiling's probe. */
+export interface UdpProbeTarget {
+  host: string;
+  port: number;
+  /** As written ("198.51.100.7:7", "[2001:db8::7]:7"), for messages. */
+  text: string;
+}
+
+/** "address:port" (IPv6 in brackets) → target; throws naming the problem. */
+function parseProbeTarget(text: string): UdpProbeTarget {
+  const match = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]+):(\d+)$/.exec(text);
+  const port = Number(match?.[2]);
+  if (!match || !isIP(match[1]!) || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new Error(`invalid probe target ${JSON.stringify(text)}: expected address:port of a UDP echo service, e.g. 198.51.100.7:7 or [2001:db8::7]:7`);
+  }
+  return { host: match[1]!, port, text };
+}
 
 /**
  * The server ceiling: a fixed rate (and ceil), or `auto` — it follows the uplink between `min` and `max`
@@ -38,11 +56,12 @@ const serverRates = z
     signal: z.enum(['plex', 'probe']).optional(),
     probe: z
       .string()
-      .superRefine((value, context) => {
+      .transform((value, context) => {
         try {
-          parseProbeTarget(value);
+          return parseProbeTarget(value);
         } catch (error) {
           context.addIssue({ code: 'custom', message: (error as Error).message });
+          return z.NEVER;
         }
       })
       .optional(),
@@ -272,7 +291,7 @@ export interface AutoCeilingConfig {
   max: number;
   start?: number;
   signal: 'plex' | 'probe';
-  probe?: string;
+  probe?: UdpProbeTarget;
 }
 
 export function autoCeilingConfig(config: ShaperrConfig): AutoCeilingConfig | undefined {

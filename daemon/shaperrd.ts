@@ -24,7 +24,7 @@ import { PlexSource, type PlexTimings } from './sources/plex.js';
 import { AutoCeiling } from './ceiling/auto-ceiling.js';
 import type { CeilingChange, CeilingRulesFactory } from './ceiling/controller.js';
 import { PlexFlowDelay } from './ceiling/flow-delay.js';
-import { parseProbeTarget, UdpProbe } from './ceiling/udp-probe.js';
+import { UdpProbe } from './ceiling/udp-probe.js';
 
 export interface DaemonOptions {
   config: ShaperrConfig;
@@ -232,7 +232,7 @@ export class Shaperrd {
   /** Starts the automatic ceiling from `start` (bits/s), reading Plex's connections or the UDP probe. */
   private startCeiling(auto: AutoCeilingConfig, start: number): void {
     const { config } = this;
-    const probe = auto.probe ? new UdpProbe(parseProbeTarget(auto.probe)) : undefined;
+    const probe = auto.probe ? new UdpProbe(auto.probe) : undefined;
     const plexPort = Number(new URL(plexServers(config)[0]!.url).port || 32400);
     const flows =
       auto.signal === 'plex'
@@ -255,7 +255,7 @@ export class Shaperrd {
     this.ceiling.start();
     this.dirty = true;
     this.log.info(
-      { start, min: auto.min, max: auto.max, signal: auto.signal, plexPort: flows ? plexPort : undefined, probe: auto.probe },
+      { start, min: auto.min, max: auto.max, signal: auto.signal, plexPort: flows ? plexPort : undefined, probe: auto.probe?.text },
       'automatic server ceiling on',
     );
   }

@@ -4,7 +4,7 @@
  */
 import { SocketDiag } from '../../lib/index.js';
 import { type AutoCeilingConfig, autoCeilingConfig, plexServers, type ShaperrConfig } from '../config.js';
-import { parseProbeTarget, UdpProbe } from './udp-probe.js';
+import { UdpProbe } from './udp-probe.js';
 
 export interface CeilingCheckLine {
   verdict: 'ok' | 'warn' | 'fail';
@@ -21,7 +21,7 @@ export async function checkCeiling(config: ShaperrConfig): Promise<CeilingCheckL
   const lines: CeilingCheckLine[] = [
     {
       verdict: 'ok',
-      what: `automatic server ceiling between ${auto.min / 1e6} and ${auto.max / 1e6} Mbit/s, following ${auto.signal === 'plex' ? "Plex's own connections" : `the UDP probe to ${auto.probe}`}${config.gateway ? ' (gateway mode: Plex is on another host)' : ''}`,
+      what: `automatic server ceiling between ${auto.min / 1e6} and ${auto.max / 1e6} Mbit/s, following ${auto.signal === 'plex' ? "Plex's own connections" : `the UDP probe to ${auto.probe!.text}`}${config.gateway ? ' (gateway mode: Plex is on another host)' : ''}`,
     },
   ];
   lines.push(
@@ -56,16 +56,16 @@ function plexSignal(config: ShaperrConfig): CeilingCheckLine {
 }
 
 async function probeSignal(auto: AutoCeilingConfig): Promise<CeilingCheckLine> {
-  const probe = new UdpProbe(parseProbeTarget(auto.probe!));
+  const probe = new UdpProbe(auto.probe!);
   probe.start();
   await new Promise((resolve) => setTimeout(resolve, PROBE_CHECK_MS));
   const { sent, answered } = probe.counts;
   probe.stop();
   return answered
-    ? { verdict: 'ok', what: `the UDP probe to ${auto.probe} answered ${answered} of ${sent}` }
+    ? { verdict: 'ok', what: `the UDP probe to ${auto.probe!.text} answered ${answered} of ${sent}` }
     : {
         verdict: auto.signal === 'probe' ? 'fail' : 'warn',
-        what: `the UDP probe to ${auto.probe} got no answer (${sent} sent)`,
+        what: `the UDP probe to ${auto.probe!.text} got no answer (${sent} sent)`,
         fix: 'run a UDP echo service there (port 7, e.g. inetd or socat) on a host beyond your modem, and let its firewall answer',
       };
 }

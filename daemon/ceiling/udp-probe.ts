@@ -10,11 +10,7 @@
  */
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
-
-export interface UdpProbeTarget {
-  host: string;
-  port: number;
-}
+import type { UdpProbeTarget } from '../config.js';
 
 const INTERVAL_MS = 100;
 /** Older answers are lost (the modem's tail dropped them): no longer read as a delay. */
@@ -22,16 +18,6 @@ const GIVE_UP_MS = 2000;
 /** The baseline is the least round trip over this long (a route change moves it). */
 const BASELINE_WINDOW_MS = 5 * 60_000;
 const PAYLOAD_BYTES = 32;
-
-/** "host:port" (IPv6 in brackets) → target; throws naming the problem. */
-export function parseProbeTarget(text: string): UdpProbeTarget {
-  const match = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]+):(\d+)$/.exec(text);
-  const port = Number(match?.[2]);
-  if (!match || !isIP(match[1]!) || !Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new Error(`invalid probe target ${JSON.stringify(text)}: expected address:port of a UDP echo service, e.g. 198.51.100.7:7 or [2001:db8::7]:7`);
-  }
-  return { host: match[1]!, port };
-}
 
 export class UdpProbe {
   private readonly socket: dgram.Socket;
