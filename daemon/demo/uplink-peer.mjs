@@ -15,6 +15,13 @@
 //   node uplink-peer.mjs gamer <address> <server> <port> <seconds> <packetsPerSecond>
 //     a player's game client: small datagrams at a steady rate; prints "rtt <seq> <ms> <sent>" per answer and
 //     "done <sent> <answered>" at the end.
+//   node uplink-peer.mjs sink <address> <port>
+//     where LAN uploads go: reads and discards TCP connections and UDP datagrams on the one port.
+//   node uplink-peer.mjs upload <address> <sink> <port> tcp|udp <bitsPerSecond>
+//     a LAN uploader from <address>: paced at <bitsPerSecond> of payload (a video call over UDP in
+//     1200-byte datagrams, a capped backup over TCP), or with 0 (TCP only) bulk, as fast as TCP goes.
+//     Prints "started" once it can send, "sent <time> <bytes>" every 200 ms (payload handed to the
+//     kernel so far) and, on SIGTERM, "done <bytes> <seconds>".
 import dgram from 'node:dgram';
 import net from 'node:net';
 
@@ -24,6 +31,11 @@ const say = (line) => process.stdout.write(`${line}\n`);
 
 const SEGMENT_SECONDS = 4;
 const BUFFER_TARGET_SECONDS = 30;
+const DATAGRAM_BYTES = 1200;
+const TCP_CHUNK_BYTES = 64 * 1024;
+const PACING_TICK_MS = 5;
+/** The most a paced uploader sends at once after falling behind (a late timer): 100 ms of its rate. */
+const PACING_BURST_MS = 100;
 
 if (mode === 'segments') {
   const [address, port] = args;
@@ -96,8 +108,19 @@ if (mode === 'segments') {
     };
     send();
   });
+} else if (mode === 'sink') {
+  const [address, port] = args;
+  const udp = dgram.createSocket(address.includes(':') ? 'udp6' : 'udp4');
+  const tcp = net.createServer((socket) => {
+    socket.on('error', () => {});
+    socket.resume();
+  });
+  udp.bind(Number(port), address, () => tcp.listen(Number(port), address, () => say('listening')));
+} else if (mode === 'upload') {
+  const [address, sink, port, protocol, bitsPerSecond] = args;
+  startUploader(address, sink, Number(port), protocol, Number(bitsPerSecond));
 } else {
-  process.stderr.write('usage: uplink-peer.mjs segments|players|udp-echo|gamer …\n');
+  process.stderr.write('usage: uplink-peer.mjs segments|players|udp-echo|gamer|sink|upload …\n');
   process.exit(64);
 }
 
@@ -168,4 +191,90 @@ function startPlayer(index, { address, bitsPerSecond }, server, port) {
       };
     },
   };
+}
+
+/** One LAN uploader (see the usage above). */
+function startUploader(address, sink, port, protocol, bitsPerSecond) {
+  if (!(protocol === 'tcp' || protocol === 'udp') || !(bitsPerSecond >= 0) || (protocol === 'udp' && !bitsPerSecond)) {
+    process.stderr.write(`upload: expected tcp or udp and a rate in bits/s (0: bulk, TCP only), got ${protocol} ${bitsPerSecond}\n`);
+    process.exit(64);
+  }
+  const began = now();
+  const fail = (error) => {
+    process.stderr.write(`upload from ${address} to ${sink}:${port}: ${error.message}\n`);
+    process.exit(1);
+  };
+  const connect = protocol === 'udp' ? udpSender : tcpSender;
+  connect(address, sink, port, fail, (sender) => {
+    say('started');
+    setInterval(() => say(`sent ${now().toFixed(3)} ${sender.sent()}`), 200);
+    process.on('SIGTERM', () => {
+      say(`done ${sender.sent()} ${((now() - began) / 1000).toFixed(3)}`);
+      process.exit(0);
+    });
+    if (bitsPerSecond) pace(sender, bitsPerSecond);
+    else sender.bulk();
+  });
+}
+
+/** A token bucket filled at the rate on a timer; the sender spends what it can of it. */
+function pace(sender, bitsPerSecond) {
+  const bytesPerMs = bitsPerSecond / 8 / 1000;
+  let tokens = 0;
+  let last = now();
+  setInterval(() => {
+    const at = now();
+    tokens = Math.min(tokens + (at - last) * bytesPerMs, PACING_BURST_MS * bytesPerMs);
+    last = at;
+    tokens -= sender.send(tokens);
+  }, PACING_TICK_MS);
+}
+
+/** UDP: whole datagrams out of the budget, the rest waits for the next tick. */
+function udpSender(address, sink, port, fail, ready) {
+  const socket = dgram.createSocket(address.includes(':') ? 'udp6' : 'udp4');
+  const datagram = Buffer.alloc(DATAGRAM_BYTES, 0x55);
+  let sent = 0;
+  const counted = (error) => {
+    if (!error) sent += DATAGRAM_BYTES;
+  };
+  socket.on('error', fail);
+  socket.bind(0, address, () =>
+    socket.connect(port, sink, () =>
+      ready({
+        sent: () => sent,
+        send(budget) {
+          const count = Math.floor(budget / DATAGRAM_BYTES);
+          for (let i = 0; i < count; i++) socket.send(datagram, counted);
+          return count * DATAGRAM_BYTES;
+        },
+      }),
+    ),
+  );
+}
+
+/** TCP: paced writes while Node holds nothing unsent (else the path is slower than the cap), or bulk. */
+function tcpSender(address, sink, port, fail, ready) {
+  const socket = net.connect({ host: sink, port, localAddress: address });
+  const chunk = Buffer.alloc(TCP_CHUNK_BYTES, 0x55);
+  socket.on('error', fail);
+  socket.on('connect', () =>
+    ready({
+      // Bytes still in Node's own buffer have not reached the kernel.
+      sent: () => socket.bytesWritten - socket.writableLength,
+      send(budget) {
+        const bytes = Math.min(Math.floor(budget), TCP_CHUNK_BYTES);
+        if (socket.writableLength > 0 || bytes < 1) return 0;
+        socket.write(chunk.subarray(0, bytes));
+        return bytes;
+      },
+      bulk() {
+        const fill = () => {
+          while (socket.write(chunk));
+        };
+        socket.on('drain', fill);
+        fill();
+      },
+    }),
+  );
 }
