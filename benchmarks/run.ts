@@ -26,6 +26,7 @@ import { type ShippedDaemon, shippedNodeFlags, startShippedDaemon, waitFor } fro
 import { homeUplinkScenario } from './home-uplink.js';
 import { FilterArrivals } from './filter-arrivals.js';
 import { serverCeiling } from './server-ceiling.js';
+import { variableUplinkScenario } from './variable-uplink.js';
 
 const quick = process.argv.includes('--quick');
 /** `--only=churn` runs the scenarios whose name contains the word. */
@@ -1018,6 +1019,7 @@ async function main(): Promise<void> {
     ['accuracy', accuracy],
     ['home uplink', () => homeUplinkScenario(record, { quick })],
     ['server ceiling', () => serverCeiling(record, quick, PREFIX)],
+    ['variable uplink', () => variableUplinkScenario(record, { quick })],
   ] as const;
   if (only && !scenarios.some(([name]) => name.includes(only))) {
     throw new Error(`--only=${only} names no scenario; they are: ${scenarios.map(([name]) => name).join(', ')}`);
