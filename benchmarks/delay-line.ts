@@ -41,7 +41,6 @@ export interface DelayLineStats {
 }
 
 export interface DelayLine {
-  readonly pid: number;
   /** The counters so far. */
   stats(): Promise<DelayLineStats>;
   /** Ends the program and returns its final counters; throws if it had died. */
@@ -131,7 +130,6 @@ export async function startDelayLine({ ends, delaysMs, defaultDelayMs = 0, queue
     return parseStatsLine(await Promise.race([line, death().then((error) => Promise.reject(error))]));
   };
   return {
-    pid: child.pid!,
     stats: () => statsAfter('SIGUSR1'),
     async stop() {
       if (stopping) throw new Error('the delay line was already stopped');

@@ -414,6 +414,8 @@ export function setModemRate(home: HomeUplink, bitsPerSecond: number): void {
 }
 
 function changeModemRate(tc: TrafficControl, bitsPerSecond: number): void {
+  // The kernel keeps whole bytes per second and refuses 0.
+  if (!(Number.isFinite(bitsPerSecond) && bitsPerSecond >= 8)) throw new Error(`the modem's rate must be at least 8 bits/s, not ${bitsPerSecond}`);
   tc.changeClass(MODEM.device, { kind: 'htb', parent: '1:', classid: MODEM.classid, options: modemClassOptions(bitsPerSecond) });
 }
 
