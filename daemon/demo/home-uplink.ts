@@ -590,11 +590,24 @@ class Peer {
   }
 }
 
-/** Starts a listening peer and waits for its "listening". */
-async function listener(what: string, netns: string, args: string[], options: { latencySensitive?: boolean } = {}): Promise<Peer> {
+interface ReadyOptions {
+  /** The line the peer prints once it serves (default "listening"). */
+  readyLine?: string;
+  /** Every other line. */
+  onLine?: (line: string) => void;
+  latencySensitive?: boolean;
+}
+
+/** Starts a peer and waits for its ready line. */
+async function listener(
+  what: string,
+  netns: string,
+  args: string[],
+  { readyLine = 'listening', onLine = () => {}, latencySensitive }: ReadyOptions = {},
+): Promise<Peer> {
   let ready = (): void => {};
   const listening = new Promise<void>((resolve) => (ready = resolve));
-  const peer = new Peer(what, netns, args, (line) => line === 'listening' && ready(), options);
+  const peer = new Peer(what, netns, args, (line) => (line === readyLine ? ready() : onLine(line)), { latencySensitive });
   // A socket that cannot bind may end the process quietly, with 0.
   await Promise.race([listening, peer.failure({ anyExit: true })]).catch((error: unknown) => {
     peer.kill();
@@ -777,18 +790,14 @@ export async function startUploader(home: HomeUplink, spec: UploaderSpec): Promi
     throw new Error(`an uploader's rate must be a positive number of bits/s${spec.protocol === 'tcp' ? ' (none: bulk)' : ''}, not ${spec.bitsPerSecond}`);
   const what = `${spec.protocol.toUpperCase()} uploader${rate ? ` at ${rate / 1e6} Mbit/s` : ' (bulk)'}`;
   const reports: Uploader['reports'] = [];
-  let started = (): void => {};
-  const connected = new Promise<void>((resolve) => (started = resolve));
   let total: { bytes: number; seconds: number } | undefined;
-  const peer = new Peer(what, home.lanNs, ['upload', LAN_UPLOADER, UPLOAD_SINK.address, String(UPLOAD_SINK.port), spec.protocol, String(rate)], (line) => {
-    const [kind, a, b] = line.split(' ');
-    if (kind === 'started') started();
-    else if (kind === 'sent') reports.push({ at: Number(a), bytes: Number(b) });
-    else if (kind === 'done') total = { bytes: Number(a), seconds: Number(b) };
-  });
-  await Promise.race([connected, peer.failure({ anyExit: true })]).catch((error: unknown) => {
-    peer.kill();
-    throw error;
+  const peer = await listener(what, home.lanNs, ['upload', LAN_UPLOADER, UPLOAD_SINK.address, String(UPLOAD_SINK.port), spec.protocol, String(rate)], {
+    readyLine: 'started',
+    onLine: (line) => {
+      const [kind, a, b] = line.split(' ');
+      if (kind === 'sent') reports.push({ at: Number(a), bytes: Number(b) });
+      else if (kind === 'done') total = { bytes: Number(a), seconds: Number(b) };
+    },
   });
   return {
     reports,
