@@ -5,8 +5,9 @@
  * API (websocket notifications, /status/sessions) for another; TCP streams run to a LAN client (exempt)
  * and both remote ones the whole time, and a table shows each client's state, configured rate, measured
  * throughput and kernel changes, second by second. Next to it, a home uplink (home-uplink-demo.ts):
- * three remote viewers and a LAN gamer behind a 20 Mbit/s modem, unshaped first, then with shaperr, the
- * gamer's ping in the table. Everything it made is removed at the end, on Ctrl-C and on a crash.
+ * three remote viewers and a LAN gamer behind a 20 Mbit/s modem, unshaped first, then with shaperr's
+ * automatic ceiling while the modem drops to 10 Mbit/s and back, then the old fixed ceiling in the same
+ * drop; the gamer's ping, the ceiling and the modem's queue in the table. Everything it made is removed at the end, on Ctrl-C and on a crash.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -19,7 +20,7 @@ import { describeRate } from '../../lib/index.js';
 import { validateConfig } from '../config.js';
 import type { Decision } from '../sessions/sessions.js';
 import { Shaperrd } from '../shaperrd.js';
-import { describeHomeUplink, type HomeUplinkDemo, type HomeUplinkDemoSummary, startHomeUplinkDemo } from './home-uplink-demo.js';
+import { describeHomeUplink, type HomeUplinkDemo, type HomeUplinkDemoSummary, prepareHomeUplinkDemo } from './home-uplink-demo.js';
 import { PlexTestServer } from './plex-test-server.js';
 import { createPair, liveNamespaces, removeAllNamespaces } from '../support/netns.js';
 
@@ -137,8 +138,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       server: ['192.168.50.1/24', '203.0.113.1/24'],
       clients: CLIENTS.map((client) => `${client.address}/24`),
     });
-    // The home next to it: its own namespaces, modem, viewers, gamer and (from 40 % of the run) shaperrd.
-    home = await startHomeUplinkDemo({ durationSeconds: duration, dir });
+    // The home next to it: its own namespaces, modem, viewers, gamer and (from a quarter of the run) shaperrd.
+    home = await prepareHomeUplinkDemo({ durationSeconds: duration, dir });
     const token = randomBytes(16).toString('hex');
     plex = await PlexTestServer.start({ token, friendlyName: 'demo Plex' });
     const config = validateConfig({
@@ -191,6 +192,9 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       const pace = [String(client === LAN ? LAN_STREAM_BITS : REMOTE_STREAM_BITS)];
       children.push(peer(pair.serverNs, ['send', client.address, String(PORTS[client.address]), String(duration + 5), ...pace]));
     }
+
+    // The home's clock starts with the table's, its idle link measured beside the streams above.
+    home.start();
 
     // The script, as fractions of the duration.
     const at = { lanPlay: 0.1, remotePlay: 0.2, appPlay: 0.25, stormFrom: 0.45, stormTo: 0.52, remoteStop: 0.7, appStop: 0.75 };
@@ -260,13 +264,16 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
         const configured = c === LAN ? 'never (LAN)' : throttled ? describeRate(configuredRate(c)) : 'full speed';
         return `${`${c.name} ${c.address}`.padEnd(28)}${phase[c.address]!.padEnd(11)}${configured.padEnd(16)}${mbit(rates[c.address]!).padEnd(18)}${operations[c.address]}`;
       });
-      rows.push(home.line());
+      rows.push(...home.lines());
+      const stamp = (line: string) => `[${String(step / 4).padStart(3)}s] ${line}`;
+      // The ceiling's changes stay on screen: in a terminal they scroll above the table redrawn below them.
+      const events = home.takeEvents();
       const block = [`shaperr demo — ${step / 4}/${duration} s, ${daemon.counters.events} playback events read`, header, ...rows];
       if (options.tty) {
-        write(`${drawn ? `\x1b[${drawn}A` : ''}${block.map((line) => `\x1b[2K${line}`).join('\n')}\n`);
+        write(`${drawn ? `\x1b[${drawn}A` : ''}${[...events.map(stamp), ...block].map((line) => `\x1b[2K${line}`).join('\n')}\n`);
         drawn = block.length;
       } else {
-        write(`${rows.map((row) => `[${String(step / 4).padStart(3)}s] ${row}`).join('\n')}\n`);
+        write(`${[...events, ...rows].map(stamp).join('\n')}\n`);
       }
     }
 
