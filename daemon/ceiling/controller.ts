@@ -49,21 +49,18 @@ export const BUSY_UPLINK_CAUSE = 'the uplink is busy with other traffic';
 
 /** Thresholds and periods; tests and the benchmark may shorten nothing but may read them. */
 export const CEILING_TUNING = {
-  /** A delay above this in two samples in a row (or four times it once) means the modem queues. */
+  /** A delay above this in two samples in a row (or twice it once) means the modem queues. */
   bloatMs: 12,
   /** Below this the queue counts as drained, and a probe as harmless. */
   clearMs: 4,
-  /** A probe is reverted when the delay passes this in two samples in a row (or twice this once). */
+  /** A probe is reverted as soon as the delay passes this (a probe is worth less than the gamer's ping). */
   probeFailMs: 6,
-  /**
-   * The thresholds count from the signal's own floor while nothing queues (what the estimate of shaperr's
-   * own queues leaves over, a few ms), learnt slowly and never above this.
-   */
-  maxFloorMs: 6,
   /** The queue found at a cut should be gone within this long. */
-  drainSeconds: 0.4,
+  drainSeconds: 0.25,
   /** A cut goes no lower than this fraction of the delivered rate (however deep the queue). */
   deepestCut: 0.3,
+  /** A drain lasts at least this long. */
+  leastDrainMs: 800,
   /** After draining, the ceiling holds at this fraction of the measured capacity. */
   holdFraction: 0.92,
   /** After a cut, another waits this long (the first must take effect: the srtt lags by a round trip). */
@@ -72,6 +69,10 @@ export const CEILING_TUNING = {
   probeHoldMs: 1000,
   /** A probe goes at least this far past the capacity measured last (a small overshoot queues slowly). */
   probeBeyondCapacity: 1.02,
+  /** A queue found this soon after a probe failed is that probe's, not a link that moved. */
+  probeAftermathMs: 3000,
+  /** A probe that holds this far past the capacity measured last shows a link that grew. */
+  clearlyPast: 1.05,
   /** Probe steps grow while probes keep holding (a link that came back is found in seconds). */
   probeSteps: [1.04, 1.08, 1.12, 1.16, 1.2] as readonly number[],
   /**
@@ -83,6 +84,9 @@ export const CEILING_TUNING = {
   busyAfterMs: 3000,
 } as const;
 
+const RATE_STEP = 8000;
+/** The sent rate's smoothing per tick (a time constant of about five ticks). */
+const SENT_SMOOTHING = 0.2;
 /** Changes smaller than this share of the ceiling are not made. */
 const SMALLEST_CHANGE = 0.01;
 
@@ -110,16 +114,17 @@ export class CeilingController implements CeilingRules {
   private capacityEstimate?: BitsPerSecond;
   private lastDelay?: number;
   private aboveBloat = 0;
-  private aboveProbeFail = 0;
-  /** The delay's floor while nothing queues (see maxFloorMs). */
-  private floor = 0;
+  private belowClear = 0;
   private lastCutAt = -Infinity;
   /** Set while the ceiling is cut below the hold level to drain a queue. */
   private draining = false;
   /** A probe under way: the ceiling it left, and since when Plex has sent more than the link carried before. */
-  private probe?: { base: BitsPerSecond; carryingSince?: number };
+  private probe?: { base: BitsPerSecond; target: BitsPerSecond; startedAt: number };
+  /** What shaperr sent, smoothed over about half a second (bits/s). */
+  private smoothedSent = 0;
   private probeStep = 0;
   private failedProbes = 0;
+  private lastProbeFailedAt = -Infinity;
   private nextProbeAt = -Infinity;
   private queueingAtMinSince?: number;
   private busy = false;
@@ -180,41 +185,44 @@ export class CeilingController implements CeilingRules {
       return undefined;
     }
     const carried = () => this.carried(sample, delay, previous);
-    // From here on the delay counts from the floor.
-    const excess = delay - this.floor;
-    if (!this.probe && !this.draining && excess < tuning.clearMs) this.floor = Math.min(tuning.maxFloorMs, this.floor + (delay - this.floor) * 0.05);
-    this.aboveBloat = excess > tuning.bloatMs ? this.aboveBloat + 1 : 0;
-    this.aboveProbeFail = excess > tuning.probeFailMs ? this.aboveProbeFail + 1 : 0;
-    this.noteBusy(sample.at, excess);
+    this.aboveBloat = delay > tuning.bloatMs ? this.aboveBloat + 1 : 0;
+    this.belowClear = delay < tuning.clearMs ? this.belowClear + 1 : 0;
+    this.noteBusy(sample.at, delay);
 
+    this.smoothedSent += (sample.sentRate - this.smoothedSent) * SENT_SMOOTHING;
     if (this.probe) {
-      if (this.aboveProbeFail >= 2 || excess > 2 * tuning.probeFailMs) return this.failProbe(sample.at, carried());
-      // Only traffic above what the link carried before tells that it has room: a probe the players do not
-      // fill stays pending (it costs nothing until they do, and a queue then reverts it).
-      const before = this.capacityEstimate ?? this.probe.base;
-      if (sample.sentRate < before * (1 + SMALLEST_CHANGE)) this.probe.carryingSince = undefined;
-      else this.probe.carryingSince ??= sample.at;
-      if (this.probe.carryingSince !== undefined && sample.at - this.probe.carryingSince >= tuning.probeHoldMs) {
-        // The link carried more than before without a queue: it has at least that much room.
-        this.capacityEstimate = Math.max(before, sample.sentRate);
+      if (delay > tuning.probeFailMs) return this.failProbe(sample.at, carried());
+      // Only traffic into the new room tells that the link has it: a probe the players do not fill stays
+      // pending (it costs nothing until they do, and a queue then reverts it).
+      const used = this.smoothedSent >= (this.probe.base + this.probe.target) / 2;
+      if (used && sample.at - this.probe.startedAt >= tuning.probeHoldMs) {
+        // The link carried more than before without a queue: it has at least that much room, and the
+        // ramp goes on at once, with a larger step. Only a probe clearly past the capacity measured last
+        // says the link grew (one just past it may be that measure's error): then failed probes are
+        // forgotten; until then they keep backing off.
+        const known = this.capacityEstimate ?? 0;
+        if (this.probe.target >= known * tuning.clearlyPast) this.failedProbes = 0;
+        this.capacityEstimate = Math.max(known, this.smoothedSent);
         this.probe = undefined;
         this.probeStep = Math.min(this.probeStep + 1, tuning.probeSteps.length - 1);
-        this.failedProbes = 0;
         this.nextProbeAt = sample.at;
       }
       return undefined;
     }
-    if (this.aboveBloat >= 2 || excess > 4 * tuning.bloatMs) {
+    if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs) {
       if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
-      return this.cut(sample.at, excess, carried());
+      return this.cut(sample.at, delay, carried());
     }
-    if (excess >= tuning.clearMs) return undefined;
+    if (delay >= tuning.clearMs) return undefined;
     const hold = this.capacityEstimate === undefined ? undefined : this.clamp(tuning.holdFraction * this.capacityEstimate);
-    if (this.draining) {
+    // Drained when two samples in a row say so (one may be a round trip that met no queue by chance), and
+    // not before the cut had time to work: right after it the pipes fill, and the round trips read then
+    // are the least reliable.
+    if (this.draining && this.belowClear >= 2 && sample.at - this.lastCutAt >= tuning.leastDrainMs) {
       this.draining = false;
       return this.move(hold!, 'drained', `queue drained: holding at ${tuning.holdFraction * 100} % of the ${mbit(this.capacityEstimate!)} measured`);
     }
-    if (sample.demand <= this.current * 1.02 || this.current >= this.bounds.max) return undefined;
+    if (this.draining || sample.demand <= this.current * 1.02 || this.current >= this.bounds.max) return undefined;
     if (hold !== undefined && hold > this.current * (1 + SMALLEST_CHANGE))
       return this.move(hold, 'drained', `back to ${tuning.holdFraction * 100} % of the ${mbit(this.capacityEstimate!)} measured`);
     if (sample.at < this.nextProbeAt) return undefined;
@@ -222,7 +230,7 @@ export class CeilingController implements CeilingRules {
     const step = tuning.probeSteps[this.probeStep]!;
     const target = this.clamp(Math.min(Math.max(this.current * step, (this.capacityEstimate ?? 0) * tuning.probeBeyondCapacity), sample.demand));
     if (target <= this.current) return undefined;
-    this.probe = { base: this.current };
+    this.probe = { base: this.current, target, startedAt: sample.at };
     return this.move(target, 'probe', `players want ${mbit(sample.demand)} and the uplink shows no queue: trying more`);
   }
 
@@ -236,18 +244,24 @@ export class CeilingController implements CeilingRules {
     return sample.sentRate / (1 + growth);
   }
 
-  private cut(at: number, delay: number, capacity: BitsPerSecond): CeilingChange | undefined {
+  private cut(at: number, delay: number, carried: BitsPerSecond): CeilingChange | undefined {
     const tuning = CEILING_TUNING;
+    // Cut again while draining, the signal still shows the queue met a round trip ago, and the far ends
+    // acknowledge less as it drains: that is no lower capacity.
+    const again = this.draining && this.capacityEstimate !== undefined;
+    const capacity = again ? Math.max(this.capacityEstimate!, carried) : carried;
     this.capacityEstimate = capacity;
     this.lastCutAt = at;
     this.aboveBloat = 0;
     this.probeStep = 0;
-    // The link moved (no probe of ours did this): it may move back soon, so probing starts quick again.
-    this.failedProbes = 0;
-    this.nextProbeAt = at + tuning.probeBackoffMs[0]!;
+    // The link moved (unless it is what a failed probe of ours left): it may move back soon, so probing
+    // starts quick again.
+    if (at - this.lastProbeFailedAt > tuning.probeAftermathMs) this.failedProbes = 0;
+    this.nextProbeAt = Math.max(this.nextProbeAt, at + tuning.probeBackoffMs[0]!);
     this.draining = true;
     const fraction = Math.max(tuning.deepestCut, 1 - delay / 1000 / tuning.drainSeconds);
-    const target = this.clamp(Math.min(this.current, capacity * fraction));
+    // A queue that outlasts a cut (traffic shaperr does not carry): down from where the ceiling is.
+    const target = this.clamp(again ? this.current * Math.max(0.5, fraction) : Math.min(this.current, capacity * fraction));
     if (target === this.current) return undefined;
     return this.move(target, 'queue', `the uplink queues ${delay.toFixed(0)} ms beyond shaperr (it carried ${mbit(capacity)}): draining`);
   }
@@ -256,10 +270,10 @@ export class CeilingController implements CeilingRules {
     const tuning = CEILING_TUNING;
     const probe = this.probe!;
     this.probe = undefined;
-    this.aboveProbeFail = 0;
     this.probeStep = 0;
     const waited = tuning.probeBackoffMs[Math.min(this.failedProbes, tuning.probeBackoffMs.length - 1)]!;
     this.failedProbes++;
+    this.lastProbeFailedAt = at;
     this.nextProbeAt = at + waited;
     // The link carried the base without a queue, not the probe. What the far ends acknowledged tells where
     // in between, when it was measured at the link's limit (a reading well below the base was not).
@@ -270,8 +284,8 @@ export class CeilingController implements CeilingRules {
   }
 
   /** Queueing for a while at `min`: traffic shaperr does not carry fills the uplink. */
-  private noteBusy(at: number, excess: number): void {
-    const queueing = excess > CEILING_TUNING.bloatMs;
+  private noteBusy(at: number, delay: number): void {
+    const queueing = delay > CEILING_TUNING.bloatMs;
     if (queueing && this.current <= this.bounds.min) {
       this.queueingAtMinSince ??= at;
       if (at - this.queueingAtMinSince >= CEILING_TUNING.busyAfterMs) this.busy = true;
@@ -288,7 +302,8 @@ export class CeilingController implements CeilingRules {
   }
 
   private clamp(rate: BitsPerSecond): BitsPerSecond {
-    return Math.round(Math.min(this.bounds.max, Math.max(this.bounds.min, rate)));
+    // Whole kbyte/s: the kernel keeps rates in bytes/s, so the ceiling read back is the one set.
+    return Math.min(this.bounds.max, Math.max(this.bounds.min, Math.round(rate / RATE_STEP) * RATE_STEP));
   }
 
   private move(to: BitsPerSecond, reason: CeilingReason, why: string): CeilingChange | undefined {
