@@ -97,6 +97,7 @@ interface Phase {
 function phases(quick: boolean): Phase[] {
   const step = quick ? 2 : 40;
   const sinePeriod = quick ? 4 : 60;
+  const sinePeriods = quick ? 1 : 2;
   const upload = quick ? 2 : 30;
   const steady = () => UPLINK;
   return [
@@ -111,8 +112,8 @@ function phases(quick: boolean): Phase[] {
       stepsAtMs: [step * 1000, 2 * step * 1000],
     },
     {
-      name: `sine 8–20 Mbit/s, ${quick ? 1 : 2} period(s) of ${sinePeriod} s`,
-      seconds: (quick ? 1 : 2) * sinePeriod,
+      name: `sine 8–20 Mbit/s, ${sinePeriods} × ${sinePeriod} s`,
+      seconds: sinePeriods * sinePeriod,
       modem: sineSchedule({ lowBitsPerSecond: 8 * MBIT, highBitsPerSecond: UPLINK, periodMs: sinePeriod * 1000 }),
       stepsAtMs: [],
     },
@@ -167,7 +168,6 @@ async function startDaemonInNetns(netns: string, program: string[], config: obje
 
 interface StatusPoint {
   at: number;
-  rate: number;
   delayMs?: number;
   changes: number;
 }
@@ -191,7 +191,7 @@ for (;;) {
   try {
     const status = await (await fetch(base + 'api/status')).json();
     const c = status.ceiling;
-    console.log('status ' + JSON.stringify({ at, rate: status.server?.rate ?? 0, delayMs: c?.delayMs, changes: c?.changes ?? 0 }));
+    console.log('status ' + JSON.stringify({ at, delayMs: c?.delayMs, changes: c?.changes ?? 0 }));
     if (at - metricsAt >= ${STATUS_POLL_MS.counters}) {
       metricsAt = at;
       const text = await (await fetch(base + 'metrics')).text();
@@ -577,7 +577,7 @@ function recordRuns(record: (row: Row) => void, scenario: string, home: Home, ru
         ? `the first ${SETTLE_MS / 1000} s after each of ${window.events.length} ${changes} excluded (${f.gamer.excluded} pings)`
         : 'no steps';
       record({ scenario, variant: `${name}: gamer RTT p50`, value: f.gamer.p50, unit: 'ms', note: excluded });
-      record({ scenario, variant: `${name}: gamer RTT p99`, value: f.gamer.p99, unit: 'ms', note: `${f.gamer.count} pings; ${excluded}` });
+      record({ scenario, variant: `${name}: gamer RTT p99`, value: f.gamer.p99, unit: 'ms', note: `${f.gamer.count} pings; ${excluded}; ${load} the variant` });
       record({ scenario, variant: `${name}: gamer RTT max`, value: f.gamer.max, unit: 'ms' });
       record({
         scenario,
