@@ -10,7 +10,14 @@
  */
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
-import type { UdpProbeTarget } from '../config.js';
+
+/** A UDP echo service beyond the modem (parsed from `address:port` in the config). */
+export interface UdpProbeTarget {
+  host: string;
+  port: number;
+  /** As written ("198.51.100.7:7", "[2001:db8::7]:7"), for messages. */
+  text: string;
+}
 
 const INTERVAL_MS = 100;
 /** Older answers are lost (the modem's tail dropped them): no longer read as a delay. */
