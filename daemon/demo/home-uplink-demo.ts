@@ -68,7 +68,7 @@ export interface PhaseSummary {
   modemBitsPerSecond: number;
   /** Over the whole phase. */
   whole: StretchFigures;
-  /** From SETTLE_SECONDS into the phase on: what holds once the ceiling has reacted (absent: a shorter phase). */
+  /** From SETTLE_SECONDS into the phase on: what holds once the ceiling has reacted (absent: too short a phase). */
   settled?: StretchFigures;
   /** shaperr's server ceiling read from its class in the kernel (absent: shaperr off). */
   ceiling?: { lowestBitsPerSecond: number; highestBitsPerSecond: number; lastBitsPerSecond: number };
@@ -297,7 +297,7 @@ export async function prepareHomeUplinkDemo({ durationSeconds, dir }: { duration
             toSeconds: (to - began) / 1000,
             modemBitsPerSecond: lastModemReading?.bitsPerSecond ?? 0,
             whole: figures(from),
-            ...(to - from > SETTLE_SECONDS * 1000 ? { settled: figures(from + SETTLE_SECONDS * 1000) } : {}),
+            ...(to - from >= 2 * SETTLE_SECONDS * 1000 ? { settled: figures(from + SETTLE_SECONDS * 1000) } : {}),
             ...(ceils.length
               ? { ceiling: { lowestBitsPerSecond: Math.min(...ceils), highestBitsPerSecond: Math.max(...ceils), lastBitsPerSecond: ceils.at(-1)! } }
               : {}),
@@ -338,8 +338,8 @@ export function describeHomeUplink(summary: HomeUplinkDemoSummary): string[] {
   return [
     `  home uplink (20 Mbit/s modem dropping to ${DROPPED_BITS / 1e6} and back, 3 viewers at ${summary.streams.map((s) => s.bitsPerSecond / 1e6).join(' + ')} Mbit/s, a gamer pinging 50×/s):`,
     `    ${'phase'.padEnd(29)}${'modem'.padEnd(11)}${'ceiling Mbit/s'.padEnd(22)}${'gamer ping p99'.padEnd(24)}modem queue, peak`,
-    ...summary.phases.slice(1).map(row),
-    `    (a → b: over the whole phase → after its first ${SETTLE_SECONDS} s, once the ceiling has reacted; the idle link's p99: ${p99(idle)})`,
+    ...summary.phases.map(row),
+    `    (a → b: over the whole phase → after its first ${SETTLE_SECONDS} s, once the ceiling has reacted)`,
     `    when the link dropped to ${DROPPED_BITS / 1e6} Mbit/s: with the old fixed ceiling the gamer's p99 climbs to ${p99(fixed.whole)} (${p99(fixed.settled)} after ${SETTLE_SECONDS} s);` +
       ` with the automatic one ${p99(auto.whole)} while it cut, then ${p99(auto.settled)} (idle link: ${p99(idle)})`,
     `    the automatic ceiling changed ${summary.ceilingChangeCount} times; viewers: ${stalls} stalls`,
