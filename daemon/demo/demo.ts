@@ -7,7 +7,8 @@
  * throughput and kernel changes, second by second. Next to it, a home uplink (home-uplink-demo.ts):
  * three remote viewers and a LAN gamer behind a 20 Mbit/s modem, unshaped first, then with shaperr's
  * automatic ceiling while the modem drops to 10 Mbit/s and back, then the old fixed ceiling in the same
- * drop; the gamer's ping, the ceiling and the modem's queue in the table. Everything it made is removed at the end, on Ctrl-C and on a crash.
+ * drop; the gamer's ping, the ceiling and the modem's queue in the table. Everything it made is removed
+ * at the end, on Ctrl-C and on a crash.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -138,7 +139,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoSummary> {
       server: ['192.168.50.1/24', '203.0.113.1/24'],
       clients: CLIENTS.map((client) => `${client.address}/24`),
     });
-    // The home next to it: its own namespaces, modem, viewers, gamer and (from a quarter of the run) shaperrd.
+    // The home next to it: its own namespaces, modem, viewers, gamer and (from a fifth of the run on) shaperrd.
     home = await prepareHomeUplinkDemo({ durationSeconds: duration, dir });
     const token = randomBytes(16).toString('hex');
     plex = await PlexTestServer.start({ token, friendlyName: 'demo Plex' });

@@ -116,6 +116,8 @@ interface ShaperrSample {
 
 const mbit = (bits: number) => `${(bits / 1e6).toFixed(2)} Mbit/s`;
 const ms = (value: number) => `${value.toFixed(1)} ms`;
+/** The largest of many values, 0 for none (a long demo has too many samples to spread into Math.max). */
+const largest = (values: readonly number[]) => values.reduce((a, b) => Math.max(a, b), 0);
 const queueMs = (reading: { backlog: number; bitsPerSecond: number }) => (reading.backlog * 8 * 1000) / reading.bitsPerSecond;
 
 /**
@@ -281,9 +283,9 @@ export async function prepareHomeUplinkDemo({ durationSeconds, dir }: { duration
               pings: rtts.length,
               gamerP50Ms: percentile(rtts, 50),
               gamerP99Ms: percentile(rtts, 99),
-              gamerMaxMs: Math.max(0, ...rtts),
-              modemPeakBacklogBytes: Math.max(0, ...modemSamples.map((sample) => sample.backlog)),
-              modemPeakQueueMs: Math.max(0, ...modemSamples.map(queueMs)),
+              gamerMaxMs: largest(rtts),
+              modemPeakBacklogBytes: largest(modemSamples.map((sample) => sample.backlog)),
+              modemPeakQueueMs: largest(modemSamples.map(queueMs)),
             };
           };
           const lastModemReading = report.samples.filter((sample) => sample.at < to).at(-1);
@@ -299,7 +301,13 @@ export async function prepareHomeUplinkDemo({ durationSeconds, dir }: { duration
             whole: figures(from),
             ...(to - from >= 2 * SETTLE_SECONDS * 1000 ? { settled: figures(from + SETTLE_SECONDS * 1000) } : {}),
             ...(ceils.length
-              ? { ceiling: { lowestBitsPerSecond: Math.min(...ceils), highestBitsPerSecond: Math.max(...ceils), lastBitsPerSecond: ceils.at(-1)! } }
+              ? {
+                  ceiling: {
+                    lowestBitsPerSecond: ceils.reduce((a, b) => Math.min(a, b)),
+                    highestBitsPerSecond: largest(ceils),
+                    lastBitsPerSecond: ceils.at(-1)!,
+                  },
+                }
               : {}),
           };
         });
