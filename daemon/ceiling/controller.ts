@@ -70,16 +70,16 @@ export const CEILING_TUNING = {
   /** A probe goes at least this far past the capacity measured last (a small overshoot queues slowly). */
   probeBeyondCapacity: 1.02,
   /** A queue found this soon after a probe failed is that probe's, not a link that moved. */
-  probeAftermathMs: 3000,
+  probeAftermathMs: 1000,
   /** A probe that holds this far past the capacity measured last shows a link that grew. */
   clearlyPast: 1.05,
   /** Probe steps grow while probes keep holding (a link that came back is found in seconds). */
-  probeSteps: [1.04, 1.08, 1.12, 1.16, 1.2] as readonly number[],
+  probeSteps: [1.04, 1.1, 1.2, 1.3, 1.4] as readonly number[],
   /**
    * Waits before the next probe after failed ones, at a capacity that stays: quick at first (a link that
    * just moved may move back), then a minute (a probe and its revert are two changes).
    */
-  probeBackoffMs: [5000, 5000, 10_000, 10_000, 20_000, 40_000, 60_000] as readonly number[],
+  probeBackoffMs: [5000, 5000, 5000, 10_000, 10_000, 20_000, 40_000, 60_000] as readonly number[],
   /** Queueing this long at `min` reports the busy uplink. */
   busyAfterMs: 3000,
 } as const;
@@ -118,6 +118,8 @@ export class CeilingController implements CeilingRules {
   private lastCutAt = -Infinity;
   /** Set while the ceiling is cut below the hold level to drain a queue. */
   private draining = false;
+  /** What the link carried at each tick of the drain under way: the modem drains at its rate meanwhile. */
+  private drainReadings: BitsPerSecond[] = [];
   /** A probe under way: the ceiling it left, and since when Plex has sent more than the link carried before. */
   private probe?: { base: BitsPerSecond; target: BitsPerSecond; startedAt: number };
   /** What shaperr sent, smoothed over about half a second (bits/s). */
@@ -209,19 +211,29 @@ export class CeilingController implements CeilingRules {
       }
       return undefined;
     }
+    if (this.draining) this.drainReadings.push(carried());
     if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs) {
       if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
       return this.cut(sample.at, delay, carried());
     }
     if (delay >= tuning.clearMs) return undefined;
-    const hold = this.capacityEstimate === undefined ? undefined : this.clamp(tuning.holdFraction * this.capacityEstimate);
     // Drained when two samples in a row say so (one may be a round trip that met no queue by chance), and
     // not before the cut had time to work: right after it the pipes fill, and the round trips read then
     // are the least reliable.
     if (this.draining && this.belowClear >= 2 && sample.at - this.lastCutAt >= tuning.leastDrainMs) {
       this.draining = false;
-      return this.move(hold!, 'drained', `queue drained: holding at ${tuning.holdFraction * 100} % of the ${mbit(this.capacityEstimate!)} measured`);
+      // While the modem drained, it sent at its rate: the middle reading of the drain tells that rate best
+      // (the first still hold the time before the link moved, the last may come after the queue emptied).
+      const sorted = [...this.drainReadings].sort((a, b) => a - b);
+      if (sorted.length >= 3) this.capacityEstimate = sorted[Math.floor(sorted.length / 2)]!;
+      const capacity = this.capacityEstimate!;
+      return this.move(
+        this.clamp(tuning.holdFraction * capacity),
+        'drained',
+        `queue drained: holding at ${tuning.holdFraction * 100} % of the ${mbit(capacity)} measured`,
+      );
     }
+    const hold = this.capacityEstimate === undefined ? undefined : this.clamp(tuning.holdFraction * this.capacityEstimate);
     if (this.draining || sample.demand <= this.current * 1.02 || this.current >= this.bounds.max) return undefined;
     if (hold !== undefined && hold > this.current * (1 + SMALLEST_CHANGE))
       return this.move(hold, 'drained', `back to ${tuning.holdFraction * 100} % of the ${mbit(this.capacityEstimate!)} measured`);
@@ -258,6 +270,7 @@ export class CeilingController implements CeilingRules {
     // starts quick again.
     if (at - this.lastProbeFailedAt > tuning.probeAftermathMs) this.failedProbes = 0;
     this.nextProbeAt = Math.max(this.nextProbeAt, at + tuning.probeBackoffMs[0]!);
+    if (!this.draining) this.drainReadings = [];
     this.draining = true;
     const fraction = Math.max(tuning.deepestCut, 1 - delay / 1000 / tuning.drainSeconds);
     // A queue that outlasts a cut (traffic shaperr does not carry): down from where the ceiling is.
