@@ -56,11 +56,7 @@ t.test(
       fixed.settled.modemPeakBacklogBytes > 2 * dropped.settled.modemPeakBacklogBytes,
       `once the ceiling had reacted the modem queued up to ${dropped.settled.modemPeakBacklogBytes} bytes under the automatic one, ${fixed.settled.modemPeakBacklogBytes} under the fixed one`,
     );
-    const cuts = home.ceilingChanges.filter(
-      (c: { reason: string; atSeconds: number }) => c.reason === 'queue' && c.atSeconds >= dropped.fromSeconds && c.atSeconds < dropped.toSeconds,
-    );
-    t.ok(cuts.length > 0, 'the ceiling cut when the link dropped');
-    t.match(result.stdout, /home ceiling [\d.]+ Mbit\/s → [\d.]+ Mbit\/s: the uplink queues \d+ ms/, 'a line for each change, with its reason');
+    t.match(result.stdout, /home ceiling [\d.]+ Mbit\/s → [\d.]+ Mbit\/s: the uplink queues \d+ ms/, 'a line for each change of the ceiling, with its reason');
     t.equal(home.streams.length, 3, 'three remote viewers streamed');
     t.match(
       result.stdout,
