@@ -82,7 +82,7 @@ export class Shaperrd {
   private watch?: ShaperWatch;
   /** The automatic server ceiling (server.rate: auto), while it runs. */
   private ceiling?: AutoCeiling;
-  private ceilingLog = { at: -Infinity, unlogged: 0, cause: undefined as string | undefined };
+  private ceilingLog = { at: -Infinity, unlogged: 0 };
   private deviceLock?: AbstractLock;
   /** When a failed save was last reported (undefined: the last save worked). */
   private saveFailureReportedAt?: number;
@@ -250,6 +250,10 @@ export class Shaperrd {
       readPipes: () => this.shaper!.pipeCounters(),
       apply: (rate, change) => this.applyCeiling(rate, change),
       onError: (error) => this.kernelError(error, undefined, 'automatic ceiling failed a tick; trying again at the next'),
+      onCause: (cause) =>
+        cause
+          ? this.log.warn({ ceiling: this.ceiling?.rate }, `automatic ceiling at its min: ${cause}, which only the router can shape`)
+          : this.log.info({ ceiling: this.ceiling?.rate }, 'the other traffic on the uplink stopped'),
       ...(this.options.ceilingRules ? { rules: this.options.ceilingRules } : {}),
     });
     this.ceiling.start();
@@ -275,12 +279,6 @@ export class Shaperrd {
     this.dirty = true;
     this.metrics.ceilingChanges.inc({ reason: change.reason });
     const now = performance.now();
-    const cause = this.ceiling?.status().cause;
-    if (cause !== this.ceilingLog.cause) {
-      if (cause) this.log.warn({ ceiling: rate }, `automatic ceiling at its min: ${cause}, which only the router can shape`);
-      else this.log.info({ ceiling: rate }, 'the other traffic on the uplink stopped');
-      this.ceilingLog.cause = cause;
-    }
     if (now - this.ceilingLog.at < CEILING_LOG_INTERVAL_MS) {
       this.ceilingLog.unlogged++;
       return;

@@ -44,6 +44,8 @@ export interface AutoCeilingOptions {
   /** Applies a new ceiling (throws when the kernel refuses: the controller's view is then put back). */
   apply: (rate: BitsPerSecond, change: CeilingChange) => void;
   onError: (error: unknown) => void;
+  /** The cause the ceiling cannot help (the uplink busy with other traffic) began (a text) or ended (undefined). */
+  onCause?: (cause: string | undefined) => void;
   /** Other rules than shaperr's controller (the benchmark weighs cake-autorate's against it). */
   rules?: CeilingRulesFactory;
 }
@@ -58,6 +60,7 @@ export class AutoCeiling {
   private readonly history: CeilingStatus['history'] = [];
   private bounds: CeilingBounds;
   private recordedSecond?: number;
+  private cause?: string;
 
   constructor(private readonly options: AutoCeilingOptions) {
     this.bounds = { ...options.bounds };
@@ -103,6 +106,10 @@ export class AutoCeiling {
       const change = this.controller.observe({ at, delayMs, deliveredRate: flows?.deliveredRate, sentRate, demand: this.demand(at, pipes) });
       this.record(delayMs);
       if (change) this.applyChange(change);
+      if (this.controller.cause !== this.cause) {
+        this.cause = this.controller.cause;
+        this.options.onCause?.(this.cause);
+      }
       return change;
     } catch (error) {
       this.options.onError(error);

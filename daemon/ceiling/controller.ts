@@ -62,7 +62,7 @@ export const CEILING_TUNING = {
   /** A drain lasts at least this long. */
   leastDrainMs: 800,
   /** After draining, the ceiling holds at this fraction of the measured capacity. */
-  holdFraction: 0.92,
+  holdFraction: 0.95,
   /** After a cut, another waits this long (the first must take effect: the srtt lags by a round trip). */
   refractoryMs: 600,
   /** A probe that sees no queue for this long holds. */
@@ -118,7 +118,7 @@ export class CeilingController implements CeilingRules {
   private lastCutAt = -Infinity;
   /** Set while the ceiling is cut below the hold level to drain a queue. */
   private draining = false;
-  /** What the link carried at each tick of the drain under way: the modem drains at its rate meanwhile. */
+  /** What the link carried at each tick of the drain under way while the queue lasted: the modem drains at its rate meanwhile. */
   private drainReadings: BitsPerSecond[] = [];
   /** A probe under way: the ceiling it left, and since when Plex has sent more than the link carried before. */
   private probe?: { base: BitsPerSecond; target: BitsPerSecond; startedAt: number };
@@ -211,7 +211,9 @@ export class CeilingController implements CeilingRules {
       }
       return undefined;
     }
-    if (this.draining) this.drainReadings.push(carried());
+    // Only while the round trips still show the queue (both lag alike): once it is empty, the far ends
+    // acknowledge the cut ceiling, not the link.
+    if (this.draining && delay >= tuning.bloatMs) this.drainReadings.push(carried());
     if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs) {
       if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
       return this.cut(sample.at, delay, carried());
