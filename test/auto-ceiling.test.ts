@@ -6,6 +6,7 @@
  * a real uplink is auto-ceiling-uplink.test.ts.
  */
 import { execFile } from 'node:child_process';
+import dgram from 'node:dgram';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -124,3 +125,31 @@ t.test(
     t.equal(await stopped, 0);
   },
 );
+
+t.test('`shaperr check` says which signal the automatic ceiling follows and whether it can be read here', { skip: netnsUnavailable() }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const { dir } = logDir(t, 'shaperr-auto-check');
+  // A real UDP echo service on loopback for the probe, and a port where nothing answers.
+  const echo = dgram.createSocket('udp4');
+  echo.on('message', (message, from) => echo.send(message, from.port, from.address));
+  await new Promise<void>((resolve) => echo.bind(0, '127.0.0.1', resolve));
+  t.teardown(() => echo.close());
+  const check = async (server: DaemonConfigKeys['server'], more: DaemonConfigKeys = {}) => {
+    const config = writeDaemonConfig(dir, { netns: topology.serverNs, server, ...more });
+    const result = await promisify(execFile)(process.execPath, [SHAPERR_CLI, '--config', config, 'check']).catch((error: { stdout: string }) => error);
+    return result.stdout;
+  };
+  const auto = { rate: 'auto', min: '2mbit', max: '30mbit' } as const;
+  const plex = await check(auto);
+  t.match(plex, /ok {4}automatic server ceiling between 2 and 30 Mbit\/s, following Plex's own connections/);
+  t.match(plex, /warn {2}Plex's connections \(sock_diag, local port 32400\): 0 open now/, 'nothing plays: readable, nothing to read yet');
+  const answered = await check({ ...auto, probe: `127.0.0.1:${echo.address().port}` });
+  t.match(answered, /ok {4}the UDP probe to 127\.0\.0\.1:\d+ answered \d+ of \d+/);
+  const silent = await check({ ...auto, signal: 'probe', probe: '127.0.0.1:9' });
+  t.match(silent, /fail {2}the UDP probe to 127\.0\.0\.1:9 got no answer/, 'the probe as the signal and no echo: a failure, with the fix');
+  t.match(silent, /run a UDP echo service there/);
+  const gateway = await check({ ...auto, probe: `127.0.0.1:${echo.address().port}` }, { gateway: { plexPort: 32400 } });
+  t.match(gateway, /not readable in gateway mode \(they are on another host\); the probe is the signal/);
+  t.match(await check({ rate: '20mbit' }), /ok {4}server ceiling fixed/);
+});
