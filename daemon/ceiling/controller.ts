@@ -59,8 +59,6 @@ export const CEILING_TUNING = {
   drainSeconds: 0.25,
   /** A cut goes no lower than this fraction of the delivered rate (however deep the queue). */
   deepestCut: 0.3,
-  /** Plex fills its ceiling when it sends at least this share of it (smoothed). */
-  atCeiling: 0.8,
   /** A drain lasts at least this long. */
   leastDrainMs: 800,
   /** After draining, the ceiling holds at this fraction of the measured capacity. */
@@ -265,13 +263,7 @@ export class CeilingController implements CeilingRules {
     // Cut again while draining, the signal still shows the queue met a round trip ago, and the far ends
     // acknowledge less as it drains: that is no lower capacity.
     const again = this.draining && this.capacityEstimate !== undefined;
-    // What the far ends acknowledge tells the link's rate only while Plex fills its ceiling: then a queue
-    // is Plex's own, and the cut goes straight to what the link carried. Below it (players starting,
-    // traffic shaperr does not carry, a round trip misread) the ceiling only steps down, and the
-    // capacity known stays.
-    const atCeiling = this.smoothedSent >= tuning.atCeiling * this.current;
-    const measured = !again && atCeiling;
-    const capacity = measured || this.capacityEstimate === undefined ? carried : Math.max(this.capacityEstimate, carried);
+    const capacity = again ? Math.max(this.capacityEstimate!, carried) : carried;
     this.capacityEstimate = capacity;
     this.lastCutAt = at;
     this.aboveBloat = 0;
@@ -284,7 +276,7 @@ export class CeilingController implements CeilingRules {
     this.draining = true;
     const fraction = Math.max(tuning.deepestCut, 1 - delay / 1000 / tuning.drainSeconds);
     // A queue that outlasts a cut (traffic shaperr does not carry): down from where the ceiling is.
-    const target = this.clamp(measured ? Math.min(this.current, capacity * fraction) : this.current * Math.max(0.5, fraction));
+    const target = this.clamp(again ? this.current * Math.max(0.5, fraction) : Math.min(this.current, capacity * fraction));
     if (target === this.current) return undefined;
     return this.move(target, 'queue', `the uplink queues ${delay.toFixed(0)} ms beyond shaperr (it carried ${mbit(capacity)}): draining`);
   }
