@@ -285,6 +285,8 @@ export interface AutoCeilingConfig {
   start?: number;
   signal: 'plex' | 'probe';
   probe?: UdpProbeTarget;
+  /** Plex's local port, whose connections the Plex signal reads: the first server's URL's (default 32400). */
+  plexPort: number;
 }
 
 export function autoCeilingConfig(config: ShaperrConfig): AutoCeilingConfig | undefined {
@@ -296,6 +298,7 @@ export function autoCeilingConfig(config: ShaperrConfig): AutoCeilingConfig | un
     min: server.min!,
     max: server.max!,
     signal,
+    plexPort: Number(new URL(plexServers(config)[0]!.url).port || 32400),
     ...(server.start !== undefined ? { start: server.start } : {}),
     ...(server.probe !== undefined ? { probe: server.probe } : {}),
   };

@@ -6,7 +6,7 @@
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { type ProgressListener, Shaper, type ShaperOptions, type ShaperState, ShaperWatch, SocketDiag } from '../lib/index.js';
-import { type AutoCeilingConfig, autoCeilingConfig, plexServers, type ShaperrConfig, policyConfig } from './config.js';
+import { type AutoCeilingConfig, autoCeilingConfig, type ShaperrConfig, policyConfig } from './config.js';
 import { MAX_LINE, PlexLogParser, type PlaybackEvent } from './sources/parse.js';
 import { type Limits, Policy } from './sessions/policy.js';
 import { type ClientSummary, type Decision, type SavedClient, SessionTracker } from './sessions/sessions.js';
@@ -233,11 +233,10 @@ export class Shaperrd {
   private startCeiling(auto: AutoCeilingConfig, start: number): void {
     const { config } = this;
     const probe = auto.probe ? new UdpProbe(auto.probe) : undefined;
-    const plexPort = Number(new URL(plexServers(config)[0]!.url).port || 32400);
     const flows =
       auto.signal === 'plex'
         ? new PlexFlowDelay(SocketDiag.open(config.netns ? { netns: config.netns } : {}), {
-            plexPort,
+            plexPort: auto.plexPort,
             leftOut: [...config.exempt, ...config.localNetworks],
           })
         : undefined;
@@ -259,7 +258,7 @@ export class Shaperrd {
     this.ceiling.start();
     this.dirty = true;
     this.log.info(
-      { start, min: auto.min, max: auto.max, signal: auto.signal, plexPort: flows ? plexPort : undefined, probe: auto.probe?.text },
+      { start, min: auto.min, max: auto.max, signal: auto.signal, plexPort: flows ? auto.plexPort : undefined, probe: auto.probe?.text },
       'automatic server ceiling on',
     );
   }

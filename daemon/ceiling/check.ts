@@ -3,7 +3,7 @@
  * read here, and why not when it cannot.
  */
 import { SocketDiag } from '../../lib/index.js';
-import { type AutoCeilingConfig, autoCeilingConfig, plexServers, type ShaperrConfig } from '../config.js';
+import { type AutoCeilingConfig, autoCeilingConfig, type ShaperrConfig } from '../config.js';
 import { UdpProbe } from './udp-probe.js';
 
 export interface CeilingCheckLine {
@@ -27,14 +27,13 @@ export async function checkCeiling(config: ShaperrConfig): Promise<CeilingCheckL
   lines.push(
     config.gateway
       ? { verdict: 'ok', what: "Plex's connections: not readable in gateway mode (they are on another host); the probe is the signal" }
-      : plexSignal(config),
+      : plexSignal(config, auto.plexPort),
   );
   if (auto.probe) lines.push(await probeSignal(auto));
   return lines;
 }
 
-function plexSignal(config: ShaperrConfig): CeilingCheckLine {
-  const port = Number(new URL(plexServers(config)[0]!.url).port || 32400);
+function plexSignal(config: ShaperrConfig, port: number): CeilingCheckLine {
   let diag: SocketDiag | undefined;
   try {
     diag = SocketDiag.open(config.netns ? { netns: config.netns } : {});
