@@ -7,6 +7,7 @@ import { pino } from 'pino';
 import { ConfigError, exposedSecretsWarning, loadConfig, type ShaperrConfig } from './config.js';
 import { DeviceLockedError } from './apply/device-lock.js';
 import { ReloadRefused, Shaperrd } from './shaperrd.js';
+import { hasNetAdmin, NET_ADMIN_MISSING } from './support/capabilities.js';
 
 const program = new Command()
   .name('shaperrd')
@@ -67,6 +68,10 @@ async function main(): Promise<void> {
       process.exit(2);
     }
     throw error;
+  }
+  if (!options.dryRun && !hasNetAdmin()) {
+    process.stderr.write(`shaperrd: ${NET_ADMIN_MISSING}\n`);
+    process.exit(1);
   }
   const exposed = exposedSecretsWarning(options.config, config);
   if (exposed) logger.warn(exposed);

@@ -3,7 +3,7 @@
  * `shaperr`: the operator's tool next to shaperrd — status, clear, check, tc. It reads the kernel over
  * netlink itself (and the daemon's state file for sessions), so it works whether or not shaperrd runs.
  */
-import { accessSync, closeSync, constants, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { checkDevice, clearShaper, describeRate, formatHandle, inspectShaper, NetlinkError, SHAPER_ROOT } from '../../lib/index.js';
 import { ConfigError, loadConfig, type ShaperrConfig } from '../config.js';
@@ -14,6 +14,8 @@ import { lockDevice } from '../apply/device-lock.js';
 import { buildStatus, type SessionInfo, type StatusReport, ThroughputMeter } from './status.js';
 import type { CeilingStatus } from '../ceiling/auto-ceiling.js';
 import { findPlexLog } from '../sources/tail.js';
+import { hasNetAdmin } from '../support/capabilities.js';
+import { checkContainer, containerHealth } from './container-check.js';
 
 const DEFAULT_CONFIG = '/etc/shaperr/shaperr.yaml';
 
@@ -228,12 +230,6 @@ interface CheckLine {
   fix?: string;
 }
 
-/** CAP_NET_ADMIN is capability 12; root normally has it, a systemd service can be given just that. */
-function hasNetAdmin(): boolean {
-  const effective = /^CapEff:\s*([0-9a-f]+)/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0';
-  return (BigInt(`0x${effective}`) & (1n << 12n)) !== 0n;
-}
-
 /** Whether the tail of the log has request lines, which Plex writes only with debug logging on. */
 function debugLinesSeen(path: string): boolean {
   const fd = openSync(path, 'r');
@@ -325,6 +321,7 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
     }
   }
 
+  lines.push(...(await checkContainer(config)));
   if (config) lines.push(...(await checkCeiling(config)));
   const log = config?.log ?? (await findPlexLog());
   const plex = config ? await checkPlexSource(config, log) : undefined;
@@ -360,6 +357,15 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
   }
   return lines;
 }
+
+program
+  .command('health')
+  .description("the container's HEALTHCHECK: exit 0 while shaperrd runs and its tree is on the device, else 1")
+  .action(() => {
+    const health = containerHealth(target(program.opts<GlobalOptions>()));
+    process.stdout.write(`${health.line}\n`);
+    process.exitCode = health.healthy ? EXIT.ok : EXIT.failed;
+  });
 
 program
   .command('check')
