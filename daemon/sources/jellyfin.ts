@@ -1,0 +1,703 @@
+/**
+ * Jellyfin (10.9+) and Emby as event sources. Both push the whole session list over their websocket once
+ * asked (`SessionsStart`), and list it on `GET /Sessions`; each session names its client's address
+ * (RemoteEndPoint), user, player, what plays (NowPlayingItem), whether it is paused, and for a transcode the
+ * bitrate the transcoder targets. Every list, pushed or fetched, is a full reconcile: a session playing
+ * for the first time starts, one no longer playing (or gone) stops, the rest progress or pause.
+ *
+ * Servers that push nothing to an API key exist (jellyfin/jellyfin #13479): without a Sessions message
+ * within pushWaitMs of SessionsStart the source polls `GET /Sessions` every fallbackPollMs, and says so in
+ * its status, until a push arrives. A session whose address is not where its bytes go (loopback, this
+ * host, a container bridge, a configured proxy) gets no pipe, one warning, and its bandwidth reserved.
+ *
+ * Emby is Jellyfin's ancestor and speaks the same messages and session fields; its differences (the
+ * socket's path, the key's header) are the `dialects` table. The key travels only in a header and is
+ * redacted from every message this emits.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Agent as HttpAgent, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { hostname, networkInterfaces } from 'node:os';
+import ipaddr from 'ipaddr.js';
+import WebSocket from 'ws';
+import { parseClientAddress } from '../../lib/index.js';
+import { hostBridgeAddresses } from './plex.js';
+import { redactToken } from './plex-token.js';
+import { ServerHttpError, serverGet } from './server-get.js';
+import type { PlaybackEvent, PlaybackSource, ServerTimings, SkippedStream, SourceContext, SourceStatus } from './source.js';
+
+export type MediaServerKind = 'jellyfin' | 'emby';
+
+/** Who shaperr says it is: the server lists one device per DeviceId, so the id must not change per connection. */
+interface DeviceIdentity {
+  deviceId: string;
+  device: string;
+  version: string;
+}
+
+interface Dialect {
+  label: string;
+  socketPath: string;
+  /** The websocket's query (Emby's documentation names the device there; never the key). */
+  socketQuery(identity: DeviceIdentity): Record<string, string>;
+  headers(apiKey: string, identity: DeviceIdentity): Record<string, string>;
+}
+
+const quoted = (identity: DeviceIdentity) =>
+  `Client="shaperr", Device="${encodeURIComponent(identity.device)}", DeviceId="${identity.deviceId}", Version="${identity.version}"`;
+
+/** Everything that differs between Jellyfin and Emby. */
+const dialects: Record<MediaServerKind, Dialect> = {
+  jellyfin: {
+    label: 'Jellyfin',
+    socketPath: '/socket',
+    socketQuery: () => ({}),
+    headers: (apiKey, identity) => ({ Authorization: `MediaBrowser Token="${apiKey}", ${quoted(identity)}` }),
+  },
+  emby: {
+    label: 'Emby',
+    socketPath: '/embywebsocket',
+    socketQuery: (identity) => ({ deviceId: identity.deviceId }),
+    headers: (apiKey, identity) => ({ 'X-Emby-Token': apiKey, 'X-Emby-Authorization': `MediaBrowser ${quoted(identity)}` }),
+  },
+};
+
+export interface MediaServerTimings extends ServerTimings {
+  /** No Sessions message this long after SessionsStart: the server pushes nothing to this key, poll instead. */
+  pushWaitMs: number;
+  /** The poll period of that fallback. */
+  fallbackPollMs: number;
+}
+
+export const defaultMediaServerTimings: MediaServerTimings = {
+  retryMinMs: 1000,
+  retryMaxMs: 30_000,
+  unauthorizedRetryMs: 5 * 60_000,
+  requestTimeoutMs: 5000,
+  pingMs: 15_000,
+  pongTimeoutMs: 30_000,
+  pollMs: 30_000,
+  idleMs: 120_000,
+  pushWaitMs: 10_000,
+  fallbackPollMs: 2000,
+};
+
+export interface MediaServerSourceOptions extends SourceContext {
+  kind: MediaServerKind;
+  url: string;
+  apiKey: string;
+  verifyTls: boolean;
+  /** Default: derived from this host's machine id and the server's URL, so it is the same after a restart. */
+  deviceId?: string;
+  timings?: Partial<MediaServerTimings>;
+  /** Addresses that mean "behind this host's container bridge"; default: the host's own bridge gateways. */
+  bridgeAddresses?: ReadonlySet<string>;
+  /** Reverse proxies in front of the server: a session from one hides its real client. */
+  proxyAddresses?: readonly string[];
+}
+
+export type MediaServerState = 'connecting' | 'waiting for the server' | 'connected' | 'key rejected' | 'stopped';
+
+/** What the source needs to know of one session; from a pushed or a fetched list alike. */
+export interface ListedMediaSession {
+  id: string;
+  address?: string;
+  user?: string;
+  client?: string;
+  device?: string;
+  /** The playing item's id; undefined: the session plays nothing (browsing, idle). */
+  itemId?: string;
+  paused: boolean;
+  playMethod?: string;
+  /** bits/s the transcoder targets (TranscodingInfo.Bitrate). */
+  transcodeBitrate?: number;
+  /** bits/s of the playing video stream (or, for music, the audio stream). */
+  streamBitrate?: number;
+}
+
+interface TrackedSession extends ListedMediaSession {
+  itemId: string;
+  /** The key the SessionTracker sees. */
+  key: string;
+  /** bits/s of the item's media source, fetched once when the session names no bitrate. */
+  sourceBitrate?: number;
+  skipped?: string;
+  confirmedAt: number;
+}
+
+const record = (value: unknown): Record<string, unknown> =>
+  value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
+const asString = (value: unknown): string | undefined => (typeof value === 'string' && value !== '' ? value : undefined);
+const asBitrate = (value: unknown): number | undefined => (typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : undefined);
+
+/** One SessionInfoDto → what the source reads of it; undefined without an Id. */
+export function listedMediaSession(dto: Record<string, unknown>): ListedMediaSession | undefined {
+  const id = asString(dto.Id);
+  if (!id) return undefined;
+  const playState = record(dto.PlayState);
+  const item = dto.NowPlayingItem ? record(dto.NowPlayingItem) : undefined;
+  const session: ListedMediaSession = { id, paused: playState.IsPaused === true };
+  const set = <K extends keyof ListedMediaSession>(key: K, value: ListedMediaSession[K] | undefined) => {
+    if (value !== undefined) session[key] = value;
+  };
+  set('address', asString(dto.RemoteEndPoint));
+  set('user', asString(dto.UserName));
+  set('client', asString(dto.Client));
+  set('device', asString(dto.DeviceName));
+  if (!item) return session;
+  set('itemId', asString(item.Id) ?? `${id}:playing`);
+  set('playMethod', asString(playState.PlayMethod));
+  set('transcodeBitrate', asBitrate(record(dto.TranscodingInfo).Bitrate));
+  const streams = Array.isArray(item.MediaStreams) ? item.MediaStreams.map(record) : [];
+  const main = (type: string) => streams.find((stream) => stream.Type === type && stream.IsDefault === true) ?? streams.find((stream) => stream.Type === type);
+  set('streamBitrate', asBitrate((main('Video') ?? main('Audio'))?.BitRate));
+  return session;
+}
+
+/** A `GET /Sessions` answer or a Sessions message's Data: a list of sessions, else an Error. */
+export function parseMediaSessions(data: unknown): ListedMediaSession[] {
+  if (!Array.isArray(data)) throw new Error('the session list is not a JSON array');
+  return data
+    .map(record)
+    .map(listedMediaSession)
+    .filter((session) => session !== undefined);
+}
+
+/** A DeviceId that stays the same for this host and server across restarts: no new device per connection. */
+export function stableDeviceId(url: string, kind: MediaServerKind): string {
+  let machine = hostname();
+  try {
+    machine = readFileSync('/etc/machine-id', 'utf8').trim() || machine;
+  } catch {
+    // no systemd machine id (containers): the hostname
+  }
+  return createHash('sha256').update(`shaperr ${kind} ${machine} ${url}`).digest('hex').slice(0, 32);
+}
+
+const VERSION = '0.1.0';
+
+export class MediaServerSource implements PlaybackSource {
+  readonly name: MediaServerKind;
+  private readonly dialect: Dialect;
+  private readonly timings: MediaServerTimings;
+  private readonly identity: DeviceIdentity;
+  private readonly tracked = new Map<string, TrackedSession>();
+  /** bits/s of each item's media source, fetched once (null: the server did not say). */
+  private readonly itemBitrates = new Map<string, number | null>();
+  private readonly unshapeableAddresses: ReadonlySet<string>;
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly aborter = new AbortController();
+  private readonly agent: HttpAgent;
+  private readonly counters = { messages: 0, pushes: 0, listings: 0, listingFailures: 0, reconnects: 0, itemLookups: 0 };
+  private socket?: WebSocket;
+  private socketTimers: NodeJS.Timeout[] = [];
+  private retryDelay: number;
+  private state: MediaServerState = 'connecting';
+  private server?: { name?: string; version?: string; id: string };
+  private lastError?: string;
+  private lastAlive = 0;
+  /** Set once a Sessions message arrived; until then (after pushWaitMs) the source polls. */
+  private pushed = false;
+  private fallbackPoll?: NodeJS.Timeout;
+  /** Lists are applied one after the other, in the order they came. */
+  private applying: Promise<void> = Promise.resolve();
+  private listing?: Promise<void>;
+  private listAgain = false;
+
+  constructor(private readonly options: MediaServerSourceOptions) {
+    this.name = options.kind;
+    this.dialect = dialects[options.kind];
+    this.timings = { ...defaultMediaServerTimings, idleMs: options.idleMs, ...options.timings };
+    this.retryDelay = this.timings.retryMinMs;
+    this.identity = { deviceId: options.deviceId ?? stableDeviceId(options.url, options.kind), device: hostname(), version: VERSION };
+    this.unshapeableAddresses = new Set([...(options.bridgeAddresses ?? hostBridgeAddresses()), ...hostAddresses(), ...(options.proxyAddresses ?? [])]);
+    this.agent =
+      new URL(options.url).protocol === 'https:'
+        ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: options.verifyTls })
+        : new HttpAgent({ keepAlive: true });
+  }
+
+  start(): void {
+    void this.connect();
+    this.every(this.timings.pollMs, () => this.poll());
+    this.every(Math.max(250, this.timings.idleMs / 4), () => this.lookUpSilent());
+  }
+
+  async stop(): Promise<void> {
+    this.state = 'stopped';
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+    this.closeSocketTimers();
+    clearInterval(this.fallbackPoll);
+    this.socket?.terminate();
+    this.aborter.abort();
+    await this.listing?.catch(() => undefined);
+    await this.applying;
+    this.agent.destroy();
+  }
+
+  status(): SourceStatus {
+    const skipped = [...this.tracked.values()]
+      .filter((session) => session.skipped)
+      .map((session): SkippedStream => {
+        const entry: SkippedStream = { session: session.key, reason: session.skipped! };
+        if (session.user) entry.user = session.user;
+        if (session.client) entry.player = session.client;
+        if (session.address) entry.address = session.address;
+        const need = this.need(session);
+        if (need !== undefined) entry.bandwidth = need;
+        return entry;
+      });
+    const status: SourceStatus = {
+      source: this.name,
+      target: this.options.url,
+      state: this.state,
+      sessions: this.tracked.size,
+      skipped,
+      counters: { ...this.counters },
+    };
+    if (this.server) status.server = { ...this.server };
+    if (this.lastError) status.lastError = this.lastError;
+    if (this.fallbackPoll) status.note = this.pollingNote;
+    return status;
+  }
+
+  reservedBandwidth(): number {
+    let total = 0;
+    for (const session of this.tracked.values()) if (session.skipped) total += this.need(session) ?? 0;
+    return total;
+  }
+
+  private get pollingNote(): string {
+    return `polling GET /Sessions every ${this.timings.fallbackPollMs / 1000} s: no Sessions message within ${this.timings.pushWaitMs / 1000} s of SessionsStart (the server pushes nothing to this key)`;
+  }
+
+  private get stopped(): boolean {
+    return this.state === 'stopped';
+  }
+
+  private get label(): string {
+    return this.dialect.label;
+  }
+
+  private get logContext() {
+    return { [this.name]: this.options.url };
+  }
+
+  private every(ms: number, run: () => void): void {
+    if (ms <= 0) return;
+    const timer = setInterval(run, ms);
+    timer.unref();
+    this.timers.add(timer);
+  }
+
+  private after(ms: number, run: () => void): void {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      run();
+    }, ms);
+    timer.unref();
+    this.timers.add(timer);
+  }
+
+  private redact(text: string): string {
+    return redactToken(text, this.options.apiKey);
+  }
+
+  // ── connection ────────────────────────────────────────────────────────────
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      const info = await this.get('/System/Info', (body) => {
+        const root = record(JSON.parse(body));
+        const id = asString(root.Id);
+        if (!id) throw new Error(`no Id: is this a ${this.label} server?`);
+        const server: { id: string; name?: string; version?: string } = { id };
+        const name = asString(root.ServerName);
+        const version = asString(root.Version);
+        if (name) server.name = name;
+        if (version) server.version = version;
+        return server;
+      });
+      if (this.server?.id !== info.id)
+        this.options.logger.info(
+          { ...this.logContext, server: info.name, version: info.version },
+          `${this.label} server "${info.name ?? info.id}" ${info.version ?? ''}`.trim(),
+        );
+      this.server = info;
+    } catch (error) {
+      return this.failed(error);
+    }
+    if (!this.stopped) this.openSocket();
+  }
+
+  private openSocket(): void {
+    const url = new URL(this.dialect.socketPath, this.options.url.replace(/^http/, 'ws'));
+    for (const [name, value] of Object.entries(this.dialect.socketQuery(this.identity))) url.searchParams.set(name, value);
+    const socket = new WebSocket(url, {
+      headers: this.dialect.headers(this.options.apiKey, this.identity),
+      rejectUnauthorized: this.options.verifyTls,
+      handshakeTimeout: this.timings.requestTimeoutMs,
+    });
+    this.socket = socket;
+    let failure: unknown;
+    socket.on('unexpected-response', (_request, response: IncomingMessage) => {
+      failure =
+        response.statusCode === 401
+          ? new ServerHttpError(`${this.label} rejected the API key (401)`, 'unauthorized')
+          : new ServerHttpError(`websocket refused with HTTP ${response.statusCode}`, 'http-error');
+      response.resume();
+      socket.terminate();
+    });
+    socket.on('error', (error) => (failure ??= error));
+    socket.on('open', () => {
+      if (this.stopped) return socket.terminate();
+      const wasDown = this.state !== 'connecting';
+      this.state = 'connected';
+      this.retryDelay = this.timings.retryMinMs;
+      this.lastError = undefined;
+      this.lastAlive = Date.now();
+      this.options.logger.info(this.logContext, wasDown ? `${this.label} websocket reconnected` : `listening to ${this.label} sessions`);
+      // Pushed at once (0 ms), then at most every 1.5 s while sessions change.
+      socket.send(JSON.stringify({ MessageType: 'SessionsStart', Data: '0,1500' }));
+      this.watch(socket);
+      this.requestListing();
+    });
+    socket.on('pong', () => (this.lastAlive = Date.now()));
+    socket.on('message', (data) => {
+      this.lastAlive = Date.now();
+      this.onMessage(socket, data.toString());
+    });
+    socket.on('close', (code) => {
+      this.closeSocketTimers();
+      if (this.socket !== socket || this.stopped) return;
+      this.socket = undefined;
+      this.counters.reconnects++;
+      this.failed(failure ?? new Error(`websocket closed (code ${code})`));
+    });
+  }
+
+  /** Pings (a silent path is found within pongTimeoutMs), and the wait for a first push. */
+  private watch(socket: WebSocket): void {
+    this.closeSocketTimers();
+    const ping = setInterval(() => {
+      if (Date.now() - this.lastAlive > this.timings.pongTimeoutMs) {
+        this.options.logger.warn(this.logContext, `no answer from ${this.label} for ${Math.round((Date.now() - this.lastAlive) / 1000)} s: reconnecting`);
+        socket.terminate();
+        return;
+      }
+      socket.ping();
+    }, this.timings.pingMs);
+    const pushWait = setTimeout(() => {
+      if (!this.pushed && !this.fallbackPoll) this.startPolling();
+    }, this.timings.pushWaitMs);
+    this.socketTimers = [ping, pushWait];
+    for (const timer of this.socketTimers) timer.unref();
+  }
+
+  private closeSocketTimers(): void {
+    for (const timer of this.socketTimers) clearTimeout(timer);
+    this.socketTimers = [];
+  }
+
+  private startPolling(): void {
+    this.options.logger.warn(this.logContext, `${this.label}: ${this.pollingNote}`);
+    this.fallbackPoll = setInterval(() => this.poll(), this.timings.fallbackPollMs);
+    this.fallbackPoll.unref();
+  }
+
+  /** The server's keep-alive contract: it drops a socket that sends no KeepAlive within the period it names. */
+  private keepAlive(socket: WebSocket, seconds: unknown): void {
+    if (typeof seconds !== 'number' || !(seconds > 0)) return;
+    const timer = setInterval(
+      () => {
+        if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ MessageType: 'KeepAlive' }));
+      },
+      (seconds * 1000) / 2,
+    );
+    timer.unref();
+    this.socketTimers.push(timer);
+  }
+
+  /** Any failure to reach the server: one clear line per change of state, then retry (backoff, or later after a 401). */
+  private failed(error: unknown): void {
+    if (this.stopped) return;
+    const message = this.redact((error as Error).message ?? String(error));
+    if (error instanceof ServerHttpError && error.result === 'unauthorized') {
+      if (this.state !== 'key rejected')
+        this.options.logger.error(
+          this.logContext,
+          `${this.label} rejected the API key (401) at ${this.options.url}; retrying every ${Math.round(this.timings.unauthorizedRetryMs / 1000)} s`,
+        );
+      this.state = 'key rejected';
+      this.lastError = `${this.label} rejected the API key`;
+      this.after(this.timings.unauthorizedRetryMs, () => void this.connect());
+      return;
+    }
+    const delay = this.retryDelay;
+    this.retryDelay = Math.min(this.retryDelay * 2, this.timings.retryMaxMs);
+    if (this.state !== 'waiting for the server')
+      this.options.logger.warn({ ...this.logContext, err: message, retryMs: delay }, `waiting for ${this.label} at ${this.options.url}: ${message}`);
+    else this.options.logger.debug({ ...this.logContext, err: message, retryMs: delay }, `${this.label} still unreachable`);
+    this.state = 'waiting for the server';
+    this.lastError = message;
+    this.after(delay, () => void this.connect());
+  }
+
+  // ── messages ──────────────────────────────────────────────────────────────
+
+  private onMessage(socket: WebSocket, text: string): void {
+    let message: Record<string, unknown>;
+    try {
+      message = record(JSON.parse(text));
+    } catch {
+      this.options.logger.warn({ ...this.logContext, bytes: text.length }, `ignored a ${this.label} message that is not JSON`);
+      return;
+    }
+    this.counters.messages++;
+    if (message.MessageType === 'ForceKeepAlive') this.keepAlive(socket, message.Data);
+    if (message.MessageType !== 'Sessions') return;
+    let sessions: ListedMediaSession[];
+    try {
+      sessions = parseMediaSessions(message.Data);
+    } catch (error) {
+      this.options.logger.warn(
+        this.logContext,
+        `ignored a malformed ${this.label} Sessions message (${(error as Error).message}); reading GET /Sessions instead`,
+      );
+      this.requestListing();
+      return;
+    }
+    this.counters.pushes++;
+    if (!this.pushed) {
+      this.pushed = true;
+      if (this.fallbackPoll) this.options.logger.info(this.logContext, `${this.label} pushes sessions now: polling stopped`);
+      clearInterval(this.fallbackPoll);
+      this.fallbackPoll = undefined;
+    }
+    this.apply(sessions);
+  }
+
+  // ── HTTP ──────────────────────────────────────────────────────────────────
+
+  /** One request, counted once: ok only when `read` understands the answer. */
+  private async get<T>(path: string, read: (body: string) => T): Promise<T> {
+    let body: string;
+    try {
+      body = await serverGet(
+        {
+          url: this.options.url,
+          headers: { ...this.dialect.headers(this.options.apiKey, this.identity), Accept: 'application/json' },
+          verifyTls: this.options.verifyTls,
+          timeoutMs: this.timings.requestTimeoutMs,
+          unauthorized: `${this.label} rejected the API key (401)`,
+          redact: (text) => this.redact(text),
+          signal: this.aborter.signal,
+          agent: this.agent,
+        },
+        path,
+      );
+    } catch (error) {
+      this.options.onRequest?.(new URL(path, 'http://x').pathname, error instanceof ServerHttpError ? error.result : 'unreachable');
+      throw error;
+    }
+    try {
+      const result = read(body);
+      this.options.onRequest?.(new URL(path, 'http://x').pathname, 'ok');
+      return result;
+    } catch (error) {
+      this.options.onRequest?.(new URL(path, 'http://x').pathname, 'malformed');
+      throw new ServerHttpError(`GET ${new URL(path, 'http://x').pathname}: unreadable answer (${this.redact((error as Error).message)})`, 'malformed');
+    }
+  }
+
+  private poll(): void {
+    if (this.state === 'connected') this.requestListing();
+  }
+
+  /** Sessions silent for half the idle time are listed again: a paused one never idles out. */
+  private lookUpSilent(): void {
+    if (this.state !== 'connected') return;
+    const silentSince = Date.now() - this.timings.idleMs / 2;
+    if ([...this.tracked.values()].some((session) => session.confirmedAt < silentSince)) this.requestListing();
+  }
+
+  /** One `GET /Sessions` at a time; a request during one runs one more right after it. */
+  private requestListing(): void {
+    if (this.listing) {
+      this.listAgain = true;
+      return;
+    }
+    this.listing = this.listAndApply().finally(() => {
+      this.listing = undefined;
+      if (this.listAgain && !this.stopped) {
+        this.listAgain = false;
+        this.requestListing();
+      }
+    });
+  }
+
+  private async listAndApply(): Promise<void> {
+    let sessions: ListedMediaSession[];
+    try {
+      sessions = await this.get('/Sessions', (body) => parseMediaSessions(JSON.parse(body)));
+    } catch (error) {
+      if (this.stopped) return;
+      this.counters.listingFailures++;
+      const message = this.redact((error as Error).message);
+      // Polled every 2 s, a lasting fault is told once; the sessions stay as they were (nothing is ended on it).
+      if (message !== this.lastError)
+        this.options.logger.warn(
+          { ...this.logContext, err: message },
+          `${this.label} session listing failed: ${message}; sessions kept, the next poll retries`,
+        );
+      this.lastError = message;
+      if (error instanceof ServerHttpError && error.result === 'unauthorized') this.socket?.terminate();
+      return;
+    }
+    if (this.stopped) return;
+    this.counters.listings++;
+    if (this.lastError && this.state === 'connected') this.lastError = undefined;
+    this.apply(sessions);
+    await this.applying;
+  }
+
+  // ── sessions ──────────────────────────────────────────────────────────────
+
+  private apply(sessions: ListedMediaSession[]): void {
+    this.applying = this.applying
+      .then(() => this.reconcile(sessions))
+      .catch((error) => this.options.logger.error({ ...this.logContext, err: (error as Error).message }, 'reconcile failed'));
+  }
+
+  private async reconcile(sessions: readonly ListedMediaSession[]): Promise<void> {
+    const playing = sessions.filter((session): session is ListedMediaSession & { itemId: string } => session.itemId !== undefined);
+    await this.lookUpItems(
+      playing.filter((session) => session.transcodeBitrate === undefined && session.streamBitrate === undefined).map((session) => session.itemId),
+    );
+    if (this.stopped || !this.server) return;
+    const now = Date.now();
+    const present = new Set<string>();
+    for (const session of playing) {
+      present.add(session.id);
+      const known = this.tracked.get(session.id);
+      if (known && known.itemId === session.itemId) {
+        Object.assign(known, session, { key: known.key, address: known.address, skipped: known.skipped, confirmedAt: now });
+        this.withSourceBitrate(known);
+        if (!known.skipped) this.emit(known.paused ? 'pause' : 'progress', known);
+        continue;
+      }
+      if (known) this.end(known); // the next item: a stop, then a start
+      this.begin(session, now);
+    }
+    for (const known of [...this.tracked.values()]) if (!present.has(known.id)) this.end(known);
+  }
+
+  /** The media source bitrate of items whose session names none, once per item. */
+  private async lookUpItems(itemIds: string[]): Promise<void> {
+    const wanted = [...new Set(itemIds)].filter((id) => !this.itemBitrates.has(id));
+    if (wanted.length === 0) return;
+    this.counters.itemLookups++;
+    try {
+      const found = await this.get(`/Items?Ids=${wanted.map(encodeURIComponent).join(',')}&Fields=MediaSources`, (body) => {
+        const items = record(JSON.parse(body)).Items;
+        if (!Array.isArray(items)) throw new Error('no Items list');
+        return items.map(record);
+      });
+      for (const id of wanted) {
+        const item = found.find((entry) => entry.Id === id);
+        const sources = Array.isArray(item?.MediaSources) ? item.MediaSources.map(record) : [];
+        this.itemBitrates.set(id, asBitrate(sources[0]?.Bitrate) ?? null);
+      }
+    } catch (error) {
+      if (this.stopped) return;
+      for (const id of wanted) this.itemBitrates.set(id, null);
+      this.options.logger.warn(
+        { ...this.logContext, err: this.redact((error as Error).message) },
+        `${this.label}: the playing item's bitrate is unknown (rate: auto falls back to its default)`,
+      );
+    }
+  }
+
+  private withSourceBitrate(session: TrackedSession): void {
+    const bitrate = this.itemBitrates.get(session.itemId);
+    if (bitrate) session.sourceBitrate = bitrate;
+  }
+
+  /** bits/s the stream uses: the transcoder's target, else the stream's, else the file's. */
+  private need(session: TrackedSession): number | undefined {
+    return session.transcodeBitrate ?? session.streamBitrate ?? session.sourceBitrate;
+  }
+
+  private begin(listed: ListedMediaSession & { itemId: string }, now: number): void {
+    const session: TrackedSession = { ...listed, key: `${this.server!.id}:${listed.id}`, confirmedAt: now };
+    this.withSourceBitrate(session);
+    this.tracked.set(session.id, session);
+    const reason = this.unshapeable(session);
+    if (reason) {
+      session.skipped = reason;
+      const who = `${session.user ?? 'unknown user'} on ${session.client ?? 'unknown player'}`;
+      this.options.logger.warn(
+        { ...this.logContext, session: session.key, user: session.user, player: session.client, address: session.address },
+        `not shaping ${who}: ${reason}; its ${this.need(session) ? `${(this.need(session)! / 1e6).toFixed(1)} Mbit/s are` : 'bandwidth is'} kept out of the pipes`,
+      );
+      return;
+    }
+    this.emit('start', session);
+    if (session.paused) this.emit('pause', session);
+  }
+
+  /** Why this session's address is not where its bytes go, if it is not. */
+  private unshapeable(session: TrackedSession): string | undefined {
+    if (!session.address) return `${this.label} lists no address for the player`;
+    let address: string;
+    try {
+      address = parseClientAddress(session.address).text;
+    } catch {
+      return `${this.label} lists an address shaperr cannot read (${JSON.stringify(session.address)})`;
+    }
+    session.address = address;
+    if (ipaddr.parse(address).range() === 'loopback')
+      return `the address ${address} is loopback: a reverse proxy on this host hides the real client (list it in ${this.label}'s known proxies)`;
+    if (this.unshapeableAddresses.has(address))
+      return `the address ${address} is this host, a container bridge or a proxy: the real client is hidden (host networking, or the proxy in ${this.label}'s known proxies)`;
+    return undefined;
+  }
+
+  private end(session: TrackedSession): void {
+    this.tracked.delete(session.id);
+    if (!session.skipped) this.emit('stop', session);
+  }
+
+  private emit(kind: PlaybackEvent['kind'], session: TrackedSession): void {
+    const event: PlaybackEvent = {
+      kind,
+      address: session.address!,
+      port: 0,
+      sessionKey: session.key,
+      timestamp: new Date(),
+      path: '/Sessions',
+      source: this.name,
+    };
+    if (session.user) event.user = session.user;
+    if (session.client) event.player = session.client;
+    if (session.transcodeBitrate !== undefined) {
+      event.bandwidth = session.transcodeBitrate;
+      event.directPlay = false;
+    } else {
+      const bitrate = session.streamBitrate ?? session.sourceBitrate;
+      if (bitrate !== undefined) event.mediaBitrate = bitrate;
+      event.directPlay = true;
+    }
+    this.options.onEvent(event);
+  }
+}
+
+/** This host's own addresses: a session "from" one is a proxy or a container on this host. */
+function hostAddresses(): string[] {
+  return Object.values(networkInterfaces())
+    .flatMap((addresses) => addresses ?? [])
+    .map((address) => address.address);
+}
