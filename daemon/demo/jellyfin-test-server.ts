@@ -3,7 +3,7 @@
  * the servers' own formats. `GET /System/Info` and `GET /Sessions` answer PascalCase JSON; `GET /Items?Ids=`
  * gives an item's media sources; the websocket (`/socket`, Emby `/embywebsocket`) opens with ForceKeepAlive,
  * answers KeepAlive, and after `{"MessageType":"SessionsStart","Data":"<delay>,<interval>"}` pushes the
- * whole session list as `Sessions` messages whenever it changes, at most once per interval.
+ * whole session list as `Sessions` messages at once and whenever a playback starts, stops, pauses or changes.
  *
  * Jellyfin takes its API key in `Authorization: MediaBrowser Token="…", …, DeviceId="…"`; Emby in
  * `X-Emby-Token` (its device in `X-Emby-Authorization`). Nothing else is accepted: a key in the URL gets
@@ -140,9 +140,9 @@ export interface JellyfinTestRequest {
   deviceId?: string;
 }
 
+/** A socket that sent SessionsStart: the first push waits for its initial delay. */
 interface Subscriber {
-  intervalMs: number;
-  lastSent: number;
+  started: boolean;
   timer?: NodeJS.Timeout;
 }
 
@@ -359,21 +359,15 @@ export class JellyfinTestServer {
     for (const socket of this.sockets.keys()) this.send(socket, type, data);
   }
 
-  /** Something changed: each subscriber gets the list now, or at the end of its interval. */
+  /** Something changed: a playback start, stop, pause or quality change is pushed at once, as the servers do. */
   private changed(): void {
-    for (const [socket, subscriber] of this.sockets) if (subscriber) this.schedulePush(socket, subscriber);
+    for (const [socket, subscriber] of this.sockets) if (subscriber?.started) this.push(socket);
   }
 
-  private schedulePush(socket: WebSocket, subscriber: Subscriber, delayMs = 0): void {
-    if (subscriber.timer) return;
-    const wait = Math.max(delayMs, subscriber.lastSent + subscriber.intervalMs - Date.now());
-    subscriber.timer = setTimeout(() => {
-      subscriber.timer = undefined;
-      if (!this.sockets.has(socket) || !this.behaviour.push) return;
-      subscriber.lastSent = Date.now();
-      const message: SessionsMessage = { MessageType: 'Sessions', MessageId: randomUUID(), Data: this.sessionList() };
-      if (!this.behaviour.deadSockets) socket.send(JSON.stringify(message));
-    }, wait);
+  private push(socket: WebSocket): void {
+    if (!this.behaviour.push || this.behaviour.deadSockets) return;
+    const message: SessionsMessage = { MessageType: 'Sessions', MessageId: randomUUID(), Data: this.sessionList() };
+    socket.send(JSON.stringify(message));
   }
 
   private async onRequest(request: IncomingMessage, response: ServerResponse): Promise<void> {
@@ -447,13 +441,18 @@ export class JellyfinTestServer {
     if (message.MessageType === 'KeepAlive') {
       this.send(socket, 'KeepAlive', undefined);
     } else if (message.MessageType === 'SessionsStart') {
-      const [delay, interval] = String(message.Data ?? '0,1500')
-        .split(',')
-        .map((part) => Number(part));
-      const subscriber: Subscriber = { intervalMs: Number.isFinite(interval) ? interval! : 1500, lastSent: 0 };
+      // Data is "<initial delay ms>,<interval ms>"; changes are pushed as they happen, so only the delay matters here.
+      const delay = Number(String(message.Data ?? '0').split(',')[0]);
+      const subscriber: Subscriber = { started: false };
       this.forget(socket);
       this.sockets.set(socket, subscriber);
-      this.schedulePush(socket, subscriber, Number.isFinite(delay) ? delay : 0);
+      subscriber.timer = setTimeout(
+        () => {
+          subscriber.started = true;
+          if (this.sockets.has(socket)) this.push(socket);
+        },
+        Number.isFinite(delay) ? delay : 0,
+      );
     } else if (message.MessageType === 'SessionsStop') {
       this.forget(socket);
       if (socket.readyState === socket.OPEN) this.sockets.set(socket, undefined);
