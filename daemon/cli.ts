@@ -8,6 +8,7 @@ import { ConfigError, exposedSecretsWarning, loadConfig, type ShaperrConfig } fr
 import { DeviceLockedError } from './apply/device-lock.js';
 import { ReloadRefused, Shaperrd } from './shaperrd.js';
 import { hasNetAdmin, NET_ADMIN_MISSING } from './support/capabilities.js';
+import { localTimeField } from './support/local-time.js';
 
 const program = new Command()
   .name('shaperrd')
@@ -58,7 +59,7 @@ async function main(): Promise<void> {
   program.parse();
   const options = program.opts<{ config: string; log?: string; dryRun?: boolean; logLevel: string; demo?: boolean; duration: number }>();
   if (options.demo) return demo(options.duration);
-  const logger = pino({ level: options.logLevel, base: { service: 'shaperrd' } });
+  const logger = pino({ level: options.logLevel, base: { service: 'shaperrd' }, timestamp: localTimeField });
   let config: ShaperrConfig;
   try {
     config = loadConfig(options.config);
