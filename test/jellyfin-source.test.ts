@@ -239,12 +239,12 @@ t.test('the server restarted: clean close, sessions gone → stopped; the same d
   t.ok(logs.some((line) => line.msg === 'Jellyfin websocket reconnected'));
 });
 
-t.test('server down at start: "waiting for the server", retries doubling to the cap (1 s → 30 s; here 50 → 400 ms), then plays', async (t) => {
+t.test('server down at start: "waiting for Jellyfin", retries doubling to the cap (1 s → 30 s; here 50 → 400 ms), then plays', async (t) => {
   const server = await startJellyfinServer(t);
   await server.down();
   const { source, logs, events, connected } = listen(t, server);
   await until(() => logs.filter((line) => line.retryMs !== undefined).length >= 5, 10_000);
-  t.equal(source.status().state, 'waiting for the server');
+  t.equal(source.status().state, 'waiting for Jellyfin');
   t.match(source.status().lastError, /ECONNREFUSED/);
   t.equal(logs.filter((line) => line.level === 40 && /^waiting for Jellyfin/.test(line.msg)).length, 1, 'one warning, not one per retry');
   t.same(

@@ -24,7 +24,8 @@ import WebSocket from 'ws';
 import { parseClientAddress } from '../../lib/index.js';
 import { hostBridgeAddresses } from './plex.js';
 import { redactToken } from './plex-token.js';
-import { ServerHttpError, serverGet } from './server-get.js';
+import { readFromServer, ServerHttpError } from './server-get.js';
+import { ServerLink, SingleFlight } from './server-link.js';
 import type { PlaybackEvent, PlaybackSource, ServerTimings, SkippedStream, SourceContext, SourceStatus } from './source.js';
 
 export type MediaServerKind = 'jellyfin' | 'emby';
@@ -96,8 +97,6 @@ export interface MediaServerSourceOptions extends SourceContext {
   /** Reverse proxies in front of the server: a session from one hides its real client. */
   proxyAddresses?: readonly string[];
 }
-
-export type MediaServerState = 'connecting' | 'waiting for the server' | 'connected' | 'key rejected' | 'stopped';
 
 /** What the source needs to know of one session; from a pushed or a fetched list alike. */
 export interface ListedMediaSession {
@@ -182,57 +181,64 @@ export class MediaServerSource implements PlaybackSource {
   private readonly dialect: Dialect;
   private readonly timings: MediaServerTimings;
   private readonly identity: DeviceIdentity;
+  private readonly link: ServerLink;
+  private readonly listings: SingleFlight;
   private readonly tracked = new Map<string, TrackedSession>();
   /** bits/s of each item's media source, fetched once (null: the server did not say). */
   private readonly itemBitrates = new Map<string, number | null>();
   private readonly unshapeableAddresses: ReadonlySet<string>;
-  private readonly timers = new Set<NodeJS.Timeout>();
   private readonly aborter = new AbortController();
   private readonly agent: HttpAgent;
   private readonly counters = { messages: 0, pushes: 0, listings: 0, listingFailures: 0, reconnects: 0, itemLookups: 0 };
   private socket?: WebSocket;
   private socketTimers: NodeJS.Timeout[] = [];
-  private retryDelay: number;
-  private state: MediaServerState = 'connecting';
   private server?: { name?: string; version?: string; id: string };
-  private lastError?: string;
   private lastAlive = 0;
   /** Set once a Sessions message arrived; until then (after pushWaitMs) the source polls. */
   private pushed = false;
   private fallbackPoll?: NodeJS.Timeout;
   /** Lists are applied one after the other, in the order they came. */
   private applying: Promise<void> = Promise.resolve();
-  private listing?: Promise<void>;
-  private listAgain = false;
 
   constructor(private readonly options: MediaServerSourceOptions) {
     this.name = options.kind;
     this.dialect = dialects[options.kind];
     this.timings = { ...defaultMediaServerTimings, idleMs: options.idleMs, ...options.timings };
-    this.retryDelay = this.timings.retryMinMs;
     this.identity = { deviceId: options.deviceId ?? stableDeviceId(options.url, options.kind), device: hostname(), version: VERSION };
     this.unshapeableAddresses = new Set([...(options.bridgeAddresses ?? hostBridgeAddresses()), ...hostAddresses(), ...(options.proxyAddresses ?? [])]);
     this.agent =
       new URL(options.url).protocol === 'https:'
         ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: options.verifyTls })
         : new HttpAgent({ keepAlive: true });
+    this.link = new ServerLink({
+      label: this.dialect.label,
+      url: options.url,
+      logContext: this.logContext,
+      logger: options.logger,
+      timings: this.timings,
+      redact: (text) => this.redact(text),
+      rejected: { state: 'key rejected', error: `${this.dialect.label} rejected the API key` },
+      connect: () => void this.connect(),
+    });
+    this.listings = new SingleFlight(
+      () => this.listAndApply(),
+      () => !this.link.stopped,
+    );
   }
 
   start(): void {
     void this.connect();
-    this.every(this.timings.pollMs, () => this.poll());
-    this.every(Math.max(250, this.timings.idleMs / 4), () => this.lookUpSilent());
+    this.link.every(this.timings.pollMs, () => this.poll());
+    this.link.every(Math.max(250, this.timings.idleMs / 4), () => this.lookUpSilent());
   }
 
   async stop(): Promise<void> {
-    this.state = 'stopped';
-    for (const timer of this.timers) clearTimeout(timer);
-    this.timers.clear();
+    this.link.stop();
     this.closeSocketTimers();
     clearInterval(this.fallbackPoll);
     this.socket?.terminate();
     this.aborter.abort();
-    await this.listing?.catch(() => undefined);
+    await this.listings.settled();
     await this.applying;
     this.agent.destroy();
   }
@@ -252,13 +258,13 @@ export class MediaServerSource implements PlaybackSource {
     const status: SourceStatus = {
       source: this.name,
       target: this.options.url,
-      state: this.state,
+      state: this.link.state,
       sessions: this.tracked.size,
       skipped,
       counters: { ...this.counters },
     };
     if (this.server) status.server = { ...this.server };
-    if (this.lastError) status.lastError = this.lastError;
+    if (this.link.lastError) status.lastError = this.link.lastError;
     if (this.fallbackPoll) status.note = this.pollingNote;
     return status;
   }
@@ -273,32 +279,12 @@ export class MediaServerSource implements PlaybackSource {
     return `polling GET /Sessions every ${this.timings.fallbackPollMs / 1000} s: no Sessions message within ${this.timings.pushWaitMs / 1000} s of SessionsStart (the server pushes nothing to this key)`;
   }
 
-  private get stopped(): boolean {
-    return this.state === 'stopped';
-  }
-
   private get label(): string {
     return this.dialect.label;
   }
 
-  private get logContext() {
+  private get logContext(): Record<string, string> {
     return { [this.name]: this.options.url };
-  }
-
-  private every(ms: number, run: () => void): void {
-    if (ms <= 0) return;
-    const timer = setInterval(run, ms);
-    timer.unref();
-    this.timers.add(timer);
-  }
-
-  private after(ms: number, run: () => void): void {
-    const timer = setTimeout(() => {
-      this.timers.delete(timer);
-      run();
-    }, ms);
-    timer.unref();
-    this.timers.add(timer);
   }
 
   private redact(text: string): string {
@@ -308,7 +294,7 @@ export class MediaServerSource implements PlaybackSource {
   // ── connection ────────────────────────────────────────────────────────────
 
   private async connect(): Promise<void> {
-    if (this.stopped) return;
+    if (this.link.stopped) return;
     try {
       const info = await this.get('/System/Info', (body) => {
         const root = record(JSON.parse(body));
@@ -328,9 +314,9 @@ export class MediaServerSource implements PlaybackSource {
         );
       this.server = info;
     } catch (error) {
-      return this.failed(error);
+      return this.link.failed(error);
     }
-    if (!this.stopped) this.openSocket();
+    if (!this.link.stopped) this.openSocket();
   }
 
   private openSocket(): void {
@@ -353,17 +339,19 @@ export class MediaServerSource implements PlaybackSource {
     });
     socket.on('error', (error) => (failure ??= error));
     socket.on('open', () => {
-      if (this.stopped) return socket.terminate();
-      const wasDown = this.state !== 'connecting';
-      this.state = 'connected';
-      this.retryDelay = this.timings.retryMinMs;
-      this.lastError = undefined;
+      if (this.link.stopped) return socket.terminate();
+      const reconnected = this.link.connected();
       this.lastAlive = Date.now();
-      this.options.logger.info(this.logContext, wasDown ? `${this.label} websocket reconnected` : `listening to ${this.label} sessions`);
-      // Pushed at once (0 ms), then at most every 1.5 s while sessions change.
+      this.options.logger.info(this.logContext, reconnected ? `${this.label} websocket reconnected` : `listening to ${this.label} sessions`);
+      // The list at once (0 ms), then as sessions change (at most every 1.5 s for progress alone).
       socket.send(JSON.stringify({ MessageType: 'SessionsStart', Data: '0,1500' }));
-      this.watch(socket);
-      this.requestListing();
+      this.closeSocketTimers();
+      const pushWait = setTimeout(() => {
+        if (!this.pushed && !this.fallbackPoll) this.startPolling();
+      }, this.timings.pushWaitMs);
+      pushWait.unref();
+      this.socketTimers = [this.link.watch(socket, () => this.lastAlive), pushWait];
+      this.listings.request();
     });
     socket.on('pong', () => (this.lastAlive = Date.now()));
     socket.on('message', (data) => {
@@ -372,29 +360,11 @@ export class MediaServerSource implements PlaybackSource {
     });
     socket.on('close', (code) => {
       this.closeSocketTimers();
-      if (this.socket !== socket || this.stopped) return;
+      if (this.socket !== socket || this.link.stopped) return;
       this.socket = undefined;
       this.counters.reconnects++;
-      this.failed(failure ?? new Error(`websocket closed (code ${code})`));
+      this.link.failed(failure ?? new Error(`websocket closed (code ${code})`));
     });
-  }
-
-  /** Pings (a silent path is found within pongTimeoutMs), and the wait for a first push. */
-  private watch(socket: WebSocket): void {
-    this.closeSocketTimers();
-    const ping = setInterval(() => {
-      if (Date.now() - this.lastAlive > this.timings.pongTimeoutMs) {
-        this.options.logger.warn(this.logContext, `no answer from ${this.label} for ${Math.round((Date.now() - this.lastAlive) / 1000)} s: reconnecting`);
-        socket.terminate();
-        return;
-      }
-      socket.ping();
-    }, this.timings.pingMs);
-    const pushWait = setTimeout(() => {
-      if (!this.pushed && !this.fallbackPoll) this.startPolling();
-    }, this.timings.pushWaitMs);
-    this.socketTimers = [ping, pushWait];
-    for (const timer of this.socketTimers) timer.unref();
   }
 
   private closeSocketTimers(): void {
@@ -421,31 +391,6 @@ export class MediaServerSource implements PlaybackSource {
     this.socketTimers.push(timer);
   }
 
-  /** Any failure to reach the server: one clear line per change of state, then retry (backoff, or later after a 401). */
-  private failed(error: unknown): void {
-    if (this.stopped) return;
-    const message = this.redact((error as Error).message ?? String(error));
-    if (error instanceof ServerHttpError && error.result === 'unauthorized') {
-      if (this.state !== 'key rejected')
-        this.options.logger.error(
-          this.logContext,
-          `${this.label} rejected the API key (401) at ${this.options.url}; retrying every ${Math.round(this.timings.unauthorizedRetryMs / 1000)} s`,
-        );
-      this.state = 'key rejected';
-      this.lastError = `${this.label} rejected the API key`;
-      this.after(this.timings.unauthorizedRetryMs, () => void this.connect());
-      return;
-    }
-    const delay = this.retryDelay;
-    this.retryDelay = Math.min(this.retryDelay * 2, this.timings.retryMaxMs);
-    if (this.state !== 'waiting for the server')
-      this.options.logger.warn({ ...this.logContext, err: message, retryMs: delay }, `waiting for ${this.label} at ${this.options.url}: ${message}`);
-    else this.options.logger.debug({ ...this.logContext, err: message, retryMs: delay }, `${this.label} still unreachable`);
-    this.state = 'waiting for the server';
-    this.lastError = message;
-    this.after(delay, () => void this.connect());
-  }
-
   // ── messages ──────────────────────────────────────────────────────────────
 
   private onMessage(socket: WebSocket, text: string): void {
@@ -467,7 +412,7 @@ export class MediaServerSource implements PlaybackSource {
         this.logContext,
         `ignored a malformed ${this.label} Sessions message (${(error as Error).message}); reading GET /Sessions instead`,
       );
-      this.requestListing();
+      this.listings.request();
       return;
     }
     this.counters.pushes++;
@@ -482,61 +427,29 @@ export class MediaServerSource implements PlaybackSource {
 
   // ── HTTP ──────────────────────────────────────────────────────────────────
 
-  /** One request, counted once: ok only when `read` understands the answer. */
-  private async get<T>(path: string, read: (body: string) => T): Promise<T> {
-    let body: string;
-    try {
-      body = await serverGet(
-        {
-          url: this.options.url,
-          headers: { ...this.dialect.headers(this.options.apiKey, this.identity), Accept: 'application/json' },
-          verifyTls: this.options.verifyTls,
-          timeoutMs: this.timings.requestTimeoutMs,
-          unauthorized: `${this.label} rejected the API key (401)`,
-          redact: (text) => this.redact(text),
-          signal: this.aborter.signal,
-          agent: this.agent,
-        },
-        path,
-      );
-    } catch (error) {
-      this.options.onRequest?.(new URL(path, 'http://x').pathname, error instanceof ServerHttpError ? error.result : 'unreachable');
-      throw error;
-    }
-    try {
-      const result = read(body);
-      this.options.onRequest?.(new URL(path, 'http://x').pathname, 'ok');
-      return result;
-    } catch (error) {
-      this.options.onRequest?.(new URL(path, 'http://x').pathname, 'malformed');
-      throw new ServerHttpError(`GET ${new URL(path, 'http://x').pathname}: unreadable answer (${this.redact((error as Error).message)})`, 'malformed');
-    }
+  private get<T>(path: string, read: (body: string) => T): Promise<T> {
+    const options = {
+      url: this.options.url,
+      headers: { ...this.dialect.headers(this.options.apiKey, this.identity), Accept: 'application/json' },
+      verifyTls: this.options.verifyTls,
+      timeoutMs: this.timings.requestTimeoutMs,
+      unauthorized: `${this.label} rejected the API key (401)`,
+      redact: (text: string) => this.redact(text),
+      signal: this.aborter.signal,
+      agent: this.agent,
+    };
+    return readFromServer(options, path, read, this.options.onRequest);
   }
 
   private poll(): void {
-    if (this.state === 'connected') this.requestListing();
+    if (this.link.state === 'connected') this.listings.request();
   }
 
   /** Sessions silent for half the idle time are listed again: a paused one never idles out. */
   private lookUpSilent(): void {
-    if (this.state !== 'connected') return;
+    if (this.link.state !== 'connected') return;
     const silentSince = Date.now() - this.timings.idleMs / 2;
-    if ([...this.tracked.values()].some((session) => session.confirmedAt < silentSince)) this.requestListing();
-  }
-
-  /** One `GET /Sessions` at a time; a request during one runs one more right after it. */
-  private requestListing(): void {
-    if (this.listing) {
-      this.listAgain = true;
-      return;
-    }
-    this.listing = this.listAndApply().finally(() => {
-      this.listing = undefined;
-      if (this.listAgain && !this.stopped) {
-        this.listAgain = false;
-        this.requestListing();
-      }
-    });
+    if ([...this.tracked.values()].some((session) => session.confirmedAt < silentSince)) this.listings.request();
   }
 
   private async listAndApply(): Promise<void> {
@@ -544,22 +457,22 @@ export class MediaServerSource implements PlaybackSource {
     try {
       sessions = await this.get('/Sessions', (body) => parseMediaSessions(JSON.parse(body)));
     } catch (error) {
-      if (this.stopped) return;
+      if (this.link.stopped) return;
       this.counters.listingFailures++;
       const message = this.redact((error as Error).message);
       // Polled every 2 s, a lasting fault is told once; the sessions stay as they were (nothing is ended on it).
-      if (message !== this.lastError)
+      if (message !== this.link.lastError)
         this.options.logger.warn(
           { ...this.logContext, err: message },
           `${this.label} session listing failed: ${message}; sessions kept, the next poll retries`,
         );
-      this.lastError = message;
+      this.link.lastError = message;
       if (error instanceof ServerHttpError && error.result === 'unauthorized') this.socket?.terminate();
       return;
     }
-    if (this.stopped) return;
+    if (this.link.stopped) return;
     this.counters.listings++;
-    if (this.lastError && this.state === 'connected') this.lastError = undefined;
+    if (this.link.state === 'connected') this.link.lastError = undefined;
     this.apply(sessions);
     await this.applying;
   }
@@ -577,7 +490,7 @@ export class MediaServerSource implements PlaybackSource {
     await this.lookUpItems(
       playing.filter((session) => session.transcodeBitrate === undefined && session.streamBitrate === undefined).map((session) => session.itemId),
     );
-    if (this.stopped || !this.server) return;
+    if (this.link.stopped || !this.server) return;
     const now = Date.now();
     const present = new Set<string>();
     for (const session of playing) {
@@ -612,7 +525,7 @@ export class MediaServerSource implements PlaybackSource {
         this.itemBitrates.set(id, asBitrate(sources[0]?.Bitrate) ?? null);
       }
     } catch (error) {
-      if (this.stopped) return;
+      if (this.link.stopped) return;
       for (const id of wanted) this.itemBitrates.set(id, null);
       this.options.logger.warn(
         { ...this.logContext, err: this.redact((error as Error).message) },

@@ -70,3 +70,28 @@ export function serverGet(options: ServerGetOptions, path: string): Promise<stri
     outgoing.end();
   });
 }
+
+/** One GET counted once for the metrics (by path, without its query): ok only when `read` understands the answer. */
+export async function readFromServer<T>(
+  options: ServerGetOptions,
+  path: string,
+  read: (body: string) => T,
+  onRequest?: (endpoint: string, result: SourceRequestResult) => void,
+): Promise<T> {
+  const endpoint = new URL(path, options.url).pathname;
+  let body: string;
+  try {
+    body = await serverGet(options, path);
+  } catch (error) {
+    onRequest?.(endpoint, error instanceof ServerHttpError ? error.result : 'unreachable');
+    throw error;
+  }
+  try {
+    const result = read(body);
+    onRequest?.(endpoint, 'ok');
+    return result;
+  } catch (error) {
+    onRequest?.(endpoint, 'malformed');
+    throw new ServerHttpError(`GET ${endpoint}: unreadable answer (${options.redact((error as Error).message)})`, 'malformed');
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * What every media-server source does around its connection, whatever the server: timers it clears at
+ * stop, the retry after a failure (doubling up to a cap, a long wait after a 401, one log line per change
+ * of state), a websocket watchdog for paths that die without a close, and one listing at a time.
+ */
+import type WebSocket from 'ws';
+import { ServerHttpError } from './server-get.js';
+import type { ServerTimings, SourceContext } from './source.js';
+
+export interface ServerLinkOptions {
+  /** The server's kind in words: 'Jellyfin', 'Emby', 'Plex'. */
+  label: string;
+  url: string;
+  /** Fields every log line about this server carries. */
+  logContext: Record<string, string>;
+  logger: SourceContext['logger'];
+  timings: ServerTimings;
+  redact: (text: string) => string;
+  /** The state and the error after a 401 ('key rejected', 'Jellyfin rejected the API key'). */
+  rejected: { state: string; error: string };
+  /** Called for each (re)connection attempt. */
+  connect: () => void;
+}
+
+export class ServerLink {
+  state = 'connecting';
+  lastError?: string;
+  private retryDelay: number;
+  private readonly timers = new Set<NodeJS.Timeout>();
+
+  constructor(private readonly options: ServerLinkOptions) {
+    this.retryDelay = options.timings.retryMinMs;
+  }
+
+  get stopped(): boolean {
+    return this.state === 'stopped';
+  }
+
+  get waitingState(): string {
+    return `waiting for ${this.options.label}`;
+  }
+
+  every(ms: number, run: () => void): void {
+    if (ms <= 0) return;
+    const timer = setInterval(run, ms);
+    timer.unref();
+    this.timers.add(timer);
+  }
+
+  after(ms: number, run: () => void): void {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      run();
+    }, ms);
+    timer.unref();
+    this.timers.add(timer);
+  }
+
+  stop(): void {
+    this.state = 'stopped';
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+  }
+
+  /** The link is up: the backoff starts over. Whether it had been down before (a reconnect). */
+  connected(): boolean {
+    const wasDown = this.state !== 'connecting';
+    this.state = 'connected';
+    this.retryDelay = this.options.timings.retryMinMs;
+    this.lastError = undefined;
+    return wasDown;
+  }
+
+  /** Any failure to reach the server: one clear line per change of state, then a retry (backoff, or later after a 401). */
+  failed(error: unknown): void {
+    if (this.stopped) return;
+    const { label, url, logContext, logger, timings, rejected } = this.options;
+    const message = this.options.redact((error as Error).message ?? String(error));
+    if (error instanceof ServerHttpError && error.result === 'unauthorized') {
+      if (this.state !== rejected.state) logger.error(logContext, `${message} at ${url}; retrying every ${Math.round(timings.unauthorizedRetryMs / 1000)} s`);
+      this.state = rejected.state;
+      this.lastError = rejected.error;
+      this.after(timings.unauthorizedRetryMs, this.options.connect);
+      return;
+    }
+    const delay = this.retryDelay;
+    this.retryDelay = Math.min(this.retryDelay * 2, timings.retryMaxMs);
+    if (this.state !== this.waitingState) logger.warn({ ...logContext, err: message, retryMs: delay }, `${this.waitingState} at ${url}: ${message}`);
+    else logger.debug({ ...logContext, err: message, retryMs: delay }, `${label} still unreachable`);
+    this.state = this.waitingState;
+    this.lastError = message;
+    this.after(delay, this.options.connect);
+  }
+
+  /**
+   * Pings the socket every pingMs; when nothing (no pong, no message) came for pongTimeoutMs the path is
+   * dead though TCP never said so: the socket is terminated, and its close handler reconnects.
+   */
+  watch(socket: WebSocket, lastAlive: () => number): NodeJS.Timeout {
+    const { timings, logger, logContext, label } = this.options;
+    const timer = setInterval(() => {
+      const silent = Date.now() - lastAlive();
+      if (silent > timings.pongTimeoutMs) {
+        logger.warn(logContext, `no answer from ${label} for ${Math.round(silent / 1000)} s: reconnecting`);
+        socket.terminate();
+        return;
+      }
+      socket.ping();
+    }, timings.pingMs);
+    timer.unref();
+    return timer;
+  }
+}
+
+/** Runs one at a time; a request while one runs makes exactly one more run right after it. */
+export class SingleFlight {
+  private running?: Promise<void>;
+  private again = false;
+
+  constructor(
+    private readonly run: () => Promise<void>,
+    private readonly mayRun: () => boolean,
+  ) {}
+
+  request(): void {
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.run().finally(() => {
+      this.running = undefined;
+      if (this.again && this.mayRun()) {
+        this.again = false;
+        this.request();
+      }
+    });
+  }
+
+  /** Resolves when the run in flight (if any) has ended. */
+  async settled(): Promise<void> {
+    await this.running?.catch(() => undefined);
+  }
+}
