@@ -7,9 +7,8 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { formatRate, NetworkSet, parseRate } from '../lib/index.js';
 import { DEFAULT_AUTO_MAX, DEFAULT_AUTO_MIN, DEFAULT_DIRECT_PLAY_HEADROOM, type PolicyConfig } from './sessions/policy.js';
-import { isLoopbackListen } from './operator/http.js';
+import { isLoopbackListen } from './support/listen.js';
 import { isIP } from 'node:net';
-import type { UdpProbeTarget } from './ceiling/udp-probe.js';
 
 /** A rate as written (`2mbit`, or bits/s), parsed here once: the rest of the daemon holds bits/s. */
 const rate = z.union([z.string(), z.number()]).transform((value, context) => {
@@ -22,6 +21,14 @@ const rate = z.union([z.string(), z.number()]).transform((value, context) => {
 });
 
 const rates = z.strictObject({ rate, ceil: rate.optional() });
+
+/** A UDP echo service beyond the modem (`probe: address:port`), for the automatic ceiling's probe. */
+export interface UdpProbeTarget {
+  host: string;
+  port: number;
+  /** As written ("198.51.100.7:7", "[2001:db8::7]:7"), for messages. */
+  text: string;
+}
 
 /** "address:port" (IPv6 in brackets) → target; throws naming the problem. */
 function parseProbeTarget(text: string): UdpProbeTarget {

@@ -1,26 +1,25 @@
 /**
- * shaperrd: the one-way pipeline tail → parse → sessions → shaper, plus what keeps it honest over time —
- * the state file, the timers (grace, idle, schedules), self-repair when someone removes our qdisc, and
- * reload on SIGHUP.
+ * shaperrd: the one-way pipeline sources → sessions → shaper, plus what keeps it honest over time — the
+ * state file, the timers (grace, idle, schedules), self-repair when someone removes our qdisc, and reload
+ * on SIGHUP. The sources (the Plex log, the Plex API…) are a list of PlaybackSource: none is named here.
  */
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { type ProgressListener, Shaper, type ShaperOptions, type ShaperState, ShaperWatch, SocketDiag } from '../lib/index.js';
 import { type AutoCeilingConfig, autoCeilingConfig, type ShaperrConfig, policyConfig } from './config.js';
-import { MAX_LINE, PlexLogParser, type PlaybackEvent } from './sources/parse.js';
 import { type Limits, Policy } from './sessions/policy.js';
 import { type ClientSummary, type Decision, type SavedClient, SessionTracker } from './sessions/sessions.js';
 import { startStatusServer } from './operator/http.js';
 import { DaemonMetrics } from './operator/metrics.js';
 import { type DaemonState, loadState, saveState } from './apply/state.js';
 import { buildStatus, type OperationProgress, type RecentDecision, type StatusReport, ThroughputMeter } from './operator/status.js';
-import { findPlexLog, LogTailer, type SavedPosition } from './sources/tail.js';
-import { readRecentLog, rebuildSessions } from './sources/warm-start.js';
+import { findPlexLog, type SavedPosition } from './sources/tail.js';
+import { readRecentLog, rebuildSessions } from './sessions/warm-start.js';
 import { lockDevice } from './apply/device-lock.js';
 import { clientsToRestore, ShaperPort } from './apply/shaper-port.js';
 import type { AbstractLock } from '../native-bindings/abstract-lock.js';
-import { planSources, type SourcePlan } from './sources/plan.js';
-import { PlexSource, type PlexTimings } from './sources/plex.js';
+import { type PlannedSource, planSources, type SourcePlan, sourceSettings } from './sources/plan.js';
+import type { PlaybackEvent, PlaybackSource, ServerTimings, SourceContext } from './sources/source.js';
 import { AutoCeiling } from './ceiling/auto-ceiling.js';
 import type { CeilingChange, CeilingRulesFactory } from './ceiling/controller.js';
 import { PlexFlowDelay } from './ceiling/flow-delay.js';
@@ -35,8 +34,8 @@ export interface DaemonOptions {
   logPath?: string;
   /** Every session decision (besides the log), e.g. for the demo's table. */
   onDecision?: (decision: Decision) => void;
-  /** Retry, timeout and ping periods of the Plex API source (tests shorten them). */
-  plexTimings?: Partial<PlexTimings>;
+  /** Retry, timeout and ping periods of the API sources (tests shorten them). */
+  sourceTimings?: Partial<ServerTimings>;
   /** Rules other than shaperr's for the automatic ceiling (the benchmark weighs cake-autorate's against them). */
   ceilingRules?: CeilingRulesFactory;
 }
@@ -55,6 +54,9 @@ const PROGRESS_MIN_PIPES = 500;
 /** The automatic ceiling's changes are logged at most this often; the ones between are counted in the next line. */
 const CEILING_LOG_INTERVAL_MS = 2000;
 
+/** The Plex log's path, when the log is one of the planned sources. */
+const logPathOf = (plan: SourcePlan): string | undefined => plan.sources.find((source) => source.name === 'log')?.target;
+
 /** A reload refused before any of it took effect, with the reason (the old config stays). */
 export class ReloadRefused extends Error {}
 
@@ -62,16 +64,17 @@ export class Shaperrd {
   private shaper?: Shaper;
   /** The sessions' decisions go to the shaper through it (the apply stage). */
   private shaperPort?: ShaperPort;
-  private tailer?: LogTailer;
-  private plexSources: PlexSource[] = [];
+  /** Where playback events come from, as the config plans them. */
+  private sources: PlaybackSource[] = [];
   private tracker?: SessionTracker;
-  private parser: PlexLogParser;
   private policy: Policy;
   private serverLimits?: Limits;
   /** bits/s of the server rate kept for streams without a pipe (see updateReserve). */
   private reservedRate = 0;
   private timers: NodeJS.Timeout[] = [];
-  private logPosition?: SavedPosition;
+  /** The log's read position last saved (a new one makes the state dirty). */
+  private savedLogPosition?: SavedPosition;
+  /** The Plex log, when it is one of the sources. */
   private logPath?: string;
   private dirty = false;
   private stopping = false;
@@ -90,9 +93,8 @@ export class Shaperrd {
   readonly metrics: DaemonMetrics;
 
   constructor(private options: DaemonOptions) {
-    this.parser = new PlexLogParser({ trustedProxies: options.config.trustedProxies });
     this.policy = new Policy(policyConfig(options.config));
-    this.metrics = new DaemonMetrics({ status: () => this.readStatus(), parser: () => this.parser.stats, shaper: () => this.shaper?.stats });
+    this.metrics = new DaemonMetrics({ status: () => this.readStatus(), shaper: () => this.shaper?.stats });
   }
 
   private get config(): ShaperrConfig {
@@ -128,13 +130,9 @@ export class Shaperrd {
       onDecision: (decision) => this.onDecision(decision),
       onError: (error, address) => this.kernelError(error, address),
     });
-    const logPath = this.options.logPath ?? config.log ?? findPlexLog();
-    const sources = planSources(config, logPath);
-    this.log.info(sources.reason);
-    if (sources.log) {
-      if (!logPath) throw new Error('no Plex Media Server log found in the usual places; set `log:` in the config or pass --log');
-      this.logPath = logPath;
-    }
+    const plan = this.planSources(config);
+    this.log.info(plan.reason);
+    this.logPath = logPathOf(plan);
     // The status page first: it shows the progress of restoring thousands of pipes.
     if (config.status) {
       this.statusServer = await startStatusServer({
@@ -149,22 +147,18 @@ export class Shaperrd {
     const warm = resumeAt || !this.logPath ? undefined : await this.warmStart(this.logPath);
     await this.reconcile(saved, warm?.clients ?? []);
 
-    if (this.logPath) {
-      // Cut at 4 bytes per character of the parser's limit, a line is still too long for it (UTF-8 has at most
-      // 4 bytes per UTF-16 unit): a 1 MB garbage line then costs 256 KB, not 3 MB.
-      this.tailer = new LogTailer({ path: this.logPath, from: resumeAt ?? warm?.position ?? 'end', maxLineBytes: 4 * (MAX_LINE + 1) });
-      this.tailer.on('line', (line: string, position: SavedPosition) => this.onLine(line, position));
-      this.tailer.on('error', (error: Error) => this.log.warn({ err: error.message }, 'log tail problem'));
-      await this.tailer.start();
-      // The starting position is saved at once: a crash before the first line must not skip what comes next.
-      this.logPosition = this.tailer.position() ?? this.logPosition;
-      await this.save();
-    }
-    this.startPlexSources(sources);
+    await this.startSources(plan, resumeAt ?? warm?.position);
+    // The log's starting position is saved at once: a crash before the first line must not skip what comes next.
+    if (this.logPath) await this.save();
     if (!this.options.dryRun) this.watch = this.watchShaper(this.shaper);
     if (auto && !this.options.dryRun) this.startCeiling(auto, this.serverLimits.rate);
     this.log.info(
-      { log: this.logPath, plex: sources.plex.map((server) => server.url), device: config.device, leaf: this.shaper.leafKind, dryRun: !!this.options.dryRun },
+      {
+        sources: plan.sources.map((source) => `${source.name} ${source.target}`),
+        device: config.device,
+        leaf: this.shaper.leafKind,
+        dryRun: !!this.options.dryRun,
+      },
       'shaperrd started',
     );
 
@@ -180,36 +174,59 @@ export class Shaperrd {
     }
   }
 
-  private startPlexSources(plan: SourcePlan): void {
-    this.plexSources = plan.plex.map(
-      (server) =>
-        new PlexSource({
-          url: server.url,
-          token: server.token.token,
-          verifyTls: server.verifyTls,
-          logger: this.log,
-          timings: { ...this.options.plexTimings, pollMs: server.pollSeconds * 1000, idleMs: this.config.idleSeconds * 1000 },
-          onEvent: (event) => this.onEvent(event),
-          onRequest: (endpoint, result) => this.metrics.plexRequests.inc({ endpoint, result }),
-        }),
-    );
-    for (const source of this.plexSources) source.start();
+  /** The sources `config` asks for (refused when the log is one of them and none is found). */
+  private planSources(config: ShaperrConfig): SourcePlan {
+    const logPath = this.options.logPath ?? config.log ?? findPlexLog();
+    const plan = planSources(config, logPath);
+    if (plan.usesLog && !logPath) throw new Error('no Plex Media Server log found in the usual places; set `log:` in the config or pass --log');
+    return plan;
   }
 
-  /** SIGHUP with new Plex settings: the API sources start over (the log tail is kept as it is). */
-  private async restartPlexSources(plan: SourcePlan): Promise<void> {
-    if (plan.log !== (this.tailer !== undefined)) this.log.warn('turning the log source on or off needs a restart of shaperrd; the log tail stays as it was');
-    await Promise.all(this.plexSources.map((source) => source.stop()));
+  /** Creates and starts the planned sources; a log source resumes at `resumeAt` (else at the end of the file). */
+  private async startSources(plan: SourcePlan, resumeAt: SavedPosition | undefined): Promise<void> {
+    this.logPath = logPathOf(plan);
+    this.sources = plan.sources.map((planned) => planned.create(this.sourceContext(planned, resumeAt)));
+    for (const source of this.sources) this.metrics.sourceStarted(source.name);
+    await Promise.all(this.sources.map((source) => source.start()));
+  }
+
+  private sourceContext(planned: PlannedSource, resumeAt: SavedPosition | undefined): SourceContext {
+    return {
+      logger: this.log,
+      idleMs: this.config.idleSeconds * 1000,
+      onEvent: (event) => this.onEvent(event),
+      onRequest: (endpoint, result) => this.metrics.sourceRequests.inc({ source: planned.name, endpoint, result }),
+      ...(this.options.sourceTimings ? { timings: this.options.sourceTimings } : {}),
+      ...(resumeAt ? { resumeAt } : {}),
+    };
+  }
+
+  /** SIGHUP with new source settings: every source starts over, the log where it was (the same file) or at its end. */
+  private async restartSources(plan: SourcePlan): Promise<void> {
+    const logPath = this.logPath;
+    const position = this.logPosition();
+    await Promise.all(this.sources.map((source) => source.stop()));
     this.log.info(plan.reason);
-    this.startPlexSources(plan);
+    const sameLog = plan.sources.some((source) => source.name === 'log' && source.target === logPath);
+    await this.startSources(plan, sameLog ? position : undefined);
+    this.dirty = true;
+  }
+
+  /** The log source's read position, when the log is one of the sources. */
+  private logPosition(): SavedPosition | undefined {
+    for (const source of this.sources) {
+      const position = source.position?.();
+      if (position) return position;
+    }
+    return undefined;
   }
 
   /**
-   * Streams Plex sends without a pipe (relayed, behind Docker's proxy) still use the uplink: the bandwidth
-   * Plex reserved for them is kept out of the pipes' guarantees.
+   * Streams a server sends without a pipe (relayed, behind Docker's proxy) still use the uplink: the
+   * bandwidth it reserved for them is kept out of the pipes' guarantees.
    */
   private updateReserve(): void {
-    const reserve = this.plexSources.reduce((sum, source) => sum + source.skippedBandwidth(), 0);
+    const reserve = this.sources.reduce((sum, source) => sum + source.reservedBandwidth(), 0);
     if (!this.shaper || reserve === this.reservedRate) return;
     this.shaper.setReservedRate(reserve);
     this.reservedRate = reserve;
@@ -395,16 +412,9 @@ export class Shaperrd {
     };
   }
 
-  private onLine(line: string, position: SavedPosition): void {
-    this.logPosition = position;
-    this.dirty = true;
-    const event: PlaybackEvent | undefined = this.parser.parse(line);
-    if (event) this.onEvent(event);
-  }
-
   private onEvent(event: PlaybackEvent): void {
     this.counters.events++;
-    this.metrics.events.inc({ kind: event.kind });
+    this.metrics.events.inc({ kind: event.kind, source: event.source ?? 'log' });
     this.tracker!.handle(event);
   }
 
@@ -465,9 +475,8 @@ export class Shaperrd {
       savedAt: new Date().toISOString(),
       clients: this.tracker?.snapshot() ?? [],
     };
-    if (this.logPath && this.logPosition) {
-      state.log = { path: this.logPath, inode: String(this.logPosition.inode), offset: this.logPosition.offset };
-    }
+    const position = this.logPosition();
+    if (this.logPath && position) state.log = { path: this.logPath, inode: String(position.inode), offset: position.offset };
     // The last good automatic ceiling (not a probe under way): a restart starts from it.
     if (this.ceiling) {
       const { history: _history, delayMs: _delay, mode: _mode, ...ceiling } = this.ceiling.status();
@@ -477,7 +486,9 @@ export class Shaperrd {
   }
 
   private async saveIfDirty(): Promise<void> {
-    if (!this.dirty || this.options.dryRun) return;
+    const position = this.logPosition();
+    const logMoved = position?.offset !== this.savedLogPosition?.offset || position?.inode !== this.savedLogPosition?.inode;
+    if ((!this.dirty && !logMoved) || this.options.dryRun) return;
     await this.save();
   }
 
@@ -485,6 +496,7 @@ export class Shaperrd {
   private async save(): Promise<void> {
     if (this.options.dryRun) return;
     this.dirty = false;
+    this.savedLogPosition = this.logPosition();
     try {
       await saveState(this.config.stateFile, this.snapshot());
       if (this.saveFailureReportedAt !== undefined) this.log.info({ stateFile: this.config.stateFile }, 'state file written again');
@@ -544,8 +556,8 @@ export class Shaperrd {
       counters: { ...this.counters, ...shaper?.stats },
       ...(this.operation ? { operation: this.operation } : {}),
     });
-    if (this.plexSources.length) {
-      report.plex = this.plexSources.map((source) => source.status());
+    if (this.sources.length) {
+      report.sources = this.sources.map((source) => source.status());
       report.reservedRate = this.reservedRate;
     }
     if (this.ceiling) report.ceiling = this.ceiling.status();
@@ -567,8 +579,7 @@ export class Shaperrd {
     if (config.device !== this.config.device || config.netns !== this.config.netns || config.gateway?.plexPort !== this.config.gateway?.plexPort) {
       throw new ReloadRefused('device, netns and gateway cannot change on reload; restart shaperrd');
     }
-    const sourcesChanged = JSON.stringify([config.source, config.plex]) !== JSON.stringify([this.config.source, this.config.plex]);
-    const sources = sourcesChanged ? planSources(config, this.logPath) : undefined;
+    const sources = sourceSettings(config) !== sourceSettings(this.config) ? this.planSources(config) : undefined;
     const policy = new Policy(policyConfig(config));
     const auto = autoCeilingConfig(config);
     // Into auto: from the ceiling in force (or the automatic one's), within the new bounds.
@@ -577,11 +588,10 @@ export class Shaperrd {
     // From here on nothing refuses: the new config takes effect whole.
     this.options = { ...this.options, config };
     this.serverLimits = serverLimits;
-    this.parser = new PlexLogParser({ trustedProxies: config.trustedProxies });
     this.policy = policy;
     this.tracker!.setPolicy(policy);
     this.tracker!.reapplyPolicy((client) => policy.limitsFor(client).limits);
-    if (sources) await this.restartPlexSources(sources);
+    if (sources) await this.restartSources(sources);
     this.stopCeiling();
     if (auto && !this.options.dryRun) this.startCeiling(auto, serverLimits.rate);
     this.log.info({ server: serverLimits, automatic: !!auto }, 'configuration reloaded');
@@ -623,8 +633,7 @@ export class Shaperrd {
     // Stopped but kept: the state saved below holds its last good ceiling.
     this.ceiling?.stop();
     if (this.statusServer) await new Promise((resolve) => this.statusServer!.close(resolve).closeAllConnections());
-    await this.tailer?.stop();
-    await Promise.all(this.plexSources.map((source) => source.stop()));
+    await Promise.all(this.sources.map((source) => source.stop()));
     await this.watch?.close();
     await this.tracker?.settled();
     await this.save();

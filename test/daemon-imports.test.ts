@@ -1,6 +1,7 @@
 /**
  * The daemon reaches the library only through its public entry, lib/index.ts, as any user of the package
- * would; and nothing under daemon/ (which ships) imports tests or benchmarks (which do not).
+ * would; nothing under daemon/ (which ships) imports tests or benchmarks (which do not); and the daemon's
+ * layers import only downstream: sources → sessions → apply, the operator surface beside them.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { posix } from 'node:path';
@@ -11,6 +12,13 @@ import ts from 'typescript';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const LIB_ENTRY = 'lib/index.ts';
 const UNSHIPPED = ['test/', 'benchmarks/'];
+/** What each part of the daemon never imports (a path ending in / is a folder). */
+const LAYERS: Array<{ from: string; never: string[] }> = [
+  { from: 'daemon/sources/', never: ['daemon/sessions/', 'daemon/apply/', 'daemon/operator/'] },
+  { from: 'daemon/sessions/', never: ['daemon/apply/', 'daemon/operator/'] },
+  { from: 'daemon/config.ts', never: ['daemon/operator/'] },
+];
+const under = (path: string, place: string): boolean => (place.endsWith('/') ? path.startsWith(place) : path === place);
 
 /** Every import, re-export and dynamic import of `source` (repo-relative `file`) that breaks the rules. */
 function importViolations(file: string, source: string): string[] {
@@ -25,7 +33,9 @@ function importViolations(file: string, source: string): string[] {
     if (UNSHIPPED.some((folder) => target.startsWith(folder))) {
       return [`${file} imports ${specifier}, which is not published with the package`];
     }
-    return [];
+    return LAYERS.filter((layer) => under(file, layer.from)).flatMap((layer) =>
+      layer.never.filter((place) => under(target, place)).map((place) => `${file} imports ${specifier}: ${layer.from} never imports ${place}`),
+    );
   });
 }
 
@@ -58,7 +68,35 @@ t.test('the checker catches every way in and lets the public entry through', asy
   ]);
 });
 
-t.test('every daemon file imports lib through lib/index.ts and nothing unpublished', async (t) => {
+t.test('the checker catches every import that climbs back up a layer, and lets the downstream ones through', async (t) => {
+  const fromSources = [
+    "import type { Policy } from '../sessions/policy.js';",
+    "import { ShaperPort } from '../apply/shaper-port.js';",
+    "export { buildStatus } from '../operator/status.js';",
+    "import type { PlaybackEvent } from './source.js';",
+    "import { type ShaperrConfig } from '../config.js';",
+  ].join('\n');
+  t.same(importViolations('daemon/sources/jellyfin.ts', fromSources), [
+    'daemon/sources/jellyfin.ts imports ../sessions/policy.js: daemon/sources/ never imports daemon/sessions/',
+    'daemon/sources/jellyfin.ts imports ../apply/shaper-port.js: daemon/sources/ never imports daemon/apply/',
+    'daemon/sources/jellyfin.ts imports ../operator/status.js: daemon/sources/ never imports daemon/operator/',
+  ]);
+  const fromSessions = [
+    "import { saveState } from '../apply/state.js';",
+    "const later = await import('../operator/metrics.js');",
+    "import type { PlaybackEvent } from '../sources/source.js';",
+  ].join('\n');
+  t.same(importViolations('daemon/sessions/sessions.ts', fromSessions), [
+    'daemon/sessions/sessions.ts imports ../apply/state.js: daemon/sessions/ never imports daemon/apply/',
+    'daemon/sessions/sessions.ts imports ../operator/metrics.js: daemon/sessions/ never imports daemon/operator/',
+  ]);
+  t.same(importViolations('daemon/config.ts', "import { isLoopbackListen } from './operator/http.js';\nimport { parseListen } from './support/listen.js';"), [
+    'daemon/config.ts imports ./operator/http.js: daemon/config.ts never imports daemon/operator/',
+  ]);
+  t.same(importViolations('daemon/shaperrd.ts', "import { startStatusServer } from './operator/http.js';"), [], 'the daemon itself wires every layer');
+});
+
+t.test('every daemon file imports lib through lib/index.ts and nothing unpublished, and no layer climbs back up', async (t) => {
   const files = sourceFiles('daemon');
   const found = files.includes('daemon/shaperrd.ts') && files.includes('daemon/operator/shaperr-cli.ts');
   t.ok(found, `found the daemon's ${files.length} source files`);

@@ -102,7 +102,7 @@ t.test('gateway mode: the Plex stream through the router’s NAT is shaped, anot
     }),
   );
   t.equal(config.gateway?.plexPort, PLEX_PORT, 'plexPort defaults to 32400');
-  const daemon = new Shaperrd({ config, logger: pino({ level: 'silent' }), logPath: log, plexTimings: { retryMinMs: 100, retryMaxMs: 1000 } });
+  const daemon = new Shaperrd({ config, logger: pino({ level: 'silent' }), logPath: log, sourceTimings: { retryMinMs: 100, retryMaxMs: 1000 } });
   await daemon.start();
   t.teardown(() => daemon.stop());
 

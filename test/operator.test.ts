@@ -148,12 +148,12 @@ t.test('/metrics and /api/status, with a token', { skip }, async (t) => {
   const metrics = await (await fetch(`${url}metrics`, { headers: { authorization: 'Bearer secret-token' } })).text();
   t.match(metrics, /^shaperr_throttled_clients 1$/m);
   t.match(metrics, /^shaperr_sessions 1$/m);
-  t.match(metrics, /^shaperr_playback_events_total\{kind="start"\} 1$/m);
+  t.match(metrics, /^shaperr_playback_events_total\{kind="start",source="log"\} 1$/m);
   t.match(metrics, /^shaperr_kernel_operation_seconds_count\{operation="throttle"\} 1$/m);
   t.match(metrics, /^shaperr_client_sent_bytes\{client="10\.200\.1\.1"\} \d+$/m);
   t.match(metrics, /^shaperr_log_lines\{result="playback"\} 1$/m);
   t.match(metrics, /^shaperr_reconciliations_total\{reason="repair"\} 0$/m);
-  t.match(metrics, /^shaperr_playback_events_total\{kind="stop"\} 0$/m);
+  t.match(metrics, /^shaperr_playback_events_total\{kind="stop",source="log"\} 0$/m);
   const status = (await (await fetch(`${url}api/status?token=secret-token`)).json()) as {
     clients: Array<{ address: string; sessions: string[] }>;
     decisions: Array<{ action: string }>;

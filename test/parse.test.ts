@@ -1,6 +1,7 @@
 /** Plex log lines → playback events: real formats old and new, proxies, IPv6, and garbage. */
 import t from 'tap';
-import { type PlaybackEvent, PlexLogParser } from '../daemon/sources/parse.js';
+import { PlexLogParser } from '../daemon/sources/parse.js';
+import type { PlaybackEvent } from '../daemon/sources/source.js';
 
 const year = 2026;
 const cases: Array<{ name: string; line: string; expect: Partial<PlaybackEvent> | undefined }> = [
@@ -12,6 +13,8 @@ const cases: Array<{ name: string; line: string; expect: Partial<PlaybackEvent> 
       address: '10.0.0.2',
       port: 62048,
       network: 'Allowed Network (Subnet)',
+      local: true,
+      source: 'log',
       sessionKey: 'e0u2xhmoixv6v6vvbea8jbt9',
       user: 'remi',
       path: '/video/:/transcode/universal/decision',
@@ -31,7 +34,7 @@ const cases: Array<{ name: string; line: string; expect: Partial<PlaybackEvent> 
   {
     name: 'HLS start',
     line: 'Sep 26, 2026 22:48:27.001 [140562] DEBUG - Request: [203.0.113.7:51000 (WAN)] GET /video/:/transcode/universal/start.m3u8?session=abc123&X-Plex-Token=SECRETTOKEN1 (28 live) #4836 TLS GZIP Signed-in Token (remi)',
-    expect: { kind: 'start', address: '203.0.113.7', network: 'WAN', sessionKey: 'abc123' },
+    expect: { kind: 'start', address: '203.0.113.7', network: 'WAN', local: false, sessionKey: 'abc123' },
   },
   {
     name: 'DASH start',

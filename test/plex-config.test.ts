@@ -107,16 +107,20 @@ t.test(
 t.test('source planning: auto picks the API only with a token; plex without one is refused, naming the server', async (t) => {
   const home = plexHome(t);
   const auto = validateConfig({ ...base, log: home.log });
-  t.match(planSources(auto, home.log, {}), { log: true, plex: [], reason: /source: auto → the log \(no Plex token for http:\/\/127.0.0.1:32400/ });
+  t.match(planSources(auto, home.log, {}), {
+    usesLog: true,
+    sources: [{ name: 'log', target: home.log }],
+    reason: /source: auto → the log \(no Plex token for http:\/\/127.0.0.1:32400/,
+  });
   t.match(planSources(auto, home.log, { PLEX_TOKEN: SECRET_TOKEN }), {
-    log: false,
-    plex: [{ url: 'http://127.0.0.1:32400', token: { source: 'PLEX_TOKEN environment variable' } }],
+    usesLog: false,
+    sources: [{ name: 'plex', target: 'http://127.0.0.1:32400', keySource: 'PLEX_TOKEN environment variable' }],
   });
   writeFileSync(home.preferences, `<Preferences PlexOnlineToken="${SECRET_TOKEN}"/>`);
   const fromPreferences = planSources(auto, home.log, {});
   t.match(
     fromPreferences,
-    { log: false, reason: /Plex API at http:\/\/127.0.0.1:32400 \(token from PlexOnlineToken in .*Preferences.xml\)/ },
+    { usesLog: false, reason: /Plex API at http:\/\/127.0.0.1:32400 \(token from PlexOnlineToken in .*Preferences.xml\)/ },
     'on the Plex host no token needs copying',
   );
   t.notOk(fromPreferences.reason.includes(SECRET_TOKEN));
@@ -127,8 +131,15 @@ t.test('source planning: auto picks the API only with a token; plex without one 
     /no Plex token for http:\/\/10.0.0.2:32400: set plex.token or plex.tokenFile, or the PLEX_TOKEN environment variable/,
   );
   const both = validateConfig({ ...base, source: 'both', plex: { token: 'x' } });
-  t.match(planSources(both, home.log, {}), { log: true, plex: [{ token: { source: 'plex.token' } }] });
-  t.match(planSources(validateConfig({ ...base, source: 'log', plex: { token: 'x' } }), home.log, {}), { log: true, plex: [] });
+  const bothPlan = planSources(both, home.log, {});
+  t.match(bothPlan, { usesLog: true, sources: [{ name: 'log' }, { name: 'plex', keySource: 'plex.token' }] });
+  t.equal(bothPlan.sources.length, 2, 'both: the log and the one server');
+  const logOnly = planSources(validateConfig({ ...base, source: 'log', plex: { token: 'x' } }), home.log, {});
+  t.same(
+    logOnly.sources.map((source) => source.name),
+    ['log'],
+    'source: log runs the log alone',
+  );
 });
 
 t.test('redaction covers the raw and the URL-encoded token', async (t) => {

@@ -72,7 +72,7 @@ async function plexDaemon(t: Test, topology: Topology, server: PlexTestServer, e
   const daemon = new Shaperrd({
     config,
     logger: pino({ level: 'debug' }, sink),
-    plexTimings: TIMINGS,
+    sourceTimings: TIMINGS,
     onDecision: (decision) => decisions.push(decision),
     logPath: log,
   });
@@ -92,9 +92,9 @@ t.test('the Plex API drives the pipes end to end, and the token appears nowhere'
   const { daemon, logs, decisions, dir, apiStatus, kernelChanges } = await plexDaemon(t, topology, server);
 
   await until(() => logs.some((line) => line.includes('waiting for Plex')));
-  t.match((await apiStatus()).plex, [{ state: 'waiting for Plex', url: server.url }], 'Plex down at start: the status says so');
+  t.match((await apiStatus()).sources, [{ source: 'plex', state: 'waiting for Plex', target: server.url }], 'Plex down at start: the status says so');
   await server.listen();
-  await until(() => daemon.status().plex?.[0]?.state === 'connected');
+  await until(() => daemon.status().sources?.[0]?.state === 'connected');
 
   const movie = server.play({
     player: { address: remote, product: 'Plex for Android (TV)' },
@@ -116,12 +116,12 @@ t.test('the Plex API drives the pipes end to end, and the token appears nowhere'
     page.on('pageerror', (error) => errors.push(error.message));
     await page.goto(daemon.statusUrl!);
     await page.waitForFunction(
-      () => /stream 6\.00 Mbit\/s · pipe 2\.00 Mbit\/s \(plex\)/.test(document.getElementById('plex-streams')?.textContent ?? ''),
+      () => /stream 6\.00 Mbit\/s · pipe 2\.00 Mbit\/s \(plex\)/.test(document.getElementById('streams')?.textContent ?? ''),
       undefined,
       { timeout: 10_000 },
     );
     t.match(
-      await page.textContent('#plex-servers'),
+      await page.textContent('#source-list'),
       /shaperr test server: connected · 1 sessions/,
       'the page shows the Plex server and the stream beside its pipe',
     );
@@ -165,11 +165,11 @@ t.test('the Plex API drives the pipes end to end, and the token appears nowhere'
   await until(() => logs.some((line) => line.includes('not shaping bob on Plex for Roku: Plex Relay')));
   await sleep(1500);
   t.equal(kernelChanges(remote), 2, 'the relayed stream got no pipe');
-  t.match((await apiStatus()).plex?.[0]?.skipped, [{ user: 'bob', player: 'Plex for Roku', reason: /Plex Relay/ }], 'its warning is in the status');
+  t.match((await apiStatus()).sources?.[0]?.skipped, [{ user: 'bob', player: 'Plex for Roku', reason: /Plex Relay/ }], 'its warning is in the status');
 
   const cli = spawnSync(process.execPath, [SHAPERR_CLI, 'tc', '--device', 'srv0', '--netns', topology.serverNs], { encoding: 'utf8' });
   const metrics = await (await fetch(`${daemon.statusUrl}metrics`)).text();
-  t.match(metrics, /shaperr_plex_requests_total\{endpoint="\/status\/sessions",result="ok"\} [1-9]/);
+  t.match(metrics, /shaperr_source_requests_total\{source="plex",endpoint="\/status\/sessions",result="ok"\} [1-9]/);
   const status = JSON.stringify(await apiStatus());
   await daemon.stop();
   const places = { logs: logs.join('\n'), status, metrics, stateFile: readFileSync(join(dir, 'state.json'), 'utf8'), 'shaperr tc': cli.stdout + cli.stderr };
@@ -186,7 +186,14 @@ t.test('source: both with a rejected token: one clear error line, and the log so
   const { logs, log, decisions, apiStatus } = await plexDaemon(t, topology, server, { source: 'both' });
   await until(() => server.requests.filter((r) => r.status === 401).length >= 3);
   t.equal(logs.filter((line) => line.includes('Plex rejected the token')).length, 1, 'one error line for repeated 401s');
-  t.match((await apiStatus()).plex, [{ state: 'token rejected', lastError: 'Plex rejected the token' }]);
+  t.match(
+    (await apiStatus()).sources,
+    [
+      { source: 'log', state: 'following' },
+      { source: 'plex', state: 'token rejected', lastError: 'Plex rejected the token' },
+    ],
+    'the status lists both sources',
+  );
   appendFileSync(log, play(remote, 'log-1'));
   await until(() => decisions.some((d) => d.address === remote && d.action === 'throttle'));
   t.same(kernelState(topology), { classes: 1, destinations: [`${remote}/32`] }, 'the log source shaped the client');
@@ -286,12 +293,12 @@ t.test('SIGHUP-style reload with a corrected token: the Plex source starts over 
   const server = await startPlexServer(t);
   server.token = 'the-right-token';
   const { daemon, config, logs } = await plexDaemon(t, topology, server);
-  await until(() => daemon.status().plex?.[0]?.state === 'token rejected');
+  await until(() => daemon.status().sources?.[0]?.state === 'token rejected');
   await t.rejects(daemon.reload(validateConfig({ ...config, plex: { url: server.url } })), /no Plex token for/);
-  t.equal(daemon.status().plex?.[0]?.state, 'token rejected', 'the refused reload changed nothing');
+  t.equal(daemon.status().sources?.[0]?.state, 'token rejected', 'the refused reload changed nothing');
   await daemon.reload(validateConfig({ ...config, plex: { url: server.url, token: 'the-right-token' } }));
   server.play({ player: { address: remote } });
   await until(() => kernelState(topology).destinations.includes(`${remote}/32`));
-  t.equal(daemon.status().plex?.[0]?.state, 'connected');
+  t.equal(daemon.status().sources?.[0]?.state, 'connected');
   t.notOk(logs.join('\n').includes('the-right-token'), 'the new token is not logged either');
 });

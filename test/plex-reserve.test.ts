@@ -30,10 +30,10 @@ async function statusPage(t: Test, url: string): Promise<{ reserveText(pattern: 
   await page.goto(url);
   return {
     reserveText: async (pattern) => {
-      await page.waitForFunction((source) => new RegExp(source).test(document.getElementById('plex-reserve')?.textContent ?? ''), pattern.source, {
+      await page.waitForFunction((source) => new RegExp(source).test(document.getElementById('reserve')?.textContent ?? ''), pattern.source, {
         timeout: 10_000,
       });
-      return (await page.textContent('#plex-reserve')) ?? '';
+      return (await page.textContent('#reserve')) ?? '';
     },
   };
 }
@@ -59,7 +59,7 @@ t.test('a relayed stream’s bandwidth is kept out of the shaped clients’ shar
       status: { listen: '127.0.0.1:0' },
     }),
   );
-  const daemon = new Shaperrd({ config, logger: pino({ level: 'silent' }), logPath: log, plexTimings: { retryMinMs: 100, retryMaxMs: 1000 } });
+  const daemon = new Shaperrd({ config, logger: pino({ level: 'silent' }), logPath: log, sourceTimings: { retryMinMs: 100, retryMaxMs: 1000 } });
   await daemon.start();
   t.teardown(() => daemon.stop());
 

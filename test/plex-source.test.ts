@@ -7,7 +7,7 @@
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
-import type { PlaybackEvent } from '../daemon/sources/parse.js';
+import type { PlaybackEvent } from '../daemon/sources/source.js';
 import { parseSessionListing, type PlexRequestResult, PlexSource, type PlexSourceOptions, type PlexTimings } from '../daemon/sources/plex.js';
 import { until } from './helpers/daemon.js';
 import { type PlexTestServer, SECRET_TOKEN, selfSignedCertificate, sleep, startPlexServer } from './helpers/plex.js';
@@ -106,6 +106,7 @@ t.test('play, pause, resume, stop: events keyed by machineIdentifier + sessionKe
     player: 'Plex for iOS',
     location: 'wan',
     network: 'WAN (wan)',
+    local: false,
     bandwidth: 8_000_000,
     mediaBitrate: 6_500_000,
     source: 'plex',

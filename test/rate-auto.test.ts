@@ -6,7 +6,8 @@
  */
 import t from 'tap';
 import { policyConfig, validateConfig } from '../daemon/config.js';
-import { type PlaybackEvent, PlexLogParser } from '../daemon/sources/parse.js';
+import { PlexLogParser } from '../daemon/sources/parse.js';
+import type { PlaybackEvent } from '../daemon/sources/source.js';
 import { type Limits, Policy } from '../daemon/sessions/policy.js';
 import { type Decision, SessionTracker } from '../daemon/sessions/sessions.js';
 
@@ -184,7 +185,7 @@ t.test('from the log: the transcode request’s maxVideoBitrate × headroom, els
   });
   await tracker.settled();
   t.same(calls.at(-1), { rate: 3.75 * MBIT, ceil: 3.75 * MBIT }, 'the same stream seen by the API: its bandwidth counts, the log’s cap does not add to it');
-  t.match(tracker.summary()[0], { source: 'both', streamBandwidth: 3 * MBIT });
+  t.match(tracker.summary()[0], { source: 'log+plex', streamBandwidth: 3 * MBIT });
 
   tracker.handle(line('/video/:/transcode/universal/start.m3u8?session=s2'));
   tracker.handle({ kind: 'start', address: '198.51.100.4', port: 0, sessionKey: 'x', timestamp: new Date(), path: '/library/parts/1/2/file.mkv' });

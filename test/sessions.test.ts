@@ -1,5 +1,5 @@
 import t from 'tap';
-import type { PlaybackEvent } from '../daemon/sources/parse.js';
+import type { PlaybackEvent } from '../daemon/sources/source.js';
 import { type Limits, Policy, type PolicyConfig } from '../daemon/sessions/policy.js';
 import { type ClientShaper, type Decision, SessionTracker } from '../daemon/sessions/sessions.js';
 
@@ -151,10 +151,10 @@ t.test('exemptions and overrides', async (t) => {
   t.equal(decisions.filter((d) => d.action === 'exempt').length, 2);
 });
 
-t.test('remote streams only: Plex network label, else the local networks decide', async (t) => {
+t.test('remote streams only: what the source says (local), else the local networks decide', async (t) => {
   const { shaper, tracker } = setup({ remoteOnly: true, localNetworks: ['10.0.0.0/8'], exempt: [] });
-  tracker.handle(event('start', '10.1.2.3', 's', { network: 'WAN' })); // Plex says remote (e.g. via a VPN)
-  tracker.handle(event('start', '172.16.0.9', 's', { network: 'Subnet' }));
+  tracker.handle(event('start', '10.1.2.3', 's', { local: false })); // the server says remote (e.g. via a VPN)
+  tracker.handle(event('start', '172.16.0.9', 's', { local: true }));
   tracker.handle(event('start', '10.9.9.9'));
   tracker.handle(event('start', '203.0.113.70'));
   await tracker.settled();

@@ -6,7 +6,7 @@
 import { appendFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import t from 'tap';
 import { Policy } from '../daemon/sessions/policy.js';
-import { elapsedBetween, readRecentLog, rebuildSessions } from '../daemon/sources/warm-start.js';
+import { elapsedBetween, readRecentLog, rebuildSessions } from '../daemon/sessions/warm-start.js';
 import { logDir, plexLineAt } from './helpers/daemon.js';
 
 // Every stamp below is New York local time, as a Plex server there writes it.

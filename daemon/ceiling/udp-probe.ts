@@ -10,14 +10,7 @@
  */
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
-
-/** A UDP echo service beyond the modem (parsed from `address:port` in the config). */
-export interface UdpProbeTarget {
-  host: string;
-  port: number;
-  /** As written ("198.51.100.7:7", "[2001:db8::7]:7"), for messages. */
-  text: string;
-}
+import type { UdpProbeTarget } from '../config.js';
 
 const INTERVAL_MS = 100;
 /** Older answers are lost (the modem's tail dropped them): no longer read as a delay. */

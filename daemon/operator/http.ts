@@ -12,9 +12,9 @@
  */
 import type { Socket } from 'node:net';
 import { createHash, timingSafeEqual } from 'node:crypto';
-import ipaddr from 'ipaddr.js';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
+import { parseListen } from '../support/listen.js';
 import { STATUS_PAGE } from './status-page.js';
 import type { StatusReport } from './status.js';
 
@@ -24,21 +24,6 @@ export interface StatusServerOptions {
   token?: string;
   status: () => Promise<StatusReport>;
   metrics: Registry;
-}
-
-export function parseListen(listen: string): { host: string; port: number } {
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen) ?? /^()()(\d+)$/.exec(listen);
-  const port = Number(match?.[3]);
-  if (!match || !Number.isInteger(port) || port < 0 || port > 65535)
-    throw new Error(`status.listen ${JSON.stringify(listen)}: expected host:port, [v6]:port or a port`);
-  return { host: match[1] || match[2] || '127.0.0.1', port };
-}
-
-/** Whether a listen address is reachable only from this machine (loopback, or the name localhost). */
-export function isLoopbackListen(listen: string): boolean {
-  const { host } = parseListen(listen);
-  if (host === 'localhost') return true;
-  return ipaddr.isValid(host) && ipaddr.process(host).range() === 'loopback';
 }
 
 const MAX_HEADER_BYTES = 8 * 1024;

@@ -5,33 +5,36 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ShaperStats } from '../../lib/index.js';
-import type { ParserStats } from '../sources/parse.js';
 import type { StatusReport } from './status.js';
 
 export const MAX_CLIENT_SERIES = 50;
 
 export interface MetricsSources {
   status: () => Promise<StatusReport>;
-  parser: () => ParserStats;
   /** What the shaper has sent the kernel (undefined before it is open). */
   shaper: () => ShaperStats | undefined;
 }
 
 export class DaemonMetrics {
   readonly registry = new Registry();
-  readonly events: Counter<'kind'>;
+  readonly events: Counter<'kind' | 'source'>;
   readonly kernelOperationSeconds: Histogram<'operation'>;
   readonly reconciliations: Counter<'reason'>;
   readonly kernelErrors: Counter;
-  readonly plexRequests: Counter<'endpoint' | 'result'>;
+  readonly sourceRequests: Counter<'source' | 'endpoint' | 'result'>;
   readonly ceilingChanges: Counter<'reason'>;
+
+  /** A source's event series at 0, so that rate() and alerts work before its first event. */
+  sourceStarted(source: string): void {
+    for (const kind of ['start', 'progress', 'pause', 'stop']) this.events.inc({ kind, source }, 0);
+  }
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
     this.events = new Counter({
       name: 'shaperr_playback_events_total',
-      help: 'Playback events read from the Plex log, by kind',
-      labelNames: ['kind'],
+      help: 'Playback events from the sources, by kind and source (log, plex…)',
+      labelNames: ['kind', 'source'],
       registers,
     });
     this.kernelOperationSeconds = new Histogram({
@@ -48,10 +51,10 @@ export class DaemonMetrics {
       registers,
     });
     this.kernelErrors = new Counter({ name: 'shaperr_kernel_errors_total', help: 'Kernel changes that failed', registers });
-    this.plexRequests = new Counter({
-      name: 'shaperr_plex_requests_total',
-      help: 'HTTP requests to the Plex API, by endpoint and result (ok, timeout, http-error, malformed, unreachable, unauthorized)',
-      labelNames: ['endpoint', 'result'],
+    this.sourceRequests = new Counter({
+      name: 'shaperr_source_requests_total',
+      help: "HTTP requests to the media servers' APIs, by source (plex…), endpoint and result (ok, timeout, http-error, malformed, unreachable, unauthorized)",
+      labelNames: ['source', 'endpoint', 'result'],
       registers,
     });
     this.ceilingChanges = new Counter({
@@ -61,7 +64,6 @@ export class DaemonMetrics {
       registers,
     });
     // Every series exists from the start (at 0), so rate() and alerts work before the first event.
-    for (const kind of ['start', 'progress', 'pause', 'stop']) this.events.inc({ kind }, 0);
     for (const reason of ['restart', 'repair']) this.reconciliations.inc({ reason }, 0);
 
     // One status report (one kernel dump) per scrape, shared by the gauges below.
@@ -173,11 +175,10 @@ export class DaemonMetrics {
       help: 'Plex log lines read, by result',
       labelNames: ['result'],
       registers,
-      collect() {
-        const stats = sources.parser();
-        this.set({ result: 'playback' }, stats.playback);
-        this.set({ result: 'ignored' }, stats.ignored);
-        this.set({ result: 'malformed' }, stats.malformed);
+      async collect() {
+        const log = (await report()).sources?.find((source) => source.source === 'log');
+        this.reset();
+        for (const result of ['playback', 'ignored', 'malformed']) this.set({ result }, log?.counters[result] ?? 0);
       },
     });
   }

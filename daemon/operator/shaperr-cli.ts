@@ -7,7 +7,7 @@ import { accessSync, closeSync, constants, existsSync, fstatSync, openSync, read
 import { Command, InvalidArgumentError } from 'commander';
 import { checkDevice, clearShaper, describeRate, formatHandle, inspectShaper, NetlinkError, SHAPER_ROOT } from '../../lib/index.js';
 import { ConfigError, loadConfig, type ShaperrConfig } from '../config.js';
-import { checkPlexSource } from '../sources/plex-check.js';
+import { checkSources } from '../sources/plan.js';
 import { checkCeiling } from '../ceiling/check.js';
 import { loadState } from '../apply/state.js';
 import { lockDevice } from '../apply/device-lock.js';
@@ -324,9 +324,9 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
   lines.push(...(await checkContainer(config)));
   if (config) lines.push(...(await checkCeiling(config)));
   const log = config?.log ?? (await findPlexLog());
-  const plex = config ? await checkPlexSource(config, log) : undefined;
-  lines.push(...(plex?.lines ?? []));
-  if (plex && !plex.usesLog) {
+  const sources = config ? await checkSources(config, log) : undefined;
+  lines.push(...(sources?.lines ?? []));
+  if (sources && !sources.usesLog) {
     lines.push({ verdict: 'ok', what: 'the Plex log and its debug logging are not needed (Plex API source)' });
   } else if (!log) {
     lines.push({

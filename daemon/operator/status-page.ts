@@ -45,11 +45,11 @@ export const STATUS_PAGE = `<!doctype html>
 </table>
 <h2 class="muted">Recent decisions</h2>
 <ul id="decisions"></ul>
-<section id="plex" hidden>
-  <h2 class="muted">Plex API</h2>
-  <ul id="plex-servers"></ul>
-  <div id="plex-reserve" class="muted"></div>
-  <ul id="plex-streams"></ul>
+<section id="sources" hidden>
+  <h2 class="muted">Sources</h2>
+  <ul id="source-list"></ul>
+  <div id="reserve" class="muted"></div>
+  <ul id="streams"></ul>
 </section>
 <script>
 const token = new URLSearchParams(location.search).get('token');
@@ -140,7 +140,7 @@ function render(report) {
   const list = document.getElementById('decisions');
   list.replaceChildren(...report.decisions.slice().reverse().map((d) =>
     text('li', new Date(d.at).toLocaleTimeString() + ' ' + d.action + ' ' + d.address + (d.user ? ' (' + d.user + ')' : '') + (d.reason ? ' — ' + d.reason : ''))));
-  renderPlex(report);
+  renderSources(report);
   draw();
 }
 
@@ -156,17 +156,18 @@ function renderCeiling(ceiling) {
     (ceiling.lastChange ? ' · ' + new Date(ceiling.lastChange.at).toLocaleTimeString() + ': ' + ceiling.lastChange.why : '');
 }
 
-/** Each Plex server's connection, the streams it cannot shape (and why), and each stream's bandwidth beside its pipe. */
-function renderPlex(report) {
-  document.getElementById('plex').hidden = !report.plex;
-  if (!report.plex) return;
-  document.getElementById('plex-servers').replaceChildren(...report.plex.flatMap((source) => [
-    text('li', (source.server?.name ?? source.url) + ': ' + source.state + (source.lastError ? ' — ' + source.lastError : '') + ' · ' + source.sessions + ' sessions'),
+/** Each source's state (the log, each media server), the streams it cannot shape (and why), and each stream's bandwidth beside its pipe. */
+function renderSources(report) {
+  document.getElementById('sources').hidden = !report.sources;
+  if (!report.sources) return;
+  document.getElementById('source-list').replaceChildren(...report.sources.flatMap((source) => [
+    text('li', source.source + ' ' + (source.server?.name ?? source.target) + ': ' + source.state + (source.lastError ? ' — ' + source.lastError : '') +
+      (source.source === 'log' ? '' : ' · ' + source.sessions + ' sessions') + (source.note ? ' · ' + source.note : '')),
     ...source.skipped.map((skipped) => text('li', 'not shaped: ' + (skipped.user ?? '?') + ' on ' + (skipped.player ?? '?') + ' — ' + skipped.reason, 'warn')),
   ]));
-  document.getElementById('plex-reserve').textContent = 'kept for streams without a pipe: ' + rate(report.reservedRate ?? 0) +
+  document.getElementById('reserve').textContent = 'kept for streams without a pipe: ' + rate(report.reservedRate ?? 0) +
     (report.server ? ' of the server’s ' + rate(report.server.rate) : '');
-  document.getElementById('plex-streams').replaceChildren(...report.clients.filter((client) => client.source).map((client) =>
+  document.getElementById('streams').replaceChildren(...report.clients.filter((client) => client.source).map((client) =>
     text('li', client.address + ' · ' + (client.user ?? '?') + ' · ' + (client.player ?? '?') + ' · stream ' + rate(client.streamBandwidth) + ' · pipe ' + rate(client.rate) + ' (' + client.source + ')')));
 }
 

@@ -4,7 +4,7 @@
  */
 import type { ClientState, Progress, TcClass } from '../../lib/index.js';
 import type { ClientIdentity, Decision } from '../sessions/sessions.js';
-import type { PlexSourceStatus } from '../sources/plex.js';
+import type { SourceStatus } from '../sources/source.js';
 import type { CeilingStatus } from '../ceiling/auto-ceiling.js';
 
 export interface SessionInfo extends ClientIdentity {
@@ -62,9 +62,9 @@ export interface StatusReport {
   counters?: Record<string, number>;
   /** A long operation under way (e.g. restoring thousands of pipes after a restart). */
   operation?: OperationProgress;
-  /** Each Plex server the API source listens to: connection state, sessions, streams it cannot shape. */
-  plex?: PlexSourceStatus[];
-  /** bits/s of the server rate kept out of the pipes' guarantees for streams without a pipe (relayed…), all servers together. */
+  /** Each source (the log, each media server): its state, sessions, the streams it cannot shape. */
+  sources?: SourceStatus[];
+  /** bits/s of the server rate kept out of the pipes' guarantees for streams without a pipe (relayed…), all sources together. */
   reservedRate?: number;
   /** The automatic server ceiling (server.rate: auto): where it is, what it measured, why it last moved. */
   ceiling?: CeilingStatus;

@@ -3,7 +3,6 @@
  * streams only", per-user and per-network overrides, and time-of-day schedules for the server ceiling.
  */
 import { type BitsPerSecond, NetworkSet } from '../../lib/index.js';
-import type { PlaybackEvent } from '../sources/parse.js';
 
 export interface Limits {
   rate: BitsPerSecond;
@@ -60,7 +59,7 @@ export interface PolicyConfig {
   exempt: string[];
   /** Throttle only streams that leave the local network. */
   remoteOnly: boolean;
-  /** What counts as local when Plex's own label does not say (remoteOnly). */
+  /** What counts as local when the source does not say (remoteOnly). */
   localNetworks: string[];
   overrides: OverrideConfig[];
   schedules: ScheduleConfig[];
@@ -125,12 +124,13 @@ function minuteOfDay(text: string): number {
   return hours * 60 + minutes;
 }
 
-/** Plex labels its own view of the client network: "WAN" is remote; "Subnet"/"LAN" labels are local. */
-function plexSaysLocal(network: string | undefined): boolean | undefined {
-  if (!network) return undefined;
-  if (/\bWAN\b/i.test(network)) return false;
-  if (/subnet|lan|local/i.test(network)) return true;
-  return undefined;
+/** Who a verdict is for: the client, what its source says of its network, what its streams need. */
+export interface PolicyInput {
+  address: string;
+  user?: string;
+  /** The server says the client is local (true) or remote (false); undefined: localNetworks decide. */
+  local?: boolean;
+  streams?: readonly StreamNeed[];
 }
 
 export class Policy {
@@ -176,11 +176,11 @@ export class Policy {
     });
   }
 
-  /** Whether and how a client should be throttled, given what its log line says and what its streams need. */
-  limitsFor(client: Pick<PlaybackEvent, 'address'> & { user?: string; network?: string; streams?: readonly StreamNeed[] }): Verdict {
+  /** Whether and how a client should be throttled, given what its source says and what its streams need. */
+  limitsFor(client: PolicyInput): Verdict {
     if (this.exempt.contains(client.address)) return { exempt: 'exempt network' };
     if (this.config.remoteOnly) {
-      const local = plexSaysLocal(client.network) ?? this.local.contains(client.address);
+      const local = client.local ?? this.local.contains(client.address);
       if (local) return { exempt: 'local stream (remoteOnly)' };
     }
     const user = client.user?.toLowerCase();

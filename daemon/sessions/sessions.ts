@@ -10,8 +10,8 @@
  * The tracker only decides; applying is the job of the `ClientShaper` port, called through a per-client
  * queue so that at most one kernel change per client is in flight and the last decision wins.
  */
-import type { PlaybackEvent } from '../sources/parse.js';
-import type { Limits, Policy, StreamNeed } from './policy.js';
+import type { PlaybackEvent } from '../sources/source.js';
+import type { Limits, Policy, PolicyInput, StreamNeed } from './policy.js';
 
 /** What the sessions stage needs from the shaper (the real Shaper, or a dry-run printer). */
 export interface ClientShaper {
@@ -54,13 +54,15 @@ interface LiveSession {
   paused: boolean;
   /** What the stream needs, when its source knows (the Plex API does; `rate: auto` uses it). */
   need?: StreamNeed;
-  source?: PlaybackEvent['source'];
+  /** The source's name (restored sessions have none until a source mentions them again). */
+  source?: string;
 }
 
 interface ClientRecord {
   address: string;
   user?: string;
-  network?: string;
+  /** What its source says of its network (remoteOnly). */
+  local?: boolean;
   /** The player's product name (Plex API). */
   player?: string;
   /** Live sessions, the one heard from longest ago first. */
@@ -111,8 +113,8 @@ const sameLimits = (a: Limits | undefined, b: Limits | undefined): boolean =>
 export interface ClientIdentity {
   address: string;
   user?: string;
-  /** Which sources see it playing: log, plex, or both. */
-  source?: 'log' | 'plex' | 'both';
+  /** Which sources see it playing: a source's name ('log', 'plex', 'jellyfin'…), or several joined with '+' (log+plex). */
+  source?: string;
   player?: string;
   /** bits/s its streams need, as the Plex API reports them (Session.bandwidth, else media bitrate). */
   streamBandwidth?: number;
@@ -169,7 +171,7 @@ export class SessionTracker {
     }
     client.stopped.delete(event.sessionKey);
     if (event.user) client.user = event.user;
-    if (event.network) client.network = event.network;
+    if (event.local !== undefined) client.local = event.local;
     if (event.player) client.player = event.player;
     const session: LiveSession = { lastSeen: now, paused: event.kind === 'pause', source: event.source ?? 'log' };
     const need = streamNeed(event) ?? client.sessions.get(event.sessionKey)?.need;
@@ -197,9 +199,9 @@ export class SessionTracker {
     this.converge(client, now);
   }
 
-  private policyInput(client: ClientRecord): { address: string; user?: string; network?: string; streams: StreamNeed[] } {
+  private policyInput(client: ClientRecord): PolicyInput {
     const streams = streamNeeds(client);
-    return { address: client.address, streams, ...(client.user ? { user: client.user } : {}), ...(client.network ? { network: client.network } : {}) };
+    return { address: client.address, streams, ...(client.user ? { user: client.user } : {}), ...(client.local !== undefined ? { local: client.local } : {}) };
   }
 
   private endedOne(client: ClientRecord, now: number, reason: string): void {
@@ -319,7 +321,7 @@ export class SessionTracker {
   }
 
   /** Re-evaluates every client's limits (after a config reload or a schedule boundary). */
-  reapplyPolicy(limitsFor: (client: { address: string; user?: string; network?: string; streams: StreamNeed[] }) => Limits | undefined): void {
+  reapplyPolicy(limitsFor: (client: PolicyInput) => Limits | undefined): void {
     const now = this.now();
     const together: ClientRecord[] = [];
     for (const client of this.clients.values()) {
@@ -383,7 +385,7 @@ export class SessionTracker {
       if (client.player) summary.player = client.player;
       const live = [...client.sessions.values()];
       const sources = new Set(live.map((session) => session.source ?? 'log'));
-      if (sources.size) summary.source = sources.size > 1 ? 'both' : [...sources][0]!;
+      if (sources.size) summary.source = [...sources].sort().join('+');
       const needs = streamNeeds(client).map((need) => need.bandwidth ?? need.maxVideoBitrate ?? need.mediaBitrate ?? 0);
       if (needs.length) summary.streamBandwidth = needs.reduce((a, b) => a + b, 0);
       if (client.applied) summary.limits = client.applied;
@@ -402,10 +404,10 @@ export interface SavedClient {
   since?: string;
 }
 
-/** The known needs of a client's live streams. With `source: both` one stream shows up in each source: the API's figures win when it has any. */
+/** The known needs of a client's live streams. With `source: both` one stream shows up in the log and an API: the API's figures win when it has any. */
 function streamNeeds(client: ClientRecord): StreamNeed[] {
   const known = [...client.sessions.values()].filter((session) => session.need);
-  const fromApi = known.filter((session) => session.source === 'plex');
+  const fromApi = known.filter((session) => session.source !== 'log');
   return (fromApi.length ? fromApi : known).map((session) => session.need!);
 }
 

@@ -10,11 +10,10 @@
  * says) or back (the wall clock repeats an hour).
  */
 import { type FileHandle, open } from 'node:fs/promises';
-import type { SavedPosition } from './tail.js';
-import { rotatedPath } from './tail.js';
-import { localTime, PlexLogParser, plexWallClock } from './parse.js';
-import type { Policy } from '../sessions/policy.js';
-import { type SavedClient, SessionTracker } from '../sessions/sessions.js';
+import { type SavedPosition, rotatedPath } from '../sources/tail.js';
+import { localTime, PlexLogParser, plexWallClock } from '../sources/parse.js';
+import type { Policy } from './policy.js';
+import { type SavedClient, SessionTracker } from './sessions.js';
 
 /** Upper bound on what a warm start reads (both files together). */
 export const WARM_START_MAX_BYTES = 16 << 20;

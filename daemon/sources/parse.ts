@@ -7,37 +7,7 @@
  * cannot leak.
  */
 import { NetworkSet, parseClientAddress } from '../../lib/index.js';
-
-export interface PlaybackEvent {
-  kind: 'start' | 'progress' | 'pause' | 'stop';
-  /** Normalised client address (IPv4, or compressed IPv6; IPv4-mapped becomes IPv4). */
-  address: string;
-  port: number;
-  /** Plex's own label of the client network, as written ("WAN", "Subnet", "Allowed Network (Subnet)"). */
-  network?: string;
-  /**
-   * Identity of the playback: X-Plex-Session-Identifier or the transcode `session=` (Plex uses the same
-   * value for both), else X-Plex-Client-Identifier (the device), else the client address.
-   */
-  sessionKey: string;
-  user?: string;
-  /** Local time as Plex writes it. */
-  timestamp: Date;
-  /** Request path without the query string. */
-  path: string;
-  /** Which source saw it; the log parser leaves it out. */
-  source?: 'log' | 'plex';
-  /** What the Plex API adds: Plex's own lan/wan/cellular label, the player's product name. */
-  location?: string;
-  player?: string;
-  /** Bits per second Plex reserved for the stream (Session.bandwidth), and the media's average bitrate. */
-  bandwidth?: number;
-  mediaBitrate?: number;
-  /** The stream is the file as it is (no transcoder running). */
-  directPlay?: boolean;
-  /** bits/s: the video bitrate cap a transcode start request asks for (its `maxVideoBitrate`, in kbit/s). */
-  maxVideoBitrate?: number;
-}
+import type { PlaybackEvent, PlaybackKind } from './source.js';
 
 export interface ParserOptions {
   /** Reverse proxies whose X-Forwarded-For / X-Real-IP header names the real client. */
@@ -53,9 +23,9 @@ export interface ParserStats {
   malformed: number;
 }
 
-type Classifier = (query: URLSearchParams) => PlaybackEvent['kind'] | undefined;
+type Classifier = (query: URLSearchParams) => PlaybackKind | undefined;
 
-const timelineStates: Record<string, PlaybackEvent['kind']> = { playing: 'progress', buffering: 'progress', paused: 'pause', stopped: 'stop' };
+const timelineStates: Record<string, PlaybackKind> = { playing: 'progress', buffering: 'progress', paused: 'pause', stopped: 'stop' };
 
 /** Playback endpoints, first match wins. Anything not listed is not playback. */
 const playbackRules: Array<{ pattern: RegExp; kind: Classifier }> = [
@@ -173,8 +143,12 @@ export class PlexLogParser {
 
     const session = query.get('X-Plex-Session-Identifier') ?? query.get('session') ?? headers.get('x-plex-session-identifier') ?? sessionFromPath(path);
     const device = query.get('X-Plex-Client-Identifier') ?? headers.get('x-plex-client-identifier');
-    const event: PlaybackEvent = { kind, address, port: where.port, sessionKey: session || device || address, timestamp, path };
-    if (request[2]) event.network = request[2];
+    const event: PlaybackEvent = { kind, address, port: where.port, sessionKey: session || device || address, timestamp, path, source: 'log' };
+    if (request[2]) {
+      event.network = request[2];
+      const local = plexSaysLocal(request[2]);
+      if (local !== undefined) event.local = local;
+    }
     const user = USER.exec(rest)?.[1];
     if (user) event.user = user;
     const maxVideoBitrate = kind === 'start' && path.includes('/transcode/') ? kbitPerSecond(query.get('maxVideoBitrate')) : undefined;
@@ -214,6 +188,13 @@ function kbitPerSecond(text: string | null): number | undefined {
   if (text === null || !/^\d{1,9}$/.test(text)) return undefined;
   const kbit = Number(text);
   return kbit > 0 ? kbit * 1000 : undefined;
+}
+
+/** Plex labels its own view of the client network: "WAN" is remote; "Subnet"/"LAN" labels are local. */
+function plexSaysLocal(network: string): boolean | undefined {
+  if (/\bWAN\b/i.test(network)) return false;
+  if (/subnet|lan|local/i.test(network)) return true;
+  return undefined;
 }
 
 function sessionFromPath(path: string): string | undefined {

@@ -1,24 +1,36 @@
 /**
  * Which event sources shaperrd runs: `source: log` the log tail, `plex` the Plex API of every configured
  * server, `both` both, and `auto` the API when every configured server has a token (config, token file,
- * PLEX_TOKEN or Plex's own Preferences.xml), else the log.
+ * PLEX_TOKEN or Plex's own Preferences.xml), else the log. The plan is a list: the daemon creates, starts,
+ * checks and reports each entry the same way, whatever it is.
  */
-import { type PlexServerConfig, type ShaperrConfig, plexServers } from '../config.js';
-import { findPlexToken, preferencesPaths, type TokenChoice } from './plex-token.js';
+import { type ShaperrConfig, plexServers } from '../config.js';
+import { LogSource } from './log.js';
+import { checkPlexServer } from './plex-check.js';
+import { findPlexToken, preferencesPaths } from './plex-token.js';
+import { PlexSource } from './plex.js';
+import type { PlaybackSource, SourceCheckLine, SourceContext } from './source.js';
 
-export interface PlannedPlexServer {
-  url: string;
-  verifyTls: boolean;
-  pollSeconds: number;
-  token: TokenChoice;
+/** One source the config asks for, ready to be created (and re-created on a reload). */
+export interface PlannedSource {
+  /** The source's name ('log', 'plex'…). */
+  name: string;
+  /** What it listens to: a server's URL, the log's path. */
+  target: string;
+  /** Where its key comes from (a config key, a file, an environment variable), never the key. */
+  keySource?: string;
+  create(context: SourceContext): PlaybackSource;
+  /** `shaperr check`'s lines for it: the server answers, accepts the key, lets it see every session. */
+  check?(timeoutMs: number): Promise<SourceCheckLine[]>;
 }
 
 export interface SourcePlan {
-  log: boolean;
-  plex: PlannedPlexServer[];
-  /** One line saying what was chosen and why (token sources named, never tokens). */
+  sources: PlannedSource[];
+  /** The log is one of the sources (the daemon warm-starts from it; `shaperr check` checks it). */
+  usesLog: boolean;
+  /** One line saying what was chosen and why (key sources named, never keys). */
   reason: string;
-  /** Plex token files that exist but cannot be used, each with what to do. */
+  /** Key files that exist but cannot be used, each with what to do. */
   problems: string[];
 }
 
@@ -26,45 +38,102 @@ export class SourceError extends Error {
   override readonly name = 'SourceError';
 }
 
-function withTokens(
-  servers: PlexServerConfig[],
-  logPath: string | undefined,
-  env: NodeJS.ProcessEnv,
-): { planned: PlannedPlexServer[]; missing: string[]; problems: string[] } {
-  const planned: PlannedPlexServer[] = [];
-  const missing: string[] = [];
-  const problems: string[] = [];
-  for (const server of servers) {
-    const lookup = findPlexToken(server, { env, preferences: preferencesPaths(logPath) });
-    problems.push(...lookup.problems.filter((problem) => !problems.includes(problem)));
-    if (lookup.choice) planned.push({ url: server.url, verifyTls: server.verifyTls, pollSeconds: server.pollSeconds, token: lookup.choice });
-    else
-      missing.push(
-        `no Plex token for ${server.url}: set plex.token or plex.tokenFile, or the PLEX_TOKEN environment variable${lookup.problems.length ? ` (${lookup.problems.join('; ')})` : ''}`,
-      );
-  }
-  return { planned, missing, problems };
+/** The API sources the config names, or the keys missing for them. */
+interface ServerPlan {
+  planned: PlannedSource[];
+  missing: string[];
+  problems: string[];
 }
 
-/** Throws SourceError when `plex`/`both` is asked for and a server has no token (or a token file is unreadable). */
+function plexPlan(config: ShaperrConfig, logPath: string | undefined, env: NodeJS.ProcessEnv): ServerPlan {
+  const found: ServerPlan = { planned: [], missing: [], problems: [] };
+  for (const server of plexServers(config)) {
+    const lookup = findPlexToken(server, { env, preferences: preferencesPaths(logPath) });
+    found.problems.push(...lookup.problems.filter((problem) => !found.problems.includes(problem)));
+    const token = lookup.choice;
+    if (!token) {
+      found.missing.push(
+        `no Plex token for ${server.url}: set plex.token or plex.tokenFile, or the PLEX_TOKEN environment variable${lookup.problems.length ? ` (${lookup.problems.join('; ')})` : ''}`,
+      );
+      continue;
+    }
+    const { url, verifyTls } = server;
+    found.planned.push({
+      name: 'plex',
+      target: url,
+      keySource: token.source,
+      create: (context) =>
+        new PlexSource({
+          ...context,
+          url,
+          token: token.token,
+          verifyTls,
+          timings: { ...context.timings, pollMs: server.pollSeconds * 1000, idleMs: context.idleMs },
+        }),
+      check: (timeoutMs) => checkPlexServer({ url, verifyTls, token }, timeoutMs),
+    });
+  }
+  return found;
+}
+
+function logSource(config: ShaperrConfig, path: string): PlannedSource {
+  return { name: 'log', target: path, create: (context) => new LogSource({ ...context, path, trustedProxies: config.trustedProxies }) };
+}
+
+/**
+ * The sources for `config` (`logPath`: the Plex log found, if any). Throws SourceError when `plex`/`both`
+ * is asked for and a server has no token (or a token file is unreadable).
+ */
 export function planSources(config: ShaperrConfig, logPath: string | undefined, env: NodeJS.ProcessEnv = process.env): SourcePlan {
-  if (config.source === 'log') return { log: true, plex: [], reason: 'source: log', problems: [] };
-  let found: ReturnType<typeof withTokens>;
+  const log = logPath ? [logSource(config, logPath)] : [];
+  if (config.source === 'log') return { sources: log, usesLog: true, reason: 'source: log', problems: [] };
+  let found: ServerPlan;
   try {
-    found = withTokens(plexServers(config), logPath, env);
+    found = plexPlan(config, logPath, env);
   } catch (error) {
     throw new SourceError((error as Error).message);
   }
-  const describe = (servers: PlannedPlexServer[]) => servers.map((server) => `${server.url} (token from ${server.token.source})`).join(', ');
+  const describe = (servers: PlannedSource[]) => servers.map((server) => `${server.target} (token from ${server.keySource})`).join(', ');
   if (config.source === 'auto') {
-    if (found.missing.length === 0) return { log: false, plex: found.planned, reason: `source: auto → Plex API at ${describe(found.planned)}`, problems: [] };
-    return { log: true, plex: [], reason: `source: auto → the log (${found.missing.join('; ')})`, problems: found.problems };
+    if (found.missing.length === 0)
+      return { sources: found.planned, usesLog: false, reason: `source: auto → Plex API at ${describe(found.planned)}`, problems: [] };
+    return { sources: log, usesLog: true, reason: `source: auto → the log (${found.missing.join('; ')})`, problems: found.problems };
   }
   if (found.missing.length) throw new SourceError(found.missing.join('; '));
+  const both = config.source === 'both';
   return {
-    log: config.source === 'both',
-    plex: found.planned,
-    reason: `source: ${config.source} → Plex API at ${describe(found.planned)}${config.source === 'both' ? ' and the log' : ''}`,
+    sources: [...(both ? log : []), ...found.planned],
+    usesLog: both,
+    reason: `source: ${config.source} → Plex API at ${describe(found.planned)}${both ? ' and the log' : ''}`,
     problems: [],
   };
+}
+
+/** What a reload compares: the config the sources are made from (a change re-creates them all). */
+export function sourceSettings(config: ShaperrConfig): string {
+  return JSON.stringify([config.source, config.plex, config.log, config.trustedProxies]);
+}
+
+/**
+ * `shaperr check` for the event sources: which are in use and where their keys come from (never a key),
+ * then each one's own check; and whether the log is one of them (else its checks do not apply).
+ */
+export async function checkSources(
+  config: ShaperrConfig,
+  logPath: string | undefined,
+  timeoutMs = 5000,
+): Promise<{ lines: SourceCheckLine[]; usesLog: boolean }> {
+  let plan: SourcePlan;
+  try {
+    plan = planSources(config, logPath);
+  } catch (error) {
+    return {
+      lines: [{ verdict: 'fail', what: (error as Error).message, fix: 'or set source: log to use the Plex log instead' }],
+      usesLog: config.source === 'both',
+    };
+  }
+  const lines: SourceCheckLine[] = [{ verdict: 'ok', what: `event ${plan.reason}` }];
+  for (const problem of plan.problems) lines.push({ verdict: 'warn', what: problem });
+  for (const source of plan.sources) if (source.check) lines.push(...(await source.check(timeoutMs)));
+  return { lines, usesLog: plan.usesLog };
 }

@@ -1,22 +1,16 @@
 /**
- * `shaperr check` for the Plex API source: which source and token source are in use (never the token),
- * whether each server answers, accepts the token, and lets it list every user's sessions.
+ * `shaperr check` for one Plex server of the API source (the token source named, never the token):
+ * whether it answers, accepts the token, and lets it list every user's sessions.
  */
-import type { ShaperrConfig } from '../config.js';
-import { planSources, type SourcePlan } from './plan.js';
 import { PlexHttpError, type PlexIdentity, parseIdentity, parseSessionListing, plexGet, type PlexRequestOptions } from './plex.js';
-
-export interface PlexCheckLine {
-  verdict: 'ok' | 'warn' | 'fail';
-  what: string;
-  /** What to do about a warn or fail. */
-  fix?: string;
-}
+import type { TokenChoice } from './plex-token.js';
+import type { SourceCheckLine } from './source.js';
 
 const OWNER_TOKEN_FIX =
   "use the server owner's token: sign in to Plex Web as the owner, open any item → Get Info → View XML, and copy X-Plex-Token from the address; or leave the token out on the Plex host to use Plex's own Preferences.xml";
 
-async function checkServer(server: SourcePlan['plex'][number], timeoutMs: number): Promise<PlexCheckLine[]> {
+/** One Plex server: it answers, accepts the token, and lets it list every user's sessions. */
+export async function checkPlexServer(server: { url: string; verifyTls: boolean; token: TokenChoice }, timeoutMs: number): Promise<SourceCheckLine[]> {
   const options: PlexRequestOptions = { url: server.url, token: server.token.token, verifyTls: server.verifyTls, timeoutMs };
   let identity: PlexIdentity;
   try {
@@ -35,7 +29,7 @@ async function checkServer(server: SourcePlan['plex'][number], timeoutMs: number
       },
     ];
   }
-  const lines: PlexCheckLine[] = [
+  const lines: SourceCheckLine[] = [
     {
       verdict: 'ok',
       what: `Plex server "${identity.name ?? identity.machineIdentifier}" ${identity.version ?? ''} at ${server.url} accepts the token (from ${server.token.source})`,
@@ -57,25 +51,4 @@ async function checkServer(server: SourcePlan['plex'][number], timeoutMs: number
     );
   }
   return lines;
-}
-
-/** The check lines, and whether the log source is in use (else its checks do not apply). */
-export async function checkPlexSource(
-  config: ShaperrConfig,
-  logPath: string | undefined,
-  timeoutMs = 5000,
-): Promise<{ lines: PlexCheckLine[]; usesLog: boolean }> {
-  let plan: SourcePlan;
-  try {
-    plan = planSources(config, logPath);
-  } catch (error) {
-    return {
-      lines: [{ verdict: 'fail', what: (error as Error).message, fix: 'or set source: log to use the Plex log instead' }],
-      usesLog: config.source === 'both',
-    };
-  }
-  const lines: PlexCheckLine[] = [{ verdict: 'ok', what: `event ${plan.reason}` }];
-  for (const problem of plan.problems) lines.push({ verdict: 'warn', what: problem });
-  for (const server of plan.plex) lines.push(...(await checkServer(server, timeoutMs)));
-  return { lines, usesLog: plan.log };
 }

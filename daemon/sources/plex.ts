@@ -11,34 +11,21 @@
  * every poll, and when a session has been silent for half the idle time. Streams whose address is not
  * where the bytes go (Plex Relay, Docker's bridge gateway) get no events, and one warning each.
  *
+ * A playing notification naming a new transcodeSession says the stream's quality changed: the session is
+ * read again (at most once a second per session) so its pipe follows the new bitrate at once.
+ *
  * The token travels only in the X-Plex-Token header and is redacted from every message this emits.
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { networkInterfaces } from 'node:os';
 import { XMLParser } from 'fast-xml-parser';
-import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { parseClientAddress } from '../../lib/index.js';
-import type { PlaybackEvent } from './parse.js';
 import { redactToken } from './plex-token.js';
+import type { PlaybackEvent, PlaybackKind, PlaybackSource, ServerTimings, SkippedStream, SourceContext, SourceRequestResult, SourceStatus } from './source.js';
 
-export interface PlexTimings {
-  /** First reconnect delay; doubles up to retryMaxMs. */
-  retryMinMs: number;
-  retryMaxMs: number;
-  /** After a 401: the token will not fix itself quickly. */
-  unauthorizedRetryMs: number;
-  /** Any HTTP request (and the websocket handshake). */
-  requestTimeoutMs: number;
-  pingMs: number;
-  /** No pong (nor any frame) for this long: the connection is dead though TCP never said so. */
-  pongTimeoutMs: number;
-  /** Full reconcile period; 0: only on (re)connect. */
-  pollMs: number;
-  /** The tracker's idle time: a session silent for half of it is looked up. */
-  idleMs: number;
-}
+export type PlexTimings = ServerTimings;
 
 export const defaultPlexTimings: PlexTimings = {
   retryMinMs: 1000,
@@ -51,42 +38,21 @@ export const defaultPlexTimings: PlexTimings = {
   idleMs: 120_000,
 };
 
-export type PlexRequestResult = 'ok' | 'timeout' | 'http-error' | 'malformed' | 'unreachable' | 'unauthorized';
+export type PlexRequestResult = SourceRequestResult;
 
-export interface PlexSourceOptions {
+export interface PlexSourceOptions extends Omit<SourceContext, 'idleMs' | 'resumeAt'> {
   url: string;
   token: string;
   verifyTls: boolean;
-  onEvent: (event: PlaybackEvent) => void;
-  logger: Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>;
-  timings?: Partial<PlexTimings>;
   /** Addresses that mean "behind this host's container bridge"; default: the host's own bridge gateways. */
   bridgeAddresses?: ReadonlySet<string>;
-  /** Every HTTP request's outcome, for metrics. */
-  onRequest?: (endpoint: string, result: PlexRequestResult) => void;
 }
 
 export type PlexSourceState = 'connecting' | 'waiting for Plex' | 'connected' | 'token rejected' | 'stopped';
 
-export interface SkippedStream {
-  session: string;
-  user?: string;
-  player?: string;
-  address?: string;
-  /** bits/s Plex reserved for it: relayed streams still use the uplink. */
-  bandwidth?: number;
-  reason: string;
-}
-
-export interface PlexSourceStatus {
-  url: string;
+export interface PlexSourceStatus extends SourceStatus {
   state: PlexSourceState;
-  server?: PlexIdentity;
-  sessions: number;
-  /** Streams that get no pipe, and why. */
-  skipped: SkippedStream[];
-  lastError?: string;
-  counters: { notifications: number; listings: number; listingFailures: number; reconnects: number };
+  counters: { notifications: number; listings: number; listingFailures: number; reconnects: number; transcodeChanges: number };
 }
 
 /** What /status/sessions says about one session, from JSON or XML alike. */
@@ -108,6 +74,8 @@ export interface ListedSession {
   bitrate?: number;
   /** A transcoder runs for it (TranscodeSession listed); else it is direct play. */
   transcoding?: boolean;
+  /** The transcoder's session id (the last part of TranscodeSession.key), as playing notifications name it. */
+  transcodeSession?: string;
 }
 
 interface TrackedSession extends ListedSession {
@@ -117,7 +85,14 @@ interface TrackedSession extends ListedSession {
   skipped?: string;
   /** Last notification or listing that showed the session alive. */
   confirmedAt: number;
+  /** When a changed transcodeSession last had the session read again (performance.now()). */
+  rereadAt?: number;
+  /** A re-read waiting for its once-a-second turn. */
+  rereadPending?: boolean;
 }
+
+/** A session whose transcodeSession changes is read again at most this often. */
+const REREAD_INTERVAL_MS = 1000;
 
 export class PlexHttpError extends Error {
   constructor(
@@ -247,6 +222,7 @@ export function listedSession(item: Record<string, unknown>): ListedSession | un
   set('bandwidth', asNumber(session.bandwidth));
   set('bitrate', asNumber(media[0]?.bitrate));
   listed.transcoding = item.TranscodeSession !== undefined && item.TranscodeSession !== null;
+  set('transcodeSession', asString(record(item.TranscodeSession).key)?.split('/').pop());
   return listed;
 }
 
@@ -301,7 +277,8 @@ export function playNotifications(frame: unknown): Array<Record<string, unknown>
 
 const stripMapped = (address: string): string => address.replace(/^::ffff:/i, '');
 
-export class PlexSource {
+export class PlexSource implements PlaybackSource {
+  readonly name = 'plex';
   private readonly timings: PlexTimings;
   private readonly tracked = new Map<string, TrackedSession>();
   /** Session keys announced stopped (with their ratingKey) that Plex may still list for a moment. */
@@ -324,7 +301,7 @@ export class PlexSource {
    * handshake each, and stop() closes them (the global agent would keep them open after a reload).
    */
   private readonly agent: HttpAgent;
-  private readonly counters = { notifications: 0, listings: 0, listingFailures: 0, reconnects: 0 };
+  private readonly counters = { notifications: 0, listings: 0, listingFailures: 0, reconnects: 0, transcodeChanges: 0 };
 
   constructor(private readonly options: PlexSourceOptions) {
     this.timings = { ...defaultPlexTimings, ...options.timings };
@@ -364,14 +341,24 @@ export class PlexSource {
         if (session.bandwidth !== undefined) entry.bandwidth = session.bandwidth * 1000;
         return entry;
       });
-    const status: PlexSourceStatus = { url: this.options.url, state: this.state, sessions: this.tracked.size, skipped, counters: { ...this.counters } };
-    if (this.server) status.server = { ...this.server };
+    const status: PlexSourceStatus = {
+      source: this.name,
+      target: this.options.url,
+      state: this.state,
+      sessions: this.tracked.size,
+      skipped,
+      counters: { ...this.counters },
+    };
+    if (this.server) {
+      const { machineIdentifier, name, version } = this.server;
+      status.server = { id: machineIdentifier, ...(name ? { name } : {}), ...(version ? { version } : {}) };
+    }
     if (this.lastError) status.lastError = this.lastError;
     return status;
   }
 
   /** bits/s Plex reserved for the streams that get no pipe (they still use the uplink). */
-  skippedBandwidth(): number {
+  reservedBandwidth(): number {
     let total = 0;
     for (const session of this.tracked.values()) if (session.skipped && session.bandwidth !== undefined) total += session.bandwidth * 1000;
     return total;
@@ -637,7 +624,7 @@ export class PlexSource {
     if (!session.skipped) this.emit('stop', session, via);
   }
 
-  private emit(kind: PlaybackEvent['kind'], session: TrackedSession, via: 'notification' | 'listing'): void {
+  private emit(kind: PlaybackKind, session: TrackedSession, via: 'notification' | 'listing'): void {
     const event: PlaybackEvent = {
       kind,
       address: session.address!,
@@ -645,12 +632,13 @@ export class PlexSource {
       sessionKey: session.key,
       timestamp: new Date(),
       path: via === 'notification' ? PATH_NOTIFICATIONS : '/status/sessions',
-      source: 'plex',
+      source: this.name,
     };
     if (session.user) event.user = session.user;
     if (session.location) {
       event.location = session.location;
       event.network = session.location === 'lan' ? 'LAN' : `WAN (${session.location})`;
+      event.local = session.location === 'lan';
     }
     if (session.product) event.player = session.product;
     if (session.bandwidth !== undefined) event.bandwidth = session.bandwidth * 1000;
@@ -702,5 +690,31 @@ export class PlexSource {
     }
     known.state = state;
     if (!known.skipped) this.emit(state === 'paused' ? 'pause' : 'progress', known, 'notification');
+    this.followTranscode(known, asString(entry.transcodeSession));
+  }
+
+  /**
+   * A transcodeSession other than the one known says the stream changed (a new quality, direct play ↔
+   * transcode): the listing has its new bandwidth. Read at once, or when the session's second is over.
+   */
+  private followTranscode(session: TrackedSession, transcodeSession: string | undefined): void {
+    if (transcodeSession === undefined || transcodeSession === session.transcodeSession) return;
+    // A transcoder the listing showed without its key: the first name heard is the one known, not a change.
+    const changed = session.transcodeSession !== undefined || !session.transcoding;
+    session.transcodeSession = transcodeSession;
+    if (!changed || session.rereadPending) return;
+    this.counters.transcodeChanges++;
+    const wait = (session.rereadAt ?? -Infinity) + REREAD_INTERVAL_MS - performance.now();
+    const reread = () => {
+      session.rereadPending = false;
+      session.rereadAt = performance.now();
+      if (this.tracked.get(session.sessionKey) === session) this.requestListing();
+    };
+    if (wait <= 0) {
+      reread();
+      return;
+    }
+    session.rereadPending = true;
+    this.after(wait, reread);
   }
 }

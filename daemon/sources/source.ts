@@ -4,6 +4,7 @@
  * source by name: a new source is one file implementing PlaybackSource plus one config branch.
  */
 import type { Logger } from 'pino';
+import type { SavedPosition } from './tail.js';
 
 export type PlaybackKind = 'start' | 'progress' | 'pause' | 'stop';
 
@@ -86,6 +87,16 @@ export interface PlaybackSource {
   status(): SourceStatus;
   /** bits/s the server reserved for the streams this source cannot pipe: kept out of the pipes' guarantees. */
   reservedBandwidth(): number;
+  /** A log source's read position, saved in the state file so that a restart resumes right there. */
+  position?(): SavedPosition | undefined;
+}
+
+/** One line of `shaperr check` about a source. */
+export interface SourceCheckLine {
+  verdict: 'ok' | 'warn' | 'fail';
+  what: string;
+  /** What to do about a warn or fail. */
+  fix?: string;
 }
 
 /** Retry, timeout and poll periods of a server source (tests shorten them); a source may add its own. */
@@ -116,4 +127,6 @@ export interface SourceContext {
   timings?: Partial<ServerTimings>;
   /** The tracker's idle time (ms). */
   idleMs: number;
+  /** Where a log source resumes (the saved position, or where the warm start stopped); others ignore it. */
+  resumeAt?: SavedPosition;
 }
