@@ -27,11 +27,13 @@ WORKDIR /app
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist dist
-# The state file's default place is a link into the /config volume, so the root filesystem can be read-only.
+# The default places of the config and the state file are links into the /config volume: the root
+# filesystem can be read-only, and `docker exec shaperr shaperr check` finds the config with no option.
 RUN ln -s /app/dist/daemon/cli.js /usr/local/bin/shaperrd \
   && ln -s /app/dist/daemon/operator/shaperr-cli.js /usr/local/bin/shaperr \
   && mkdir -p /var/lib \
-  && ln -s /config /var/lib/shaperr
+  && ln -s /config /var/lib/shaperr \
+  && ln -s /config /etc/shaperr
 # Plex's own config folder, mounted read-only at /plex: its log and Preferences.xml (the token) are found
 # there with nothing configured. TZ (e.g. Europe/Paris) sets the local time of schedules and log lines.
 ENV PLEX_MEDIA_SERVER_APPLICATION_SUPPORT_DIR="/plex/Library/Application Support" \

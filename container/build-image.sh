@@ -13,6 +13,7 @@ suite=bookworm # the release this machine's node is linked against (glibc); any 
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 base="localhost/shaperr-base:${suite}-node${node_major}"
 image="localhost/shaperr:latest"
+compose_image="localhost/shaperr:local" # the name examples/docker-compose.yml gives what it builds
 cache=container/cache
 tarball="$cache/${suite}-node$(node -p process.versions.node).tar"
 # crun refuses this kernel's hybrid cgroups; podman's default file and process limits exceed the hard ones.
@@ -53,4 +54,4 @@ fi
 # machine trusts an extra CA (a TLS-inspecting proxy), npm inside the build is handed the same bundle.
 secret=()
 [ -n "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f "$NODE_EXTRA_CA_CERTS" ] && secret=(--secret "id=ca,src=$NODE_EXTRA_CA_CERTS")
-"${podman[@]}" build --format docker --network host "${limits[@]}" "${secret[@]}" --build-arg "BASE=$base" --tag "$image" .
+"${podman[@]}" build --format docker --network host "${limits[@]}" "${secret[@]}" --build-arg "BASE=$base" --tag "$image" --tag "$compose_image" .

@@ -26,30 +26,31 @@ export function inContainer(): boolean {
 }
 
 /**
- * The interfaces of this network namespace that are one end of a pair whose other end lives elsewhere (a
- * veth: virtual, and its peer's index differs from its own), and all the others but lo.
+ * The interfaces of this network namespace but lo, split into what a container network gives (virtual
+ * links such as a veth or a macvlan, whose other end is outside) and the rest: physical NICs, and the
+ * bridges and bonds a NAS's host network has (Unraid's br0, bond0).
  */
-function interfaces(): { peered: string[]; others: string[] } {
-  const peered: string[] = [];
-  const others: string[] = [];
+function interfaces(): { containerLinks: string[]; hostLinks: string[] } {
+  const containerLinks: string[] = [];
+  const hostLinks: string[] = [];
   for (const name of readdirSync('/sys/class/net')) {
     if (name === 'lo') continue;
-    const read = (file: string) => readFileSync(`/sys/class/net/${name}/${file}`, 'utf8').trim();
-    const virtual = readlinkSync(`/sys/class/net/${name}`).includes('/virtual/');
-    (virtual && read('iflink') !== read('ifindex') ? peered : others).push(name);
+    const path = `/sys/class/net/${name}`;
+    const virtual = readlinkSync(path).includes('/virtual/');
+    (virtual && !existsSync(`${path}/bridge`) && !existsSync(`${path}/bonding`) ? containerLinks : hostLinks).push(name);
   }
-  return { peered, others };
+  return { containerLinks, hostLinks };
 }
 
 function networkLine(device: string | undefined): CheckLine {
-  const { peered, others } = interfaces();
-  const visible = ['lo', ...peered, ...others].join(', ');
-  if (others.length > 0 || peered.length === 0) return { verdict: 'ok', what: `host networking: this container sees ${visible}` };
-  if (device && !peered.includes(device))
+  const { containerLinks, hostLinks } = interfaces();
+  const visible = ['lo', ...containerLinks, ...hostLinks].join(', ');
+  if (hostLinks.length > 0 || containerLinks.length === 0) return { verdict: 'ok', what: `host networking: this container sees ${visible}` };
+  if (device && !containerLinks.includes(device))
     return { verdict: 'fail', what: `not on the host's network: this container sees only ${visible} (its own network), not ${device}`, fix: HOST_NETWORK_FIX };
   return {
     verdict: 'warn',
-    what: `this container sees only ${visible}: its own network, so shaperr shapes the container's ${device ?? peered[0]}, not the host's uplink`,
+    what: `this container sees only ${visible}: its own network, so shaperr shapes the container's ${device ?? containerLinks[0]}, not the host's uplink`,
     fix: HOST_NETWORK_FIX,
   };
 }
