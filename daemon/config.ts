@@ -116,22 +116,24 @@ const cidr = z.string().superRefine((value, context) => {
   }
 });
 
-const plexUrl = z.string().superRefine((value, context) => {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    return context.addIssue({ code: 'custom', message: 'expected a URL such as http://127.0.0.1:32400' });
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') context.addIssue({ code: 'custom', message: 'expected an http:// or https:// URL' });
-  if (url.search || url.username || url.password)
-    context.addIssue({ code: 'custom', message: 'the URL must carry no query or credentials: put the token in plex.token or plex.tokenFile' });
-});
+/** A media server's base URL: http(s), no query or credentials (its key has its own settings). */
+const serverUrl = (example: string, keySettings: string) =>
+  z.string().superRefine((value, context) => {
+    let url: URL;
+    try {
+      url = new URL(value);
+    } catch {
+      return context.addIssue({ code: 'custom', message: `expected a URL such as ${example}` });
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') context.addIssue({ code: 'custom', message: 'expected an http:// or https:// URL' });
+    if (url.search || url.username || url.password)
+      context.addIssue({ code: 'custom', message: `the URL must carry no query or credentials: put the key in ${keySettings}` });
+  });
 
 /** One Plex Media Server to listen to (its websocket notifications and /status/sessions). */
 const plexServer = z
   .strictObject({
-    url: plexUrl.default('http://127.0.0.1:32400'),
+    url: serverUrl('http://127.0.0.1:32400', 'plex.token or plex.tokenFile').default('http://127.0.0.1:32400'),
     token: z.string().min(1).optional(),
     tokenFile: z.string().min(1).optional(),
     /** false for a self-signed certificate. */
@@ -142,6 +144,27 @@ const plexServer = z
   .refine((server) => !(server.token && server.tokenFile), 'set plex.token or plex.tokenFile, not both');
 
 export type PlexServerConfig = z.infer<typeof plexServer>;
+
+/** The media servers that speak Jellyfin's API (Emby is its ancestor): the `jellyfin:` and `emby:` keys. */
+export const mediaServerKinds = ['jellyfin', 'emby'] as const;
+export type MediaServerKind = (typeof mediaServerKinds)[number];
+
+/** One Jellyfin or Emby server to listen to (its websocket's Sessions messages and GET /Sessions). */
+const mediaServer = (kind: MediaServerKind) =>
+  z
+    .strictObject({
+      url: serverUrl('http://127.0.0.1:8096', `${kind}.apiKey or ${kind}.apiKeyFile`).default('http://127.0.0.1:8096'),
+      apiKey: z.string().min(1).optional(),
+      apiKeyFile: z.string().min(1).optional(),
+      /** false for a self-signed certificate. */
+      verifyTls: z.boolean().default(true),
+      /** Full GET /Sessions reconcile period besides the pushes; 0: only on (re)connect. */
+      pollSeconds: z.number().min(0).max(86400).default(30),
+    })
+    .refine((server) => !(server.apiKey && server.apiKeyFile), `set ${kind}.apiKey or ${kind}.apiKeyFile, not both`);
+const jellyfinServer = mediaServer('jellyfin');
+
+export type MediaServerConfig = z.infer<typeof jellyfinServer>;
 
 const timeOfDay = z.string().regex(/^([01]?\d|2[0-3]):[0-5]\d$|^24:00$/, 'expected HH:MM');
 
@@ -168,7 +191,9 @@ export const configSchema = z
       .default([]),
     schedules: z.array(z.strictObject({ from: timeOfDay, to: timeOfDay, days: z.array(z.number().int().min(0).max(6)).optional(), server: rates })).default([]),
     /** Where playback events come from: the Plex API (needs a token), the log (needs DEBUG logging), or both; auto: the API when a token is found. */
-    source: z.enum(['auto', 'log', 'plex', 'both']).default('auto'),
+    source: z
+      .union([z.enum(['auto', 'log', 'plex', 'both', ...mediaServerKinds]), z.array(z.enum(['log', 'plex', ...mediaServerKinds])).min(1)])
+      .default('auto'),
     /**
      * shaperrd runs on the router: `device` is its WAN interface and client filters also match the TCP
      * source port Plex's streams leave it from (the server's public port), so other LAN hosts talking to
@@ -177,6 +202,9 @@ export const configSchema = z
     gateway: z.strictObject({ plexPort: z.number().int().min(1).max(65535).default(32400) }).optional(),
     /** One Plex server, or a list of them. */
     plex: z.union([plexServer, z.array(plexServer).min(1)]).optional(),
+    /** One Jellyfin server, or a list of them; likewise Emby. */
+    jellyfin: z.union([jellyfinServer, z.array(jellyfinServer).min(1)]).optional(),
+    emby: z.union([mediaServer('emby'), z.array(mediaServer('emby')).min(1)]).optional(),
     /** Plex Media Server log file; default: the first that exists of the usual locations. */
     log: z.string().min(1).optional(),
     trustedProxies: z.array(cidr).default([]),
@@ -227,6 +255,7 @@ export function exposedSecretsWarning(path: string, config: ShaperrConfig): stri
   ).map((key) => key.join('.'));
   // One Plex server or a list of them: each may carry its token.
   if ([config.plex ?? []].flat().some((server) => (server as { token?: string }).token !== undefined)) present.push('plex.token');
+  for (const kind of mediaServerKinds) if ([config[kind] ?? []].flat().some((server) => server.apiKey !== undefined)) present.push(`${kind}.apiKey`);
   if (present.length === 0 || (statSync(path).mode & 0o004) === 0) return undefined;
   return `${path} is readable by every user and holds ${present.join(', ')}: chmod o-r ${JSON.stringify(path)} (e.g. mode 0640, group of the shaperr user)`;
 }
@@ -250,8 +279,13 @@ function describeIssue(issue: z.core.$ZodIssue, input: unknown): string {
   if (issue.code === 'unrecognized_keys')
     return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${[...path, k].join('.')}'`).join(', ')}`;
   // Tokens are secrets: never echoed, not even in a complaint about them.
-  const secret = path.at(-1) === 'token';
-  const shown = value === undefined ? 'missing' : secret ? '<token>' : JSON.stringify(value, (name, inner: unknown) => (name === 'token' ? '<token>' : inner));
+  const secret = path.at(-1) === 'token' || path.at(-1) === 'apiKey';
+  const shown =
+    value === undefined
+      ? 'missing'
+      : secret
+        ? '<token>'
+        : JSON.stringify(value, (name, inner: unknown) => (name === 'token' || name === 'apiKey' ? '<token>' : inner));
   return `'${key}' = ${shown}: ${issue.message}`;
 }
 
@@ -283,6 +317,13 @@ export function loadConfig(path: string): ShaperrConfig {
 export function plexServers(config: ShaperrConfig): PlexServerConfig[] {
   if (config.plex === undefined) return [plexServer.parse({})];
   return Array.isArray(config.plex) ? config.plex : [config.plex];
+}
+
+/** The configured Jellyfin (or Emby) servers as a list; none configured: the local default server. */
+export function mediaServers(config: ShaperrConfig, kind: MediaServerKind): MediaServerConfig[] {
+  const configured = config[kind];
+  if (configured === undefined) return [jellyfinServer.parse({})];
+  return Array.isArray(configured) ? configured : [configured];
 }
 
 /** The automatic ceiling's settings, when `server.rate` is `auto`. */

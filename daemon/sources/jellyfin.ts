@@ -22,13 +22,17 @@ import { hostname, networkInterfaces } from 'node:os';
 import ipaddr from 'ipaddr.js';
 import WebSocket from 'ws';
 import { parseClientAddress } from '../../lib/index.js';
+import type { MediaServerKind } from '../config.js';
 import { hostBridgeAddresses } from './plex.js';
-import { redactToken } from './plex-token.js';
+import { redactToken, type TokenChoice } from './plex-token.js';
 import { readFromServer, ServerHttpError } from './server-get.js';
 import { ServerLink, SingleFlight } from './server-link.js';
 import type { PlaybackEvent, PlaybackSource, ServerTimings, SkippedStream, SourceContext, SourceStatus } from './source.js';
 
-export type MediaServerKind = 'jellyfin' | 'emby';
+export type { MediaServerKind };
+
+/** What shaperr tells the server its version is (the Version of the authorization header). */
+const VERSION = '0.1.0';
 
 /** Who shaperr says it is: the server lists one device per DeviceId, so the id must not change per connection. */
 interface DeviceIdentity {
@@ -63,6 +67,34 @@ const dialects: Record<MediaServerKind, Dialect> = {
     headers: (apiKey, identity) => ({ 'X-Emby-Token': apiKey, 'X-Emby-Authorization': `MediaBrowser ${quoted(identity)}` }),
   },
 };
+
+/** How to reach one server: its name in words, the headers every request carries (the key among them), the websocket. */
+export interface MediaServerAccess {
+  label: string;
+  headers: Record<string, string>;
+  socketUrl: URL;
+}
+
+export function mediaServerAccess(kind: MediaServerKind, url: string, apiKey: string, deviceId = stableDeviceId(url, kind)): MediaServerAccess {
+  const dialect = dialects[kind];
+  const identity: DeviceIdentity = { deviceId, device: hostname(), version: VERSION };
+  const socketUrl = new URL(dialect.socketPath, url.replace(/^http/, 'ws'));
+  for (const [name, value] of Object.entries(dialect.socketQuery(identity))) socketUrl.searchParams.set(name, value);
+  return { label: dialect.label, headers: dialect.headers(apiKey, identity), socketUrl };
+}
+
+/** The answer to `GET /System/Info`: the server's id, name and version. */
+export function parseSystemInfo(body: string, label: string): { id: string; name?: string; version?: string } {
+  const root = record(JSON.parse(body));
+  const id = asString(root.Id);
+  if (!id) throw new Error(`no Id: is this a ${label} server?`);
+  const server: { id: string; name?: string; version?: string } = { id };
+  const name = asString(root.ServerName);
+  const version = asString(root.Version);
+  if (name) server.name = name;
+  if (version) server.version = version;
+  return server;
+}
 
 export interface MediaServerTimings extends ServerTimings {
   /** No Sessions message this long after SessionsStart: the server pushes nothing to this key, poll instead. */
@@ -174,13 +206,10 @@ export function stableDeviceId(url: string, kind: MediaServerKind): string {
   return createHash('sha256').update(`shaperr ${kind} ${machine} ${url}`).digest('hex').slice(0, 32);
 }
 
-const VERSION = '0.1.0';
-
 export class MediaServerSource implements PlaybackSource {
   readonly name: MediaServerKind;
-  private readonly dialect: Dialect;
   private readonly timings: MediaServerTimings;
-  private readonly identity: DeviceIdentity;
+  private readonly access: MediaServerAccess;
   private readonly link: ServerLink;
   private readonly listings: SingleFlight;
   private readonly tracked = new Map<string, TrackedSession>();
@@ -202,22 +231,21 @@ export class MediaServerSource implements PlaybackSource {
 
   constructor(private readonly options: MediaServerSourceOptions) {
     this.name = options.kind;
-    this.dialect = dialects[options.kind];
     this.timings = { ...defaultMediaServerTimings, idleMs: options.idleMs, ...options.timings };
-    this.identity = { deviceId: options.deviceId ?? stableDeviceId(options.url, options.kind), device: hostname(), version: VERSION };
+    this.access = mediaServerAccess(options.kind, options.url, options.apiKey, options.deviceId);
     this.unshapeableAddresses = new Set([...(options.bridgeAddresses ?? hostBridgeAddresses()), ...hostAddresses(), ...(options.proxyAddresses ?? [])]);
     this.agent =
       new URL(options.url).protocol === 'https:'
         ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: options.verifyTls })
         : new HttpAgent({ keepAlive: true });
     this.link = new ServerLink({
-      label: this.dialect.label,
+      label: this.access.label,
       url: options.url,
       logContext: this.logContext,
       logger: options.logger,
       timings: this.timings,
       redact: (text) => this.redact(text),
-      rejected: { state: 'key rejected', error: `${this.dialect.label} rejected the API key` },
+      rejected: { state: 'key rejected', error: `${this.access.label} rejected the API key` },
       connect: () => void this.connect(),
     });
     this.listings = new SingleFlight(
@@ -280,7 +308,7 @@ export class MediaServerSource implements PlaybackSource {
   }
 
   private get label(): string {
-    return this.dialect.label;
+    return this.access.label;
   }
 
   private get logContext(): Record<string, string> {
@@ -296,17 +324,7 @@ export class MediaServerSource implements PlaybackSource {
   private async connect(): Promise<void> {
     if (this.link.stopped) return;
     try {
-      const info = await this.get('/System/Info', (body) => {
-        const root = record(JSON.parse(body));
-        const id = asString(root.Id);
-        if (!id) throw new Error(`no Id: is this a ${this.label} server?`);
-        const server: { id: string; name?: string; version?: string } = { id };
-        const name = asString(root.ServerName);
-        const version = asString(root.Version);
-        if (name) server.name = name;
-        if (version) server.version = version;
-        return server;
-      });
+      const info = await this.get('/System/Info', (body) => parseSystemInfo(body, this.label));
       if (this.server?.id !== info.id)
         this.options.logger.info(
           { ...this.logContext, server: info.name, version: info.version },
@@ -320,10 +338,8 @@ export class MediaServerSource implements PlaybackSource {
   }
 
   private openSocket(): void {
-    const url = new URL(this.dialect.socketPath, this.options.url.replace(/^http/, 'ws'));
-    for (const [name, value] of Object.entries(this.dialect.socketQuery(this.identity))) url.searchParams.set(name, value);
-    const socket = new WebSocket(url, {
-      headers: this.dialect.headers(this.options.apiKey, this.identity),
+    const socket = new WebSocket(this.access.socketUrl, {
+      headers: this.access.headers,
       rejectUnauthorized: this.options.verifyTls,
       handshakeTimeout: this.timings.requestTimeoutMs,
     });
@@ -430,7 +446,7 @@ export class MediaServerSource implements PlaybackSource {
   private get<T>(path: string, read: (body: string) => T): Promise<T> {
     const options = {
       url: this.options.url,
-      headers: { ...this.dialect.headers(this.options.apiKey, this.identity), Accept: 'application/json' },
+      headers: { ...this.access.headers, Accept: 'application/json' },
       verifyTls: this.options.verifyTls,
       timeoutMs: this.timings.requestTimeoutMs,
       unauthorized: `${this.label} rejected the API key (401)`,
@@ -613,4 +629,34 @@ function hostAddresses(): string[] {
   return Object.values(networkInterfaces())
     .flatMap((addresses) => addresses ?? [])
     .map((address) => address.address);
+}
+
+/** Where a server's API key is set: in the config, or in a file it names. */
+export interface ApiKeySettings {
+  apiKey?: string | undefined;
+  apiKeyFile?: string | undefined;
+}
+
+export const apiKeyVariable = (kind: MediaServerKind): string => `${kind.toUpperCase()}_API_KEY`;
+
+/**
+ * The key from `apiKey`, `apiKeyFile` or the JELLYFIN_API_KEY / EMBY_API_KEY environment variable, with
+ * where it came from (safe to print); undefined when none is set. Throws, naming the file, when the file
+ * cannot be read or is empty.
+ */
+export function findApiKey(server: ApiKeySettings, kind: MediaServerKind, env: NodeJS.ProcessEnv): TokenChoice | undefined {
+  if (server.apiKey) return { token: server.apiKey, source: `${kind}.apiKey` };
+  if (server.apiKeyFile) {
+    let key: string;
+    try {
+      key = readFileSync(server.apiKeyFile, 'utf8').trim();
+    } catch (error) {
+      throw new Error(`cannot read ${kind}.apiKeyFile ${server.apiKeyFile}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    }
+    if (!key) throw new Error(`${kind}.apiKeyFile ${server.apiKeyFile} is empty`);
+    return { token: key, source: `apiKeyFile ${server.apiKeyFile}` };
+  }
+  const variable = apiKeyVariable(kind);
+  const fromEnv = env[variable]?.trim();
+  return fromEnv ? { token: fromEnv, source: `the ${variable} environment variable` } : undefined;
 }

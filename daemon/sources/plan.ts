@@ -4,7 +4,9 @@
  * PLEX_TOKEN or Plex's own Preferences.xml), else the log. The plan is a list: the daemon creates, starts,
  * checks and reports each entry the same way, whatever it is.
  */
-import { type ShaperrConfig, plexServers } from '../config.js';
+import { type MediaServerKind, mediaServerKinds, mediaServers, type ShaperrConfig, plexServers } from '../config.js';
+import { apiKeyVariable, findApiKey, MediaServerSource } from './jellyfin.js';
+import { checkMediaServer } from './jellyfin-check.js';
 import { LogSource } from './log.js';
 import { checkPlexServer } from './plex-check.js';
 import { findPlexToken, preferencesPaths } from './plex-token.js';
@@ -76,6 +78,32 @@ function plexPlan(config: ShaperrConfig, logPath: string | undefined, env: NodeJ
   return found;
 }
 
+const mediaServerLabel: Record<MediaServerKind, string> = { jellyfin: 'Jellyfin', emby: 'Emby' };
+
+/** Every configured Jellyfin (or Emby) server, with its key. */
+function mediaServerPlan(config: ShaperrConfig, kind: MediaServerKind, env: NodeJS.ProcessEnv): ServerPlan {
+  const found: ServerPlan = { planned: [], missing: [], problems: [] };
+  for (const server of mediaServers(config, kind)) {
+    const key = findApiKey(server, kind, env);
+    const { url, verifyTls } = server;
+    if (!key) {
+      found.missing.push(
+        `no ${mediaServerLabel[kind]} API key for ${url}: set ${kind}.apiKey or ${kind}.apiKeyFile, or the ${apiKeyVariable(kind)} environment variable`,
+      );
+      continue;
+    }
+    found.planned.push({
+      name: kind,
+      target: url,
+      keySource: key.source,
+      create: (context) =>
+        new MediaServerSource({ ...context, kind, url, apiKey: key.token, verifyTls, timings: { ...context.timings, pollMs: server.pollSeconds * 1000 } }),
+      check: (timeoutMs) => checkMediaServer({ kind, url, verifyTls, key }, timeoutMs),
+    });
+  }
+  return found;
+}
+
 function logSource(config: ShaperrConfig, path: string): PlannedSource {
   return { name: 'log', target: path, create: (context) => new LogSource({ ...context, path, trustedProxies: config.trustedProxies }) };
 }
@@ -87,31 +115,45 @@ function logSource(config: ShaperrConfig, path: string): PlannedSource {
 export function planSources(config: ShaperrConfig, logPath: string | undefined, env: NodeJS.ProcessEnv = process.env): SourcePlan {
   const log = logPath ? [logSource(config, logPath)] : [];
   if (config.source === 'log') return { sources: log, usesLog: true, reason: 'source: log', problems: [] };
-  let found: ServerPlan;
+  const auto = config.source === 'auto';
+  const names: readonly string[] = config.source === 'both' ? ['log', 'plex'] : [config.source].flat();
+  // auto: every Jellyfin and Emby server configured; otherwise the ones `source` names.
+  const kinds = mediaServerKinds.filter((kind) => (auto ? config[kind] !== undefined : names.includes(kind)));
+  let found: ServerPlan = { planned: [], missing: [], problems: [] };
+  let others: PlannedSource[];
   try {
-    found = plexPlan(config, logPath, env);
+    if (auto || names.includes('plex')) found = plexPlan(config, logPath, env);
+    const servers = kinds.map((kind) => mediaServerPlan(config, kind, env));
+    const missing = servers.flatMap((server) => server.missing);
+    if (missing.length) throw new Error(missing.join('; '));
+    others = servers.flatMap((server) => server.planned);
   } catch (error) {
     throw new SourceError((error as Error).message);
   }
   const describe = (servers: PlannedSource[]) => servers.map((server) => `${server.target} (token from ${server.keySource})`).join(', ');
-  if (config.source === 'auto') {
+  const besides = others.map((server) => `${mediaServerLabel[server.name as MediaServerKind]} at ${server.target} (key from ${server.keySource})`).join(', ');
+  const also = besides ? ` and ${besides}` : '';
+  if (auto) {
     if (found.missing.length === 0)
-      return { sources: found.planned, usesLog: false, reason: `source: auto → Plex API at ${describe(found.planned)}`, problems: [] };
-    return { sources: log, usesLog: true, reason: `source: auto → the log (${found.missing.join('; ')})`, problems: found.problems };
+      return { sources: [...found.planned, ...others], usesLog: false, reason: `source: auto → Plex API at ${describe(found.planned)}${also}`, problems: [] };
+    // No Plex token: the Plex log, when there is one or nothing else to follow.
+    const usesLog = logPath !== undefined || others.length === 0;
+    return { sources: [...log, ...others], usesLog, reason: `source: auto → the log (${found.missing.join('; ')})${also}`, problems: found.problems };
   }
   if (found.missing.length) throw new SourceError(found.missing.join('; '));
-  const both = config.source === 'both';
+  const usesLog = names.includes('log');
+  const parts = [...(found.planned.length ? [`Plex API at ${describe(found.planned)}`] : []), ...(besides ? [besides] : [])];
   return {
-    sources: [...(both ? log : []), ...found.planned],
-    usesLog: both,
-    reason: `source: ${config.source} → Plex API at ${describe(found.planned)}${both ? ' and the log' : ''}`,
+    sources: [...(usesLog ? log : []), ...found.planned, ...others],
+    usesLog,
+    reason: `source: ${Array.isArray(config.source) ? `[${names.join(', ')}]` : config.source} → ${parts.join(' and ')}${usesLog ? ' and the log' : ''}`,
     problems: [],
   };
 }
 
 /** What a reload compares: the config the sources are made from (a change re-creates them all). */
 export function sourceSettings(config: ShaperrConfig): string {
-  return JSON.stringify([config.source, config.plex, config.log, config.trustedProxies]);
+  return JSON.stringify([config.source, config.plex, config.jellyfin, config.emby, config.log, config.trustedProxies]);
 }
 
 /**
@@ -129,7 +171,7 @@ export async function checkSources(
   } catch (error) {
     return {
       lines: [{ verdict: 'fail', what: (error as Error).message, fix: 'or set source: log to use the Plex log instead' }],
-      usesLog: config.source === 'both',
+      usesLog: config.source === 'both' || [config.source].flat().includes('log'),
     };
   }
   const lines: SourceCheckLine[] = [{ verdict: 'ok', what: `event ${plan.reason}` }];
