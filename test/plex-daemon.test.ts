@@ -255,20 +255,29 @@ t.test('shaperr check: the source and where its token comes from, the server, th
   for (const output of [good, rejected, down]) t.notOk(output.stdout.includes(SECRET_TOKEN), 'no token in the check output');
 });
 
-t.test('rate: auto follows the stream’s bandwidth with one change to its class, and the goodput follows', { skip }, async (t) => {
+/** One client playing a transcode of `bandwidth` kbit/s under `rate: auto` (headroom 1.25), once its class is in the kernel. */
+async function playingUnderAutoRate(t: Test, bandwidth: number, pollSeconds = 1) {
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
   const [remote] = topology.clientAddresses as [string];
   const server = await startPlexServer(t);
-  const { decisions, kernelChanges } = await plexDaemon(t, topology, server, { client: { rate: 'auto', ceil: 'auto', headroom: 1.25 } });
+  const daemon = await plexDaemon(t, topology, server, {
+    client: { rate: 'auto', ceil: 'auto', headroom: 1.25 },
+    plex: { url: server.url, token: SECRET_TOKEN, pollSeconds },
+  });
   const classRate = () => kernelClientClasses(topology).map((pipe) => pipe.rate);
   await until(() => server.openSockets > 0);
   const movie = server.play({
     player: { address: remote },
-    session: { bandwidth: 1600, location: 'wan' },
-    transcode: { key: '/transcode/sessions/abc', videoDecision: 'transcode' },
+    session: { bandwidth, location: 'wan' },
+    transcode: { key: '/transcode/sessions/first', videoDecision: 'transcode' },
   });
   await until(() => classRate().length === 1);
+  return { ...daemon, topology, remote, server, movie, classRate };
+}
+
+t.test('rate: auto follows the stream’s bandwidth with one change to its class, and the goodput follows', { skip }, async (t) => {
+  const { topology, remote, server, movie, classRate, decisions, kernelChanges } = await playingUnderAutoRate(t, 1600);
   t.same(classRate(), [2 * MBIT], '1.6 Mbit/s reserved × 1.25 = a 2 Mbit/s class');
   const before = shapedTo((await measureGoodput(topology, { to: remote })).bitsPerSecond, 2 * MBIT);
   t.ok(before.within, `at 1.6 Mbit/s reserved: ${before.reading}`);
@@ -283,6 +292,24 @@ t.test('rate: auto follows the stream’s bandwidth with one change to its class
     decisions.find((d) => d.action === 'change'),
     { reason: 'auto: 3.20 Mbit/s Plex bandwidth × 1.25 = 4.00 Mbit/s', limits: { rate: 4 * MBIT } },
     'the decision says which rate and why',
+  );
+});
+
+t.test('a quality change (a playing notification naming a new transcodeSession): the class follows within 1 s, one class change', { skip }, async (t) => {
+  // Polls 30 s apart (the default): only the notification can make the class follow within the second.
+  const { server, remote, movie, classRate, decisions, kernelChanges } = await playingUnderAutoRate(t, 3200, 30);
+  t.same(classRate(), [4 * MBIT], '3.2 Mbit/s reserved × 1.25 = a 4 Mbit/s class');
+
+  const switched = performance.now();
+  server.changeQuality(movie.sessionKey, 6400);
+  await until(() => classRate()[0] === 8 * MBIT, 5000);
+  const followedMs = performance.now() - switched;
+  t.ok(followedMs <= 1000, `the kernel's class is 8 Mbit/s ${followedMs.toFixed(0)} ms after the notification (within 1 s)`);
+  await sleep(500);
+  t.equal(kernelChanges(remote), 2, 'one throttle, then exactly one class change');
+  t.match(
+    decisions.filter((d) => d.action === 'change'),
+    [{ reason: 'auto: 6.40 Mbit/s Plex bandwidth × 1.25 = 8.00 Mbit/s' }],
   );
 });
 

@@ -205,7 +205,10 @@ t.test('a dropped websocket: reconnect and reconcile — a session that stopped 
   server.removeSession(leaving.sessionKey); // stopped while nobody listened
   server.addSession({ player: { address: '10.200.1.3' } }); // started while nobody listened
   await until(() => kinds('10.200.1.2').includes('stop') && kinds('10.200.1.3').includes('start'));
-  t.equal(server.connections, 2, 'reconnected once');
+  // How many attempts it takes is the machine's business (a handshake slower than its timeout is tried
+  // again); the promise is that it reconnects and reconciles what changed once.
+  t.ok(server.connections >= 2, `reconnected (${server.connections - 1} websocket attempt(s) after the drop)`);
+  t.equal(source.status().state, 'connected');
   t.equal(
     kinds('10.200.1.1')
       .filter((kind) => kind !== 'progress')
@@ -395,6 +398,62 @@ t.test('a dead TCP path (no close, no pong): reconnect after the pong timeout, t
     ['start', 'stop'],
     'what changed while the path was dead is reconciled',
   );
+});
+
+t.test('a new transcodeSession (another quality) has the session read again at once, at most once a second per session', async (t) => {
+  const server = await startPlexServer(t);
+  const { events, connected, source } = listen(t, server);
+  await connected();
+  const movie = server.play({
+    player: { address: '10.200.1.1' },
+    session: { bandwidth: 4000, location: 'wan' },
+    transcode: { key: '/transcode/sessions/q4', videoDecision: 'transcode' },
+  });
+  await until(() => events.some((event) => event.bandwidth === 4_000_000));
+  const listings = () => source.status().counters.listings;
+  const bandwidths = () => events.map((event) => event.bandwidth);
+  const afterStart = listings();
+
+  const switched = performance.now();
+  server.changeQuality(movie.sessionKey, 8000);
+  await until(() => bandwidths().includes(8_000_000));
+  const followedMs = performance.now() - switched;
+  t.ok(followedMs < 1000, `the new bandwidth is an event within 1 s of the notification (${followedMs.toFixed(0)} ms; the poll is off)`);
+  t.equal(listings(), afterStart + 1, 'one listing read it');
+
+  server.notify(movie.sessionKey); // the periodic notification: the same transcodeSession
+  await sleep(300);
+  t.equal(listings(), afterStart + 1, 'the same transcodeSession again reads nothing');
+
+  // Three quality changes in a burst, right after the last re-read: one listing now would be a second
+  // within the second, so one waits for the second to end and reads the last of them.
+  const burst = performance.now();
+  server.changeQuality(movie.sessionKey, 9000);
+  server.changeQuality(movie.sessionKey, 10_000);
+  server.changeQuality(movie.sessionKey, 11_000);
+  await sleep(300);
+  t.equal(listings(), afterStart + 1, 'no listing within the second of the last one');
+  await until(() => bandwidths().includes(11_000_000), 3000);
+  t.ok(performance.now() - burst < 2000, 'the last quality is followed once the second is over');
+  t.equal(listings(), afterStart + 2, 'one listing for the burst');
+  t.notOk(bandwidths().includes(9_000_000), 'the qualities in between were never read');
+  t.equal(source.status().counters.transcodeChanges, 2, 'two changes acted on (the burst counts once)');
+});
+
+t.test('a stall of this process longer than the pong timeout is not taken for a dead connection', async (t) => {
+  const server = await startPlexServer(t);
+  const { logs, connected, source } = listen(t, server);
+  await connected();
+  // A loaded machine or a long GC: nothing runs for 1.5 × pongTimeoutMs, Plex's answers wait unread.
+  const end = performance.now() + 1.5 * FAST.pongTimeoutMs;
+  while (performance.now() < end);
+  await sleep(4 * FAST.pingMs);
+  t.notOk(
+    logs.some((line) => /no answer from Plex/.test(line.msg)),
+    'no reconnect: only time this process was awake counts',
+  );
+  t.equal(server.connections, 1, 'the one websocket stays');
+  t.equal(source.status().counters.reconnects, 0);
 });
 
 t.test('a session Plex still lists never idles out; one silent and no longer listed ends', async (t) => {

@@ -255,6 +255,19 @@ export class PlexTestServer {
     if (state === 'stopped') this.sessions.delete(sessionKey);
   }
 
+  /**
+   * The viewer picks another quality (kbit/s): PMS starts a new transcoder under a new key, lists the
+   * stream's new bandwidth and announces it playing, naming the new transcodeSession.
+   */
+  changeQuality(sessionKey: string, bandwidth: number): PlexTestSession {
+    const session = this.updateSession(sessionKey, (s) => {
+      s.session.bandwidth = bandwidth;
+      s.transcode = { key: `/transcode/sessions/${randomBytes(8).toString('hex')}`, videoDecision: 'transcode' };
+    });
+    this.notify(sessionKey);
+    return session;
+  }
+
   /** Sends one PlaySessionStateNotification per session key (the periodic ~10 s one, or a state change). */
   notify(...sessionKeys: string[]): void {
     const entries = sessionKeys.map((key) => {

@@ -447,11 +447,23 @@ export class PlexSource implements PlaybackSource {
     });
   }
 
+  /**
+   * A ping every pingMs; no frame for pongTimeoutMs means a dead connection. Only time this process was
+   * awake counts: a tick that comes late (this process was stalled: a loaded machine, a long GC) starts
+   * the wait over, since Plex's answer may sit unread or Plex had no chance to answer a ping not yet sent.
+   */
   private startPings(socket: WebSocket): void {
     clearInterval(this.pingTimer);
+    let waitingSince = Date.now();
+    let previousTick = performance.now();
     this.pingTimer = setInterval(() => {
-      if (Date.now() - this.lastAlive > this.timings.pongTimeoutMs) {
-        this.options.logger.warn({ plex: this.options.url }, `no answer from Plex for ${Math.round((Date.now() - this.lastAlive) / 1000)} s: reconnecting`);
+      const tick = performance.now();
+      const stalled = tick - previousTick > 2 * this.timings.pingMs;
+      previousTick = tick;
+      const now = Date.now();
+      if (stalled || this.lastAlive > waitingSince) waitingSince = now;
+      else if (now - waitingSince > this.timings.pongTimeoutMs) {
+        this.options.logger.warn({ plex: this.options.url }, `no answer from Plex for ${Math.round((now - this.lastAlive) / 1000)} s: reconnecting`);
         socket.terminate();
         return;
       }
