@@ -280,12 +280,14 @@ function describeIssue(issue: z.core.$ZodIssue, input: unknown): string {
     return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${[...path, k].join('.')}'`).join(', ')}`;
   // Tokens are secrets: never echoed, not even in a complaint about them.
   const secret = path.at(-1) === 'token' || path.at(-1) === 'apiKey';
+  // A server URL may carry a key in its query or user info (the very mistake being reported): not echoed either.
+  const hidden = path.at(-1) === 'url' && typeof value === 'string' ? value.replace(/\?.*$/, '?…').replace(/\/\/[^/@]*@/, '//…@') : value;
   const shown =
-    value === undefined
+    hidden === undefined
       ? 'missing'
       : secret
         ? '<token>'
-        : JSON.stringify(value, (name, inner: unknown) => (name === 'token' || name === 'apiKey' ? '<token>' : inner));
+        : JSON.stringify(hidden, (name, inner: unknown) => (name === 'token' || name === 'apiKey' ? '<token>' : inner));
   return `'${key}' = ${shown}: ${issue.message}`;
 }
 
