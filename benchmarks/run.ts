@@ -19,6 +19,7 @@ import { PlexLogParser } from '../daemon/sources/parse.js';
 import { Policy } from '../daemon/sessions/policy.js';
 import { SessionTracker } from '../daemon/sessions/sessions.js';
 import { createNetns, createTopology, deleteNetns, ip } from '../daemon/support/netns.js';
+import { JellyfinTestServer } from '../daemon/demo/jellyfin-test-server.js';
 import { PlexTestServer } from '../daemon/demo/plex-test-server.js';
 import { daemonConfig } from '../test/helpers/daemon.js';
 import { measureGoodputConcurrently, measureRoundTrips } from '../test/helpers/traffic.js';
@@ -574,61 +575,91 @@ async function libraryThrottleLatencies(events: number, serverRate = EVENT_SERVE
   }
 }
 
+/** A media server test server driven by an API-source latency scenario. */
+interface ApiServerUnderTest {
+  /** shaperrd's config keys that point it at this server. */
+  config: Record<string, unknown>;
+  /** The websocket is open (shaperrd listens). */
+  listening(): boolean;
+  /** A new session at `address` starts playing: the server pushes what it pushes. */
+  play(address: string): void;
+  close(): Promise<void>;
+}
+
 /**
- * The Plex API source: the shipped daemon listens to the Plex test server on loopback. Each event is a new
- * session announced on the websocket; the daemon looks it up in /status/sessions (every session so far is
- * still playing, so the listing grows), then applies. Timed from the notification sent to the class in the kernel.
+ * An API source end to end: the shipped daemon listens to a test server on loopback; each event is a new
+ * session (every session so far is still playing, so the lists grow). Timed from the play on the server
+ * to the class in the kernel.
  */
-async function plexNotificationLatency(): Promise<void> {
-  const events = quick ? 50 : 300;
-  const scenario = `2b. Plex API notification-to-kernel latency (${events} sessions, the shipped daemon)`;
+async function apiLatency(scenario: string, what: string, events: number, start: () => Promise<ApiServerUnderTest>): Promise<void> {
   const { netns, destroy } = await benchDevice();
   const dir = mkdtempSync(join(tmpdir(), 'shaperr-bench-'));
-  const token = 'bench-token-0123456789';
-  const plex = await PlexTestServer.start({ token });
+  const server = await start();
   const tc = TrafficControl.open({ netns });
   let daemon: ShippedDaemon | undefined;
   try {
     daemon = await startShippedDaemon(
-      daemonConfig(dir, {
-        ...BENCH_DEVICE,
-        netns,
-        server: { rate: '1gbit' },
-        source: 'plex',
-        plex: { url: plex.url, token, pollSeconds: 0 },
-        graceSeconds: 0,
-        idleSeconds: 600,
-      }),
+      daemonConfig(dir, { ...BENCH_DEVICE, netns, server: { rate: '1gbit' }, ...server.config, graceSeconds: 0, idleSeconds: 600 }),
       dir,
     );
-    await waitFor(() => plex.openSockets > 0, 10_000, 'shaperrd did not open the Plex websocket');
+    await waitFor(() => server.listening(), 10_000, 'shaperrd did not open the websocket');
     const latencies: number[] = [];
     for (let i = 0; i < events; i++) {
       const minor = 0x10 + i + (0x10 + i >= 0x5a ? 1 : 0);
       const classid = (0x5a << 16) | minor;
       const sent = process.hrtime.bigint();
-      plex.play({ player: { address: `198.18.${(i >> 8) & 255}.${i & 255}` } });
+      server.play(`198.18.${(i >> 8) & 255}.${i & 255}`);
       while (!tc.hasClass('b0', classid)) {
         if (Number(process.hrtime.bigint() - sent) > 5e9) throw new Error(`session ${i}: class ${classid.toString(16)} not in the kernel after 5 s`);
         await new Promise((resolve) => setImmediate(resolve));
       }
       latencies.push(Number(process.hrtime.bigint() - sent) / 1e6);
     }
-    record({ scenario, variant: 'shaperrd: notification → listing → filter live, p50', value: percentile(latencies, 50), unit: 'ms' });
+    record({ scenario, variant: `shaperrd: ${what} → filter live, p50`, value: percentile(latencies, 50), unit: 'ms' });
     record({
       scenario,
-      variant: 'shaperrd: notification → listing → filter live, p99',
+      variant: `shaperrd: ${what} → filter live, p99`,
       value: percentile(latencies, 99),
       unit: 'ms',
-      note: `the last listing holds ${events} sessions`,
+      note: `the last list holds ${events} sessions`,
     });
   } finally {
     tc.close();
     await daemon?.stop();
-    await plex.close();
+    await server.close();
     rmSync(dir, { recursive: true, force: true });
     await destroy();
   }
+}
+
+/** The Plex API source: a notification says a session started; the daemon looks it up in /status/sessions, then applies. */
+async function plexNotificationLatency(): Promise<void> {
+  const events = quick ? 50 : 300;
+  await apiLatency(`2b. Plex API notification-to-kernel latency (${events} sessions, the shipped daemon)`, 'notification → listing', events, async () => {
+    const token = 'bench-token-0123456789';
+    const plex = await PlexTestServer.start({ token });
+    return {
+      config: { source: 'plex', plex: { url: plex.url, token, pollSeconds: 0 } },
+      listening: () => plex.openSockets > 0,
+      play: (address) => plex.play({ player: { address } }),
+      close: () => plex.close(),
+    };
+  });
+}
+
+/** The Jellyfin source: the server pushes the whole session list (address and all) in one Sessions message. */
+async function jellyfinMessageLatency(): Promise<void> {
+  const events = quick ? 50 : 300;
+  await apiLatency(`2c. Jellyfin Sessions message-to-kernel latency (${events} sessions, the shipped daemon)`, 'Sessions message', events, async () => {
+    const apiKey = 'bench-key-0123456789';
+    const jellyfin = await JellyfinTestServer.start({ apiKey });
+    return {
+      config: { source: 'jellyfin', jellyfin: { url: jellyfin.url, apiKey, pollSeconds: 0 } },
+      listening: () => jellyfin.openSockets > 0,
+      play: (remoteEndPoint) => jellyfin.play({ remoteEndPoint }),
+      close: () => jellyfin.close(),
+    };
+  });
 }
 
 /** Each playback start becomes the seed's three tc commands: class (minor from the address), bfifo leaf, linear u32 filter. */
@@ -1012,6 +1043,7 @@ async function main(): Promise<void> {
     ['client churn', clientChurn],
     ['event latency', eventLatency],
     ['plex latency', plexNotificationLatency],
+    ['jellyfin latency', jellyfinMessageLatency],
     ['seek storm', seekStorm],
     ['scale', scale],
     ['classification', classification],

@@ -347,6 +347,29 @@ t.test('keep-alive: KeepAlive every half of the period the server names; a silen
   t.same(changes(), ['start', 'stop'], 'what changed while the path was dead is reconciled');
 });
 
+t.test('every push lists every session: only changes become events at once; a quiet session is still confirmed now and then', async (t) => {
+  const server = await startJellyfinServer(t);
+  const { events, connected, count } = listen(t, server, { idleMs: 60_000 });
+  await connected();
+  const watched = server.play({ remoteEndPoint: '10.200.1.1' });
+  await until(() => events.length === 1);
+  for (let i = 0; i < 20; i++) server.play({ remoteEndPoint: `10.200.2.${i}` }); // 20 pushes, each listing the first session again
+  await until(() => count('pushes') >= 21 && events.filter((event) => event.kind === 'start').length === 21);
+  t.same(
+    events.filter((event) => event.address === '10.200.1.1').map((event) => event.kind),
+    ['start'],
+    'the unchanged session got no event from the 20 pushes that listed it',
+  );
+  server.pause(watched.id);
+  await until(() => events.some((event) => event.address === '10.200.1.1' && event.kind === 'pause'));
+
+  const quiet = listen(t, server, { idleMs: 400 });
+  await quiet.connected();
+  await sleep(1500);
+  const confirmations = quiet.events.filter((event) => event.address === '10.200.1.1').map((event) => event.kind);
+  t.ok(confirmations.filter((kind) => kind === 'pause').length >= 3, `a paused session nobody touches is confirmed by listings (${confirmations.join(',')})`);
+});
+
 t.test('Emby: /embywebsocket and X-Emby-Token, the same sessions; its 401 named', async (t) => {
   const server = await startJellyfinServer(t, { kind: 'emby' });
   t.equal(

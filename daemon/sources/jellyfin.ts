@@ -155,7 +155,12 @@ interface TrackedSession extends ListedMediaSession {
   sourceBitrate?: number;
   skipped?: string;
   confirmedAt: number;
+  /** When the tracker last had an event for it. */
+  reportedAt: number;
 }
+
+/** What the tracker is told of a session: a change in it is an event at once. */
+const playbackState = (session: TrackedSession): string => `${session.paused} ${session.transcodeBitrate} ${session.streamBitrate} ${session.sourceBitrate}`;
 
 const record = (value: unknown): Record<string, unknown> =>
   value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
@@ -513,9 +518,15 @@ export class MediaServerSource implements PlaybackSource {
       present.add(session.id);
       const known = this.tracked.get(session.id);
       if (known && known.itemId === session.itemId) {
+        const before = playbackState(known);
+        // A missing field in this list must not keep an old value (a transcode that ended becomes direct play).
+        delete known.transcodeBitrate;
+        delete known.streamBitrate;
         Object.assign(known, session, { key: known.key, address: known.address, skipped: known.skipped, confirmedAt: now });
         this.withSourceBitrate(known);
-        if (!known.skipped) this.emit(known.paused ? 'pause' : 'progress', known);
+        // Every list names every session: only a change is told at once, the rest now and then so the tracker keeps them.
+        const due = playbackState(known) !== before || now - known.reportedAt >= this.timings.idleMs / 4;
+        if (!known.skipped && due) this.emit(known.paused ? 'pause' : 'progress', known);
         continue;
       }
       if (known) this.end(known); // the next item: a stop, then a start
@@ -561,7 +572,7 @@ export class MediaServerSource implements PlaybackSource {
   }
 
   private begin(listed: ListedMediaSession & { itemId: string }, now: number): void {
-    const session: TrackedSession = { ...listed, key: `${this.server!.id}:${listed.id}`, confirmedAt: now };
+    const session: TrackedSession = { ...listed, key: `${this.server!.id}:${listed.id}`, confirmedAt: now, reportedAt: now };
     this.withSourceBitrate(session);
     this.tracked.set(session.id, session);
     const reason = this.unshapeable(session);
@@ -601,6 +612,7 @@ export class MediaServerSource implements PlaybackSource {
   }
 
   private emit(kind: PlaybackEvent['kind'], session: TrackedSession): void {
+    session.reportedAt = Date.now();
     const event: PlaybackEvent = {
       kind,
       address: session.address!,
