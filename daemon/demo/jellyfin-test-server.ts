@@ -22,6 +22,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { BaseItemDto } from '@jellyfin/sdk/lib/generated-client/models/base-item-dto.js';
 import type { BaseItemDtoQueryResult } from '@jellyfin/sdk/lib/generated-client/models/base-item-dto-query-result.js';
 import type { BaseItemKind } from '@jellyfin/sdk/lib/generated-client/models/base-item-kind.js';
+import type { LibraryUpdateInfo } from '@jellyfin/sdk/lib/generated-client/models/library-update-info.js';
 import type { ForceKeepAliveMessage } from '@jellyfin/sdk/lib/generated-client/models/force-keep-alive-message.js';
 import type { MediaSourceInfo } from '@jellyfin/sdk/lib/generated-client/models/media-source-info.js';
 import type { MediaStream } from '@jellyfin/sdk/lib/generated-client/models/media-stream.js';
@@ -31,7 +32,9 @@ import type { PlayerStateInfo } from '@jellyfin/sdk/lib/generated-client/models/
 import type { SessionInfoDto } from '@jellyfin/sdk/lib/generated-client/models/session-info-dto.js';
 import type { SessionMessageType } from '@jellyfin/sdk/lib/generated-client/models/session-message-type.js';
 import type { SessionsMessage } from '@jellyfin/sdk/lib/generated-client/models/sessions-message.js';
+import type { TaskResult } from '@jellyfin/sdk/lib/generated-client/models/task-result.js';
 import type { SystemInfo } from '@jellyfin/sdk/lib/generated-client/models/system-info.js';
+import type { UserDataChangeInfo } from '@jellyfin/sdk/lib/generated-client/models/user-data-change-info.js';
 import type { TranscodingInfo } from '@jellyfin/sdk/lib/generated-client/models/transcoding-info.js';
 import { type WebSocket, WebSocketServer } from 'ws';
 
@@ -311,9 +314,12 @@ export class JellyfinTestServer {
 
   /** Messages a client must ignore: library changes, user data, a scheduled task. */
   noise(): void {
-    this.broadcast('LibraryChanged', { ItemsAdded: [randomUUID()], ItemsRemoved: [], ItemsUpdated: [], FoldersAddedTo: [], FoldersRemovedFrom: [] });
-    this.broadcast('UserDataChanged', { UserId: randomUUID(), UserDataList: [] });
-    this.broadcast('ScheduledTaskEnded', { Name: 'Scan Media Library', Status: 'Completed' });
+    const library: LibraryUpdateInfo = { ItemsAdded: [randomUUID()], ItemsRemoved: [], ItemsUpdated: [], FoldersAddedTo: [], FoldersRemovedFrom: [] };
+    const userData: UserDataChangeInfo = { UserId: randomUUID(), UserDataList: [] };
+    const task: TaskResult = { Name: 'Scan Media Library', Status: 'Completed', Key: 'RefreshLibrary', Id: randomUUID() };
+    this.broadcast('LibraryChanged', library);
+    this.broadcast('UserDataChanged', userData);
+    this.broadcast('ScheduledTaskEnded', task);
   }
 
   /** GET /Sessions as the server answers it now. */
