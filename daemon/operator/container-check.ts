@@ -61,7 +61,7 @@ function preferencesLine(paths: string[]): CheckLine | undefined {
   if (!path)
     return {
       verdict: 'fail',
-      what: `Plex's config is not mounted: no Preferences.xml at ${paths[0]}`,
+      what: `Plex's config is not mounted: no Preferences.xml at ${preferencesPaths()[0]}`,
       fix: "mount the folder Plex's container keeps as its /config read-only at /plex (`- /path/to/plex/config:/plex:ro`), or give the token in plex.tokenFile or PLEX_TOKEN",
     };
   const found = findPlexToken({}, { env: {}, preferences: [path] });
@@ -89,25 +89,30 @@ function answers(url: string, timeoutMs: number): Promise<string | undefined> {
   });
 }
 
-/** The container lines of `shaperr check`; none outside a container. */
-export async function checkContainer(config: ShaperrConfig | undefined, timeoutMs = 2000): Promise<CheckLine[]> {
+/**
+ * The container lines of `shaperr check`; none outside a container. A device in a named netns is looked
+ * up there, so what this container's own namespace shows says nothing about it.
+ */
+export async function checkContainer(config: ShaperrConfig | undefined, where: { device?: string; netns?: string }, timeoutMs = 2000): Promise<CheckLine[]> {
   if (!inContainer()) return [];
-  const network = networkLine(config?.device);
-  const lines: CheckLine[] = [
-    network,
-    hasNetAdmin()
-      ? { verdict: 'ok', what: 'the container has CAP_NET_ADMIN' }
-      : {
-          verdict: 'fail',
-          what: 'the container lacks CAP_NET_ADMIN',
-          fix: 'add `cap_add: [NET_ADMIN]` to its compose service (docker run --cap-add=NET_ADMIN); nothing more: never privileged',
-        },
-  ];
+  const network = where.netns ? undefined : networkLine(where.device);
+  const lines: CheckLine[] = network ? [network] : [];
+  if (!hasNetAdmin())
+    lines.push({
+      verdict: 'fail',
+      what: 'the container lacks CAP_NET_ADMIN',
+      fix: 'add `cap_add: [NET_ADMIN]` to its compose service (docker run --cap-add=NET_ADMIN); nothing more: never privileged',
+    });
   if (!config || config.source === 'log') return lines;
   const servers = plexServers(config);
   const fromPreferences = !process.env.PLEX_TOKEN && servers.some((server) => !server.token && !server.tokenFile);
   const preferences = fromPreferences ? preferencesLine(preferencesPaths(config.log)) : undefined;
-  if (preferences) lines.push(preferences);
+  if (preferences) {
+    // With source: auto a missing token means the log source instead: worth a word, not a failure, and
+    // Plex's API is then not used, so not tried.
+    if (config.source === 'auto') return [...lines, { ...preferences, verdict: 'warn' }];
+    lines.push(preferences);
+  }
   for (const server of servers) {
     const problem = await answers(server.url, timeoutMs);
     if (problem)
@@ -115,7 +120,7 @@ export async function checkContainer(config: ShaperrConfig | undefined, timeoutM
         verdict: 'fail',
         what: `Plex at ${server.url} does not answer from this container (${problem})`,
         fix:
-          network.verdict === 'ok'
+          network?.verdict !== 'warn' && network?.verdict !== 'fail'
             ? "is Plex's container running? With host networking Plex listens on the host's 127.0.0.1:32400"
             : `inside the container's own network 127.0.0.1 is the container itself: ${HOST_NETWORK_FIX}`,
       });

@@ -321,7 +321,7 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
     }
   }
 
-  lines.push(...(await checkContainer(config)));
+  lines.push(...(await checkContainer(config, { device, netns })));
   if (config) lines.push(...(await checkCeiling(config)));
   const log = config?.log ?? (await findPlexLog());
   const sources = config ? await checkSources(config, log) : undefined;
