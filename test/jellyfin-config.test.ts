@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { exposedSecretsWarning, mediaServers, validateConfig } from '../daemon/config.js';
 import { checkMediaServer } from '../daemon/sources/jellyfin-check.js';
-import { checkSources, planSources } from '../daemon/sources/plan.js';
+import { checkSources, planSources, sourceSettings } from '../daemon/sources/plan.js';
 import { SECRET_KEY, startJellyfinServer } from './helpers/jellyfin.js';
 
 const base = { device: 'eth0', server: { rate: '20mbit' }, client: { rate: '4mbit' } };
@@ -137,6 +137,9 @@ t.test('source: a list, both, auto: auto adds every Jellyfin and Emby server con
     /no Emby API key for http:\/\/10\.0\.0\.8:8096/,
     'auto: a configured server without a key is an error, not skipped',
   );
+  const settings = (config: object) => sourceSettings(validateConfig({ ...base, ...config }));
+  t.not(settings({ jellyfin: { apiKey: 'a' } }), settings({ jellyfin: { apiKey: 'b' } }), 'a reload with a new Jellyfin key re-creates the sources');
+  t.not(settings({ emby: { apiKey: 'a' } }), settings({ emby: { apiKey: 'a', url: 'http://10.0.0.8:8096' } }), 'and so does a new Emby URL');
 });
 
 t.test('shaperr check for each server: accepted and pushing; rejected key; push-less server; unreachable', async (t) => {
