@@ -2,7 +2,7 @@
 # BASE is any image with node ≥ 20 and npm in its PATH: the official slim image by default; `npm run image`
 # passes a base made locally from Debian's packages (no registry). Nothing here is architecture-specific:
 # npm picks koffi's prebuilt binary for the platform it runs on (amd64, arm64, …).
-ARG BASE=node:20-bookworm-slim
+ARG BASE=docker.io/library/node:20-bookworm-slim
 
 FROM ${BASE} AS build
 WORKDIR /src

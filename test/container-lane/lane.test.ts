@@ -4,7 +4,8 @@
  * The lane adds only what this machine needs (runc, ulimits) and a throwaway netns in place of the host's
  * network; the Plex test server answers across a veth into that netns. It proves:
  * - the image carries its HEALTHCHECK (docker format), which passes on a healthy container and fails while
- *   the tree is deleted and not yet repaired (the daemon held with SIGSTOP), then passes again;
+ *   the tree is deleted and not yet repaired (the daemon held with SIGSTOP), then passes again; its command
+ *   fails where no shaperrd runs;
  * - with exactly CAP_NET_ADMIN and root without DAC_OVERRIDE, the token is read from Plex's Preferences.xml
  *   as Plex's images leave it (owned by Plex's uid, mode 0644), mounted read-only;
  * - a playing client is throttled (class and filter read back, real TCP within ±10 % of the rate) and
@@ -265,6 +266,11 @@ t.test('shaperrd in its container, run as the compose example says', { skip: una
 
 t.test("shaperr check in the container, and Plex's token when Preferences.xml is private", { skip: unavailable || false }, async (t) => {
   const lane = await prepare(t);
+
+  // The HEALTHCHECK's command where no shaperrd runs (an exec into a container whose daemon is gone).
+  const alone = await podman(['run', '--rm', ...lane.options(), '--entrypoint', 'shaperr', image, 'health']);
+  t.equal(alone.status, 1, 'shaperr health without a running shaperrd: exit 1');
+  t.match(alone.stdout, /^unhealthy: shaperrd is not running$/m, 'saying why');
 
   const noCapability = await check(lane, [], ['cap_add']);
   shows(
