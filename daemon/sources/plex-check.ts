@@ -2,7 +2,8 @@
  * `shaperr check` for one Plex server of the API source (the token source named, never the token):
  * whether it answers, accepts the token, and lets it list every user's sessions.
  */
-import { PlexHttpError, type PlexIdentity, parseIdentity, parseSessionListing, plexGet, type PlexRequestOptions } from './plex.js';
+import { type PlexIdentity, type PlexRequestOptions, parseIdentity, parseSessionListing, plexGet } from './plex.js';
+import { ServerHttpError } from './server-get.js';
 import type { TokenChoice } from './plex-token.js';
 import type { SourceCheckLine } from './source.js';
 
@@ -16,7 +17,7 @@ export async function checkPlexServer(server: { url: string; verifyTls: boolean;
   try {
     identity = parseIdentity(await plexGet(options, '/'));
   } catch (error) {
-    if (error instanceof PlexHttpError && error.result === 'unauthorized')
+    if (error instanceof ServerHttpError && error.result === 'unauthorized')
       return [{ verdict: 'fail', what: `Plex rejected the token (from ${server.token.source}) at ${server.url}`, fix: OWNER_TOKEN_FIX }];
     const certificate = /certificate/i.test((error as Error).message);
     return [
@@ -43,7 +44,7 @@ export async function checkPlexServer(server: { url: string; verifyTls: boolean;
       what: `the token may list the server's sessions: ${sessions.length} now${users.length ? ` (users: ${users.join(', ')})` : ''}`,
     });
   } catch (error) {
-    const refused = error instanceof PlexHttpError && (error.result === 'unauthorized' || /HTTP 403/.test(error.message));
+    const refused = error instanceof ServerHttpError && (error.result === 'unauthorized' || /HTTP 403/.test(error.message));
     lines.push(
       refused
         ? { verdict: 'fail', what: 'the token may not list the sessions of other users', fix: OWNER_TOKEN_FIX }

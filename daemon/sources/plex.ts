@@ -16,13 +16,15 @@
  *
  * The token travels only in the X-Plex-Token header and is redacted from every message this emits.
  */
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { Agent as HttpAgent, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
 import { networkInterfaces } from 'node:os';
 import { XMLParser } from 'fast-xml-parser';
 import WebSocket from 'ws';
 import { parseClientAddress } from '../../lib/index.js';
 import { redactToken } from './plex-token.js';
+import { readFromServer, type ServerGetOptions, ServerHttpError, serverGet } from './server-get.js';
+import { ServerLink, SingleFlight } from './server-link.js';
 import type { PlaybackEvent, PlaybackKind, PlaybackSource, ServerTimings, SkippedStream, SourceContext, SourceRequestResult, SourceStatus } from './source.js';
 
 export type PlexTimings = ServerTimings;
@@ -48,10 +50,9 @@ export interface PlexSourceOptions extends Omit<SourceContext, 'idleMs' | 'resum
   bridgeAddresses?: ReadonlySet<string>;
 }
 
-export type PlexSourceState = 'connecting' | 'waiting for Plex' | 'connected' | 'token rejected' | 'stopped';
-
 export interface PlexSourceStatus extends SourceStatus {
-  state: PlexSourceState;
+  /** 'connecting', 'waiting for Plex', 'connected', 'token rejected' or 'stopped'. */
+  state: string;
   counters: { notifications: number; listings: number; listingFailures: number; reconnects: number; transcodeChanges: number };
 }
 
@@ -94,15 +95,6 @@ interface TrackedSession extends ListedSession {
 /** A session whose transcodeSession changes is read again at most this often. */
 const REREAD_INTERVAL_MS = 1000;
 
-export class PlexHttpError extends Error {
-  constructor(
-    message: string,
-    readonly result: PlexRequestResult,
-  ) {
-    super(message);
-  }
-}
-
 export interface PlexRequestOptions {
   /** The server's base URL. */
   url: string;
@@ -114,44 +106,23 @@ export interface PlexRequestOptions {
   agent?: HttpAgent;
 }
 
-/** GET with the token header and a timeout; the body of a 2xx answer, else a PlexHttpError (token redacted). */
+/** What a GET to Plex needs: the token in the X-Plex-Token header only, redacted from every message. */
+function plexGetOptions(options: PlexRequestOptions): ServerGetOptions {
+  return {
+    url: options.url,
+    headers: { 'X-Plex-Token': options.token, Accept: 'application/json' },
+    verifyTls: options.verifyTls,
+    timeoutMs: options.timeoutMs,
+    unauthorized: 'Plex rejected the token (401)',
+    redact: (text) => redactToken(text, options.token),
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.agent ? { agent: options.agent } : {}),
+  };
+}
+
+/** GET with the token header and a timeout; the body of a 2xx answer, else a ServerHttpError (token redacted). */
 export function plexGet(options: PlexRequestOptions, path: string): Promise<string> {
-  const url = new URL(path, options.url);
-  const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
-  return new Promise<string>((resolve, reject) => {
-    const headers = { 'X-Plex-Token': options.token, Accept: 'application/json' };
-    const outgoing = request(
-      url,
-      {
-        headers,
-        rejectUnauthorized: options.verifyTls,
-        timeout: options.timeoutMs,
-        ...(options.signal ? { signal: options.signal } : {}),
-        ...(options.agent ? { agent: options.agent } : {}),
-      },
-      (response) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        response.on('data', (chunk: Buffer) => {
-          size += chunk.length;
-          if (size > MAX_BODY) outgoing.destroy(new PlexHttpError(`GET ${path}: answer larger than ${MAX_BODY >> 20} MiB`, 'malformed'));
-          else chunks.push(chunk);
-        });
-        response.on('error', () => undefined); // the request's own error handler reports it
-        response.on('end', () => {
-          const status = response.statusCode ?? 0;
-          if (status === 401) return reject(new PlexHttpError('Plex rejected the token (401)', 'unauthorized'));
-          if (status < 200 || status >= 300) return reject(new PlexHttpError(`GET ${path} answered HTTP ${status}`, 'http-error'));
-          resolve(Buffer.concat(chunks).toString('utf8'));
-        });
-      },
-    );
-    outgoing.on('timeout', () => outgoing.destroy(new PlexHttpError(`GET ${path}: no answer within ${options.timeoutMs / 1000} s`, 'timeout')));
-    outgoing.on('error', (error) =>
-      reject(error instanceof PlexHttpError ? error : new PlexHttpError(`GET ${path}: ${redactToken(error.message, options.token)}`, 'unreachable')),
-    );
-    outgoing.end();
-  });
+  return serverGet(plexGetOptions(options), path);
 }
 
 export interface PlexIdentity {
@@ -174,7 +145,6 @@ export function parseIdentity(body: string): PlexIdentity {
 }
 
 const PATH_NOTIFICATIONS = '/:/websockets/notifications';
-const MAX_BODY = 64 << 20;
 const xmlParser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '', isArray: (_name, _path, _leaf, isAttribute) => !isAttribute });
 
 const asString = (value: unknown): string | undefined => (typeof value === 'string' ? value : typeof value === 'number' ? String(value) : undefined);
@@ -285,14 +255,12 @@ export class PlexSource implements PlaybackSource {
   private readonly stoppedKeys = new Map<string, string | undefined>();
   private readonly bridges: ReadonlySet<string>;
   private socket?: WebSocket;
-  private timers = new Set<NodeJS.Timeout>();
   private pingTimer?: NodeJS.Timeout;
-  private retryDelay: number;
-  private state: PlexSourceState = 'connecting';
+  /** The connection's state, retries and timers, as every server source keeps them. */
+  private readonly link: ServerLink;
+  /** One full listing at a time; a request during one runs one more right after it. */
+  private readonly listings: SingleFlight;
   private server?: PlexIdentity;
-  private lastError?: string;
-  private listing?: Promise<void>;
-  private listAgain = false;
   private lastAlive = 0;
   /** Cancels requests in flight at stop. */
   private readonly aborter = new AbortController();
@@ -305,7 +273,20 @@ export class PlexSource implements PlaybackSource {
 
   constructor(private readonly options: PlexSourceOptions) {
     this.timings = { ...defaultPlexTimings, ...options.timings };
-    this.retryDelay = this.timings.retryMinMs;
+    this.link = new ServerLink({
+      label: 'Plex',
+      url: options.url,
+      logContext: { plex: options.url },
+      logger: options.logger,
+      timings: this.timings,
+      redact: (text) => this.redact(text),
+      rejected: { state: 'token rejected', error: 'Plex rejected the token' },
+      connect: () => void this.connect(),
+    });
+    this.listings = new SingleFlight(
+      () => this.listAndReconcile(),
+      () => !this.stopped,
+    );
     this.bridges = options.bridgeAddresses ?? hostBridgeAddresses();
     this.agent =
       new URL(options.url).protocol === 'https:'
@@ -315,18 +296,16 @@ export class PlexSource implements PlaybackSource {
 
   start(): void {
     void this.connect();
-    this.every(this.timings.pollMs, () => this.poll());
-    this.every(Math.max(250, this.timings.idleMs / 4), () => this.lookUpSilent());
+    this.link.every(this.timings.pollMs, () => this.poll());
+    this.link.every(Math.max(250, this.timings.idleMs / 4), () => this.lookUpSilent());
   }
 
   async stop(): Promise<void> {
-    this.state = 'stopped';
-    for (const timer of this.timers) clearTimeout(timer);
-    this.timers.clear();
+    this.link.stop();
     clearInterval(this.pingTimer);
     this.socket?.terminate();
     this.aborter.abort();
-    await this.listing?.catch(() => undefined);
+    await this.listings.settled();
     this.agent.destroy();
   }
 
@@ -344,7 +323,7 @@ export class PlexSource implements PlaybackSource {
     const status: PlexSourceStatus = {
       source: this.name,
       target: this.options.url,
-      state: this.state,
+      state: this.link.state,
       sessions: this.tracked.size,
       skipped,
       counters: { ...this.counters },
@@ -353,7 +332,7 @@ export class PlexSource implements PlaybackSource {
       const { machineIdentifier, name, version } = this.server;
       status.server = { id: machineIdentifier, ...(name ? { name } : {}), ...(version ? { version } : {}) };
     }
-    if (this.lastError) status.lastError = this.lastError;
+    if (this.link.lastError) status.lastError = this.link.lastError;
     return status;
   }
 
@@ -365,23 +344,7 @@ export class PlexSource implements PlaybackSource {
   }
 
   private get stopped(): boolean {
-    return this.state === 'stopped';
-  }
-
-  private every(ms: number, run: () => void): void {
-    if (ms <= 0) return;
-    const timer = setInterval(run, ms);
-    timer.unref();
-    this.timers.add(timer);
-  }
-
-  private after(ms: number, run: () => void): void {
-    const timer = setTimeout(() => {
-      this.timers.delete(timer);
-      run();
-    }, ms);
-    timer.unref();
-    this.timers.add(timer);
+    return this.link.stopped;
   }
 
   private redact(text: string): string {
@@ -399,7 +362,7 @@ export class PlexSource implements PlaybackSource {
         this.options.logger.info({ plex: this.options.url, ...server }, `Plex server "${name ?? machineIdentifier}" ${version ?? ''}`.trim());
       this.server = server;
     } catch (error) {
-      return this.failed(error);
+      return this.link.failed(error);
     }
     if (!this.stopped) this.openSocket();
   }
@@ -416,21 +379,19 @@ export class PlexSource implements PlaybackSource {
     socket.on('unexpected-response', (_request, response: IncomingMessage) => {
       failure =
         response.statusCode === 401
-          ? new PlexHttpError('Plex rejected the token (401)', 'unauthorized')
-          : new PlexHttpError(`websocket refused with HTTP ${response.statusCode}`, 'http-error');
+          ? new ServerHttpError('Plex rejected the token (401)', 'unauthorized')
+          : new ServerHttpError(`websocket refused with HTTP ${response.statusCode}`, 'http-error');
       response.resume();
       socket.terminate();
     });
     socket.on('error', (error) => (failure ??= error));
     socket.on('open', () => {
       if (this.stopped) return socket.terminate();
-      const wasDown = this.state !== 'connecting';
-      this.state = 'connected';
-      this.retryDelay = this.timings.retryMinMs;
-      this.lastError = undefined;
+      const wasDown = this.link.connected();
       this.lastAlive = Date.now();
       this.options.logger.info({ plex: this.options.url }, wasDown ? 'Plex notifications reconnected' : 'listening to Plex notifications');
-      this.startPings(socket);
+      clearInterval(this.pingTimer);
+      this.pingTimer = this.link.watch(socket, () => this.lastAlive);
       this.requestListing();
     });
     socket.on('pong', () => (this.lastAlive = Date.now()));
@@ -443,119 +404,43 @@ export class PlexSource implements PlaybackSource {
       if (this.socket !== socket || this.stopped) return;
       this.socket = undefined;
       this.counters.reconnects++;
-      this.failed(failure ?? new Error(`websocket closed (code ${code})`));
+      this.link.failed(failure ?? new Error(`websocket closed (code ${code})`));
     });
-  }
-
-  /**
-   * A ping every pingMs; no frame for pongTimeoutMs means a dead connection. Only time this process was
-   * awake counts: a tick that comes late (this process was stalled: a loaded machine, a long GC) starts
-   * the wait over, since Plex's answer may sit unread or Plex had no chance to answer a ping not yet sent.
-   */
-  private startPings(socket: WebSocket): void {
-    clearInterval(this.pingTimer);
-    let waitingSince = Date.now();
-    let previousTick = performance.now();
-    this.pingTimer = setInterval(() => {
-      const tick = performance.now();
-      const stalled = tick - previousTick > 2 * this.timings.pingMs;
-      previousTick = tick;
-      const now = Date.now();
-      if (stalled || this.lastAlive > waitingSince) waitingSince = now;
-      else if (now - waitingSince > this.timings.pongTimeoutMs) {
-        this.options.logger.warn({ plex: this.options.url }, `no answer from Plex for ${Math.round((now - this.lastAlive) / 1000)} s: reconnecting`);
-        socket.terminate();
-        return;
-      }
-      socket.ping();
-    }, this.timings.pingMs);
-    this.pingTimer.unref();
-  }
-
-  /** Any failure to reach Plex: one clear line per change of state, then retry (backoff, or 5 min after a 401). */
-  private failed(error: unknown): void {
-    if (this.stopped) return;
-    const message = this.redact((error as Error).message ?? String(error));
-    const unauthorized = error instanceof PlexHttpError && error.result === 'unauthorized';
-    if (unauthorized) {
-      if (this.state !== 'token rejected')
-        this.options.logger.error(
-          { plex: this.options.url },
-          `Plex rejected the token (401) at ${this.options.url}; retrying every ${Math.round(this.timings.unauthorizedRetryMs / 1000)} s`,
-        );
-      this.state = 'token rejected';
-      this.lastError = 'Plex rejected the token';
-      this.after(this.timings.unauthorizedRetryMs, () => void this.connect());
-      return;
-    }
-    const delay = this.retryDelay;
-    this.retryDelay = Math.min(this.retryDelay * 2, this.timings.retryMaxMs);
-    if (this.state !== 'waiting for Plex')
-      this.options.logger.warn({ plex: this.options.url, err: message, retryMs: delay }, `waiting for Plex at ${this.options.url}: ${message}`);
-    else this.options.logger.debug({ plex: this.options.url, err: message, retryMs: delay }, 'Plex still unreachable');
-    this.state = 'waiting for Plex';
-    this.lastError = message;
-    this.after(delay, () => void this.connect());
   }
 
   // ── HTTP ──────────────────────────────────────────────────────────────────
 
-  private get requestOptions(): PlexRequestOptions {
-    return {
+  private get requestOptions(): ServerGetOptions {
+    return plexGetOptions({
       url: this.options.url,
       token: this.options.token,
       verifyTls: this.options.verifyTls,
       timeoutMs: this.timings.requestTimeoutMs,
       signal: this.aborter.signal,
       agent: this.agent,
-    };
+    });
   }
 
   /** One request, counted once: ok only when `read` understands the answer. */
-  private async get<T>(path: string, read: (body: string) => T): Promise<T> {
-    let body: string;
-    try {
-      body = await plexGet(this.requestOptions, path);
-    } catch (error) {
-      this.options.onRequest?.(path, error instanceof PlexHttpError ? error.result : 'unreachable');
-      throw error;
-    }
-    try {
-      const result = read(body);
-      this.options.onRequest?.(path, 'ok');
-      return result;
-    } catch (error) {
-      this.options.onRequest?.(path, 'malformed');
-      throw new PlexHttpError(`GET ${path}: unreadable answer (${(error as Error).message})`, 'malformed');
-    }
+  private get<T>(path: string, read: (body: string) => T): Promise<T> {
+    return readFromServer(this.requestOptions, path, read, this.options.onRequest);
   }
 
   // ── sessions ──────────────────────────────────────────────────────────────
 
   private poll(): void {
-    if (this.state === 'connected') this.requestListing();
+    if (this.link.state === 'connected') this.requestListing();
   }
 
   /** Sessions silent for half the idle time are looked up: a paused one Plex still lists never idles out. */
   private lookUpSilent(): void {
-    if (this.state !== 'connected') return;
+    if (this.link.state !== 'connected') return;
     const silentSince = Date.now() - this.timings.idleMs / 2;
     if ([...this.tracked.values()].some((session) => session.confirmedAt < silentSince)) this.requestListing();
   }
 
-  /** One full listing at a time; a request during one runs one more right after it. */
   private requestListing(): void {
-    if (this.listing) {
-      this.listAgain = true;
-      return;
-    }
-    this.listing = this.listAndReconcile().finally(() => {
-      this.listing = undefined;
-      if (this.listAgain && !this.stopped) {
-        this.listAgain = false;
-        this.requestListing();
-      }
-    });
+    this.listings.request();
   }
 
   private async listAndReconcile(): Promise<void> {
@@ -566,9 +451,9 @@ export class PlexSource implements PlaybackSource {
       if (this.stopped) return;
       this.counters.listingFailures++;
       const message = this.redact((error as Error).message);
-      this.lastError = message;
+      this.link.lastError = message;
       this.options.logger.warn({ plex: this.options.url, err: message }, `Plex session listing failed: ${message}; the next poll retries`);
-      if (error instanceof PlexHttpError && error.result === 'unauthorized') this.socket?.terminate();
+      if (error instanceof ServerHttpError && error.result === 'unauthorized') this.socket?.terminate();
       return;
     }
     if (this.stopped || !this.server) return;
@@ -727,6 +612,6 @@ export class PlexSource implements PlaybackSource {
       return;
     }
     session.rereadPending = true;
-    this.after(wait, reread);
+    this.link.after(wait, reread);
   }
 }

@@ -94,14 +94,22 @@ export class ServerLink {
 
   /**
    * Pings the socket every pingMs; when nothing (no pong, no message) came for pongTimeoutMs the path is
-   * dead though TCP never said so: the socket is terminated, and its close handler reconnects.
+   * dead though TCP never said so: the socket is terminated, and its close handler reconnects. Only time
+   * this process was awake counts: a tick that comes late (a loaded machine, a long GC stalled it) starts
+   * the wait over, since the server's answer may sit unread, or it had no ping to answer.
    */
   watch(socket: WebSocket, lastAlive: () => number): NodeJS.Timeout {
     const { timings, logger, logContext, label } = this.options;
+    let waitingSince = Date.now();
+    let previousTick = performance.now();
     const timer = setInterval(() => {
-      const silent = Date.now() - lastAlive();
-      if (silent > timings.pongTimeoutMs) {
-        logger.warn(logContext, `no answer from ${label} for ${Math.round(silent / 1000)} s: reconnecting`);
+      const tick = performance.now();
+      const stalled = tick - previousTick > 2 * timings.pingMs;
+      previousTick = tick;
+      const now = Date.now();
+      if (stalled || lastAlive() > waitingSince) waitingSince = now;
+      else if (now - waitingSince > timings.pongTimeoutMs) {
+        logger.warn(logContext, `no answer from ${label} for ${Math.round((now - lastAlive()) / 1000)} s: reconnecting`);
         socket.terminate();
         return;
       }
