@@ -130,7 +130,7 @@ export class Shaperrd {
       onDecision: (decision) => this.onDecision(decision),
       onError: (error, address) => this.kernelError(error, address),
     });
-    const plan = this.planSources(config);
+    const plan = this.sourcesFor(config);
     this.log.info(plan.reason);
     this.logPath = logPathOf(plan);
     // The status page first: it shows the progress of restoring thousands of pipes.
@@ -175,7 +175,7 @@ export class Shaperrd {
   }
 
   /** The sources `config` asks for (refused when the log is one of them and none is found). */
-  private planSources(config: ShaperrConfig): SourcePlan {
+  private sourcesFor(config: ShaperrConfig): SourcePlan {
     const logPath = this.options.logPath ?? config.log ?? findPlexLog();
     const plan = planSources(config, logPath);
     if (plan.usesLog && !logPath) throw new Error('no Plex Media Server log found in the usual places; set `log:` in the config or pass --log');
@@ -579,7 +579,7 @@ export class Shaperrd {
     if (config.device !== this.config.device || config.netns !== this.config.netns || config.gateway?.plexPort !== this.config.gateway?.plexPort) {
       throw new ReloadRefused('device, netns and gateway cannot change on reload; restart shaperrd');
     }
-    const sources = sourceSettings(config) !== sourceSettings(this.config) ? this.planSources(config) : undefined;
+    const sources = sourceSettings(config) !== sourceSettings(this.config) ? this.sourcesFor(config) : undefined;
     const policy = new Policy(policyConfig(config));
     const auto = autoCeilingConfig(config);
     // Into auto: from the ceiling in force (or the automatic one's), within the new bounds.
