@@ -142,7 +142,7 @@ t.test('source: a list, both, auto: auto adds every Jellyfin and Emby server con
   t.not(settings({ emby: { apiKey: 'a' } }), settings({ emby: { apiKey: 'a', url: 'http://10.0.0.8:8096' } }), 'and so does a new Emby URL');
 });
 
-t.test('shaperr check for each server: accepted and pushing; rejected key; push-less server; unreachable', async (t) => {
+t.test('shaperr check for each server: accepted and pushing; push-less; websocket refused; rejected key; unreachable', async (t) => {
   const jellyfin = await startJellyfinServer(t);
   jellyfin.play({ userName: 'alice', remoteEndPoint: '10.200.1.4' });
   jellyfin.addSession({ userName: 'bob' });
@@ -160,13 +160,17 @@ t.test('shaperr check for each server: accepted and pushing; rejected key; push-
     verdict: 'warn',
     what: /^Emby pushed no Sessions message within 0\.5 s of SessionsStart: shaperrd will poll GET \/Sessions every 2 s/,
   });
+  jellyfin.behaviour.refuseSockets = true;
+  const proxied = await checkMediaServer({ kind: 'jellyfin', url: jellyfin.url, verifyTls: true, key }, 2000);
+  t.match(proxied.at(-1), { verdict: 'warn', what: /websocket \/socket refused with HTTP 400: shaperrd will poll/, fix: /pass websocket upgrades/ });
+  jellyfin.behaviour.refuseSockets = false;
   jellyfin.apiKey = 'rotated';
   const rejected = await checkMediaServer({ kind: 'jellyfin', url: jellyfin.url, verifyTls: true, key }, 2000);
   t.match(rejected, [{ verdict: 'fail', what: /^Jellyfin rejected the API key \(from jellyfin\.apiKey\)/, fix: /Dashboard → API Keys/ }]);
   await jellyfin.down();
   const down = await checkMediaServer({ kind: 'jellyfin', url: jellyfin.url, verifyTls: true, key }, 2000);
   t.match(down, [{ verdict: 'fail', what: /^Jellyfin at .* is not reachable: GET \/System\/Info: /, fix: /jellyfin\.url/ }]);
-  t.notOk(JSON.stringify([good, pushless, rejected, down]).includes(SECRET_KEY), 'no key in any line');
+  t.notOk(JSON.stringify([good, pushless, proxied, rejected, down]).includes(SECRET_KEY), 'no key in any line');
 
   // Through the plan, as `shaperr check` runs it: the choice, then each server's lines.
   const config = validateConfig({ ...base, source: 'emby', emby: { url: emby.url, apiKey: SECRET_KEY } });

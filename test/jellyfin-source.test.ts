@@ -332,6 +332,29 @@ t.test('a server that pushes nothing: after the wait, polling every 2 s, said in
   );
 });
 
+t.test('a proxy that refuses the websocket: sessions followed by polling, said in the status; pushes again once it passes', async (t) => {
+  const server = await startJellyfinServer(t);
+  server.behaviour.refuseSockets = true;
+  const { source, events, logs, connected, changes } = listen(t, server, { timings: { retryMaxMs: 1000 } });
+  await connected();
+  t.equal(source.status().state, 'connected', 'the HTTP API answers: connected');
+  t.match(
+    source.status().note,
+    /^polling GET \/Sessions every 2 s: the websocket \/socket was refused \(websocket refused with HTTP 400\); tried again every 1 s$/,
+  );
+  const played = Date.now();
+  const session = server.play({ remoteEndPoint: '10.200.1.1' });
+  await until(() => events.length >= 1, 5000);
+  t.ok(events[0]!.at - played <= 3000, `the start came ${events[0]!.at - played} ms after the play`);
+  await sleep(2500);
+  t.equal(logs.filter((line) => /was refused/.test(line.msg)).length, 1, 'told once, however many retries');
+  server.behaviour.refuseSockets = false;
+  await until(() => source.status().note === undefined && server.openSockets === 1, 5000);
+  server.stop(session.id);
+  await until(() => changes().includes('stop'));
+  t.same(changes(), ['start', 'stop']);
+});
+
 t.test('keep-alive: KeepAlive every half of the period the server names; a silently dead socket is replaced and reconciled', async (t) => {
   const server = await startJellyfinServer(t, { keepAliveSeconds: 0.4 });
   const { events, logs, connected, changes } = listen(t, server);

@@ -132,6 +132,8 @@ export interface JellyfinTestBehaviour {
   push: boolean;
   /** Sockets stay open but send nothing and answer neither pings nor KeepAlive: a silently dead path. */
   deadSockets: boolean;
+  /** The websocket's upgrade is answered 400, as by a reverse proxy that does not pass websockets. */
+  refuseSockets: boolean;
 }
 
 export interface JellyfinTestRequest {
@@ -152,7 +154,7 @@ interface Subscriber {
 const TICKS_PER_SECOND = 10_000_000;
 
 export class JellyfinTestServer {
-  readonly behaviour: JellyfinTestBehaviour = { sessions: 'ok', slowMs: 10_000, push: true, deadSockets: false };
+  readonly behaviour: JellyfinTestBehaviour = { sessions: 'ok', slowMs: 10_000, push: true, deadSockets: false, refuseSockets: false };
   readonly requests: JellyfinTestRequest[] = [];
   /** Websocket connections accepted so far, and the messages clients sent on them. */
   connections = 0;
@@ -417,6 +419,7 @@ export class JellyfinTestServer {
     };
     if (url.pathname !== this.dialect.socketPath) refuse(404, 'Not Found');
     else if (key !== this.apiKey) refuse(401, 'Unauthorized');
+    else if (this.behaviour.refuseSockets) refuse(400, 'Bad Request');
     else this.accept(request, socket, head, url, deviceId);
   }
 

@@ -103,9 +103,9 @@ function checkPush(
     socket.on('unexpected-response', (_request, response) => {
       response.resume();
       done({
-        verdict: 'fail',
-        what: `${access.label}'s websocket ${access.socketUrl.pathname} refused with HTTP ${response.statusCode}: shaperrd follows sessions over it`,
-        fix: 'a reverse proxy in front of the server must pass websocket upgrades (or point the url at the server itself)',
+        verdict: 'warn',
+        what: `${access.label}'s websocket ${access.socketUrl.pathname} refused with HTTP ${response.statusCode}: shaperrd will poll GET /Sessions every 2 s instead`,
+        fix: 'let the reverse proxy in front of the server pass websocket upgrades, or point the url at the server itself',
       });
     });
     socket.on('error', (error) => done({ verdict: 'fail', what: `${access.label}'s websocket failed: ${redact(error.message)}` }));

@@ -7,7 +7,8 @@
  *
  * Servers that push nothing to an API key exist (jellyfin/jellyfin #13479): without a Sessions message
  * within pushWaitMs of SessionsStart the source polls `GET /Sessions` every fallbackPollMs, and says so in
- * its status, until a push arrives. A session whose address is not where its bytes go (loopback, this
+ * its status, until a push arrives; likewise while a reverse proxy refuses the websocket's upgrade. A
+ * session whose address is not where its bytes go (loopback, this
  * host, a container bridge, a configured proxy) gets no pipe, one warning, and its bandwidth reserved.
  *
  * Emby is Jellyfin's ancestor and speaks the same messages and session fields; its differences (the
@@ -231,6 +232,8 @@ export class MediaServerSource implements PlaybackSource {
   /** Set once a Sessions message arrived; until then (after pushWaitMs) the source polls. */
   private pushed = false;
   private fallbackPoll?: NodeJS.Timeout;
+  /** Why the source polls, while it does. */
+  private pollReason?: string;
   /** Lists are applied one after the other, in the order they came. */
   private applying: Promise<void> = Promise.resolve();
 
@@ -309,7 +312,7 @@ export class MediaServerSource implements PlaybackSource {
   }
 
   private get pollingNote(): string {
-    return `polling GET /Sessions every ${this.timings.fallbackPollMs / 1000} s: no Sessions message within ${this.timings.pushWaitMs / 1000} s of SessionsStart (the server pushes nothing to this key)`;
+    return `polling GET /Sessions every ${this.timings.fallbackPollMs / 1000} s: ${this.pollReason}`;
   }
 
   private get label(): string {
@@ -367,8 +370,10 @@ export class MediaServerSource implements PlaybackSource {
       // The list at once (0 ms), then as sessions change (at most every 1.5 s for progress alone).
       socket.send(JSON.stringify({ MessageType: 'SessionsStart', Data: '0,1500' }));
       this.closeSocketTimers();
+      this.pushed = false;
       const pushWait = setTimeout(() => {
-        if (!this.pushed && !this.fallbackPoll) this.startPolling();
+        if (!this.pushed)
+          this.startPolling(`no Sessions message within ${this.timings.pushWaitMs / 1000} s of SessionsStart (the server pushes nothing to this key)`);
       }, this.timings.pushWaitMs);
       pushWait.unref();
       this.socketTimers = [this.link.watch(socket, () => this.lastAlive), pushWait];
@@ -384,6 +389,7 @@ export class MediaServerSource implements PlaybackSource {
       if (this.socket !== socket || this.link.stopped) return;
       this.socket = undefined;
       this.counters.reconnects++;
+      if (failure instanceof ServerHttpError && failure.result === 'http-error') return this.pollWithoutSocket(failure.message);
       this.link.failed(failure ?? new Error(`websocket closed (code ${code})`));
     });
   }
@@ -393,10 +399,27 @@ export class MediaServerSource implements PlaybackSource {
     this.socketTimers = [];
   }
 
-  private startPolling(): void {
-    this.options.logger.warn(this.logContext, `${this.label}: ${this.pollingNote}`);
+  /** Polls `GET /Sessions` until a push arrives; a new reason is told once. */
+  private startPolling(reason: string): void {
+    const changed = reason !== this.pollReason;
+    this.pollReason = reason;
+    if (changed) this.options.logger.warn(this.logContext, `${this.label}: ${this.pollingNote}`);
+    if (this.fallbackPoll) return;
     this.fallbackPoll = setInterval(() => this.poll(), this.timings.fallbackPollMs);
     this.fallbackPoll.unref();
+  }
+
+  /**
+   * The HTTP API answers but the websocket's upgrade is refused (a reverse proxy that does not pass
+   * websockets): sessions are followed by polling, and the websocket is tried again every retryMaxMs.
+   */
+  private pollWithoutSocket(refusal: string): void {
+    this.link.connected();
+    this.startPolling(
+      `the websocket ${new URL(this.access.socketUrl).pathname} was refused (${refusal}); tried again every ${this.timings.retryMaxMs / 1000} s`,
+    );
+    this.listings.request();
+    this.link.after(this.timings.retryMaxMs, () => void this.connect());
   }
 
   /** The server's keep-alive contract: it drops a socket that sends no KeepAlive within the period it names. */
@@ -437,11 +460,12 @@ export class MediaServerSource implements PlaybackSource {
       return;
     }
     this.counters.pushes++;
-    if (!this.pushed) {
-      this.pushed = true;
-      if (this.fallbackPoll) this.options.logger.info(this.logContext, `${this.label} pushes sessions now: polling stopped`);
+    this.pushed = true;
+    if (this.fallbackPoll) {
+      this.options.logger.info(this.logContext, `${this.label} pushes sessions now: polling stopped`);
       clearInterval(this.fallbackPoll);
       this.fallbackPoll = undefined;
+      this.pollReason = undefined;
     }
     this.apply(sessions);
   }
