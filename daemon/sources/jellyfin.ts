@@ -219,7 +219,7 @@ export class MediaServerSource implements PlaybackSource {
   private readonly link: ServerLink;
   private readonly listings: SingleFlight;
   private readonly tracked = new Map<string, TrackedSession>();
-  /** bits/s of each item's media source, fetched once (null: the server did not say). */
+  /** bits/s of each playing item's media source, fetched once (null: the server did not say). */
   private readonly itemBitrates = new Map<string, number | null>();
   private readonly unshapeableAddresses: ReadonlySet<string>;
   private readonly aborter = new AbortController();
@@ -557,6 +557,9 @@ export class MediaServerSource implements PlaybackSource {
       this.begin(session, now);
     }
     for (const known of [...this.tracked.values()]) if (!present.has(known.id)) this.end(known);
+    // Bitrates of items nothing plays any more are forgotten: the cache stays as small as what plays.
+    const playingItems = new Set(playing.map((session) => session.itemId));
+    for (const itemId of this.itemBitrates.keys()) if (!playingItems.has(itemId)) this.itemBitrates.delete(itemId);
   }
 
   /** The media source bitrate of items whose session names none, once per item. */
