@@ -31,13 +31,11 @@ COPY --from=build /src/dist dist
 # filesystem can be read-only, and `docker exec shaperr shaperr check` finds the config with no option.
 RUN ln -s /app/dist/daemon/cli.js /usr/local/bin/shaperrd \
   && ln -s /app/dist/daemon/operator/shaperr-cli.js /usr/local/bin/shaperr \
-  && mkdir -p /var/lib \
   && ln -s /config /var/lib/shaperr \
   && ln -s /config /etc/shaperr
 # Plex's own config folder, mounted read-only at /plex: its log and Preferences.xml (the token) are found
 # there with nothing configured. TZ (e.g. Europe/Paris) sets the local time of schedules and log lines.
-ENV PLEX_MEDIA_SERVER_APPLICATION_SUPPORT_DIR="/plex/Library/Application Support" \
-  NODE_ENV=production
+ENV PLEX_MEDIA_SERVER_APPLICATION_SUPPORT_DIR="/plex/Library/Application Support"
 VOLUME ["/config"]
 # Healthy while shaperrd runs and its tree is on the device; a tree deleted behind its back is unhealthy
 # until shaperrd has put it back.

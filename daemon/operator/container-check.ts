@@ -55,7 +55,7 @@ function networkLine(device: string | undefined): CheckLine {
   };
 }
 
-/** Why Preferences.xml at `path` cannot give the token, in container terms; undefined when it can. */
+/** Why none of the Preferences.xml `paths` gives the token, in container terms; undefined when one does. */
 function preferencesLine(paths: string[]): CheckLine | undefined {
   const path = paths.find((candidate) => existsSync(candidate));
   if (!path)
