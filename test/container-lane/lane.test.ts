@@ -6,6 +6,7 @@
  * - the image carries its HEALTHCHECK (docker format), which passes on a healthy container and fails while
  *   the tree is deleted and not yet repaired (the daemon held with SIGSTOP), then passes again; its command
  *   fails where no shaperrd runs;
+ * - the status page answers across the network with the config's token, and refuses without it;
  * - with exactly CAP_NET_ADMIN and root without DAC_OVERRIDE, the token is read from Plex's Preferences.xml
  *   as Plex's images leave it (owned by Plex's uid, mode 0644), mounted read-only;
  * - a playing client is throttled (class and filter read back, real TCP within ±10 % of the rate) and
@@ -57,6 +58,8 @@ async function until(what: string, check: () => boolean | Promise<boolean>, time
 interface Lane {
   topology: Topology;
   plex: PlexTestServer;
+  /** The container's status page as another machine on the LAN reaches it, and its token. */
+  status: { url: string; token: string };
   configDir: string;
   plexDir: string;
   preferences: string;
@@ -114,11 +117,14 @@ async function prepare(t: Test): Promise<Lane> {
     graceSeconds: 1,
   });
   writeFileSync(join(configDir, 'shaperr.yaml'), stringify(config));
+  const { listen, token } = config.status as { listen: string; token: string };
+  const status = { url: `http://10.203.${lane}.2:${listen.split(':').pop()}`, token };
 
   let count = 0;
   return {
     topology,
     plex,
+    status,
     configDir,
     plexDir,
     preferences,
@@ -185,6 +191,13 @@ t.test('shaperrd in its container, run as the compose example says', { skip: una
     .value.replace(/^GMT$/, 'GMT+00:00')
     .slice(3);
   shows(t, await logs(name), new RegExp(`"time":"\\d{4}-\\d\\d-\\d\\dT[\\d:.]+\\${offset}"`), `the log's timestamps are local time in TZ=${zone} (${offset})`);
+
+  // The status page of the container example, from this namespace as from another machine on the LAN.
+  const api = `${lane.status.url}/api/status`;
+  t.equal((await fetch(api)).status, 401, `${api} without the token: 401`);
+  const report = await fetch(api, { headers: { authorization: `Bearer ${lane.status.token}` } });
+  t.equal(report.status, 200, 'with the token from the config: 200');
+  t.equal((await fetch(`${lane.status.url}/?token=${lane.status.token}`)).status, 200, 'the page itself, token in the address as the README says');
 
   // Throttle: class and filter read back from the kernel, real TCP through the pipe.
   const movie = plex.play({ player: { address: client } });
