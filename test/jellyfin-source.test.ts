@@ -149,7 +149,13 @@ t.test('direct play: the video stream bitrate, else the media source bitrate fet
     remoteEndPoint: '10.200.1.2',
     nowPlaying: { playMethod: 'DirectPlay', videoBitrate: undefined, mediaSourceBitrate: 9_500_000 },
   });
-  await until(() => events.filter((event) => event.kind === 'start').length === 2);
+  server.play({ remoteEndPoint: '10.200.1.3', nowPlaying: { playMethod: 'DirectStream', transcodeBitrate: 6_000_000 } }); // a remux
+  await until(() => events.filter((event) => event.kind === 'start').length === 3);
+  t.match(
+    events.find((event) => event.address === '10.200.1.3'),
+    { kind: 'start', bandwidth: 6_000_000, directPlay: true },
+    "a remux: the transcoder's bitrate, with direct play's headroom",
+  );
   t.match(
     events.find((event) => event.address === '10.200.1.1'),
     { kind: 'start', mediaBitrate: 7_000_000, directPlay: true },
@@ -166,7 +172,7 @@ t.test('direct play: the video stream bitrate, else the media source bitrate fet
     events.some((event) => event.address === '10.200.1.9'),
     'the browsing session has no events',
   );
-  t.equal(source.status().sessions, 2);
+  t.equal(source.status().sessions, 3);
 });
 
 t.test('addresses: bare IPv4, bare IPv6, ::ffff: mapped; loopback, a bridge and a proxy get no pipe, one warning each, their bandwidth reserved', async (t) => {
@@ -192,7 +198,7 @@ t.test('addresses: bare IPv4, bare IPv6, ::ffff: mapped; loopback, a bridge and 
   const warnings = logs.filter((line) => line.level === 40 && /^not shaping/.test(line.msg));
   t.equal(warnings.length, 3, 'one warning per session, however many pushes');
   t.match(warnings.map((line) => line.msg).sort(), [
-    /^not shaping bob on Jellyfin Roku: the address 127\.0\.0\.1 is loopback/,
+    /^not shaping bob on Jellyfin Roku \(SHIELD Android TV\): the address 127\.0\.0\.1 is loopback/,
     /^not shaping carol .*172\.17\.0\.1/,
     /^not shaping dave .*192\.0\.2\.80/,
   ]);

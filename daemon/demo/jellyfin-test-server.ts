@@ -347,7 +347,9 @@ export class JellyfinTestServer {
     if ('videoBitrate' in input) {
       if (input.videoBitrate !== undefined) playing.videoBitrate = input.videoBitrate;
     } else playing.videoBitrate = 5_000_000;
+    // A transcode always has a target; a remux (DirectStream) may name one too.
     if (playMethod === 'Transcode') playing.transcodeBitrate = input.transcodeBitrate ?? 4_000_000;
+    else if (input.transcodeBitrate !== undefined) playing.transcodeBitrate = input.transcodeBitrate;
     return playing;
   }
 
@@ -506,20 +508,21 @@ function sessionDto(session: JellyfinTestSession, serverId: string): SessionInfo
   };
   if (playing) {
     dto.NowPlayingItem = nowPlayingItem(playing, serverId);
-    if (playing.playMethod === 'Transcode') {
+    if (playing.transcodeBitrate !== undefined) {
+      const remux = playing.playMethod !== 'Transcode';
       const transcoding: TranscodingInfo = {
         AudioCodec: 'aac',
         VideoCodec: 'h264',
         Container: 'ts',
-        IsVideoDirect: false,
-        IsAudioDirect: false,
-        Bitrate: playing.transcodeBitrate ?? null,
+        IsVideoDirect: remux,
+        IsAudioDirect: remux,
+        Bitrate: playing.transcodeBitrate,
         Framerate: 24,
         CompletionPercentage: 12.5,
         Width: 1920,
         Height: 1080,
         AudioChannels: 2,
-        TranscodeReasons: ['ContainerBitrateExceedsLimit'],
+        TranscodeReasons: remux ? ['ContainerNotSupported'] : ['ContainerBitrateExceedsLimit'],
       };
       dto.TranscodingInfo = transcoding;
     }

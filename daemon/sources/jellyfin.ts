@@ -605,7 +605,7 @@ export class MediaServerSource implements PlaybackSource {
     const reason = this.unshapeable(session);
     if (reason) {
       session.skipped = reason;
-      const who = `${session.user ?? 'unknown user'} on ${session.client ?? 'unknown player'}`;
+      const who = `${session.user ?? 'unknown user'} on ${session.client ?? 'unknown player'}${session.device ? ` (${session.device})` : ''}`;
       this.options.logger.warn(
         { ...this.logContext, session: session.key, user: session.user, player: session.client, address: session.address },
         `not shaping ${who}: ${reason}; its ${this.need(session) ? `${(this.need(session)! / 1e6).toFixed(1)} Mbit/s are` : 'bandwidth is'} kept out of the pipes`,
@@ -651,14 +651,13 @@ export class MediaServerSource implements PlaybackSource {
     };
     if (session.user) event.user = session.user;
     if (session.client) event.player = session.client;
-    if (session.transcodeBitrate !== undefined) {
-      event.bandwidth = session.transcodeBitrate;
-      event.directPlay = false;
-    } else {
+    if (session.transcodeBitrate !== undefined) event.bandwidth = session.transcodeBitrate;
+    else {
       const bitrate = session.streamBitrate ?? session.sourceBitrate;
       if (bitrate !== undefined) event.mediaBitrate = bitrate;
-      event.directPlay = true;
     }
+    // A remux (DirectStream) sends the file's own bits, peaks and all, even through the transcoder's container.
+    event.directPlay = session.playMethod ? session.playMethod !== 'Transcode' : session.transcodeBitrate === undefined;
     this.options.onEvent(event);
   }
 }
