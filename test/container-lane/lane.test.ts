@@ -16,7 +16,7 @@
  * - `shaperr check` in the container says what is wrong in container terms; a group-readable (0640)
  *   Preferences.xml is readable with the PGID added (--group-add, as in the Unraid template), a private
  *   (0600) one is not, and the documented alternative (tokenFile in /config) works.
- * Measured here: about 45 s for both tests; `npm run image` on a clean checkout 2 min 43 s.
+ * Measured here: 27-45 s for both tests; `npm run image` on a clean checkout 1 min 37 s and 2 min 43 s.
  * Skipped only where `podman info` fails (not root, no podman); where it works, a missing image is built.
  */
 import { execFile } from 'node:child_process';
