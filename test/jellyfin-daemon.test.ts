@@ -3,8 +3,8 @@
  * on loopback and shapes srv0 in a throwaway netns, with real TCP to the clients. Play → filter and class
  * read back from the kernel within 1 s of the pushed message; a transcode quality change → one class
  * change; pause keeps the pipe; stop → released after grace. Plex API, Jellyfin and Emby at once: three
- * players piped under one server ceiling, every source listed in /api/status. The API keys appear in no
- * log line, status, metric or state file.
+ * players piped under one server ceiling, every source listed in /api/status. A push-less server: polled,
+ * the pipe within 3 s. The API keys appear in no log line, status, metric or state file.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { validateConfig } from '../daemon/config.js';
 import type { StatusReport } from '../daemon/operator/status.js';
 import type { Decision } from '../daemon/sessions/sessions.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
+import type { MediaServerTimings } from '../daemon/sources/jellyfin.js';
 import type { ServerTimings } from '../daemon/sources/source.js';
 import { createTopology, netnsUnavailable, type Topology } from '../daemon/support/netns.js';
 import { type DaemonConfigKeys, daemonConfig, kernelClientClasses, kernelState, logDir, until } from './helpers/daemon.js';
@@ -33,7 +34,7 @@ const TIMINGS: Partial<ServerTimings> = {
   pongTimeoutMs: 3000,
 };
 
-async function startShaperrd(t: Test, topology: Topology, keys: DaemonConfigKeys) {
+async function startShaperrd(t: Test, topology: Topology, keys: DaemonConfigKeys, sourceTimings: Partial<MediaServerTimings> = TIMINGS) {
   const { dir, log } = logDir(t, 'shaperr-jellyfind');
   const logs: string[] = [];
   const sink = new Writable({
@@ -47,7 +48,7 @@ async function startShaperrd(t: Test, topology: Topology, keys: DaemonConfigKeys
   const daemon = new Shaperrd({
     config,
     logger: pino({ level: 'debug' }, sink),
-    sourceTimings: TIMINGS,
+    sourceTimings,
     onDecision: (decision) => decisions.push(decision),
     logPath: log,
   });
@@ -150,4 +151,21 @@ t.test('Plex API, Jellyfin and Emby at once: three players piped under one serve
     'one status lists the three sources',
   );
   t.same(status.clients?.map((client) => client.source).sort(), ['emby', 'jellyfin', 'plex']);
+});
+
+t.test('an Emby server that pushes nothing: the daemon polls, the pipe is in the kernel within 3 s of the play, /api/status says why', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const [remote] = topology.clientAddresses as [string];
+  const emby = await startJellyfinServer(t, { kind: 'emby' });
+  emby.behaviour.push = false;
+  const timings: Partial<MediaServerTimings> = { ...TIMINGS, pushWaitMs: 500 };
+  const { daemon, apiStatus } = await startShaperrd(t, topology, { source: 'emby', emby: { url: emby.url, apiKey: SECRET_KEY } }, timings);
+  await until(() => daemon.status().sources?.[0]?.note !== undefined, 5000);
+  t.match((await apiStatus()).sources, [{ source: 'emby', state: 'connected', note: /^polling GET \/Sessions every 2 s: no Sessions message/ }]);
+  const played = performance.now();
+  emby.play({ remoteEndPoint: remote });
+  await until(() => kernelState(topology).destinations.includes(`${remote}/32`), 5000);
+  const liveMs = performance.now() - played;
+  t.ok(liveMs <= 3000, `filter in the kernel ${liveMs.toFixed(0)} ms after the play (within 3 s)`);
 });
