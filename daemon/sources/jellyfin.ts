@@ -17,7 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { Agent as HttpAgent, type IncomingMessage } from 'node:http';
+import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { hostname, networkInterfaces } from 'node:os';
 import ipaddr from 'ipaddr.js';
@@ -27,8 +27,8 @@ import type { MediaServerKind } from '../config.js';
 import { hostBridgeAddresses } from './plex.js';
 import { redactToken, type TokenChoice } from './plex-token.js';
 import { readFromServer, ServerHttpError } from './server-get.js';
-import { ServerLink, SingleFlight } from './server-link.js';
-import type { PlaybackEvent, PlaybackSource, ServerTimings, SkippedStream, SourceContext, SourceStatus } from './source.js';
+import { ServerLink, SingleFlight, skippedStream } from './server-link.js';
+import type { PlaybackEvent, PlaybackSource, ServerTimings, SourceContext, SourceStatus } from './source.js';
 
 export type { MediaServerKind };
 
@@ -228,7 +228,6 @@ export class MediaServerSource implements PlaybackSource {
   private socket?: WebSocket;
   private socketTimers: NodeJS.Timeout[] = [];
   private server?: { name?: string; version?: string; id: string };
-  private lastAlive = 0;
   /** Set once a Sessions message arrived; until then (after pushWaitMs) the source polls. */
   private pushed = false;
   private fallbackPoll?: NodeJS.Timeout;
@@ -282,15 +281,9 @@ export class MediaServerSource implements PlaybackSource {
   status(): SourceStatus {
     const skipped = [...this.tracked.values()]
       .filter((session) => session.skipped)
-      .map((session): SkippedStream => {
-        const entry: SkippedStream = { session: session.key, reason: session.skipped! };
-        if (session.user) entry.user = session.user;
-        if (session.client) entry.player = session.client;
-        if (session.address) entry.address = session.address;
-        const need = this.need(session);
-        if (need !== undefined) entry.bandwidth = need;
-        return entry;
-      });
+      .map((session) =>
+        skippedStream(session.key, session.skipped!, { user: session.user, player: session.client, address: session.address, bandwidth: this.need(session) }),
+      );
     const status: SourceStatus = {
       source: this.name,
       target: this.options.url,
@@ -346,52 +339,33 @@ export class MediaServerSource implements PlaybackSource {
   }
 
   private openSocket(): void {
-    const socket = new WebSocket(this.access.socketUrl, {
-      headers: this.access.headers,
-      rejectUnauthorized: this.options.verifyTls,
-      handshakeTimeout: this.timings.requestTimeoutMs,
+    const socket = this.link.openSocket(this.access.socketUrl, this.access.headers, this.options.verifyTls, {
+      opened: () => {
+        const reconnected = this.link.connected();
+        this.options.logger.info(this.logContext, reconnected ? `${this.label} websocket reconnected` : `listening to ${this.label} sessions`);
+        // The list at once (0 ms), then as sessions change (at most every 1.5 s for progress alone).
+        socket.send(JSON.stringify({ MessageType: 'SessionsStart', Data: '0,1500' }));
+        this.closeSocketTimers();
+        this.pushed = false;
+        const pushWait = setTimeout(() => {
+          if (!this.pushed)
+            this.startPolling(`no Sessions message within ${this.timings.pushWaitMs / 1000} s of SessionsStart (the server pushes nothing to this key)`);
+        }, this.timings.pushWaitMs);
+        pushWait.unref();
+        this.socketTimers = [this.link.watch(socket, () => this.link.alive), pushWait];
+        this.listings.request();
+      },
+      message: (text) => this.onMessage(socket, text),
+      closed: (failure, code) => {
+        this.closeSocketTimers();
+        if (this.socket !== socket || this.link.stopped) return;
+        this.socket = undefined;
+        this.counters.reconnects++;
+        if (failure instanceof ServerHttpError && failure.result === 'http-error') return this.pollWithoutSocket(failure.message);
+        this.link.failed(failure ?? new Error(`websocket closed (code ${code})`));
+      },
     });
     this.socket = socket;
-    let failure: unknown;
-    socket.on('unexpected-response', (_request, response: IncomingMessage) => {
-      failure =
-        response.statusCode === 401
-          ? new ServerHttpError(`${this.label} rejected the API key (401)`, 'unauthorized')
-          : new ServerHttpError(`websocket refused with HTTP ${response.statusCode}`, 'http-error');
-      response.resume();
-      socket.terminate();
-    });
-    socket.on('error', (error) => (failure ??= error));
-    socket.on('open', () => {
-      if (this.link.stopped) return socket.terminate();
-      const reconnected = this.link.connected();
-      this.lastAlive = Date.now();
-      this.options.logger.info(this.logContext, reconnected ? `${this.label} websocket reconnected` : `listening to ${this.label} sessions`);
-      // The list at once (0 ms), then as sessions change (at most every 1.5 s for progress alone).
-      socket.send(JSON.stringify({ MessageType: 'SessionsStart', Data: '0,1500' }));
-      this.closeSocketTimers();
-      this.pushed = false;
-      const pushWait = setTimeout(() => {
-        if (!this.pushed)
-          this.startPolling(`no Sessions message within ${this.timings.pushWaitMs / 1000} s of SessionsStart (the server pushes nothing to this key)`);
-      }, this.timings.pushWaitMs);
-      pushWait.unref();
-      this.socketTimers = [this.link.watch(socket, () => this.lastAlive), pushWait];
-      this.listings.request();
-    });
-    socket.on('pong', () => (this.lastAlive = Date.now()));
-    socket.on('message', (data) => {
-      this.lastAlive = Date.now();
-      this.onMessage(socket, data.toString());
-    });
-    socket.on('close', (code) => {
-      this.closeSocketTimers();
-      if (this.socket !== socket || this.link.stopped) return;
-      this.socket = undefined;
-      this.counters.reconnects++;
-      if (failure instanceof ServerHttpError && failure.result === 'http-error') return this.pollWithoutSocket(failure.message);
-      this.link.failed(failure ?? new Error(`websocket closed (code ${code})`));
-    });
   }
 
   private closeSocketTimers(): void {

@@ -3,9 +3,10 @@
  * stop, the retry after a failure (doubling up to a cap, a long wait after a 401, one log line per change
  * of state), a websocket watchdog for paths that die without a close, and one listing at a time.
  */
-import type WebSocket from 'ws';
+import type { IncomingMessage } from 'node:http';
+import WebSocket from 'ws';
 import { ServerHttpError } from './server-get.js';
-import type { ServerTimings, SourceContext } from './source.js';
+import type { ServerTimings, SkippedStream, SourceContext } from './source.js';
 
 export interface ServerLinkOptions {
   /** The server's kind in words: 'Jellyfin', 'Emby', 'Plex'. */
@@ -22,9 +23,19 @@ export interface ServerLinkOptions {
   connect: () => void;
 }
 
+/** What a source does with its server's websocket; the link does the rest (errors, signs of life). */
+export interface ServerSocketHandlers {
+  opened(socket: WebSocket): void;
+  message(text: string): void;
+  /** The socket is gone; `failure` says why when it never opened (a refused upgrade, a network error). */
+  closed(failure: unknown, code: number): void;
+}
+
 export class ServerLink {
   state = 'connecting';
   lastError?: string;
+  /** When the websocket last showed a sign of life (a frame, a pong, its opening). */
+  alive = 0;
   private retryDelay: number;
   private readonly timers = new Set<NodeJS.Timeout>();
 
@@ -93,6 +104,36 @@ export class ServerLink {
   }
 
   /**
+   * Opens the server's websocket: a 401 on the upgrade becomes the rejected error (its retry comes later),
+   * another refusal an http-error; every frame and pong counts as a sign of life.
+   */
+  openSocket(url: URL, headers: Record<string, string>, verifyTls: boolean, handlers: ServerSocketHandlers): WebSocket {
+    const socket = new WebSocket(url, { headers, rejectUnauthorized: verifyTls, handshakeTimeout: this.options.timings.requestTimeoutMs });
+    let failure: unknown;
+    socket.on('unexpected-response', (_request, response: IncomingMessage) => {
+      failure =
+        response.statusCode === 401
+          ? new ServerHttpError(`${this.options.rejected.error} (401)`, 'unauthorized')
+          : new ServerHttpError(`websocket refused with HTTP ${response.statusCode}`, 'http-error');
+      response.resume();
+      socket.terminate();
+    });
+    socket.on('error', (error) => (failure ??= error));
+    socket.on('open', () => {
+      if (this.stopped) return socket.terminate();
+      this.alive = Date.now();
+      handlers.opened(socket);
+    });
+    socket.on('pong', () => (this.alive = Date.now()));
+    socket.on('message', (data) => {
+      this.alive = Date.now();
+      handlers.message(data.toString());
+    });
+    socket.on('close', (code) => handlers.closed(failure, code));
+    return socket;
+  }
+
+  /**
    * Pings the socket every pingMs; when nothing (no pong, no message) came for pongTimeoutMs the path is
    * dead though TCP never said so: the socket is terminated, and its close handler reconnects. Only time
    * this process was awake counts: a tick that comes late (a loaded machine, a long GC stalled it) starts
@@ -148,4 +189,18 @@ export class SingleFlight {
   async settled(): Promise<void> {
     await this.running?.catch(() => undefined);
   }
+}
+
+/** A stream without a pipe as the status lists it: who, where, its bandwidth (bits/s) when known, and why. */
+export function skippedStream(
+  session: string,
+  reason: string,
+  known: { user?: string | undefined; player?: string | undefined; address?: string | undefined; bandwidth?: number | undefined },
+): SkippedStream {
+  const entry: SkippedStream = { session, reason };
+  if (known.user) entry.user = known.user;
+  if (known.player) entry.player = known.player;
+  if (known.address) entry.address = known.address;
+  if (known.bandwidth !== undefined) entry.bandwidth = known.bandwidth;
+  return entry;
 }
