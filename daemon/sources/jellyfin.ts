@@ -27,7 +27,7 @@ import type { MediaServerKind } from '../config.js';
 import { hostBridgeAddresses } from './plex.js';
 import { redactToken, type TokenChoice } from './plex-token.js';
 import { readFromServer, ServerHttpError } from './server-get.js';
-import { ServerLink, SingleFlight, skippedStream } from './server-link.js';
+import { defaultServerTimings, ServerLink, SingleFlight, skippedStream } from './server-link.js';
 import type { PlaybackEvent, PlaybackSource, ServerTimings, SourceContext, SourceStatus } from './source.js';
 
 export type { MediaServerKind };
@@ -104,18 +104,7 @@ export interface MediaServerTimings extends ServerTimings {
   fallbackPollMs: number;
 }
 
-export const defaultMediaServerTimings: MediaServerTimings = {
-  retryMinMs: 1000,
-  retryMaxMs: 30_000,
-  unauthorizedRetryMs: 5 * 60_000,
-  requestTimeoutMs: 5000,
-  pingMs: 15_000,
-  pongTimeoutMs: 30_000,
-  pollMs: 30_000,
-  idleMs: 120_000,
-  pushWaitMs: 10_000,
-  fallbackPollMs: 2000,
-};
+export const defaultMediaServerTimings: MediaServerTimings = { ...defaultServerTimings, pushWaitMs: 10_000, fallbackPollMs: 2000 };
 
 export interface MediaServerSourceOptions extends SourceContext {
   kind: MediaServerKind;

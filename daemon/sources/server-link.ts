@@ -8,6 +8,18 @@ import WebSocket from 'ws';
 import { ServerHttpError } from './server-get.js';
 import type { ServerTimings, SkippedStream, SourceContext } from './source.js';
 
+/** Every server source's periods unless it says otherwise (tests shorten them). */
+export const defaultServerTimings: ServerTimings = {
+  retryMinMs: 1000,
+  retryMaxMs: 30_000,
+  unauthorizedRetryMs: 5 * 60_000,
+  requestTimeoutMs: 5000,
+  pingMs: 15_000,
+  pongTimeoutMs: 30_000,
+  pollMs: 30_000,
+  idleMs: 120_000,
+};
+
 export interface ServerLinkOptions {
   /** The server's kind in words: 'Jellyfin', 'Emby', 'Plex'. */
   label: string;
