@@ -17,8 +17,8 @@
  * garbage frames, sockets dropped without a close, sockets that stop answering, a restart.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { BaseItemDto } from '@jellyfin/sdk/lib/generated-client/models/base-item-dto.js';
 import type { BaseItemDtoQueryResult } from '@jellyfin/sdk/lib/generated-client/models/base-item-dto-query-result.js';
 import type { BaseItemKind } from '@jellyfin/sdk/lib/generated-client/models/base-item-kind.js';
@@ -37,6 +37,7 @@ import type { SystemInfo } from '@jellyfin/sdk/lib/generated-client/models/syste
 import type { UserDataChangeInfo } from '@jellyfin/sdk/lib/generated-client/models/user-data-change-info.js';
 import type { TranscodingInfo } from '@jellyfin/sdk/lib/generated-client/models/transcoding-info.js';
 import { type WebSocket, WebSocketServer } from 'ws';
+import { RestartableServer } from './restartable-server.js';
 
 export type MediaServerKind = 'jellyfin' | 'emby';
 
@@ -165,10 +166,8 @@ export class JellyfinTestServer {
   private readonly dialect: Dialect;
   private readonly sessions = new Map<string, JellyfinTestSession>();
   private readonly sockets = new Map<WebSocket, Subscriber | undefined>();
-  private readonly connectionsOpen = new Set<Socket>();
   private readonly wss = new WebSocketServer({ noServer: true, autoPong: false });
-  private server?: Server;
-  private port: number;
+  private readonly http: RestartableServer;
   private nextItem = 1;
 
   private constructor(private readonly options: JellyfinTestServerOptions) {
@@ -176,7 +175,12 @@ export class JellyfinTestServer {
     this.dialect = dialects[this.kind];
     this.apiKey = options.apiKey;
     this.serverId = randomUUID().replaceAll('-', '');
-    this.port = options.port ?? 0;
+    this.http = new RestartableServer(
+      (request, response) => void this.onRequest(request, response),
+      (request, socket, head) => this.onUpgrade(request, socket, head),
+      options.host,
+      options.port,
+    );
   }
 
   static async start(options: JellyfinTestServerOptions): Promise<JellyfinTestServer> {
@@ -186,8 +190,7 @@ export class JellyfinTestServer {
   }
 
   get url(): string {
-    const host = this.options.host ?? '127.0.0.1';
-    return `http://${host.includes(':') ? `[${host}]` : host}:${this.port}`;
+    return this.http.url;
   }
 
   get socketPath(): string {
@@ -204,30 +207,14 @@ export class JellyfinTestServer {
   }
 
   /** Starts listening (again, on the same port after `down()`). */
-  async listen(): Promise<void> {
-    if (this.server) return;
-    const server = createServer((request, response) => void this.onRequest(request, response));
-    server.on('upgrade', (request: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(request, socket, head));
-    server.on('connection', (socket: Socket) => {
-      this.connectionsOpen.add(socket);
-      socket.once('close', () => this.connectionsOpen.delete(socket));
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.port, this.options.host ?? '127.0.0.1', () => resolve());
-    });
-    this.port = (server.address() as AddressInfo).port;
-    this.server = server;
+  listen(): Promise<void> {
+    return this.http.listen();
   }
 
   /** The server goes away: every connection cut without a close frame, nothing listening until `listen()`. */
   async down(): Promise<void> {
-    const server = this.server;
-    if (!server) return;
-    this.server = undefined;
     for (const socket of this.sockets.keys()) socket.terminate();
-    for (const socket of this.connectionsOpen) socket.destroy();
-    await new Promise((resolve) => server.close(resolve));
+    await this.http.down();
   }
 
   async close(): Promise<void> {
@@ -397,7 +384,7 @@ export class JellyfinTestServer {
         Id: this.serverId,
         OperatingSystem: 'Linux',
         StartupWizardCompleted: true,
-        WebSocketPortNumber: this.port,
+        WebSocketPortNumber: this.http.port,
       };
       return answer(200, info);
     }
