@@ -6,7 +6,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { formatRate, NetworkSet, parseRate } from '../lib/index.js';
-import { DEFAULT_AUTO_MAX, DEFAULT_AUTO_MIN, DEFAULT_DIRECT_PLAY_HEADROOM, type PolicyConfig } from './sessions/policy.js';
+import { DEFAULT_AUTO_MAX, DEFAULT_AUTO_MIN, DEFAULT_DIRECT_PLAY_HEADROOM, overrideSources, type PolicyConfig } from './sessions/policy.js';
 import { isLoopbackListen } from './support/listen.js';
 import { isIP } from 'node:net';
 
@@ -185,7 +185,14 @@ export const configSchema = z
     overrides: z
       .array(
         z
-          .strictObject({ user: z.string().min(1).optional(), network: cidr.optional(), rate, ceil: rate.optional() })
+          .strictObject({
+            user: z.string().min(1).optional(),
+            network: cidr.optional(),
+            /** Only this server's clients (the Plex log counts as plex); without it, any source's. */
+            source: z.enum(overrideSources, { error: `expected a media server: ${overrideSources.join(', ')}` }).optional(),
+            rate,
+            ceil: rate.optional(),
+          })
           .refine((o) => o.user !== undefined || o.network !== undefined, 'an override needs a user or a network'),
       )
       .default([]),

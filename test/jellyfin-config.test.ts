@@ -57,6 +57,17 @@ t.test('bad settings: one message naming the key, the key never echoed', async (
   t.match(refused({ emby: { apiKey: SECRET_KEY, verifyTls: 'no' } }), /'emby.verifyTls' = "no"/);
   t.match(refused({ jellyfin: { apiKey: '' } }), /'jellyfin.apiKey' = <token>/);
   t.match(refused({ jellyfin: [{ apiKey: SECRET_KEY, pollSeconds: -1 }] }), /'jellyfin.0.pollSeconds'/);
+  t.equal(
+    refused({
+      overrides: [
+        { user: 'alice', rate: '2mbit' },
+        { user: 'alice', source: 'jellyfn', rate: '8mbit' },
+      ],
+    }),
+    `config: 'overrides.1.source' = "jellyfn": expected a media server: plex, jellyfin, emby`,
+    'an override naming an unknown source: one error naming it',
+  );
+  t.same(validateConfig({ ...base, overrides: [{ user: 'alice', source: 'emby', rate: '8mbit' }] }).overrides, [{ user: 'alice', source: 'emby', rate: 8e6 }]);
   for (const message of [
     inUrl,
     refused({ emby: { apiKey: SECRET_KEY, apiKeyFile: '/etc/k' } }),

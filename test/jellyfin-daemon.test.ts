@@ -12,6 +12,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
 import { validateConfig } from '../daemon/config.js';
+import { TrafficControl } from '../lib/tc/traffic-control.js';
 import type { StatusReport } from '../daemon/operator/status.js';
 import type { Decision } from '../daemon/sessions/sessions.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
@@ -151,6 +152,57 @@ t.test('Plex API, Jellyfin and Emby at once: three players piped under one serve
     'one status lists the three sources',
   );
   t.same(status.clients?.map((client) => client.source).sort(), ['emby', 'jellyfin', 'plex']);
+});
+
+/** Each filtered client's class rate (bits/s), read back from the kernel: which pipe a player got. */
+function kernelRateByClient(topology: Topology): Record<string, number> {
+  const tc = TrafficControl.open({ netns: topology.serverNs });
+  try {
+    const rates = new Map(tc.classes('srv0').map((tcClass) => [tcClass.handle, tcClass.parameters.rate]));
+    const byClient: Record<string, number> = {};
+    for (const filter of tc.filters('srv0', '5a:')) {
+      const { classid, match } = filter.parameters;
+      if (classid !== undefined && match?.dst) byClient[match.dst] = rates.get(classid)!;
+    }
+    return byClient;
+  } finally {
+    tc.close();
+  }
+}
+
+t.test('an override naming a source: alice on Jellyfin gets its rate, alice on Plex the general one', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 2, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const [viaPlex, viaJellyfin] = topology.clientAddresses as [string, string];
+  const plex = await startPlexServer(t);
+  const jellyfin = await startJellyfinServer(t);
+  const { daemon, decisions } = await startShaperrd(t, topology, {
+    source: ['plex', 'jellyfin'],
+    plex: { url: plex.url, token: SECRET_TOKEN },
+    jellyfin: { url: jellyfin.url, apiKey: SECRET_KEY },
+    server: { rate: '20mbit' },
+    client: { rate: '2mbit' },
+    overrides: [
+      { user: 'alice', rate: '3mbit' },
+      { user: 'alice', source: 'jellyfin', rate: '6mbit' },
+    ],
+  });
+  await until(() => daemon.status().sources?.length === 2 && daemon.status().sources!.every((source) => source.state === 'connected'), 10_000);
+  plex.play({ user: { title: 'alice' }, player: { address: viaPlex }, session: { location: 'wan' } });
+  jellyfin.play({ userName: 'alice', remoteEndPoint: viaJellyfin });
+  await until(() => Object.keys(kernelRateByClient(topology)).length === 2, 5000);
+  t.same(
+    kernelRateByClient(topology),
+    { [`${viaPlex}/32`]: 3 * MBIT, [`${viaJellyfin}/32`]: 6 * MBIT },
+    'the kernel has alice on Plex at 3 Mbit/s and alice on Jellyfin at 6 Mbit/s',
+  );
+  t.match(
+    decisions
+      .filter((decision) => decision.action === 'throttle')
+      .map((decision) => decision.reason)
+      .sort(),
+    ['override (user alice on jellyfin)', 'override (user alice)'],
+  );
 });
 
 t.test('an Emby server that pushes nothing: the daemon polls, the pipe is in the kernel within 3 s of the play, /api/status says why', { skip }, async (t) => {

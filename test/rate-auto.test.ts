@@ -18,10 +18,15 @@ const policyOf = (client: object, extra: object = {}) => new Policy(policyConfig
 t.test('the rate is the need × headroom, clamped; ceil is max unless `auto`; overrides win', async (t) => {
   const policy = policyOf({ rate: 'auto', min: '1mbit', max: '20mbit' });
   const at = { address: '203.0.113.7' };
-  t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 6 * MBIT }] }), {
+  t.match(policy.limitsFor({ ...at, streams: [{ bandwidth: 6 * MBIT, source: 'plex' }] }), {
     limits: { rate: 7.5 * MBIT, ceil: 20 * MBIT },
     why: 'auto: 6.00 Mbit/s Plex bandwidth × 1.25 = 7.50 Mbit/s',
   });
+  t.equal(
+    policy.limitsFor({ ...at, streams: [{ bandwidth: 6 * MBIT, source: 'jellyfin' }] }).why,
+    'auto: 6.00 Mbit/s Jellyfin bandwidth × 1.25 = 7.50 Mbit/s',
+    'the decision names the server the figure came from',
+  );
   t.match(
     policy.limitsFor({ ...at, streams: [{ mediaBitrate: 4 * MBIT, directPlay: true }] }).limits,
     { rate: 8 * MBIT },

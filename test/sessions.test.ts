@@ -151,6 +151,32 @@ t.test('exemptions and overrides', async (t) => {
   t.equal(decisions.filter((d) => d.action === 'exempt').length, 2);
 });
 
+t.test("an override naming a source applies to that server's clients only; without a source, to any", async (t) => {
+  const { shaper, tracker, decisions } = setup({
+    overrides: [
+      { user: 'alice', rate: 3_000_000 },
+      { user: 'alice', source: 'jellyfin', rate: 8_000_000 },
+      { network: '198.51.100.0/24', source: 'emby', rate: 1_000_000 },
+    ],
+  });
+  tracker.handle(event('start', '203.0.113.1', 'plex:1', { user: 'Alice', source: 'plex' }));
+  tracker.handle(event('start', '203.0.113.2', 'jf:1', { user: 'alice', source: 'jellyfin' }));
+  tracker.handle(event('start', '203.0.113.3', 'log:1', { user: 'alice' }));
+  tracker.handle(event('start', '198.51.100.7', 'plex:2', { source: 'plex' }));
+  tracker.handle(event('start', '198.51.100.8', 'emby:1', { source: 'emby' }));
+  await tracker.settled();
+  t.same(shaper.state.get('203.0.113.2')?.rate, 8_000_000, 'alice on Jellyfin: the override naming jellyfin, though the general one comes first');
+  t.same(shaper.state.get('203.0.113.1')?.rate, 3_000_000, 'alice on Plex: the override without a source');
+  t.same(shaper.state.get('203.0.113.3')?.rate, 3_000_000, 'alice in the Plex log: the same');
+  t.same(shaper.state.get('198.51.100.7')?.rate, 2_000_000, 'a network override naming emby leaves a Plex client at the default');
+  t.same(shaper.state.get('198.51.100.8')?.rate, 1_000_000, 'and applies to an Emby client in that network');
+  t.match(
+    decisions.filter((d) => d.action === 'throttle' && d.address === '203.0.113.2'),
+    [{ reason: 'override (user alice on jellyfin)' }],
+    'the decision names the source',
+  );
+});
+
 t.test('remote streams only: what the source says (local), else the local networks decide', async (t) => {
   const { shaper, tracker } = setup({ remoteOnly: true, localNetworks: ['10.0.0.0/8'], exempt: [] });
   tracker.handle(event('start', '10.1.2.3', 's', { local: false })); // the server says remote (e.g. via a VPN)

@@ -15,11 +15,17 @@ export interface RateConfig {
   ceil?: BitsPerSecond;
 }
 
+/** The media servers an override may name; the Plex log's events count as Plex's. */
+export const overrideSources = ['plex', 'jellyfin', 'emby'] as const;
+export type OverrideSource = (typeof overrideSources)[number];
+
 export interface OverrideConfig extends RateConfig {
-  /** Plex user name as logged ("Signed-in Token (remi)"), case-insensitive. */
+  /** The user name as the source gives it (Plex's log: "Signed-in Token (remi)"), case-insensitive. */
   user?: string;
   /** Client network (CIDR). */
   network?: string;
+  /** Only clients this server sees playing; without it the override matches in any source. */
+  source?: OverrideSource;
 }
 
 export interface ScheduleConfig {
@@ -43,8 +49,10 @@ export interface ClientRateConfig {
 
 /** What one playing stream needs, as far as a source knows it (bits per second). */
 export interface StreamNeed {
-  /** Plex's reservation for the stream (Session.bandwidth). */
+  /** The server's reservation for the stream (Plex's Session.bandwidth, Jellyfin's transcode bitrate). */
   bandwidth?: number;
+  /** Which source said so ('plex', 'jellyfin'…): the decision's text names it. */
+  source?: string;
   /** The media's average bitrate. */
   mediaBitrate?: number;
   /** The video bitrate cap of a transcode start request in the log (`maxVideoBitrate`). */
@@ -106,8 +114,17 @@ const roundUp = (bits: number): number => Math.ceil(bits / 1e4) * 1e4;
 interface CompiledOverride {
   user?: string;
   network?: NetworkSet;
+  source?: OverrideSource;
   limits: Limits;
 }
+
+/** The server behind a source's events: the Plex log is Plex's. */
+const serverOf = (source: string): string => (source === 'log' ? 'plex' : source);
+
+/** The first override that applies wins, the most specific first: a user's before a network's, one naming the source before one that does not. */
+const specificity = (override: CompiledOverride): number => (override.user === undefined ? 2 : 0) + (override.source === undefined ? 1 : 0);
+
+const capitalised = (name: string): string => name.charAt(0).toUpperCase() + name.slice(1);
 
 interface CompiledSchedule {
   fromMinute: number;
@@ -130,6 +147,8 @@ export interface PolicyInput {
   user?: string;
   /** The server says the client is local (true) or remote (false); undefined: localNetworks decide. */
   local?: boolean;
+  /** The sources that see the client playing ('log', 'plex', 'jellyfin'…): overrides naming a source match on them. */
+  sources?: readonly string[];
   streams?: readonly StreamNeed[];
 }
 
@@ -163,12 +182,15 @@ export class Policy {
       this.defaults = toLimits({ rate: client.rate, ceil: client.ceil ?? client.rate });
     }
     this.server = toLimits(config.server);
-    this.overrides = config.overrides.map((override) => {
-      const compiled: CompiledOverride = { limits: toLimits(override) };
-      if (override.user !== undefined) compiled.user = override.user.toLowerCase();
-      if (override.network !== undefined) compiled.network = new NetworkSet([override.network]);
-      return compiled;
-    });
+    this.overrides = config.overrides
+      .map((override) => {
+        const compiled: CompiledOverride = { limits: toLimits(override) };
+        if (override.user !== undefined) compiled.user = override.user.toLowerCase();
+        if (override.network !== undefined) compiled.network = new NetworkSet([override.network]);
+        if (override.source !== undefined) compiled.source = override.source;
+        return compiled;
+      })
+      .sort((a, b) => specificity(a) - specificity(b));
     this.schedules = config.schedules.map((schedule) => {
       const compiled: CompiledSchedule = { fromMinute: minuteOfDay(schedule.from), toMinute: minuteOfDay(schedule.to), server: toLimits(schedule.server) };
       if (schedule.days) compiled.days = new Set(schedule.days);
@@ -184,11 +206,18 @@ export class Policy {
       if (local) return { exempt: 'local stream (remoteOnly)' };
     }
     const user = client.user?.toLowerCase();
-    const override =
-      this.overrides.find(
-        (candidate) => candidate.user !== undefined && candidate.user === user && (!candidate.network || candidate.network.contains(client.address)),
-      ) ?? this.overrides.find((candidate) => candidate.user === undefined && candidate.network?.contains(client.address));
-    if (override) return { limits: override.limits, why: `override (${override.user ? `user ${override.user}` : 'network'})` };
+    const servers = new Set((client.sources ?? []).map(serverOf));
+    const override = this.overrides.find(
+      (candidate) =>
+        (candidate.user === undefined || candidate.user === user) &&
+        (!candidate.network || candidate.network.contains(client.address)) &&
+        (!candidate.source || servers.has(candidate.source)),
+    );
+    if (override)
+      return {
+        limits: override.limits,
+        why: `override (${override.user ? `user ${override.user}` : 'network'}${override.source ? ` on ${override.source}` : ''})`,
+      };
     if (!this.auto) return { limits: this.defaults, why: 'fixed client rate' };
     return this.autoLimits(client.streams ?? []);
   }
@@ -201,7 +230,7 @@ export class Policy {
     for (const stream of streams) {
       const [need, what] =
         stream.bandwidth !== undefined
-          ? [stream.bandwidth, 'Plex bandwidth']
+          ? [stream.bandwidth, `${stream.source ? capitalised(serverOf(stream.source)) : 'server'} bandwidth`]
           : stream.maxVideoBitrate !== undefined
             ? [stream.maxVideoBitrate, 'maxVideoBitrate of the transcode request']
             : [stream.mediaBitrate, 'media bitrate'];

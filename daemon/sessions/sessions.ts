@@ -142,7 +142,7 @@ export class SessionTracker {
   /** Feeds one playback event. */
   handle(event: PlaybackEvent): void {
     const { policy } = this.options;
-    const verdict = policy.limitsFor(event);
+    const verdict = policy.limitsFor({ ...event, sources: [event.source ?? 'log'] });
     if (verdict.exempt) {
       if (event.kind === 'start')
         this.decide({
@@ -201,7 +201,14 @@ export class SessionTracker {
 
   private policyInput(client: ClientRecord): PolicyInput {
     const streams = streamNeeds(client);
-    return { address: client.address, streams, ...(client.user ? { user: client.user } : {}), ...(client.local !== undefined ? { local: client.local } : {}) };
+    const sources = [...new Set([...client.sessions.values()].flatMap((session) => (session.source ? [session.source] : [])))];
+    return {
+      address: client.address,
+      streams,
+      sources,
+      ...(client.user ? { user: client.user } : {}),
+      ...(client.local !== undefined ? { local: client.local } : {}),
+    };
   }
 
   private endedOne(client: ClientRecord, now: number, reason: string): void {
@@ -414,7 +421,7 @@ function streamNeeds(client: ClientRecord): StreamNeed[] {
 /** What a playback event says about its stream's needs (from the log: only a transcode's bitrate cap). */
 function streamNeed(event: PlaybackEvent): StreamNeed | undefined {
   if (event.bandwidth === undefined && event.mediaBitrate === undefined && event.maxVideoBitrate === undefined) return undefined;
-  const need: StreamNeed = {};
+  const need: StreamNeed = { source: event.source ?? 'log' };
   if (event.bandwidth !== undefined) need.bandwidth = event.bandwidth;
   if (event.mediaBitrate !== undefined) need.mediaBitrate = event.mediaBitrate;
   if (event.maxVideoBitrate !== undefined) need.maxVideoBitrate = event.maxVideoBitrate;
