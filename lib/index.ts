@@ -12,7 +12,18 @@
  *   tcp_info's round trips and delivery rate, filtered in the kernel by local port and peer addresses.
  */
 export { Shaper } from './shaper/shaper.js';
-export type { ClientState, LeafKind, PipeCounters, RateLimits, ShaperOptions, ShaperState, ShaperView, ShaperStats, ThrottleOutcome } from './shaper/shaper.js';
+export type {
+  ClientLimits,
+  ClientState,
+  LeafKind,
+  PipeCounters,
+  RateLimits,
+  ShaperOptions,
+  ShaperState,
+  ShaperView,
+  ShaperStats,
+  ThrottleOutcome,
+} from './shaper/shaper.js';
 export { checkDevice, clearShaper, inspectShaper } from './shaper/inspect.js';
 export type { DeviceCheck, DeviceOptions } from './shaper/inspect.js';
 export type { ShaperKernel } from './shaper/kernel.js';

@@ -193,3 +193,68 @@ t.test('gateway config: one clear error for a bad port or an unknown key', async
   t.throws(() => validateConfig({ ...base, gateway: { plexPort: 70000 } }), /'gateway\.plexPort' = 70000: Too big/);
   t.throws(() => validateConfig({ ...base, gateway: { port: 32400 } }), /unknown key 'gateway\.port'/);
 });
+
+t.test(
+  'each client’s filter matches its own server’s port: read back, rewritten when it changes, kept across a restart',
+  { skip: netnsUnavailable() },
+  async (t) => {
+    const topology = await createTopology({ clients: 2, ipv6: false });
+    t.teardown(() => topology.destroy());
+    const [plexPlayer, jellyfinPlayer] = topology.clientAddresses as [string, string];
+    const open = () =>
+      Shaper.open({ device: 'srv0', netns: topology.serverNs, server: { rate: '100mbit' }, client: { rate: '4mbit' }, leaf: 'bfifo', sourcePort: PLEX_PORT });
+    const ports = () => {
+      const tc = TrafficControl.open({ netns: topology.serverNs });
+      try {
+        const read = tc.filters('srv0', '5a:').flatMap((filter) => {
+          const client = readClientFilter(filter);
+          return client ? [[client.address.text, filter.parameters.match?.sport]] : [];
+        });
+        return Object.fromEntries(read);
+      } finally {
+        tc.close();
+      }
+    };
+
+    const first = await open();
+    await first.throttle(plexPlayer);
+    const made = await first.throttle(jellyfinPlayer, { rate: '4mbit', sourcePort: 443 });
+    t.equal(made.client?.sourcePort, 443, 'the outcome names the port');
+    t.same(ports(), { [plexPlayer]: PLEX_PORT, [jellyfinPlayer]: 443 }, 'two clients, two ports, as the kernel has them');
+
+    const moved = await first.throttle(jellyfinPlayer, { rate: '4mbit', sourcePort: 8920 });
+    t.equal(moved.result, 'changed', 'another port for the same limits is a change');
+    t.same(ports(), { [plexPlayer]: PLEX_PORT, [jellyfinPlayer]: 8920 }, 'its filter is rewritten, the other left alone');
+    t.equal(first.clients().length, 2, 'and the pipe stays (no new class)');
+    t.equal((await first.throttle(jellyfinPlayer, { rate: '4mbit', sourcePort: 8920 })).result, 'unchanged');
+    await first.close();
+
+    const again = await open();
+    t.same(
+      Object.fromEntries(again.clients().map((client) => [client.address, client.sourcePort])),
+      { [plexPlayer]: PLEX_PORT, [jellyfinPlayer]: 8920 },
+      'adopted after a restart, each with its port',
+    );
+    t.same(ports(), { [plexPlayer]: PLEX_PORT, [jellyfinPlayer]: 8920 }, 'and no filter remade');
+    const view = inspectShaper({ device: 'srv0', netns: topology.serverNs })!;
+    t.match(view.tcCommands().join('\n'), /match ip sport 8920 0xffff/, 'a read-only view prints each port');
+    await view.close();
+    await again.close({ teardown: true });
+
+    const plain = await Shaper.open({ device: 'srv0', netns: topology.serverNs, server: { rate: '100mbit' }, client: { rate: '4mbit' }, leaf: 'bfifo' });
+    t.teardown(() => plain.close({ teardown: true }));
+    await t.rejects(plain.throttle(plexPlayer, { rate: '4mbit', sourcePort: 443 }), /a source port for 10\.200\.1\.1 \(443\) needs gateway mode/);
+    t.same(ports(), {}, 'refused: nothing made');
+  },
+);
+
+t.test('a bad source port for a client is one clear error', async (t) => {
+  const shaper = await Shaper.open({ device: 'eth0', server: { rate: '100mbit' }, client: { rate: '4mbit' }, sourcePort: PLEX_PORT, dryRun: true });
+  await t.rejects(
+    shaper.throttle('198.51.100.20', { rate: '4mbit', sourcePort: 70000 }),
+    /invalid source port for 198\.51\.100\.20: 70000 \(expected 1-65535\)/,
+  );
+  await t.rejects(shaper.throttle('198.51.100.20', { rate: '4mbit', sourcePort: 0 }), /invalid source port/);
+  t.same(shaper.clients(), [], 'nothing throttled');
+  await shaper.close();
+});

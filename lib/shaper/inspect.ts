@@ -36,7 +36,8 @@ export function inspectShaper(options: DeviceOptions): ShaperView | undefined {
     const leaves = tc.qdiscs(options.device).filter((qdisc) => qdisc.parent !== TC_H_ROOT && qdisc.parent >>> 16 === SHAPER_LAYOUT.rootMajor);
     const leaf: LeafKind = leaves[0]?.kind === 'sfq' ? 'sfq' : leaves.length ? 'bfifo' : 'none';
     const limits = { rate: server.parameters.rate, ceil: server.parameters.ceil };
-    // Gateway mode shows in the filters themselves: `shaperr tc` prints them as they are.
+    // Gateway mode shows in the filters themselves, each with its server's port: the view adopts each
+    // filter's own, and `shaperr tc` prints them as they are.
     const sourcePort = tc
       .filters(options.device, SHAPER_ROOT)
       .map(readClientFilter)

@@ -111,8 +111,8 @@ const TCP = 6;
 
 /**
  * The filter steering `address` into class `classid`, as node `node` of its bucket. With `sourcePort`
- * (gateway mode) only TCP from that port matches: the Plex server's public port, so other hosts behind
- * the same router talking to the same address stay unshaped.
+ * (gateway mode) only TCP from that port matches: the client's media server's public port, so other hosts
+ * behind the same router talking to the same address stay unshaped.
  */
 export function clientFilterSpec(root: number, address: ClientAddress, classid: number, node: number, sourcePort?: number): FilterSpec {
   const { protocol, priority } = families[address.family];

@@ -52,6 +52,16 @@ export interface RateLimits {
   ceil?: RateInput;
 }
 
+/** One client's pipe as throttle asks for it. */
+export interface ClientLimits extends RateLimits {
+  /**
+   * Gateway mode: the TCP source port this client's filter matches, when its server is published on
+   * another port than ShaperOptions.sourcePort (a Jellyfin behind a proxy on 443 beside Plex on 32400).
+   * Omitted: ShaperOptions.sourcePort. Another port than the pipe has rewrites its filter.
+   */
+  sourcePort?: number;
+}
+
 export interface ShaperOptions {
   /** The network device whose egress (upload) is shaped, e.g. `eth0`. */
   device: string;
@@ -64,8 +74,10 @@ export interface ShaperOptions {
   /** Queue inside each client pipe: sfq (default) shares it fairly between the client's flows. */
   leaf?: LeafKind;
   /**
-   * Gateway mode: client filters also match this TCP source port (the Plex server's public port, as it
+   * Gateway mode: client filters also match a TCP source port (the media server's public port, as it
    * leaves a router's WAN interface after NAT), so other traffic to a client's address stays unshaped.
+   * This one unless throttle names another for the client (ClientLimits.sourcePort). Without it, filters
+   * match the address alone, and pipes adopted with a port get their filter remade without it.
    */
   sourcePort?: number;
   /** Networks never throttled (e.g. the LAN). */
@@ -93,6 +105,8 @@ export interface ClientState {
   /** Why the guarantee is below what the client wants, or below 1 Mbit/s (the server rate is too low for the viewers). */
   shortfall?: string;
   leaf: LeafKind;
+  /** Gateway mode: the TCP source port its filter matches. */
+  sourcePort?: number;
   since: Date;
   /** Live counters from the kernel (when read with `clients()`). */
   statistics?: TcStatistics;
@@ -117,15 +131,23 @@ export interface ShaperState {
 interface AppliedClient extends BookedClient {
   minor: number;
   filterNode: number;
+  /** The TCP source port its filter matches too (gateway mode). */
+  sourcePort?: number;
   leaf: LeafKind;
   since: Date;
 }
 
-/** Guarantees that go down, then new pipes (one operation list each), then guarantees that go up. */
+/** Guarantees that go down, then new pipes and remade filters (one operation list each), then guarantees that go up. */
 interface ChangePlan {
   lower: Operation[];
   pipes: Operation[][];
   raise: Operation[];
+}
+
+/** What throttle and throttleAll are asked for one client. */
+interface ThrottleEntry {
+  address: string;
+  limits?: ClientLimits;
 }
 
 /** A read-only view of the pipes on a device (inspectShaper): what `shaperr status` and `shaperr tc` read. */
@@ -415,7 +437,7 @@ export class Shaper {
   /**
    * Takes back the clients an earlier run left in the kernel. Returns the fixes the kernel needs (for the
    * caller to apply): missing hash tables, half-made leftovers to remove, filters made for another gateway
-   * setting to rewrite.
+   * setting to rewrite. In gateway mode each pipe keeps the source port its filter has (its server's).
    */
   private adopt(): Operation[] {
     const classes = new Map<number, TcClass>();
@@ -434,14 +456,10 @@ export class Shaper {
       }
       classes.delete(client.classid);
       const minor = client.classid & 0xffff;
-      // Gateway mode turned on or off (or its port changed) since the earlier run: the pipe stays, its
-      // filter is made again (the kernel keeps a u32 filter's matches on replace).
-      if (client.sourcePort !== this.options.sourcePort) {
-        fixes.push(
-          { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.node) },
-          { op: 'add', filter: this.clientFilter({ address: client.address, minor, filterNode: client.node }) },
-        );
-      }
+      // Gateway mode turned on or off since the earlier run: the pipe stays, its filter is made again.
+      const sourcePort = this.options.sourcePort === undefined ? undefined : (client.sourcePort ?? this.options.sourcePort);
+      const adopted = { address: client.address, minor, filterNode: client.node, ...(sourcePort === undefined ? {} : { sourcePort }) };
+      if (client.sourcePort !== sourcePort) fixes.push(...this.refilterOperations(adopted));
       this.minors.claim(minor);
       this.nodePool(client.address).claim(client.node);
       const { rate, ceil, quantum } = tcClass.parameters;
@@ -450,9 +468,7 @@ export class Shaper {
       // state file, passes again with throttleAll.
       const wantedRate = Math.max(rate, wantedRateOf(quantum) ?? rate);
       this.books.add({
-        address: client.address,
-        minor,
-        filterNode: client.node,
+        ...adopted,
         wanted: { rate: wantedRate, ceil: Math.max(ceil, wantedRate) },
         pipe: { rate, ceil, quantum },
         made: true,
@@ -493,9 +509,10 @@ export class Shaper {
    * Gives `address` its own pipe (idempotent: a second call with the same limits changes nothing; with
    * other limits it changes the class in place). Exempt addresses are never throttled. The pipe is
    * guaranteed its wanted rate while the server rate holds every pipe's; beyond that every pipe's
-   * guarantee is its share, and the other pipes' classes are changed in the same batch.
+   * guarantee is its share, and the other pipes' classes are changed in the same batch. In gateway mode
+   * `limits.sourcePort` names the port its filter matches; a new one remakes the filter.
    */
-  async throttle(addressText: string, limits?: RateLimits): Promise<ThrottleOutcome> {
+  async throttle(addressText: string, limits?: ClientLimits): Promise<ThrottleOutcome> {
     this.ensureOpen();
     await this.waitForLongOperation();
     const [outcome] = this.setWanted([{ address: addressText, ...(limits ? { limits } : {}) }]);
@@ -506,7 +523,7 @@ export class Shaper {
    * Throttles many clients with one rebalance (restoring saved pipes after a restart): shares are worked
    * out once for the whole set, then the pipes are made a chunk at a time with progress.
    */
-  async throttleAll(entries: readonly { address: string; limits?: RateLimits }[], onProgress?: ProgressListener): Promise<ThrottleOutcome[]> {
+  async throttleAll(entries: readonly ThrottleEntry[], onProgress?: ProgressListener): Promise<ThrottleOutcome[]> {
     this.ensureOpen();
     await this.waitForLongOperation();
     let outcomes: ThrottleOutcome[] = [];
@@ -524,22 +541,23 @@ export class Shaper {
    * Records what each client wants and brings the kernel there in one batch (or through `apply`). New
    * pipes that fail are undone, so a failed throttle leaves nothing behind.
    */
-  private setWanted(entries: readonly { address: string; limits?: RateLimits }[]): ThrottleOutcome[];
-  private setWanted(entries: readonly { address: string; limits?: RateLimits }[], apply: (plan: ChangePlan) => Promise<void>): Promise<ThrottleOutcome[]>;
-  private setWanted(
-    entries: readonly { address: string; limits?: RateLimits }[],
-    apply?: (plan: ChangePlan) => Promise<void>,
-  ): ThrottleOutcome[] | Promise<ThrottleOutcome[]> {
+  private setWanted(entries: readonly ThrottleEntry[]): ThrottleOutcome[];
+  private setWanted(entries: readonly ThrottleEntry[], apply: (plan: ChangePlan) => Promise<void>): Promise<ThrottleOutcome[]>;
+  private setWanted(entries: readonly ThrottleEntry[], apply?: (plan: ChangePlan) => Promise<void>): ThrottleOutcome[] | Promise<ThrottleOutcome[]> {
     const results: { result: ThrottleOutcome['result']; client?: AppliedClient; error?: ShaperrInputError }[] = [];
     const made: AppliedClient[] = [];
     const previous = new Map<AppliedClient, WantedLimits>();
+    /** Pipes whose filter is remade for another source port, and the port they had. */
+    const refiltered = new Map<AppliedClient, number | undefined>();
     for (const entry of entries) {
       let address: ClientAddress;
       let wanted: WantedLimits;
+      let sourcePort: number | undefined;
       try {
         address = parseClientAddress(entry.address);
         wanted = entry.limits ? parseLimits(entry.limits) : this.defaults;
         if (wanted.ceil < wanted.rate) throw new ShaperrInputError(`invalid limits for ${address.text}: ceil is below rate`);
+        sourcePort = this.sourcePortFor(address, entry.limits?.sourcePort);
       } catch (error) {
         // One bad entry of many is reported with its outcome; a single throttle throws it.
         if (!apply || !(error instanceof ShaperrInputError)) throw error;
@@ -552,10 +570,15 @@ export class Shaper {
       }
       const existing = this.books.get(address.text);
       if (existing) {
-        const same = existing.wanted.rate === wanted.rate && existing.wanted.ceil === wanted.ceil;
+        const sameRates = existing.wanted.rate === wanted.rate && existing.wanted.ceil === wanted.ceil;
+        const samePort = existing.sourcePort === sourcePort;
         if (!previous.has(existing)) previous.set(existing, existing.wanted);
-        if (!same) this.books.setWanted(existing, wanted);
-        results.push({ result: same ? 'unchanged' : 'changed', client: existing });
+        if (!sameRates) this.books.setWanted(existing, wanted);
+        if (!samePort) {
+          if (!refiltered.has(existing)) refiltered.set(existing, existing.sourcePort);
+          existing.sourcePort = sourcePort;
+        }
+        results.push({ result: sameRates && samePort ? 'unchanged' : 'changed', client: existing });
         continue;
       }
       const nodes = this.nodePool(address);
@@ -563,6 +586,7 @@ export class Shaper {
         address,
         minor: this.minors.allocate(),
         filterNode: nodes.allocate(),
+        ...(sourcePort === undefined ? {} : { sourcePort }),
         wanted,
         made: false,
         leaf: this.leaf,
@@ -573,13 +597,18 @@ export class Shaper {
       results.push({ result: 'applied', client });
     }
     const { lower, raise, parametersOf, forget, commit } = this.rebalanceOperations({ subjects: new Set(previous.keys()) });
-    const plan: ChangePlan = { lower, pipes: made.map((client) => this.clientOperations(client, parametersOf(client))), raise };
+    const pipes = [
+      ...made.map((client) => this.clientOperations(client, parametersOf(client))),
+      ...[...refiltered.keys()].map((client) => this.refilterOperations(client)),
+    ];
+    const plan: ChangePlan = { lower, pipes, raise };
     const outcomes = () => {
       commit();
       return results.map(({ result, client, error }) => ({ result, ...(client ? { client: this.describe(client) } : {}), ...(error ? { error } : {}) }));
     };
     const undo = (error: unknown): never => {
       for (const [client, wanted] of previous) this.books.setWanted(client, wanted);
+      for (const [client, sourcePort] of refiltered) this.restoreFilter(client, sourcePort);
       this.forgetPipes(made);
       forget();
       throw error;
@@ -591,6 +620,28 @@ export class Shaper {
       undo(error);
     }
     return outcomes();
+  }
+
+  /** The source port a client's filter matches: the one asked for, else the shaper's (gateway mode only). */
+  private sourcePortFor(address: ClientAddress, asked: number | undefined): number | undefined {
+    if (asked === undefined) return this.options.sourcePort;
+    if (this.options.sourcePort === undefined)
+      throw new ShaperrInputError(`a source port for ${address.text} (${asked}) needs gateway mode: set ShaperOptions.sourcePort, the default port`);
+    if (!Number.isInteger(asked) || asked < 1 || asked > 65535)
+      throw new ShaperrInputError(`invalid source port for ${address.text}: ${asked} (expected 1-65535)`);
+    return asked;
+  }
+
+  /**
+   * A filter remade for another port that failed: the pipe keeps the port it had, and its filter is put
+   * back as it was. Should that fail too, the pipe is left without its filter for ShaperWatch's repair.
+   */
+  private restoreFilter(client: AppliedClient, sourcePort: number | undefined): void {
+    client.sourcePort = sourcePort;
+    this.kernel.batch([
+      { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode), ifPresent: true },
+      { op: 'add', filter: this.clientFilter(client) },
+    ]);
   }
 
   /** Removes new pipes that could not be made, from the kernel (what did go in) and from the books. */
@@ -701,8 +752,16 @@ export class Shaper {
     return operations;
   }
 
-  private clientFilter(client: Pick<AppliedClient, 'address' | 'minor' | 'filterNode'>) {
-    return clientFilterSpec(ROOT_HANDLE, client.address, makeHandle(ROOT_MAJOR, client.minor), client.filterNode, this.options.sourcePort);
+  private clientFilter(client: Pick<AppliedClient, 'address' | 'minor' | 'filterNode' | 'sourcePort'>) {
+    return clientFilterSpec(ROOT_HANDLE, client.address, makeHandle(ROOT_MAJOR, client.minor), client.filterNode, client.sourcePort);
+  }
+
+  /** A pipe's filter made again with what it should match now (the kernel keeps a u32 filter's matches on replace). */
+  private refilterOperations(client: Pick<AppliedClient, 'address' | 'minor' | 'filterNode' | 'sourcePort'>): Operation[] {
+    return [
+      { op: 'delete', filter: clientFilterRef(ROOT_HANDLE, client.address, client.filterNode) },
+      { op: 'add', filter: this.clientFilter(client) },
+    ];
   }
 
   private classSpec(minor: number, { rate, ceil, quantum }: PipeParameters) {
@@ -740,6 +799,7 @@ export class Shaper {
       ceil: pipe.ceil,
       wanted: { ...client.wanted },
       leaf: client.leaf,
+      ...(client.sourcePort === undefined ? {} : { sourcePort: client.sourcePort }),
       since: client.since,
     };
     const shortfall = this.books.shortfallOf(client);
