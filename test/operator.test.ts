@@ -11,6 +11,7 @@ import { Shaper } from '../lib/shaper/shaper.js';
 import { inspectShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
 import { loadConfig } from '../daemon/config.js';
+import { inContainer } from '../daemon/operator/container-check.js';
 import { daemonWithStatusPage, kernelState, logDir, play, plexLine, startDaemon, until, writeDaemonConfig } from './helpers/daemon.js';
 import { createNetns, createTopology, deleteNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 import { startStream } from './helpers/traffic.js';
@@ -134,6 +135,22 @@ t.test('shaperr check: one line per check, with what to do', { skip }, async (t)
   const bad = shaperr('--config', config, 'status');
   t.equal(bad.status, 2, 'bad configuration: exit 2');
   t.match(bad.stderr, /'server\.rate' = "fast"/);
+});
+
+t.test('shaperr check with Jellyfin as the only source says nothing of Plex (its config, its port) nor of a Plex API source', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const { dir } = logDir(t, 'shaperr-check-jellyfin');
+  const closed = 'http://127.0.0.1:9'; // nothing listens: each server check fails fast
+  const check = (keys: object) => shaperr('--config', writeDaemonConfig(dir, { netns: topology.serverNs, ...keys }), 'check').stdout;
+  const jellyfin = check({ source: 'jellyfin', jellyfin: { url: closed, apiKey: 'k' } });
+  t.match(jellyfin, /^ok {4}event source: jellyfin → Jellyfin at http:\/\/127\.0\.0\.1:9/m);
+  t.match(jellyfin, /^ok {4}the Plex log and its debug logging are not needed \(the log is not one of the sources\)$/m);
+  t.notMatch(jellyfin, /Plex API|Preferences\.xml|Plex's config|Plex at /, 'no line about Plex');
+  // The control: with source: plex the same container check does look at Plex.
+  const plex = check({ source: 'plex', plex: { url: closed, token: 'token-of-the-test' } });
+  if (inContainer()) t.match(plex, /^fail {2}Plex at http:\/\/127\.0\.0\.1:9 does not answer from this container/m, 'with source: plex, Plex is checked');
+  else t.match(plex, /^fail {2}Plex at http:\/\/127\.0\.0\.1:9 is not reachable/m, 'with source: plex, Plex is checked');
 });
 
 t.test('/metrics and /api/status, with a token', { skip }, async (t) => {

@@ -7,7 +7,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from 'n
 import { connect } from 'node:net';
 import { basename } from 'node:path';
 import { checkDevice } from '../../lib/index.js';
-import { plexServers, type ShaperrConfig } from '../config.js';
+import { mediaServerKinds, plexServers, type ShaperrConfig } from '../config.js';
 import { hasNetAdmin } from '../support/capabilities.js';
 import { findPlexToken, preferencesPaths } from '../sources/plex-token.js';
 
@@ -90,6 +90,16 @@ function answers(url: string, timeoutMs: number): Promise<string | undefined> {
 }
 
 /**
+ * Whether the config may follow Plex's API: `source` names it (or both), or is auto with a Plex server
+ * configured or no other server to follow. Otherwise Plex's config and port are none of shaperr's business.
+ */
+function mayUsePlexApi(config: ShaperrConfig): boolean {
+  const { source } = config;
+  if (source === 'auto') return config.plex !== undefined || mediaServerKinds.every((kind) => config[kind] === undefined);
+  return source === 'plex' || source === 'both' || (Array.isArray(source) && source.includes('plex'));
+}
+
+/**
  * The container lines of `shaperr check`; none outside a container. A device in a named netns is looked
  * up there, so what this container's own namespace shows says nothing about it.
  */
@@ -103,7 +113,7 @@ export async function checkContainer(config: ShaperrConfig | undefined, where: {
       what: 'the container lacks CAP_NET_ADMIN',
       fix: 'add `cap_add: [NET_ADMIN]` to its compose service (docker run --cap-add=NET_ADMIN); nothing more: never privileged',
     });
-  if (!config || config.source === 'log') return lines;
+  if (!config || !mayUsePlexApi(config)) return lines;
   const servers = plexServers(config);
   const fromPreferences = !process.env.PLEX_TOKEN && servers.some((server) => !server.token && !server.tokenFile);
   const preferences = fromPreferences ? preferencesLine(preferencesPaths(config.log)) : undefined;

@@ -327,7 +327,7 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
   const sources = config ? await checkSources(config, log) : undefined;
   lines.push(...(sources?.lines ?? []));
   if (sources && !sources.usesLog) {
-    lines.push({ verdict: 'ok', what: 'the Plex log and its debug logging are not needed (Plex API source)' });
+    lines.push({ verdict: 'ok', what: 'the Plex log and its debug logging are not needed (the log is not one of the sources)' });
   } else if (!log) {
     lines.push({
       verdict: 'fail',
