@@ -3,6 +3,7 @@
  * state file, the timers (grace, idle, schedules), self-repair when someone removes our qdisc, and reload
  * on SIGHUP. The sources (the Plex log, the Plex API…) are a list of PlaybackSource: none is named here.
  */
+import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { type ProgressListener, Shaper, type ShaperOptions, type ShaperState, ShaperWatch, SocketDiag } from '../lib/index.js';
@@ -77,6 +78,8 @@ export class Shaperrd {
   /** The Plex log, when it is one of the sources. */
   private logPath?: string;
   private dirty = false;
+  /** The DeviceId presented to each media server, kept in the state file (see DaemonState.devices). */
+  private deviceIds: Record<string, string> = {};
   private stopping = false;
   private statusServer?: Server;
   private readonly recentDecisions: RecentDecision[] = [];
@@ -110,6 +113,7 @@ export class Shaperrd {
     // Before anything touches the device or the state file: a second shaperrd must leave the first alone.
     if (!this.options.dryRun) this.deviceLock = lockDevice(config, 'not starting a second one (stop it first, or shape another device)');
     const saved = this.options.dryRun ? undefined : await loadState(config.stateFile, (message) => this.log.warn(message));
+    this.deviceIds = { ...saved?.devices };
     const auto = autoCeilingConfig(config);
     this.serverLimits = auto ? this.autoStartLimits(auto, saved?.ceiling?.rate) : this.policy.serverLimitsAt(new Date());
     this.shaper = await Shaper.open(this.shaperOptions(this.serverLimits));
@@ -196,9 +200,21 @@ export class Shaperrd {
       idleMs: this.config.idleSeconds * 1000,
       onEvent: (event) => this.onEvent(event),
       onRequest: (endpoint, result) => this.metrics.sourceRequests.inc({ source: planned.name, endpoint, result }),
+      deviceIdFor: (server) => this.deviceIdFor(server),
       ...(this.options.sourceTimings ? { timings: this.options.sourceTimings } : {}),
       ...(resumeAt ? { resumeAt } : {}),
     };
+  }
+
+  /** The DeviceId presented to a media server: made at random the first time, then the saved one. */
+  private deviceIdFor(server: string): string {
+    let id = this.deviceIds[server];
+    if (!id) {
+      id = randomBytes(16).toString('hex');
+      this.deviceIds[server] = id;
+      this.dirty = true;
+    }
+    return id;
   }
 
   /** SIGHUP with new source settings: every source starts over, the log where it was (the same file) or at its end. */
@@ -415,6 +431,8 @@ export class Shaperrd {
   private onEvent(event: PlaybackEvent): void {
     this.counters.events++;
     this.metrics.events.inc({ kind: event.kind, source: event.source ?? 'log' });
+    // Gateway mode: the server's port first, so that a pipe the event makes matches it.
+    this.shaperPort!.noteEvent(event);
     this.tracker!.handle(event);
   }
 
@@ -477,6 +495,7 @@ export class Shaperrd {
     };
     const position = this.logPosition();
     if (this.logPath && position) state.log = { path: this.logPath, inode: String(position.inode), offset: position.offset };
+    if (Object.keys(this.deviceIds).length) state.devices = { ...this.deviceIds };
     // The last good automatic ceiling (not a probe under way): a restart starts from it.
     if (this.ceiling) {
       const { history: _history, delayMs: _delay, mode: _mode, ...ceiling } = this.ceiling.status();

@@ -205,6 +205,32 @@ t.test('an override naming a source: alice on Jellyfin gets its rate, alice on P
   );
 });
 
+t.test('the DeviceId is kept in the state file: a restart presents the same one, a fresh state a new one', { skip }, async (t) => {
+  const topology = await createTopology({ clients: 1, ipv6: false });
+  t.teardown(() => topology.destroy());
+  const server = await startJellyfinServer(t);
+  const { dir } = logDir(t, 'shaperr-jellyfin-device');
+  const keys = (stateFile: string): DaemonConfigKeys => ({ source: 'jellyfin', jellyfin: { url: server.url, apiKey: SECRET_KEY }, stateFile });
+  /** A daemon's run until it listens to the server's sessions: the DeviceIds the server saw from it. */
+  const run = async (stateFile: string) => {
+    const seen = server.requests.length;
+    const { daemon } = await startShaperrd(t, topology, keys(stateFile));
+    await until(() => server.openSockets > 0 && daemon.status().sources?.[0]?.state === 'connected');
+    await daemon.stop();
+    await until(() => server.openSockets === 0);
+    return new Set(server.requests.slice(seen).flatMap((request) => (request.deviceId ? [request.deviceId] : [])));
+  };
+  const stateFile = join(dir, 'kept-state.json');
+  const first = await run(stateFile);
+  t.equal(first.size, 1, 'one DeviceId for every request and the websocket');
+  const [id] = first;
+  t.match(JSON.parse(readFileSync(stateFile, 'utf8')).devices, { [`jellyfin ${server.url}`]: id }, 'kept in the state file under the server');
+  t.same(await run(stateFile), first, 'the restart presents the same DeviceId');
+  const fresh = await run(join(dir, 'fresh-state.json'));
+  t.equal(fresh.size, 1);
+  t.notSame(fresh, first, 'a fresh state file: a new DeviceId');
+});
+
 t.test('an Emby server that pushes nothing: the daemon polls, the pipe is in the kernel within 3 s of the play, /api/status says why', { skip }, async (t) => {
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());

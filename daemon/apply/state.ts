@@ -21,6 +21,11 @@ const stateSchema = z.object({
   ),
   log: z.object({ path: z.string(), inode: z.union([z.number(), z.string()]), offset: z.number() }).optional(),
   /**
+   * The DeviceId shaperr presents to each Jellyfin or Emby server ("jellyfin http://…" → id): made once at
+   * random and kept, so neither a reconnect nor a restart adds a device to the server's list.
+   */
+  devices: z.record(z.string(), z.string()).optional(),
+  /**
    * The automatic server ceiling (server.rate: auto): the last good rate (bits/s), where a restart starts,
    * and what `shaperr status` shows of it.
    */

@@ -111,7 +111,7 @@ export interface MediaServerSourceOptions extends SourceContext {
   url: string;
   apiKey: string;
   verifyTls: boolean;
-  /** Default: derived from this host's machine id and the server's URL, so it is the same after a restart. */
+  /** Default: the context's deviceIdFor (the daemon's, kept in its state file), else one derived from this host's machine id. */
   deviceId?: string;
   timings?: Partial<MediaServerTimings>;
   /** Addresses that mean "behind this host's container bridge"; default: the host's own bridge gateways. */
@@ -190,7 +190,7 @@ export function parseMediaSessions(data: unknown): ListedMediaSession[] {
     .filter((session) => session !== undefined);
 }
 
-/** A DeviceId that stays the same for this host and server across restarts: no new device per connection. */
+/** A DeviceId for this host and server when none is kept (`shaperr check`): its machine id, else its hostname, and the server's URL. */
 export function stableDeviceId(url: string, kind: MediaServerKind): string {
   let machine = hostname();
   try {
@@ -228,7 +228,7 @@ export class MediaServerSource implements PlaybackSource {
   constructor(private readonly options: MediaServerSourceOptions) {
     this.name = options.kind;
     this.timings = { ...defaultMediaServerTimings, idleMs: options.idleMs, ...options.timings };
-    this.access = mediaServerAccess(options.kind, options.url, options.apiKey, options.deviceId);
+    this.access = mediaServerAccess(options.kind, options.url, options.apiKey, options.deviceId ?? options.deviceIdFor?.(`${options.kind} ${options.url}`));
     this.unshapeableAddresses = new Set([...(options.bridgeAddresses ?? hostBridgeAddresses()), ...hostAddresses(), ...(options.proxyAddresses ?? [])]);
     this.agent =
       new URL(options.url).protocol === 'https:'

@@ -129,4 +129,6 @@ export interface SourceContext {
   idleMs: number;
   /** Where a log source resumes (the saved position, or where the warm start stopped); others ignore it. */
   resumeAt?: SavedPosition;
+  /** The id this host presents to `server` (a media server's kind and URL), the same across restarts (the daemon keeps it in its state file). */
+  deviceIdFor?: (server: string) => string;
 }
