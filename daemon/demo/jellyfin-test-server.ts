@@ -178,8 +178,7 @@ export class JellyfinTestServer {
     this.http = new RestartableServer(
       (request, response) => void this.onRequest(request, response),
       (request, socket, head) => this.onUpgrade(request, socket, head),
-      options.host,
-      options.port,
+      { host: options.host, port: options.port },
     );
   }
 

@@ -10,11 +10,11 @@
  * dropped without a close, sockets that stop answering pings, a restart that starts session keys over.
  */
 import { randomBytes } from 'node:crypto';
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo, Socket } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { XMLBuilder } from 'fast-xml-parser';
 import { type WebSocket, WebSocketServer } from 'ws';
+import { RestartableServer } from './restartable-server.js';
 
 export type PlexPlaybackState = 'playing' | 'paused' | 'buffering' | 'stopped' | 'error';
 
@@ -101,19 +101,21 @@ export class PlexTestServer {
   readonly version: string;
   private readonly sessions = new Map<string, PlexTestSession>();
   private readonly sockets = new Set<WebSocket>();
-  private readonly connectionsOpen = new Set<Socket>();
   private readonly wss = new WebSocketServer({ noServer: true, autoPong: false });
   private nextSessionKey = 1;
   private nextRatingKey = 1000;
-  private server?: Server;
-  private port: number;
+  private readonly http: RestartableServer;
 
-  private constructor(private readonly options: PlexTestServerOptions) {
+  private constructor(options: PlexTestServerOptions) {
     this.token = options.token;
     this.machineIdentifier = options.machineIdentifier ?? randomBytes(20).toString('hex');
     this.friendlyName = options.friendlyName ?? 'shaperr test server';
     this.version = options.version ?? '1.41.3.9314-a0bfb8370';
-    this.port = options.port ?? 0;
+    this.http = new RestartableServer(
+      (request, response) => void this.onRequest(request, response),
+      (request, socket, head) => this.onUpgrade(request, socket, head),
+      { host: options.host, port: options.port, tls: options.tls },
+    );
   }
 
   static async start(options: PlexTestServerOptions): Promise<PlexTestServer> {
@@ -123,49 +125,23 @@ export class PlexTestServer {
   }
 
   get url(): string {
-    return `${this.options.tls ? 'https' : 'http'}://${this.host}:${this.port}`;
-  }
-
-  private get host(): string {
-    const host = this.options.host ?? '127.0.0.1';
-    return host.includes(':') ? `[${host}]` : host;
+    return this.http.url;
   }
 
   /** TCP connections open now (HTTP kept alive, websockets). */
   get openConnections(): number {
-    return this.connectionsOpen.size;
+    return this.http.openConnections;
   }
 
   /** Starts listening (again, on the same port after `down()`). */
-  async listen(): Promise<void> {
-    if (this.server) return;
-    const handler = (request: IncomingMessage, response: ServerResponse) => void this.onRequest(request, response);
-    const server = this.options.tls ? createHttpsServer({ key: this.options.tls.key, cert: this.options.tls.cert }, handler) : createHttpServer(handler);
-    server.on('upgrade', (request: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(request, socket, head));
-    server.on('connection', (socket: Socket) => {
-      this.connectionsOpen.add(socket);
-      socket.once('close', () => this.connectionsOpen.delete(socket));
-    });
-    server.on('secureConnection', (socket: Socket) => {
-      this.connectionsOpen.add(socket);
-      socket.once('close', () => this.connectionsOpen.delete(socket));
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.port, this.options.host ?? '127.0.0.1', () => resolve());
-    });
-    this.port = (server.address() as AddressInfo).port;
-    this.server = server;
+  listen(): Promise<void> {
+    return this.http.listen();
   }
 
   /** Plex goes away: every connection is cut (no close frame) and nothing listens until `listen()`. */
   async down(): Promise<void> {
-    const server = this.server;
-    if (!server) return;
-    this.server = undefined;
     for (const socket of this.sockets) socket.terminate();
-    for (const socket of this.connectionsOpen) socket.destroy();
-    await new Promise((resolve) => server.close(resolve));
+    await this.http.down();
   }
 
   async close(): Promise<void> {

@@ -16,29 +16,18 @@
  *
  * The token travels only in the X-Plex-Token header and is redacted from every message this emits.
  */
-import { Agent as HttpAgent, type IncomingMessage } from 'node:http';
+import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { networkInterfaces } from 'node:os';
 import { XMLParser } from 'fast-xml-parser';
-import WebSocket from 'ws';
+import type WebSocket from 'ws';
 import { parseClientAddress } from '../../lib/index.js';
 import { redactToken } from './plex-token.js';
 import { readFromServer, type ServerGetOptions, ServerHttpError, serverGet } from './server-get.js';
-import { ServerLink, SingleFlight } from './server-link.js';
-import type { PlaybackEvent, PlaybackKind, PlaybackSource, ServerTimings, SkippedStream, SourceContext, SourceRequestResult, SourceStatus } from './source.js';
+import { defaultServerTimings, ServerLink, SingleFlight, skippedStream } from './server-link.js';
+import type { PlaybackEvent, PlaybackKind, PlaybackSource, ServerTimings, SourceContext, SourceRequestResult, SourceStatus } from './source.js';
 
 export type PlexTimings = ServerTimings;
-
-export const defaultPlexTimings: PlexTimings = {
-  retryMinMs: 1000,
-  retryMaxMs: 30_000,
-  unauthorizedRetryMs: 5 * 60_000,
-  requestTimeoutMs: 5000,
-  pingMs: 15_000,
-  pongTimeoutMs: 30_000,
-  pollMs: 30_000,
-  idleMs: 120_000,
-};
 
 export type PlexRequestResult = SourceRequestResult;
 
@@ -261,7 +250,6 @@ export class PlexSource implements PlaybackSource {
   /** One full listing at a time; a request during one runs one more right after it. */
   private readonly listings: SingleFlight;
   private server?: PlexIdentity;
-  private lastAlive = 0;
   /** Cancels requests in flight at stop. */
   private readonly aborter = new AbortController();
   /**
@@ -272,7 +260,7 @@ export class PlexSource implements PlaybackSource {
   private readonly counters = { notifications: 0, listings: 0, listingFailures: 0, reconnects: 0, transcodeChanges: 0 };
 
   constructor(private readonly options: PlexSourceOptions) {
-    this.timings = { ...defaultPlexTimings, ...options.timings };
+    this.timings = { ...defaultServerTimings, ...options.timings };
     this.link = new ServerLink({
       label: 'Plex',
       url: options.url,
@@ -312,14 +300,14 @@ export class PlexSource implements PlaybackSource {
   status(): PlexSourceStatus {
     const skipped = [...this.tracked.values()]
       .filter((session) => session.skipped)
-      .map((session): SkippedStream => {
-        const entry: SkippedStream = { session: session.key, reason: session.skipped! };
-        if (session.user) entry.user = session.user;
-        if (session.product) entry.player = session.product;
-        if (session.address) entry.address = session.address;
-        if (session.bandwidth !== undefined) entry.bandwidth = session.bandwidth * 1000;
-        return entry;
-      });
+      .map((session) =>
+        skippedStream(session.key, session.skipped!, {
+          user: session.user,
+          player: session.product,
+          address: session.address,
+          bandwidth: session.bandwidth === undefined ? undefined : session.bandwidth * 1000,
+        }),
+      );
     const status: PlexSourceStatus = {
       source: this.name,
       target: this.options.url,
@@ -369,43 +357,25 @@ export class PlexSource implements PlaybackSource {
 
   private openSocket(): void {
     const url = new URL(PATH_NOTIFICATIONS, this.options.url.replace(/^http/, 'ws'));
-    const socket = new WebSocket(url, {
-      headers: { 'X-Plex-Token': this.options.token, Accept: 'application/json' },
-      rejectUnauthorized: this.options.verifyTls,
-      handshakeTimeout: this.timings.requestTimeoutMs,
+    const headers = { 'X-Plex-Token': this.options.token, Accept: 'application/json' };
+    const socket = this.link.openSocket(url, headers, this.options.verifyTls, {
+      opened: () => {
+        const wasDown = this.link.connected();
+        this.options.logger.info({ plex: this.options.url }, wasDown ? 'Plex notifications reconnected' : 'listening to Plex notifications');
+        clearInterval(this.pingTimer);
+        this.pingTimer = this.link.watch(socket, () => this.link.alive);
+        this.requestListing();
+      },
+      message: (text) => this.onFrame(text),
+      closed: (failure, code) => {
+        clearInterval(this.pingTimer);
+        if (this.socket !== socket || this.stopped) return;
+        this.socket = undefined;
+        this.counters.reconnects++;
+        this.link.failed(failure ?? new Error(`websocket closed (code ${code})`));
+      },
     });
     this.socket = socket;
-    let failure: unknown;
-    socket.on('unexpected-response', (_request, response: IncomingMessage) => {
-      failure =
-        response.statusCode === 401
-          ? new ServerHttpError('Plex rejected the token (401)', 'unauthorized')
-          : new ServerHttpError(`websocket refused with HTTP ${response.statusCode}`, 'http-error');
-      response.resume();
-      socket.terminate();
-    });
-    socket.on('error', (error) => (failure ??= error));
-    socket.on('open', () => {
-      if (this.stopped) return socket.terminate();
-      const wasDown = this.link.connected();
-      this.lastAlive = Date.now();
-      this.options.logger.info({ plex: this.options.url }, wasDown ? 'Plex notifications reconnected' : 'listening to Plex notifications');
-      clearInterval(this.pingTimer);
-      this.pingTimer = this.link.watch(socket, () => this.lastAlive);
-      this.requestListing();
-    });
-    socket.on('pong', () => (this.lastAlive = Date.now()));
-    socket.on('message', (data) => {
-      this.lastAlive = Date.now();
-      this.onFrame(data.toString());
-    });
-    socket.on('close', (code) => {
-      clearInterval(this.pingTimer);
-      if (this.socket !== socket || this.stopped) return;
-      this.socket = undefined;
-      this.counters.reconnects++;
-      this.link.failed(failure ?? new Error(`websocket closed (code ${code})`));
-    });
   }
 
   // ── HTTP ──────────────────────────────────────────────────────────────────
