@@ -130,6 +130,13 @@ const serverUrl = (example: string, keySettings: string) =>
       context.addIssue({ code: 'custom', message: `the URL must carry no query or credentials: put the key in ${keySettings}` });
   });
 
+const port = z.number().int().min(1).max(65535);
+/**
+ * Gateway mode: the TCP port the router forwards to this server, which its streams leave the WAN interface
+ * from (a Jellyfin behind a proxy on 443 while Plex is on 32400). Defaults in gatewayPort.
+ */
+const publicPort = port.optional();
+
 /** One Plex Media Server to listen to (its websocket notifications and /status/sessions). */
 const plexServer = z
   .strictObject({
@@ -140,6 +147,7 @@ const plexServer = z
     verifyTls: z.boolean().default(true),
     /** Full /status/sessions reconcile period; 0: only on (re)connect. */
     pollSeconds: z.number().min(0).max(86400).default(30),
+    publicPort,
   })
   .refine((server) => !(server.token && server.tokenFile), 'set plex.token or plex.tokenFile, not both');
 
@@ -160,6 +168,7 @@ const mediaServer = (kind: MediaServerKind) =>
       verifyTls: z.boolean().default(true),
       /** Full GET /Sessions reconcile period besides the pushes; 0: only on (re)connect. */
       pollSeconds: z.number().min(0).max(86400).default(30),
+      publicPort,
     })
     .refine((server) => !(server.apiKey && server.apiKeyFile), `set ${kind}.apiKey or ${kind}.apiKeyFile, not both`);
 const jellyfinServer = mediaServer('jellyfin');
@@ -206,7 +215,7 @@ export const configSchema = z
      * source port Plex's streams leave it from (the server's public port), so other LAN hosts talking to
      * the same address stay unshaped.
      */
-    gateway: z.strictObject({ plexPort: z.number().int().min(1).max(65535).default(32400) }).optional(),
+    gateway: z.strictObject({ plexPort: port.default(32400) }).optional(),
     /** One Plex server, or a list of them. */
     plex: z.union([plexServer, z.array(plexServer).min(1)]).optional(),
     /** One Jellyfin server, or a list of them; likewise Emby. */
@@ -243,6 +252,16 @@ export const configSchema = z
       .optional(),
   })
   .superRefine((config, context) => {
+    if (!config.gateway) {
+      for (const kind of ['plex', ...mediaServerKinds] as const) {
+        const servers = config[kind];
+        [servers ?? []].flat().forEach((server, index) => {
+          if (server.publicPort === undefined) return;
+          const path = Array.isArray(servers) ? [kind, index, 'publicPort'] : [kind, 'publicPort'];
+          context.addIssue({ code: 'custom', path, message: 'publicPort is for gateway mode (shaperrd on the router): add gateway: {} or leave it out' });
+        });
+      }
+    }
     if (config.gateway && config.server.rate === 'auto' && (config.server.signal === 'plex' || config.server.probe === undefined)) {
       context.addIssue({
         code: 'custom',
@@ -333,6 +352,18 @@ export function mediaServers(config: ShaperrConfig, kind: MediaServerKind): Medi
   const configured = config[kind];
   if (configured === undefined) return [jellyfinServer.parse({})];
   return Array.isArray(configured) ? configured : [configured];
+}
+
+/** The public port Jellyfin and Emby are reached on when a server does not say (their default HTTP port). */
+export const DEFAULT_MEDIA_SERVER_PUBLIC_PORT = 8096;
+
+/**
+ * Gateway mode: the port a server's streams leave the router from (its `publicPort`; else Plex's is
+ * gateway.plexPort, Jellyfin's and Emby's 8096). Undefined outside gateway mode.
+ */
+export function gatewayPort(config: ShaperrConfig, kind: 'plex' | MediaServerKind, server: PlexServerConfig | MediaServerConfig): number | undefined {
+  if (!config.gateway) return undefined;
+  return server.publicPort ?? (kind === 'plex' ? config.gateway.plexPort : DEFAULT_MEDIA_SERVER_PUBLIC_PORT);
 }
 
 /** The automatic ceiling's settings, when `server.rate` is `auto`. */

@@ -12,7 +12,7 @@
  */
 import { pino } from 'pino';
 import t from 'tap';
-import { validateConfig } from '../daemon/config.js';
+import { gatewayPort, type MediaServerConfig, type PlexServerConfig, validateConfig } from '../daemon/config.js';
 import { createNetns, createTopology, deleteNetns, hasCommand, inNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 import { Shaperrd } from '../daemon/shaperrd.js';
 import { parseClientAddress } from '../lib/address.js';
@@ -20,13 +20,17 @@ import { clientFilterSpec, readClientFilter } from '../lib/shaper/layout.js';
 import { Shaper } from '../lib/shaper/shaper.js';
 import { inspectShaper } from '../lib/shaper/inspect.js';
 import { TrafficControl } from '../lib/tc/traffic-control.js';
-import { daemonConfig, logDir, until } from './helpers/daemon.js';
+import { type DaemonConfigKeys, daemonConfig, logDir, until } from './helpers/daemon.js';
+import { SECRET_KEY, startJellyfinServer } from './helpers/jellyfin.js';
 import { SECRET_TOKEN, startPlexServer } from './helpers/plex.js';
 import { measureGoodputConcurrently, shapedTo } from './helpers/traffic.js';
 
 const MBIT = 1e6;
 const PLEX_PORT = 32400;
 const PLAYER = '198.51.100.20';
+/** A second remote player, watching Jellyfin, published by the router on another port than Plex. */
+const JELLYFIN_PLAYER = '198.51.100.21';
+const JELLYFIN_PUBLIC_PORT = 8920;
 const skip = netnsUnavailable() || (hasCommand('nft') ? false : 'needs nft (nftables) for the router’s NAT');
 
 interface Home {
@@ -63,6 +67,7 @@ async function createHome(t: { teardown(fn: () => unknown): void }): Promise<Hom
   await link(home.plexNs, 'lan0', '10.88.1.2/24', home.routerNs, 'pl0', '10.88.1.1/24');
   await link(home.lanNs, 'lan0', '10.88.2.2/24', home.routerNs, 'ln0', '10.88.2.1/24');
   await link(home.routerNs, 'wan0', '198.51.100.1/24', home.internetNs, 'wan1', `${PLAYER}/24`);
+  await ip('-n', home.internetNs, 'addr', 'add', `${JELLYFIN_PLAYER}/24`, 'dev', 'wan1');
   await ip('-n', home.plexNs, 'route', 'add', 'default', 'via', '10.88.1.1');
   await ip('-n', home.lanNs, 'route', 'add', 'default', 'via', '10.88.2.1');
   await inNetns(home.routerNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1');
@@ -87,24 +92,35 @@ function clientFilters(routerNs: string) {
   }
 }
 
-t.test('gateway mode: the Plex stream through the router’s NAT is shaped, another LAN host’s traffic to the same player is not', { skip }, async (t) => {
-  const home = await createHome(t);
-  const server = await startPlexServer(t);
+/** shaperrd on the router of `home`, shaping wan0 in gateway mode with 4 Mbit/s pipes, plus `keys`. */
+async function startRouterDaemon(t: { teardown(fn: () => unknown): void }, home: Home, keys: DaemonConfigKeys) {
   const { dir, log } = logDir(t, 'shaperr-gateway');
-  const config = validateConfig(
-    daemonConfig(dir, {
-      device: 'wan0',
-      netns: home.routerNs,
-      gateway: {},
-      client: { rate: '4mbit' },
-      source: 'plex',
-      plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 },
-    }),
-  );
-  t.equal(config.gateway?.plexPort, PLEX_PORT, 'plexPort defaults to 32400');
+  const config = validateConfig(daemonConfig(dir, { device: 'wan0', netns: home.routerNs, gateway: {}, client: { rate: '4mbit' }, ...keys }));
   const daemon = new Shaperrd({ config, logger: pino({ level: 'silent' }), logPath: log, sourceTimings: { retryMinMs: 100, retryMaxMs: 1000 } });
   await daemon.start();
   t.teardown(() => daemon.stop());
+  return { config, daemon };
+}
+
+/** The home with a Plex (public port 32400) and a Jellyfin (8920) test server, and shaperrd on its router following both. */
+async function homeWithPlexAndJellyfin(t: { teardown(fn: () => unknown): void }) {
+  const home = await createHome(t);
+  const plex = await startPlexServer(t);
+  const jellyfin = await startJellyfinServer(t);
+  const { daemon } = await startRouterDaemon(t, home, {
+    remoteOnly: true,
+    source: ['plex', 'jellyfin'],
+    plex: { url: plex.url, token: SECRET_TOKEN, pollSeconds: 1 },
+    jellyfin: { url: jellyfin.url, apiKey: SECRET_KEY, publicPort: JELLYFIN_PUBLIC_PORT },
+  });
+  return { home, plex, jellyfin, daemon };
+}
+
+t.test('gateway mode: the Plex stream through the router’s NAT is shaped, another LAN host’s traffic to the same player is not', { skip }, async (t) => {
+  const home = await createHome(t);
+  const server = await startPlexServer(t);
+  const { config } = await startRouterDaemon(t, home, { source: 'plex', plex: { url: server.url, token: SECRET_TOKEN, pollSeconds: 1 } });
+  t.equal(config.gateway?.plexPort, PLEX_PORT, 'plexPort defaults to 32400');
 
   server.play({ player: { address: PLAYER, local: false }, session: { location: 'wan' } });
   await until(() => clientFilters(home.routerNs).length === 1);
@@ -125,6 +141,70 @@ t.test('gateway mode: the Plex stream through the router’s NAT is shaped, anot
     `the other LAN host to the same player at the same time: ${(other!.bitsPerSecond / MBIT).toFixed(1)} Mbit/s (unshaped: over 5× the pipe)`,
   );
 });
+
+t.test(
+  'gateway mode with Plex on 32400 and Jellyfin on 8920: both players’ streams through NAT are shaped, other traffic to them is not',
+  { skip },
+  async (t) => {
+    const { home, plex, jellyfin } = await homeWithPlexAndJellyfin(t);
+
+    plex.play({ player: { address: PLAYER, local: false }, session: { location: 'wan' } });
+    jellyfin.play({ remoteEndPoint: JELLYFIN_PLAYER });
+    await until(() => clientFilters(home.routerNs).length === 2);
+    t.match(
+      Object.fromEntries(clientFilters(home.routerNs).map((filter) => [filter.address, filter.match])),
+      {
+        [PLAYER]: { dst: `${PLAYER}/32`, protocol: 6, sport: PLEX_PORT },
+        [JELLYFIN_PLAYER]: { dst: `${JELLYFIN_PLAYER}/32`, protocol: 6, sport: JELLYFIN_PUBLIC_PORT },
+      },
+      'each player’s filter matches TCP from its own server’s public port',
+    );
+
+    const [viaPlex, viaJellyfin, other] = await measureGoodputConcurrently({ serverNs: home.plexNs, clientNs: home.internetNs }, [
+      { to: PLAYER, from: home.plexNs, localPort: PLEX_PORT },
+      { to: JELLYFIN_PLAYER, from: home.plexNs, localPort: JELLYFIN_PUBLIC_PORT },
+      { to: JELLYFIN_PLAYER, from: home.lanNs },
+    ]);
+    for (const [what, measured] of [
+      [`Plex's stream from port ${PLEX_PORT}`, viaPlex!],
+      [`Jellyfin's stream from port ${JELLYFIN_PUBLIC_PORT}`, viaJellyfin!],
+    ] as const) {
+      const shaped = shapedTo(measured.bitsPerSecond, 4 * MBIT);
+      t.ok(shaped.within, `${what} through NAT: ${shaped.reading}`);
+    }
+    t.ok(
+      other!.bitsPerSecond > 5 * 4 * MBIT,
+      `another LAN host to the Jellyfin player at the same time: ${(other!.bitsPerSecond / MBIT).toFixed(1)} Mbit/s (unshaped: over 5× the pipe)`,
+    );
+  },
+);
+
+t.test(
+  'gateway mode, one address playing from Plex and Jellyfin: the pipe follows the server whose stream started first, then the other',
+  { skip },
+  async (t) => {
+    const { home, plex, jellyfin, daemon } = await homeWithPlexAndJellyfin(t);
+    const portOfPipe = () => clientFilters(home.routerNs).map((filter) => filter.sourcePort);
+    const sessionsAt = () => daemon.sessions().find((client) => client.address === PLAYER)?.sessions.length ?? 0;
+
+    const viaPlex = plex.play({ player: { address: PLAYER, local: false }, session: { location: 'wan' } });
+    await until(() => portOfPipe().length === 1);
+    t.same(portOfPipe(), [PLEX_PORT], 'Plex plays first: its port');
+    const classid = clientFilters(home.routerNs)[0]?.classid;
+    const viaJellyfin = jellyfin.play({ remoteEndPoint: PLAYER });
+    await until(() => sessionsAt() === 2);
+    // Plex's listings (every second) and Jellyfin's pushes in the meantime change nothing.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    t.same(portOfPipe(), [PLEX_PORT], 'Jellyfin playing too at the same address leaves the pipe on Plex’s port');
+
+    plex.setState(viaPlex.sessionKey, 'stopped');
+    await until(() => portOfPipe()[0] === JELLYFIN_PUBLIC_PORT, 5000);
+    t.match(clientFilters(home.routerNs), [{ classid, sourcePort: JELLYFIN_PUBLIC_PORT }], 'Plex stops: the same pipe’s filter moves to Jellyfin’s port');
+    jellyfin.stop(viaJellyfin.id);
+    await until(() => portOfPipe().length === 0, 10_000);
+    t.pass('Jellyfin stops: the pipe goes after the grace period');
+  },
+);
 
 t.test('a gateway filter is adopted after a restart, and rewritten when gateway mode is turned off', { skip: netnsUnavailable() }, async (t) => {
   const topology = await createTopology({ clients: 1, ipv6: false });
@@ -192,6 +272,37 @@ t.test('gateway config: one clear error for a bad port or an unknown key', async
   t.equal(validateConfig(base).gateway, undefined, 'no gateway key: filters match the address alone');
   t.throws(() => validateConfig({ ...base, gateway: { plexPort: 70000 } }), /'gateway\.plexPort' = 70000: Too big/);
   t.throws(() => validateConfig({ ...base, gateway: { port: 32400 } }), /unknown key 'gateway\.port'/);
+  const gateway = { ...base, gateway: {} };
+  t.throws(() => validateConfig({ ...gateway, jellyfin: { publicPort: 70000 } }), /^config: 'jellyfin\.publicPort' = 70000: Too big[^;]*$/);
+  t.throws(
+    () => validateConfig({ ...gateway, plex: [{}, { publicPort: '443' }] }),
+    /^config: 'plex\.1\.publicPort' = "443": Invalid input: expected number[^;]*$/,
+  );
+  t.throws(
+    () => validateConfig({ ...base, emby: { publicPort: 443 } }),
+    /^config: 'emby\.publicPort' = 443: publicPort is for gateway mode \(shaperrd on the router\): add gateway: \{\} or leave it out$/,
+  );
+});
+
+t.test('gateway ports: each server’s public port, with its default', async (t) => {
+  const config = validateConfig({
+    device: 'wan0',
+    server: { rate: '100mbit' },
+    client: { rate: '4mbit' },
+    gateway: { plexPort: 32401 },
+    plex: [{ url: 'http://10.0.0.2:32400' }, { url: 'http://10.0.0.3:32400', publicPort: 32402 }],
+    jellyfin: [{ url: 'http://10.0.0.4:8096', publicPort: 443 }, { url: 'http://10.0.0.5:8096' }],
+    emby: { url: 'http://10.0.0.6:8096' },
+  });
+  const [plexA, plexB] = config.plex as PlexServerConfig[];
+  const [jellyfinA, jellyfinB] = config.jellyfin as MediaServerConfig[];
+  t.equal(gatewayPort(config, 'plex', plexA!), 32401, 'Plex: gateway.plexPort');
+  t.equal(gatewayPort(config, 'plex', plexB!), 32402, 'its own publicPort first');
+  t.equal(gatewayPort(config, 'jellyfin', jellyfinA!), 443);
+  t.equal(gatewayPort(config, 'jellyfin', jellyfinB!), 8096, 'Jellyfin: 8096');
+  t.equal(gatewayPort(config, 'emby', config.emby as MediaServerConfig), 8096, 'Emby: 8096');
+  const routed = validateConfig({ device: 'eth0', server: { rate: '100mbit' }, client: { rate: '4mbit' }, jellyfin: { url: 'http://10.0.0.4:8096' } });
+  t.equal(gatewayPort(routed, 'jellyfin', routed.jellyfin as MediaServerConfig), undefined, 'no gateway mode: no port');
 });
 
 t.test(

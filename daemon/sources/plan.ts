@@ -4,7 +4,7 @@
  * PLEX_TOKEN or Plex's own Preferences.xml), else the log. The plan is a list: the daemon creates, starts,
  * checks and reports each entry the same way, whatever it is.
  */
-import { type MediaServerKind, mediaServerKinds, mediaServers, type ShaperrConfig, plexServers } from '../config.js';
+import { gatewayPort, type MediaServerKind, mediaServerKinds, mediaServers, type ShaperrConfig, plexServers } from '../config.js';
 import { apiKeyVariable, findApiKey, MediaServerSource } from './jellyfin.js';
 import { checkMediaServer } from './jellyfin-check.js';
 import { LogSource } from './log.js';
@@ -47,6 +47,11 @@ interface ServerPlan {
   problems: string[];
 }
 
+/** Gateway mode: every event of a server's source carries the server's public port. */
+function stampPort(context: SourceContext, publicPort: number | undefined): SourceContext {
+  return publicPort === undefined ? context : { ...context, onEvent: (event) => context.onEvent({ ...event, publicPort }) };
+}
+
 function plexPlan(config: ShaperrConfig, logPath: string | undefined, env: NodeJS.ProcessEnv): ServerPlan {
   const found: ServerPlan = { planned: [], missing: [], problems: [] };
   for (const server of plexServers(config)) {
@@ -66,7 +71,7 @@ function plexPlan(config: ShaperrConfig, logPath: string | undefined, env: NodeJ
       keySource: token.source,
       create: (context) =>
         new PlexSource({
-          ...context,
+          ...stampPort(context, gatewayPort(config, 'plex', server)),
           url,
           token: token.token,
           verifyTls,
@@ -97,7 +102,14 @@ function mediaServerPlan(config: ShaperrConfig, kind: MediaServerKind, env: Node
       target: url,
       keySource: key.source,
       create: (context) =>
-        new MediaServerSource({ ...context, kind, url, apiKey: key.token, verifyTls, timings: { ...context.timings, pollMs: server.pollSeconds * 1000 } }),
+        new MediaServerSource({
+          ...stampPort(context, gatewayPort(config, kind, server)),
+          kind,
+          url,
+          apiKey: key.token,
+          verifyTls,
+          timings: { ...context.timings, pollMs: server.pollSeconds * 1000 },
+        }),
       check: (timeoutMs) => checkMediaServer({ kind, url, verifyTls, key }, timeoutMs),
     });
   }

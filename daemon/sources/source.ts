@@ -41,6 +41,8 @@ export interface PlaybackEvent {
   directPlay?: boolean;
   /** bits/s: the video bitrate cap a transcode start request asks for (the log's `maxVideoBitrate`). */
   maxVideoBitrate?: number;
+  /** Gateway mode: the port the server's streams leave the router from (its publicPort). */
+  publicPort?: number;
 }
 
 /** How one HTTP request to a media server ended (the `result` label of the requests metric). */

@@ -520,6 +520,18 @@ export class Shaper {
   }
 
   /**
+   * Gateway mode: points an existing pipe's filter at another source port, its limits unchanged (the
+   * client's stream now comes from another server). Undefined when `address` has no pipe: none is made.
+   */
+  async setSourcePort(addressText: string, sourcePort: number): Promise<ThrottleOutcome | undefined> {
+    this.ensureOpen();
+    await this.waitForLongOperation();
+    const client = this.clientAt(addressText);
+    if (!client) return undefined;
+    return this.setWanted([{ address: addressText, limits: { ...client.wanted, sourcePort } }])[0];
+  }
+
+  /**
    * Throttles many clients with one rebalance (restoring saved pipes after a restart): shares are worked
    * out once for the whole set, then the pipes are made a chunk at a time with progress.
    */
