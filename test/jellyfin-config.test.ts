@@ -185,8 +185,9 @@ t.test('shaperr check for each server: accepted and pushing; push-less; websocke
 
   // Through the plan, as `shaperr check` runs it: the choice, then each server's lines.
   const config = validateConfig({ ...base, source: 'emby', emby: { url: emby.url, apiKey: SECRET_KEY } });
-  const { lines, usesLog } = await checkSources(config, undefined, 500);
+  const { lines, usesLog } = await checkSources(config, undefined, 500, { [`emby ${emby.url}`]: 'kept-by-shaperrd' });
   t.equal(usesLog, false);
+  t.ok(emby.deviceIds.has('kept-by-shaperrd'), 'the check presents the DeviceId shaperrd keeps for the server (no new device)');
   t.match(lines[0], { verdict: 'ok', what: /^event source: emby → Emby at .* \(key from emby\.apiKey\)$/ });
   t.match(lines.slice(1), [{ verdict: 'ok' }, { verdict: 'ok' }, { verdict: 'warn' }]);
 });

@@ -324,7 +324,9 @@ async function runChecks(options: GlobalOptions): Promise<CheckLine[]> {
   lines.push(...(await checkContainer(config, { device, netns })));
   if (config) lines.push(...(await checkCeiling(config)));
   const log = config?.log ?? (await findPlexLog());
-  const sources = config ? await checkSources(config, log) : undefined;
+  // The DeviceIds shaperrd keeps: the check presents them too, so it is no new device to Jellyfin or Emby.
+  const devices = config ? (await loadState(config.stateFile, () => undefined))?.devices : undefined;
+  const sources = config ? await checkSources(config, log, undefined, devices) : undefined;
   lines.push(...(sources?.lines ?? []));
   if (sources && !sources.usesLog) {
     lines.push({ verdict: 'ok', what: 'the Plex log and its debug logging are not needed (the log is not one of the sources)' });

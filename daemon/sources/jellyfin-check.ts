@@ -19,11 +19,13 @@ export interface MediaServerCheckTarget {
   url: string;
   verifyTls: boolean;
   key: TokenChoice;
+  /** The DeviceId shaperrd keeps for this server (its state file): the check is then no new device either. */
+  deviceId?: string | undefined;
 }
 
 /** One server: it answers, accepts the key, lists sessions, and pushes them (else shaperrd polls). */
 export async function checkMediaServer(server: MediaServerCheckTarget, timeoutMs: number): Promise<SourceCheckLine[]> {
-  const access = mediaServerAccess(server.kind, server.url, server.key.token);
+  const access = mediaServerAccess(server.kind, server.url, server.key.token, server.deviceId);
   const redact = (text: string) => redactToken(text, server.key.token);
   const options: ServerGetOptions = {
     url: server.url,

@@ -15,7 +15,7 @@
  * socket's path, the key's header) are the `dialects` table. The key travels only in a header and is
  * redacted from every message this emits.
  */
-import { createHash } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
@@ -76,9 +76,13 @@ export interface MediaServerAccess {
   socketUrl: URL;
 }
 
-export function mediaServerAccess(kind: MediaServerKind, url: string, apiKey: string, deviceId = stableDeviceId(url, kind)): MediaServerAccess {
+/** Under what the daemon keeps a server's DeviceId (SourceContext.deviceIdFor, the state file's devices). */
+export const deviceKey = (kind: MediaServerKind, url: string): string => `${kind} ${url}`;
+
+/** `deviceId`: the one kept for this server; none kept yet: a new one. */
+export function mediaServerAccess(kind: MediaServerKind, url: string, apiKey: string, deviceId: string | undefined): MediaServerAccess {
   const dialect = dialects[kind];
-  const identity: DeviceIdentity = { deviceId, device: hostname(), version: VERSION };
+  const identity: DeviceIdentity = { deviceId: deviceId ?? randomBytes(16).toString('hex'), device: hostname(), version: VERSION };
   const socketUrl = new URL(dialect.socketPath, url.replace(/^http/, 'ws'));
   for (const [name, value] of Object.entries(dialect.socketQuery(identity))) socketUrl.searchParams.set(name, value);
   return { label: dialect.label, headers: dialect.headers(apiKey, identity), socketUrl };
@@ -111,7 +115,7 @@ export interface MediaServerSourceOptions extends SourceContext {
   url: string;
   apiKey: string;
   verifyTls: boolean;
-  /** Default: the context's deviceIdFor (the daemon's, kept in its state file), else one derived from this host's machine id. */
+  /** Default: the context's deviceIdFor (the daemon's, kept in its state file). */
   deviceId?: string;
   timings?: Partial<MediaServerTimings>;
   /** Addresses that mean "behind this host's container bridge"; default: the host's own bridge gateways. */
@@ -190,17 +194,6 @@ export function parseMediaSessions(data: unknown): ListedMediaSession[] {
     .filter((session) => session !== undefined);
 }
 
-/** A DeviceId for this host and server when none is kept (`shaperr check`): its machine id, else its hostname, and the server's URL. */
-export function stableDeviceId(url: string, kind: MediaServerKind): string {
-  let machine = hostname();
-  try {
-    machine = readFileSync('/etc/machine-id', 'utf8').trim() || machine;
-  } catch {
-    // no systemd machine id (containers): the hostname
-  }
-  return createHash('sha256').update(`shaperr ${kind} ${machine} ${url}`).digest('hex').slice(0, 32);
-}
-
 export class MediaServerSource implements PlaybackSource {
   readonly name: MediaServerKind;
   private readonly timings: MediaServerTimings;
@@ -228,7 +221,7 @@ export class MediaServerSource implements PlaybackSource {
   constructor(private readonly options: MediaServerSourceOptions) {
     this.name = options.kind;
     this.timings = { ...defaultMediaServerTimings, idleMs: options.idleMs, ...options.timings };
-    this.access = mediaServerAccess(options.kind, options.url, options.apiKey, options.deviceId ?? options.deviceIdFor?.(`${options.kind} ${options.url}`));
+    this.access = mediaServerAccess(options.kind, options.url, options.apiKey, options.deviceId ?? options.deviceIdFor?.(deviceKey(options.kind, options.url)));
     this.unshapeableAddresses = new Set([...(options.bridgeAddresses ?? hostBridgeAddresses()), ...hostAddresses(), ...(options.proxyAddresses ?? [])]);
     this.agent =
       new URL(options.url).protocol === 'https:'

@@ -5,7 +5,7 @@
  * checks and reports each entry the same way, whatever it is.
  */
 import { gatewayPort, type MediaServerKind, mediaServerKinds, mediaServers, type ShaperrConfig, plexServers } from '../config.js';
-import { apiKeyVariable, findApiKey, MediaServerSource } from './jellyfin.js';
+import { apiKeyVariable, deviceKey, findApiKey, MediaServerSource } from './jellyfin.js';
 import { checkMediaServer } from './jellyfin-check.js';
 import { LogSource } from './log.js';
 import { checkPlexServer } from './plex-check.js';
@@ -22,8 +22,11 @@ export interface PlannedSource {
   /** Where its key comes from (a config key, a file, an environment variable), never the key. */
   keySource?: string;
   create(context: SourceContext): PlaybackSource;
-  /** `shaperr check`'s lines for it: the server answers, accepts the key, lets it see every session. */
-  check?(timeoutMs: number): Promise<SourceCheckLine[]>;
+  /**
+   * `shaperr check`'s lines for it: the server answers, accepts the key, lets it see every session.
+   * `deviceIds`: the ones shaperrd keeps (its state file's devices), presented again so a check adds no device.
+   */
+  check?(timeoutMs: number, deviceIds: Readonly<Record<string, string>>): Promise<SourceCheckLine[]>;
 }
 
 export interface SourcePlan {
@@ -110,7 +113,7 @@ function mediaServerPlan(config: ShaperrConfig, kind: MediaServerKind, env: Node
           verifyTls,
           timings: { ...context.timings, pollMs: server.pollSeconds * 1000 },
         }),
-      check: (timeoutMs) => checkMediaServer({ kind, url, verifyTls, key }, timeoutMs),
+      check: (timeoutMs, deviceIds) => checkMediaServer({ kind, url, verifyTls, key, deviceId: deviceIds[deviceKey(kind, url)] }, timeoutMs),
     });
   }
   return found;
@@ -176,6 +179,7 @@ export async function checkSources(
   config: ShaperrConfig,
   logPath: string | undefined,
   timeoutMs = 5000,
+  deviceIds: Readonly<Record<string, string>> = {},
 ): Promise<{ lines: SourceCheckLine[]; usesLog: boolean }> {
   let plan: SourcePlan;
   try {
@@ -188,6 +192,6 @@ export async function checkSources(
   }
   const lines: SourceCheckLine[] = [{ verdict: 'ok', what: `event ${plan.reason}` }];
   for (const problem of plan.problems) lines.push({ verdict: 'warn', what: problem });
-  for (const source of plan.sources) if (source.check) lines.push(...(await source.check(timeoutMs)));
+  for (const source of plan.sources) if (source.check) lines.push(...(await source.check(timeoutMs, deviceIds)));
   return { lines, usesLog: plan.usesLog };
 }
