@@ -238,6 +238,21 @@ t.test('gateway mode: after a restart, a pipe kept in the kernel keeps its serve
   );
 });
 
+t.test('gateway mode: a server’s publicPort changed on a reload moves its pipes to the new port', { skip }, async (t) => {
+  const home = await createHome(t);
+  const jellyfin = await startJellyfinServer(t);
+  const { config, daemon } = await startRouterDaemon(t, home, {
+    source: 'jellyfin',
+    jellyfin: { url: jellyfin.url, apiKey: SECRET_KEY, publicPort: JELLYFIN_PUBLIC_PORT },
+  });
+  jellyfin.play({ remoteEndPoint: JELLYFIN_PLAYER });
+  await until(() => clientFilters(home.routerNs).length === 1);
+  const [made] = clientFilters(home.routerNs);
+  await daemon.reload({ ...config, jellyfin: { ...(config.jellyfin as MediaServerConfig), publicPort: 443 } });
+  await until(() => clientFilters(home.routerNs)[0]?.sourcePort === 443, 5000);
+  t.match(clientFilters(home.routerNs), [{ classid: made!.classid, sourcePort: 443 }], 'the same pipe, now matching port 443');
+});
+
 t.test('a gateway filter is adopted after a restart, and rewritten when gateway mode is turned off', { skip: netnsUnavailable() }, async (t) => {
   const topology = await createTopology({ clients: 1, ipv6: false });
   t.teardown(() => topology.destroy());
