@@ -385,6 +385,12 @@ t.test(
     t.same(ports(), { [plexPlayer]: PLEX_PORT, [jellyfinPlayer]: 8920 }, 'its filter is rewritten, the other left alone');
     t.equal(first.clients().length, 2, 'and the pipe stays (no new class)');
     t.equal((await first.throttle(jellyfinPlayer, { rate: '4mbit', sourcePort: 8920 })).result, 'unchanged');
+    const back = await first.setSourcePort(jellyfinPlayer, 443);
+    t.match(back, { result: 'changed', client: { sourcePort: 443, wanted: { rate: 4 * MBIT } } }, 'setSourcePort moves the filter, limits as they were');
+    t.same(ports(), { [plexPlayer]: PLEX_PORT, [jellyfinPlayer]: 443 });
+    await first.throttle(jellyfinPlayer, { rate: '4mbit', sourcePort: 8920 });
+    t.equal(await first.setSourcePort('10.200.9.9', 443), undefined, 'setSourcePort for an address without a pipe makes none');
+    t.equal(first.clients().length, 2);
     await first.close();
 
     const again = await open();
