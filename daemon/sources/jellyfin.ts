@@ -17,8 +17,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { Agent as HttpAgent } from 'node:http';
-import { Agent as HttpsAgent } from 'node:https';
+import type { Agent as HttpAgent } from 'node:http';
 import { hostname, networkInterfaces } from 'node:os';
 import ipaddr from 'ipaddr.js';
 import WebSocket from 'ws';
@@ -26,7 +25,7 @@ import { parseClientAddress } from '../../lib/index.js';
 import type { MediaServerKind } from '../config.js';
 import { hostBridgeAddresses } from './plex.js';
 import { redactToken, type TokenChoice } from './plex-token.js';
-import { readFromServer, ServerHttpError } from './server-get.js';
+import { keepAliveAgent, readFromServer, ServerHttpError } from './server-get.js';
 import { defaultServerTimings, ServerLink, SingleFlight, skippedStream } from './server-link.js';
 import type { PlaybackEvent, PlaybackSource, ServerTimings, SourceContext, SourceStatus } from './source.js';
 
@@ -223,10 +222,7 @@ export class MediaServerSource implements PlaybackSource {
     this.timings = { ...defaultMediaServerTimings, idleMs: options.idleMs, ...options.timings };
     this.access = mediaServerAccess(options.kind, options.url, options.apiKey, options.deviceId ?? options.deviceIdFor?.(deviceKey(options.kind, options.url)));
     this.unshapeableAddresses = new Set([...(options.bridgeAddresses ?? hostBridgeAddresses()), ...hostAddresses(), ...(options.proxyAddresses ?? [])]);
-    this.agent =
-      new URL(options.url).protocol === 'https:'
-        ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: options.verifyTls })
-        : new HttpAgent({ keepAlive: true });
+    this.agent = keepAliveAgent(options.url, options.verifyTls);
     this.link = new ServerLink({
       label: this.access.label,
       url: options.url,

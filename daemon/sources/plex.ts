@@ -16,14 +16,13 @@
  *
  * The token travels only in the X-Plex-Token header and is redacted from every message this emits.
  */
-import { Agent as HttpAgent } from 'node:http';
-import { Agent as HttpsAgent } from 'node:https';
+import type { Agent as HttpAgent } from 'node:http';
 import { networkInterfaces } from 'node:os';
 import { XMLParser } from 'fast-xml-parser';
 import type WebSocket from 'ws';
 import { parseClientAddress } from '../../lib/index.js';
 import { redactToken } from './plex-token.js';
-import { readFromServer, type ServerGetOptions, ServerHttpError, serverGet } from './server-get.js';
+import { keepAliveAgent, readFromServer, type ServerGetOptions, ServerHttpError, serverGet } from './server-get.js';
 import { defaultServerTimings, ServerLink, SingleFlight, skippedStream } from './server-link.js';
 import type { PlaybackEvent, PlaybackKind, PlaybackSource, ServerTimings, SourceContext, SourceRequestResult, SourceStatus } from './source.js';
 
@@ -276,10 +275,7 @@ export class PlexSource implements PlaybackSource {
       () => !this.stopped,
     );
     this.bridges = options.bridgeAddresses ?? hostBridgeAddresses();
-    this.agent =
-      new URL(options.url).protocol === 'https:'
-        ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: options.verifyTls })
-        : new HttpAgent({ keepAlive: true });
+    this.agent = keepAliveAgent(options.url, options.verifyTls);
   }
 
   start(): void {

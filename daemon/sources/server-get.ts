@@ -3,9 +3,8 @@
  * signal, a bounded body, and every failure as a ServerHttpError whose result names the outcome for the
  * requests metric. The caller's `redact` runs over every message, so no key ends up in an error.
  */
-import type { Agent as HttpAgent } from 'node:http';
-import { request as httpRequest } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { SourceRequestResult } from './source.js';
 
 export class ServerHttpError extends Error {
@@ -15,6 +14,11 @@ export class ServerHttpError extends Error {
   ) {
     super(message);
   }
+}
+
+/** The keep-alive agent a source's GETs share: one connection to its server instead of one per request. */
+export function keepAliveAgent(url: string, verifyTls: boolean): HttpAgent {
+  return new URL(url).protocol === 'https:' ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: verifyTls }) : new HttpAgent({ keepAlive: true });
 }
 
 export interface ServerGetOptions {
