@@ -8,6 +8,7 @@ import { TrafficControl } from '../lib/index.js';
 import { matchallFilter } from '../lib/tc/kinds/matchall.js';
 import { parsePsched } from '../lib/tc/units.js';
 import { MessageWriter, parseAttributes } from '../lib/wire/attributes.js';
+import { until } from './helpers/daemon.js';
 import { createNetns, deleteNetns, inNetns, ip, netnsUnavailable } from '../daemon/support/netns.js';
 
 const context = { clock: parsePsched('000003e8 00000040 000f4240 3b9aca00') };
@@ -78,6 +79,8 @@ t.test('a matchall filter: create, read back, classify real packets, delete', { 
       '-e',
       "const s = require('node:dgram').createSocket('udp4'); s.send('x'.repeat(500), 9, '10.9.0.2', () => s.close())",
     );
+    // Under emulation the transmit softirq can run after the sender has exited: wait up to 5 s for the count.
+    await until(() => classBytes() >= before + 500, 5_000).catch(() => {});
     t.ok(classBytes() >= before + 500, `packets went through class 1:10 (${classBytes() - before} bytes)`);
     t.ok((tc.filters('d0', '1:', 'matchall').find((entry) => entry.handle === 5)?.parameters.hits ?? 0) >= 1, 'the filter counted its hits');
 
