@@ -152,10 +152,11 @@ export class Shaperrd {
     await this.reconcile(saved, warm?.clients ?? []);
 
     await this.startSources(plan, resumeAt ?? warm?.position);
+    // Before the save below: a state saved without the ceiling would lose the last good one to a crash now.
+    if (auto && !this.options.dryRun) this.startCeiling(auto, this.serverLimits.rate);
     // The log's starting position is saved at once: a crash before the first line must not skip what comes next.
     if (this.logPath) await this.save();
     if (!this.options.dryRun) this.watch = this.watchShaper(this.shaper);
-    if (auto && !this.options.dryRun) this.startCeiling(auto, this.serverLimits.rate);
     this.log.info(
       {
         sources: plan.sources.map((source) => `${source.name} ${source.target}`),

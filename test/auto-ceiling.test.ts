@@ -117,6 +117,8 @@ t.test(
     daemon = startDaemon(config);
     await daemon.waitFor(/automatic server ceiling on/, 120_000);
     t.equal(kernelCeiling(topology.serverNs), 7 * MBIT, 'restarted from the last good ceiling');
+    await daemon.waitFor(/shaperrd started/);
+    t.equal(JSON.parse(readFileSync(stateFile, 'utf8')).ceiling?.rate, 7 * MBIT, 'the state saved at start keeps it: a crash now loses nothing');
 
     const { stdout } = await promisify(execFile)(process.execPath, [SHAPERR_CLI, '--config', config, 'status', '--interval', '0.2']);
     t.match(stdout, /automatic ceiling 7(\.00)? Mbit\/s \(2(\.00)? Mbit\/s–30(\.00)? Mbit\/s, plex signal\)/, '`shaperr status` shows it');
