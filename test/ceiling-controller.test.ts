@@ -196,3 +196,61 @@ t.test("the uplink's delay: what at least two players see; one player's own slow
   t.equal(uplinkDelay([80]), 80, 'a lone player counts alone');
   t.equal(uplinkDelay([80], 3), 3, 'unless the modem-side probe disagrees');
 });
+
+t.test("a queue's onset is cut at least by half: every reading lags then, the queue is deeper than it reads", async (t) => {
+  const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
+  for (let at = 0; at < 1000; at += 100) t.equal(controller.observe({ at, delayMs: 1, sentRate: 19 * MBIT, deliveredRate: 19 * MBIT, demand: 0 }), undefined);
+  // 30 ms read, 14 Mbit/s acknowledged (the window still holds the time before the link moved).
+  const cut = controller.observe({ at: 1000, delayMs: 30, sentRate: 19 * MBIT, deliveredRate: 14 * MBIT, demand: 0 });
+  t.match(cut, { reason: 'queue', from: 19 * MBIT });
+  t.ok(cut!.to <= CEILING_TUNING.onsetCut * 14 * MBIT, `cut to ${cut!.to / MBIT} Mbit/s (the queue's own depth would say ${(1 - 30 / 250) * 14} Mbit/s)`);
+});
+
+t.test("a failed probe's own queue is no link that moved: straight back to the hold level, no cut while it shows", async (t) => {
+  const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
+  t.match(controller.observe({ at: 0, delayMs: 1, sentRate: 19 * MBIT, demand: 24 * MBIT }), { reason: 'probe', to: 19.76 * MBIT });
+  const failed = controller.observe({ at: 100, delayMs: 8, sentRate: 19.7 * MBIT, deliveredRate: 19.5 * MBIT, demand: 24 * MBIT });
+  t.match(failed, { reason: 'probe failed', to: 18.528 * MBIT }, '95 % of what the link carried, in one change');
+  // Its queue shows for a few round trips: shallow, so no cut (and no drain) for a refractory period.
+  for (let at = 200; at < 100 + CEILING_TUNING.refractoryMs; at += 100)
+    t.equal(
+      controller.observe({ at, delayMs: 20, sentRate: 18.5 * MBIT, deliveredRate: 19.5 * MBIT, demand: 24 * MBIT }),
+      undefined,
+      `no change ${at - 100} ms after`,
+    );
+  // Still there later: trimmed as a drain of the probe's queue, not cut as an onset.
+  const trimmed = controller.observe({
+    at: 100 + CEILING_TUNING.refractoryMs,
+    delayMs: 20,
+    sentRate: 18.5 * MBIT,
+    deliveredRate: 19 * MBIT,
+    demand: 24 * MBIT,
+  });
+  t.match(trimmed, { reason: 'queue' });
+  t.ok(trimmed!.to >= (1 - 20 / 250) * 19 * MBIT - 8000, `trimmed to ${trimmed!.to / MBIT} Mbit/s, not halved`);
+  // A deep queue right after a failed probe is the link: cut as an onset.
+  const other = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
+  other.observe({ at: 0, delayMs: 1, sentRate: 19 * MBIT, demand: 24 * MBIT });
+  other.observe({ at: 100, delayMs: 8, sentRate: 19.7 * MBIT, deliveredRate: 19.5 * MBIT, demand: 24 * MBIT });
+  const onset = other.observe({ at: 200, delayMs: 60, sentRate: 18.5 * MBIT, deliveredRate: 14 * MBIT, demand: 24 * MBIT });
+  t.match(onset, { reason: 'queue' });
+  t.ok(onset!.to <= CEILING_TUNING.onsetCut * 14 * MBIT, `a 60 ms queue 100 ms after: cut to ${onset!.to / MBIT} Mbit/s`);
+});
+
+t.test('a probe that held but queues soon after failed late (a small overshoot queues slowly): it backs off, not a cut', async (t) => {
+  const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
+  // The players want 20 Mbit/s: one probe, to 19.76, and no ramp after it.
+  t.match(controller.observe({ at: 0, delayMs: 1, sentRate: 19 * MBIT, demand: 20 * MBIT }), { reason: 'probe', to: 19.76 * MBIT });
+  let at = 100;
+  for (; at <= 3000; at += 100) t.equal(controller.observe({ at, delayMs: 1, sentRate: 19.76 * MBIT, demand: 20 * MBIT }), undefined);
+  t.equal(controller.settledRate, 19.76 * MBIT, 'the probe held');
+  t.equal(controller.observe({ at: 4000, delayMs: 15, sentRate: 19.76 * MBIT, deliveredRate: 19.6 * MBIT, demand: 20 * MBIT }), undefined);
+  t.match(controller.observe({ at: 4100, delayMs: 15, sentRate: 19.76 * MBIT, deliveredRate: 19.6 * MBIT, demand: 20 * MBIT }), { reason: 'probe failed' });
+  // One change in all: a cut would have drained and come back (two more), and the next probe waits the back-off.
+  const changes = [];
+  for (at = 4200; at < 4100 + CEILING_TUNING.probeBackoffMs[0]!; at += 100) {
+    const change = controller.observe({ at, delayMs: 1, sentRate: controller.rate, demand: 20 * MBIT });
+    if (change) changes.push(change);
+  }
+  t.same(changes, [], 'nothing more until the back-off is over');
+});

@@ -5,10 +5,13 @@
  * of the pipes backlogged now). Pure: it decides, the caller applies (auto-ceiling.ts).
  *
  * - Cut at once when the modem queues: to what the link delivered while it queued, less enough to drain
- *   the queue within half a second; once drained, hold a little below that capacity.
+ *   the queue within a quarter second, and at a queue's onset by half at least (every reading lags then);
+ *   once drained, hold a little below the capacity the drain measured.
  * - Raise only while the players want more than the ceiling and the delay says there is room: tentative
- *   probes, reverted at the first sign of a queue. Probes that fail at a steady capacity back off (5 s
- *   doubling to a minute, so at most two changes a minute); one that holds keeps ramping every second.
+ *   probes, reverted at the first sign of a queue (also one found a few seconds after a probe held: a
+ *   small overshoot queues slowly), straight to the hold level; a failed probe's shallow queue is no link
+ *   that moved. Probes that fail at a steady capacity back off (5 s growing to a minute, so at most two
+ *   changes a minute); near where the link last queued they step by 4 %, past it the steps grow.
  * - Nothing playing (no fresh delay, no demand): hold. Silence is never congestion.
  * - Still queueing at `min`: the uplink is busy with traffic shaperr does not carry (a bulk upload from
  *   another host), which only the router can shape: say so.
@@ -59,6 +62,12 @@ export const CEILING_TUNING = {
   drainSeconds: 0.25,
   /** A cut goes no lower than this fraction of the delivered rate (however deep the queue). */
   deepestCut: 0.3,
+  /**
+   * The first cut at a queue's onset goes at least this deep: every reading lags then (the round trips by
+   * the queue itself, the delivered rate by its window), so the queue is deeper than it reads and the link
+   * slower; the drain measures the link, and the hold after it gives the rate back.
+   */
+  onsetCut: 0.5,
   /** A drain lasts at least this long. */
   leastDrainMs: 800,
   /** After draining, the ceiling holds at this fraction of the measured capacity. */
@@ -67,10 +76,19 @@ export const CEILING_TUNING = {
   refractoryMs: 600,
   /** A probe that sees no queue for this long holds. */
   probeHoldMs: 1000,
+  /** Near where the link last queued a probe must hold this long: an overshoot of a few % needs it to show. */
+  probeHoldNearCapacityMs: 2000,
   /** A probe goes at least this far past the capacity measured last (a small overshoot queues slowly). */
   probeBeyondCapacity: 1.02,
   /** A queue found this soon after a probe failed is that probe's, not a link that moved. */
   probeAftermathMs: 1000,
+  /**
+   * A shallow queue found this soon after a probe held is that probe's, found late (a small overshoot
+   * queues slowly): it fails the probe, backing off, instead of reading as a link that moved.
+   */
+  lateProbeFailMs: 5000,
+  /** A queue deeper than this is a link that moved, even right after a probe held. */
+  lateProbeFailDeepestMs: 36,
   /** A probe that holds this far past the capacity measured last shows a link that grew. */
   clearlyPast: 1.05,
   /** Probe steps grow while probes keep holding (a link that came back is found in seconds). */
@@ -110,18 +128,22 @@ export type CeilingRulesFactory = (bounds: CeilingBounds, start: BitsPerSecond) 
 export class CeilingController implements CeilingRules {
   private current: BitsPerSecond;
   private bounds: CeilingBounds;
-  /** What the link delivered to Plex the last time it queued (bits/s); undefined: not measured yet. */
+  /** What the link delivered to Plex the last time it queued, or more that a probe since carried (bits/s); undefined: not measured yet. */
   private capacityEstimate?: BitsPerSecond;
+  /** What the link delivered the last time it queued (probes that held since do not move it). */
+  private queuedCapacity?: BitsPerSecond;
   private lastDelay?: number;
   private aboveBloat = 0;
   private belowClear = 0;
   private lastCutAt = -Infinity;
-  /** Set while the ceiling is cut below the hold level to drain a queue. */
-  private draining = false;
+  /** Set while the ceiling is cut below the hold level to drain a queue: the link's (it moved) or a failed probe's. */
+  private draining?: 'link' | 'probe';
   /** What the link carried at each tick of the drain under way while the queue lasted: the modem drains at its rate meanwhile. */
   private drainReadings: BitsPerSecond[] = [];
   /** A probe under way: the ceiling it left, and since when Plex has sent more than the link carried before. */
   private probe?: { base: BitsPerSecond; target: BitsPerSecond; startedAt: number };
+  /** The last probe that held, and when: a queue soon after is its failure, found late. */
+  private heldProbe?: { base: BitsPerSecond; heldAt: number };
   /** What shaperr sent, smoothed over about half a second (bits/s). */
   private smoothedSent = 0;
   private probeStep = 0;
@@ -193,20 +215,30 @@ export class CeilingController implements CeilingRules {
 
     this.smoothedSent += (sample.sentRate - this.smoothedSent) * SENT_SMOOTHING;
     if (this.probe) {
-      if (delay > tuning.probeFailMs) return this.failProbe(sample.at, carried());
+      if (delay > tuning.probeFailMs) {
+        const base = this.probe.base;
+        this.probe = undefined;
+        return this.failProbe(sample.at, carried(), base);
+      }
       // Only traffic into the new room tells that the link has it: a probe the players do not fill stays
       // pending (it costs nothing until they do, and a queue then reverts it).
       const used = this.smoothedSent >= (this.probe.base + this.probe.target) / 2;
-      if (used && sample.at - this.probe.startedAt >= tuning.probeHoldMs) {
+      const nearCapacity = this.probe.target < (this.queuedCapacity ?? 0) * tuning.clearlyPast;
+      const holdMs = nearCapacity ? tuning.probeHoldNearCapacityMs : tuning.probeHoldMs;
+      if (used && sample.at - this.probe.startedAt >= holdMs) {
         // The link carried more than before without a queue: it has at least that much room, and the
         // ramp goes on at once, with a larger step. Only a probe clearly past the capacity measured last
         // says the link grew (one just past it may be that measure's error): then failed probes are
         // forgotten; until then they keep backing off.
+        const { base, target } = this.probe;
         const known = this.capacityEstimate ?? 0;
-        if (this.probe.target >= known * tuning.clearlyPast) this.failedProbes = 0;
+        if (target >= known * tuning.clearlyPast) this.failedProbes = 0;
         this.capacityEstimate = Math.max(known, this.smoothedSent);
+        this.heldProbe = { base, heldAt: sample.at };
         this.probe = undefined;
-        this.probeStep = Math.min(this.probeStep + 1, tuning.probeSteps.length - 1);
+        // Near where the link last queued the steps stay small (a probe there overshoots, and its queue is the
+        // gamer's); past it, the link grew, and they grow.
+        this.probeStep = nearCapacity ? 0 : Math.min(this.probeStep + 1, tuning.probeSteps.length - 1);
         this.nextProbeAt = sample.at;
       }
       return undefined;
@@ -216,6 +248,12 @@ export class CeilingController implements CeilingRules {
     if (this.draining && delay >= tuning.bloatMs) this.drainReadings.push(carried());
     if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs) {
       if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
+      // A failed probe's own shallow queue still shows for a round trip or two: no link moved.
+      if (sample.at - this.lastProbeFailedAt < tuning.refractoryMs && delay <= tuning.lateProbeFailDeepestMs) return undefined;
+      const held = this.heldProbe;
+      this.heldProbe = undefined;
+      if (held && sample.at - held.heldAt <= tuning.lateProbeFailMs && delay <= tuning.lateProbeFailDeepestMs)
+        return this.failProbe(sample.at, carried(), held.base);
       return this.cut(sample.at, delay, carried());
     }
     if (delay >= tuning.clearMs) return undefined;
@@ -223,11 +261,11 @@ export class CeilingController implements CeilingRules {
     // not before the cut had time to work: right after it the pipes fill, and the round trips read then
     // are the least reliable.
     if (this.draining && this.belowClear >= 2 && sample.at - this.lastCutAt >= tuning.leastDrainMs) {
-      this.draining = false;
+      this.draining = undefined;
       // While the modem drained, it sent at its rate: the middle reading of the drain tells that rate best
       // (the first still hold the time before the link moved, the last may come after the queue emptied).
       const sorted = [...this.drainReadings].sort((a, b) => a - b);
-      if (sorted.length >= 3) this.capacityEstimate = sorted[Math.floor(sorted.length / 2)]!;
+      if (sorted.length >= 3) this.measuredAtQueue(sorted[Math.floor(sorted.length / 2)]!);
       const capacity = this.capacityEstimate!;
       return this.move(
         this.clamp(tuning.holdFraction * capacity),
@@ -245,6 +283,7 @@ export class CeilingController implements CeilingRules {
     const target = this.clamp(Math.min(Math.max(this.current * step, (this.capacityEstimate ?? 0) * tuning.probeBeyondCapacity), sample.demand));
     if (target <= this.current) return undefined;
     this.probe = { base: this.current, target, startedAt: sample.at };
+    this.heldProbe = undefined;
     return this.move(target, 'probe', `players want ${mbit(sample.demand)} and the uplink shows no queue: trying more`);
   }
 
@@ -260,31 +299,35 @@ export class CeilingController implements CeilingRules {
 
   private cut(at: number, delay: number, carried: BitsPerSecond): CeilingChange | undefined {
     const tuning = CEILING_TUNING;
-    // Cut again while draining, the signal still shows the queue met a round trip ago, and the far ends
-    // acknowledge less as it drains: that is no lower capacity.
-    const again = this.draining && this.capacityEstimate !== undefined;
+    // Cut again while a moved link's queue drains, the signal still shows the queue met a round trip ago,
+    // and the far ends acknowledge less as it drains: that is no lower capacity.
+    const again = this.draining === 'link' && this.capacityEstimate !== undefined;
     const capacity = again ? Math.max(this.capacityEstimate!, carried) : carried;
-    this.capacityEstimate = capacity;
+    // A queue left by a failed probe of ours is shallow and understood. Any other is the link's, and its
+    // onset is cut deep.
+    const probesQueue = at - this.lastProbeFailedAt <= tuning.probeAftermathMs && delay <= tuning.lateProbeFailDeepestMs;
+    const onset = !again && !probesQueue;
+    this.measuredAtQueue(capacity);
     this.lastCutAt = at;
     this.aboveBloat = 0;
     this.probeStep = 0;
     // The link moved (unless it is what a failed probe of ours left): it may move back soon, so probing
     // starts quick again.
-    if (at - this.lastProbeFailedAt > tuning.probeAftermathMs) this.failedProbes = 0;
+    if (!probesQueue) this.failedProbes = 0;
     this.nextProbeAt = Math.max(this.nextProbeAt, at + tuning.probeBackoffMs[0]!);
-    if (!this.draining) this.drainReadings = [];
-    this.draining = true;
-    const fraction = Math.max(tuning.deepestCut, 1 - delay / 1000 / tuning.drainSeconds);
+    if (!again) this.drainReadings = [];
+    this.draining = again || onset ? 'link' : 'probe';
+    const drainFraction = Math.max(tuning.deepestCut, 1 - delay / 1000 / tuning.drainSeconds);
+    const fraction = onset ? Math.min(tuning.onsetCut, drainFraction) : drainFraction;
     // A queue that outlasts a cut (traffic shaperr does not carry): down from where the ceiling is.
     const target = this.clamp(again ? this.current * Math.max(0.5, fraction) : Math.min(this.current, capacity * fraction));
     if (target === this.current) return undefined;
     return this.move(target, 'queue', `the uplink queues ${delay.toFixed(0)} ms beyond shaperr (it carried ${mbit(capacity)}): draining`);
   }
 
-  private failProbe(at: number, carried: BitsPerSecond): CeilingChange | undefined {
+  /** A probe from `base` met a queue: back below what the link carried, and wait longer before the next. */
+  private failProbe(at: number, carried: BitsPerSecond, base: BitsPerSecond): CeilingChange | undefined {
     const tuning = CEILING_TUNING;
-    const probe = this.probe!;
-    this.probe = undefined;
     this.probeStep = 0;
     const waited = tuning.probeBackoffMs[Math.min(this.failedProbes, tuning.probeBackoffMs.length - 1)]!;
     this.failedProbes++;
@@ -292,10 +335,17 @@ export class CeilingController implements CeilingRules {
     this.nextProbeAt = at + waited;
     // The link carried the base without a queue, not the probe. What the far ends acknowledged tells where
     // in between, when it was measured at the link's limit (a reading well below the base was not).
-    const capacity = carried >= 0.9 * probe.base ? Math.min(carried, this.current) : probe.base;
+    const measured = carried >= 0.9 * base;
+    const capacity = measured ? Math.min(carried, this.current) : base;
+    this.measuredAtQueue(capacity);
+    // Measured at the link's limit, the hold level is known; else back where the link carried no queue.
+    const back = this.clamp(measured ? tuning.holdFraction * capacity : base);
+    return this.move(back, 'probe failed', `no room above ${mbit(capacity)}: next try in ${waited / 1000} s`);
+  }
+
+  private measuredAtQueue(capacity: BitsPerSecond): void {
     this.capacityEstimate = capacity;
-    const back = this.clamp(Math.min(probe.base, tuning.holdFraction * capacity));
-    return this.move(back, 'probe failed', `no room above ${mbit(this.capacityEstimate)}: next try in ${waited / 1000} s`);
+    this.queuedCapacity = capacity;
   }
 
   /** Queueing for a while at `min`: traffic shaperr does not carry fills the uplink. */
@@ -311,7 +361,7 @@ export class CeilingController implements CeilingRules {
         this.busy = false;
         this.failedProbes = 0;
         this.nextProbeAt = at;
-        this.draining = false;
+        this.draining = undefined;
       }
     }
   }
