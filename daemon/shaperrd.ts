@@ -13,7 +13,8 @@ import { type ClientSummary, type Decision, type SavedClient, SessionTracker } f
 import { startStatusServer } from './operator/http.js';
 import { DaemonMetrics } from './operator/metrics.js';
 import { type DaemonState, loadState, saveState } from './apply/state.js';
-import { buildStatus, type OperationProgress, type RecentDecision, type StatusReport, ThroughputMeter } from './operator/status.js';
+import { ThroughputMeter } from './support/throughput.js';
+import { buildStatus, type OperationProgress, type RecentDecision, type StatusReport } from './operator/status.js';
 import { findPlexLog, type SavedPosition } from './sources/tail.js';
 import { readRecentLog, rebuildSessions } from './sessions/warm-start.js';
 import { lockDevice } from './apply/device-lock.js';

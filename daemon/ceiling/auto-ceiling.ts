@@ -5,6 +5,8 @@
  */
 import type { BitsPerSecond, PipeCounters } from '../../lib/index.js';
 import { type CeilingBounds, type CeilingChange, CeilingController, type CeilingReason, type CeilingRules, type CeilingRulesFactory } from './controller.js';
+import { monotonicMs } from '../support/clock.js';
+import { ThroughputMeter } from '../support/throughput.js';
 import type { PlexFlowDelay } from './flow-delay.js';
 import type { UdpProbe } from './udp-probe.js';
 
@@ -53,7 +55,8 @@ export interface AutoCeilingOptions {
 export class AutoCeiling {
   private readonly controller: CeilingRules;
   private timer?: NodeJS.Timeout;
-  private last?: { at: number; serverBytes: number };
+  /** What shaperr sent through the server class, tick to tick. */
+  private readonly sent = new ThroughputMeter();
   private readonly backloggedAt = new Map<string, { at: number; wantedCeil: number }>();
   private lastChange?: CeilingStatus['lastChange'];
   private changes = 0;
@@ -98,8 +101,7 @@ export class AutoCeiling {
   tick(at = monotonicMs()): CeilingChange | undefined {
     try {
       const { serverBytes, pipes } = this.options.readPipes();
-      const sentRate = this.last && at > this.last.at ? ((Math.max(0, serverBytes - this.last.serverBytes) * 8) / (at - this.last.at)) * 1000 : 0;
-      this.last = { at, serverBytes };
+      const sentRate = this.sent.bitsPerSecond('server', serverBytes, at) ?? 0;
       const probeMs = this.options.probe?.delayMs();
       const flows = this.options.flows?.read(at, pipes, probeMs);
       const delayMs = this.options.signal === 'plex' ? flows?.delayMs : probeMs;
@@ -173,5 +175,3 @@ export class AutoCeiling {
     return status;
   }
 }
-
-const monotonicMs = (): number => Number(process.hrtime.bigint()) / 1e6;

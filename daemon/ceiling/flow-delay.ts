@@ -14,6 +14,7 @@
  *   signal (the UDP probe) is given: then the smaller of the two.
  */
 import { type BitsPerSecond, NetworkSet, type PipeCounters, type SocketDiag } from '../../lib/index.js';
+import { ThroughputMeter } from '../support/throughput.js';
 
 /** What shaperr's own pipe holds for a client now (bytes sent, bytes queued, its ceil). */
 type PipeReading = Pick<PipeCounters['pipes'][number], 'address' | 'bytes' | 'backlog' | 'ceil'>;
@@ -48,8 +49,10 @@ interface FlowMemory {
 
 export class PlexFlowDelay {
   private readonly flows = new Map<string, FlowMemory>();
-  /** Per pipe: its last counters, and what it added to round trips lately (oldest first). */
-  private readonly pipes = new Map<string, { bytes: number; at: number; delays: Array<{ at: number; ms: number }> }>();
+  /** Per pipe: what it added to round trips lately (oldest first). */
+  private readonly pipes = new Map<string, Array<{ at: number; ms: number }>>();
+  /** Per pipe: the rate it drains at now, from its byte counter. */
+  private readonly pipeRates = new ThroughputMeter();
   private readonly acked: Array<{ at: number; bytes: number }> = [];
   private readonly leftOut: NetworkSet;
 
@@ -96,17 +99,16 @@ export class PlexFlowDelay {
     const present = new Set<string>();
     for (const pipe of pipes) {
       present.add(pipe.address);
-      const before = this.pipes.get(pipe.address);
-      const delays = before?.delays ?? [];
-      this.pipes.set(pipe.address, { bytes: pipe.bytes, at, delays });
-      const measured = before && at > before.at && pipe.bytes >= before.bytes ? ((pipe.bytes - before.bytes) * 8 * 1000) / (at - before.at) : 0;
-      const drainRate = Math.max(measured, LEAST_DRAIN_SHARE * pipe.ceil);
+      const delays = this.pipes.get(pipe.address) ?? [];
+      this.pipes.set(pipe.address, delays);
+      const drainRate = Math.max(this.pipeRates.bitsPerSecond(pipe.address, pipe.bytes, at) ?? 0, LEAST_DRAIN_SHARE * pipe.ceil);
       // A busy pipe also holds each packet for its own transmission time at the pipe's rate (the packet in
       // service is not in the backlog): measured, 13 ms of a 0.8 Mbit/s pipe's round trips was that.
       delays.push({ at, ms: pipe.backlog === 0 ? 0 : (((pipe.backlog + FULL_FRAME_BYTES) * 8) / drainRate) * 1000 });
       while (delays.length > 1 && at - delays[0]!.at > LOCAL_HISTORY_MS) delays.shift();
     }
     for (const address of this.pipes.keys()) if (!present.has(address)) this.pipes.delete(address);
+    this.pipeRates.keepOnly(present);
   }
 
   /**
@@ -114,7 +116,7 @@ export class PlexFlowDelay {
    * pipes fill, and their queue now would be taken off round trips that never met it.
    */
   private localDelayAt(address: string, at: number): number {
-    const delays = this.pipes.get(address)?.delays;
+    const delays = this.pipes.get(address);
     if (!delays?.length) return 0;
     let chosen = delays[0]!;
     for (const entry of delays) if (entry.at <= at) chosen = entry;

@@ -11,6 +11,7 @@
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
 import type { UdpProbeTarget } from '../config.js';
+import { monotonicMs } from '../support/clock.js';
 
 const INTERVAL_MS = 100;
 /** Older answers are lost (the modem's tail dropped them): no longer read as a delay. */
@@ -103,5 +104,3 @@ export class UdpProbe {
     else this.minima.push({ at, rtt });
   }
 }
-
-const monotonicMs = (): number => Number(process.hrtime.bigint()) / 1e6;

@@ -22,6 +22,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { TrafficControl } from '../../lib/index.js';
+import { monotonicMs } from '../support/clock.js';
 import { createNetns, deleteNetns, inNetns, ip } from '../support/netns.js';
 
 /** Plain JS, found next to this file or, from dist/, in the sources. */
@@ -548,8 +549,8 @@ export function watchModem(home: HomeUplink, intervalMs = 20): { stop(): ModemRe
   };
 }
 
-/** The clock the peers print (CLOCK_MONOTONIC, shared by every process), in ms. */
-export const monotonicMs = (): number => Number(process.hrtime.bigint()) / 1e6;
+/** The clock the peers print. */
+export { monotonicMs };
 
 // ---- processes -----------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import type { ClientState, Progress, TcClass } from '../../lib/index.js';
 import type { ClientIdentity, Decision } from '../sessions/sessions.js';
 import type { SourceStatus } from '../sources/source.js';
 import type { CeilingStatus } from '../ceiling/auto-ceiling.js';
+import type { ThroughputMeter } from '../support/throughput.js';
 
 export interface SessionInfo extends ClientIdentity {
   state?: 'playing' | 'paused' | 'grace';
@@ -72,24 +73,6 @@ export interface StatusReport {
 
 export interface OperationProgress extends Progress {
   what: string;
-}
-
-/** Rates from byte counters: each key's bytes against its previous reading. */
-export class ThroughputMeter {
-  private readonly last = new Map<string, { bytes: number; at: number }>();
-
-  bitsPerSecond(key: string, bytes: number, at = performance.now()): number | undefined {
-    const previous = this.last.get(key);
-    this.last.set(key, { bytes, at });
-    if (!previous || at <= previous.at || bytes < previous.bytes) return undefined;
-    return ((bytes - previous.bytes) * 8 * 1000) / (at - previous.at);
-  }
-
-  /** Forgets keys not seen in the latest report (released clients). */
-  keepOnly(keys: Iterable<string>): void {
-    const keep = new Set(keys);
-    for (const key of this.last.keys()) if (!keep.has(key)) this.last.delete(key);
-  }
 }
 
 export interface StatusInput {
