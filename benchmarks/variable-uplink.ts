@@ -175,6 +175,8 @@ interface StatusPoint {
 interface StatusPoller {
   points: StatusPoint[];
   kernelRequests: Array<{ at: number; total: number }>;
+  /** The ceiling's changes so far by reason (/metrics), the latest reading. */
+  reasons: Record<string, number>;
   stop(): void;
 }
 
@@ -196,6 +198,9 @@ for (;;) {
       metricsAt = at;
       const text = await (await fetch(base + 'metrics')).text();
       console.log('metrics ' + at + ' ' + /^shaperr_kernel_requests_total (\\S+)$/m.exec(text)[1]);
+      const reasons = {};
+      for (const [, reason, count] of text.matchAll(/^shaperr_ceiling_changes_total\\{reason="([^"]+)"\\} (\\S+)$/gm)) reasons[reason] = Number(count);
+      console.log('reasons ' + JSON.stringify(reasons));
     }
   } catch (error) {
     console.error(String(error));
@@ -207,11 +212,12 @@ function startStatusPoller(netns: string, statusUrl: string, intervalMs: number)
   const child: ChildProcess = spawn('ip', ['netns', 'exec', netns, process.execPath, '--input-type=module', '-e', POLLER, statusUrl, String(intervalMs)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const poller: StatusPoller = { points: [], kernelRequests: [], stop: () => child.kill('SIGKILL') };
+  const poller: StatusPoller = { points: [], kernelRequests: [], reasons: {}, stop: () => child.kill('SIGKILL') };
   createInterface({ input: child.stdout! }).on('line', (line) => {
     const [kind, ...rest] = line.split(' ');
     if (kind === 'status') poller.points.push(JSON.parse(rest.join(' ')) as StatusPoint);
     else if (kind === 'metrics') poller.kernelRequests.push({ at: Number(rest[0]), total: Number(rest[1]) });
+    else if (kind === 'reasons') poller.reasons = JSON.parse(rest.join(' ')) as Record<string, number>;
   });
   return poller;
 }
@@ -701,7 +707,12 @@ async function steadyChurn(record: (row: Row) => void, scenario: string, home: H
     // The players' start is no steady state.
     await sleep((quick ? 2 : 10) * 1000);
     const status = shaping.status!;
-    const mark = () => ({ at: monotonicMs(), changes: status.points.at(-1)?.changes ?? 0, requests: status.kernelRequests.at(-1)?.total ?? 0 });
+    const mark = () => ({
+      at: monotonicMs(),
+      changes: status.points.at(-1)?.changes ?? 0,
+      requests: status.kernelRequests.at(-1)?.total ?? 0,
+      reasons: { ...status.reasons },
+    });
     const start = mark();
     await sleep(settleSeconds * 1000);
     const settled = mark();
@@ -719,11 +730,16 @@ async function steadyChurn(record: (row: Row) => void, scenario: string, home: H
       note,
     });
     record({ scenario, variant: `${name}, first ${settleSeconds} s: kernel requests per minute`, value: perMinute(start, settled, 'requests'), unit: '/min' });
+    const byReason = (from: ReturnType<typeof mark>, to: ReturnType<typeof mark>) =>
+      Object.entries(to.reasons)
+        .map(([reason, count]) => `${reason} ${count - (from.reasons[reason] ?? 0)}`)
+        .join(', ');
     record({
       scenario,
       variant: `${name}, the ${seconds} s after: ceiling changes per minute (target ≤ 2)`,
       value: perMinute(settled, end, 'changes'),
       unit: '/min',
+      note: `by reason: ${byReason(settled, end)} (the first ${settleSeconds} s: ${byReason(start, settled)})`,
     });
     record({ scenario, variant: `${name}, the ${seconds} s after: kernel requests per minute`, value: perMinute(settled, end, 'requests'), unit: '/min' });
   } finally {
