@@ -87,8 +87,8 @@ export const CEILING_TUNING = {
    * queues slowly): it fails the probe, backing off, instead of reading as a link that moved.
    */
   lateProbeFailMs: 5000,
-  /** A queue deeper than this is a link that moved, even right after a probe held. */
-  lateProbeFailDeepestMs: 36,
+  /** A probe's own queue (found late, or still showing after it failed) is no deeper than this: a deeper one is the link's. */
+  probeQueueDeepestMs: 36,
   /** A probe that holds this far past the capacity measured last shows a link that grew. */
   clearlyPast: 1.05,
   /** Probe steps grow while probes keep holding (a link that came back is found in seconds). */
@@ -249,10 +249,10 @@ export class CeilingController implements CeilingRules {
     if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs) {
       if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
       // A failed probe's own shallow queue still shows for a round trip or two: no link moved.
-      if (sample.at - this.lastProbeFailedAt < tuning.refractoryMs && delay <= tuning.lateProbeFailDeepestMs) return undefined;
+      if (sample.at - this.lastProbeFailedAt < tuning.refractoryMs && delay <= tuning.probeQueueDeepestMs) return undefined;
       const held = this.heldProbe;
       this.heldProbe = undefined;
-      if (held && sample.at - held.heldAt <= tuning.lateProbeFailMs && delay <= tuning.lateProbeFailDeepestMs)
+      if (held && sample.at - held.heldAt <= tuning.lateProbeFailMs && delay <= tuning.probeQueueDeepestMs)
         return this.failProbe(sample.at, carried(), held.base);
       return this.cut(sample.at, delay, carried());
     }
@@ -305,7 +305,7 @@ export class CeilingController implements CeilingRules {
     const capacity = again ? Math.max(this.capacityEstimate!, carried) : carried;
     // A queue left by a failed probe of ours is shallow and understood. Any other is the link's, and its
     // onset is cut deep.
-    const probesQueue = at - this.lastProbeFailedAt <= tuning.probeAftermathMs && delay <= tuning.lateProbeFailDeepestMs;
+    const probesQueue = at - this.lastProbeFailedAt <= tuning.probeAftermathMs && delay <= tuning.probeQueueDeepestMs;
     const onset = !again && !probesQueue;
     this.measuredAtQueue(capacity);
     this.lastCutAt = at;
@@ -343,6 +343,7 @@ export class CeilingController implements CeilingRules {
     return this.move(back, 'probe failed', `no room above ${mbit(capacity)}: next try in ${waited / 1000} s`);
   }
 
+  /** What the link carried while it queued: the capacity estimate, and where probes step small from. */
   private measuredAtQueue(capacity: BitsPerSecond): void {
     this.capacityEstimate = capacity;
     this.queuedCapacity = capacity;
