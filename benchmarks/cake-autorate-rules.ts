@@ -43,7 +43,7 @@ export const CAKE_AUTORATE_DEFAULTS = {
 
 export class CakeAutorateRules implements CeilingRules {
   private current: BitsPerSecond;
-  private bounds: CeilingBounds;
+  private limits: CeilingBounds;
   private readonly base: BitsPerSecond;
   private baseline?: number;
   /** The last `detectionWindow` samples' deltas above the baseline, ms. */
@@ -56,9 +56,13 @@ export class CakeAutorateRules implements CeilingRules {
   private lastSampleAt?: number;
 
   constructor(bounds: CeilingBounds, start: BitsPerSecond) {
-    this.bounds = { ...bounds };
+    this.limits = { ...bounds };
     this.current = this.clamp(start);
     this.base = this.current;
+  }
+
+  get bounds(): Readonly<CeilingBounds> {
+    return this.limits;
   }
 
   get rate(): BitsPerSecond {
@@ -85,7 +89,7 @@ export class CakeAutorateRules implements CeilingRules {
   }
 
   setBounds(bounds: CeilingBounds): CeilingChange | undefined {
-    this.bounds = { ...bounds };
+    this.limits = { ...bounds };
     return this.move(this.clamp(this.current), 'bounds', 'within the new bounds');
   }
 
@@ -152,7 +156,7 @@ export class CakeAutorateRules implements CeilingRules {
   }
 
   private clamp(rate: BitsPerSecond): BitsPerSecond {
-    return between(this.bounds.min, this.bounds.max, rate);
+    return between(this.limits.min, this.limits.max, rate);
   }
 
   /** A change of at least a kbit/s, as cake-autorate sets rates in whole kbit/s. */

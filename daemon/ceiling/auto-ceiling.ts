@@ -61,12 +61,10 @@ export class AutoCeiling {
   private lastChange?: CeilingStatus['lastChange'];
   private changes = 0;
   private readonly history: CeilingStatus['history'] = [];
-  private bounds: CeilingBounds;
   private recordedSecond?: number;
   private cause?: string;
 
   constructor(private readonly options: AutoCeilingOptions) {
-    this.bounds = { ...options.bounds };
     this.controller = (options.rules ?? ((bounds, start) => new CeilingController(bounds, start)))(options.bounds, options.start);
   }
 
@@ -92,7 +90,6 @@ export class AutoCeiling {
 
   /** New bounds (a schedule's cap, a reload): applied at once when the ceiling is outside them. */
   setBounds(bounds: CeilingBounds): void {
-    this.bounds = { ...bounds };
     const change = this.controller.setBounds(bounds);
     if (change) this.applyChange(change);
   }
@@ -162,8 +159,8 @@ export class AutoCeiling {
       mode: 'auto',
       signal: this.options.signal,
       rate: this.controller.rate,
-      min: this.bounds.min,
-      max: this.bounds.max,
+      min: this.controller.bounds.min,
+      max: this.controller.bounds.max,
       changes: this.changes,
       history: [...this.history],
     };

@@ -118,6 +118,8 @@ export interface CeilingRules {
   readonly capacity: BitsPerSecond | undefined;
   readonly delayMs: number | undefined;
   readonly cause: string | undefined;
+  /** The bounds in force (setBounds changes them). */
+  readonly bounds: Readonly<CeilingBounds>;
   setBounds(bounds: CeilingBounds): CeilingChange | undefined;
   restore(rate: BitsPerSecond): void;
   observe(sample: UplinkSample): CeilingChange | undefined;
@@ -127,7 +129,7 @@ export type CeilingRulesFactory = (bounds: CeilingBounds, start: BitsPerSecond) 
 
 export class CeilingController implements CeilingRules {
   private current: BitsPerSecond;
-  private bounds: CeilingBounds;
+  private limits: CeilingBounds;
   /** What the link delivered to Plex the last time it queued, or more that a probe since carried (bits/s); undefined: not measured yet. */
   private capacityEstimate?: BitsPerSecond;
   /** What the link delivered the last time it queued (probes that held since do not move it). */
@@ -154,11 +156,15 @@ export class CeilingController implements CeilingRules {
   private busy = false;
 
   constructor(bounds: CeilingBounds, start: BitsPerSecond) {
-    this.bounds = { ...bounds };
+    this.limits = { ...bounds };
     this.current = this.clamp(start);
   }
 
   /** The ceiling now (bits/s). */
+  get bounds(): Readonly<CeilingBounds> {
+    return this.limits;
+  }
+
   get rate(): BitsPerSecond {
     return this.current;
   }
@@ -185,7 +191,7 @@ export class CeilingController implements CeilingRules {
 
   /** New bounds (reload, a schedule's cap): the ceiling is clamped into them at once. */
   setBounds(bounds: CeilingBounds): CeilingChange | undefined {
-    this.bounds = { ...bounds };
+    this.limits = { ...bounds };
     const clamped = this.clamp(this.current);
     if (clamped === this.current) return undefined;
     return this.move(clamped, 'bounds', `within ${mbit(bounds.min)}–${mbit(bounds.max)}`);
@@ -274,7 +280,7 @@ export class CeilingController implements CeilingRules {
       );
     }
     const hold = this.capacityEstimate === undefined ? undefined : this.clamp(tuning.holdFraction * this.capacityEstimate);
-    if (this.draining || sample.demand <= this.current * 1.02 || this.current >= this.bounds.max) return undefined;
+    if (this.draining || sample.demand <= this.current * 1.02 || this.current >= this.limits.max) return undefined;
     if (hold !== undefined && hold > this.current * (1 + SMALLEST_CHANGE))
       return this.move(hold, 'drained', `back to ${tuning.holdFraction * 100} % of the ${mbit(this.capacityEstimate!)} measured`);
     if (sample.at < this.nextProbeAt) return undefined;
@@ -352,7 +358,7 @@ export class CeilingController implements CeilingRules {
   /** Queueing for a while at `min`: traffic shaperr does not carry fills the uplink. */
   private noteBusy(at: number, delay: number): void {
     const queueing = delay > CEILING_TUNING.bloatMs;
-    if (queueing && this.current <= this.bounds.min) {
+    if (queueing && this.current <= this.limits.min) {
       this.queueingAtMinSince ??= at;
       if (at - this.queueingAtMinSince >= CEILING_TUNING.busyAfterMs) this.busy = true;
     } else if (!queueing) {
@@ -369,7 +375,7 @@ export class CeilingController implements CeilingRules {
 
   private clamp(rate: BitsPerSecond): BitsPerSecond {
     // Whole kbyte/s: the kernel keeps rates in bytes/s, so the ceiling read back is the one set.
-    return Math.min(this.bounds.max, Math.max(this.bounds.min, Math.round(rate / RATE_STEP) * RATE_STEP));
+    return Math.min(this.limits.max, Math.max(this.limits.min, Math.round(rate / RATE_STEP) * RATE_STEP));
   }
 
   private move(to: BitsPerSecond, reason: CeilingReason, why: string): CeilingChange | undefined {
