@@ -175,8 +175,8 @@ interface StatusPoint {
 interface StatusPoller {
   points: StatusPoint[];
   kernelRequests: Array<{ at: number; total: number }>;
-  /** The ceiling's changes so far by reason (/metrics), the latest reading. */
-  reasons: Record<string, number>;
+  /** The ceiling's changes so far by reason (/metrics), read every second. */
+  reasons: Array<{ at: number; counts: Record<string, number> }>;
   stop(): void;
 }
 
@@ -200,7 +200,7 @@ for (;;) {
       console.log('metrics ' + at + ' ' + /^shaperr_kernel_requests_total (\\S+)$/m.exec(text)[1]);
       const reasons = {};
       for (const [, reason, count] of text.matchAll(/^shaperr_ceiling_changes_total\\{reason="([^"]+)"\\} (\\S+)$/gm)) reasons[reason] = Number(count);
-      console.log('reasons ' + JSON.stringify(reasons));
+      console.log('reasons ' + at + ' ' + JSON.stringify(reasons));
     }
   } catch (error) {
     console.error(String(error));
@@ -212,14 +212,22 @@ function startStatusPoller(netns: string, statusUrl: string, intervalMs: number)
   const child: ChildProcess = spawn('ip', ['netns', 'exec', netns, process.execPath, '--input-type=module', '-e', POLLER, statusUrl, String(intervalMs)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const poller: StatusPoller = { points: [], kernelRequests: [], reasons: {}, stop: () => child.kill('SIGKILL') };
+  const poller: StatusPoller = { points: [], kernelRequests: [], reasons: [], stop: () => child.kill('SIGKILL') };
   createInterface({ input: child.stdout! }).on('line', (line) => {
     const [kind, ...rest] = line.split(' ');
     if (kind === 'status') poller.points.push(JSON.parse(rest.join(' ')) as StatusPoint);
     else if (kind === 'metrics') poller.kernelRequests.push({ at: Number(rest[0]), total: Number(rest[1]) });
-    else if (kind === 'reasons') poller.reasons = JSON.parse(rest.join(' ')) as Record<string, number>;
+    else if (kind === 'reasons') poller.reasons.push({ at: Number(rest[0]), counts: JSON.parse(rest.slice(1).join(' ')) as Record<string, number> });
   });
   return poller;
+}
+
+/** The changes between two readings of the by-reason counters, e.g. "probe 3, probe failed 3" ("none"). */
+function changesByReason(from: Record<string, number>, to: Record<string, number>): string {
+  const moved = Object.entries(to)
+    .map(([reason, count]) => [reason, count - (from[reason] ?? 0)] as const)
+    .filter(([, count]) => count > 0);
+  return moved.length ? moved.map(([reason, count]) => `${reason} ${count}`).join(', ') : 'none';
 }
 
 /** The latest reading at or before `at` (readings in time order), or the first one. */
@@ -410,6 +418,8 @@ interface PhaseFigures {
    */
   reactions: Array<{ drainedMs: number | undefined; settledMs: number | undefined }>;
   ceilingChangesPerMinute?: number;
+  /** The phase's ceiling changes by reason, e.g. "probe 3, probe failed 3". */
+  changesByReason?: string;
   kernelRequestsPerMinute?: number;
   stalls: number;
 }
@@ -450,6 +460,7 @@ function phaseFigures(run: VariantRun, window: PhaseWindow): PhaseFigures {
     const first = readingAt(run.status.points, from);
     const last = readingAt(run.status.points, to);
     if (first && last) figures.ceilingChangesPerMinute = (last.changes - first.changes) / minutes;
+    figures.changesByReason = changesByReason(readingAt(run.status.reasons, from)?.counts ?? {}, readingAt(run.status.reasons, to)?.counts ?? {});
     const before = readingAt(run.status.kernelRequests, from);
     const after = readingAt(run.status.kernelRequests, to);
     if (before && after) figures.kernelRequestsPerMinute = (after.total - before.total) / ((after.at - before.at) / 60_000 || minutes);
@@ -612,7 +623,13 @@ function recordRuns(record: (row: Row) => void, scenario: string, home: Home, ru
         });
       }
       if (f.ceilingChangesPerMinute !== undefined)
-        record({ scenario, variant: `${name}: ceiling changes per minute`, value: f.ceilingChangesPerMinute, unit: '/min' });
+        record({
+          scenario,
+          variant: `${name}: ceiling changes per minute`,
+          value: f.ceilingChangesPerMinute,
+          unit: '/min',
+          note: `by reason: ${f.changesByReason}`,
+        });
       if (f.kernelRequestsPerMinute !== undefined)
         record({
           scenario,
@@ -711,7 +728,7 @@ async function steadyChurn(record: (row: Row) => void, scenario: string, home: H
       at: monotonicMs(),
       changes: status.points.at(-1)?.changes ?? 0,
       requests: status.kernelRequests.at(-1)?.total ?? 0,
-      reasons: { ...status.reasons },
+      reasons: status.reasons.at(-1)?.counts ?? {},
     });
     const start = mark();
     await sleep(settleSeconds * 1000);
@@ -730,16 +747,12 @@ async function steadyChurn(record: (row: Row) => void, scenario: string, home: H
       note,
     });
     record({ scenario, variant: `${name}, first ${settleSeconds} s: kernel requests per minute`, value: perMinute(start, settled, 'requests'), unit: '/min' });
-    const byReason = (from: ReturnType<typeof mark>, to: ReturnType<typeof mark>) =>
-      Object.entries(to.reasons)
-        .map(([reason, count]) => `${reason} ${count - (from.reasons[reason] ?? 0)}`)
-        .join(', ');
     record({
       scenario,
       variant: `${name}, the ${seconds} s after: ceiling changes per minute (target ≤ 2)`,
       value: perMinute(settled, end, 'changes'),
       unit: '/min',
-      note: `by reason: ${byReason(settled, end)} (the first ${settleSeconds} s: ${byReason(start, settled)})`,
+      note: `by reason: ${changesByReason(settled.reasons, end.reasons)} (the first ${settleSeconds} s: ${changesByReason(start.reasons, settled.reasons)})`,
     });
     record({ scenario, variant: `${name}, the ${seconds} s after: kernel requests per minute`, value: perMinute(settled, end, 'requests'), unit: '/min' });
   } finally {
