@@ -5,6 +5,7 @@
 import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
+import { CEILING_REASONS } from '../ceiling/controller.js';
 
 const stateSchema = z.object({
   version: z.literal(1),
@@ -38,9 +39,7 @@ const stateSchema = z.object({
       changes: z.number(),
       capacity: z.number().optional(),
       cause: z.string().optional(),
-      lastChange: z
-        .object({ at: z.string(), from: z.number(), to: z.number(), reason: z.enum(['queue', 'drained', 'probe', 'probe failed', 'bounds']), why: z.string() })
-        .optional(),
+      lastChange: z.object({ at: z.string(), from: z.number(), to: z.number(), reason: z.enum(CEILING_REASONS), why: z.string() }).optional(),
     })
     .optional(),
 });

@@ -6,7 +6,8 @@
  *
  * - Cut at once when the modem queues: to what the link delivered while it queued, less enough to drain
  *   the queue within a quarter second, and at a queue's onset by half at least (every reading lags then);
- *   once drained, hold a little below the capacity the drain measured.
+ *   once drained, hold a little below the capacity the drain measured. Two drains that measure the link
+ *   lower and lower show it falling: the ceiling then descends ahead of it along that slope for a while.
  * - Raise only while the players want more than the ceiling and the delay says there is room: tentative
  *   probes, reverted at the first sign of a queue (also one found a few seconds after a probe held: a
  *   small overshoot queues slowly), straight to the hold level; a failed probe's shallow queue is no link
@@ -32,7 +33,9 @@ export interface UplinkSample {
   demand: BitsPerSecond;
 }
 
-export type CeilingReason = 'queue' | 'drained' | 'probe' | 'probe failed' | 'bounds';
+/** Why the ceiling moved (the metrics' label, the state file's and the status page's word). */
+export const CEILING_REASONS = ['queue', 'drained', 'falling', 'probe', 'probe failed', 'bounds'] as const;
+export type CeilingReason = (typeof CEILING_REASONS)[number];
 
 export interface CeilingChange {
   from: BitsPerSecond;
@@ -92,12 +95,29 @@ export const CEILING_TUNING = {
   /** A probe that holds this far past the capacity measured last shows a link that grew. */
   clearlyPast: 1.05,
   /** Probe steps grow while probes keep holding (a link that came back is found in seconds). */
-  probeSteps: [1.04, 1.1, 1.2, 1.3, 1.4] as readonly number[],
+  probeSteps: [1.04, 1.08, 1.12, 1.16, 1.2] as readonly number[],
   /**
    * Waits before the next probe after failed ones, at a capacity that stays: quick at first (a link that
    * just moved may move back), then a minute (a probe and its revert are two changes).
    */
   probeBackoffMs: [5000, 5000, 5000, 10_000, 10_000, 20_000, 40_000, 60_000] as readonly number[],
+  /**
+   * Two drains this close together, the second measuring this much less than the first, show a link that
+   * keeps falling (LTE, a congested cable evening): the ceiling then descends ahead of it along the slope
+   * they show (times `fallingMargin`, as the reading lags), for `fallingAheadMs`, instead of waiting for the
+   * next queue at every step down.
+   */
+  fallingWithinMs: 15_000,
+  fallingLeast: 0.03,
+  /**
+   * ...and the level held after the first drain lasted this long before the queue came back: a step down
+   * drains twice in quick succession (the first measure lags the step), which is no slope.
+   */
+  fallingHeldMs: 1200,
+  fallingMargin: 1.2,
+  fallingAheadMs: 5000,
+  /** A descent moves the ceiling in steps of at least this share (each step is a kernel batch). */
+  fallingStep: 0.03,
   /** Queueing this long at `min` reports the busy uplink. */
   busyAfterMs: 3000,
 } as const;
@@ -154,6 +174,13 @@ export class CeilingController implements CeilingRules {
   private nextProbeAt = -Infinity;
   private queueingAtMinSince?: number;
   private busy = false;
+  /** The last drain's measure of the link, and when: a lower one soon after shows it falling. */
+  private lastDrain?: { at: number; capacity: BitsPerSecond };
+  /** When the queue of the drain under way was first cut. */
+  private drainStartedAt = -Infinity;
+  /** A descent ahead of a falling link: from `from` at `since`, `slope` bits/s less every ms, until `until`. */
+  private descent?: { from: BitsPerSecond; since: number; until: number; slope: number };
+  private descentEndedAt = -Infinity;
 
   constructor(bounds: CeilingBounds, start: BitsPerSecond) {
     this.limits = { ...bounds };
@@ -262,6 +289,10 @@ export class CeilingController implements CeilingRules {
         return this.failProbe(sample.at, carried(), held.base);
       return this.cut(sample.at, delay, carried());
     }
+    if (this.descent && !this.draining) {
+      const change = this.descend(sample.at);
+      if (this.descent) return change;
+    }
     if (delay >= tuning.clearMs) return undefined;
     // Drained when two samples in a row say so (one may be a round trip that met no queue by chance), and
     // not before the cut had time to work: right after it the pipes fill, and the round trips read then
@@ -273,11 +304,9 @@ export class CeilingController implements CeilingRules {
       const sorted = [...this.drainReadings].sort((a, b) => a - b);
       if (sorted.length >= 3) this.measuredAtQueue(sorted[Math.floor(sorted.length / 2)]!);
       const capacity = this.capacityEstimate!;
-      return this.move(
-        this.clamp(tuning.holdFraction * capacity),
-        'drained',
-        `queue drained: holding at ${tuning.holdFraction * 100} % of the ${mbit(capacity)} measured`,
-      );
+      const hold = this.clamp(tuning.holdFraction * capacity);
+      this.noteDrain(sample.at, capacity, hold);
+      return this.move(hold, 'drained', `queue drained: holding at ${tuning.holdFraction * 100} % of the ${mbit(capacity)} measured`);
     }
     const hold = this.capacityEstimate === undefined ? undefined : this.clamp(tuning.holdFraction * this.capacityEstimate);
     if (this.draining || sample.demand <= this.current * 1.02 || this.current >= this.limits.max) return undefined;
@@ -312,7 +341,10 @@ export class CeilingController implements CeilingRules {
     // A queue left by a failed probe of ours is shallow and understood. Any other is the link's, and its
     // onset is cut deep.
     const probesQueue = at - this.lastProbeFailedAt <= tuning.probeAftermathMs && delay <= tuning.probeQueueDeepestMs;
-    const onset = !again && !probesQueue;
+    // A link known to be falling queues a little ahead of its descent (or soon after it): no surprise to cut deep for.
+    const falling = this.descent !== undefined || at - this.descentEndedAt <= tuning.fallingWithinMs;
+    this.descent = undefined;
+    const onset = !again && !probesQueue && !falling;
     this.measuredAtQueue(capacity);
     this.lastCutAt = at;
     this.aboveBloat = 0;
@@ -321,7 +353,10 @@ export class CeilingController implements CeilingRules {
     // starts quick again.
     if (!probesQueue) this.failedProbes = 0;
     this.nextProbeAt = Math.max(this.nextProbeAt, at + tuning.probeBackoffMs[0]!);
-    if (!again) this.drainReadings = [];
+    if (!again) {
+      this.drainReadings = [];
+      this.drainStartedAt = at;
+    }
     this.draining = again || onset ? 'link' : 'probe';
     const drainFraction = Math.max(tuning.deepestCut, 1 - delay / 1000 / tuning.drainSeconds);
     const fraction = onset ? Math.min(tuning.onsetCut, drainFraction) : drainFraction;
@@ -347,6 +382,34 @@ export class CeilingController implements CeilingRules {
     // Measured at the link's limit, the hold level is known; else back where the link carried no queue.
     const back = this.clamp(measured ? tuning.holdFraction * capacity : base);
     return this.move(back, 'probe failed', `no room above ${mbit(capacity)}: next try in ${waited / 1000} s`);
+  }
+
+  /** A drain measured the link: lower than the drain just before, it is falling, and the ceiling descends from `level` ahead of it. */
+  private noteDrain(at: number, capacity: BitsPerSecond, level: BitsPerSecond): void {
+    const tuning = CEILING_TUNING;
+    const previous = this.lastDrain;
+    this.lastDrain = { at, capacity };
+    this.descent = undefined;
+    if (!previous || at - previous.at > tuning.fallingWithinMs || capacity > previous.capacity * (1 - tuning.fallingLeast)) return;
+    if (this.drainStartedAt - previous.at < tuning.fallingHeldMs) return;
+    const slope = ((previous.capacity - capacity) / (at - previous.at)) * tuning.fallingMargin;
+    this.descent = { from: level, since: at, until: at + tuning.fallingAheadMs, slope };
+  }
+
+  /** One step of a descent ahead of a falling link, when it has gone far enough to be worth a change. */
+  private descend(at: number): CeilingChange | undefined {
+    const descent = this.descent!;
+    if (at > descent.until) {
+      // The slope is a guess: past the time it was made for, probes find the link again, from where the
+      // descent left the ceiling (the link carried that without a queue; where it queued last is unchanged).
+      this.descent = undefined;
+      this.descentEndedAt = at;
+      this.capacityEstimate = this.current;
+      return undefined;
+    }
+    const target = this.clamp(descent.from - descent.slope * (at - descent.since));
+    if (target > this.current * (1 - CEILING_TUNING.fallingStep)) return undefined;
+    return this.move(target, 'falling', `the uplink is falling (${mbit(descent.slope * 1000)} less every second): descending ahead of it`);
   }
 
   /** What the link carried while it queued: the capacity estimate, and where probes step small from. */

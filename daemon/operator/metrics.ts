@@ -5,6 +5,7 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ShaperStats } from '../../lib/index.js';
+import { CEILING_REASONS } from '../ceiling/controller.js';
 import type { StatusReport } from './status.js';
 
 export const MAX_CLIENT_SERIES = 50;
@@ -59,7 +60,7 @@ export class DaemonMetrics {
     });
     this.ceilingChanges = new Counter({
       name: 'shaperr_ceiling_changes_total',
-      help: 'Changes of the automatic server ceiling (server.rate: auto), by reason (queue, drained, probe, probe failed, bounds)',
+      help: `Changes of the automatic server ceiling (server.rate: auto), by reason (${CEILING_REASONS.join(', ')})`,
       labelNames: ['reason'],
       registers,
     });
