@@ -375,9 +375,13 @@ export class CeilingController implements CeilingRules {
     this.lastProbeFailedAt = at;
     this.nextProbeAt = at + waited;
     // The link carried the base without a queue, not the probe. What the far ends acknowledged tells where
-    // in between, when it was measured at the link's limit (a reading well below the base was not).
+    // in between, when it was measured at the link's limit (a reading well below the base was not). A
+    // reading below where the link last queued, when the base held just below that, is no link that fell
+    // (a player between two segments acknowledges less): a fallen link queues at the base too, and the cut
+    // then measures it.
     const measured = carried >= 0.9 * base;
-    const capacity = measured ? Math.min(carried, this.current) : base;
+    const known = Math.min(this.queuedCapacity ?? 0, base / tuning.holdFraction);
+    const capacity = measured ? Math.min(Math.max(carried, known), this.current) : base;
     this.measuredAtQueue(capacity);
     // Measured at the link's limit, the hold level is known; else back where the link carried no queue.
     const back = this.clamp(measured ? tuning.holdFraction * capacity : base);
@@ -400,11 +404,11 @@ export class CeilingController implements CeilingRules {
   private descend(at: number): CeilingChange | undefined {
     const descent = this.descent!;
     if (at > descent.until) {
-      // The slope is a guess: past the time it was made for, probes find the link again, from where the
-      // descent left the ceiling (the link carried that without a queue; where it queued last is unchanged).
+      // The slope is a guess: past the time it was made for, probes find the link again from where the
+      // descent left the ceiling, in small steps at first (the link may still be falling).
       this.descent = undefined;
       this.descentEndedAt = at;
-      this.capacityEstimate = this.current;
+      this.measuredAtQueue(this.current);
       return undefined;
     }
     const target = this.clamp(descent.from - descent.slope * (at - descent.since));
