@@ -180,6 +180,7 @@ export class CeilingController implements CeilingRules {
   private drainStartedAt = -Infinity;
   /** A descent ahead of a falling link: from `from` at `since`, `slope` bits/s less every ms, until `until`. */
   private descent?: { from: BitsPerSecond; since: number; until: number; slope: number };
+  /** When the last descent ended: a queue soon after is the same fall, no onset. */
   private descentEndedAt = -Infinity;
 
   constructor(bounds: CeilingBounds, start: BitsPerSecond) {
@@ -187,11 +188,12 @@ export class CeilingController implements CeilingRules {
     this.current = this.clamp(start);
   }
 
-  /** The ceiling now (bits/s). */
+  /** The bounds in force (bits/s). */
   get bounds(): Readonly<CeilingBounds> {
     return this.limits;
   }
 
+  /** The ceiling now (bits/s). */
   get rate(): BitsPerSecond {
     return this.current;
   }
