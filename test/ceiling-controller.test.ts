@@ -43,7 +43,10 @@ interface ModelRun {
 function run(options: ModelOptions): ModelRun {
   // A fixed sequence: the model stays deterministic.
   let seed = 42;
-  const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  const random = () => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return seed / 2147483648;
+  };
   const controller = new CeilingController({ min: options.min ?? 2 * MBIT, max: options.max ?? 30 * MBIT }, options.start);
   const pathMs = options.pathMs ?? 40;
   let queueBits = 0;
