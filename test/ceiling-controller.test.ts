@@ -143,12 +143,14 @@ t.test('at a steady capacity the ceiling settles: at most two changes a minute o
 t.test('a link that keeps falling (a slow sine 8–20 Mbit/s, LTE-like): the ceiling descends ahead of it instead of queueing at every step down', async (t) => {
   const sine = (at: number) => 14 * MBIT - 6 * MBIT * Math.cos((2 * Math.PI * at) / 60_000);
   const r = run({ capacity: sine, demand: () => 24 * MBIT, start: 18 * MBIT, seconds: 125 });
-  // The falling halves: 30–60 s and 90–120 s.
-  const fallingHalves = (series: number[]) => [...between(r, 31_000, 60_000, series), ...between(r, 91_000, 120_000, series)];
+  // The falling halves (30–60 s and 90–120 s), from a second into each.
+  const falling = [
+    [31_000, 60_000],
+    [91_000, 120_000],
+  ] as const;
+  const fallingHalves = (series: number[]) => falling.flatMap(([from, to]) => between(r, from, to, series));
   const descents = r.changes.filter((change) => change.reason === 'falling');
-  const cuts = r.changes.filter(
-    (change) => change.reason === 'queue' && ((change.at > 31_000 && change.at < 60_000) || (change.at > 91_000 && change.at < 120_000)),
-  );
+  const cuts = r.changes.filter((change) => change.reason === 'queue' && falling.some(([from, to]) => change.at >= from && change.at < to));
   t.ok(descents.length >= 4, `${descents.length} steps down ahead of the link`);
   // Without the descent this model cuts 20 times while the link falls, each after a queue of 12 ms or more.
   t.ok(cuts.length <= 10, `${cuts.length} cuts for a queue while it fell`);
