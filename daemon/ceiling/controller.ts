@@ -380,10 +380,11 @@ export class CeilingController implements CeilingRules {
     // in between, when it was measured at the link's limit (a reading well below the base was not). A
     // reading below where the link last queued, when the base held just below that, is no link that fell
     // (a player between two segments acknowledges less): a fallen link queues at the base too, and the cut
-    // then measures it.
+    // then measures it. Nor above what the base's holding shows (base ÷ hold fraction): a reading above
+    // the link (acknowledgements arrive bunched) would carry each next probe further past it.
     const measured = carried >= 0.9 * base;
     const known = Math.min(this.queuedCapacity ?? 0, base / tuning.holdFraction);
-    const capacity = measured ? Math.min(Math.max(carried, known), this.current) : base;
+    const capacity = measured ? Math.min(Math.max(carried, known), base / tuning.holdFraction, this.current) : base;
     this.measuredAtQueue(capacity);
     // Measured at the link's limit, the hold level is known; else back where the link carried no queue.
     const back = this.clamp(measured ? tuning.holdFraction * capacity : base);
