@@ -4,7 +4,8 @@
  * round trips, or to a UDP probe's), what the remote ends acknowledged, and the demand (the wanted rates
  * of the pipes backlogged now). Pure: it decides, the caller applies (auto-ceiling.ts).
  *
- * - Cut at once when the modem queues: to what the link delivered while it queued, less enough to drain
+ * - Cut at once when the modem queues (a delay over 12 ms twice, or one that climbed four samples in a row
+ *   to 6 ms: a link that turns down shows so before its queue is deep): to what the link delivered while it queued, less enough to drain
  *   the queue within a quarter second, and at a queue's onset by half at least (every reading lags then);
  *   once drained, hold a little below the capacity the drain measured. Two drains that measure the link
  *   lower and lower show it falling: the ceiling then descends ahead of it along that slope for a while.
@@ -57,6 +58,14 @@ export const BUSY_UPLINK_CAUSE = 'the uplink is busy with other traffic';
 export const CEILING_TUNING = {
   /** A delay above this in two samples in a row (or twice it once) means the modem queues. */
   bloatMs: 12,
+  /**
+   * A queue still shallower than `bloatMs` that grew by at least `growingByMs` in each of `growingSamples`
+   * samples in a row, to at least `growingFromMs`, is a link that turned down: noise does not climb
+   * steadily, and waiting for `bloatMs` twice lets a falling link's queue pass 20 ms.
+   */
+  growingFromMs: 6,
+  growingByMs: 1,
+  growingSamples: 4,
   /** Below this the queue counts as drained, and a probe as harmless. */
   clearMs: 4,
   /** A probe is reverted as soon as the delay passes this (a probe is worth less than the gamer's ping). */
@@ -94,8 +103,11 @@ export const CEILING_TUNING = {
   probeQueueDeepestMs: 36,
   /** A probe that holds this far past the capacity measured last shows a link that grew. */
   clearlyPast: 1.05,
-  /** Probe steps grow while probes keep holding (a link that came back is found in seconds). */
-  probeSteps: [1.04, 1.08, 1.12, 1.16, 1.2] as readonly number[],
+  /**
+   * Probe steps grow while probes keep holding (a link that came back is found in seconds), to 12 %: a
+   * step past a rising link overshoots by up to its size for a round trip and more before the queue shows.
+   */
+  probeSteps: [1.04, 1.08, 1.12] as readonly number[],
   /**
    * Waits before the next probe after failed ones, at a capacity that stays: quick at first (a link that
    * just moved may move back), then a minute (a probe and its revert are two changes).
@@ -156,6 +168,8 @@ export class CeilingController implements CeilingRules {
   private queuedCapacity?: BitsPerSecond;
   private lastDelay?: number;
   private aboveBloat = 0;
+  /** Samples in a row whose delay grew by at least `growingByMs`. */
+  private growing = 0;
   private belowClear = 0;
   private lastCutAt = -Infinity;
   /** Set while the ceiling is cut below the hold level to drain a queue: the link's (it moved) or a failed probe's. */
@@ -241,10 +255,12 @@ export class CeilingController implements CeilingRules {
     if (delay === undefined) {
       // No fresh round trip: nothing flows, or too little to tell. Hold whatever is set.
       this.aboveBloat = 0;
+      this.growing = 0;
       return undefined;
     }
     const carried = () => this.carried(sample, delay, previous);
     this.aboveBloat = delay > tuning.bloatMs ? this.aboveBloat + 1 : 0;
+    this.growing = previous !== undefined && delay - previous >= tuning.growingByMs ? this.growing + 1 : 0;
     this.belowClear = delay < tuning.clearMs ? this.belowClear + 1 : 0;
     this.noteBusy(sample.at, delay);
 
@@ -281,7 +297,8 @@ export class CeilingController implements CeilingRules {
     // Only while the round trips still show the queue (both lag alike): once it is empty, the far ends
     // acknowledge the cut ceiling, not the link.
     if (this.draining && delay >= tuning.bloatMs) this.drainReadings.push(carried());
-    if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs) {
+    const growingQueue = this.growing >= tuning.growingSamples && delay >= tuning.growingFromMs;
+    if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs || growingQueue) {
       if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
       // A failed probe's own shallow queue still shows for a round trip or two: no link moved.
       if (sample.at - this.lastProbeFailedAt < tuning.refractoryMs && delay <= tuning.probeQueueDeepestMs) return undefined;
@@ -350,6 +367,7 @@ export class CeilingController implements CeilingRules {
     this.measuredAtQueue(capacity);
     this.lastCutAt = at;
     this.aboveBloat = 0;
+    this.growing = 0;
     this.probeStep = 0;
     // The link moved (unless it is what a failed probe of ours left): it may move back soon, so probing
     // starts quick again.
