@@ -4,11 +4,12 @@
  * round trips, or to a UDP probe's), what the remote ends acknowledged, and the demand (the wanted rates
  * of the pipes backlogged now). Pure: it decides, the caller applies (auto-ceiling.ts).
  *
- * - Cut at once when the modem queues (a delay over 12 ms twice, or one that climbed four samples in a row
- *   to 6 ms: a link that turns down shows so before its queue is deep): to what the link delivered while it queued, less enough to drain
- *   the queue within a quarter second, and at a queue's onset by half at least (every reading lags then);
- *   once drained, hold a little below the capacity the drain measured. Two drains that measure the link
- *   lower and lower show it falling: the ceiling then descends ahead of it along that slope for a while.
+ * - Cut at once when the modem queues (a delay over 12 ms twice, or one that climbed four samples in a
+ *   row to 6 ms: a link that turns down shows so before its queue is deep): to what the link delivered
+ *   while it queued, less enough to drain the queue within a quarter second, and at a queue's onset by
+ *   half at least (every reading lags then); once drained, hold a little below the capacity the drain
+ *   measured. Two drains that measure the link lower and lower show it falling: the ceiling then descends
+ *   ahead of it along that slope for a while.
  * - Raise only while the players want more than the ceiling and the delay says there is room: tentative
  *   probes, reverted at the first sign of a queue (also one found a few seconds after a probe held: a
  *   small overshoot queues slowly), straight to the hold level; a failed probe's shallow queue is no link
