@@ -402,8 +402,9 @@ export class CeilingController implements CeilingRules {
     // then measures it. Nor above what the base's holding shows (base ÷ hold fraction): a reading above
     // the link (acknowledgements arrive bunched) would carry each next probe further past it.
     const measured = carried >= 0.9 * base;
-    const known = Math.min(this.queuedCapacity ?? 0, base / tuning.holdFraction);
-    const capacity = measured ? Math.min(Math.max(carried, known), base / tuning.holdFraction, this.current) : base;
+    const heldShows = base / tuning.holdFraction;
+    const known = Math.min(this.queuedCapacity ?? 0, heldShows);
+    const capacity = measured ? Math.min(Math.max(carried, known), heldShows, this.current) : base;
     this.measuredAtQueue(capacity);
     // Measured at the link's limit, the hold level is known; else back where the link carried no queue.
     const back = this.clamp(measured ? tuning.holdFraction * capacity : base);
