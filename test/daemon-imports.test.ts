@@ -1,7 +1,8 @@
 /**
  * The daemon reaches the library only through its public entry, lib/index.ts, as any user of the package
  * would; nothing under daemon/ (which ships) imports tests or benchmarks (which do not); and the daemon's
- * layers import only downstream: sources → sessions → apply, the operator surface beside them.
+ * layers import only downstream: sources → sessions → apply, the operator surface beside them, the
+ * configuration below them all.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { posix } from 'node:path';
@@ -16,7 +17,9 @@ const UNSHIPPED = ['test/', 'benchmarks/'];
 const LAYERS: Array<{ from: string; never: string[] }> = [
   { from: 'daemon/sources/', never: ['daemon/sessions/', 'daemon/apply/', 'daemon/operator/'] },
   { from: 'daemon/sessions/', never: ['daemon/apply/', 'daemon/operator/'] },
-  { from: 'daemon/config.ts', never: ['daemon/operator/'] },
+  { from: 'daemon/ceiling/', never: ['daemon/sessions/', 'daemon/apply/', 'daemon/operator/'] },
+  // The configuration sits below everything it configures: they read it, it knows none of them.
+  { from: 'daemon/config.ts', never: ['daemon/sources/', 'daemon/sessions/', 'daemon/ceiling/', 'daemon/apply/', 'daemon/operator/'] },
 ];
 const under = (path: string, place: string): boolean => (place.endsWith('/') ? path.startsWith(place) : path === place);
 

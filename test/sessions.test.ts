@@ -1,6 +1,7 @@
 import t from 'tap';
 import type { PlaybackEvent } from '../daemon/sources/source.js';
-import { type Limits, Policy, type PolicyConfig } from '../daemon/sessions/policy.js';
+import type { PolicyConfig } from '../daemon/config.js';
+import { type Limits, Policy } from '../daemon/sessions/policy.js';
 import { type ClientShaper, type Decision, SessionTracker } from '../daemon/sessions/sessions.js';
 
 /** Records kernel changes and keeps the resulting "kernel" state, as the real Shaper would. */

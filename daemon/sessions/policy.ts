@@ -3,48 +3,11 @@
  * streams only", per-user and per-network overrides, and time-of-day schedules for the server ceiling.
  */
 import { type BitsPerSecond, NetworkSet } from '../../lib/index.js';
+import { DEFAULT_AUTO_MAX, DEFAULT_AUTO_MIN, DEFAULT_DIRECT_PLAY_HEADROOM, type OverrideSource, type PolicyConfig, type RateConfig } from '../config.js';
 
 export interface Limits {
   rate: BitsPerSecond;
   ceil: BitsPerSecond;
-}
-
-/** Rates arrive parsed (daemon/config.ts parses them once): bits/s from here on. */
-export interface RateConfig {
-  rate: BitsPerSecond;
-  ceil?: BitsPerSecond;
-}
-
-/** The media servers an override may name; the Plex log's events count as Plex's. */
-export const overrideSources = ['plex', 'jellyfin', 'emby'] as const;
-export type OverrideSource = (typeof overrideSources)[number];
-
-export interface OverrideConfig extends RateConfig {
-  /** The user name as the source gives it (Plex's log: "Signed-in Token (remi)"), case-insensitive. */
-  user?: string;
-  /** Client network (CIDR). */
-  network?: string;
-  /** Only clients this server sees playing; without it the override matches in any source. */
-  source?: OverrideSource;
-}
-
-export interface ScheduleConfig {
-  /** "18:00" … "23:00" local time; an end before the start wraps past midnight. */
-  from: string;
-  to: string;
-  /** Days the window applies (0 = Sunday); default every day. */
-  days?: number[];
-  server: RateConfig;
-}
-
-/** The client pipe: a fixed rate, or `auto` (stream-aware: see StreamNeed). */
-export interface ClientRateConfig {
-  rate: BitsPerSecond | 'auto';
-  ceil?: BitsPerSecond | 'auto';
-  headroom?: number;
-  directPlayHeadroom?: number;
-  min?: BitsPerSecond;
-  max?: BitsPerSecond;
 }
 
 /** What one playing stream needs, as far as a source knows it (bits per second). */
@@ -61,18 +24,6 @@ export interface StreamNeed {
   directPlay?: boolean;
 }
 
-export interface PolicyConfig {
-  client: ClientRateConfig;
-  server: RateConfig;
-  exempt: string[];
-  /** Throttle only streams that leave the local network. */
-  remoteOnly: boolean;
-  /** What counts as local when the source does not say (remoteOnly). */
-  localNetworks: string[];
-  overrides: OverrideConfig[];
-  schedules: ScheduleConfig[];
-}
-
 export function toLimits(config: RateConfig): Limits {
   return { rate: config.rate, ceil: config.ceil ?? config.rate };
 }
@@ -84,19 +35,6 @@ export interface Verdict {
   /** Which rate was chosen and why. */
   why?: string;
 }
-
-/**
- * Headroom of a direct-played stream over its media's average bitrate. Measured (benchmarks/playback.ts,
- * results/playback-headroom.md, two runs): a VBR film peaking at 3× its average for 5 s, ExoPlayer's
- * buffering, the pipe's guarantee alone. Up to 1.5 a seek to a random position still rebuffered; from 1.75
- * only seeks landing right before the two heaviest passages did, for 10 s in all at 1.75 and 4–6 s at 2;
- * 2.5 avoided even those, at a guarantee a quarter larger.
- */
-export const DEFAULT_DIRECT_PLAY_HEADROOM = 2;
-
-/** `rate: auto` bounds when the config names none: 1 and 20 Mbit/s. */
-export const DEFAULT_AUTO_MIN: BitsPerSecond = 1e6;
-export const DEFAULT_AUTO_MAX: BitsPerSecond = 20e6;
 
 interface AutoRate {
   headroom: number;
