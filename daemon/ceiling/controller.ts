@@ -9,12 +9,14 @@
  *   while it queued, less enough to drain the queue within a quarter second, and at a queue's onset by
  *   half at least (every reading lags then); once drained, hold a little below the capacity the drain
  *   measured. Two drains that measure the link lower and lower show it falling: the ceiling then descends
- *   ahead of it along that slope for a while.
+ *   ahead of it along that slope for a while; during and after it, a queue is expected (two climbs to
+ *   3 ms) and cut a tenth under what the link carried at least, and no probe comes for a while.
  * - Raise only while the players want more than the ceiling and the delay says there is room: tentative
  *   probes, reverted at the first sign of a queue (also one found a few seconds after a probe held: a
- *   small overshoot queues slowly), straight to the hold level; a failed probe's shallow queue is no link
- *   that moved. Probes that fail at a steady capacity back off (5 s growing to a minute, so at most two
- *   changes a minute); near where the link last queued they step by 4 %, past it the steps grow.
+ *   small overshoot queues slowly), straight to the hold level — a probe from a ramp that grew as far
+ *   under what the link carried as it went over, until its queue drained; a failed probe's shallow queue
+ *   is no link that moved. Probes that fail at a steady capacity back off (5 s growing to a minute, so at
+ *   most two changes a minute); near where the link last queued they step by 4 %, past it the steps grow.
  * - Nothing playing (no fresh delay, no demand): hold. Silence is never congestion.
  * - Still queueing at `min`: the uplink is busy with traffic shaperr does not carry (a bulk upload from
  *   another host), which only the router can shape: say so.
@@ -67,6 +69,13 @@ export const CEILING_TUNING = {
   growingFromMs: 6,
   growingByMs: 1,
   growingSamples: 4,
+  /**
+   * While a link is known to be falling (a descent under way, or ended within `fallingWithinMs`), its queue
+   * is expected: two climbs to this much are enough (after a descent ended, the link crossed the ceiling
+   * left ~1 Mbit/s under it within seconds, and four climbs let the queue pass 25 ms).
+   */
+  fallingGrowingSamples: 2,
+  fallingGrowingFromMs: 3,
   /** Below this the queue counts as drained, and a probe as harmless. */
   clearMs: 4,
   /** A probe is reverted as soon as the delay passes this (a probe is worth less than the gamer's ping). */
@@ -81,6 +90,12 @@ export const CEILING_TUNING = {
    * slower; the drain measures the link, and the hold after it gives the rate back.
    */
   onsetCut: 0.5,
+  /**
+   * A queue while the link is known to be falling is cut at least this deep: the link goes on falling
+   * while the queue drains, and a cut sized by the shallow queue found early (two climbs to 3 ms) left it
+   * above the link and was cut again half a second later.
+   */
+  fallingCut: 0.9,
   /** A drain lasts at least this long. */
   leastDrainMs: 800,
   /** After draining, the ceiling holds at this fraction of the measured capacity. */
@@ -131,6 +146,11 @@ export const CEILING_TUNING = {
   fallingAheadMs: 5000,
   /** A descent moves the ceiling in steps of at least this share (each step is a kernel batch). */
   fallingStep: 0.03,
+  /**
+   * No probe this soon after a descent ended: the slope it followed was a guess, and a probe then meets a
+   * link that may still fall (or has just turned at its trough).
+   */
+  quietAfterDescentMs: 5000,
   /** Queueing this long at `min` reports the busy uplink. */
   busyAfterMs: 3000,
 } as const;
@@ -298,7 +318,9 @@ export class CeilingController implements CeilingRules {
     // Only while the round trips still show the queue (both lag alike): once it is empty, the far ends
     // acknowledge the cut ceiling, not the link.
     if (this.draining && delay >= tuning.bloatMs) this.drainReadings.push(carried());
-    const growingQueue = this.growing >= tuning.growingSamples && delay >= tuning.growingFromMs;
+    const growingQueue = this.knownFalling(sample.at)
+      ? this.growing >= tuning.fallingGrowingSamples && delay >= tuning.fallingGrowingFromMs
+      : this.growing >= tuning.growingSamples && delay >= tuning.growingFromMs;
     if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs || growingQueue) {
       if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
       // A failed probe's own shallow queue still shows for a round trip or two: no link moved.
@@ -330,9 +352,12 @@ export class CeilingController implements CeilingRules {
     }
     const hold = this.capacityEstimate === undefined ? undefined : this.clamp(tuning.holdFraction * this.capacityEstimate);
     if (this.draining || sample.demand <= this.current * 1.02 || this.current >= this.limits.max) return undefined;
-    if (hold !== undefined && hold > this.current * (1 + SMALLEST_CHANGE))
+    // Back up only once the queue read clear twice, and not while a failed probe's queue drains (see failProbe).
+    const settling = this.belowClear < 2 || sample.at - this.lastProbeFailedAt < tuning.leastDrainMs;
+    if (hold !== undefined && hold > this.current * (1 + SMALLEST_CHANGE) && !settling)
       return this.move(hold, 'drained', `back to ${tuning.holdFraction * 100} % of the ${mbit(this.capacityEstimate!)} measured`);
     if (sample.at < this.nextProbeAt) return undefined;
+    if (sample.at - this.descentEndedAt <= tuning.quietAfterDescentMs) return undefined;
     // A probe goes past what the link carried last: it either finds room or fails at once.
     const step = tuning.probeSteps[this.probeStep]!;
     const target = this.clamp(Math.min(Math.max(this.current * step, (this.capacityEstimate ?? 0) * tuning.probeBeyondCapacity), sample.demand));
@@ -362,7 +387,7 @@ export class CeilingController implements CeilingRules {
     // onset is cut deep.
     const probesQueue = at - this.lastProbeFailedAt <= tuning.probeAftermathMs && delay <= tuning.probeQueueDeepestMs;
     // A link known to be falling queues a little ahead of its descent (or soon after it): no surprise to cut deep for.
-    const falling = this.descent !== undefined || at - this.descentEndedAt <= tuning.fallingWithinMs;
+    const falling = this.knownFalling(at);
     this.descent = undefined;
     const onset = !again && !probesQueue && !falling;
     this.measuredAtQueue(capacity);
@@ -380,7 +405,7 @@ export class CeilingController implements CeilingRules {
     }
     this.draining = again || onset ? 'link' : 'probe';
     const drainFraction = Math.max(tuning.deepestCut, 1 - delay / 1000 / tuning.drainSeconds);
-    const fraction = onset ? Math.min(tuning.onsetCut, drainFraction) : drainFraction;
+    const fraction = Math.min(onset ? tuning.onsetCut : falling ? tuning.fallingCut : 1, drainFraction);
     // A queue that outlasts a cut (traffic shaperr does not carry): down from where the ceiling is.
     const target = this.clamp(again ? this.current * Math.max(0.5, fraction) : Math.min(this.current, capacity * fraction));
     if (target === this.current) return undefined;
@@ -390,6 +415,7 @@ export class CeilingController implements CeilingRules {
   /** A probe from `base` met a queue: back below what the link carried, and wait longer before the next. */
   private failProbe(at: number, carried: BitsPerSecond, base: BitsPerSecond): CeilingChange | undefined {
     const tuning = CEILING_TUNING;
+    const ramped = this.probeStep > 0;
     this.probeStep = 0;
     const waited = tuning.probeBackoffMs[Math.min(this.failedProbes, tuning.probeBackoffMs.length - 1)]!;
     this.failedProbes++;
@@ -406,8 +432,13 @@ export class CeilingController implements CeilingRules {
     const known = Math.min(this.queuedCapacity ?? 0, heldShows);
     const capacity = measured ? Math.min(Math.max(carried, known), heldShows, this.current) : base;
     this.measuredAtQueue(capacity);
-    // Measured at the link's limit, the hold level is known; else back where the link carried no queue.
-    const back = this.clamp(measured ? tuning.holdFraction * capacity : base);
+    // Measured at the link's limit, the hold level is known; else back where the link carried no queue. A
+    // probe from a ramp that grew (a rising link that has topped) sent up to its whole step past the link
+    // for a round trip and more before the queue showed: as far under what the link carried as it went
+    // over, that queue drains about as fast as it grew (the hold level comes back once it has). Near the
+    // capacity measured, the step is small and the hold level drains it.
+    const hold = measured ? tuning.holdFraction * capacity : base;
+    const back = this.clamp(ramped ? Math.min(hold, capacity * (base / this.current)) : hold);
     return this.move(back, 'probe failed', `no room above ${mbit(capacity)}: next try in ${waited / 1000} s`);
   }
 
@@ -437,6 +468,11 @@ export class CeilingController implements CeilingRules {
     const target = this.clamp(descent.from - descent.slope * (at - descent.since));
     if (target > this.current * (1 - CEILING_TUNING.fallingStep)) return undefined;
     return this.move(target, 'falling', `the uplink is falling (${mbit(descent.slope * 1000)} less every second): descending ahead of it`);
+  }
+
+  /** A descent under way, or one that ended a little while ago. */
+  private knownFalling(at: number): boolean {
+    return this.descent !== undefined || at - this.descentEndedAt <= CEILING_TUNING.fallingWithinMs;
   }
 
   /** What the link carried while it queued: the capacity estimate, and where probes step small from. */
