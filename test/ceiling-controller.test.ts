@@ -169,8 +169,8 @@ t.test('a link that keeps falling (a slow sine 8–20 Mbit/s, LTE-like): the cei
   t.ok(queueP99 <= 9, `queue p99 ${queueP99.toFixed(1)} ms over the whole sine`);
 });
 
-/** A controller driven into a descent: two queues a few seconds apart, the second's drain measuring the link 2 Mbit/s lower. */
-function fallingLink() {
+/** A controller driven into a descent: two queues a few seconds apart, the second's drain measuring the link lower (2 Mbit/s unless told). */
+function fallingLink(secondCarried = 14 * MBIT) {
   const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 20 * MBIT);
   const changes: Array<CeilingChange & { at: number }> = [];
   const tick = (at: number, delayMs: number, deliveredRate?: number) => {
@@ -179,7 +179,7 @@ function fallingLink() {
     return change;
   };
   let at = 0;
-  for (const carried of [16 * MBIT, 14 * MBIT]) {
+  for (const carried of [16 * MBIT, secondCarried]) {
     for (const end = at + 1000; at < end; at += 100) tick(at, 20, carried);
     for (const end = at + 3000; at < end; at += 100) tick(at, 1);
   }
@@ -187,6 +187,17 @@ function fallingLink() {
   const ended = changes.filter((change) => change.reason === 'drained')[1]!.at + CEILING_TUNING.fallingAheadMs;
   return { controller, changes, tick, at, ended };
 }
+
+t.test('a step down a few seconds after a drain is no slope: no descent toward min', async (t) => {
+  // The demo's drop: shaperr starts on a 20 Mbit/s link's queue and drains it; 4 s later the link halves.
+  const { changes } = fallingLink(8 * MBIT);
+  t.same(
+    changes.filter((change) => change.reason === 'falling'),
+    [],
+    'half the link lost within 4 s (over 10 % a second) is a step',
+  );
+  t.ok(changes.at(-1)!.to >= 0.9 * 8 * MBIT, `holding at ${(changes.at(-1)!.to / MBIT).toFixed(2)} Mbit/s`);
+});
 
 t.test('after a descent ends, no probe for a while: the link it followed may still be falling, or just past its trough', async (t) => {
   const { changes, tick, ended, ...rest } = fallingLink();
@@ -199,15 +210,15 @@ t.test('after a descent ends, no probe for a while: the link it followed may sti
 });
 
 t.test(
-  'after a descent ends, a queue that climbs twice to 3 ms is the link still falling: cut at once, a tenth under what it carried (not halved)',
+  'after a descent ends, a queue that climbs twice to 5 ms is the link still falling: cut at once, a tenth under what it carried (not halved)',
   async (t) => {
     const { controller, tick, ended, ...rest } = fallingLink();
     let at = rest.at;
     for (; at < ended + 1000; at += 100) tick(at, 1);
     const ceiling = controller.rate;
-    t.equal(tick(at, 2, 0.97 * ceiling), undefined, 'one climb: nothing');
-    const cut = tick(at + 100, 3.5, 0.97 * ceiling);
-    t.match(cut, { reason: 'queue' }, 'two climbs to 3.5 ms: cut');
+    t.equal(tick(at, 2.5, 0.97 * ceiling), undefined, 'one climb: nothing');
+    const cut = tick(at + 100, 5.5, 0.97 * ceiling);
+    t.match(cut, { reason: 'queue' }, 'two climbs to 5.5 ms: cut');
     const carried = 0.97 * ceiling;
     t.ok(
       Math.abs(cut!.to - CEILING_TUNING.fallingCut * carried) <= 8000,
@@ -215,7 +226,7 @@ t.test(
     );
     // Without a descent behind it the same climb is no queue (four climbs to 6 ms are).
     const steady = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 14 * MBIT);
-    for (const [i, delayMs] of [1, 2, 3.5].entries()) t.equal(steady.observe({ at: i * 100, delayMs, sentRate: 14 * MBIT, demand: 14 * MBIT }), undefined);
+    for (const [i, delayMs] of [1, 2.5, 5.5].entries()) t.equal(steady.observe({ at: i * 100, delayMs, sentRate: 14 * MBIT, demand: 14 * MBIT }), undefined);
   },
 );
 

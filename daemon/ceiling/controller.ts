@@ -10,7 +10,7 @@
  *   half at least (every reading lags then); once drained, hold a little below the capacity the drain
  *   measured. Two drains that measure the link lower and lower show it falling: the ceiling then descends
  *   ahead of it along that slope for a while; during and after it, a queue is expected (two climbs to
- *   3 ms) and cut a tenth under what the link carried at least, and no probe comes for a while.
+ *   5 ms) and cut a tenth under what the link carried at least, and no probe comes for a while.
  * - Raise only while the players want more than the ceiling and the delay says there is room: tentative
  *   probes, reverted at the first sign of a queue (also one found a few seconds after a probe held: a
  *   small overshoot queues slowly), straight to the hold level — a probe from a ramp that grew as far
@@ -75,7 +75,7 @@ export const CEILING_TUNING = {
    * left ~1 Mbit/s under it within seconds, and four climbs let the queue pass 25 ms).
    */
   fallingGrowingSamples: 2,
-  fallingGrowingFromMs: 3,
+  fallingGrowingFromMs: 5,
   /** Below this the queue counts as drained, and a probe as harmless. */
   clearMs: 4,
   /** A probe is reverted as soon as the delay passes this (a probe is worth less than the gamer's ping). */
@@ -92,7 +92,7 @@ export const CEILING_TUNING = {
   onsetCut: 0.5,
   /**
    * A queue while the link is known to be falling is cut at least this deep: the link goes on falling
-   * while the queue drains, and a cut sized by the shallow queue found early (two climbs to 3 ms) left it
+   * while the queue drains, and a cut sized by the shallow queue found early (two climbs to 5 ms) left it
    * above the link and was cut again half a second later.
    */
   fallingCut: 0.9,
@@ -142,6 +142,12 @@ export const CEILING_TUNING = {
    * drains twice in quick succession (the first measure lags the step), which is no slope.
    */
   fallingHeldMs: 1200,
+  /**
+   * ...and the link lost less than this share of what it carries a second: faster is a step down that
+   * came a few seconds after another drain (the demo's 20 → 10 Mbit/s drop, 4 s after shaperr started:
+   * 20 % a second), no slope to follow down to `min`. A sine of 8–20 Mbit/s over a minute falls 4.5 %.
+   */
+  fallingFastest: 0.1,
   fallingMargin: 1.2,
   fallingAheadMs: 5000,
   /** A descent moves the ceiling in steps of at least this share (each step is a kernel batch). */
@@ -343,8 +349,10 @@ export class CeilingController implements CeilingRules {
       this.draining = undefined;
       // While the modem drained, it sent at its rate: the middle reading of the drain tells that rate best
       // (the first still hold the time before the link moved, the last may come after the queue emptied).
+      // A drain that met too little queue to read measured nothing, and shows no fall.
       const sorted = [...this.drainReadings].sort((a, b) => a - b);
-      if (sorted.length >= 3) this.measuredAtQueue(sorted[Math.floor(sorted.length / 2)]!);
+      const measured = sorted.length >= 3;
+      if (measured) this.measuredAtQueue(sorted[Math.floor(sorted.length / 2)]!);
       const capacity = this.capacityEstimate!;
       const hold = this.clamp(tuning.holdFraction * capacity);
       this.noteDrain(sample.at, capacity, hold);
@@ -450,8 +458,9 @@ export class CeilingController implements CeilingRules {
     this.descent = undefined;
     if (!previous || at - previous.at > tuning.fallingWithinMs || capacity > previous.capacity * (1 - tuning.fallingLeast)) return;
     if (this.drainStartedAt - previous.at < tuning.fallingHeldMs) return;
-    const slope = ((previous.capacity - capacity) / (at - previous.at)) * tuning.fallingMargin;
-    this.descent = { from: level, since: at, until: at + tuning.fallingAheadMs, slope };
+    const slope = (previous.capacity - capacity) / (at - previous.at);
+    if (slope * 1000 > tuning.fallingFastest * capacity) return;
+    this.descent = { from: level, since: at, until: at + tuning.fallingAheadMs, slope: slope * tuning.fallingMargin };
   }
 
   /** One step of a descent ahead of a falling link, when it has gone far enough to be worth a change. */
