@@ -145,9 +145,10 @@ export const CEILING_TUNING = {
   /**
    * ...and the link lost less than this share of what it carries a second: faster is a step down that
    * came a few seconds after another drain (the demo's 20 → 10 Mbit/s drop, 4 s after shaperr started:
-   * 20 % a second), no slope to follow down to `min`. A sine of 8–20 Mbit/s over a minute falls 4.5 %.
+   * 20 % a second), no slope to follow down to `min`. A sine of 8–20 Mbit/s over a minute falls 4.5 %;
+   * a step's lagging first measure and the second drain read ~10 %, and the descent then helps.
    */
-  fallingFastest: 0.1,
+  fallingFastest: 0.15,
   fallingMargin: 1.2,
   fallingAheadMs: 5000,
   /** A descent moves the ceiling in steps of at least this share (each step is a kernel batch). */
