@@ -350,10 +350,8 @@ export class CeilingController implements CeilingRules {
       this.draining = undefined;
       // While the modem drained, it sent at its rate: the middle reading of the drain tells that rate best
       // (the first still hold the time before the link moved, the last may come after the queue emptied).
-      // A drain that met too little queue to read measured nothing, and shows no fall.
       const sorted = [...this.drainReadings].sort((a, b) => a - b);
-      const measured = sorted.length >= 3;
-      if (measured) this.measuredAtQueue(sorted[Math.floor(sorted.length / 2)]!);
+      if (sorted.length >= 3) this.measuredAtQueue(sorted[Math.floor(sorted.length / 2)]!);
       const capacity = this.capacityEstimate!;
       const hold = this.clamp(tuning.holdFraction * capacity);
       this.noteDrain(sample.at, capacity, hold);
