@@ -197,6 +197,11 @@ t.test('a step down a few seconds after a drain is no slope: no descent toward m
     'half the link lost within 4 s (over 15 % a second) is a step',
   );
   t.ok(changes.at(-1)!.to >= 0.9 * 8 * MBIT, `holding at ${(changes.at(-1)!.to / MBIT).toFixed(2)} Mbit/s`);
+  // No slope to follow, but the link did fall: its next queue is expected, and two climbs to 5 ms cut it.
+  const fell = fallingLink(8 * MBIT);
+  const ceiling = fell.controller.rate;
+  t.equal(fell.tick(fell.at, 2.5, 0.97 * ceiling), undefined, 'one climb: nothing');
+  t.match(fell.tick(fell.at + 100, 5.5, 0.97 * ceiling), { reason: 'queue' }, 'two climbs to 5.5 ms: cut');
 });
 
 t.test('after a descent ends, no probe for a while: the link it followed may still be falling, or just past its trough', async (t) => {
@@ -369,23 +374,32 @@ t.test("a failed probe's own queue is no link that moved: straight back to the h
   t.match(controller.observe({ at: 0, delayMs: 1, sentRate: 19 * MBIT, demand: 24 * MBIT }), { reason: 'probe', to: 19.76 * MBIT });
   const failed = controller.observe({ at: 100, delayMs: 8, sentRate: 19.7 * MBIT, deliveredRate: 19.5 * MBIT, demand: 24 * MBIT });
   t.match(failed, { reason: 'probe failed', to: 18.528 * MBIT }, '95 % of what the link carried, in one change');
-  // Its queue shows for a few round trips: shallow, so no cut (and no drain) for a refractory period.
+  // Its queue shows for a few round trips, and shrinks: shallow, so no cut (and no drain) for a refractory period.
   for (let at = 200; at < 100 + CEILING_TUNING.refractoryMs; at += 100)
     t.equal(
-      controller.observe({ at, delayMs: 20, sentRate: 18.5 * MBIT, deliveredRate: 19.5 * MBIT, demand: 24 * MBIT }),
+      controller.observe({ at, delayMs: 24 - at / 50, sentRate: 18.5 * MBIT, deliveredRate: 19.5 * MBIT, demand: 24 * MBIT }),
       undefined,
-      `no change ${at - 100} ms after`,
+      `no change ${at - 100} ms after, the queue shrinking`,
     );
-  // Still there later: trimmed as a drain of the probe's queue, not cut as an onset.
-  const trimmed = controller.observe({
-    at: 100 + CEILING_TUNING.refractoryMs,
+  // One that has not begun to shrink once the revert had time to show is the link's (the revert landed on
+  // it): trimmed as a drain of the probe's queue, from the ceiling when the far ends' reading is higher,
+  // not cut as an onset, and not left until the refractory period ends.
+  const stuck = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
+  stuck.observe({ at: 0, delayMs: 1, sentRate: 19 * MBIT, demand: 24 * MBIT });
+  stuck.observe({ at: 100, delayMs: 8, sentRate: 19.7 * MBIT, deliveredRate: 19.5 * MBIT, demand: 24 * MBIT });
+  const early: Array<CeilingChange | undefined> = [];
+  for (let at = 200; at < 100 + CEILING_TUNING.probeQueueShowsMs; at += 100)
+    early.push(stuck.observe({ at, delayMs: 20, sentRate: 18.5 * MBIT, deliveredRate: 19.5 * MBIT, demand: 24 * MBIT }));
+  t.same(early.filter(Boolean), [], 'no change while the revert cannot show yet');
+  const trimmed = stuck.observe({
+    at: 100 + CEILING_TUNING.probeQueueShowsMs,
     delayMs: 20,
     sentRate: 18.5 * MBIT,
-    deliveredRate: 19 * MBIT,
+    deliveredRate: 19.5 * MBIT,
     demand: 24 * MBIT,
   });
   t.match(trimmed, { reason: 'queue' });
-  t.ok(trimmed!.to >= (1 - 20 / 250) * 19 * MBIT - 8000, `trimmed to ${trimmed!.to / MBIT} Mbit/s, not halved`);
+  t.ok(trimmed!.to >= (1 - 20 / 250) * 18.528 * MBIT - 8000 && trimmed!.to < 18.528 * MBIT, `trimmed to ${trimmed!.to / MBIT} Mbit/s, not halved`);
   // A deep queue right after a failed probe is the link: cut as an onset.
   const other = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
   other.observe({ at: 0, delayMs: 1, sentRate: 19 * MBIT, demand: 24 * MBIT });
@@ -430,6 +444,25 @@ t.test(
     t.match(after, [{ reason: 'drained' }], 'one change after it');
     t.ok(Math.abs(after[0]!.to - CEILING_TUNING.holdFraction * carried) <= 8000, `to the hold level: ${(after[0]!.to / MBIT).toFixed(2)} Mbit/s`);
     t.ok(after[0]!.at - at >= CEILING_TUNING.leastDrainMs, `${after[0]!.at - at} ms after the failure`);
+    // No drop since: the link rises slowly (it topped out under a 12 % step), and the next ramp stops a step
+    // short of it (each failure of such a ramp overshot by its whole step).
+    const steps = (from: number, ticks: number) => {
+      const ratios: number[] = [];
+      for (let tick = from; tick < from + ticks * 100; tick += 100) {
+        const change = controller.observe({ at: tick, delayMs: 1, sentRate: controller.rate, demand: 40 * MBIT });
+        if (change?.reason === 'probe') ratios.push(+(change.to / change.from).toFixed(2));
+      }
+      return ratios;
+    };
+    const next = steps(at + 3100, 100);
+    t.ok(next.length >= 5 && Math.max(...next) === 1.08, `the next ramp steps by ${next.join(', ')}`);
+    // A queue that is no probe's (the link moved) ends that: a ramp after it may be a link that came back.
+    let tick = at + 13_200;
+    const queueing = (at: number) => controller.observe({ at, delayMs: 60, sentRate: controller.rate, deliveredRate: 12 * MBIT, demand: 40 * MBIT });
+    while (queueing(tick)?.reason !== 'queue') tick += 100;
+    for (tick += 100; controller.observe({ at: tick, delayMs: 1, sentRate: controller.rate, demand: 40 * MBIT })?.reason !== 'drained'; tick += 100);
+    const after2 = steps(tick + 100, 200);
+    t.ok(after2.includes(1.12), `the ramp after a cut steps by ${after2.join(', ')}`);
   },
 );
 

@@ -9,14 +9,17 @@
  *   while it queued, less enough to drain the queue within a quarter second, and at a queue's onset by
  *   half at least (every reading lags then); once drained, hold a little below the capacity the drain
  *   measured. Two drains that measure the link lower and lower show it falling: the ceiling then descends
- *   ahead of it along that slope for a while; during and after it, a queue is expected (two climbs to
- *   5 ms) and cut a tenth under what the link carried at least, and no probe comes for a while.
+ *   ahead of it along that slope for a while; during and after it (or after one drain lower than the one
+ *   before), a queue is expected (two climbs to 5 ms) and cut a tenth under what the link carried at
+ *   least, and no probe comes for a while after a descent.
  * - Raise only while the players want more than the ceiling and the delay says there is room: tentative
  *   probes, reverted at the first sign of a queue (also one found a few seconds after a probe held: a
  *   small overshoot queues slowly), straight to the hold level — a probe from a ramp that grew as far
  *   under what the link carried as it went over, until its queue drained; a failed probe's shallow queue
- *   is no link that moved. Probes that fail at a steady capacity back off (5 s growing to a minute, so at
- *   most two changes a minute); near where the link last queued they step by 4 %, past it the steps grow.
+ *   is no link that moved, unless it does not shrink once the revert shows. Probes that fail at a steady
+ *   capacity back off (5 s growing to a minute, so at most two changes a minute); near where the link last
+ *   queued they step by 4 %, past it the steps grow — a step short of one that failed, while the link
+ *   has not dropped since (it rises slowly).
  * - Nothing playing (no fresh delay, no demand): hold. Silence is never congestion.
  * - Still queueing at `min`: the uplink is busy with traffic shaperr does not carry (a bulk upload from
  *   another host), which only the router can shape: say so.
@@ -108,6 +111,13 @@ export const CEILING_TUNING = {
   probeHoldNearCapacityMs: 2000,
   /** A probe goes at least this far past the capacity measured last (a small overshoot queues slowly). */
   probeBeyondCapacity: 1.02,
+  /**
+   * A failed probe's revert shows in the round trips this late: a queue deeper than `probeQueueStuckMs`
+   * (jitter is not) that has not begun to shrink by then is the link's (the revert landed on a link that
+   * had fallen since it was measured), and is cut at once instead of after `refractoryMs`.
+   */
+  probeQueueShowsMs: 200,
+  probeQueueStuckMs: 10,
   /** A queue found this soon after a probe failed is that probe's, not a link that moved. */
   probeAftermathMs: 1000,
   /**
@@ -124,6 +134,12 @@ export const CEILING_TUNING = {
    * step past a rising link overshoots by up to its size for a round trip and more before the queue shows.
    */
   probeSteps: [1.04, 1.08, 1.12] as readonly number[],
+  /**
+   * A ramp whose probe failed with no queue of the link's since (no cut) met a link that rises slowly (a
+   * sine's rising half), not one that came back: for this long, later ramps stop a step short of the step
+   * that failed (on the benchmark's sine, each such ramp failed a 12 % step with a queue of 20–30 ms).
+   */
+  rampCapMs: 30_000,
   /**
    * Waits before the next probe after failed ones, at a capacity that stays: quick at first (a link that
    * just moved may move back), then a minute (a probe and its revert are two changes).
@@ -211,13 +227,17 @@ export class CeilingController implements CeilingRules {
   /** What shaperr sent, smoothed over about half a second (bits/s). */
   private smoothedSent = 0;
   private probeStep = 0;
+  /** The largest probe step a ramp may take, until when (see `rampCapMs`). */
+  private rampCap = { step: 0, until: -Infinity };
   private failedProbes = 0;
   private lastProbeFailedAt = -Infinity;
+  /** The deepest delay read since the last probe failed. */
+  private failedProbeQueuePeak = 0;
   private nextProbeAt = -Infinity;
   private queueingAtMinSince?: number;
   private busy = false;
-  /** The last drain's measure of the link, and when: a lower one soon after shows it falling. */
-  private lastDrain?: { at: number; capacity: BitsPerSecond };
+  /** The last drain's measure of the link, and when, and whether it was lower than the one before (the link falls). */
+  private lastDrain?: { at: number; capacity: BitsPerSecond; lower: boolean };
   /** When the queue of the drain under way was first cut. */
   private drainStartedAt = -Infinity;
   /** A descent ahead of a falling link: from `from` at `since`, `slope` bits/s less every ms, until `until`. */
@@ -317,7 +337,8 @@ export class CeilingController implements CeilingRules {
         this.probe = undefined;
         // Near where the link last queued the steps stay small (a probe there overshoots, and its queue is the
         // gamer's); past it, the link grew, and they grow.
-        this.probeStep = nearCapacity ? 0 : Math.min(this.probeStep + 1, tuning.probeSteps.length - 1);
+        const largest = sample.at < this.rampCap.until ? this.rampCap.step : tuning.probeSteps.length - 1;
+        this.probeStep = nearCapacity ? 0 : Math.min(this.probeStep + 1, largest);
         this.nextProbeAt = sample.at;
       }
       return undefined;
@@ -328,10 +349,13 @@ export class CeilingController implements CeilingRules {
     const growingQueue = this.knownFalling(sample.at)
       ? this.growing >= tuning.fallingGrowingSamples && delay >= tuning.fallingGrowingFromMs
       : this.growing >= tuning.growingSamples && delay >= tuning.growingFromMs;
-    if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs || growingQueue) {
+    const afterFailedProbe = sample.at - this.lastProbeFailedAt < tuning.refractoryMs;
+    if (afterFailedProbe) this.failedProbeQueuePeak = Math.max(this.failedProbeQueuePeak, delay);
+    const stuckProbeQueue = afterFailedProbe && delay > tuning.probeQueueStuckMs && !this.failedProbesQueue(sample.at, delay);
+    if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs || growingQueue || stuckProbeQueue) {
       if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
-      // A failed probe's own shallow queue still shows for a round trip or two: no link moved.
-      if (sample.at - this.lastProbeFailedAt < tuning.refractoryMs && delay <= tuning.probeQueueDeepestMs) return undefined;
+      // A failed probe's own shallow queue still shows for a round trip or two, shrinking: no link moved.
+      if (this.failedProbesQueue(sample.at, delay)) return undefined;
       const held = this.heldProbe;
       this.heldProbe = undefined;
       if (held && sample.at - held.heldAt <= tuning.lateProbeFailMs && delay <= tuning.probeQueueDeepestMs)
@@ -404,7 +428,11 @@ export class CeilingController implements CeilingRules {
     this.probeStep = 0;
     // The link moved (unless it is what a failed probe of ours left): it may move back soon, so probing
     // starts quick again.
-    if (!probesQueue) this.failedProbes = 0;
+    if (!probesQueue) {
+      this.failedProbes = 0;
+      // ...and a ramp after it may be a link that came back, not one that rises slowly.
+      this.rampCap.until = -Infinity;
+    }
     this.nextProbeAt = Math.max(this.nextProbeAt, at + tuning.probeBackoffMs[0]!);
     if (!again) {
       this.drainReadings = [];
@@ -414,7 +442,7 @@ export class CeilingController implements CeilingRules {
     const drainFraction = Math.max(tuning.deepestCut, 1 - delay / 1000 / tuning.drainSeconds);
     const fraction = Math.min(onset ? tuning.onsetCut : falling ? tuning.fallingCut : 1, drainFraction);
     // A queue that outlasts a cut (traffic shaperr does not carry): down from where the ceiling is.
-    const target = this.clamp(again ? this.current * Math.max(0.5, fraction) : Math.min(this.current, capacity * fraction));
+    const target = this.clamp(again ? this.current * Math.max(0.5, fraction) : Math.min(this.current, capacity) * fraction);
     if (target === this.current) return undefined;
     return this.move(target, 'queue', `the uplink queues ${delay.toFixed(0)} ms beyond shaperr (it carried ${mbit(capacity)}): draining`);
   }
@@ -423,10 +451,12 @@ export class CeilingController implements CeilingRules {
   private failProbe(at: number, carried: BitsPerSecond, base: BitsPerSecond): CeilingChange | undefined {
     const tuning = CEILING_TUNING;
     const ramped = this.probeStep > 0;
+    if (ramped) this.rampCap = { step: this.probeStep - 1, until: at + tuning.rampCapMs };
     this.probeStep = 0;
     const waited = tuning.probeBackoffMs[Math.min(this.failedProbes, tuning.probeBackoffMs.length - 1)]!;
     this.failedProbes++;
     this.lastProbeFailedAt = at;
+    this.failedProbeQueuePeak = 0;
     this.nextProbeAt = at + waited;
     // The link carried the base without a queue, not the probe. What the far ends acknowledged tells where
     // in between, when it was measured at the link's limit (a reading well below the base was not). A
@@ -453,10 +483,10 @@ export class CeilingController implements CeilingRules {
   private noteDrain(at: number, capacity: BitsPerSecond, level: BitsPerSecond): void {
     const tuning = CEILING_TUNING;
     const previous = this.lastDrain;
-    this.lastDrain = { at, capacity };
+    const lower = previous !== undefined && at - previous.at <= tuning.fallingWithinMs && capacity < previous.capacity * (1 - tuning.fallingLeast);
+    this.lastDrain = { at, capacity, lower };
     this.descent = undefined;
-    if (!previous || at - previous.at > tuning.fallingWithinMs || capacity > previous.capacity * (1 - tuning.fallingLeast)) return;
-    if (this.drainStartedAt - previous.at < tuning.fallingHeldMs) return;
+    if (!previous || !lower || this.drainStartedAt - previous.at < tuning.fallingHeldMs) return;
     const slope = (previous.capacity - capacity) / (at - previous.at);
     if (slope * 1000 > tuning.fallingFastest * capacity) return;
     this.descent = { from: level, since: at, until: at + tuning.fallingAheadMs, slope: slope * tuning.fallingMargin };
@@ -478,9 +508,24 @@ export class CeilingController implements CeilingRules {
     return this.move(target, 'falling', `the uplink is falling (${mbit(descent.slope * 1000)} less every second): descending ahead of it`);
   }
 
-  /** A descent under way, or one that ended a little while ago. */
+  /**
+   * The queue read now is a failed probe's own, draining: shallow, soon after the failure, and too soon for
+   * the revert to show or shrinking since (one that is not is the link's: see `probeQueueShowsMs`).
+   */
+  private failedProbesQueue(at: number, delay: number): boolean {
+    const tuning = CEILING_TUNING;
+    const since = at - this.lastProbeFailedAt;
+    if (since >= tuning.refractoryMs || delay > tuning.probeQueueDeepestMs) return false;
+    return since < tuning.probeQueueShowsMs || delay < this.failedProbeQueuePeak - tuning.growingByMs;
+  }
+
+  /**
+   * A descent under way or one that ended a little while ago, or a drain a little while ago that measured
+   * the link lower than the one before (too soon after it for a slope, or too fast: it still falls).
+   */
   private knownFalling(at: number): boolean {
-    return this.descent !== undefined || at - this.descentEndedAt <= CEILING_TUNING.fallingWithinMs;
+    const within = CEILING_TUNING.fallingWithinMs;
+    return this.descent !== undefined || at - this.descentEndedAt <= within || (this.lastDrain?.lower === true && at - this.lastDrain.at <= within);
   }
 
   /** What the link carried while it queued: the capacity estimate, and where probes step small from. */
