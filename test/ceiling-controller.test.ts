@@ -457,10 +457,16 @@ t.test(
     const next = steps(at + 3100, 100);
     t.ok(next.length >= 5 && Math.max(...next) === 1.08, `the next ramp steps by ${next.join(', ')}`);
     // A queue that is no probe's (the link moved) ends that: a ramp after it may be a link that came back.
+    // Ticks until the controller makes a change for `reason`, for 5 s at most (a miss fails, not hangs).
     let tick = at + 13_200;
-    const queueing = (at: number) => controller.observe({ at, delayMs: 60, sentRate: controller.rate, deliveredRate: 12 * MBIT, demand: 40 * MBIT });
-    while (queueing(tick)?.reason !== 'queue') tick += 100;
-    for (tick += 100; controller.observe({ at: tick, delayMs: 1, sentRate: controller.rate, demand: 40 * MBIT })?.reason !== 'drained'; tick += 100);
+    const until = (reason: string, delayMs: number, deliveredRate?: number) => {
+      for (const end = tick + 5000; tick < end; tick += 100)
+        if (controller.observe({ at: tick, delayMs, deliveredRate, sentRate: controller.rate, demand: 40 * MBIT })?.reason === reason) return true;
+      return false;
+    };
+    t.ok(until('queue', 60, 12 * MBIT), 'the queue is cut');
+    tick += 100;
+    t.ok(until('drained', 1), 'and drained');
     const after2 = steps(tick + 100, 200);
     t.ok(after2.includes(1.12), `the ramp after a cut steps by ${after2.join(', ')}`);
   },

@@ -351,11 +351,12 @@ export class CeilingController implements CeilingRules {
       : this.growing >= tuning.growingSamples && delay >= tuning.growingFromMs;
     const afterFailedProbe = sample.at - this.lastProbeFailedAt < tuning.refractoryMs;
     if (afterFailedProbe) this.failedProbeQueuePeak = Math.max(this.failedProbeQueuePeak, delay);
-    const stuckProbeQueue = afterFailedProbe && delay > tuning.probeQueueStuckMs && !this.failedProbesQueue(sample.at, delay);
+    const probesOwnQueue = this.failedProbesQueue(sample.at, delay);
+    const stuckProbeQueue = afterFailedProbe && delay > tuning.probeQueueStuckMs && !probesOwnQueue;
     if (this.aboveBloat >= 2 || delay > 2 * tuning.bloatMs || growingQueue || stuckProbeQueue) {
       if (sample.at - this.lastCutAt < tuning.refractoryMs) return undefined;
       // A failed probe's own shallow queue still shows for a round trip or two, shrinking: no link moved.
-      if (this.failedProbesQueue(sample.at, delay)) return undefined;
+      if (probesOwnQueue) return undefined;
       const held = this.heldProbe;
       this.heldProbe = undefined;
       if (held && sample.at - held.heldAt <= tuning.lateProbeFailMs && delay <= tuning.probeQueueDeepestMs)
