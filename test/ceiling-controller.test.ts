@@ -305,6 +305,31 @@ t.test('a rate-limited LAN uploader (6 Mbit/s): the ceiling yields to what is le
   t.ok(after >= 0.85 * 20 * MBIT, `back to ${(after / MBIT).toFixed(2)} Mbit/s after it stopped`);
 });
 
+t.test('a link that comes back (the uploader stops) is ramped to just short of what it carried before, past it in small steps', async (t) => {
+  const stopsAt = 40_000;
+  const r = run({
+    capacity: () => 20 * MBIT,
+    demand: () => 24 * MBIT,
+    other: (at) => (at >= 10_000 && at < stopsAt ? 7 * MBIT : 0),
+    start: 18 * MBIT,
+    seconds: 70,
+  });
+  const after = r.changes.filter((change) => change.at >= stopsAt);
+  const firstFailure = after.findIndex((change) => change.reason === 'probe failed');
+  const ramp = after.slice(0, firstFailure === -1 ? after.length : firstFailure);
+  // The ramp's steps grow to 12 % while its probes hold: without the former capacity, its last step went
+  // 12 % past the link that came back (to 21.4 Mbit/s here, a queue of 13.8 ms).
+  const highest = Math.max(...ramp.map((change) => change.to));
+  t.ok(highest <= 20 * MBIT * 1.04, `the ramp goes no further than ${(highest / MBIT).toFixed(2)} Mbit/s`);
+  const queueMax = Math.max(...between(r, stopsAt, 70_000, r.queueMs));
+  t.ok(queueMax <= 10, `queue at most ${queueMax.toFixed(1)} ms after the uploader stopped`);
+  const back = r.times.find((at, i) => at >= stopsAt && r.ceiling[i]! >= 0.9 * 20 * MBIT);
+  t.ok(
+    back !== undefined && back - stopsAt <= 10_000,
+    `90 % of the link again ${back === undefined ? 'never' : `${((back - stopsAt) / 1000).toFixed(1)} s`} after it stopped`,
+  );
+});
+
 t.test('a bulk upload from another host fills the modem whatever Plex does: the ceiling stops at min and says why', async (t) => {
   const r = run({ capacity: () => 20 * MBIT, demand: () => 24 * MBIT, other: (at) => (at >= 5000 && at < 40_000 ? 'bulk' : 0), start: 18 * MBIT, seconds: 70 });
   const atMin = between(r, 20_000, 40_000, r.ceiling);

@@ -141,6 +141,14 @@ export const CEILING_TUNING = {
    */
   rampCapMs: 30_000,
   /**
+   * A link that fell and comes back (a LAN uploader stops, a congested evening ends) most likely comes back
+   * to what it carried before: for this long after it fell, a ramp stops at `formerStop` of that, and goes
+   * past it only in the small steps used near a capacity measured (on the benchmark's uploader phase, the
+   * ramp after the uploader stopped took a 12 % step past the link, and queued up to 27 ms).
+   */
+  formerCapacityMs: 120_000,
+  formerStop: 0.98,
+  /**
    * Waits before the next probe after failed ones, at a capacity that stays: quick at first (a link that
    * just moved may move back), then a minute (a probe and its revert are two changes).
    */
@@ -183,6 +191,8 @@ const RATE_STEP = 8000;
 const SENT_SMOOTHING = 0.2;
 /** Changes smaller than this share of the ceiling are not made. */
 const SMALLEST_CHANGE = 0.01;
+/** A link measured this much lower than the time before has fallen (its former capacity is remembered). */
+const FELL_BY = 1.05;
 
 const mbit = (bits: number): string => `${+(bits / 1e6).toFixed(2)} Mbit/s`;
 
@@ -227,6 +237,8 @@ export class CeilingController implements CeilingRules {
   /** What shaperr sent, smoothed over about half a second (bits/s). */
   private smoothedSent = 0;
   private probeStep = 0;
+  /** What the link carried before it last fell (by more than 5 %), and until when that counts (see `formerCapacityMs`). */
+  private formerCapacity = { rate: 0, until: -Infinity };
   /** The largest probe step a ramp may take, until when (see `rampCapMs`). */
   private rampCap = { step: 0, until: -Infinity };
   private failedProbes = 0;
@@ -322,7 +334,8 @@ export class CeilingController implements CeilingRules {
       // Only traffic into the new room tells that the link has it: a probe the players do not fill stays
       // pending (it costs nothing until they do, and a queue then reverts it).
       const used = this.smoothedSent >= (this.probe.base + this.probe.target) / 2;
-      const nearCapacity = this.probe.target < (this.queuedCapacity ?? 0) * tuning.clearlyPast;
+      const nearFormer = this.probe.target >= (this.formerAt(sample.at) ?? Infinity) * tuning.holdFraction;
+      const nearCapacity = this.probe.target < (this.queuedCapacity ?? 0) * tuning.clearlyPast || nearFormer;
       const holdMs = nearCapacity ? tuning.probeHoldNearCapacityMs : tuning.probeHoldMs;
       if (used && sample.at - this.probe.startedAt >= holdMs) {
         // The link carried more than before without a queue: it has at least that much room, and the
@@ -376,7 +389,7 @@ export class CeilingController implements CeilingRules {
       // While the modem drained, it sent at its rate: the middle reading of the drain tells that rate best
       // (the first still hold the time before the link moved, the last may come after the queue emptied).
       const sorted = [...this.drainReadings].sort((a, b) => a - b);
-      if (sorted.length >= 3) this.measuredAtQueue(sorted[Math.floor(sorted.length / 2)]!);
+      if (sorted.length >= 3) this.measuredAtQueue(sample.at, sorted[Math.floor(sorted.length / 2)]!);
       const capacity = this.capacityEstimate!;
       const hold = this.clamp(tuning.holdFraction * capacity);
       this.noteDrain(sample.at, capacity, hold);
@@ -392,7 +405,12 @@ export class CeilingController implements CeilingRules {
     if (sample.at - this.descentEndedAt <= tuning.quietAfterDescentMs) return undefined;
     // A probe goes past what the link carried last: it either finds room or fails at once.
     const step = tuning.probeSteps[this.probeStep]!;
-    const target = this.clamp(Math.min(Math.max(this.current * step, (this.capacityEstimate ?? 0) * tuning.probeBeyondCapacity), sample.demand));
+    const wanted = Math.min(Math.max(this.current * step, (this.capacityEstimate ?? 0) * tuning.probeBeyondCapacity), sample.demand);
+    // A ramp (a probe after one that held) from well below what the link carried before it fell stops short
+    // of that: past it, small steps.
+    const stop = (this.formerAt(sample.at) ?? Infinity) * tuning.formerStop;
+    const ramping = this.probeStep > 0 && this.current < stop * (1 - 2 * SMALLEST_CHANGE);
+    const target = this.clamp(ramping ? Math.min(wanted, stop) : wanted);
     if (target <= this.current) return undefined;
     this.probe = { base: this.current, target, startedAt: sample.at };
     this.heldProbe = undefined;
@@ -422,7 +440,7 @@ export class CeilingController implements CeilingRules {
     const falling = this.knownFalling(at);
     this.descent = undefined;
     const onset = !again && !probesQueue && !falling;
-    this.measuredAtQueue(capacity);
+    this.measuredAtQueue(at, capacity);
     this.lastCutAt = at;
     this.aboveBloat = 0;
     this.growing = 0;
@@ -469,7 +487,7 @@ export class CeilingController implements CeilingRules {
     const heldShows = base / tuning.holdFraction;
     const known = Math.min(this.queuedCapacity ?? 0, heldShows);
     const capacity = measured ? Math.min(Math.max(carried, known), heldShows, this.current) : base;
-    this.measuredAtQueue(capacity);
+    this.measuredAtQueue(at, capacity);
     // Measured at the link's limit, the hold level is known; else back where the link carried no queue. A
     // probe from a ramp that grew (a rising link that has topped) sent up to its whole step past the link
     // for a round trip and more before the queue showed: as far under what the link carried as it went
@@ -501,7 +519,7 @@ export class CeilingController implements CeilingRules {
       // descent left the ceiling, in small steps at first (the link may still be falling).
       this.descent = undefined;
       this.descentEndedAt = at;
-      this.measuredAtQueue(this.current);
+      this.measuredAtQueue(at, this.current);
       return undefined;
     }
     const target = this.clamp(descent.from - descent.slope * (at - descent.since));
@@ -530,9 +548,16 @@ export class CeilingController implements CeilingRules {
   }
 
   /** What the link carried while it queued: the capacity estimate, and where probes step small from. */
-  private measuredAtQueue(capacity: BitsPerSecond): void {
+  private measuredAtQueue(at: number, capacity: BitsPerSecond): void {
+    const before = this.queuedCapacity ?? 0;
+    if (before > capacity * FELL_BY) this.formerCapacity = { rate: Math.max(before, this.formerAt(at) ?? 0), until: at + CEILING_TUNING.formerCapacityMs };
     this.capacityEstimate = capacity;
     this.queuedCapacity = capacity;
+  }
+
+  /** What the link carried before it last fell, while that still counts. */
+  private formerAt(at: number): BitsPerSecond | undefined {
+    return at < this.formerCapacity.until ? this.formerCapacity.rate : undefined;
   }
 
   /** Queueing for a while at `min`: traffic shaperr does not carry fills the uplink. */
