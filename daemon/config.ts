@@ -70,6 +70,9 @@ export interface PolicyConfig {
  */
 export const DEFAULT_DIRECT_PLAY_HEADROOM = 2;
 
+/** `rate: auto`: a stream's pipe over what it needs (direct play has its own, above), when the config names none. */
+export const DEFAULT_HEADROOM = 1.25;
+
 /** `rate: auto` bounds when the config names none: 1 and 20 Mbit/s. */
 export const DEFAULT_AUTO_MIN: BitsPerSecond = 1e6;
 export const DEFAULT_AUTO_MAX: BitsPerSecond = 20e6;
@@ -156,7 +159,7 @@ const clientRates = z
   .strictObject({
     rate: z.union([z.literal('auto'), rate]),
     ceil: z.union([z.literal('auto'), rate]).optional(),
-    headroom: z.number().min(1).max(10).default(1.25),
+    headroom: z.number().min(1).max(10).default(DEFAULT_HEADROOM),
     /**
      * Direct play sends the file as it is: its peaks sit well above the average bitrate Plex reports.
      * Default 2, measured: from 1.75 only seeks straight into a film’s heaviest passages (3× its

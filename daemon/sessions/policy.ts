@@ -3,7 +3,15 @@
  * streams only", per-user and per-network overrides, and time-of-day schedules for the server ceiling.
  */
 import { type BitsPerSecond, NetworkSet } from '../../lib/index.js';
-import { DEFAULT_AUTO_MAX, DEFAULT_AUTO_MIN, DEFAULT_DIRECT_PLAY_HEADROOM, type OverrideSource, type PolicyConfig, type RateConfig } from '../config.js';
+import {
+  DEFAULT_AUTO_MAX,
+  DEFAULT_AUTO_MIN,
+  DEFAULT_DIRECT_PLAY_HEADROOM,
+  DEFAULT_HEADROOM,
+  type OverrideSource,
+  type PolicyConfig,
+  type RateConfig,
+} from '../config.js';
 
 export interface Limits {
   rate: BitsPerSecond;
@@ -107,7 +115,7 @@ export class Policy {
     if (client.rate === 'auto') {
       const max = client.max ?? DEFAULT_AUTO_MAX;
       this.auto = {
-        headroom: client.headroom ?? 1.25,
+        headroom: client.headroom ?? DEFAULT_HEADROOM,
         directPlayHeadroom: client.directPlayHeadroom ?? DEFAULT_DIRECT_PLAY_HEADROOM,
         min: client.min ?? DEFAULT_AUTO_MIN,
         max,
