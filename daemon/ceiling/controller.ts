@@ -409,8 +409,8 @@ export class CeilingController implements CeilingRules {
     // A ramp (a probe after one that held) from well below what the link carried before it fell stops short
     // of that: past it, small steps.
     const stop = (this.formerAt(sample.at) ?? Infinity) * tuning.formerStop;
-    const ramping = this.probeStep > 0 && this.current < stop * (1 - 2 * SMALLEST_CHANGE);
-    const target = this.clamp(ramping ? Math.min(wanted, stop) : wanted);
+    const stopsShort = this.probeStep > 0 && this.current < stop * (1 - 2 * SMALLEST_CHANGE);
+    const target = this.clamp(stopsShort ? Math.min(wanted, stop) : wanted);
     if (target <= this.current) return undefined;
     this.probe = { base: this.current, target, startedAt: sample.at };
     this.heldProbe = undefined;
