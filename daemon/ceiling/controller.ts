@@ -334,6 +334,7 @@ export class CeilingController implements CeilingRules {
       // Only traffic into the new room tells that the link has it: a probe the players do not fill stays
       // pending (it costs nothing until they do, and a queue then reverts it).
       const used = this.smoothedSent >= (this.probe.base + this.probe.target) / 2;
+      // At or above the level a drain there would hold is near the capacity before the link fell.
       const nearFormer = this.probe.target >= (this.formerAt(sample.at) ?? Infinity) * tuning.holdFraction;
       const nearCapacity = this.probe.target < (this.queuedCapacity ?? 0) * tuning.clearlyPast || nearFormer;
       const holdMs = nearCapacity ? tuning.probeHoldNearCapacityMs : tuning.probeHoldMs;
