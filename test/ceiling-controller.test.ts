@@ -6,7 +6,7 @@
  */
 import t from 'tap';
 import { BUSY_UPLINK_CAUSE, CEILING_TUNING, type CeilingChange, CeilingController, type UplinkSample } from '../daemon/ceiling/controller.js';
-import { uplinkDelay } from '../daemon/ceiling/flow-delay.js';
+import { PipeDelays, uplinkDelay } from '../daemon/ceiling/flow-delay.js';
 
 const MBIT = 1e6;
 const TICK_MS = 100;
@@ -368,6 +368,29 @@ t.test("the uplink's delay: what at least two players see; one player's own slow
   t.equal(uplinkDelay([150, 100, 100]), 100, 'all queue: the common part');
   t.equal(uplinkDelay([80]), 80, 'a lone player counts alone');
   t.equal(uplinkDelay([80], 3), 3, 'unless the modem-side probe disagrees');
+});
+
+t.test("a pipe's own delay: what it held when the packets went in, not a reading that caught it empty between two", async (t) => {
+  // Readings as measured on the benchmark's sine: a player's pipe at ~1.6 Mbit/s, one 2-segment packet
+  // waiting every tick (23 ms of its round trips), one tick that read it empty between two packets.
+  const address = '203.0.113.10';
+  const BYTES_A_TICK = 19_682;
+  /** A pipe read once a tick with these backlogs, having sent its bytes a tick for `busyTicks` ticks. */
+  const readings = (backlogs: number[], busyTicks = Infinity): PipeDelays => {
+    const delays = new PipeDelays();
+    for (const [tick, backlog] of backlogs.entries())
+      delays.note(tick * TICK_MS, [{ address, bytes: Math.min(tick, busyTicks) * BYTES_A_TICK, backlog, ceil: 6 * MBIT }]);
+    return delays;
+  };
+  const delays = readings([3028, 3028, 3028, 3028, 0, 3028, 3028, 3028]);
+  const busy = delays.delayAt(address, 250);
+  t.ok(busy > 20 && busy < 26, `a busy pipe: ${busy.toFixed(1)} ms`);
+  t.equal(delays.delayAt(address, 450), busy, 'packets that went in just after the empty reading met the same pipe');
+  t.equal(delays.delayAt(address, 350), busy, '...and just before it');
+  // A pipe that fills after the packets went in (a cut): its queue now was never met by them.
+  t.equal(readings([0, 0, 0, 0, 30_280, 60_560]).delayAt(address, 350), 0, 'a queue that built after the send is not taken off');
+  t.equal(readings([3028, 3028, 0, 0, 0], 2).delayAt(address, 350), 0, 'an idle pipe adds nothing');
+  t.equal(delays.delayAt('203.0.113.99', 250), 0, 'a client without a pipe: nothing');
 });
 
 t.test("a queue's onset is cut at least by half: every reading lags then, the queue is deeper than it reads", async (t) => {
