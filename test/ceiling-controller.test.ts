@@ -413,6 +413,25 @@ t.test('a queue that climbs four samples in a row to 6 ms is cut before it passe
     t.equal(jitter.observe({ at: i * 100, delayMs, sentRate: 18 * MBIT, deliveredRate: 17.5 * MBIT, demand: 0 }), undefined, `${delayMs} ms`);
 });
 
+t.test('a probe fails at 4 ms while the signal has been clean, at 6 ms while it jitters', async (t) => {
+  /** A controller that read `quiet` (ms, in turn) for the window while nothing played, then probes. */
+  const probing = (quiet: number[]): CeilingController => {
+    const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
+    for (let i = 0; i < CEILING_TUNING.quietReadings; i++)
+      controller.observe({ at: i * TICK_MS, delayMs: quiet[i % quiet.length]!, sentRate: 19 * MBIT, demand: 0 });
+    t.match(controller.observe({ at: 5000, delayMs: 0.5, sentRate: 19 * MBIT, demand: 24 * MBIT }), { reason: 'probe' });
+    return controller;
+  };
+  const sample = { at: 5100, delayMs: 5, sentRate: 19.7 * MBIT, deliveredRate: 19.5 * MBIT, demand: 24 * MBIT };
+  t.match(probing([0.2, 0.5, 1, 0.3]).observe(sample), { reason: 'probe failed' }, 'clean (under 1 ms): 5 ms fails it');
+  t.equal(probing([0.5, 3, 1, 3.5, 2.5]).observe(sample), undefined, 'jittering to 3.5 ms: 5 ms does not');
+  t.match(probing([0.5, 3, 1, 3.5, 2.5]).observe({ ...sample, delayMs: 7 }), { reason: 'probe failed' }, '...7 ms does');
+  // Until the window is full, the signal is not known clean.
+  const early = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
+  t.match(early.observe({ at: 0, delayMs: 0.5, sentRate: 19 * MBIT, demand: 24 * MBIT }), { reason: 'probe' });
+  t.equal(early.observe({ ...sample, at: 100 }), undefined, 'a new controller: 5 ms does not');
+});
+
 t.test("a failed probe's own queue is no link that moved: straight back to the hold level, no cut while it shows", async (t) => {
   const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
   t.match(controller.observe({ at: 0, delayMs: 1, sentRate: 19 * MBIT, demand: 24 * MBIT }), { reason: 'probe', to: 19.76 * MBIT });
