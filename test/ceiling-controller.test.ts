@@ -339,6 +339,18 @@ t.test('a bulk upload from another host fills the modem whatever Plex does: the 
   t.equal(r.controller.cause, undefined, 'the cause is gone with it');
 });
 
+t.test('a ceiling cut to just above min (within the smallest change) still reaches min, and the busy uplink is told', async (t) => {
+  // The uplink suite's bulk upload once left the ceiling at 2.016 Mbit/s: 0.8 % over min, too small a change to make.
+  const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 2.016 * MBIT);
+  const changes: CeilingChange[] = [];
+  for (let at = 0; at <= 5000; at += TICK_MS) {
+    const change = controller.observe({ at, delayMs: 100, sentRate: 2 * MBIT, deliveredRate: 1.9 * MBIT, demand: 24 * MBIT });
+    if (change) changes.push(change);
+  }
+  t.match(changes, [{ reason: 'queue', to: 2 * MBIT }]);
+  t.equal(controller.cause, BUSY_UPLINK_CAUSE);
+});
+
 t.test('the players want less than the link: no probing, no change', async (t) => {
   const r = run({ capacity: () => 20 * MBIT, demand: () => 8 * MBIT, start: 15 * MBIT, seconds: 60 });
   t.same(r.changes, []);

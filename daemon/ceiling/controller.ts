@@ -611,8 +611,12 @@ export class CeilingController implements CeilingRules {
 
   private move(to: BitsPerSecond, reason: CeilingReason, why: string): CeilingChange | undefined {
     const from = this.current;
-    // Less than this is noise in the estimates, and a kernel request for nothing.
-    if (Math.abs(to - from) < SMALLEST_CHANGE * from) return undefined;
+    // Less than this is noise in the estimates, and a kernel request for nothing; but a bound is always
+    // reached (a cut that landed just above min, at 2.016 of 2 Mbit/s, held there and never reported the
+    // busy uplink, which needs the ceiling at min).
+    const bound = to === this.limits.min || to === this.limits.max;
+    if (Math.abs(to - from) < SMALLEST_CHANGE * from && !bound) return undefined;
+    if (to === from) return undefined;
     this.current = to;
     return { from, to, reason, why };
   }
