@@ -429,7 +429,7 @@ t.test('a probe fails at 4 ms while the signal has been clean, at 6 ms while it 
   /** A controller that read `quiet` (ms, in turn) for the window while nothing played, then probes. */
   const probing = (quiet: number[]): CeilingController => {
     const controller = new CeilingController({ min: 2 * MBIT, max: 30 * MBIT }, 19 * MBIT);
-    for (let i = 0; i < CEILING_TUNING.quietReadings; i++)
+    for (let i = 0; i < CEILING_TUNING.cleanReadings; i++)
       controller.observe({ at: i * TICK_MS, delayMs: quiet[i % quiet.length]!, sentRate: 19 * MBIT, demand: 0 });
     t.match(controller.observe({ at: 5000, delayMs: 0.5, sentRate: 19 * MBIT, demand: 24 * MBIT }), { reason: 'probe' });
     return controller;

@@ -84,15 +84,15 @@ export const CEILING_TUNING = {
   /** A probe is reverted as soon as the delay passes this (a probe is worth less than the gamer's ping). */
   probeFailMs: 6,
   /**
-   * ...or this, when the delay read while nothing was probed or drained (the last `quietReadings`) stays
-   * `quietMarginMs` under it at the `quietPercentile`: the signal is clean (on the testbed, the Plex signal
+   * ...or this, when the delay read while nothing was probed or drained (the last `cleanReadings`) stays
+   * `cleanMarginMs` under it at the `cleanPercentile`: the signal is clean (on the testbed, the Plex signal
    * read under 2 ms in 4,089 of 4,090 readings while the modem's queue was under 1 ms), and a probe past
    * the link is reverted a tick earlier. A signal that jitters keeps `probeFailMs`.
    */
   probeFailCleanMs: 4,
-  quietReadings: 50,
-  quietPercentile: 0.9,
-  quietMarginMs: 2,
+  cleanReadings: 50,
+  cleanPercentile: 0.9,
+  cleanMarginMs: 2,
   /** The queue found at a cut should be gone within this long. */
   drainSeconds: 0.25,
   /** A cut goes no lower than this fraction of the delivered rate (however deep the queue). */
@@ -267,7 +267,7 @@ export class CeilingController implements CeilingRules {
   /** When the last descent ended: a queue soon after is the same fall, no onset. */
   private descentEndedAt = -Infinity;
   /** The latest delays read while nothing was probed or drained (see `probeFailCleanMs`). */
-  private quiet: number[] = [];
+  private unprobedDelays: number[] = [];
 
   constructor(bounds: CeilingBounds, start: BitsPerSecond) {
     this.limits = { ...bounds };
@@ -338,8 +338,8 @@ export class CeilingController implements CeilingRules {
 
     this.smoothedSent += (sample.sentRate - this.smoothedSent) * SENT_SMOOTHING;
     if (!this.probe && !this.draining) {
-      this.quiet.push(delay);
-      if (this.quiet.length > tuning.quietReadings) this.quiet.shift();
+      this.unprobedDelays.push(delay);
+      if (this.unprobedDelays.length > tuning.cleanReadings) this.unprobedDelays.shift();
     }
     if (this.probe) {
       if (delay > this.probeFailMs()) {
@@ -547,10 +547,10 @@ export class CeilingController implements CeilingRules {
   /** The delay that fails a probe: lower while the signal has been clean (see `probeFailCleanMs`). */
   private probeFailMs(): number {
     const tuning = CEILING_TUNING;
-    if (this.quiet.length < tuning.quietReadings) return tuning.probeFailMs;
-    const sorted = [...this.quiet].sort((a, b) => a - b);
-    const level = sorted[Math.floor(tuning.quietPercentile * (sorted.length - 1))]!;
-    return level + tuning.quietMarginMs <= tuning.probeFailCleanMs ? tuning.probeFailCleanMs : tuning.probeFailMs;
+    if (this.unprobedDelays.length < tuning.cleanReadings) return tuning.probeFailMs;
+    const sorted = [...this.unprobedDelays].sort((a, b) => a - b);
+    const level = sorted[Math.floor(tuning.cleanPercentile * (sorted.length - 1))]!;
+    return level + tuning.cleanMarginMs <= tuning.probeFailCleanMs ? tuning.probeFailCleanMs : tuning.probeFailMs;
   }
 
   /**
